@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from torchace.testing import available_devices
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(params=available_devices())
+def device(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def si_model():
+    import torchace
+    from torchace.testing import randomize_coefficients
+
+    m = torchace.ace_model(["Si"], 3, 12)
+    randomize_coefficients(m, 0.1, seed=1)
+    return m
+
+
+@pytest.fixture(scope="session")
+def sige_model():
+    import torchace
+    from torchace.testing import randomize_coefficients
+
+    m = torchace.ace_model(["Si", "Ge"], 3, 8, E0={"Si": -158.5, "Ge": -100.25})
+    randomize_coefficients(m, 0.1, seed=2)
+    return m

@@ -1,0 +1,100 @@
+"""Atomic basis A, product basis AA and symmetric (coupled) basis B.
+
+ACE (Drautz 2019; ACEpotentials.jl paper §II): A_{i,nlm} = Σ_j R_n(r_ij) Y_l^m(r̂_ij) (pooled by a
+scatter-add over edges), AA_{i,k} = Π_t A_{i, a_{k,t}} over sorted multisets a_k of A-indices, and
+B_i = C·AA_i with the sparse coupling matrix C of ``coupling``.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import torch
+from e3nn import o3
+from torch import nn
+
+from .radial import ManyBodyRadials
+
+MAX_L_E3NN = 12  # e3nn's spherical harmonics are implemented up to l = 12
+
+
+class EdgeEmbedding(nn.Module):
+    """phi[e, (n, l, m)] = R_n(r_e; z_i, z_j) · Y_l^m(r̂_e), flattened as n·(L+1)² + l² + m."""
+
+    def __init__(self, radials: ManyBodyRadials, max_l: int):
+        super().__init__()
+        if max_l > MAX_L_E3NN:
+            raise ValueError(f"this basis needs spherical harmonics up to l = {max_l}; e3nn provides l <= {MAX_L_E3NN}: "
+                             "lower totaldegree or raise wL")
+        self.radials = radials
+        self.max_l = int(max_l)
+        self.n_y = (self.max_l + 1) ** 2
+        # L²-normalised on the unit sphere: ∫ Y_lm² dΩ = 1
+        self.sh = o3.SphericalHarmonics(list(range(self.max_l + 1)), normalize=True, normalization="integral")
+
+    @property
+    def n_a(self) -> int:
+        return self.radials.max_n * self.n_y
+
+    def forward(self, vectors: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
+        r = torch.linalg.norm(vectors, dim=-1)
+        R = self.radials(r, zi, zj)
+        Y = self.sh(vectors)
+        return (R.unsqueeze(-1) * Y.unsqueeze(-2)).reshape(vectors.shape[0], R.shape[1] * Y.shape[1])
+
+
+def pool(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    """Σ over edges into their centre atoms (native index_add_, the default scatter)."""
+    shape = [n] + list(values.shape[1:])
+    out = torch.zeros(shape, dtype=values.dtype, device=values.device)
+    return out.index_add_(0, index, values)
+
+
+class ProductBasis(nn.Module):
+    """AA[i, k] = Π_t A[i, idx[k, t]]; rows of lower order are padded with a column of ones."""
+
+    def __init__(self, aa: List[np.ndarray], n_a: int):
+        super().__init__()
+        order = max(x.shape[1] for x in aa) if aa else 1
+        blocks = []
+        for x in aa:
+            pad = np.full((x.shape[0], order - x.shape[1]), n_a, dtype=np.int64)
+            blocks.append(np.concatenate([x, pad], axis=1))
+        idx = np.concatenate(blocks) if blocks else np.zeros((0, order), np.int64)
+        self.register_buffer("idx", torch.from_numpy(idx))
+        self.n_a = int(n_a)
+
+    @property
+    def n_aa(self) -> int:
+        return int(self.idx.shape[0])
+
+    def forward(self, A: torch.Tensor) -> torch.Tensor:
+        A1 = torch.cat([A, torch.ones_like(A.narrow(-1, 0, 1))], dim=-1)
+        # explicit product over the (few) correlation positions: cheaper than prod() under autograd/jvp
+        out = A1.index_select(-1, self.idx[:, 0])
+        for t in range(1, self.idx.shape[1]):
+            out = out * A1.index_select(-1, self.idx[:, t])
+        return out
+
+
+class SymmetricCoupling(nn.Module):
+    """B = C·AA with C sparse (COO buffers ``rows``, ``cols``, ``vals``)."""
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_b: int, n_aa: int):
+        super().__init__()
+        self.register_buffer("rows", torch.from_numpy(rows))
+        self.register_buffer("cols", torch.from_numpy(cols))
+        self.register_buffer("vals", torch.from_numpy(vals))
+        self.n_b = int(n_b)
+        self.n_aa = int(n_aa)
+
+    def forward(self, AA: torch.Tensor) -> torch.Tensor:
+        shape = list(AA.shape[:-1]) + [self.n_b]
+        out = torch.zeros(shape, dtype=AA.dtype, device=AA.device)
+        return out.index_add_(-1, self.rows, AA.index_select(-1, self.cols) * self.vals)
+
+    def transpose_apply(self, c: torch.Tensor) -> torch.Tensor:
+        """c·C for c [..., n_b] → [..., n_aa]: coefficients of B expressed on AA."""
+        shape = list(c.shape[:-1]) + [self.n_aa]
+        out = torch.zeros(shape, dtype=c.dtype, device=c.device)
+        return out.index_add_(-1, self.cols, c.index_select(-1, self.rows) * self.vals)

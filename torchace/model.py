@@ -1,0 +1,145 @@
+"""The linear ACE model: E_i = E0(z_i) + c_{z_i}·B_i + Σ_j c_{z_i z_j}·V(r_ij), E = Σ_i E_i.
+
+ACEpotentials.jl paper §II (eq. for the site energy with a pair potential).  Forces and virials are
+derivatives of the total energy through one symmetric-strain pass: positions and cell are mapped by
+(I + ε) with ε symmetric, F = -∂E/∂x and W = -∂E/∂ε = -V·σ (ASE stress σ = -W/V).
+
+Column order of ``coefficients`` (and of the design-matrix rows): many-body blocks of ``n_b`` per
+centre element (elements in model order), then pair blocks of ``n_pair`` per ordered element pair
+(centre, neighbour).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from . import keys as K
+from .basis import EdgeEmbedding, ProductBasis, SymmetricCoupling, pool
+from .config import ACEConfig
+from .coupling import couple_spec
+from .radial import ManyBodyRadials, PairBasis
+from .spec import ProductSpec, pair_degree, product_spec
+
+
+class ACEModel(nn.Module):
+    __jit_unused_properties__ = ["elements"]
+
+    def __init__(self, config: ACEConfig, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.config = config
+        nz = len(config.elements)
+        self.nz = nz
+        self.rcut = float(config.rcut)
+        spec: ProductSpec = product_spec(nz, config.order, config.totaldegree, config.wL)
+        self.spec = spec
+        r0 = torch.tensor(config.r0, dtype=torch.float64)
+        self.embedding = EdgeEmbedding(ManyBodyRadials(r0, config.rcut, nz, spec.max_degree), spec.max_l)
+        n_y = self.embedding.n_y
+        cs = couple_spec(spec.nl_tuples, lambda n, l: (n - 1) * n_y + l * l)
+        self.nl_of_b = cs["nl_of_b"]
+        self.product = ProductBasis(cs["aa"], self.embedding.n_a)
+        self.coupling = SymmetricCoupling(cs["rows"], cs["cols"], cs["vals"], cs["n_b"], cs["n_aa"])
+        self.n_b = int(cs["n_b"])
+        self.n_pair = pair_degree(config.totaldegree, config.order) if config.pair else 0
+        self.pair = PairBasis(r0, config.rcut, self.n_pair)
+        self.n_manybody = nz * self.n_b
+        self.basis_size = self.n_manybody + nz * nz * self.n_pair
+        self.register_buffer("E0", torch.tensor(config.E0, dtype=torch.float64))
+        self.register_buffer("atomic_numbers", torch.tensor(config.numbers, dtype=torch.long))
+        self.coefficients = nn.Parameter(torch.zeros(self.basis_size, dtype=torch.float64))
+        self.to(dtype)
+
+    # ``model.coefficients = tensor`` copies into the parameter (shape-checked) instead of replacing it
+    def __setattr__(self, name, value):
+        if name == "coefficients" and "coefficients" in self._parameters and not isinstance(value, nn.Parameter):
+            value = torch.as_tensor(value)
+            if value.shape != (self.basis_size,):
+                raise ValueError(f"coefficients must have shape ({self.basis_size},), got {tuple(value.shape)}")
+            with torch.no_grad():
+                self._parameters["coefficients"].copy_(value)
+            return
+        super().__setattr__(name, value)
+
+    @property
+    def elements(self):
+        return list(self.config.elements)
+
+    # ---- basis pieces (shared by the energy, the design-matrix rows and the fast paths) ----
+
+    def edge_vectors(self, positions: torch.Tensor, edge_index: torch.Tensor, unit_shifts: torch.Tensor,
+                     cell: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        i, j = edge_index[0], edge_index[1]
+        shifts = torch.einsum("ea,eab->eb", unit_shifts, cell[batch[i]])
+        return positions[j] - positions[i] + shifts
+
+    def atomic_basis(self, vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """A [N, n_a]."""
+        i, j = edge_index[0], edge_index[1]
+        phi = self.embedding(vectors, species[i], species[j])
+        return pool(phi, i, species.shape[0])
+
+    def site_basis(self, A: torch.Tensor) -> torch.Tensor:
+        """B [..., n_b] from A [..., n_a] (the same function for every centre element)."""
+        return self.coupling(self.product(A))
+
+    def pair_features(self, vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        r = torch.linalg.norm(vectors, dim=-1)
+        return self.pair(r, species[edge_index[0]], species[edge_index[1]])
+
+    def node_energies(self, vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        A = self.atomic_basis(vectors, species, edge_index)
+        c_mb = self.coefficients[: self.n_manybody].view(self.nz, self.n_b)
+        c_aa = self.coupling.transpose_apply(c_mb)  # [NZ, n_aa]: c·C once, not C·AA per atom
+        AA = self.product(A)
+        e = self.E0[species] + (AA * c_aa[species]).sum(-1)
+        if self.n_pair > 0 and vectors.shape[0] > 0:
+            i, j = edge_index[0], edge_index[1]
+            V = self.pair_features(vectors, species, edge_index)
+            c_pair = self.coefficients[self.n_manybody:].view(self.nz, self.nz, self.n_pair)
+            e = e + pool((V * c_pair[species[i], species[j]]).sum(-1), i, species.shape[0])
+        return e
+
+    def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
+                compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
+        strain = torch.zeros((n_structures, 3, 3), dtype=positions.dtype, device=positions.device)
+        if compute_virials:
+            strain.requires_grad_(True)
+        if compute_forces:
+            positions = positions.detach().requires_grad_(True)
+        sym = 0.5 * (strain + strain.transpose(1, 2))
+        pos = positions + torch.einsum("na,nab->nb", positions, sym[batch])
+        cel = cell + torch.bmm(cell, sym)
+        vectors = self.edge_vectors(pos, edge_index, unit_shifts, cel, batch)
+        e_node = self.node_energies(vectors, species, edge_index)
+        energy = torch.zeros(n_structures, dtype=e_node.dtype, device=e_node.device).index_add_(0, batch, e_node)
+        out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: e_node}
+        if compute_forces or compute_virials:
+            inputs = [positions] if compute_forces else []
+            if compute_virials:
+                inputs.append(strain)
+            grads = torch.autograd.grad([energy.sum()], inputs, create_graph=self.training, allow_unused=True)
+            k = 0
+            if compute_forces:
+                g = grads[0]
+                out[K.FORCES] = -g if g is not None else torch.zeros_like(positions)
+                k = 1
+            if compute_virials:
+                g = grads[k]
+                out[K.VIRIAL] = -g if g is not None else torch.zeros_like(strain)
+        return out
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"elements={c.elements}, order={c.order}, totaldegree={c.totaldegree}, wL={c.wL}, "
+                f"rcut={self.rcut:.4g}, basis_size={self.basis_size} (n_b={self.n_b} per element, "
+                f"n_pair={self.n_pair} per pair)")
+
+
+def ace_model(elements, order: int, totaldegree, *, wL: float = 1.5, rcut: Optional[float] = None, r0=None,
+              E0=None, pair: bool = True, dtype: torch.dtype = torch.float64) -> ACEModel:
+    """Build a linear ACE model with ACEpotentials.jl v0.10 ``ace1_model`` conventions (see docs/conventions.md)."""
+    cfg = ACEConfig.build(elements, order, totaldegree, wL=wL, rcut=rcut, r0=r0, E0=E0, pair=pair)
+    return ACEModel(cfg, dtype=dtype)

@@ -1,0 +1,127 @@
+"""One-particle and product (AA) specifications, ACEpotentials.jl v0.10 ``ace1_model`` conventions.
+
+The one-particle basis is phi_{n l m}(r_ij) = R_n(r_ij; z_i, z_j) Y_l^m(r̂_ij) with the neighbour
+species interleaved into the radial index: n = k·NZ + s + 1 (k = polynomial degree, s = species
+index of the neighbour, NZ = number of elements), so n >= 1 and ``level(n, l) = n/NZ + wL·l``
+(ACEpotentials.jl paper, §II.B, "total degree").  A product (n_t, l_t)_{t=1..ν} is kept when
+Σ_t level(n_t, l_t) <= totaldegree[ν], Σ_t l_t is even (reflection invariance) and, for ν = 1, l = 0.
+Products are multisets: the tuple is stored sorted, which is what makes the AA basis symmetric under
+permutations of equal one-particle indices.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+NL = Tuple[int, int]  # one-particle index (n, l), n >= 1
+
+# Levels are compared with a tolerance because n/NZ and wL·l are not exact in binary.
+_LEVEL_TOL = 1e-9
+
+
+def totaldegree_per_order(order: int, totaldegree) -> List[float]:
+    """Normalise ``totaldegree`` (a number or one value per correlation order) to a list of length ``order``."""
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}")
+    if isinstance(totaldegree, (int, float)):
+        degs = [float(totaldegree)] * order
+    else:
+        degs = [float(d) for d in totaldegree]
+        if len(degs) != order:
+            raise ValueError(
+                f"totaldegree has {len(degs)} entries but order is {order}: give a number or one value per order"
+            )
+    if any(not math.isfinite(d) or d <= 0 for d in degs):
+        raise ValueError(f"totaldegree must be positive and finite, got {degs}")
+    return degs
+
+
+def level(nl: NL, nz: int, wL: float) -> float:
+    n, l = nl
+    return n / nz + wL * l
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    """The many-body specification of one centre element (identical for every centre)."""
+
+    nz: int
+    wL: float
+    degrees: Tuple[float, ...]
+    max_n: int  # largest radial index n (so n = 1..max_n)
+    max_l: int
+    nl_tuples: Tuple[Tuple[NL, ...], ...]  # sorted multisets, grouped by order
+
+    @property
+    def order(self) -> int:
+        return len(self.degrees)
+
+    @property
+    def max_degree(self) -> int:
+        """Largest radial polynomial degree k (R uses P_0 .. P_max_degree)."""
+        return (self.max_n - 1) // self.nz
+
+
+def one_particle_spec(nz: int, wL: float, degrees: Sequence[float]) -> List[NL]:
+    """All (n, l) that can appear in some kept product, ordered by (level, n, l)."""
+    dmax = max(degrees)
+    dmax_l = max(degrees[1:]) if len(degrees) > 1 else 0.0  # order-1 terms have l = 0
+    out = []
+    n = 1
+    while n / nz <= dmax + _LEVEL_TOL:
+        l = 0
+        while level((n, l), nz, wL) <= (dmax if l == 0 else dmax_l) + _LEVEL_TOL:
+            out.append((n, l))
+            l += 1
+        n += 1
+    out.sort(key=lambda nl: (nl[0], nl[1]))
+    return out
+
+
+def product_spec(nz: int, order: int, totaldegree, wL: float = 1.5) -> ProductSpec:
+    """Enumerate the sorted (n, l) multisets of every correlation order 1..order."""
+    degrees = totaldegree_per_order(order, totaldegree)
+    onep = one_particle_spec(nz, wL, degrees)
+    levels = [level(nl, nz, wL) for nl in onep]
+    min_level = min(levels)
+    tuples: List[Tuple[NL, ...]] = []
+
+    def extend(prefix: List[int], budget: float, remaining: int, lsum: int):
+        # indices are non-decreasing so each multiset is produced once
+        start = prefix[-1] if prefix else 0
+        for a in range(start, len(onep)):
+            lev = levels[a]
+            if lev > budget + _LEVEL_TOL:
+                continue
+            # the other (remaining - 1) factors need at least min_level each
+            if lev + (remaining - 1) * min_level > budget + _LEVEL_TOL:
+                continue
+            new = prefix + [a]
+            if remaining == 1:
+                if (lsum + onep[a][1]) % 2 == 0:
+                    tuples.append(tuple(onep[i] for i in new))
+            else:
+                extend(new, budget - lev, remaining - 1, lsum + onep[a][1])
+
+    for nu in range(1, order + 1):
+        before = len(tuples)
+        if nu == 1:
+            tuples.extend(((nl,) for nl in onep if nl[1] == 0 and level(nl, nz, wL) <= degrees[0] + _LEVEL_TOL))
+        else:
+            extend([], degrees[nu - 1], nu, 0)
+        block = tuples[before:]
+        # deterministic column order: by total level, then lexicographically
+        block.sort(key=lambda t: (round(sum(level(nl, nz, wL) for nl in t), 9), t))
+        tuples[before:] = block
+
+    used = {nl for t in tuples for nl in t}
+    max_n = max(n for n, _ in used)
+    max_l = max(l for _, l in used)
+    return ProductSpec(nz=nz, wL=float(wL), degrees=tuple(degrees), max_n=max_n, max_l=max_l,
+                       nl_tuples=tuple(tuples))
+
+
+def pair_degree(totaldegree, order: int) -> int:
+    """Number of pair-basis polynomials per element pair: degrees 0 .. ceil(max totaldegree) - 1."""
+    return int(math.ceil(max(totaldegree_per_order(order, totaldegree)) - _LEVEL_TOL))

@@ -1,0 +1,155 @@
+"""Reusable test kit: random structures, symmetry operations, finite differences, TorchScript round trip.
+
+Used by torchace's own tests and meant for downstream models built on it.  Tolerances are per dtype.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+from . import keys as K
+from .evaluate import evaluate
+
+# relative tolerances for invariance / agreement checks
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+
+
+def available_devices() -> List[str]:
+    devs = ["cpu"]
+    if torch.cuda.is_available():
+        devs.append("cuda")
+    return devs
+
+
+def random_rotation(rng: np.random.Generator, reflect: bool = False) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return -q if reflect else q
+
+
+def rattled_bulk(symbols: Sequence[str], a: float = 5.43, reps=(1, 1, 1), rattle: float = 0.1, seed: int = 0,
+                 cubic: bool = True) -> Atoms:
+    """Diamond-structure crystal with species assigned at random from ``symbols``, rattled."""
+    at = bulk("Si", "diamond", a=a, cubic=cubic) * reps
+    rng = np.random.default_rng(seed)
+    at.set_chemical_symbols(list(rng.choice(list(symbols), len(at))))
+    at.rattle(rattle, seed=seed)
+    return at
+
+
+def random_cluster(symbols: Sequence[str], n: int, radius: float, seed: int = 0, min_dist: float = 1.5) -> Atoms:
+    """Non-periodic cluster of ``n`` atoms in a ball, no pair closer than ``min_dist``."""
+    rng = np.random.default_rng(seed)
+    pos: List[np.ndarray] = []
+    while len(pos) < n:
+        p = rng.uniform(-radius, radius, 3)
+        if np.linalg.norm(p) <= radius and all(np.linalg.norm(p - q) >= min_dist for q in pos):
+            pos.append(p)
+    return Atoms(symbols=list(rng.choice(list(symbols), n)), positions=np.array(pos))
+
+
+def randomize_coefficients(model, scale: float = 0.1, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(model.basis_size, generator=g, dtype=torch.float64) * scale
+    model.coefficients = c.to(model.coefficients.dtype)
+
+
+def energy_of(model, atoms: Atoms) -> float:
+    return float(evaluate(model, atoms, forces=False, virials=False)[K.ENERGY][0])
+
+
+def fd_forces(model, atoms: Atoms, h: float = 1e-4) -> np.ndarray:
+    """Central finite differences -dE/dx of the model energy, [N, 3]."""
+    f = np.zeros((len(atoms), 3))
+    for a in range(len(atoms)):
+        for d in range(3):
+            ap, am = atoms.copy(), atoms.copy()
+            ap.positions[a, d] += h
+            am.positions[a, d] -= h
+            f[a, d] = -(energy_of(model, ap) - energy_of(model, am)) / (2 * h)
+    return f
+
+
+def fd_virial(model, atoms: Atoms, h: float = 1e-5) -> np.ndarray:
+    """Central finite differences W = -dE/dε for symmetric strains (cell and positions deformed), [3, 3]."""
+    W = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            eps = np.zeros((3, 3))
+            eps[a, b] = eps[b, a] = 0.5 if a != b else 1.0
+            vals = []
+            for s in (h, -h):
+                at = atoms.copy()
+                F = np.eye(3) + s * eps
+                at.set_cell(atoms.cell.array @ F, scale_atoms=False)
+                at.positions = atoms.positions @ F
+                vals.append(energy_of(model, at))
+            # for a != b, the strain perturbs ε_ab and ε_ba each by h/2
+            W[a, b] = W[b, a] = -(vals[0] - vals[1]) / (2 * h)
+    return W
+
+
+def scripted(model) -> torch.jit.ScriptModule:
+    """TorchScript copy of ``model`` (call it through ``evaluate(model, ..., module=...)``)."""
+    return torch.jit.script(model)
+
+
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def results_close(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], rtol: float,
+                  keys=(K.ENERGY, K.FORCES, K.VIRIAL)) -> Dict[str, float]:
+    """Relative max deviation per key; raises AssertionError naming the key that exceeds ``rtol``."""
+    errs = {k: max_rel(a[k].cpu(), b[k].cpu()) for k in keys if k in a and k in b}
+    bad = {k: v for k, v in errs.items() if not v <= rtol}
+    assert not bad, f"relative deviation above {rtol}: {bad}"
+    return errs
+
+
+def site_basis_envs(model, envs) -> torch.Tensor:
+    """Many-body site basis B [n_envs, n_b] of single environments.
+
+    ``envs``: iterable of (centre atomic number, neighbour atomic numbers [M], displacements [M, 3] in Å).
+    Only centre→neighbour edges are used, so this is B of the centre atom alone.
+    """
+    z2s = {z: s for s, z in enumerate(model.config.numbers)}
+    dev, dt = model.coefficients.device, model.coefficients.dtype
+    vecs, spc, ei, ej = [], [], [], []
+    off = 0
+    for zc, zn, R in envs:
+        R = np.asarray(R, dtype=np.float64).reshape(-1, 3)
+        m = len(R)
+        spc += [z2s[int(zc)]] + [z2s[int(z)] for z in zn]
+        ei += [off] * m
+        ej += list(range(off + 1, off + 1 + m))
+        vecs.append(R)
+        off += m + 1
+    species = torch.tensor(spc, dtype=torch.long, device=dev)
+    edge_index = torch.tensor([ei, ej], dtype=torch.long, device=dev)
+    vectors = torch.tensor(np.concatenate(vecs), dtype=dt, device=dev)
+    with torch.no_grad():
+        A = model.atomic_basis(vectors, species, edge_index)
+        B = model.site_basis(A)
+    centres = torch.tensor(np.cumsum([0] + [len(np.asarray(R).reshape(-1, 3)) + 1 for _, _, R in envs])[:-1],
+                           device=dev)
+    return B[centres]
+
+
+def random_envs(rng: np.random.Generator, numbers: Sequence[int], n_envs: int, n_neigh: int, rmin: float,
+                rmax: float):
+    """Random environments (centre Z, neighbour Zs, displacements) with rmin <= r < rmax."""
+    envs = []
+    for _ in range(n_envs):
+        d = rng.standard_normal((n_neigh, 3))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        r = rng.uniform(rmin, rmax, n_neigh)
+        envs.append((int(rng.choice(numbers)), rng.choice(numbers, n_neigh).astype(int), d * r[:, None]))
+    return envs
