@@ -77,6 +77,32 @@ class ProductBasis(nn.Module):
         return out
 
 
+    def leave_one_out(self, A: torch.Tensor) -> torch.Tensor:
+        """L[..., t, k] = Π_{s≠t} A[..., idx[k, s]] ([..., ν, n_AA]), so that dAA_k = Σ_t L[t, k]·dA[idx[k, t]]."""
+        A1 = torch.cat([A, torch.ones_like(A.narrow(-1, 0, 1))], dim=-1)
+        nu = self.idx.shape[1]
+        f = [A1.index_select(-1, self.idx[:, t]) for t in range(nu)]
+        # prefix/suffix products: no division, exact when factors vanish
+        pre = [torch.ones_like(f[0])]
+        for t in range(nu - 1):
+            pre.append(pre[-1] * f[t])
+        out = [pre[nu - 1]]
+        suf = torch.ones_like(f[0])
+        for t in range(nu - 1, 0, -1):
+            suf = suf * f[t]
+            out.append(pre[t - 1] * suf)
+        out.reverse()
+        return torch.stack(out, dim=-2)
+
+    def tangent(self, loo: torch.Tensor, dA: torch.Tensor) -> torch.Tensor:
+        """dAA [..., n_AA] from leave-one-out products ``loo`` [..., ν, n_AA] and a tangent dA [..., n_a]."""
+        dA1 = torch.cat([dA, torch.zeros_like(dA.narrow(-1, 0, 1))], dim=-1)
+        out = loo.select(-2, 0) * dA1.index_select(-1, self.idx[:, 0])
+        for t in range(1, self.idx.shape[1]):
+            out = out + loo.select(-2, t) * dA1.index_select(-1, self.idx[:, t])
+        return out
+
+
 class SymmetricCoupling(nn.Module):
     """B = C·AA with C sparse (COO buffers ``rows``, ``cols``, ``vals``)."""
 

@@ -1,19 +1,20 @@
 """Design-matrix rows of the linear ACE basis: energy, forces (-∂/∂x) and virials of every basis function.
 
-Because A_i = Σ_j φ(r_ij) is linear in the edges, ∂B_i/∂r_ij = (∂B/∂A)(A_i) · ∂φ(r_ij)/∂r_ij.  Both
-factors are obtained with forward-mode AD of the same modules the energy uses: ∂φ/∂r by three
-Jacobian–vector products of the edge embedding (one per Cartesian direction, each edge depends only on
-its own vector), and the per-edge basis derivative G_e = ∂B_i/∂r_e by one JVP of the site basis at A_i
-with tangent ∂φ_e (batched over edges, in chunks).  Cost ∝ edges × (AA + C), independent of the number
-of basis functions' backward passes.  Then F_j = Σ_{e: i(e)=j} G_e - Σ_{e: j(e)=j} G_e and
-W = -½ Σ_e (r_e ⊗ G_e + G_e ⊗ r_e), in Voigt order xx, yy, zz, yz, xz, xy.
+Because A_i = Σ_j φ(r_ij) is linear in the edges, ∂B_i/∂r_ij = (∂B/∂A)(A_i) · ∂φ(r_ij)/∂r_ij
+(ACE's "adjoint" structure, ACEpotentials.jl paper §II).  ∂φ/∂r comes from forward-mode AD of the
+same edge embedding the energy uses (three directions vmapped; each edge depends only on its own
+vector).  For the product basis, dAA_k = Σ_t L_{k,t} dA_{a_{k,t}} with the leave-one-out products
+L_{k,t} = Π_{s≠t} A_{a_{k,s}} computed once per atom; then G_e = C·dAA_e per edge, in memory-bounded
+chunks.  Cost ∝ edges × (ν·n_AA + nnz(C)), not one backward pass per basis function.  Finally
+F_j = Σ_{e: i(e)=j} G_e - Σ_{e: j(e)=j} G_e and W = -½ Σ_e (r_e ⊗ G_e + G_e ⊗ r_e), in Voigt order
+xx, yy, zz, yz, xz, xy.
 """
 from __future__ import annotations
 
 from typing import Dict, Optional
 
 import torch
-from torch.func import jvp
+from torch.func import jvp, vmap
 
 from . import keys as K
 from .basis import pool
@@ -25,15 +26,15 @@ _VOIGT_B = [b for _, b in K.VOIGT]
 
 
 def _edge_jacobian(fn, vectors: torch.Tensor):
-    """(fn(vectors), d fn / d vectors[:, α] for α = x, y, z) for an edge-local fn: [E, F], [E, 3, F]."""
-    outs = []
-    val = None
-    for a in range(3):
-        t = torch.zeros_like(vectors)
-        t[:, a] = 1.0
-        val, d = jvp(fn, (vectors,), (t,))
-        outs.append(d)
-    return val, torch.stack(outs, dim=1)
+    """(fn(vectors), d fn / d vectors[:, α] for α = x, y, z) for an edge-local fn: [E, F], [E, 3, F].
+
+    Each edge's output depends on its own vector only, so the JVP with tangent e_α on every edge gives
+    all per-edge derivatives along α at once; the three directions are vmapped into one pass.
+    """
+    tangents = torch.eye(3, dtype=vectors.dtype, device=vectors.device).unsqueeze(1).expand(3, vectors.shape[0], 3)
+    val = fn(vectors)
+    d = vmap(lambda t: jvp(fn, (vectors,), (t,))[1])(tangents)  # [3, E, F]
+    return val, d.transpose(0, 1)
 
 
 def _chunk_size(n_per_row: int, budget_bytes: int, itemsize: int) -> int:
@@ -68,13 +69,13 @@ def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
         f_mb = torch.zeros(n_atoms * nz, 3, nb, dtype=dtype, device=A.device)
         v_mb = torch.zeros(n_s * nz, 6, nb, dtype=dtype, device=A.device)
         n_e = vectors.shape[0]
-        step = _chunk_size(3 * model.product.idx.numel() + 3 * nb, memory_budget, dtype.itemsize)
+        step = _chunk_size(4 * model.product.idx.numel() + 3 * nb, memory_budget, dtype.itemsize)
+        loo = model.product.leave_one_out(A)  # [N, ν, n_AA], once per atom
         for s in range(0, n_e, step):
             sl = slice(s, min(s + step, n_e))
             ne = sl.stop - sl.start
-            a_rows = A[i[sl]].repeat_interleave(3, dim=0)  # one row per (edge, direction)
-            _, G = jvp(model.site_basis, (a_rows,), (dphi[sl].reshape(3 * ne, -1),))
-            G = G.view(ne, 3, nb)
+            dAA = model.product.tangent(loo[i[sl]].unsqueeze(1), dphi[sl])  # [ne, 3, n_AA]
+            G = model.coupling(dAA)
             block = zi[sl]
             f_mb.index_add_(0, i[sl] * nz + block, G)
             f_mb.index_add_(0, j[sl] * nz + block, -G)
