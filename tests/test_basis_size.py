@@ -58,3 +58,18 @@ def test_invariant_count_by_characters(nz, order, td):
         assert coeffs.shape[0] == n_inv, t
         checked += 1
     assert checked > 300
+
+
+def test_coupling_disk_cache(tmp_path, monkeypatch):
+    import numpy as np
+    from torchace import coupling
+
+    monkeypatch.setenv("TORCHACE_CACHE", str(tmp_path))
+    coupling.symmetric_coupling.cache_clear()
+    ms, c = coupling.symmetric_coupling((1, 2, 3), (1, 1, 1))
+    files = list(tmp_path.glob("coupling_*.npz"))
+    assert len(files) == 1 and c.shape[0] == 1
+    coupling.symmetric_coupling.cache_clear()
+    ms2, c2 = coupling.symmetric_coupling((1, 2, 3), (1, 1, 1))  # now read from disk
+    assert np.array_equal(ms, ms2) and np.array_equal(c, c2)
+    coupling.symmetric_coupling.cache_clear()
