@@ -22,19 +22,26 @@ def test_isolated_atom_is_E0(sige_model):
 def test_continuity_across_cutoff(sige_model):
     rc = sige_model.rcut
     base = Atoms("SiGeSi", positions=[[0, 0, 0], [2.3, 0.4, 0.1], [0.3, 2.2, -0.4]])
-    es, fs = [], []
-    for d in (rc - 1e-6, rc - 1e-7, rc + 1e-7):
-        at = base + Atoms("Ge", positions=[[0.1, -0.2, d]])
-        at.positions[3, 2] = d  # distance from atom 0 ≈ d
+    u = np.array([-0.3, -0.3, 1.0]) / np.linalg.norm([-0.3, -0.3, 1.0])
+
+    def run(d):
+        at = base + Atoms("Ge", positions=[u * d])  # distance d from atom 0, > rc from the others
+        assert np.linalg.norm(at.positions[3] - at.positions[1:3], axis=1).min() > rc
         out = torchace.evaluate(sige_model, at)
-        es.append(float(out[K.ENERGY][0]))
-        fs.append(out[K.FORCES].numpy())
-    far = torchace.evaluate(sige_model, base + Atoms("Ge", positions=[[0.1, -0.2, rc + 3.0]]))
-    scale = abs(es[0]) + 1
-    assert abs(es[0] - es[2]) < 1e-9 * scale
-    assert np.abs(fs[0] - fs[2]).max() < 1e-5
-    # beyond the cutoff the far atom does not matter at all (other distances > rc as well)
-    assert abs(es[2] - float(far[K.ENERGY][0])) < 1e-12 * scale
+        return float(out[K.ENERGY][0]), out[K.FORCES].numpy()
+
+    e_far, _ = run(rc + 3.0)
+    e_in, f_in = run(rc - 0.3)
+    assert abs(e_in - e_far) > 1e-6  # the neighbour is felt inside the cutoff (test is not vacuous)
+    assert np.abs(f_in[3]).max() > 1e-6
+    (e1, f1), (e2, f2), (e3, f3) = run(rc - 1e-6), run(rc - 1e-7), run(rc + 1e-7)
+    scale = abs(e_far) + 1
+    # the many-body envelope vanishes quadratically, the pair envelope linearly: |ΔE| ~ 1e-6 · slope
+    assert abs(e1 - e_far) < 1e-5 * scale and abs(e2 - e_far) < 1e-6 * scale
+    assert 0 < abs(e1 - e_far) and abs(e2 - e_far) < abs(e1 - e_far)
+    assert np.abs(f2 - f3).max() < np.abs(f1 - f3).max() or np.abs(f1 - f3).max() < 1e-12
+    assert np.abs(f1 - f3).max() < 1e-3
+    assert e3 == e_far  # beyond the cutoff the atom does not contribute at all
 
 
 def test_agnesi_endpoints_and_parameters():
