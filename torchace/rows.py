@@ -17,7 +17,6 @@ import torch
 from torch.func import jvp, vmap
 
 from . import keys as K
-from .basis import pool
 from .batch import DEFAULT_MIN_DISTANCE, collate
 from .evaluate import model_device_dtype
 
@@ -47,59 +46,62 @@ def _edge_virial(vectors: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     return -0.5 * (ra.unsqueeze(-1) * G[:, _VOIGT_B] + rb.unsqueeze(-1) * G[:, _VOIGT_A])
 
 
+def _scatter_edges(G: torch.Tensor, vectors: torch.Tensor, i: torch.Tensor, j: torch.Tensor, sid: torch.Tensor,
+                   block: torch.Tensor, n_blocks: int, forces: torch.Tensor, virial: torch.Tensor) -> None:
+    """Add per-edge derivatives G [E, 3, F] (∂/∂r_e of the centre's functions) into block-major
+    force rows [N·n_blocks, 3, F] (+ at the centre, - at the neighbour) and virial rows [S·n_blocks, 6, F]."""
+    forces.index_add_(0, i * n_blocks + block, G)
+    forces.index_add_(0, j * n_blocks + block, -G)
+    virial.index_add_(0, sid * n_blocks + block, _edge_virial(vectors, G))
+
+
+def _columns(x: torch.Tensor, n_rows: int, n_blocks: int) -> torch.Tensor:
+    """Block-major [n_rows·n_blocks, C, F] → [n_rows, C, n_blocks·F] (block b in columns b·F … (b+1)·F - 1)."""
+    c, f = x.shape[1], x.shape[2]
+    return x.view(n_rows, n_blocks, c, f).permute(0, 2, 1, 3).reshape(n_rows, c, n_blocks * f)
+
+
 def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 * 2**20) -> Dict[str, torch.Tensor]:
     """Rows for a collated batch (see ``design_matrix_rows``)."""
     species, bidx, ei = batch[K.SPECIES], batch[K.BATCH], batch[K.EDGE_INDEX]
     n_atoms, n_s = species.shape[0], int(batch[K.N_ATOMS].shape[0])
-    nz, nb = model.nz, model.n_b
+    nz, nb, npair = model.nz, model.n_b, model.n_pair
     i, j = ei[0], ei[1]
-    dtype = batch[K.POSITIONS].dtype
+    sid = bidx[i]
+    zeros = lambda *shape: torch.zeros(shape, dtype=batch[K.POSITIONS].dtype, device=species.device)  # noqa: E731
     with torch.no_grad():
         vectors = model.edge_vectors(batch[K.POSITIONS], ei, batch[K.UNIT_SHIFTS], batch[K.CELL], bidx)
         zi, zj = species[i], species[j]
-        phi, dphi = _edge_jacobian(lambda v: model.embedding(v, zi, zj), vectors)  # [E, nA], [E, 3, nA]
-        A = pool(phi, i, n_atoms)
+        A = model.atomic_basis(vectors, species, ei)
         B = model.site_basis(A)  # [N, nb]
-
-        # energy: Σ_i B_i into the block of the centre element
-        e_mb = torch.zeros(n_s * nz, nb, dtype=dtype, device=A.device).index_add_(0, bidx * nz + species, B)
-        energy = [e_mb.view(n_s, nz * nb)]
-
-        # forces and virials: per-edge basis derivative G_e, in chunks of edges
-        f_mb = torch.zeros(n_atoms * nz, 3, nb, dtype=dtype, device=A.device)
-        v_mb = torch.zeros(n_s * nz, 6, nb, dtype=dtype, device=A.device)
-        n_e = vectors.shape[0]
-        step = _chunk_size(4 * model.product.idx.numel() + 3 * nb, memory_budget, dtype.itemsize)
         loo = model.product.leave_one_out(A)  # [N, ν, n_AA], once per atom
+
+        # many-body: energy Σ_i B_i, and per-edge G_e = C·dAA_e in chunks of edges
+        e_mb = zeros(n_s * nz, 1, nb).index_add_(0, bidx * nz + species, B.unsqueeze(1))
+        f_mb, v_mb = zeros(n_atoms * nz, 3, nb), zeros(n_s * nz, 6, nb)
+        n_e = vectors.shape[0]
+        per_edge = 3 * (model.embedding.n_a + (model.product.idx.shape[1] + 1) * model.product.n_aa + 2 * nb)
+        step = _chunk_size(per_edge, memory_budget, B.element_size())
         for s in range(0, n_e, step):
             sl = slice(s, min(s + step, n_e))
-            ne = sl.stop - sl.start
-            dAA = model.product.tangent(loo[i[sl]].unsqueeze(1), dphi[sl])  # [ne, 3, n_AA]
-            G = model.coupling(dAA)
-            block = zi[sl]
-            f_mb.index_add_(0, i[sl] * nz + block, G)
-            f_mb.index_add_(0, j[sl] * nz + block, -G)
-            v_mb.index_add_(0, bidx[i[sl]] * nz + block, _edge_virial(vectors[sl], G))
-        forces = [f_mb.view(n_atoms, nz, 3, nb).permute(0, 2, 1, 3).reshape(n_atoms, 3, nz * nb)]
-        virial = [v_mb.view(n_s, nz, 6, nb).permute(0, 2, 1, 3).reshape(n_s, 6, nz * nb)]
+            _, dphi = _edge_jacobian(lambda v: model.embedding(v, zi[sl], zj[sl]), vectors[sl])  # [ne, 3, nA]
+            G = model.coupling(model.product.tangent(loo[i[sl]].unsqueeze(1), dphi))  # [ne, 3, nb]
+            _scatter_edges(G, vectors[sl], i[sl], j[sl], sid[sl], zi[sl], nz, f_mb, v_mb)
+        energy = [_columns(e_mb, n_s, nz)]
+        forces = [_columns(f_mb, n_atoms, nz)]
+        virial = [_columns(v_mb, n_s, nz)]
 
-        npair = model.n_pair
-        if npair > 0:
-            pair_fn = lambda v: model.pair(torch.linalg.norm(v, dim=-1), zi, zj)  # noqa: E731
-            V, dV = _edge_jacobian(pair_fn, vectors)  # [E, np], [E, 3, np]
+        if npair > 0:  # pair blocks per ordered (centre, neighbour) element pair
+            V, dV = _edge_jacobian(lambda v: model.pair(torch.linalg.norm(v, dim=-1), zi, zj), vectors)
             blk = zi * nz + zj
-            e_p = torch.zeros(n_s * nz * nz, npair, dtype=dtype, device=A.device)
-            e_p.index_add_(0, bidx[i] * nz * nz + blk, V)
-            f_p = torch.zeros(n_atoms * nz * nz, 3, npair, dtype=dtype, device=A.device)
-            f_p.index_add_(0, i * nz * nz + blk, dV)
-            f_p.index_add_(0, j * nz * nz + blk, -dV)
-            v_p = torch.zeros(n_s * nz * nz, 6, npair, dtype=dtype, device=A.device)
-            v_p.index_add_(0, bidx[i] * nz * nz + blk, _edge_virial(vectors, dV))
-            energy.append(e_p.view(n_s, nz * nz * npair))
-            forces.append(f_p.view(n_atoms, nz * nz, 3, npair).permute(0, 2, 1, 3).reshape(n_atoms, 3, -1))
-            virial.append(v_p.view(n_s, nz * nz, 6, npair).permute(0, 2, 1, 3).reshape(n_s, 6, -1))
+            e_p = zeros(n_s * nz * nz, 1, npair).index_add_(0, sid * nz * nz + blk, V.unsqueeze(1))
+            f_p, v_p = zeros(n_atoms * nz * nz, 3, npair), zeros(n_s * nz * nz, 6, npair)
+            _scatter_edges(dV, vectors, i, j, sid, blk, nz * nz, f_p, v_p)
+            energy.append(_columns(e_p, n_s, nz * nz))
+            forces.append(_columns(f_p, n_atoms, nz * nz))
+            virial.append(_columns(v_p, n_s, nz * nz))
     return {
-        K.ENERGY: torch.cat(energy, dim=-1),
+        K.ENERGY: torch.cat(energy, dim=-1).squeeze(1),
         K.FORCES: torch.cat(forces, dim=-1).reshape(3 * n_atoms, -1),
         K.VIRIAL: torch.cat(virial, dim=-1),
     }
