@@ -62,3 +62,22 @@ def test_design_rows_chunking_is_exact(si_model):
     b = torchace.design_matrix_rows(si_model, at, memory_budget=2**20)  # ~12 edges per chunk
     for k in (K.ENERGY, K.FORCES, K.VIRIAL):
         assert torch.equal(a[k], b[k]) or max_rel(a[k], b[k]) < 1e-14
+
+
+def test_force_loss_gradient_in_train_mode(sige_model):
+    """In train mode forces are differentiable w.r.t. the coefficients (one code path for fitting and
+    gradient training); F is linear in c, so d(w·F)/dc must equal rows_Fᵀ w."""
+    from torchace.batch import collate
+    from torchace.evaluate import model_inputs
+
+    at = rattled_bulk(["Si", "Ge"], seed=31)
+    rows = torchace.design_matrix_rows(sige_model, at)
+    sige_model.train()
+    try:
+        batch = collate(at, sige_model.config.numbers, sige_model.rcut)
+        out = sige_model(*model_inputs(sige_model, batch))
+        w = torch.randn(out[K.FORCES].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        (g,) = torch.autograd.grad((out[K.FORCES] * w).sum(), [sige_model.coefficients])
+    finally:
+        sige_model.eval()
+    assert max_rel(g, rows[K.FORCES].T @ w.reshape(-1)) < 1e-11

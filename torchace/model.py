@@ -142,4 +142,5 @@ def ace_model(elements, order: int, totaldegree, *, wL: float = 1.5, rcut: Optio
               E0=None, pair: bool = True, dtype: torch.dtype = torch.float64) -> ACEModel:
     """Build a linear ACE model with ACEpotentials.jl v0.10 ``ace1_model`` conventions (see docs/conventions.md)."""
     cfg = ACEConfig.build(elements, order, totaldegree, wL=wL, rcut=rcut, r0=r0, E0=E0, pair=pair)
-    return ACEModel(cfg, dtype=dtype)
+    # inference mode by default; .train() makes forces differentiable (create_graph) for force losses
+    return ACEModel(cfg, dtype=dtype).eval()
