@@ -20,7 +20,8 @@ def _rel_residual(X, Y):
     return float(np.max(np.linalg.norm(Y - X @ coef, axis=0) / np.linalg.norm(Y, axis=0)))
 
 
-@pytest.mark.parametrize("elements,order,td", [(["Si"], 3, 12), (["Si", "Ge"], 3, 8), (["Si"], 4, 10)])
+@pytest.mark.parametrize("elements,order,td", [(["Si"], 3, 12), (["Si", "Ge"], 3, 8), (["Si"], 4, 10),
+                                             (["Si", "Ge", "C"], 3, 6)])
 def test_same_span_as_acejax(elements, order, td):
     m = torchace.ace_model(elements, order, td)
     sizes = acejax_basis_sizes(elements, order, td)
