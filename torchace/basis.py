@@ -31,6 +31,10 @@ class EdgeEmbedding(nn.Module):
         self.n_y = (self.max_l + 1) ** 2
         # L²-normalised on the unit sphere: ∫ Y_lm² dΩ = 1
         self.sh = o3.SphericalHarmonics(list(range(self.max_l + 1)), normalize=True, normalization="integral")
+        # per-(n, l) rescaling of the one-particle basis (product-form priors: R_nl → R_nl/γ_nl); 1 = none
+        self.register_buffer("nl_scale", torch.ones(radials.max_n, self.max_l + 1, dtype=torch.float64))
+        l_of_lm = torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(self.max_l + 1)])
+        self.register_buffer("l_of_lm", l_of_lm)
 
     @property
     def n_a(self) -> int:
@@ -40,7 +44,8 @@ class EdgeEmbedding(nn.Module):
         r = torch.linalg.norm(vectors, dim=-1)
         R = self.radials(r, zi, zj)
         Y = self.sh(vectors)
-        return (R.unsqueeze(-1) * Y.unsqueeze(-2)).reshape(vectors.shape[0], R.shape[1] * Y.shape[1])
+        scale = self.nl_scale.index_select(1, self.l_of_lm)  # [max_n, n_y]
+        return (R.unsqueeze(-1) * Y.unsqueeze(-2) * scale).reshape(vectors.shape[0], R.shape[1] * Y.shape[1])
 
 
 def pool(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:

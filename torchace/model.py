@@ -25,6 +25,7 @@ from .spec import ProductSpec, pair_degree, product_spec
 
 class ACEModel(nn.Module):
     __jit_unused_properties__ = ["elements"]
+    __jit_ignored_attributes__ = ["config", "spec", "nl_of_b", "prior_info", "metadata"]
 
     def __init__(self, config: ACEConfig, dtype: torch.dtype = torch.float64):
         super().__init__()
@@ -49,6 +50,10 @@ class ACEModel(nn.Module):
         self.register_buffer("E0", torch.tensor(config.E0, dtype=torch.float64))
         self.register_buffer("atomic_numbers", torch.tensor(config.numbers, dtype=torch.long))
         self.coefficients = nn.Parameter(torch.zeros(self.basis_size, dtype=torch.float64))
+        # posterior samples [n, basis_size] from a Bayesian fit (uncertainties); None if not fitted so
+        self.register_buffer("committee", None)
+        self.prior_info = None  # JSON description of the prior the basis was rescaled/fitted with
+        self.metadata = {}      # fit information carried into the model file
         self.to(dtype)
 
     # ``model.coefficients = tensor`` copies into the parameter (shape-checked) instead of replacing it
@@ -65,6 +70,32 @@ class ACEModel(nn.Module):
     @property
     def elements(self):
         return list(self.config.elements)
+
+    def save(self, path: str, metadata=None) -> None:
+        """Write the model as one JSON file (docs/model_file.md); atomic, loads without executing code."""
+        from .serialization import save
+
+        save(self, path, metadata)
+
+    # ---- basis rescaling (priors act here so that fitting and gradient training share one code path) ----
+
+    def set_basis_scale(self, nl_scale: Optional[torch.Tensor] = None, pair_scale: Optional[torch.Tensor] = None) -> None:
+        """Rescale the one-particle basis per (n, l) ([max_n, max_l + 1], n = 1..max_n as rows) and the pair
+        basis per degree ([n_pair]).  Coefficients refer to the rescaled basis; callers that want the same
+        model values must rescale the coefficients themselves."""
+        with torch.no_grad():
+            if nl_scale is not None:
+                buf = self.embedding.nl_scale
+                nl_scale = torch.as_tensor(nl_scale, dtype=buf.dtype, device=buf.device)
+                if nl_scale.shape != buf.shape:
+                    raise ValueError(f"nl_scale must have shape {tuple(buf.shape)}, got {tuple(nl_scale.shape)}")
+                buf.copy_(nl_scale)
+            if pair_scale is not None:
+                buf = self.pair.scale
+                pair_scale = torch.as_tensor(pair_scale, dtype=buf.dtype, device=buf.device)
+                if pair_scale.shape != buf.shape:
+                    raise ValueError(f"pair_scale must have shape {tuple(buf.shape)}, got {tuple(pair_scale.shape)}")
+                buf.copy_(pair_scale)
 
     # ---- basis pieces (shared by the energy, the design-matrix rows and the fast paths) ----
 

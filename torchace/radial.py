@@ -121,6 +121,8 @@ class PairBasis(nn.Module):
         self.rcut = float(rcut)
         self.transform = AgnesiTransform(r0, rcut, 1.0, 3.0)
         self.register_buffer("coef", torch.from_numpy(orthonormal_recurrence(max(self.n_pair, 1), 0.0, 0.0)))
+        # per-degree rescaling (priors act on the pair basis as on R_nl); 1 = none
+        self.register_buffer("scale", torch.ones(self.n_pair, dtype=torch.float64))
 
     def forward(self, r: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
         x = self.transform(r, zi, zj)
@@ -129,4 +131,4 @@ class PairBasis(nn.Module):
         sc = self.rcut / r0
         env = s ** (-2) - sc ** (-2) + 2.0 * sc ** (-3) * (s - sc)
         env = torch.where(r < self.rcut, env, torch.zeros_like(env))
-        return eval_recurrence(x, self.coef, self.n_pair) * env.unsqueeze(-1)
+        return eval_recurrence(x, self.coef, self.n_pair) * (env.unsqueeze(-1) * self.scale)

@@ -1,0 +1,179 @@
+"""Weighted least-squares system [E; F; V] for a data set, dense or memory-bounded.
+
+Rows follow ACEpotentials.jl (``ACEfit.assemble``): per structure an energy row weighted by w_E/√N, the
+3N force rows by w_F, the 6 Voigt virial rows by w_V/√N, targets E − Σ E0, F, W (eV, eV/Å, eV).
+Structures are processed in batches on the model's device (float64 by default) with the core's
+``batch_rows``.  ``assemble`` returns the dense matrix; ``assemble_reduced`` never holds more than one
+batch of rows: it accumulates either an augmented R factor (QR, numerically safer) or the normal
+equations, and returns an equivalent k×k system (R, z, ‖y‖² − ‖z‖², m) that every solver accepts.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+
+from . import keys as K
+from .batch import collate
+from .data import ISOLATED_ATOM, Dataset, Labelled, resolve_weights, weights_for
+from .rows import batch_rows
+
+
+@dataclass
+class LinearSystem:
+    """min ‖A c − y‖² (+ rss_offset); for a reduced system A is k×k and n_obs counts the original rows."""
+
+    A: torch.Tensor
+    y: torch.Tensor
+    n_obs: int
+    rss_offset: float = 0.0
+    reduced: bool = False
+
+
+def fitting_structures(ds: Dataset) -> List[Labelled]:
+    """Structures that carry information for the fit (isolated atoms only define E0)."""
+    return [s for s in ds if s.config_type != ISOLATED_ATOM]
+
+
+def _batches(structs: List[Labelled], batch_atoms: int) -> Iterator[List[Labelled]]:
+    cur, n = [], 0
+    for s in structs:
+        if cur and n + s.n_atoms > batch_atoms:
+            yield cur
+            cur, n = [], 0
+        cur.append(s)
+        n += s.n_atoms
+    if cur:
+        yield cur
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool, label: str = "assembling"):
+        self.total, self.done, self.enabled, self.label = total, 0, enabled, label
+        self.t0 = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.enabled:
+            dt = time.perf_counter() - self.t0
+            sys.stderr.write(f"\r{self.label}: {self.done}/{self.total} atoms, {dt:.1f} s")
+            if self.done >= self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _e0_of(model, s: Labelled) -> float:
+    e0 = dict(zip(model.config.numbers, model.E0.tolist()))
+    return float(sum(e0[int(z)] for z in s.atoms.numbers))
+
+
+def batch_system(model, structs: List[Labelled], weights, *, device=None, memory_budget: int = 256 * 2**20):
+    """Weighted rows and targets of one batch: (A [m, K], y [m])."""
+    dtype = model.coefficients.dtype
+    dev = device or model.coefficients.device
+    batch = collate([s.atoms for s in structs], model.config.numbers, model.rcut, dtype=dtype, device=dev)
+    rows = batch_rows(model, batch, memory_budget)
+    blocks, targets = [], []
+    f0 = 0
+    for k, s in enumerate(structs):
+        n = s.n_atoms
+        wE, wF, wV = weights_for(weights, s.config_type)
+        sq = np.sqrt(n)
+        if s.energy is not None and wE != 0:
+            blocks.append(rows[K.ENERGY][k:k + 1] * (wE / sq))
+            targets.append(torch.tensor([(s.energy - _e0_of(model, s)) * wE / sq], dtype=dtype, device=dev))
+        if s.forces is not None and wF != 0:
+            blocks.append(rows[K.FORCES][f0:f0 + 3 * n] * wF)
+            targets.append(torch.as_tensor(s.forces.reshape(-1) * wF, dtype=dtype, device=dev))
+        if s.virial is not None and wV != 0:
+            blocks.append(rows[K.VIRIAL][k] * (wV / sq))
+            v6 = np.array([s.virial[a, b] for a, b in K.VOIGT])
+            targets.append(torch.as_tensor(v6 * wV / sq, dtype=dtype, device=dev))
+        f0 += 3 * n
+    if not blocks:
+        K_ = model.basis_size
+        return torch.zeros(0, K_, dtype=dtype, device=dev), torch.zeros(0, dtype=dtype, device=dev)
+    return torch.cat(blocks), torch.cat(targets)
+
+
+def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, device=None, progress: bool = False,
+             memory_budget: int = 256 * 2**20) -> LinearSystem:
+    """Dense weighted system for all fitting structures of ``ds``."""
+    weights = resolve_weights(weights)
+    structs = fitting_structures(ds)
+    bar = _Progress(sum(s.n_atoms for s in structs), progress)
+    As, ys = [], []
+    for b in _batches(structs, batch_atoms):
+        A, y = batch_system(model, b, weights, device=device, memory_budget=memory_budget)
+        As.append(A)
+        ys.append(y)
+        bar.update(sum(s.n_atoms for s in b))
+    A, y = torch.cat(As), torch.cat(ys)
+    return LinearSystem(A=A, y=y, n_obs=int(A.shape[0]))
+
+
+def assemble_reduced(model, ds: Dataset, weights=None, *, method: str = "qr", batch_atoms: int = 2048,
+                     device=None, progress: bool = False, memory_budget: int = 256 * 2**20,
+                     on_batch: Optional[Callable[[int, Dict[str, torch.Tensor]], None]] = None,
+                     state: Optional[Dict[str, torch.Tensor]] = None) -> LinearSystem:
+    """Memory-bounded assembly: the k×k equivalent system, one batch of rows in memory at a time.
+
+    ``method="qr"`` keeps the (k+1)×(k+1) triangular factor of [A | y] (stable); ``"normal"`` accumulates
+    AᵀA, Aᵀy, yᵀy in float64 (cheaper per batch, squares the condition number).  ``state``/``on_batch``
+    allow checkpointing: ``on_batch(n_batches_done, state)`` is called after every batch, and passing a
+    saved ``state`` resumes after its ``n_batches`` batches.
+    """
+    if method not in ("qr", "normal"):
+        raise ValueError(f"method must be 'qr' or 'normal', got {method!r}")
+    weights = resolve_weights(weights)
+    structs = fitting_structures(ds)
+    k = model.basis_size
+    dev = device or model.coefficients.device
+    f64 = dict(dtype=torch.float64, device=dev)
+    if state is None:
+        state = {"n_batches": torch.tensor(0), "n_obs": torch.tensor(0)}
+        if method == "qr":
+            state["T"] = torch.zeros(0, k + 1, **f64)
+        else:
+            state.update(AtA=torch.zeros(k, k, **f64), Aty=torch.zeros(k, **f64), yty=torch.zeros((), **f64))
+    skip = int(state["n_batches"])
+    bar = _Progress(sum(s.n_atoms for s in structs), progress)
+    for nb, b in enumerate(_batches(structs, batch_atoms)):
+        if nb < skip:
+            bar.update(sum(s.n_atoms for s in b))
+            continue
+        A, y = batch_system(model, b, weights, device=device, memory_budget=memory_budget)
+        A, y = A.to(torch.float64), y.to(torch.float64)
+        if method == "qr":
+            M = torch.cat([state["T"], torch.cat([A, y.unsqueeze(1)], dim=1)])
+            state["T"] = torch.linalg.qr(M, mode="r")[1][: k + 1]
+        else:
+            state["AtA"] += A.T @ A
+            state["Aty"] += A.T @ y
+            state["yty"] += y @ y
+        state["n_obs"] = state["n_obs"] + A.shape[0]
+        state["n_batches"] = torch.tensor(nb + 1)
+        bar.update(sum(s.n_atoms for s in b))
+        if on_batch is not None:
+            on_batch(nb + 1, state)
+    n_obs = int(state["n_obs"])
+    if method == "qr":
+        T = state["T"]
+        if T.shape[0] < k + 1:  # fewer rows than columns so far: pad with zero rows
+            T = torch.cat([T, torch.zeros(k + 1 - T.shape[0], k + 1, **f64)])
+        R, z, rho = T[:k, :k], T[:k, k], T[k, k]
+        return LinearSystem(A=R, y=z, n_obs=n_obs, rss_offset=float(rho * rho), reduced=True)
+    # normal equations → an equivalent square system via the symmetric eigendecomposition (handles rank
+    # deficiency, e.g. the duplicated (A,B)/(B,A) pair blocks of multi-element models)
+    lam, V = torch.linalg.eigh(state["AtA"])
+    keep = lam > lam.max().clamp_min(0) * 1e-14
+    sq = lam.clamp_min(0).sqrt()
+    R = (V * sq).T  # RᵀR = AᵀA
+    w = V.T @ state["Aty"]
+    z = torch.where(keep, w / torch.where(keep, sq, torch.ones_like(sq)), torch.zeros_like(w))
+    rss = float(state["yty"] - z @ z)
+    return LinearSystem(A=R, y=z, n_obs=n_obs, rss_offset=max(rss, 0.0), reduced=True)

@@ -1,0 +1,124 @@
+"""Error tables: RMSE and MAE per config_type and overall, and a parity plot.
+
+Units follow ACEpotentials.jl's tables: E in meV/atom, F in eV/Å per Cartesian component, V in meV/atom.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from . import keys as K
+from .data import ISOLATED_ATOM, Dataset, read_data
+from .evaluate import evaluate
+
+ALL = "all"
+
+
+def predictions(model, ds: Dataset, *, batch_atoms: int = 4096) -> List[Dict[str, np.ndarray]]:
+    """Model energy/forces/virial for every structure of ``ds`` (batched evaluation), as numpy."""
+    out: List[Dict[str, np.ndarray]] = []
+    structs = list(ds)
+    k = 0
+    while k < len(structs):
+        batch, n = [], 0
+        while k < len(structs) and (not batch or n + structs[k].n_atoms <= batch_atoms):
+            batch.append(structs[k])
+            n += structs[k].n_atoms
+            k += 1
+        res = evaluate(model, [s.atoms for s in batch])
+        forces = torch.split(res[K.FORCES], res[K.N_ATOMS].tolist())
+        for j in range(len(batch)):
+            out.append({K.ENERGY: float(res[K.ENERGY][j]), K.FORCES: forces[j].cpu().numpy(),
+                        K.VIRIAL: res[K.VIRIAL][j].cpu().numpy()})
+    return out
+
+
+def _stats(x: List[np.ndarray]) -> Optional[Dict[str, float]]:
+    if not x:
+        return None
+    v = np.concatenate([np.ravel(a) for a in x])
+    if v.size == 0:
+        return None
+    return {"rmse": float(np.sqrt(np.mean(v * v))), "mae": float(np.mean(np.abs(v)))}
+
+
+def errors(model, data, *, include_isolated: bool = False, preds=None, **read_kwargs) -> Dict[str, Dict[str, Optional[Dict[str, float]]]]:
+    """``{config_type or "all": {"E": {"rmse", "mae"}, "F": ..., "V": ...}}`` (meV/atom, eV/Å, meV/atom).
+
+    A quantity without labels in a group is ``None``.  Isolated atoms (which define E0) are left out
+    unless ``include_isolated``.
+    """
+    ds = read_data(data, elements=model.elements, **read_kwargs)
+    structs = [s for s in ds if include_isolated or s.config_type != ISOLATED_ATOM]
+    preds = preds if preds is not None else predictions(model, Dataset(structs))
+    groups: Dict[str, Dict[str, List[np.ndarray]]] = {}
+    for s, p in zip(structs, preds):
+        for g in (s.config_type, ALL):
+            d = groups.setdefault(g, {"E": [], "F": [], "V": []})
+            if s.energy is not None:
+                d["E"].append(np.array([(p[K.ENERGY] - s.energy) / s.n_atoms * 1e3]))
+            if s.forces is not None:
+                d["F"].append(p[K.FORCES] - s.forces)
+            if s.virial is not None:
+                d["V"].append((p[K.VIRIAL] - s.virial) / s.n_atoms * 1e3)
+    order = sorted(g for g in groups if g != ALL) + [ALL]
+    return {g: {q: _stats(groups[g][q]) for q in ("E", "F", "V")} for g in order}
+
+
+def format_table(err: Dict[str, Dict[str, Optional[Dict[str, float]]]], title: str = "") -> str:
+    """Plain-text table in the style of ACEpotentials.jl's error tables."""
+    lines = []
+    if title:
+        lines.append(title)
+    head = f"{'config_type':<20} {'E rmse':>9} {'E mae':>9} {'F rmse':>9} {'F mae':>9} {'V rmse':>9} {'V mae':>9}"
+    lines += [head, f"{'':<20} {'meV/at':>9} {'meV/at':>9} {'eV/Å':>9} {'eV/Å':>9} {'meV/at':>9} {'meV/at':>9}",
+              "-" * len(head)]
+    for g, d in err.items():
+        cells = []
+        for q in ("E", "F", "V"):
+            s = d[q]
+            cells += ["-", "-"] if s is None else [f"{s['rmse']:.4g}", f"{s['mae']:.4g}"]
+        lines.append(f"{g:<20} " + " ".join(f"{c:>9}" for c in cells))
+    return "\n".join(lines)
+
+
+def parity_plot(model, data, path: str, *, preds=None, **read_kwargs) -> str:
+    """Energy-per-atom and force-component parity plots (PNG), written atomically."""
+    import os
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = read_data(data, elements=model.elements, **read_kwargs)
+    structs = [s for s in ds if s.config_type != ISOLATED_ATOM]
+    preds = preds if preds is not None else predictions(model, Dataset(structs))
+    fig, ax = plt.subplots(1, 2, figsize=(9, 4.2))
+    for ct in sorted({s.config_type for s in structs}):
+        idx = [k for k, s in enumerate(structs) if s.config_type == ct]
+        e = [(structs[k].energy / structs[k].n_atoms, preds[k][K.ENERGY] / structs[k].n_atoms)
+             for k in idx if structs[k].energy is not None]
+        if e:
+            e = np.array(e)
+            ax[0].plot(e[:, 0], e[:, 1], ".", label=ct)
+        f = [(structs[k].forces.ravel(), preds[k][K.FORCES].ravel()) for k in idx if structs[k].forces is not None]
+        if f:
+            ax[1].plot(np.concatenate([a for a, _ in f]), np.concatenate([b for _, b in f]), ".", ms=2, label=ct)
+    for a, name in zip(ax, ("energy (eV/atom)", "force component (eV/Å)")):
+        lo, hi = a.get_xlim()
+        a.plot([lo, hi], [lo, hi], "k-", lw=0.5)
+        a.set_xlabel(f"reference {name}")
+        a.set_ylabel(f"torchace {name}")
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

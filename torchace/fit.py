@@ -1,0 +1,199 @@
+"""``torchace.fit``: the linear ACE fit of ACEpotentials.jl's ``acefit!``, with priors and solvers.
+
+Pipeline: data → labels and weights → E0 (given, from ``isolated_atom`` structures, or fitted) → prior
+(a *basis* prior rescales the one-particle basis inside the model; a *column* prior scales the design
+matrix columns, A → A·Γ⁻¹ and c = Γ⁻¹c') → weighted design matrix (dense, or a memory-bounded reduced
+system) → solver → coefficients (referring to the model's own, possibly rescaled, basis) → training errors.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+
+from .assembly import LinearSystem, assemble, assemble_reduced, fitting_structures
+from .data import Dataset, DataKeys, isolated_atom_energies, read_data, resolve_weights
+from .errors import errors as error_table
+from .errors import format_table
+
+
+@dataclass
+class FitResult:
+    hyperparameters: Dict[str, Any]
+    errors: Dict[str, Any]
+    solver: str
+    prior: Optional[Dict[str, Any]]
+    E0: Dict[str, float]
+    n_structures: int
+    n_obs: int
+    basis_size: int
+    timings: Dict[str, float] = field(default_factory=dict)
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> str:
+        return format_table(self.errors, "training errors")
+
+    def to_dict(self) -> Dict[str, Any]:
+        def clean(x):
+            if isinstance(x, dict):
+                return {str(k): clean(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [clean(v) for v in x]
+            if isinstance(x, torch.Tensor):
+                return x.tolist() if x.numel() < 64 else f"tensor{tuple(x.shape)}"
+            if isinstance(x, (int, float, str, bool)) or x is None:
+                return x
+            return str(x)
+
+        return clean(self.__dict__)
+
+
+def _set_E0(model, ds: Dataset, E0) -> Dict[str, float]:
+    syms = model.elements
+    if E0 is None or E0 == "isolated":
+        found = isolated_atom_energies(ds)
+        if E0 == "isolated" or found:
+            missing = [s for s in syms if s not in found]
+            if missing:
+                raise ValueError(f"E0: no isolated_atom structure for {missing}; give E0 explicitly or E0='fit'")
+            values = found
+        else:
+            values = dict(zip(syms, model.E0.tolist()))
+            if all(v == 0.0 for v in values.values()):
+                warnings.warn("E0 = 0 for all elements (no isolated_atom data, none given): fitting total energies")
+    elif isinstance(E0, dict):
+        unknown = set(E0) - set(syms)
+        if unknown:
+            raise ValueError(f"E0 given for {sorted(unknown)}, not in the model's elements {syms}")
+        values = {s: float(E0.get(s, 0.0)) for s in syms}
+    else:
+        raise ValueError(f"E0 must be None, 'isolated', 'fit' or a dict, got {E0!r}")
+    with torch.no_grad():
+        model.E0.copy_(torch.tensor([values[s] for s in syms], dtype=model.E0.dtype))
+    return values
+
+
+def _counts(model, ds: Dataset, weights) -> torch.Tensor:
+    """Per-structure element counts [S_fit, NZ] for the energy rows (E0 fitting)."""
+    from .data import weights_for
+
+    rows = []
+    for s in fitting_structures(ds):
+        if s.energy is None:
+            continue
+        wE, _, _ = weights_for(weights, s.config_type)
+        if wE == 0:
+            continue
+        rows.append([float((s.atoms.numbers == z).sum()) * wE / s.n_atoms ** 0.5 for z in model.config.numbers])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Optional[DataKeys] = None,
+        skip_bad: bool = False, streaming: Optional[str] = None, batch_atoms: int = 2048, device=None,
+        validation=None, progress: bool = False, compute_errors: bool = True) -> FitResult:
+    """Fit ``model`` in place to ``data`` (a path, list of paths, list of ``ase.Atoms`` or a ``Dataset``).
+
+    ``weights``: ``{"default": {"E": 30, "F": 1, "V": 1}, "<config_type>": {...}}`` (ACEpotentials.jl
+    defaults; energy and virial rows scaled by 1/√N).  ``E0``: None (from ``isolated_atom`` structures
+    if present, else the model's), ``"isolated"``, ``"fit"`` or ``{element: eV}``.  ``prior``: an object
+    of ``torchace.priors``.  ``solver``: an object of ``torchace.solvers`` (default: BLR, as
+    ``acefit!``).  ``streaming``: None (dense design matrix), ``"qr"`` or ``"normal"`` (memory-bounded).
+    ``validation``: data for solvers that select hyper-parameters on a validation set (TruncatedSVD).
+    """
+    from . import solvers as S
+
+    t0 = time.perf_counter()
+    ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
+    weights = resolve_weights(weights)
+    fit_e0 = isinstance(E0, str) and E0 == "fit"
+    e0 = _set_E0(model, ds, None if fit_e0 else E0)
+    if fit_e0:
+        with torch.no_grad():
+            model.E0.zero_()
+    solver = solver if solver is not None else S.BLR()
+    prior_info = prior.to_dict() if prior is not None else None
+    gamma = None
+    if prior is not None:
+        if prior.kind == "basis":
+            prior.apply(model)
+        else:
+            gamma = prior.column_scale(model).to(torch.float64)
+    model.prior_info = prior_info
+    dev = device or model.coefficients.device
+    timings = {"read": time.perf_counter() - t0}
+
+    t0 = time.perf_counter()
+    if streaming is None:
+        system = assemble(model, ds, weights, batch_atoms=batch_atoms, device=dev, progress=progress)
+    else:
+        if fit_e0:
+            raise ValueError("E0='fit' needs the dense design matrix (streaming=None); give E0 or isolated atoms")
+        system = assemble_reduced(model, ds, weights, method=streaming, batch_atoms=batch_atoms, device=dev,
+                                  progress=progress)
+    timings["assemble"] = time.perf_counter() - t0
+    A, y = system.A.to(torch.float64), system.y.to(torch.float64)
+    if gamma is not None:
+        A = A / gamma.to(A.device)
+    Z = None
+    if fit_e0:
+        # E0 columns are unregularised: project them out of the energy rows exactly, solve, recover E0
+        Z = torch.zeros(A.shape[0], model.nz, dtype=torch.float64, device=A.device)
+        counts = _counts(model, ds, weights).to(A.device)
+        e_rows = _energy_row_index(model, ds, weights).to(A.device)
+        Z[e_rows] = counts
+        Q, _ = torch.linalg.qr(Z)
+        A = A - Q @ (Q.T @ A)
+        y_fit = y - Q @ (Q.T @ y)
+    else:
+        y_fit = y
+    val = None
+    if validation is not None:
+        vds = read_data(validation, keys=keys, elements=model.elements, skip_bad=skip_bad)
+        vsys = assemble(model, vds, weights, batch_atoms=batch_atoms, device=dev)
+        vA = vsys.A.to(torch.float64)
+        val = (vA / gamma.to(vA.device) if gamma is not None else vA, vsys.y.to(torch.float64))
+
+    t0 = time.perf_counter()
+    res = solver.solve(A, y_fit, n_obs=system.n_obs, rss_offset=system.rss_offset, validation=val)
+    timings["solve"] = time.perf_counter() - t0
+    c = res.coefficients.to(torch.float64)
+    committee = res.committee
+    if gamma is not None:
+        c = c / gamma.to(c.device)
+        if committee is not None:
+            committee = committee / gamma.to(committee.device)
+    if fit_e0:
+        e0_vec = torch.linalg.lstsq(Z, (y - system.A.to(torch.float64) @ c).unsqueeze(1)).solution.squeeze(1)
+        e0 = {s: float(v) for s, v in zip(model.elements, e0_vec.tolist())}
+        with torch.no_grad():
+            model.E0.copy_(e0_vec.to(model.E0.dtype))
+    model.coefficients = c.to(model.coefficients.dtype)
+    model.committee = None if committee is None else committee.to(model.coefficients.dtype)
+    t0 = time.perf_counter()
+    errs = error_table(model, ds) if compute_errors else {}
+    timings["errors"] = time.perf_counter() - t0
+    result = FitResult(hyperparameters=dict(res.hyperparameters), errors=errs, solver=type(solver).__name__,
+                       prior=prior_info, E0=e0, n_structures=len(fitting_structures(ds)), n_obs=system.n_obs,
+                       basis_size=model.basis_size, timings=timings, info=dict(res.info))
+    model.metadata = {"fit": {k: v for k, v in result.to_dict().items() if k != "info"}}
+    return result
+
+
+def _energy_row_index(model, ds: Dataset, weights) -> torch.Tensor:
+    """Row numbers of the energy rows in the dense system built by ``assemble`` (same order and rules)."""
+    from .data import weights_for
+
+    idx, r = [], 0
+    for s in fitting_structures(ds):
+        wE, wF, wV = weights_for(weights, s.config_type)
+        if s.energy is not None and wE != 0:
+            idx.append(r)
+            r += 1
+        if s.forces is not None and wF != 0:
+            r += 3 * s.n_atoms
+        if s.virial is not None and wV != 0:
+            r += 6
+    return torch.tensor(idx, dtype=torch.long)
