@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 DEFAULT_EXAMPLE = "data/si_examples.xyz"
+DEFAULT_FIT = "data/default_fit.yaml"
 
 
 def _write_json_atomic(path: str, obj) -> None:
@@ -108,6 +109,51 @@ def cmd_evaluate(args) -> int:
     return 0 if max(check_e, check_f) < tol * max(1.0, float(out[K.ENERGY].abs().max())) else 1
 
 
+def cmd_fit(args) -> int:
+    import yaml
+
+    import torchace
+    from torchace.data import DataKeys, read_data
+    from torchace.errors import errors as error_table, format_table, parity_plot, predictions
+    from torchace.fitconfig import FitConfig
+    from torchace.serialization import write_json_atomic
+
+    if args.config:
+        cfg = FitConfig.load(args.config)
+    else:  # the bundled default job; outputs go to the working directory
+        text = resources.files("torchace").joinpath(DEFAULT_FIT).read_text()
+        cfg = FitConfig.from_dict(yaml.safe_load(text), os.getcwd())
+    m = dict(cfg.model)
+    elements, order, td = m.pop("elements"), m.pop("order"), m.pop("totaldegree")
+    model = torchace.ace_model(elements, order, td, **m).to(cfg.assembly.device)
+    print(f"torchace {torchace.__version__} fit: {model.extra_repr()}", flush=True)
+    keys = DataKeys(**cfg.data.keys)
+    train = read_data(cfg.data.train, keys=keys, elements=model.elements, skip_bad=cfg.data.skip_bad)
+    print(f"training data: {len(train)} structures, {sum(s.n_atoms for s in train)} atoms "
+          f"({', '.join(train.config_types)})", flush=True)
+    res = torchace.fit(model, train, weights=cfg.weights, prior=cfg.build_prior(), solver=cfg.build_solver(),
+                       E0=cfg.E0, streaming=cfg.assembly.streaming, batch_atoms=cfg.assembly.batch_atoms,
+                       progress=not args.quiet)
+    print(f"solver {res.solver}: {res.hyperparameters}; E0 {res.E0}; "
+          f"timings {', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
+    print(res.table())
+    report = {"train": res.errors, "fit": res.to_dict()}
+    if cfg.data.test:
+        test = read_data(cfg.data.test, keys=keys, elements=model.elements, skip_bad=cfg.data.skip_bad)
+        preds = predictions(model, test)
+        report["test"] = error_table(model, test, preds=preds)
+        print(format_table(report["test"], "test errors"))
+        if cfg.output.parity:
+            parity_plot(model, test, cfg.output.parity, preds=preds)
+            print(f"wrote {cfg.output.parity}")
+    model.save(cfg.output.model)
+    print(f"wrote {cfg.output.model}")
+    if cfg.output.errors:
+        write_json_atomic(cfg.output.errors, report)
+        print(f"wrote {cfg.output.errors}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="torchace", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -123,7 +169,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     ev.add_argument("-o", "--output", help="write results as JSON (atomically)")
+    ft = sub.add_parser("fit", help="fit a linear ACE model from a YAML/JSON config (default: bundled Zuo Si job)")
+    ft.add_argument("config", nargs="?", help="fit configuration (see torchace/fitconfig.py, docs/fitting.md)")
+    ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
+    if args.command == "fit":
+        return cmd_fit(args)
     if args.command == "evaluate":
         if len(args.totaldegree) == 1:
             args.totaldegree = args.totaldegree[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,11 +37,14 @@ class ACEModel(nn.Module):
         spec: ProductSpec = product_spec(nz, config.order, config.totaldegree, config.wL)
         self.spec = spec
         r0 = torch.tensor(config.r0, dtype=torch.float64)
-        self.embedding = EdgeEmbedding(ManyBodyRadials(r0, config.rcut, nz, spec.max_degree), spec.max_l)
-        n_y = self.embedding.n_y
+        n_y = (spec.max_l + 1) ** 2
         cs = couple_spec(spec.nl_tuples, lambda n, l: (n - 1) * n_y + l * l)
+        # keep only the one-particle functions that some product uses; AA indices refer to that list
+        used = np.unique(np.concatenate([a.reshape(-1) for a in cs["aa"]]))
+        aa = [np.searchsorted(used, a) for a in cs["aa"]]
+        self.embedding = EdgeEmbedding(ManyBodyRadials(r0, config.rcut, nz, spec.max_degree), spec.max_l, used)
         self.nl_of_b = cs["nl_of_b"]
-        self.product = ProductBasis(cs["aa"], self.embedding.n_a)
+        self.product = ProductBasis(aa, self.embedding.n_a)
         self.coupling = SymmetricCoupling(cs["rows"], cs["cols"], cs["vals"], cs["n_b"], cs["n_aa"])
         self.n_b = int(cs["n_b"])
         self.n_pair = pair_degree(config.totaldegree, config.order) if config.pair else 0

@@ -4,8 +4,9 @@ Because A_i = Σ_j φ(r_ij) is linear in the edges, ∂B_i/∂r_ij = (∂B/∂A)
 (ACE's "adjoint" structure, ACEpotentials.jl paper §II).  ∂φ/∂r comes from forward-mode AD of the
 same edge embedding the energy uses (three directions vmapped; each edge depends only on its own
 vector).  For the product basis, dAA_k = Σ_t L_{k,t} dA_{a_{k,t}} with the leave-one-out products
-L_{k,t} = Π_{s≠t} A_{a_{k,s}} computed once per atom; then G_e = C·dAA_e per edge, in memory-bounded
-chunks.  Cost ∝ edges × (ν·n_AA + nnz(C)), not one backward pass per basis function.  Finally
+L_{k,t} = Π_{s≠t} A_{a_{k,s}}, so the site Jacobian J_i = ∂B/∂A = C·∂AA/∂A is assembled once per atom
+from L and the sparse coupling, and G_e = J_i·∂φ_e is a dense batched matrix product per chunk of atoms
+(BLAS), never one backward pass per basis function.  Finally
 F_j = Σ_{e: i(e)=j} G_e - Σ_{e: j(e)=j} G_e and W = -½ Σ_e (r_e ⊗ G_e + G_e ⊗ r_e), in Voigt order
 xx, yy, zz, yz, xz, xy.
 """
@@ -61,31 +62,72 @@ def _columns(x: torch.Tensor, n_rows: int, n_blocks: int) -> torch.Tensor:
     return x.view(n_rows, n_blocks, c, f).permute(0, 2, 1, 3).reshape(n_rows, c, n_blocks * f)
 
 
+def _jacobian_pattern(model):
+    """Static index arrays for J[i, a, b] = ∂B_b/∂A_a.
+
+    ∂B_b/∂A_a = Σ_{(b,k)∈C} C_bk Σ_t L_{k,t} δ(a, idx[k,t]), with L the leave-one-out products.
+    Returns (flat target a·n_b + b, flat source t·n_AA + k, coupling value).
+    """
+    idx, n_a, n_aa = model.product.idx, model.product.n_a, model.product.n_aa
+    rows, cols, vals = model.coupling.rows, model.coupling.cols, model.coupling.vals
+    tgt, src, val = [], [], []
+    for t in range(idx.shape[1]):
+        a = idx[cols, t]
+        m = a < n_a  # padded positions (lower orders) contribute nothing
+        tgt.append(a[m] * model.n_b + rows[m])
+        src.append(t * n_aa + cols[m])
+        val.append(vals[m])
+    return torch.cat(tgt), torch.cat(src), torch.cat(val)
+
+
 def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 * 2**20) -> Dict[str, torch.Tensor]:
-    """Rows for a collated batch (see ``design_matrix_rows``)."""
+    """Rows for a collated batch (see ``design_matrix_rows``).
+
+    Per atom i the Jacobian J_i = ∂B/∂A (over the A-columns in use) is assembled from the leave-one-out
+    products; the per-edge derivatives G_e = J_i · ∂φ_e/∂r_e are then one batched matrix product per
+    chunk of atoms (edges padded to the largest neighbour count in the chunk).
+    """
     species, bidx, ei = batch[K.SPECIES], batch[K.BATCH], batch[K.EDGE_INDEX]
     n_atoms, n_s = species.shape[0], int(batch[K.N_ATOMS].shape[0])
     nz, nb, npair = model.nz, model.n_b, model.n_pair
-    i, j = ei[0], ei[1]
-    sid = bidx[i]
-    zeros = lambda *shape: torch.zeros(shape, dtype=batch[K.POSITIONS].dtype, device=species.device)  # noqa: E731
+    dtype, dev = batch[K.POSITIONS].dtype, species.device
+    zeros = lambda *shape: torch.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
     with torch.no_grad():
-        vectors = model.edge_vectors(batch[K.POSITIONS], ei, batch[K.UNIT_SHIFTS], batch[K.CELL], bidx)
+        # edges grouped by centre (stable), so each atom's edges are contiguous
+        order = torch.argsort(ei[0], stable=True)
+        i, j = ei[0][order], ei[1][order]
+        sid = bidx[i]
+        vectors = model.edge_vectors(batch[K.POSITIONS], torch.stack([i, j]), batch[K.UNIT_SHIFTS][order],
+                                     batch[K.CELL], bidx)
         zi, zj = species[i], species[j]
-        A = model.atomic_basis(vectors, species, ei)
+        A = model.atomic_basis(vectors, species, torch.stack([i, j]))
         B = model.site_basis(A)  # [N, nb]
-        loo = model.product.leave_one_out(A)  # [N, ν, n_AA], once per atom
-
-        # many-body: energy Σ_i B_i, and per-edge G_e = C·dAA_e in chunks of edges
         e_mb = zeros(n_s * nz, 1, nb).index_add_(0, bidx * nz + species, B.unsqueeze(1))
+
+        tgt, src, val = _jacobian_pattern(model)
+        n_used = model.embedding.n_a
+        deg = torch.bincount(i, minlength=n_atoms)
+        start = torch.cumsum(deg, 0) - deg
+        slot = torch.arange(i.numel(), device=dev) - start[i]
         f_mb, v_mb = zeros(n_atoms * nz, 3, nb), zeros(n_s * nz, 6, nb)
-        n_e = vectors.shape[0]
-        per_edge = 3 * (model.embedding.n_a + (model.product.idx.shape[1] + 1) * model.product.n_aa + 2 * nb)
-        step = _chunk_size(per_edge, memory_budget, B.element_size())
-        for s in range(0, n_e, step):
-            sl = slice(s, min(s + step, n_e))
-            _, dphi = _edge_jacobian(lambda v: model.embedding(v, zi[sl], zj[sl]), vectors[sl])  # [ne, 3, nA]
-            G = model.coupling(model.product.tangent(loo[i[sl]].unsqueeze(1), dphi))  # [ne, 3, nb]
+        max_deg = int(deg.max()) if n_atoms else 0
+        per_atom = (model.product.idx.shape[1] * model.product.n_aa + n_used * nb
+                    + 3 * max(max_deg, 1) * (2 * n_used + 2 * nb))
+        step = _chunk_size(per_atom, memory_budget, B.element_size())
+        for a0 in range(0, n_atoms, step):
+            a1 = min(a0 + step, n_atoms)
+            e0, e1 = int(start[a0]), int(start[a1 - 1] + deg[a1 - 1])
+            if e1 == e0:
+                continue
+            na, sl = a1 - a0, slice(e0, e1)
+            loo = model.product.leave_one_out(A[a0:a1]).reshape(na, -1)  # [na, ν·n_AA]
+            J = zeros(na, n_used * nb).index_add_(1, tgt, loo.index_select(1, src) * val).view(na, n_used, nb)
+            _, dphi = _edge_jacobian(lambda v: model.embedding(v, zi[sl], zj[sl]), vectors[sl])
+            md = int(deg[a0:a1].max())
+            il, sk = i[sl] - a0, slot[sl]
+            D = zeros(na, md, 3, n_used)
+            D[il, sk] = dphi
+            G = torch.bmm(D.view(na, md * 3, n_used), J).view(na, md, 3, nb)[il, sk]  # [ne, 3, nb]
             _scatter_edges(G, vectors[sl], i[sl], j[sl], sid[sl], zi[sl], nz, f_mb, v_mb)
         energy = [_columns(e_mb, n_s, nz)]
         forces = [_columns(f_mb, n_atoms, nz)]

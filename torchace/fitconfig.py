@@ -1,0 +1,150 @@
+"""FitConfig: the ``torchace fit CONFIG.yaml`` file, mirroring ``torchace.fit``'s Python API.
+
+```yaml
+model:    {elements: [Si], order: 3, totaldegree: [20, 16, 12], rcut: 5.5}   # ACEConfig fields
+data:     {train: Si_train.xyz, test: Si_test.xyz, keys: {energy: dft_energy}, skip_bad: false}
+weights:  {default: {E: 30, F: 1, V: 1}, liq: {E: 10, F: 0.66, V: 0.25}}
+E0:       isolated            # or a dict {Si: -158.54}, or fit
+prior:    {name: algebraic_smoothness, p: 4}     # any torchace.priors constructor and its arguments
+solver:   {name: BLR}                            # any torchace.solvers class and its arguments
+assembly: {streaming: null, batch_atoms: 2048, device: cpu}
+output:   {model: model.json, errors: errors.json, parity: parity.png}
+```
+Relative paths are resolved against the config file's directory; ``@bundled/...`` names files shipped in
+``torchace/data``.  Unknown keys anywhere are rejected with their section named.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Dict, List, Optional, Union
+
+BUNDLED = "@bundled/"
+
+
+@dataclass
+class DataSection:
+    train: Union[str, List[str]] = ""
+    test: Optional[Union[str, List[str]]] = None
+    keys: Dict[str, str] = field(default_factory=dict)
+    skip_bad: bool = False
+
+
+@dataclass
+class AssemblySection:
+    streaming: Optional[str] = None
+    batch_atoms: int = 2048
+    device: str = "cpu"
+
+
+@dataclass
+class OutputSection:
+    model: str = "model.json"
+    errors: Optional[str] = "errors.json"
+    parity: Optional[str] = None
+
+
+@dataclass
+class FitConfig:
+    model: Dict[str, Any]
+    data: DataSection
+    weights: Optional[Dict[str, Dict[str, float]]] = None
+    E0: Any = None
+    prior: Optional[Dict[str, Any]] = None
+    solver: Optional[Dict[str, Any]] = None
+    assembly: AssemblySection = field(default_factory=AssemblySection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], base_dir: str = ".") -> "FitConfig":
+        if not isinstance(d, dict):
+            raise ValueError("the fit config must be a mapping with sections model, data, ...")
+        _check_keys("config", d, {f.name for f in dataclasses.fields(cls)})
+        for sec in ("model", "data"):
+            if sec not in d:
+                raise ValueError(f"fit config: section '{sec}' is missing")
+        data = _section("data", d["data"], DataSection)
+        if not data.train:
+            raise ValueError("fit config: data.train is required")
+        data.train = _resolve(data.train, base_dir)
+        data.test = _resolve(data.test, base_dir) if data.test else None
+        for sec in ("prior", "solver"):
+            v = d.get(sec)
+            if v is not None and (not isinstance(v, dict) or "name" not in v):
+                raise ValueError(f"fit config: '{sec}' must be a mapping with a 'name'")
+        out = _section("output", d.get("output", {}), OutputSection)
+        for k in ("model", "errors", "parity"):
+            v = getattr(out, k)
+            if v:
+                setattr(out, k, v if os.path.isabs(v) else os.path.join(base_dir, v))
+        return cls(model=dict(d["model"]), data=data, weights=d.get("weights"), E0=d.get("E0"),
+                   prior=d.get("prior"), solver=d.get("solver"),
+                   assembly=_section("assembly", d.get("assembly", {}), AssemblySection), output=out)
+
+    @classmethod
+    def load(cls, path: str) -> "FitConfig":
+        import json
+
+        import yaml
+
+        with open(path) as fh:
+            text = fh.read()
+        try:
+            d = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        except Exception as exc:
+            raise ValueError(f"{path}: cannot parse: {exc}") from exc
+        try:
+            return cls.from_dict(d, os.path.dirname(os.path.abspath(path)))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    def build_prior(self):
+        if self.prior is None:
+            return None
+        from . import priors
+
+        return _construct(priors, "prior", self.prior)
+
+    def build_solver(self):
+        if self.solver is None:
+            return None
+        from . import solvers
+
+        return _construct(solvers, "solver", self.solver)
+
+
+def _construct(module, what: str, spec: Dict[str, Any]):
+    spec = dict(spec)
+    name = spec.pop("name")
+    fn = getattr(module, name, None)
+    if fn is None or name.startswith("_"):
+        raise ValueError(f"fit config: unknown {what} {name!r}")
+    try:
+        return fn(**spec)
+    except TypeError as exc:
+        raise ValueError(f"fit config: bad arguments for {what} {name!r}: {exc}") from None
+
+
+def _check_keys(section: str, d: Dict[str, Any], allowed) -> None:
+    unknown = set(d) - set(allowed)
+    if unknown:
+        raise ValueError(f"fit config: unknown key(s) {sorted(unknown)} in '{section}'; allowed: {sorted(allowed)}")
+
+
+def _section(name: str, d: Any, cls):
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ValueError(f"fit config: '{name}' must be a mapping")
+    _check_keys(name, d, {f.name for f in dataclasses.fields(cls)})
+    return cls(**d)
+
+
+def _resolve(p, base_dir: str):
+    if isinstance(p, (list, tuple)):
+        return [_resolve(x, base_dir) for x in p]
+    if p.startswith(BUNDLED):
+        return str(resources.files("torchace").joinpath("data", p[len(BUNDLED):]))
+    return p if os.path.isabs(p) else os.path.join(base_dir, p)
