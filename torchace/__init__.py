@@ -1,8 +1,13 @@
 """torchace: the linear Atomic Cluster Expansion (ACEpotentials.jl conventions) as PyTorch modules."""
+from . import priors, solvers
 from .config import ACEConfig
+from .errors import errors
 from .evaluate import evaluate
+from .fit import FitResult, fit
 from .model import ACEModel, ace_model
 from .rows import design_matrix_rows
+from .serialization import load
 
 __version__ = "0.1.0"
-__all__ = ["ACEConfig", "ACEModel", "ace_model", "evaluate", "design_matrix_rows", "__version__"]
+__all__ = ["ACEConfig", "ACEModel", "ace_model", "evaluate", "design_matrix_rows", "fit", "FitResult", "errors",
+           "load", "priors", "solvers", "__version__"]

@@ -44,17 +44,18 @@ def _stats(x: List[np.ndarray]) -> Optional[Dict[str, float]]:
     return {"rmse": float(np.sqrt(np.mean(v * v))), "mae": float(np.mean(np.abs(v)))}
 
 
-def errors(model, data, *, include_isolated: bool = False, preds=None, **read_kwargs) -> Dict[str, Dict[str, Optional[Dict[str, float]]]]:
+def errors(model, data, *, include_isolated: bool = True, preds=None, **read_kwargs) -> Dict[str, Dict[str, Optional[Dict[str, float]]]]:
     """``{config_type or "all": {"E": {"rmse", "mae"}, "F": ..., "V": ...}}`` (meV/atom, eV/Å, meV/atom).
 
-    A quantity without labels in a group is ``None``.  Isolated atoms (which define E0) are left out
-    unless ``include_isolated``.
+    A quantity without labels in a group is ``None``.  Isolated atoms count (as in ACEpotentials.jl's
+    tables; their energy error is zero when E0 comes from them) unless ``include_isolated=False``.
     """
     ds = read_data(data, elements=model.elements, **read_kwargs)
-    structs = [s for s in ds if include_isolated or s.config_type != ISOLATED_ATOM]
-    preds = preds if preds is not None else predictions(model, Dataset(structs))
+    preds = preds if preds is not None else predictions(model, ds)  # aligned with all of ds
     groups: Dict[str, Dict[str, List[np.ndarray]]] = {}
-    for s, p in zip(structs, preds):
+    for s, p in zip(ds, preds):
+        if s.config_type == ISOLATED_ATOM and not include_isolated:
+            continue
         for g in (s.config_type, ALL):
             d = groups.setdefault(g, {"E": [], "F": [], "V": []})
             if s.energy is not None:
@@ -85,7 +86,9 @@ def format_table(err: Dict[str, Dict[str, Optional[Dict[str, float]]]], title: s
 
 
 def parity_plot(model, data, path: str, *, preds=None, **read_kwargs) -> str:
-    """Energy-per-atom and force-component parity plots (PNG), written atomically."""
+    """Energy-per-atom and force-component parity plots (PNG), written atomically.
+
+    ``preds`` (optional) must be aligned with all structures of ``data`` (as ``predictions`` returns)."""
     import os
     import tempfile
 
@@ -95,8 +98,9 @@ def parity_plot(model, data, path: str, *, preds=None, **read_kwargs) -> str:
     import matplotlib.pyplot as plt
 
     ds = read_data(data, elements=model.elements, **read_kwargs)
-    structs = [s for s in ds if s.config_type != ISOLATED_ATOM]
-    preds = preds if preds is not None else predictions(model, Dataset(structs))
+    preds = preds if preds is not None else predictions(model, ds)  # aligned with all of ds
+    keep = [k for k, s in enumerate(ds) if s.config_type != ISOLATED_ATOM]
+    structs, preds = [ds.structures[k] for k in keep], [preds[k] for k in keep]
     fig, ax = plt.subplots(1, 2, figsize=(9, 4.2))
     for ct in sorted({s.config_type for s in structs}):
         idx = [k for k, s in enumerate(structs) if s.config_type == ct]
