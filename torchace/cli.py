@@ -58,10 +58,15 @@ def cmd_evaluate(args) -> int:
     elements = args.elements or sorted({s for a in structs for s in a.get_chemical_symbols()})
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
     t0 = time.perf_counter()
-    model = torchace.ace_model(elements, args.order, args.totaldegree, wL=args.wL, rcut=args.rcut,
-                               dtype=dtype).to(args.device)
+    if args.model:
+        model = torchace.load(args.model, dtype=dtype, device=args.device)
+    else:
+        model = torchace.ace_model(elements, args.order, args.totaldegree, wL=args.wL, rcut=args.rcut,
+                                   dtype=dtype).to(args.device)
     t_build = time.perf_counter() - t0
-    if args.coefficients:
+    if args.model:
+        coef_note = f"from {args.model}"
+    elif args.coefficients:
         c = np.load(args.coefficients, allow_pickle=False)
         model.coefficients = torch.as_tensor(c, dtype=dtype)
         coef_note = f"from {args.coefficients}"
@@ -159,6 +164,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="evaluate a linear ACE model on structures (default: bundled Si examples)")
     ev.add_argument("structures", nargs="*", help="extended-XYZ (or any ASE-readable) files")
+    ev.add_argument("--model", help="a saved torchace model (.json); otherwise a new model is built")
     ev.add_argument("--elements", nargs="+", help="model elements (default: those in the structures)")
     ev.add_argument("--order", type=int, default=3)
     ev.add_argument("--totaldegree", type=float, nargs="+", default=[12.0])

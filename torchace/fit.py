@@ -109,10 +109,12 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
     weights = resolve_weights(weights)
     fit_e0 = isinstance(E0, str) and E0 == "fit"
-    e0 = _set_E0(model, ds, None if fit_e0 else E0)
     if fit_e0:
+        e0 = {}
         with torch.no_grad():
             model.E0.zero_()
+    else:
+        e0 = _set_E0(model, ds, E0)
     solver = solver if solver is not None else S.BLR()
     prior_info = prior.to_dict() if prior is not None else None
     gamma = None
