@@ -81,3 +81,26 @@ def test_force_loss_gradient_in_train_mode(sige_model):
     finally:
         sige_model.eval()
     assert max_rel(g, rows[K.FORCES].T @ w.reshape(-1)) < 1e-11
+
+
+def test_design_rows_finite_differences(sige_model):
+    """Force and virial rows are -d/dx and -d/dε of the energy rows (central differences, all columns)."""
+    at = rattled_bulk(["Si", "Ge"], seed=33)
+    rows = torchace.design_matrix_rows(sige_model, at)
+    h = 1e-5
+    for a, d in [(0, 0), (3, 2), (5, 1)]:
+        ap, am = at.copy(), at.copy()
+        ap.positions[a, d] += h
+        am.positions[a, d] -= h
+        fd = -(torchace.design_matrix_rows(sige_model, ap)[K.ENERGY] - torchace.design_matrix_rows(sige_model, am)[K.ENERGY]) / (2 * h)
+        assert max_rel(rows[K.FORCES][3 * a + d], fd[0]) < 1e-6
+    eps = np.zeros((3, 3))
+    eps[1, 2] = eps[2, 1] = 0.5  # Voigt yz
+    vals = []
+    for s in (h, -h):
+        st = at.copy()
+        F = np.eye(3) + s * eps
+        st.set_cell(at.cell.array @ F, scale_atoms=False)
+        st.positions = at.positions @ F
+        vals.append(torchace.design_matrix_rows(sige_model, st)[K.ENERGY][0])
+    assert max_rel(rows[K.VIRIAL][0, 3], -(vals[0] - vals[1]) / (2 * h)) < 1e-6

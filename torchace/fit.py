@@ -124,7 +124,9 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
         else:
             gamma = prior.column_scale(model).to(torch.float64)
     model.prior_info = prior_info
-    dev = device or model.coefficients.device
+    if device is not None:
+        model.to(device)  # assembly, solve and the fitted model live on one device
+    dev = model.coefficients.device
     timings = {"read": time.perf_counter() - t0}
 
     t0 = time.perf_counter()
