@@ -169,3 +169,26 @@ def test_cli_fit(tmp_path):
     (tmp_path / "bad.yaml").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="bad arguments for solver 'QR'"):
         main(["fit", str(tmp_path / "bad.yaml"), "-q"])
+
+
+def test_committee_uncertainty():
+    from torchace.solvers import committee_std
+    from torchace.uncertainty import committee_predictions, uncertainty
+
+    true = torchace.ace_model(["Si"], 2, 5, E0={"Si": -1.0})
+    randomize_coefficients(true, 0.05, seed=8)
+    data = _synthetic(true, 6, seed=80)
+    for d in data:  # add noise so the posterior has a spread
+        d.calc.results["forces"] = d.calc.results["forces"] + np.random.default_rng(0).normal(0, 0.05, (len(d), 3))
+    model = torchace.ace_model(["Si"], 2, 5, E0={"Si": -1.0})
+    torchace.fit(model, data, solver=solvers.BLR(committee_size=32, seed=1), compute_errors=False)
+    assert model.committee.shape == (32, model.basis_size)
+    u = uncertainty(model, data[:3])
+    p = committee_predictions(model, data[:3])
+    rows = torchace.design_matrix_rows(model, data[:3])
+    assert torch.allclose(u[K.FORCES].reshape(-1), committee_std(model.committee, rows[K.FORCES]), rtol=1e-10)
+    assert (u[K.FORCES] > 0).all() and u[K.ENERGY].shape == (3,) and u[K.VIRIAL].shape == (3, 6)
+    # the committee mean is close to the fitted (posterior mean) model
+    out = torchace.evaluate(model, data[:3])
+    spread = float(u[K.ENERGY].max())
+    assert float((p[K.ENERGY].mean(0) - out[K.ENERGY]).abs().max()) < 3 * spread
