@@ -118,10 +118,14 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     solver = solver if solver is not None else S.BLR()
     prior_info = prior.to_dict() if prior is not None else None
     gamma = None
-    if prior is not None:
-        if prior.kind == "basis":
-            prior.apply(model)
-        else:
+    if prior is not None and prior.kind == "basis":
+        prior.apply(model)
+    else:
+        # the fit defines the basis: no leftover rescaling from an earlier basis prior
+        from .priors import reset_basis_scale
+
+        reset_basis_scale(model)
+        if prior is not None:
             gamma = prior.column_scale(model).to(torch.float64)
     model.prior_info = prior_info
     if device is not None:
