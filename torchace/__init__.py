@@ -1,5 +1,5 @@
 """torchace: the linear Atomic Cluster Expansion (ACEpotentials.jl conventions) as PyTorch modules."""
-from . import priors, solvers
+from . import priors, repulsion, solvers
 from .config import ACEConfig
 from .errors import errors
 from .evaluate import evaluate
@@ -10,4 +10,4 @@ from .serialization import load
 
 __version__ = "0.1.0"
 __all__ = ["ACEConfig", "ACEModel", "ace_model", "evaluate", "design_matrix_rows", "fit", "FitResult", "errors",
-           "load", "priors", "solvers", "__version__"]
+           "load", "priors", "repulsion", "solvers", "__version__"]

@@ -1,7 +1,8 @@
 """Weighted least-squares system [E; F; V] for a data set, dense or memory-bounded.
 
 Rows follow ACEpotentials.jl (``ACEfit.assemble``): per structure an energy row weighted by w_E/√N, the
-3N force rows by w_F, the 6 Voigt virial rows by w_V/√N, targets E − Σ E0, F, W (eV, eV/Å, eV).
+3N force rows by w_F, the 6 Voigt virial rows by w_V/√N, targets E − Σ E0, F, W (eV, eV/Å, eV), each
+minus the model's coefficient-free baseline (ZBL, if ``config.zbl``; docs/repulsion.md).
 Structures are processed in batches on the model's device (float64 by default) with the core's
 ``batch_rows``.  ``assemble`` returns the dense matrix; ``assemble_reduced`` never holds more than one
 batch of rows: it accumulates either an augmented R factor (QR, numerically safer) or the normal
@@ -20,6 +21,7 @@ import torch
 from . import keys as K
 from .batch import collate
 from .data import ISOLATED_ATOM, Dataset, Labelled, resolve_weights, weights_for
+from .evaluate import model_inputs
 from .rows import batch_rows
 
 
@@ -71,12 +73,22 @@ def _e0_of(model, s: Labelled) -> float:
     return float(sum(e0[int(z)] for z in s.atoms.numbers))
 
 
+def _baseline(model, batch) -> Optional[Dict[str, torch.Tensor]]:
+    """Energy [S], forces [N, 3], virial [S, 3, 3] of the model's baseline on a batch (None without one)."""
+    if getattr(model, "zbl", None) is None:
+        return None
+    with torch.enable_grad():
+        out = model.baseline(*model_inputs(model, batch))
+    return {k: out[k].detach() for k in (K.ENERGY, K.FORCES, K.VIRIAL)}
+
+
 def batch_system(model, structs: List[Labelled], weights, *, device=None, memory_budget: int = 256 * 2**20):
     """Weighted rows and targets of one batch: (A [m, K], y [m])."""
     dtype = model.coefficients.dtype
     dev = device or model.coefficients.device
     batch = collate([s.atoms for s in structs], model.config.numbers, model.rcut, dtype=dtype, device=dev)
     rows = batch_rows(model, batch, memory_budget)
+    base = _baseline(model, batch)
     blocks, targets = [], []
     f0 = 0
     for k, s in enumerate(structs):
@@ -85,14 +97,20 @@ def batch_system(model, structs: List[Labelled], weights, *, device=None, memory
         sq = np.sqrt(n)
         if s.energy is not None and wE != 0:
             blocks.append(rows[K.ENERGY][k:k + 1] * (wE / sq))
-            targets.append(torch.tensor([(s.energy - _e0_of(model, s)) * wE / sq], dtype=dtype, device=dev))
+            e = s.energy - _e0_of(model, s) - (float(base[K.ENERGY][k]) if base is not None else 0.0)
+            targets.append(torch.tensor([e * wE / sq], dtype=dtype, device=dev))
         if s.forces is not None and wF != 0:
             blocks.append(rows[K.FORCES][f0:f0 + 3 * n] * wF)
-            targets.append(torch.as_tensor(s.forces.reshape(-1) * wF, dtype=dtype, device=dev))
+            f = torch.as_tensor(s.forces.reshape(-1), dtype=dtype, device=dev)
+            if base is not None:
+                f = f - base[K.FORCES][f0 // 3:f0 // 3 + n].reshape(-1)
+            targets.append(f * wF)
         if s.virial is not None and wV != 0:
             blocks.append(rows[K.VIRIAL][k] * (wV / sq))
-            v6 = np.array([s.virial[a, b] for a, b in K.VOIGT])
-            targets.append(torch.as_tensor(v6 * wV / sq, dtype=dtype, device=dev))
+            W = torch.as_tensor(s.virial, dtype=dtype, device=dev)
+            if base is not None:
+                W = W - base[K.VIRIAL][k]
+            targets.append(torch.stack([W[a, b] for a, b in K.VOIGT]) * (wV / sq))
         f0 += 3 * n
     if not blocks:
         K_ = model.basis_size

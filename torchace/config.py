@@ -53,10 +53,16 @@ class ACEConfig:
     r0: List[List[float]] = field(default_factory=list)  # [NZ][NZ], symmetric
     E0: List[float] = field(default_factory=list)        # per element, eV
     pair: bool = True
+    # ZBL baseline (torchace.repulsion, docs/repulsion.md): switched off smoothly between zbl_inner and
+    # zbl_outer (Å, one value for every pair; None: zbl_outer = r0 of the pair, zbl_inner = zbl_outer / 2)
+    zbl: bool = False
+    zbl_inner: Optional[float] = None
+    zbl_outer: Optional[float] = None
 
     @classmethod
     def build(cls, elements: Sequence[Union[str, int]], order: int, totaldegree, *, wL: float = 1.5,
-              rcut: Optional[float] = None, r0=None, E0=None, pair: bool = True) -> "ACEConfig":
+              rcut: Optional[float] = None, r0=None, E0=None, pair: bool = True, zbl: bool = False,
+              zbl_inner: Optional[float] = None, zbl_outer: Optional[float] = None) -> "ACEConfig":
         syms = [element_symbol(e) for e in elements]
         if len(set(syms)) != len(syms):
             raise ValueError(f"elements contain duplicates: {syms}")
@@ -96,8 +102,31 @@ class ACEConfig:
             e0 = [float(v) for v in E0]
             if len(e0) != nz:
                 raise ValueError(f"E0 has {len(e0)} values for {nz} elements")
-        return cls(elements=syms, order=int(order), totaldegree=degs, wL=float(wL), rcut=rc, r0=r0m, E0=e0,
-                   pair=bool(pair))
+        cfg = cls(elements=syms, order=int(order), totaldegree=degs, wL=float(wL), rcut=rc, r0=r0m, E0=e0,
+                  pair=bool(pair), zbl=bool(zbl), zbl_inner=None if zbl_inner is None else float(zbl_inner),
+                  zbl_outer=None if zbl_outer is None else float(zbl_outer))
+        if (zbl_inner is not None or zbl_outer is not None) and not cfg.zbl:
+            raise ValueError("zbl_inner/zbl_outer are given but zbl is False")
+        if cfg.zbl:
+            cfg.zbl_radii()  # validates
+        return cfg
+
+    def zbl_radii(self):
+        """(inner, outer) [NZ][NZ] switching radii of the ZBL baseline (Å), validated."""
+        nz = len(self.elements)
+        inner, outer = [[0.0] * nz for _ in range(nz)], [[0.0] * nz for _ in range(nz)]
+        for a in range(nz):
+            for b in range(nz):
+                ro = self.r0[a][b] if self.zbl_outer is None else self.zbl_outer
+                ri = 0.5 * ro if self.zbl_inner is None else self.zbl_inner
+                pair = f"{self.elements[a]}-{self.elements[b]}"
+                if not 0.0 <= ri < ro:
+                    raise ValueError(f"ZBL switching radii for {pair}: need 0 <= zbl_inner < zbl_outer, got "
+                                     f"inner {ri}, outer {ro}")
+                if ro > self.rcut:
+                    raise ValueError(f"ZBL switching radius zbl_outer = {ro} for {pair} exceeds rcut = {self.rcut}")
+                inner[a][b], outer[a][b] = ri, ro
+        return inner, outer
 
     @property
     def numbers(self) -> List[int]:
@@ -116,4 +145,5 @@ class ACEConfig:
         if missing:
             raise ValueError(f"ACEConfig is missing {sorted(missing)}")
         return cls.build(d["elements"], d["order"], d["totaldegree"], wL=d.get("wL", 1.5), rcut=d.get("rcut") or None,
-                         r0=d.get("r0") or None, E0=d.get("E0") or None, pair=d.get("pair", True))
+                         r0=d.get("r0") or None, E0=d.get("E0") or None, pair=d.get("pair", True),
+                         zbl=d.get("zbl", False), zbl_inner=d.get("zbl_inner"), zbl_outer=d.get("zbl_outer"))

@@ -93,7 +93,8 @@ def _counts(model, ds: Dataset, weights) -> torch.Tensor:
 
 def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Optional[DataKeys] = None,
         skip_bad: bool = False, streaming: Optional[str] = None, batch_atoms: int = 2048, device=None,
-        validation=None, progress: bool = False, compute_errors: bool = True) -> FitResult:
+        validation=None, progress: bool = False, compute_errors: bool = True, synthetic_dimers=False,
+        repulsion_restraint=False) -> FitResult:
     """Fit ``model`` in place to ``data`` (a path, list of paths, list of ``ase.Atoms`` or a ``Dataset``).
 
     ``weights``: ``{"default": {"E": 30, "F": 1, "V": 1}, "<config_type>": {...}}`` (ACEpotentials.jl
@@ -102,6 +103,9 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     of ``torchace.priors``.  ``solver``: an object of ``torchace.solvers`` (default: BLR, as
     ``acefit!``).  ``streaming``: None (dense design matrix), ``"qr"`` or ``"normal"`` (memory-bounded).
     ``validation``: data for solvers that select hyper-parameters on a validation set (TruncatedSVD).
+    ``synthetic_dimers`` / ``repulsion_restraint``: True or a dict of keyword arguments appends the dimers of
+    ``torchace.repulsion.synthetic_dimers`` (Darby et al.) / ``restraint_data`` (ACEpotentials.jl's
+    ``repulsion_restraint``) to the training data (not to the error tables; see docs/repulsion.md).
     """
     from . import solvers as S
 
@@ -115,6 +119,10 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
             model.E0.zero_()
     else:
         e0 = _set_E0(model, ds, E0)
+    from .repulsion import augment, augmentation_report
+
+    train, weights, extra = augment(model, ds, weights, synthetic_dimers=synthetic_dimers,
+                                    repulsion_restraint=repulsion_restraint, fit_e0=fit_e0)
     solver = solver if solver is not None else S.BLR()
     prior_info = prior.to_dict() if prior is not None else None
     gamma = None
@@ -135,11 +143,11 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
 
     t0 = time.perf_counter()
     if streaming is None:
-        system = assemble(model, ds, weights, batch_atoms=batch_atoms, device=dev, progress=progress)
+        system = assemble(model, train, weights, batch_atoms=batch_atoms, device=dev, progress=progress)
     else:
         if fit_e0:
             raise ValueError("E0='fit' needs the dense design matrix (streaming=None); give E0 or isolated atoms")
-        system = assemble_reduced(model, ds, weights, method=streaming, batch_atoms=batch_atoms, device=dev,
+        system = assemble_reduced(model, train, weights, method=streaming, batch_atoms=batch_atoms, device=dev,
                                   progress=progress)
     timings["assemble"] = time.perf_counter() - t0
     A, y = system.A.to(torch.float64), system.y.to(torch.float64)
@@ -149,8 +157,8 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     if fit_e0:
         # E0 columns are unregularised: project them out of the energy rows exactly, solve, recover E0
         Z = torch.zeros(A.shape[0], model.nz, dtype=torch.float64, device=A.device)
-        counts = _counts(model, ds, weights).to(A.device)
-        e_rows = _energy_row_index(model, ds, weights).to(A.device)
+        counts = _counts(model, train, weights).to(A.device)
+        e_rows = _energy_row_index(model, train, weights).to(A.device)
         Z[e_rows] = counts
         Q, _ = torch.linalg.qr(Z)
         A = A - Q @ (Q.T @ A)
@@ -186,6 +194,8 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     result = FitResult(hyperparameters=dict(res.hyperparameters), errors=errs, solver=type(solver).__name__,
                        prior=prior_info, E0=e0, n_structures=len(fitting_structures(ds)), n_obs=system.n_obs,
                        basis_size=model.basis_size, timings=timings, info=dict(res.info))
+    if extra:
+        result.info["augmentation"] = augmentation_report(model, extra)
     model.metadata = {"fit": {k: v for k, v in result.to_dict().items() if k != "info"}}
     return result
 

@@ -1,4 +1,4 @@
-"""The linear ACE model: E_i = E0(z_i) + c_{z_i}·B_i + Σ_j c_{z_i z_j}·V(r_ij), E = Σ_i E_i.
+"""The linear ACE model: E_i = E0(z_i) + c_{z_i}·B_i + Σ_j c_{z_i z_j}·V(r_ij) [+ ½ Σ_j V_ZBL(r_ij)], E = Σ_i E_i.
 
 ACEpotentials.jl paper §II (eq. for the site energy with a pair potential).  Forces and virials are
 derivatives of the total energy through one symmetric-strain pass: positions and cell are mapped by
@@ -6,7 +6,7 @@ derivatives of the total energy through one symmetric-strain pass: positions and
 
 Column order of ``coefficients`` (and of the design-matrix rows): many-body blocks of ``n_b`` per
 centre element (elements in model order), then pair blocks of ``n_pair`` per ordered element pair
-(centre, neighbour).
+(centre, neighbour).  The optional ZBL baseline (``config.zbl``, torchace.repulsion) has no coefficients.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .basis import EdgeEmbedding, ProductBasis, SymmetricCoupling, pool
 from .config import ACEConfig
 from .coupling import couple_spec
 from .radial import ManyBodyRadials, PairBasis
+from .repulsion import ZBL
 from .spec import ProductSpec, pair_degree, product_spec
 
 
@@ -52,6 +53,8 @@ class ACEModel(nn.Module):
         self.n_manybody = nz * self.n_b
         self.basis_size = self.n_manybody + nz * nz * self.n_pair
         self.register_buffer("E0", torch.tensor(config.E0, dtype=torch.float64))
+        # additive, coefficient-free baseline (None: none); fit targets have it subtracted (assembly)
+        self.zbl = ZBL(config.numbers, *config.zbl_radii()) if config.zbl else None
         self.register_buffer("atomic_numbers", torch.tensor(config.numbers, dtype=torch.long))
         self.coefficients = nn.Parameter(torch.zeros(self.basis_size, dtype=torch.float64))
         # posterior samples [n, basis_size] from a Bayesian fit (uncertainties); None if not fitted so
@@ -134,11 +137,36 @@ class ACEModel(nn.Module):
             V = self.pair_features(vectors, species, edge_index)
             c_pair = self.coefficients[self.n_manybody:].view(self.nz, self.nz, self.n_pair)
             e = e + pool((V * c_pair[species[i], species[j]]).sum(-1), i, species.shape[0])
+        if self.zbl is not None:
+            e = e + self.baseline_node_energies(vectors, species, edge_index)
+        return e
+
+    def baseline_node_energies(self, vectors: torch.Tensor, species: torch.Tensor,
+                               edge_index: torch.Tensor) -> torch.Tensor:
+        """Site energies of the coefficient-free baseline, ½ Σ_j V_ZBL(r_ij) (zeros without a baseline)."""
+        e = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
+        if self.zbl is not None and vectors.shape[0] > 0:
+            i, j = edge_index[0], edge_index[1]
+            r = torch.linalg.norm(vectors, dim=-1)
+            e = pool(0.5 * self.zbl(r, species[i], species[j]), i, species.shape[0])
         return e
 
     def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
                 edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
                 compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
+        return self._predict(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                             compute_forces, compute_virials, False)
+
+    def baseline(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                 edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor,
+                 n_structures: int) -> Dict[str, torch.Tensor]:
+        """Energy, forces and virial of the baseline alone (no E0, no basis); zeros without a baseline."""
+        return self._predict(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                             True, True, True)
+
+    def _predict(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                 edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
+                 compute_forces: bool, compute_virials: bool, baseline_only: bool) -> Dict[str, torch.Tensor]:
         strain = torch.zeros((n_structures, 3, 3), dtype=positions.dtype, device=positions.device)
         if compute_virials:
             strain.requires_grad_(True)
@@ -148,7 +176,10 @@ class ACEModel(nn.Module):
         pos = positions + torch.einsum("na,nab->nb", positions, sym[batch])
         cel = cell + torch.bmm(cell, sym)
         vectors = self.edge_vectors(pos, edge_index, unit_shifts, cel, batch)
-        e_node = self.node_energies(vectors, species, edge_index)
+        if baseline_only:
+            e_node = self.baseline_node_energies(vectors, species, edge_index)
+        else:
+            e_node = self.node_energies(vectors, species, edge_index)
         energy = torch.zeros(n_structures, dtype=e_node.dtype, device=e_node.device).index_add_(0, batch, e_node)
         out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: e_node}
         if compute_forces or compute_virials:
@@ -170,12 +201,17 @@ class ACEModel(nn.Module):
         c = self.config
         return (f"elements={c.elements}, order={c.order}, totaldegree={c.totaldegree}, wL={c.wL}, "
                 f"rcut={self.rcut:.4g}, basis_size={self.basis_size} (n_b={self.n_b} per element, "
-                f"n_pair={self.n_pair} per pair)")
+                f"n_pair={self.n_pair} per pair)" + (", ZBL baseline" if c.zbl else ""))
 
 
 def ace_model(elements, order: int, totaldegree, *, wL: float = 1.5, rcut: Optional[float] = None, r0=None,
-              E0=None, pair: bool = True, dtype: torch.dtype = torch.float64) -> ACEModel:
-    """Build a linear ACE model with ACEpotentials.jl v0.10 ``ace1_model`` conventions (see docs/conventions.md)."""
-    cfg = ACEConfig.build(elements, order, totaldegree, wL=wL, rcut=rcut, r0=r0, E0=E0, pair=pair)
+              E0=None, pair: bool = True, zbl: bool = False, zbl_inner: Optional[float] = None,
+              zbl_outer: Optional[float] = None, dtype: torch.dtype = torch.float64) -> ACEModel:
+    """Build a linear ACE model with ACEpotentials.jl v0.10 ``ace1_model`` conventions (see docs/conventions.md).
+
+    ``zbl=True`` adds the ZBL baseline switched off between ``zbl_inner`` and ``zbl_outer`` (Å; defaults
+    r0/2 and r0 of each pair), see docs/repulsion.md."""
+    cfg = ACEConfig.build(elements, order, totaldegree, wL=wL, rcut=rcut, r0=r0, E0=E0, pair=pair, zbl=zbl,
+                          zbl_inner=zbl_inner, zbl_outer=zbl_outer)
     # inference mode by default; .train() makes forces differentiable (create_graph) for force losses
     return ACEModel(cfg, dtype=dtype).eval()

@@ -155,7 +155,8 @@ def design_matrix_rows(model, structures, *, min_distance: float = DEFAULT_MIN_D
 
     ``energy`` [S, K]: Σ_i of every basis function; ``forces`` [3·ΣN, K] (structure-major, then atom,
     then x, y, z) = -∂/∂x of the energy rows; ``virial`` [S, 6, K] (Voigt xx, yy, zz, yz, xz, xy) =
-    -∂/∂ε.  ``rows['energy'] @ model.coefficients + Σ E0`` is the model energy (E0 is not a column).
+    -∂/∂ε.  ``rows['energy'] @ model.coefficients + Σ E0`` is the model energy (E0 is not a column; a
+    ZBL baseline, if the model has one, is added on top and has no columns either).
     """
     dev, dtype = model_device_dtype(model)
     batch = collate(structures, model.config.numbers, model.rcut, dtype=dtype, device=device or dev,
