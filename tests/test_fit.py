@@ -43,6 +43,14 @@ def test_si_tiny_acepotentials_thresholds(name, solver, bounds):
     model = _si_tiny_model()
     res = torchace.fit(model, str(SI_TINY), weights=WEIGHTS, solver=solver)
     assert res.E0 == {"Si": E0_SI}  # from the isolated_atom configuration
+    if name == "QR":  # a saved model keeps the fitted E0 (regression: it used to save the config's E0)
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            model.save(f"{d}/m.json")
+            loaded = torchace.load(f"{d}/m.json")
+        assert float(loaded.E0[0]) == E0_SI
+        some = [s.atoms for s in torchace.data.read_data(str(SI_TINY))][:5]
+        assert torch.equal(torchace.evaluate(loaded, some)[K.ENERGY], torchace.evaluate(model, some)[K.ENERGY])
     _check_bounds(res.errors, bounds)
     # errors() recomputes the same table from the fitted model
     again = torchace.errors(model, str(SI_TINY))

@@ -1,0 +1,230 @@
+"""ASE calculator for torchace models, with neighbour-list reuse (Verlet skin) for molecular dynamics.
+
+``TorchACECalculator(model_or_path)`` gives energy, free_energy, per-atom energies, forces and, for cells
+periodic along all three axes, the stress (ASE convention: Voigt xx, yy, zz, yz, xz, xy, eV/Å³, σ = −W/V).
+With a committee (``model.committee``, a Bayesian fit) it also gives ``energy_std`` (eV),
+``forces_std`` ([N, 3], eV/Å) and ``stress_std`` (Voigt, eV/Å³): the spread of the committee members.
+
+Neighbour lists are built with cutoff rcut + skin and reused, with the current positions, until an atom
+has moved more than skin/2 since the build (or the cell, pbc, atom count or elements changed).  Edges
+longer than rcut contribute exactly zero (the many-body envelope, the pair envelope and the ZBL switch are
+``torch.where``-masked to 0 at and beyond rcut), so reused lists give the same numbers as fresh ones up to
+summation order.  See docs/calculator.md.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import zipfile
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from . import keys as K
+from .batch import DEFAULT_MIN_DISTANCE, _label, validate
+from .neighbours import neighbour_list
+
+__all__ = ["TorchACECalculator", "PropertyNotImplementedError"]
+
+BASE_PROPERTIES = ["energy", "free_energy", "energies", "forces", "stress"]
+STD_PROPERTIES = ["energy_std", "forces_std", "stress_std"]
+_VA = [a for a, _ in K.VOIGT]
+_VB = [b for _, b in K.VOIGT]
+
+
+def _voigt(m: torch.Tensor) -> torch.Tensor:
+    """[..., 3, 3] → [..., 6] in Voigt order xx, yy, zz, yz, xz, xy."""
+    return m[..., _VA, _VB]
+
+
+class _NeighbourList:
+    """A neighbour list built with cutoff rcut + skin, and the state it was built for."""
+
+    __slots__ = ("positions", "cell", "pbc", "numbers", "edge_index", "unit_shifts", "species", "batch", "cell_t")
+
+
+class TorchACECalculator(Calculator):
+    """ASE calculator for a torchace model.
+
+    ``model_or_path``: an ``ACEModel``, the path of a model file (``model.save``/``torchace.load``) or of a
+    TorchScript export (``torchace.export``; no committee then).  ``device``/``dtype``: where and in which
+    precision to evaluate (a model that is not already there, or is in training mode, is copied, never
+    modified).  ``skin`` (Å): neighbour-list skin; 0 rebuilds whenever an atom moved.  ``min_distance``
+    (Å): closer pairs are an error (atoms on top of each other), as in ``torchace.evaluate``.
+    ``uncertainty``: None (default) computes the committee spreads on every calculation when the model
+    has a committee (costs one extra model evaluation per member); False computes them only when a
+    ``*_std`` property is requested explicitly (``calc.get_property("forces_std", atoms)``); True requires
+    a committee.
+
+    ``n_neighbour_list_builds`` counts neighbour-list builds (reuse statistics).
+    """
+
+    implemented_properties: List[str] = BASE_PROPERTIES + STD_PROPERTIES
+    default_parameters: Dict = {}
+    nolabel = True
+
+    def __init__(self, model_or_path, device="cpu", dtype: torch.dtype = torch.float64, skin: float = 0.5,
+                 min_distance: float = DEFAULT_MIN_DISTANCE, uncertainty: Optional[bool] = None, **kwargs):
+        super().__init__(**kwargs)
+        if not (skin >= 0 and np.isfinite(skin)):
+            raise ValueError(f"skin must be a finite number >= 0 (Å), got {skin!r}")
+        if not (min_distance >= 0 and np.isfinite(min_distance)):
+            raise ValueError(f"min_distance must be a finite number >= 0 (Å), got {min_distance!r}")
+        if dtype not in (torch.float64, torch.float32):
+            raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())  # compare equal to tensors' devices
+        self.dtype = dtype
+        self.skin = float(skin)
+        self.min_distance = float(min_distance)
+        self.model_path: Optional[str] = None
+        self.model, self._forward, numbers, rcut = self._load(model_or_path)
+        self.rcut = float(rcut)
+        self.atomic_numbers = [int(z) for z in numbers]
+        self._z_to_species = {z: s for s, z in enumerate(self.atomic_numbers)}
+        comm = getattr(self.model, "committee", None) if self.model is not None else None
+        self._committee = None if comm is None else comm.detach().to(self.device, self.dtype)
+        if uncertainty and self._committee is None:
+            raise ValueError("uncertainty=True needs a model with a committee (fit with solvers.BLR(committee_size=n) "
+                             "or ARD); TorchScript exports carry none")
+        self.uncertainty = uncertainty
+        self.implemented_properties = BASE_PROPERTIES + (STD_PROPERTIES if self._committee is not None else [])
+        self._nl: Optional[_NeighbourList] = None
+        self.n_neighbour_list_builds = 0
+
+    # ---- model ----
+
+    def _load(self, model_or_path):
+        if isinstance(model_or_path, (str, os.PathLike)):
+            path = os.fspath(model_or_path)
+            self.model_path = path
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path}: no such model file")
+            if zipfile.is_zipfile(path):  # a TorchScript archive (torchace.export)
+                from .export import load_torchscript
+
+                module, meta = load_torchscript(path, map_location=self.device)
+                module = module.to(self.dtype)
+                module.eval()
+                return None, module, meta["atomic_numbers"], meta["rcut"]
+            from .serialization import load
+
+            model = load(path, dtype=self.dtype, device=self.device)
+            return model, model, model.config.numbers, model.rcut
+        model = model_or_path
+        if not hasattr(model, "config") or not hasattr(model, "coefficients"):
+            raise TypeError(f"expected a torchace model or the path of a model file, got {type(model).__name__}")
+        p = model.coefficients
+        if p.device != self.device or p.dtype != self.dtype or model.training:
+            model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
+        return model, model, model.config.numbers, model.rcut
+
+    # ---- neighbour list ----
+
+    def _needs_rebuild(self, atoms, pos: np.ndarray) -> bool:
+        nl = self._nl
+        if nl is None or len(pos) != len(nl.positions):
+            return True
+        if (not np.array_equal(atoms.numbers, nl.numbers) or not np.array_equal(atoms.get_pbc(), nl.pbc)
+                or not np.array_equal(atoms.cell.array, nl.cell)):
+            return True
+        d2 = np.einsum("ij,ij->i", pos - nl.positions, pos - nl.positions)
+        return bool(d2.max() > (0.5 * self.skin) ** 2) if self.skin > 0 else bool(d2.max() > 0)
+
+    def _build(self, atoms, pos: np.ndarray) -> None:
+        validate(0, atoms, self._z_to_species)
+        cell = atoms.cell.array.copy()
+        pbc = atoms.get_pbc().copy()
+        i, j, S = neighbour_list(pos, cell, pbc, self.rcut + self.skin)
+        nl = _NeighbourList()
+        nl.positions = pos.copy()
+        nl.cell = cell
+        nl.pbc = pbc
+        nl.numbers = atoms.numbers.copy()
+        dev = self.device
+        nl.edge_index = torch.as_tensor(np.stack([i, j]), dtype=torch.long, device=dev)
+        nl.unit_shifts = torch.as_tensor(S, dtype=self.dtype, device=dev)
+        nl.species = torch.as_tensor([self._z_to_species[int(z)] for z in atoms.numbers], dtype=torch.long,
+                                     device=dev)
+        nl.batch = torch.zeros(len(atoms), dtype=torch.long, device=dev)
+        nl.cell_t = torch.as_tensor(cell, dtype=self.dtype, device=dev).unsqueeze(0)
+        self._nl = nl
+        self.n_neighbour_list_builds += 1
+
+    def reset(self):
+        """Forget results and the stored neighbour list."""
+        super().reset()
+        self._nl = None
+
+    def _check_distances(self, atoms, positions: torch.Tensor) -> None:
+        nl = self._nl
+        if self.min_distance <= 0 or nl.edge_index.shape[1] == 0:
+            return
+        with torch.no_grad():
+            i, j = nl.edge_index[0], nl.edge_index[1]
+            d = torch.linalg.norm(positions[j] - positions[i] + nl.unit_shifts @ nl.cell_t[0], dim=1)
+            e = int(torch.argmin(d))
+            dmin = float(d[e])
+        if dmin < self.min_distance:
+            raise ValueError(f"{_label(0, atoms)}: atoms {int(i[e])} and {int(j[e])} are {dmin:.3g} Å apart "
+                             f"(< min_distance {self.min_distance} Å): atoms on top of each other")
+
+    # ---- ASE interface ----
+
+    def calculate(self, atoms=None, properties: Sequence[str] = ("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        pos = np.asarray(atoms.get_positions(), dtype=np.float64)
+        if not np.isfinite(pos).all():
+            validate(0, atoms, self._z_to_species)  # raises with the offending atoms named
+        if self._needs_rebuild(atoms, pos):
+            self._build(atoms, pos)
+        nl = self._nl
+        periodic = bool(nl.pbc.all())
+        positions = torch.as_tensor(pos, dtype=self.dtype, device=self.device)
+        self._check_distances(atoms, positions)
+        args = (positions, nl.species, nl.batch, nl.edge_index, nl.unit_shifts, nl.cell_t, 1)
+        with torch.enable_grad():
+            out = self._forward(*args, True, periodic)
+        e_node = out[K.NODE_ENERGY].detach()
+        energy = float(out[K.ENERGY].detach()[0])
+        res = {"energy": energy, "free_energy": energy,
+               "energies": e_node.to("cpu", torch.float64).numpy(),
+               "forces": out[K.FORCES].detach().to("cpu", torch.float64).numpy()}
+        vol = abs(float(np.linalg.det(nl.cell))) if periodic else 0.0
+        if periodic:
+            W = out[K.VIRIAL].detach()[0].to("cpu", torch.float64)
+            res["stress"] = _voigt(-W / vol).numpy()
+        want_std = self._committee is not None and (
+            self.uncertainty is not False or any(p in STD_PROPERTIES for p in properties))
+        if want_std:
+            res.update(self._committee_spread(args, periodic, vol))
+        self.results = res
+
+    def _committee_spread(self, args, periodic: bool, vol: float) -> Dict[str, np.ndarray]:
+        """Sample standard deviations over the committee members (one model evaluation each)."""
+        from torch.func import functional_call
+
+        E, F, W = [], [], []
+        with torch.enable_grad():
+            for c in self._committee:
+                o = functional_call(self.model, {"coefficients": c}, args + (True, periodic))
+                E.append(o[K.ENERGY].detach()[0])
+                F.append(o[K.FORCES].detach())
+                if periodic:
+                    W.append(_voigt(o[K.VIRIAL].detach()[0]))
+        out = {"energy_std": float(torch.stack(E).std(correction=1)),
+               "forces_std": torch.stack(F).std(dim=0, correction=1).to("cpu", torch.float64).numpy()}
+        if periodic:
+            out["stress_std"] = (torch.stack(W).std(dim=0, correction=1) / vol).to("cpu", torch.float64).numpy()
+        return out
+
+    def todict(self):
+        d = {"skin": self.skin, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+             "min_distance": self.min_distance, "rcut": self.rcut, "atomic_numbers": self.atomic_numbers}
+        if self.model_path is not None:
+            d["model"] = self.model_path
+        return d

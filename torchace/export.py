@@ -1,0 +1,197 @@
+"""Exports of a fitted model for use outside torchace.
+
+``export(model, path, format="torchscript")`` writes a TorchScript archive (``torch.jit.script`` +
+``torch.jit.save``) that ``torch.jit.load`` reads without torchace installed.  The archive carries a JSON
+document, ``extra/torchace_metadata.json`` (``_extra_files``), with the elements (atomic numbers and
+symbols), rcut, units, dtype, the torchace/torch versions, the model config and the calling convention
+of ``forward``; ``read_metadata(path)`` reads it with ``zipfile`` alone, ``load_torchscript(path)``
+returns (module, metadata).  Writes are atomic (temporary file in the target directory + ``os.replace``).
+
+``format="metatomic"`` and ``format="yace"`` are planned and raise ``NotImplementedError`` for now.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+FORMATS = ("torchscript", "metatomic", "yace")
+METADATA_FILE = "torchace_metadata.json"
+TS_FORMAT = "torchace-torchscript"
+TS_FORMAT_VERSION = 1
+
+FORWARD_SIGNATURE = {
+    "inputs": [
+        ["positions", "float [N, 3], Angstrom, all structures concatenated"],
+        ["species", "int64 [N], element index into 'atomic_numbers' (0..n_elements-1), not the atomic number"],
+        ["batch", "int64 [N], structure index of each atom (0..n_structures-1)"],
+        ["edge_index", "int64 [2, E], rows (i, j): centre and neighbour of every pair with r_ij < rcut "
+                       "(both directions; longer pairs may be included, they contribute zero)"],
+        ["unit_shifts", "float [E, 3], integer lattice shifts S: r_ij = x_j - x_i + S @ cell[batch[i]]"],
+        ["cell", "float [n_structures, 3, 3], rows are lattice vectors, Angstrom"],
+        ["n_structures", "int"],
+        ["compute_forces", "bool"],
+        ["compute_virials", "bool"],
+    ],
+    "outputs": {
+        "energy": "[n_structures], eV",
+        "node_energy": "[N], eV (site energies, sum to the energy)",
+        "forces": "[N, 3], eV/Angstrom (if compute_forces)",
+        "virial": "[n_structures, 3, 3], eV, W = -dE/d(strain) = -V*stress (if compute_virials)",
+    },
+}
+
+
+def export_metadata(model) -> Dict[str, Any]:
+    """The JSON metadata stored in an export (plain types only)."""
+    from . import __version__
+    from .serialization import UNITS
+
+    comm = getattr(model, "committee", None)
+    return {
+        "format": TS_FORMAT,
+        "format_version": TS_FORMAT_VERSION,
+        "torchace_version": __version__,
+        "torch_version": torch.__version__,
+        "elements": list(model.config.elements),
+        "atomic_numbers": [int(z) for z in model.config.numbers],
+        "rcut": float(model.rcut),
+        # from the model's E0 buffer, which is what the module adds (fit may set it from isolated atoms)
+        "E0": {sym: float(e) for sym, e in zip(model.config.elements, model.E0.detach().cpu().tolist())},
+        "units": dict(UNITS),
+        "dtype": str(model.coefficients.dtype).replace("torch.", ""),
+        "basis_size": int(model.basis_size),
+        "committee_size": 0 if comm is None else int(comm.shape[0]),
+        "config": model.config.to_dict(),
+        "model_metadata": getattr(model, "metadata", None) or {},
+        "forward": FORWARD_SIGNATURE,
+    }
+
+
+def _atomic_write(path: str, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it onto ``path``."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".pt")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _quiet_jit():
+    """Recent torch marks torch.jit.script/save/load as deprecated (in favour of torch.export); the TorchScript
+    archive is still what C++ consumers (LAMMPS plugins, metatomic) load, so silence that one warning here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        yield
+
+
+def script_model(model) -> torch.jit.ScriptModule:
+    """A TorchScript copy of ``model`` in eval mode (the model itself is not modified)."""
+    m = copy.deepcopy(model).eval()
+    with _quiet_jit():
+        return torch.jit.script(m)
+
+
+def export(model, path: str, format: str = "torchscript", *, metadata: Optional[Dict[str, Any]] = None) -> str:
+    """Export ``model`` to ``path`` in ``format``; returns the path.
+
+    ``"torchscript"``: a TorchScript archive with JSON metadata (see the module docstring);
+    ``metadata``: extra JSON-serialisable entries merged into the stored metadata under ``"user"``.
+    """
+    fmt = str(format).lower()
+    if fmt == "torchscript":
+        return _export_torchscript(model, os.fspath(path), metadata)
+    if fmt == "metatomic":
+        raise NotImplementedError(
+            "export format 'metatomic' (a metatomic-torch AtomisticModel for LAMMPS, i-PI, ASE, ...) is planned "
+            "but not implemented yet; use format='torchscript' for now")
+    if fmt == "yace":
+        raise NotImplementedError(
+            "export format 'yace' (ML-PACE / LAMMPS pair_style pace) is planned but not implemented yet; "
+            "use format='torchscript' for now")
+    raise ValueError(f"unknown export format {format!r}; choose one of {list(FORMATS)}")
+
+
+def _export_torchscript(model, path: str, metadata: Optional[Dict[str, Any]]) -> str:
+    meta = export_metadata(model)
+    if metadata:
+        meta["user"] = metadata
+    try:
+        text = json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot export: metadata is not plain JSON: {exc}") from None
+    scripted = script_model(model)
+    def write(tmp: str) -> None:
+        with _quiet_jit():
+            torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: text})
+
+    _atomic_write(path, write)
+    return path
+
+
+def _check_exists(path: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+
+
+def read_metadata(path: str) -> Dict[str, Any]:
+    """The metadata of a TorchScript export, read with ``zipfile`` and ``json`` only (no torch, no code)."""
+    path = os.fspath(path)
+    _check_exists(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a TorchScript archive (not a zip file)")
+    with zipfile.ZipFile(path) as z:
+        names = [n for n in z.namelist() if n.endswith("/extra/" + METADATA_FILE)]
+        if not names:
+            raise ValueError(f"{path}: no {METADATA_FILE} in the archive (not exported by torchace.export)")
+        return json.loads(z.read(names[0]).decode("utf-8"))
+
+
+def load_torchscript(path: str, map_location=None) -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
+    """Load a TorchScript export: ``(module, metadata)``.
+
+    Call the module as ``module(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+    compute_forces, compute_virials)`` (``metadata["forward"]``), or through
+    ``torchace.evaluate(model, structures, module=module)`` / ``TorchACECalculator(path)``.
+    """
+    path = os.fspath(path)
+    _check_exists(path)
+    extra = {METADATA_FILE: ""}
+    with _quiet_jit():
+        module = torch.jit.load(path, map_location=map_location, _extra_files=extra)
+    text = extra[METADATA_FILE]
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if not text:
+        raise ValueError(f"{path}: no {METADATA_FILE} in the archive (not exported by torchace.export)")
+    meta = json.loads(text)
+    if meta.get("format") != TS_FORMAT:
+        raise ValueError(f"{path}: metadata format {meta.get('format')!r} is not {TS_FORMAT!r}")
+    if meta.get("format_version") != TS_FORMAT_VERSION:
+        raise ValueError(f"{path}: metadata format_version {meta.get('format_version')!r} is not supported "
+                         f"(this torchace reads {TS_FORMAT_VERSION})")
+    return module, meta
+
+
+# ``torchace.export`` is re-exported as this function, which hides the module attribute of the package:
+# keep ``torchace.export.load_torchscript`` / ``.read_metadata`` working through the function.
+export.load_torchscript = load_torchscript  # type: ignore[attr-defined]
+export.read_metadata = read_metadata  # type: ignore[attr-defined]
+export.export_metadata = export_metadata  # type: ignore[attr-defined]
+export.FORMATS = FORMATS  # type: ignore[attr-defined]
