@@ -9,7 +9,6 @@ Reads ../shared/data/zuo2020 (or --data DIR).  Prints a table and writes JSON (a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

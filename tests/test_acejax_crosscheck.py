@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import torchace
-from torchace.spec import product_spec
 from torchace.testing import random_envs, site_basis_envs
 
 pytest.importorskip("ace_jax")

@@ -5,7 +5,7 @@ from ase import Atoms
 
 import torchace
 from torchace import keys as K
-from torchace.radial import AgnesiTransform, ManyBodyRadials, PairBasis, agnesi_a
+from torchace.radial import AgnesiTransform, PairBasis, agnesi_a
 
 
 def test_isolated_atom_is_E0(sige_model):

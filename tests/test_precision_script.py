@@ -2,12 +2,11 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 
 import torchace
 from torchace import keys as K
-from torchace.testing import RTOL, max_rel, randomize_coefficients, rattled_bulk, results_close, scripted
+from torchace.testing import RTOL, randomize_coefficients, rattled_bulk, results_close, scripted
 
 
 def test_float32_close_to_float64(device):

@@ -5,10 +5,8 @@ Thin wrapper: all logic lives in the library.  Outputs are written atomically (t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from importlib import resources
 from typing import List, Optional
@@ -18,22 +16,6 @@ import torch
 
 DEFAULT_EXAMPLE = "data/si_examples.xyz"
 DEFAULT_FIT = "data/default_fit.yaml"
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read(paths: List[str]):
@@ -51,6 +33,7 @@ def _read(paths: List[str]):
 def cmd_evaluate(args) -> int:
     import torchace
     from torchace import keys as K
+    from torchace.atomic import write_json_atomic
     from torchace.testing import randomize_coefficients
 
     paths = args.structures or [str(resources.files("torchace").joinpath(DEFAULT_EXAMPLE))]
@@ -105,7 +88,7 @@ def cmd_evaluate(args) -> int:
           f"{t_rows * 1e3:.1f} ms ({t_rows / n * 1e6:.0f} µs/atom)")
     print(f"consistency rows·c vs model: max |ΔE| = {check_e:.2e} eV, max |ΔF| = {check_f:.2e} eV/Å")
     if args.output:
-        _write_json_atomic(args.output, dict(model=model.config.to_dict(), basis_size=model.basis_size,
+        write_json_atomic(args.output, dict(model=model.config.to_dict(), basis_size=model.basis_size,
                                              structures=paths, results=records,
                                              timing_s=dict(build=t_build, evaluate=t_eval, rows=t_rows),
                                              consistency=dict(energy=check_e, forces=check_f)))
@@ -121,7 +104,7 @@ def cmd_fit(args) -> int:
     from torchace.data import DataKeys, read_data
     from torchace.errors import errors as error_table, format_table, parity_plot, predictions
     from torchace.fitconfig import FitConfig
-    from torchace.serialization import write_json_atomic
+    from torchace.atomic import write_json_atomic
 
     if args.config:
         cfg = FitConfig.load(args.config)

@@ -89,10 +89,9 @@ def parity_plot(model, data, path: str, *, preds=None, **read_kwargs) -> str:
     """Energy-per-atom and force-component parity plots (PNG), written atomically.
 
     ``preds`` (optional) must be aligned with all structures of ``data`` (as ``predictions`` returns)."""
-    import os
-    import tempfile
-
     import matplotlib
+
+    from .atomic import atomic_write
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -119,10 +118,6 @@ def parity_plot(model, data, path: str, *, preds=None, **read_kwargs) -> str:
         a.set_ylabel(f"torchace {name}")
     ax[0].legend(fontsize=7)
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), ".png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -15,12 +15,13 @@ import contextlib
 import copy
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+
+from .atomic import atomic_write
 
 FORMATS = ("torchscript", "metatomic", "yace")
 METADATA_FILE = "torchace_metadata.json"
@@ -76,20 +77,7 @@ def export_metadata(model) -> Dict[str, Any]:
 
 
 def _atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it onto ``path``."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".pt")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, write, ".pt")
 
 
 @contextlib.contextmanager

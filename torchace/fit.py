@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .assembly import LinearSystem, assemble, assemble_reduced, fitting_structures
+from .assembly import assemble, assemble_reduced, fitting_structures
 from .data import Dataset, DataKeys, isolated_atom_energies, read_data, resolve_weights
 from .errors import errors as error_table
 from .errors import format_table

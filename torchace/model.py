@@ -91,18 +91,14 @@ class ACEModel(nn.Module):
         basis per degree ([n_pair]).  Coefficients refer to the rescaled basis; callers that want the same
         model values must rescale the coefficients themselves."""
         with torch.no_grad():
-            if nl_scale is not None:
-                buf = self.embedding.nl_scale
-                nl_scale = torch.as_tensor(nl_scale, dtype=buf.dtype, device=buf.device)
-                if nl_scale.shape != buf.shape:
-                    raise ValueError(f"nl_scale must have shape {tuple(buf.shape)}, got {tuple(nl_scale.shape)}")
-                buf.copy_(nl_scale)
-            if pair_scale is not None:
-                buf = self.pair.scale
-                pair_scale = torch.as_tensor(pair_scale, dtype=buf.dtype, device=buf.device)
-                if pair_scale.shape != buf.shape:
-                    raise ValueError(f"pair_scale must have shape {tuple(buf.shape)}, got {tuple(pair_scale.shape)}")
-                buf.copy_(pair_scale)
+            for name, value, buf in (("nl_scale", nl_scale, self.embedding.nl_scale),
+                                     ("pair_scale", pair_scale, self.pair.scale)):
+                if value is None:
+                    continue
+                value = torch.as_tensor(value, dtype=buf.dtype, device=buf.device)
+                if value.shape != buf.shape:
+                    raise ValueError(f"{name} must have shape {tuple(buf.shape)}, got {tuple(value.shape)}")
+                buf.copy_(value)
 
     # ---- basis pieces (shared by the energy, the design-matrix rows and the fast paths) ----
 

@@ -8,12 +8,11 @@ documented in docs/model_file.md.
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from typing import Any, Dict, Optional
 
 import torch
+
+from .atomic import write_json_atomic  # noqa: F401  (re-exported)
 
 FORMAT = "torchace-model"
 FORMAT_VERSION = 1
@@ -51,24 +50,6 @@ def model_to_dict(model, metadata: Optional[Dict[str, Any]] = None) -> Dict[str,
         "metadata": metadata or getattr(model, "metadata", None) or {},
     }
     return d
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save(model, path: str, metadata: Optional[Dict[str, Any]] = None) -> None:
