@@ -2,28 +2,15 @@
 import numpy as np
 import pytest
 import torch
-from ase.calculators.singlepoint import SinglePointCalculator
 
 import torchace
 from torchace import keys as K
 from torchace.assembly import assemble, assemble_reduced
-from torchace.data import read_data
-from torchace.testing import rattled_bulk, random_cluster
+from torchace.testing import labelled_dataset
 
 
 def _dataset(n=6):
-    rng = np.random.default_rng(0)
-    structs = []
-    for k in range(n):
-        at = rattled_bulk(["Si", "Ge"], seed=k, reps=(1, 1, 1 + k % 2)) if k % 3 else random_cluster(["Si", "Ge"], 6, 3.0, seed=k)
-        f = rng.normal(size=(len(at), 3))
-        kw = dict(energy=float(rng.normal()) - 5 * len(at), forces=f)
-        if at.pbc.all():
-            kw["stress"] = rng.normal(size=6) * 0.01
-        at.calc = SinglePointCalculator(at, **kw)
-        at.info["config_type"] = "liq" if k % 2 else "dia"
-        structs.append(at)
-    return read_data(structs)
+    return labelled_dataset(n)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import torch
 
 import torchace
 from torchace import keys as K
-from torchace.testing import fd_forces, fd_virial, max_rel, random_cluster, randomize_coefficients, rattled_bulk
+from torchace.testing import (fd_forces, fd_virial, max_rel, random_cluster, randomize_coefficients, rattled_bulk,
+                              strained)
 
 
 @pytest.mark.parametrize("kind", ["bulk", "cluster", "slab"])
@@ -96,11 +97,5 @@ def test_design_rows_finite_differences(sige_model):
         assert max_rel(rows[K.FORCES][3 * a + d], fd[0]) < 1e-6
     eps = np.zeros((3, 3))
     eps[1, 2] = eps[2, 1] = 0.5  # Voigt yz
-    vals = []
-    for s in (h, -h):
-        st = at.copy()
-        F = np.eye(3) + s * eps
-        st.set_cell(at.cell.array @ F, scale_atoms=False)
-        st.positions = at.positions @ F
-        vals.append(torchace.design_matrix_rows(sige_model, st)[K.ENERGY][0])
+    vals = [torchace.design_matrix_rows(sige_model, strained(at, s * eps))[K.ENERGY][0] for s in (h, -h)]
     assert max_rel(rows[K.VIRIAL][0, 3], -(vals[0] - vals[1]) / (2 * h)) < 1e-6

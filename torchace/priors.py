@@ -233,6 +233,14 @@ class _BasisPrior(_Prior):
         model.set_basis_scale(nl_scale=nl_scale, pair_scale=pair_scale)
 
 
+def _init_sigmas(prior) -> None:
+    """Validate σ_n, σ_l of an algebraic/exponential prior; σ_l = 1.5 σ_n by default (paper §2.5)."""
+    sn = _number("sigma_n", prior.sigma_n, prior.NAME)
+    sl = _number("sigma_l", prior.sigma_l, prior.NAME, allow_none=True)
+    object.__setattr__(prior, "sigma_n", sn)
+    object.__setattr__(prior, "sigma_l", 1.5 * sn if sl is None else sl)
+
+
 @dataclass(frozen=True)
 class AlgebraicPrior(_BasisPrior):
     """γ₁(k, l) = (1 + σ_n k + σ_l l)^p (paper eq. (9), "p times differentiable"); σ_l = 1.5 σ_n by default."""
@@ -243,10 +251,7 @@ class AlgebraicPrior(_BasisPrior):
     NAME: ClassVar[str] = "algebraic"
 
     def __post_init__(self):
-        sn = _number("sigma_n", self.sigma_n, self.NAME)
-        sl = _number("sigma_l", self.sigma_l, self.NAME, allow_none=True)
-        object.__setattr__(self, "sigma_n", sn)
-        object.__setattr__(self, "sigma_l", 1.5 * sn if sl is None else sl)
+        _init_sigmas(self)
         object.__setattr__(self, "p", _number("p", self.p, self.NAME, positive=True))
 
     def _sigmas(self, model):
@@ -265,10 +270,7 @@ class ExponentialPrior(_BasisPrior):
     NAME: ClassVar[str] = "exponential"
 
     def __post_init__(self):
-        sn = _number("sigma_n", self.sigma_n, self.NAME)
-        sl = _number("sigma_l", self.sigma_l, self.NAME, allow_none=True)
-        object.__setattr__(self, "sigma_n", sn)
-        object.__setattr__(self, "sigma_l", 1.5 * sn if sl is None else sl)
+        _init_sigmas(self)
 
     def _sigmas(self, model):
         return self.sigma_n, self.sigma_l

@@ -76,6 +76,35 @@ def fd_forces(model, atoms: Atoms, h: float = 1e-4) -> np.ndarray:
     return f
 
 
+def strained(atoms: Atoms, eps: np.ndarray) -> Atoms:
+    """Copy of ``atoms`` with cell and positions deformed by (I + eps) (row vectors)."""
+    F = np.eye(3) + eps
+    at = atoms.copy()
+    at.set_cell(atoms.cell.array @ F, scale_atoms=False)
+    at.positions = atoms.positions @ F
+    return at
+
+
+def labelled_dataset(n: int = 6, seed: int = 0):
+    """Small SiGe ``Dataset`` (crystals and clusters, random energy/force/stress labels, two config_types)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from .data import read_data
+
+    rng = np.random.default_rng(seed)
+    structs = []
+    for k in range(n):
+        at = (rattled_bulk(["Si", "Ge"], seed=k, reps=(1, 1, 1 + k % 2)) if k % 3
+              else random_cluster(["Si", "Ge"], 6, 3.0, seed=k))
+        kw = dict(energy=float(rng.normal()) - 5 * len(at), forces=rng.normal(size=(len(at), 3)))
+        if at.pbc.all():
+            kw["stress"] = rng.normal(size=6) * 0.01
+        at.calc = SinglePointCalculator(at, **kw)
+        at.info["config_type"] = "liq" if k % 2 else "dia"
+        structs.append(at)
+    return read_data(structs)
+
+
 def fd_virial(model, atoms: Atoms, h: float = 1e-5) -> np.ndarray:
     """Central finite differences W = -dE/dε for symmetric strains (cell and positions deformed), [3, 3]."""
     W = np.zeros((3, 3))
@@ -83,13 +112,7 @@ def fd_virial(model, atoms: Atoms, h: float = 1e-5) -> np.ndarray:
         for b in range(a, 3):
             eps = np.zeros((3, 3))
             eps[a, b] = eps[b, a] = 0.5 if a != b else 1.0
-            vals = []
-            for s in (h, -h):
-                at = atoms.copy()
-                F = np.eye(3) + s * eps
-                at.set_cell(atoms.cell.array @ F, scale_atoms=False)
-                at.positions = atoms.positions @ F
-                vals.append(energy_of(model, at))
+            vals = [energy_of(model, strained(atoms, s * eps)) for s in (h, -h)]
             # for a != b, the strain perturbs ε_ab and ε_ba each by h/2
             W[a, b] = W[b, a] = -(vals[0] - vals[1]) / (2 * h)
     return W
