@@ -34,6 +34,8 @@ class LinearSystem:
     n_obs: int
     rss_offset: float = 0.0
     reduced: bool = False
+    # dense systems only: the E0 columns [m, NZ] (weighted element counts on the energy rows, 0 elsewhere)
+    e0_columns: Optional[torch.Tensor] = None
 
 
 def fitting_structures(ds: Dataset) -> List[Labelled]:
@@ -83,19 +85,23 @@ def _baseline(model, batch) -> Optional[Dict[str, torch.Tensor]]:
 
 
 def batch_system(model, structs: List[Labelled], weights, *, device=None, memory_budget: int = 256 * 2**20):
-    """Weighted rows and targets of one batch: (A [m, K], y [m])."""
+    """Weighted rows, targets and E0 columns of one batch: (A [m, K], y [m], Z [m, NZ])."""
     dtype = model.coefficients.dtype
     dev = device or model.coefficients.device
     batch = collate([s.atoms for s in structs], model.config.numbers, model.rcut, dtype=dtype, device=dev)
     rows = batch_rows(model, batch, memory_budget)
     base = _baseline(model, batch)
-    blocks, targets = [], []
+    blocks, targets, e0_rows = [], [], []
+    numbers = torch.tensor(model.config.numbers)
     f0 = 0
     for k, s in enumerate(structs):
         n = s.n_atoms
         wE, wF, wV = weights_for(weights, s.config_type)
         sq = np.sqrt(n)
         if s.energy is not None and wE != 0:
+            e0_rows.append((sum(b.shape[0] for b in blocks),
+                            (torch.as_tensor(s.atoms.numbers).unsqueeze(1) == numbers).sum(0).to(torch.float64)
+                            * float(wE / sq)))
             blocks.append(rows[K.ENERGY][k:k + 1] * (wE / sq))
             e = s.energy - _e0_of(model, s) - (float(base[K.ENERGY][k]) if base is not None else 0.0)
             targets.append(torch.tensor([e * wE / sq], dtype=dtype, device=dev))
@@ -113,9 +119,13 @@ def batch_system(model, structs: List[Labelled], weights, *, device=None, memory
             targets.append(torch.stack([W[a, b] for a, b in K.VOIGT]) * (wV / sq))
         f0 += 3 * n
     if not blocks:
-        K_ = model.basis_size
-        return torch.zeros(0, K_, dtype=dtype, device=dev), torch.zeros(0, dtype=dtype, device=dev)
-    return torch.cat(blocks), torch.cat(targets)
+        return (torch.zeros(0, model.basis_size, dtype=dtype, device=dev), torch.zeros(0, dtype=dtype, device=dev),
+                torch.zeros(0, model.nz, dtype=dtype, device=dev))
+    A = torch.cat(blocks)
+    Z = torch.zeros(A.shape[0], model.nz, dtype=dtype, device=dev)
+    for r, counts in e0_rows:
+        Z[r] = counts.to(Z)
+    return A, torch.cat(targets), Z
 
 
 def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, device=None, progress: bool = False,
@@ -124,14 +134,15 @@ def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, devic
     weights = resolve_weights(weights)
     structs = fitting_structures(ds)
     bar = _Progress(sum(s.n_atoms for s in structs), progress)
-    As, ys = [], []
+    As, ys, Zs = [], [], []
     for b in _batches(structs, batch_atoms):
-        A, y = batch_system(model, b, weights, device=device, memory_budget=memory_budget)
+        A, y, Z = batch_system(model, b, weights, device=device, memory_budget=memory_budget)
         As.append(A)
         ys.append(y)
+        Zs.append(Z)
         bar.update(sum(s.n_atoms for s in b))
     A, y = torch.cat(As), torch.cat(ys)
-    return LinearSystem(A=A, y=y, n_obs=int(A.shape[0]))
+    return LinearSystem(A=A, y=y, n_obs=int(A.shape[0]), e0_columns=torch.cat(Zs))
 
 
 def assemble_reduced(model, ds: Dataset, weights=None, *, method: str = "qr", batch_atoms: int = 2048,
@@ -164,7 +175,7 @@ def assemble_reduced(model, ds: Dataset, weights=None, *, method: str = "qr", ba
         if nb < skip:
             bar.update(sum(s.n_atoms for s in b))
             continue
-        A, y = batch_system(model, b, weights, device=device, memory_budget=memory_budget)
+        A, y, _ = batch_system(model, b, weights, device=device, memory_budget=memory_budget)
         A, y = A.to(torch.float64), y.to(torch.float64)
         if method == "qr":
             M = torch.cat([state["T"], torch.cat([A, y.unsqueeze(1)], dim=1)])

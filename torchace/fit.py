@@ -76,21 +76,6 @@ def _set_E0(model, ds: Dataset, E0) -> Dict[str, float]:
     return values
 
 
-def _counts(model, ds: Dataset, weights) -> torch.Tensor:
-    """Per-structure element counts [S_fit, NZ] for the energy rows (E0 fitting)."""
-    from .data import weights_for
-
-    rows = []
-    for s in fitting_structures(ds):
-        if s.energy is None:
-            continue
-        wE, _, _ = weights_for(weights, s.config_type)
-        if wE == 0:
-            continue
-        rows.append([float((s.atoms.numbers == z).sum()) * wE / s.n_atoms ** 0.5 for z in model.config.numbers])
-    return torch.tensor(rows, dtype=torch.float64)
-
-
 def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Optional[DataKeys] = None,
         skip_bad: bool = False, streaming: Optional[str] = None, batch_atoms: int = 2048, device=None,
         validation=None, progress: bool = False, compute_errors: bool = True, synthetic_dimers=False,
@@ -156,10 +141,7 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     Z = None
     if fit_e0:
         # E0 columns are unregularised: project them out of the energy rows exactly, solve, recover E0
-        Z = torch.zeros(A.shape[0], model.nz, dtype=torch.float64, device=A.device)
-        counts = _counts(model, train, weights).to(A.device)
-        e_rows = _energy_row_index(model, train, weights).to(A.device)
-        Z[e_rows] = counts
+        Z = system.e0_columns.to(torch.float64)
         Q, _ = torch.linalg.qr(Z)
         A = A - Q @ (Q.T @ A)
         y_fit = y - Q @ (Q.T @ y)
@@ -199,19 +181,3 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     model.metadata = {"fit": {k: v for k, v in result.to_dict().items() if k != "info"}}
     return result
 
-
-def _energy_row_index(model, ds: Dataset, weights) -> torch.Tensor:
-    """Row numbers of the energy rows in the dense system built by ``assemble`` (same order and rules)."""
-    from .data import weights_for
-
-    idx, r = [], 0
-    for s in fitting_structures(ds):
-        wE, wF, wV = weights_for(weights, s.config_type)
-        if s.energy is not None and wE != 0:
-            idx.append(r)
-            r += 1
-        if s.forces is not None and wF != 0:
-            r += 3 * s.n_atoms
-        if s.virial is not None and wV != 0:
-            r += 6
-    return torch.tensor(idx, dtype=torch.long)
