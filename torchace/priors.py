@@ -77,6 +77,19 @@ def _check_finite(log_gamma: List[float], prior: str, hint: str) -> None:
         raise ValueError(f"prior '{prior}': the largest Γ entry is exp({worst:.4g}), which overflows float64; {hint}")
 
 
+def _columns_from_logs(model, mb: List[float], pair: List[float], prior: str, hint: str) -> torch.Tensor:
+    """Γ [basis_size] from log γ of one centre's many-body columns (repeated for every centre) and the pair columns."""
+    nz, n_b, _, _, _ = _model_sizes(model)
+    if len(mb) != n_b:
+        raise ValueError(f"model.nl_of_b has {len(mb)} entries, expected n_b = {n_b}")
+    logs = mb * nz + pair
+    _check_finite(logs, prior, hint)
+    out = torch.tensor([math.exp(v) for v in logs], dtype=torch.float64)
+    if out.shape[0] != int(model.basis_size):
+        raise ValueError(f"prior has {out.shape[0]} entries but model.basis_size = {model.basis_size}")
+    return out
+
+
 def _pair_columns(nz: int, n_pair: int) -> Iterable[Tuple[int, int, int]]:
     """(centre, neighbour, degree k) of the pair columns, in column order."""
     for c in range(nz):
@@ -115,17 +128,10 @@ class _ColumnPrior(_Prior):
         """Γ [basis_size]: many-body column q of every centre element gets γ(model.nl_of_b[q]) with n the
         interleaved index; pair column (centre, neighbour s, degree k) gets γ of the single factor
         (n = k·NZ + s + 1, l = 0), as ACEpotentials.jl's ``_nnll_basis`` (pair spec n = 1..maxq·NZ, one-hot)."""
-        nz, n_b, n_pair, _, _ = _model_sizes(model)
+        nz, _, n_pair, _, _ = _model_sizes(model)
         mb = [self._log_gamma(tuple(nls)) for nls in model.nl_of_b]
-        if len(mb) != n_b:
-            raise ValueError(f"model.nl_of_b has {len(mb)} entries, expected n_b = {n_b}")
         pair = [self._log_gamma(((k * nz + s + 1, 0),)) for _, s, k in _pair_columns(nz, n_pair)]
-        logs = mb * nz + pair
-        _check_finite(logs, self.NAME, "use larger wn / wl")
-        out = torch.tensor([math.exp(v) for v in logs], dtype=torch.float64)
-        if out.shape[0] != int(model.basis_size):
-            raise ValueError(f"prior has {out.shape[0]} entries but model.basis_size = {model.basis_size}")
-        return out
+        return _columns_from_logs(model, mb, pair, self.NAME, "use larger wn / wl")
 
     def apply(self, model) -> None:
         """Column priors act on the design matrix, not on the model: nothing to do."""
@@ -204,18 +210,11 @@ class _BasisPrior(_Prior):
     def column_scale(self, model) -> torch.Tensor:
         """Γ [basis_size] on the unscaled basis: Π_t γ₁(k_t, l_t) for a many-body column with (n_t, l_t)
         multiset ``model.nl_of_b[q]`` (k_t = (n_t − 1) // NZ); γ₁(k, 0) for a pair column of degree k."""
-        nz, n_b, n_pair, _, _ = _model_sizes(model)
+        nz, _, n_pair, _, _ = _model_sizes(model)
         sn, sl = self._sigmas(model)
         mb = [sum(self._log_gamma1((n - 1) // nz, l, sn, sl) for n, l in nls) for nls in model.nl_of_b]
-        if len(mb) != n_b:
-            raise ValueError(f"model.nl_of_b has {len(mb)} entries, expected n_b = {n_b}")
         pair = [self._log_gamma1(k, 0, sn, sl) for _, _, k in _pair_columns(nz, n_pair)]
-        logs = mb * nz + pair
-        _check_finite(logs, self.NAME, "use a smaller sigma")
-        out = torch.tensor([math.exp(v) for v in logs], dtype=torch.float64)
-        if out.shape[0] != int(model.basis_size):
-            raise ValueError(f"prior has {out.shape[0]} entries but model.basis_size = {model.basis_size}")
-        return out
+        return _columns_from_logs(model, mb, pair, self.NAME, "use a smaller sigma")
 
     def one_particle_scale(self, model) -> Tuple[torch.Tensor, torch.Tensor]:
         """(nl_scale [max_n, max_l + 1], pair_scale [n_pair]) = 1/γ₁, the arguments of ``set_basis_scale``."""
