@@ -32,9 +32,8 @@ def _edge_jacobian(fn, vectors: torch.Tensor):
     all per-edge derivatives along α at once; the three directions are vmapped into one pass.
     """
     tangents = torch.eye(3, dtype=vectors.dtype, device=vectors.device).unsqueeze(1).expand(3, vectors.shape[0], 3)
-    val = fn(vectors)
-    d = vmap(lambda t: jvp(fn, (vectors,), (t,))[1])(tangents)  # [3, E, F]
-    return val, d.transpose(0, 1)
+    val, d = vmap(lambda t: jvp(fn, (vectors,), (t,)))(tangents)  # [3, E, F] each; the primal is the same 3×
+    return val[0], d.transpose(0, 1)
 
 
 def _chunk_size(n_per_row: int, budget_bytes: int, itemsize: int) -> int:
