@@ -144,6 +144,9 @@ class ACEConfig:
         missing = {"elements", "order", "totaldegree"} - set(d)
         if missing:
             raise ValueError(f"ACEConfig is missing {sorted(missing)}")
+        from .fieldcheck import check_ace_fields
+
+        check_ace_fields(d)  # types and ranges, naming the key (bool("no") would be True)
         return cls.build(d["elements"], d["order"], d["totaldegree"], wL=d.get("wL", 1.5), rcut=d.get("rcut") or None,
                          r0=d.get("r0") or None, E0=d.get("E0") or None, pair=d.get("pair", True),
                          zbl=d.get("zbl", False), zbl_inner=d.get("zbl_inner"), zbl_outer=d.get("zbl_outer"))

@@ -11,7 +11,9 @@ assembly: {streaming: null, batch_atoms: 2048, device: cpu}
 output:   {model: model.json, errors: errors.json, parity: parity.png}
 ```
 Relative paths are resolved against the config file's directory; ``@bundled/...`` names files shipped in
-``torchace/data``.  Unknown keys anywhere are rejected with their section named.
+``torchace/data``.  Unknown keys anywhere are rejected with their section named; wrong types and out-of-range
+values (``pair: "no"``, ``order: 2.5``, ``batch_atoms: 0``, ``streaming: QR``) are rejected when the file is
+loaded, before any data is read, with the file and the key (``section.key``) named (``torchace.fieldcheck``).
 """
 from __future__ import annotations
 
@@ -21,7 +23,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Optional, Union
 
+from .data import DataKeys
+from .fieldcheck import check_ace_fields, check_bool, check_float, check_int, check_paths, check_str
+
 BUNDLED = "@bundled/"
+# the model section holds ``ace_model`` / ACEConfig arguments
+MODEL_KEYS = ("elements", "order", "totaldegree", "wL", "rcut", "r0", "E0", "pair", "zbl", "zbl_inner", "zbl_outer")
 
 
 @dataclass
@@ -65,23 +72,44 @@ class FitConfig:
         for sec in ("model", "data"):
             if sec not in d:
                 raise ValueError(f"fit config: section '{sec}' is missing")
+        model = _model_section(d["model"])
         data = _section("data", d["data"], DataSection)
         if not data.train:
             raise ValueError("fit config: data.train is required")
+        check_paths("fit config", "data.train", data.train)
+        if data.test is not None:
+            check_paths("fit config", "data.test", data.test)
+        if not isinstance(data.keys, dict):
+            raise ValueError(f"fit config: 'data.keys' must be a mapping, got {data.keys!r}")
+        _check_keys("data.keys", data.keys, {f.name for f in dataclasses.fields(DataKeys)})
+        for k, v in data.keys.items():
+            check_str("fit config", f"data.keys.{k}", v)
+        check_bool("fit config", "data.skip_bad", data.skip_bad)
         data.train = _resolve(data.train, base_dir)
         data.test = _resolve(data.test, base_dir) if data.test else None
+        weights = d.get("weights")
+        if weights is not None:
+            _check_weights(weights)
+        _check_E0(d.get("E0"))
         for sec in ("prior", "solver"):
             v = d.get(sec)
             if v is not None and (not isinstance(v, dict) or "name" not in v):
                 raise ValueError(f"fit config: '{sec}' must be a mapping with a 'name'")
+            if v is not None:
+                check_str("fit config", f"{sec}.name", v["name"])
+        asm = _section("assembly", d.get("assembly", {}), AssemblySection)
+        check_str("fit config", "assembly.streaming", asm.streaming, choices=("qr", "normal"), allow_none=True)
+        asm.batch_atoms = check_int("fit config", "assembly.batch_atoms", asm.batch_atoms, minimum=1)
+        check_str("fit config", "assembly.device", asm.device)
         out = _section("output", d.get("output", {}), OutputSection)
+        check_str("fit config", "output.model", out.model)
         for k in ("model", "errors", "parity"):
             v = getattr(out, k)
+            check_str("fit config", f"output.{k}", v, allow_none=True)
             if v:
                 setattr(out, k, v if os.path.isabs(v) else os.path.join(base_dir, v))
-        return cls(model=dict(d["model"]), data=data, weights=d.get("weights"), E0=d.get("E0"),
-                   prior=d.get("prior"), solver=d.get("solver"),
-                   assembly=_section("assembly", d.get("assembly", {}), AssemblySection), output=out)
+        return cls(model=model, data=data, weights=weights, E0=d.get("E0"),
+                   prior=d.get("prior"), solver=d.get("solver"), assembly=asm, output=out)
 
     @classmethod
     def load(cls, path: str) -> "FitConfig":
@@ -125,6 +153,45 @@ def _construct(module, what: str, spec: Dict[str, Any]):
         return fn(**spec)
     except TypeError as exc:
         raise ValueError(f"fit config: bad arguments for {what} {name!r}: {exc}") from None
+
+
+def _model_section(m: Any) -> Dict[str, Any]:
+    """Validate the ``model`` section now (types, ranges, ACEConfig's own checks), before any data is read."""
+    from .config import ACEConfig
+
+    if not isinstance(m, dict):
+        raise ValueError(f"fit config: 'model' must be a mapping of ACEConfig fields, got {m!r}")
+    _check_keys("model", m, MODEL_KEYS)
+    missing = [k for k in ("elements", "order", "totaldegree") if k not in m]
+    if missing:
+        raise ValueError(f"fit config: 'model' is missing {missing}")
+    check_ace_fields(m, "fit config model")
+    kw = {k: v for k, v in m.items() if k not in ("elements", "order", "totaldegree")}
+    try:
+        ACEConfig.build(m["elements"], m["order"], m["totaldegree"], **kw)
+    except ValueError as exc:
+        raise ValueError(f"fit config model: {exc}") from None
+    return dict(m)
+
+
+def _check_weights(w: Any) -> None:
+    if not isinstance(w, dict):
+        raise ValueError(f"fit config: 'weights' must be a mapping config_type -> {{E, F, V}}, got {w!r}")
+    for ct, v in w.items():
+        if not isinstance(v, dict):
+            raise ValueError(f"fit config: 'weights.{ct}' must be a mapping with keys E, F, V, got {v!r}")
+        _check_keys(f"weights.{ct}", v, ("E", "F", "V"))
+        for k, x in v.items():
+            check_float("fit config", f"weights.{ct}.{k}", x, nonnegative=True)
+
+
+def _check_E0(e0: Any) -> None:
+    if e0 is None or e0 in ("isolated", "fit"):
+        return
+    if not isinstance(e0, dict):
+        raise ValueError(f"fit config: 'E0' must be 'isolated', 'fit' or a mapping element -> eV, got {e0!r}")
+    for k, v in e0.items():
+        check_float("fit config", f"E0.{k}", v)
 
 
 def _check_keys(section: str, d: Dict[str, Any], allowed) -> None:
