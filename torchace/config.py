@@ -13,6 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Dict, List, Optional, Sequence, Union
 
+import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from .spec import totaldegree_per_order
@@ -58,11 +59,22 @@ class ACEConfig:
     zbl: bool = False
     zbl_inner: Optional[float] = None
     zbl_outer: Optional[float] = None
+    # purification (torchace.purify, docs/purification.md): pure2b removes the one-neighbour (two-body)
+    # self-interaction from every order >= 2 function; pure gives the canonical cluster expansion
+    pure2b: bool = False
+    pure: bool = False
 
     @classmethod
     def build(cls, elements: Sequence[Union[str, int]], order: int, totaldegree, *, wL: float = 1.5,
               rcut: Optional[float] = None, r0=None, E0=None, pair: bool = True, zbl: bool = False,
-              zbl_inner: Optional[float] = None, zbl_outer: Optional[float] = None) -> "ACEConfig":
+              zbl_inner: Optional[float] = None, zbl_outer: Optional[float] = None, pure2b: bool = False,
+              pure: bool = False) -> "ACEConfig":
+        for name, flag in (("pure2b", pure2b), ("pure", pure)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false, got {flag!r}")
+        if pure and pure2b:
+            raise ValueError("pure=True already removes the two-body self-interaction (it removes all of it): "
+                             "set pure or pure2b, not both")
         syms = [element_symbol(e) for e in elements]
         if len(set(syms)) != len(syms):
             raise ValueError(f"elements contain duplicates: {syms}")
@@ -104,7 +116,7 @@ class ACEConfig:
                 raise ValueError(f"E0 has {len(e0)} values for {nz} elements")
         cfg = cls(elements=syms, order=int(order), totaldegree=degs, wL=float(wL), rcut=rc, r0=r0m, E0=e0,
                   pair=bool(pair), zbl=bool(zbl), zbl_inner=None if zbl_inner is None else float(zbl_inner),
-                  zbl_outer=None if zbl_outer is None else float(zbl_outer))
+                  zbl_outer=None if zbl_outer is None else float(zbl_outer), pure2b=bool(pure2b), pure=bool(pure))
         if (zbl_inner is not None or zbl_outer is not None) and not cfg.zbl:
             raise ValueError("zbl_inner/zbl_outer are given but zbl is False")
         if cfg.zbl:
@@ -149,4 +161,6 @@ class ACEConfig:
         check_ace_fields(d)  # types and ranges, naming the key (bool("no") would be True)
         return cls.build(d["elements"], d["order"], d["totaldegree"], wL=d.get("wL", 1.5), rcut=d.get("rcut") or None,
                          r0=d.get("r0") or None, E0=d.get("E0") or None, pair=d.get("pair", True),
-                         zbl=d.get("zbl", False), zbl_inner=d.get("zbl_inner"), zbl_outer=d.get("zbl_outer"))
+                         zbl=d.get("zbl", False), zbl_inner=d.get("zbl_inner"), zbl_outer=d.get("zbl_outer"),
+                         # files written before purification existed have neither key
+                         pure2b=d.get("pure2b", False), pure=d.get("pure", False))

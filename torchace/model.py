@@ -20,6 +20,7 @@ from . import keys as K
 from .basis import EdgeEmbedding, ProductBasis, SymmetricCoupling, pool
 from .config import ACEConfig
 from .coupling import couple_spec
+from .purify import purify_coupling
 from .radial import ManyBodyRadials, PairBasis
 from .repulsion import ZBL
 from .spec import ProductSpec, pair_degree, product_spec
@@ -27,7 +28,7 @@ from .spec import ProductSpec, pair_degree, product_spec
 
 class ACEModel(nn.Module):
     __jit_unused_properties__ = ["elements"]
-    __jit_ignored_attributes__ = ["config", "spec", "nl_of_b", "prior_info", "metadata"]
+    __jit_ignored_attributes__ = ["config", "spec", "nl_of_b", "prior_info", "metadata", "purification"]
 
     def __init__(self, config: ACEConfig, dtype: torch.dtype = torch.float64):
         super().__init__()
@@ -40,10 +41,18 @@ class ACEModel(nn.Module):
         r0 = torch.tensor(config.r0, dtype=torch.float64)
         n_y = (spec.max_l + 1) ** 2
         cs = couple_spec(spec.nl_tuples, lambda n, l: (n - 1) * n_y + l * l)
+        max_degree, max_l = spec.max_degree, spec.max_l
+        self.purification = None
+        if config.pure or config.pure2b:
+            # C·P on an extended AA (torchace.purify); A gains the one-particle functions (larger n, L) of the
+            # linearised self-interaction products, the number of B's is unchanged
+            cs = purify_coupling(cs, n_y, nz, cs["nl_of_b"], "pure" if config.pure else "pure2b", spec.max_l)
+            max_degree, max_l = (cs["max_n"] - 1) // nz, cs["max_l"]
+            self.purification = cs["purification"]
         # keep only the one-particle functions that some product uses; AA indices refer to that list
         used = np.unique(np.concatenate([a.reshape(-1) for a in cs["aa"]]))
         aa = [np.searchsorted(used, a) for a in cs["aa"]]
-        self.embedding = EdgeEmbedding(ManyBodyRadials(r0, config.rcut, nz, spec.max_degree), spec.max_l, used)
+        self.embedding = EdgeEmbedding(ManyBodyRadials(r0, config.rcut, nz, max_degree), max_l, used)
         self.nl_of_b = cs["nl_of_b"]
         self.product = ProductBasis(aa, self.embedding.n_a)
         self.coupling = SymmetricCoupling(cs["rows"], cs["cols"], cs["vals"], cs["n_b"], cs["n_aa"])
@@ -99,6 +108,9 @@ class ACEModel(nn.Module):
                 if value.shape != buf.shape:
                     raise ValueError(f"{name} must have shape {tuple(buf.shape)}, got {tuple(value.shape)}")
                 buf.copy_(value)
+            if self.purification is not None and nl_scale is not None:
+                # purified couplings depend on the one-particle scales (torchace.purify)
+                self.purification.apply_scale(self.embedding.nl_scale, self.coupling.vals)
 
     # ---- basis pieces (shared by the energy, the design-matrix rows and the fast paths) ----
 
@@ -202,12 +214,15 @@ class ACEModel(nn.Module):
 
 def ace_model(elements, order: int, totaldegree, *, wL: float = 1.5, rcut: Optional[float] = None, r0=None,
               E0=None, pair: bool = True, zbl: bool = False, zbl_inner: Optional[float] = None,
-              zbl_outer: Optional[float] = None, dtype: torch.dtype = torch.float64) -> ACEModel:
+              zbl_outer: Optional[float] = None, pure2b: bool = False, pure: bool = False,
+              dtype: torch.dtype = torch.float64) -> ACEModel:
     """Build a linear ACE model with ACEpotentials.jl v0.10 ``ace1_model`` conventions (see docs/conventions.md).
 
     ``zbl=True`` adds the ZBL baseline switched off between ``zbl_inner`` and ``zbl_outer`` (Å; defaults
-    r0/2 and r0 of each pair), see docs/repulsion.md."""
+    r0/2 and r0 of each pair), see docs/repulsion.md.  ``pure2b=True`` removes the one-neighbour (two-body)
+    self-interaction from every function of correlation order >= 2; ``pure=True`` gives the canonical
+    (self-interaction-free) cluster expansion, see docs/purification.md."""
     cfg = ACEConfig.build(elements, order, totaldegree, wL=wL, rcut=rcut, r0=r0, E0=E0, pair=pair, zbl=zbl,
-                          zbl_inner=zbl_inner, zbl_outer=zbl_outer)
+                          zbl_inner=zbl_inner, zbl_outer=zbl_outer, pure2b=pure2b, pure=pure)
     # inference mode by default; .train() makes forces differentiable (create_graph) for force losses
     return ACEModel(cfg, dtype=dtype).eval()
