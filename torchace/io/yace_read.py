@@ -1,0 +1,257 @@
+"""``read_yace(path)``: an ML-PACE / pacemaker ``.yace`` potential as a torch module.
+
+The .yace file is YAML (the C-tilde basis, ML-PACE ``ACECTildeBasisSet::load_yaml``):
+
+- ``elements`` [NZ names], ``E0`` [NZ] (optional, default 0), ``deltaSplineBins`` (ignored: torchace
+  evaluates the radial functions analytically instead of tabulating them),
+- ``embeddings``: {μ: {ndensity, FS_parameters [w_1, m_1, …], npoti, rho_core_cutoff, drho_core_cutoff}},
+- ``bonds``: {[μ_i, μ_j]: {radbasename, nradmax, lmax, nradbasemax, radparameters [λ], radcoefficients
+  [nradmax][lmax+1][nradbasemax], rcut, dcut, prehc, lambdahc, rcut_in, dcut_in, inner_cutoff_type}},
+- ``functions``: {μ: [{mu0, rank, ndensity, num_ms_combs, mus, ns, ls, ms_combs, ctildes}, …]}.
+
+Parsed with a safe YAML loader (no code execution; ``[0, 1]`` mapping keys become tuples).  Anything
+missing, malformed or unsupported raises ``ValueError`` naming the file and the key.  Supported:
+radial bases ChebExpCos, ChebPow, ChebLinear, SBessel; embeddings FinnisSinclair and
+FinnisSinclairShiftedScaled with any number of densities; inner cutoff types "density" and "distance".
+Not supported (clear error): ACE.jl radial bases, ``Tabulated`` radials, the "zbl" inner cutoff.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import yaml
+
+from ..pace.embedding import EMBEDDINGS
+from ..pace.model import PACEModel, PACESpec
+from ..pace.radial import RADIAL_BASES
+
+INNER_CUTOFF_TYPES = ("density", "distance")
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """Safe loader whose mappings accept sequence keys (``[0, 1]:``) as tuples."""
+
+
+def _construct_mapping(loader, node):
+    loader.flatten_mapping(node)
+    out = {}
+    for k_node, v_node in node.value:
+        k = loader.construct_object(k_node, deep=True)
+        if isinstance(k, list):
+            k = tuple(k)
+        out[k] = loader.construct_object(v_node, deep=True)
+    return out
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+class _Reader:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def fail(self, key, msg):
+        raise ValueError(f"{self.path}: key '{key}': {msg}")
+
+    def get(self, d, key, where, default=...):
+        if not isinstance(d, dict):
+            self.fail(where, "expected a mapping")
+        if key not in d:
+            if default is ...:
+                self.fail(f"{where}.{key}" if where else key, "missing")
+            return default
+        return d[key]
+
+    def num(self, d, key, where, default=...):
+        v = self.get(d, key, where, default)
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            self.fail(f"{where}.{key}", f"expected a number, got {v!r}")
+
+    def int_(self, d, key, where, default=...):
+        v = self.get(d, key, where, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+            self.fail(f"{where}.{key}", f"expected an integer, got {v!r}")
+        return int(v)
+
+    def ints(self, d, key, where, n=None):
+        v = self.get(d, key, where)
+        if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            self.fail(f"{where}.{key}", f"expected a list of integers, got {v!r}")
+        if n is not None and len(v) != n:
+            self.fail(f"{where}.{key}", f"expected {n} values, got {len(v)}")
+        return v
+
+    def nums(self, d, key, where, n=None):
+        v = self.get(d, key, where)
+        try:
+            a = np.asarray(v, dtype=float).ravel()
+        except (TypeError, ValueError):
+            self.fail(f"{where}.{key}", "expected a list of numbers")
+        if not isinstance(v, list) or not np.all(np.isfinite(a)):
+            self.fail(f"{where}.{key}", "expected a list of finite numbers")
+        if n is not None and a.size != n:
+            self.fail(f"{where}.{key}", f"expected {n} values, got {a.size}")
+        return a
+
+
+def parse_yace(path) -> PACESpec:
+    """Read and validate a .yace file into a ``PACESpec`` (plain numbers, no torch)."""
+    rd = _Reader(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such .yace file")
+    with open(path, "r", encoding="utf-8") as fh:
+        try:
+            doc = yaml.load(fh, Loader=_Loader)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a YAML mapping with keys elements, embeddings, bonds, functions")
+
+    elements = rd.get(doc, "elements", "")
+    if not isinstance(elements, list) or not elements or not all(isinstance(e, str) for e in elements):
+        rd.fail("elements", f"expected a non-empty list of element symbols, got {elements!r}")
+    from ase.data import atomic_numbers
+    for e in elements:
+        if e not in atomic_numbers:
+            rd.fail("elements", f"unknown element {e!r}")
+    nz = len(elements)
+    E0 = rd.nums(doc, "E0", "", nz) if "E0" in doc else np.zeros(nz)
+
+    # ---- embeddings
+    emb = rd.get(doc, "embeddings", "")
+    if not isinstance(emb, dict):
+        rd.fail("embeddings", "expected a mapping element index -> embedding")
+    ndensity, npoti, fs, rho_cut = [], [], [], []
+    for mu in range(nz):
+        w = f"embeddings.{mu}"
+        if mu not in emb:
+            rd.fail(w, f"missing (element {elements[mu]})")
+        e = emb[mu]
+        P = rd.int_(e, "ndensity", w)
+        if P < 1:
+            rd.fail(f"{w}.ndensity", f"must be ≥ 1, got {P}")
+        kind = rd.get(e, "npoti", w)
+        if kind not in EMBEDDINGS:
+            rd.fail(f"{w}.npoti", f"embedding {kind!r} not supported (supported: {', '.join(EMBEDDINGS)})")
+        ndensity.append(P)
+        npoti.append(kind)
+        fs.append(list(rd.nums(e, "FS_parameters", w, 2 * P)))
+        rho_cut.append([rd.num(e, "rho_core_cutoff", w), rd.num(e, "drho_core_cutoff", w)])
+    extra = [k for k in emb if k not in range(nz)]
+    if extra:
+        rd.fail("embeddings", f"element indices {extra} beyond the {nz} elements")
+
+    # ---- bonds
+    bonds = rd.get(doc, "bonds", "")
+    if not isinstance(bonds, dict):
+        rd.fail("bonds", "expected a mapping [i, j] -> bond")
+    specs = {}
+    for key, b in bonds.items():
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(x, int) for x in key)
+                and all(0 <= x < nz for x in key)):
+            rd.fail(f"bonds.{key}", f"expected a pair [i, j] of element indices < {nz}")
+        specs[key] = b
+    lmax = nradmax = nradbase = 0
+    inner = None
+    for a in range(nz):
+        for c in range(nz):
+            w = f"bonds.[{a}, {c}]"
+            if (a, c) not in specs:
+                rd.fail(w, f"missing (bond {elements[a]}-{elements[c]})")
+            b = specs[(a, c)]
+            name = rd.get(b, "radbasename", w)
+            if name not in RADIAL_BASES:
+                rd.fail(f"{w}.radbasename", f"radial basis {name!r} not supported "
+                                            f"(supported: {', '.join(RADIAL_BASES)})")
+            lmax = max(lmax, rd.int_(b, "lmax", w))
+            nradmax = max(nradmax, rd.int_(b, "nradmax", w))
+            nradbase = max(nradbase, rd.int_(b, "nradbasemax", w))
+            t = b.get("inner_cutoff_type", "density") if isinstance(b, dict) else None
+            if t not in INNER_CUTOFF_TYPES:
+                rd.fail(f"{w}.inner_cutoff_type", f"{t!r} not supported (supported: {', '.join(INNER_CUTOFF_TYPES)})")
+            if inner is not None and t != inner:
+                rd.fail(f"{w}.inner_cutoff_type", f"{t!r} differs from another bond's {inner!r} "
+                                                  "(ML-PACE applies one type to all bonds)")
+            inner = t
+    bond = np.zeros((nz, nz, 7))
+    crad = np.zeros((nz, nz, nradmax, lmax + 1, nradbase))
+    radbasename = [[None] * nz for _ in range(nz)]
+    for (a, c), b in specs.items():
+        w = f"bonds.[{a}, {c}]"
+        radbasename[a][c] = b["radbasename"]
+        lam = rd.nums(b, "radparameters", w)
+        if lam.size < 1:
+            rd.fail(f"{w}.radparameters", "expected at least one value (λ)")
+        rc = rd.num(b, "rcut", w)
+        if not rc > 0:
+            rd.fail(f"{w}.rcut", f"must be > 0, got {rc}")
+        if "prehc" in b or "core-repulsion" not in b:
+            pre, lamhc = rd.num(b, "prehc", w), rd.num(b, "lambdahc", w)
+        else:
+            pre, lamhc = rd.nums(b, "core-repulsion", w, 2)
+        bond[a, c] = [lam[0], rc, rd.num(b, "dcut", w), rd.num(b, "rcut_in", w, 0.0),
+                      rd.num(b, "dcut_in", w, 0.0), pre, lamhc]
+        nr, lb, kb = b["nradmax"], b["lmax"], b["nradbasemax"]
+        cr = rd.get(b, "radcoefficients", w)
+        try:
+            arr = np.asarray(cr, dtype=float)
+        except (TypeError, ValueError):
+            rd.fail(f"{w}.radcoefficients", "expected a nested list of numbers")
+        if arr.shape != (nr, lb + 1, kb) and not (nr == 0 and arr.size == 0):
+            rd.fail(f"{w}.radcoefficients", f"expected shape [nradmax={nr}][lmax+1={lb + 1}][nradbasemax={kb}], "
+                                            f"got {list(arr.shape)}")
+        if arr.size:
+            crad[a, c, :nr, : lb + 1, :kb] = arr
+
+    # ---- functions
+    funcs_doc = rd.get(doc, "functions", "")
+    if not isinstance(funcs_doc, dict):
+        rd.fail("functions", "expected a mapping element index -> list of functions")
+    functions = []
+    for mu in range(nz):
+        lst = funcs_doc.get(mu, [])
+        if not isinstance(lst, list):
+            rd.fail(f"functions.{mu}", "expected a list of functions")
+        out = []
+        for q, f in enumerate(lst):
+            w = f"functions.{mu}[{q}]"
+            rank = rd.int_(f, "rank", w)
+            if rank < 1:
+                rd.fail(f"{w}.rank", f"must be ≥ 1, got {rank}")
+            P = rd.int_(f, "ndensity", w)
+            if P != ndensity[mu]:
+                rd.fail(f"{w}.ndensity", f"{P} differs from embeddings.{mu}.ndensity = {ndensity[mu]}")
+            if rd.int_(f, "mu0", w) != mu:
+                rd.fail(f"{w}.mu0", f"expected {mu} (listed under element {mu})")
+            nms = rd.int_(f, "num_ms_combs", w)
+            mus, ns, ls = rd.ints(f, "mus", w, rank), rd.ints(f, "ns", w, rank), rd.ints(f, "ls", w, rank)
+            ms = np.asarray(rd.ints(f, "ms_combs", w, nms * rank)).reshape(nms, rank)
+            ct = rd.nums(f, "ctildes", w, nms * P).reshape(nms, P)
+            if any(not 0 <= m < nz for m in mus):
+                rd.fail(f"{w}.mus", f"element indices must be < {nz}, got {mus}")
+            nlim = nradbase if rank == 1 else nradmax
+            if any(not 1 <= n <= nlim for n in ns):
+                rd.fail(f"{w}.ns", f"radial indices must be in 1..{nlim}, got {ns}")
+            if any(not 0 <= l <= lmax for l in ls) or (rank == 1 and ls[0] != 0):
+                rd.fail(f"{w}.ls", f"angular indices must be in 0..{lmax} (0 for rank 1), got {ls}")
+            if np.any(np.abs(ms) > np.asarray(ls)[None, :]):
+                rd.fail(f"{w}.ms_combs", f"|m| must be ≤ l = {ls}")
+            out.append({"rank": rank, "mus": mus, "ns": ns, "ls": ls, "ms": ms.tolist(), "ctildes": ct.tolist()})
+        functions.append(out)
+
+    return PACESpec(elements=list(elements), E0=[float(x) for x in E0], lmax=lmax, nradmax=nradmax,
+                    nradbase=nradbase, inner_cutoff_type=inner, radbasename=radbasename, bond=bond, crad=crad,
+                    ndensity=ndensity, npoti=npoti, fs_parameters=fs, rho_core_cut=rho_cut, functions=functions,
+                    source=os.path.basename(str(path)))
+
+
+def read_yace(path, *, dtype=None, device=None) -> PACEModel:
+    """Load a .yace potential as a ``PACEModel`` (float64 by default) usable with ``torchace.evaluate``."""
+    import torch
+    model = PACEModel(parse_yace(path), dtype=dtype or torch.float64)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
