@@ -1,4 +1,4 @@
-"""torchace.export: TorchScript archive with JSON metadata, atomic writes, planned formats, calculator on an export."""
+"""torchace.export: TorchScript archive with JSON metadata, atomic writes, format dispatch, calculator on an export."""
 import copy
 import json
 import os
@@ -76,9 +76,10 @@ def test_export_options_and_errors(sige_small, tmp_path):
     p = tmp_path / "m.pt"
     export(sige_small, p, metadata={"author": "me"})  # os.PathLike accepted
     assert read_metadata(p)["user"] == {"author": "me"}
-    for fmt in ("metatomic", "yace"):
-        with pytest.raises(NotImplementedError, match=f"'{fmt}'.*not implemented yet"):
-            export(sige_small, str(tmp_path / "x"), format=fmt)
+    with pytest.raises(TypeError, match="takes no options"):
+        export(sige_small, str(tmp_path / "x"), format="torchscript", authors=["me"])
+    with pytest.raises(ValueError, match="unknown dtype"):
+        export(sige_small, str(tmp_path / "x"), dtype="float16")
     with pytest.raises(ValueError, match="unknown export format"):
         export(sige_small, str(tmp_path / "x"), format="onnx")
     with pytest.raises(ValueError, match="not plain JSON"):
@@ -131,3 +132,51 @@ def test_calculator_on_export(sige_small, exported):
         if at.pbc.all():
             assert np.abs(a.get_stress(at) - b.get_stress(at)).max() < 1e-12
     assert "energy_std" not in b.implemented_properties
+
+
+def test_float32_export(sige_small, tmp_path):
+    p = tmp_path / "m32.pt"
+    export(sige_small, p, dtype="float32")
+    module, meta = load_torchscript(str(p))
+    assert meta["dtype"] == "float32" and sige_small.coefficients.dtype == torch.float64
+    m32 = copy.deepcopy(sige_small).to(torch.float32)
+    for s in _structures():
+        results_close(torchace.evaluate(m32, [s], module=module), torchace.evaluate(m32, [s]), 1e-5)
+        ref = torchace.evaluate(sige_small, [s])
+        assert abs(float(torchace.evaluate(m32, [s], module=module)[K.ENERGY][0] - ref[K.ENERGY][0])) < \
+            1e-5 * abs(float(ref[K.ENERGY][0]))
+
+
+def test_yace_dispatch(sige_small, tmp_path, monkeypatch):
+    """format="yace" hands the model, the path and the options to torchace.io.write_yace."""
+    import torchace.io
+
+    calls = []
+
+    def fake_write_yace(model, path, **kw):
+        calls.append((model, path, kw))
+        with open(path, "w") as fh:
+            fh.write("elements: [Si, Ge]\n")
+
+    monkeypatch.setattr(torchace.io, "write_yace", fake_write_yace)
+    p = tmp_path / "m.yace"
+    assert export(sige_small, p, format="YACE", some_option=3) == str(p)
+    assert calls == [(sige_small, str(p), {"some_option": 3})] and p.exists()
+
+
+def test_yace_real_writer(sige_small, tmp_path):
+    """With the real writer (torchace/io/yace_write.py, when present) the dispatch writes a file."""
+    pytest.importorskip("torchace.io.yace_write")
+    p = tmp_path / "m.yace"
+    export(sige_small, p, format="yace")
+    assert p.stat().st_size > 0
+
+
+def test_metatomic_missing_gives_clear_error(sige_small, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "torchace.export_metatomic", raising=False)
+    monkeypatch.setitem(sys.modules, "metatomic.torch", None)  # as if metatomic-torch were not installed
+    with pytest.raises(ImportError, match=r"metatomic-torch.*torchace\[metatomic\]"):
+        export(sige_small, tmp_path / "x.pt", format="metatomic")
+    assert not (tmp_path / "x.pt").exists()

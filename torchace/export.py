@@ -7,7 +7,11 @@ symbols), rcut, units, dtype, the torchace/torch versions, the model config and 
 of ``forward``; ``read_metadata(path)`` reads it with ``zipfile`` alone, ``load_torchscript(path)``
 returns (module, metadata).  Writes are atomic (temporary file in the target directory + ``os.replace``).
 
-``format="metatomic"`` and ``format="yace"`` are planned and raise ``NotImplementedError`` for now.
+``format="metatomic"``: a metatomic ``AtomisticModel`` (``torchace.export_metatomic``; needs the optional
+``metatomic-torch`` package) for LAMMPS ``pair_style metatomic``, i-PI and ASE (``metatomic-ase``).
+``format="yace"``: ``torchace.io.write_yace(model, path, **kwargs)`` (ML-PACE / LAMMPS ``pair_style pace``).
+``dtype`` (torch.float32/float64 or their names) converts a copy of the model before the export.
+See docs/export.md.
 """
 from __future__ import annotations
 
@@ -96,24 +100,49 @@ def script_model(model) -> torch.jit.ScriptModule:
         return torch.jit.script(m)
 
 
-def export(model, path: str, format: str = "torchscript", *, metadata: Optional[Dict[str, Any]] = None) -> str:
-    """Export ``model`` to ``path`` in ``format``; returns the path.
+def _as_dtype(dtype) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32}
+    if str(dtype) not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose float64 or float32")
+    return names[str(dtype)]
+
+
+def export(model, path: str, format: str = "torchscript", *, metadata: Optional[Dict[str, Any]] = None,
+           dtype=None, **kwargs) -> str:
+    """Export ``model`` to ``path`` in ``format`` (``FORMATS``); returns the path.  Writes are atomic.
 
     ``"torchscript"``: a TorchScript archive with JSON metadata (see the module docstring);
-    ``metadata``: extra JSON-serialisable entries merged into the stored metadata under ``"user"``.
+    ``metadata``: extra JSON-serialisable entries stored under ``"user"``.
+    ``"metatomic"``: a metatomic ``AtomisticModel`` file (keyword arguments: ``name``, ``description``,
+    ``authors``, ``devices``; ``metadata`` goes into its ``ModelMetadata.extra["user"]`` as JSON).
+    ``"yace"``: ``torchace.io.write_yace(model, path, **kwargs)``.
+    ``dtype``: export a copy converted to this dtype (default: the model's).
     """
     fmt = str(format).lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {list(FORMATS)}")
+    path = os.fspath(path)
+    dt = _as_dtype(dtype)
     if fmt == "torchscript":
-        return _export_torchscript(model, os.fspath(path), metadata)
+        if kwargs:
+            raise TypeError(f"export format 'torchscript' takes no options {sorted(kwargs)}")
+        if dt is not None and dt != model.coefficients.dtype:
+            model = copy.deepcopy(model).to(dt)
+        return _export_torchscript(model, path, metadata)
     if fmt == "metatomic":
-        raise NotImplementedError(
-            "export format 'metatomic' (a metatomic-torch AtomisticModel for LAMMPS, i-PI, ASE, ...) is planned "
-            "but not implemented yet; use format='torchscript' for now")
-    if fmt == "yace":
-        raise NotImplementedError(
-            "export format 'yace' (ML-PACE / LAMMPS pair_style pace) is planned but not implemented yet; "
-            "use format='torchscript' for now")
-    raise ValueError(f"unknown export format {format!r}; choose one of {list(FORMATS)}")
+        from .export_metatomic import export_metatomic  # optional dependency, imported on demand
+
+        return export_metatomic(model, path, dtype=dt, metadata=metadata, **kwargs)
+    from .io import write_yace  # fmt == "yace"
+
+    if dt is not None and dt != model.coefficients.dtype:
+        model = copy.deepcopy(model).to(dt)
+    if metadata is not None:
+        kwargs["metadata"] = metadata
+    write_yace(model, path, **kwargs)
+    return path
 
 
 def _export_torchscript(model, path: str, metadata: Optional[Dict[str, Any]]) -> str:
