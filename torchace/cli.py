@@ -1,4 +1,5 @@
-"""Command line: ``torchace evaluate`` (energies, forces, stresses and design-matrix rows of structures).
+"""Command line: ``torchace evaluate`` (energies, forces, stresses and design-matrix rows of structures),
+``torchace fit CONFIG.yaml`` and ``torchace export MODEL.json OUT --format torchscript|metatomic|yace``.
 
 Thin wrapper: all logic lives in the library.  Outputs are written atomically (temp file + rename).
 """
@@ -142,6 +143,31 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import torchace
+    from torchace.export import FORMATS
+    from torchace.serialization import ModelFileError
+
+    if args.format not in FORMATS:  # argparse checks too; keeps the message for programmatic callers
+        raise SystemExit(f"torchace export: unknown format {args.format!r}; choose one of {list(FORMATS)}")
+    if not os.path.isfile(args.model):
+        raise SystemExit(f"torchace export: {args.model}: no such model file")
+    try:
+        model = torchace.load(args.model)
+    except ModelFileError as exc:
+        raise SystemExit(f"torchace export: {exc}") from None
+    kwargs = {}
+    if args.dtype:
+        kwargs["dtype"] = args.dtype
+    try:
+        path = torchace.export(model, args.output, format=args.format, **kwargs)
+    except ImportError as exc:  # optional package of the format (metatomic-torch, ...)
+        raise SystemExit(f"torchace export: {exc}") from None
+    print(f"wrote {path} ({args.format}, {args.dtype or str(model.coefficients.dtype).replace('torch.', '')}; "
+          f"{model.extra_repr()})")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="torchace", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -161,7 +187,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     ft = sub.add_parser("fit", help="fit a linear ACE model from a YAML/JSON config (default: bundled Zuo Si job)")
     ft.add_argument("config", nargs="?", help="fit configuration (see torchace/fitconfig.py, docs/fitting.md)")
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ex = sub.add_parser("export", help="export a saved model (.json) for other programs (docs/export.md)")
+    ex.add_argument("model", help="model file written by model.save / torchace fit (.json)")
+    ex.add_argument("output", help="output file (written atomically)")
+    ex.add_argument("--format", required=True, choices=["torchscript", "metatomic", "yace"],
+                    help="torchscript: torch.jit archive with metadata; metatomic: AtomisticModel for LAMMPS "
+                         "pair_style metatomic / i-PI / ASE (needs metatomic-torch); yace: ML-PACE potential "
+                         "for LAMMPS pair_style pace")
+    ex.add_argument("--dtype", choices=["float64", "float32"], default=None,
+                    help="precision of the exported model (default: float64)")
     args = ap.parse_args(argv)
+    if args.command == "export":
+        return cmd_export(args)
     if args.command == "fit":
         return cmd_fit(args)
     if args.command == "evaluate":
