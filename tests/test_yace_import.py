@@ -230,3 +230,19 @@ def test_float32_and_module_attributes():
     e32 = float(torchace.evaluate(m, at)[K.ENERGY][0])
     e64 = float(torchace.evaluate(read_yace(SI), at)[K.ENERGY][0])
     assert abs(e32 - e64) <= 1e-4 * max(1.0, abs(e64))
+
+
+@needs_data
+def test_ase_calculator_runs_a_yace_model():
+    from torchace.calculators import TorchACECalculator
+
+    pyace = pytest.importorskip("pyace")
+    at = rattled_bulk(["Si"], rattle=0.1, seed=4)
+    ref = at.copy()
+    ref.calc = pyace.PyACECalculator(str(SI))
+    at.calc = TorchACECalculator(read_yace(SI))
+    for _ in range(2):            # second step reuses the neighbour list (skin)
+        assert abs(at.get_potential_energy() - ref.get_potential_energy()) <= 1e-8
+        assert np.abs(at.get_forces() - ref.get_forces()).max() <= 1e-8
+        at.positions += 0.01
+        ref.positions += 0.01
