@@ -1,0 +1,528 @@
+"""Export a torchace model as an ML-PACE ``.yace`` file (LAMMPS ``pair_style pace``) plus a pair table.
+
+Target: the C-tilde form evaluated by ML-PACE (Lysogorskiy et al., npj Comput. Mater. 7, 97 (2021),
+eqs. 5–9; Drautz, PRB 99, 014104 (2019), eq. 25): the site energy of an atom of species μ_i is
+
+    E_i = E0(μ_i) + Σ_f Σ_{m ∈ ms_combs(f)} c̃_{f,m} Re Π_t A_{μ_t n_t l_t m_t},
+    A_{μ n l m} = Σ_{j: μ_j = μ} R^{μ_i μ_j}_n(r_ij) Y_l^m(r̂_ij),
+
+with complex, orthonormal spherical harmonics in the Condon–Shortley convention (the evaluator fills
+m < 0 from A_{l,−m} = (−1)^m conj A_{lm}), a linear embedding (``FinnisSinclairShiftedScaled`` with
+parameters [1, 1] is F(ρ) = ρ), and no hard-core repulsion.
+
+Mapping of a torchace model (docs/conventions.md):
+
+* Radials.  ML-PACE's ``ACE.jl`` radial basis (``acejl_radial.cpp``, added for ACE1pack/ACEpotentials.jl
+  exports) holds, per ordered element pair, cubic Hermite splines through values and derivatives on
+  ``nbins + 1`` equidistant nodes in [0, rcut]; R_{nl} = spline n for every l.  torchace's radial
+  index n = k·NZ + s_j + 1 (species interleaving) becomes PACE's (μ_j = s_j, n = k + 1) and the
+  spline for pair (μ_i, μ_j) is P_k(x_{ij}(r))·env(x) with exact derivatives from autograd at the
+  nodes.  The per-(n, l) basis rescaling of the priors (``nl_scale``) depends on l, so it is folded
+  into c̃ instead of the splines.
+* Products.  E_i − E0 = Σ_k (c·C)_{z_i k} AA_k with AA_k a product of e3nn real A's.  Each real Y_lm is
+  a fixed combination of complex Y_l^μ within its l (the matrix is fitted once from sample directions,
+  residual checked), so each AA expands into complex monomials; monomials with the same multiset of
+  (μ_j, n, l, μ) are collected, those with Σμ ≠ 0 cancel (rotation invariance, checked), μ and −μ are
+  merged (Re P(−μ) = Re P(μ) when Σμ = 0), and the coefficients are real because every torchace
+  invariant has even Σl (checked).
+* Pair part and ZBL.  The ``.yace`` format has no pair term, so Σ_{i<j} U_{z_i z_j}(r_ij) with
+  U_ab = Σ_k c_{abk} V_k(r; a, b) + Σ_k c_{bak} V_k(r; b, a) (+ the ZBL baseline) goes into a LAMMPS
+  ``pair_style table`` file (``N``, ``R rlo rhi``, columns index r E F) to be overlaid:
+  ``pair_style hybrid/overlay pace table spline N`` (the recipe ACEpotentials.jl's LAMMPS export uses).
+  ``evaluate_pair_table`` is the reference reading of that file (cubic Hermite in E, −F).
+
+Only the spline sampling is approximate; docs/yace.md lists the measured error against ``nbins``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_write
+
+DEFAULT_DELTA_SPLINE_BINS = 2e-4   # Å, ML-PACE's radial tabulation step (docs/yace.md: error against it)
+DEFAULT_PAIR_POINTS = 20000     # pair-table points on [pair_rmin, rcut]
+_CONVENTION_TOL = 1e-10         # relative size of terms that must vanish exactly (Σμ ≠ 0, Im c̃)
+_DROP_TOL = 1e-14               # relative size of c̃ treated as rounding noise of an exact zero
+
+
+# ---------------------------------------------------------------- spherical harmonics conventions
+
+
+def complex_sph(l: int, vec: np.ndarray) -> np.ndarray:
+    """ML-PACE's complex spherical harmonics: √(4π)·Y_l^μ(r̂) with Y_l^μ orthonormal in the Condon–Shortley
+    convention, μ = −l..l: [P, 2l + 1].  (ML-PACE's Y_0^0 is 1: ``ace_spherical_cart.cpp`` starts the
+    recurrence from P_0^0 = 1; measured against pyace, a rank-1/2/3 function of l = 0 comes out
+    (4π)^{ν/2} times the orthonormal value.)"""
+    vec = np.asarray(vec, dtype=np.float64)
+    r = np.linalg.norm(vec, axis=-1)
+    ct = vec[:, 2] / r
+    st = np.sqrt(np.clip(1.0 - ct * ct, 0.0, None))
+    phi = np.arctan2(vec[:, 1], vec[:, 0])
+    out = np.zeros((vec.shape[0], 2 * l + 1), dtype=np.complex128)
+    for m in range(l + 1):
+        # associated Legendre P_l^m(cos θ) with the (−1)^m phase, by upward recurrence in l
+        pmm = np.ones_like(ct)
+        for k in range(1, m + 1):
+            pmm = -pmm * (2 * k - 1) * st
+        if l == m:
+            plm = pmm
+        else:
+            p_prev, p = pmm, ct * (2 * m + 1) * pmm
+            for ll in range(m + 2, l + 1):
+                p_prev, p = p, ((2 * ll - 1) * ct * p - (ll + m - 1) * p_prev) / (ll - m)
+            plm = p
+        norm = math.sqrt((2 * l + 1) * math.factorial(l - m) / math.factorial(l + m))
+        y = norm * plm * np.exp(1j * m * phi)
+        out[:, l + m] = y
+        if m > 0:
+            out[:, l - m] = (-1) ** m * np.conj(y)
+    return out
+
+
+def real_to_complex_matrices(sh, max_l: int, seed: int = 0) -> List[np.ndarray]:
+    """W_l [2l+1 (μ), 2l+1 (real m)] with Y^real_{lm}(r̂) = Σ_μ W_l[μ, m] Y_l^μ(r̂) for the module ``sh``
+    (torchace's e3nn spherical harmonics).  Fitted by least squares on sample directions; raises if the
+    real functions are not in the span (a normalisation or convention mismatch)."""
+    rng = np.random.default_rng(seed)
+    vec = rng.normal(size=(64 * (max_l + 1), 3))
+    with torch.no_grad():
+        y_real = sh(torch.from_numpy(vec)).numpy()
+    out = []
+    for l in range(max_l + 1):
+        yc = complex_sph(l, vec)
+        yr = y_real[:, l * l:(l + 1) ** 2].astype(np.complex128)
+        W, *_ = np.linalg.lstsq(yc, yr, rcond=None)
+        res = np.abs(yc @ W - yr).max()
+        if res > 1e-11:
+            raise RuntimeError(f"e3nn real spherical harmonics of degree {l} are not a unitary combination "
+                               f"of the complex ones (residual {res:.2e}): convention mismatch")
+        out.append(W)
+    return out
+
+
+# ---------------------------------------------------------------- radial functions
+
+
+def chebpow_basis(r: np.ndarray, rcut: float, nradbase: int) -> Tuple[np.ndarray, np.ndarray]:
+    """ML-PACE's ``ChebPow`` radial base with λ = 1 (``ace_radial.cpp``): g_k(r) = (1 − T_k(x))/2,
+    x = 1 − 2(1 − r/rcut)^λ = 2r/rcut − 1, k = 1..nradbase.  Returns (g [P, nradbase], dg/dr [P, nradbase])."""
+    x = 2.0 * np.asarray(r, dtype=np.float64) / rcut - 1.0
+    T = np.polynomial.chebyshev.chebvander(x, nradbase)[:, 1:]
+    # T_k'(x) = k U_{k-1}(x), with U from its own three-term recurrence (exact at x = ±1)
+    U = np.zeros((x.shape[0], nradbase))
+    U[:, 0] = 1.0
+    if nradbase > 1:
+        U[:, 1] = 2.0 * x
+    for k in range(2, nradbase):
+        U[:, k] = 2.0 * x * U[:, k - 1] - U[:, k - 2]
+    dT = U * np.arange(1, nradbase + 1)
+    return 0.5 - 0.5 * T, -0.5 * dT * (2.0 / rcut)
+
+
+def _torchace_radials(model, r: np.ndarray, a: int, b: int) -> Tuple[np.ndarray, np.ndarray]:
+    """torchace's many-body radials P_k(x_ab(r))·env for centre a, neighbour b, and their r-derivatives
+    (autograd, exact): ([P, n_poly], [P, n_poly])."""
+    radials = model.embedding.radials
+    nz = model.nz
+    rr = torch.tensor(np.asarray(r, dtype=np.float64), requires_grad=True)
+    R = radials(rr, torch.full(rr.shape, a, dtype=torch.long), torch.full(rr.shape, b, dtype=torch.long))[:, b::nz]
+    ders = [torch.autograd.grad(R[:, k].sum(), rr, retain_graph=True)[0].numpy() for k in range(R.shape[1])]
+    return R.detach().numpy(), np.stack(ders, -1)
+
+
+def fit_radial_coefficients(model, nradbase: Optional[int] = None, tol: float = 1e-11,
+                            max_nradbase: int = 160) -> Tuple[int, Dict[Tuple[int, int], np.ndarray], float]:
+    """crad[(μ_i, μ_j)] [n_poly, nradbase] with Σ_k crad[n, k] g_k(r) ≈ R_n^{μ_i μ_j}(r) on [0, rcut].
+
+    Least squares at Chebyshev points (the g_k span exactly the polynomials in r of degree ≤ nradbase
+    that vanish at rcut, so this is Chebyshev interpolation; torchace's radials are analytic on
+    [0, rcut], so the error falls geometrically).  Without ``nradbase`` the smallest multiple of 10 is
+    taken whose error in R and in dR/dr, relative to each function's maximum on a fine grid, is below
+    ``tol``.  Returns (nradbase, crad, achieved error)."""
+    rc = model.rcut
+    nz = model.nz
+    r_check = np.linspace(0.0, rc, 6001)
+    targets = {(a, b): _torchace_radials(model, r_check, a, b) for a in range(nz) for b in range(nz)}
+    candidates = [int(nradbase)] if nradbase is not None else list(range(20, max_nradbase + 1, 10))
+    for N in candidates:
+        P = 4 * N + 40
+        r_fit = 0.5 * rc * (1.0 + np.cos(np.pi * (np.arange(P) + 0.5) / P))
+        G_fit, _ = chebpow_basis(r_fit, rc, N)
+        G_chk, dG_chk = chebpow_basis(r_check, rc, N)
+        crad, err = {}, 0.0
+        for (a, b), (R_chk, dR_chk) in targets.items():
+            R_fit, _ = _torchace_radials(model, r_fit, a, b)
+            M, *_ = np.linalg.lstsq(G_fit, R_fit, rcond=None)   # [N, n_poly]
+            scale = np.abs(R_chk).max(0)
+            dscale = np.abs(dR_chk).max(0)
+            e = np.abs(G_chk @ M - R_chk).max(0) / np.where(scale > 0, scale, 1.0)
+            de = np.abs(dG_chk @ M - dR_chk).max(0) / np.where(dscale > 0, dscale, 1.0)
+            err = max(err, float(e.max()), float(de.max()))
+            crad[(a, b)] = M.T.copy()
+        if err <= tol or nradbase is not None:
+            return N, crad, err
+    raise RuntimeError(f"radial functions not reproduced to {tol:g} with up to {max_nradbase} ChebPow functions "
+                       f"(reached {err:.2e}); pass a larger tolerance or nradbase")
+
+
+# ---------------------------------------------------------------- C-tilde coefficients
+
+
+def ctilde_functions(model) -> List[List[dict]]:
+    """Per centre element: the C-tilde functions {mus, ns, ls, ms_combs, ctildes} of the many-body energy."""
+    nz = model.nz
+    n_y = model.embedding.n_y
+    cols = model.embedding.cols.cpu().numpy()
+    n_a = model.embedding.n_a
+    idx = model.product.idx.cpu().numpy()
+    nl_scale = model.embedding.nl_scale.detach().cpu().numpy()
+    with torch.no_grad():
+        c_mb = model.coefficients.detach()[: model.n_manybody].view(nz, model.n_b)
+        c_aa = model.coupling.transpose_apply(c_mb).cpu().numpy()   # [NZ, n_aa]
+    W = real_to_complex_matrices(model.embedding.sh, model.embedding.max_l)
+
+    # one-particle function a -> (μ_j, n (1-based, PACE), l, real m index 0..2l) and its (n, l) scale
+    n_t = cols // n_y                     # torchace n - 1
+    lm = cols % n_y
+    l_t = np.floor(np.sqrt(lm)).astype(np.int64)
+    m_t = lm - l_t * l_t
+    factor_of = [((int(n) % nz), int(n) // nz + 1, int(l), int(m)) for n, l, m in zip(n_t, l_t, m_t)]
+    scale_of = nl_scale[n_t, l_t]
+
+    # group AA rows by the multiset of (μ_j, n, l): one PACE function per group and centre element
+    groups: Dict[tuple, List[Tuple[int, Tuple[int, ...]]]] = defaultdict(list)
+    for k in range(idx.shape[0]):
+        fac = sorted(factor_of[a] for a in idx[k] if a != n_a)
+        if not fac:
+            raise ValueError("constant product basis function: not representable in .yace (use E0)")
+        key = tuple(f[:3] for f in fac)
+        groups[key].append((k, tuple(f[3] for f in fac)))
+        # (μ, n, l) sorted together with m keeps the key order of each row's factors
+
+    funcs: List[List[dict]] = [[] for _ in range(nz)]
+    for key, rows in groups.items():
+        ls = [g[2] for g in key]
+        dims = [2 * l + 1 for l in ls]
+        T = np.zeros((nz,) + tuple(dims), dtype=np.complex128)
+        for k, ms in rows:
+            scale = float(np.prod([scale_of[a] for a in idx[k] if a != n_a]))
+            t = np.ones((), dtype=np.complex128)
+            for l, m in zip(ls, ms):
+                t = np.multiply.outer(t, W[l][:, m])
+            T += c_aa[:, k].reshape((nz,) + (1,) * len(ls)) * scale * t
+        # runs of equal (μ, n, l): permuting their μ's gives the same monomial
+        runs = []
+        start = 0
+        for t in range(1, len(key) + 1):
+            if t == len(key) or key[t] != key[start]:
+                runs.append((start, t))
+                start = t
+
+        def canon(mu):
+            mu = list(mu)
+            for s, e in runs:
+                mu[s:e] = sorted(mu[s:e])
+            return tuple(mu)
+
+        tmax = np.abs(T).max() if T.size else 0.0
+        for z in range(nz):
+            if tmax == 0.0:
+                continue
+            acc: Dict[tuple, complex] = defaultdict(complex)
+            bad = 0.0
+            for pos in zip(*np.nonzero(T[z])):
+                mu = tuple(int(p) - l for p, l in zip(pos, ls))
+                v = T[z][pos]
+                if sum(mu) != 0:
+                    bad = max(bad, abs(v))
+                    continue
+                acc[canon(mu)] += v
+            merged: Dict[tuple, float] = {}
+            for mu, v in acc.items():
+                if abs(v.imag) > _CONVENTION_TOL * tmax:
+                    raise RuntimeError(f"complex C-tilde coefficient {v} for (μ,n,l) {key}, m {mu}: convention mismatch")
+                neg = canon(tuple(-x for x in mu))
+                rep = max(mu, neg)
+                merged[rep] = merged.get(rep, 0.0) + v.real
+            if bad > _CONVENTION_TOL * tmax:
+                raise RuntimeError(f"non-invariant complex monomials (Σm ≠ 0, size {bad:.2e}) for {key}: convention mismatch")
+            ms_combs, ctildes = [], []
+            for mu in sorted(merged):
+                v = merged[mu]
+                if abs(v) > _DROP_TOL * tmax:
+                    ms_combs.extend(mu)
+                    ctildes.append(v)
+            if ctildes:
+                funcs[z].append({"mu0": z, "rank": len(key), "mus": [g[0] for g in key], "ns": [g[1] for g in key],
+                                 "ls": ls, "ms_combs": ms_combs, "ctildes": ctildes})
+    for z in range(nz):
+        funcs[z].sort(key=lambda f: (f["rank"], f["mus"], f["ns"], f["ls"]))
+    return funcs
+
+
+# ---------------------------------------------------------------- pair table
+
+
+def pair_energy_functions(model):
+    """U_ab(r) as a callable torch function r -> [len(r)] for a ≤ b, or None when the model has no pair
+    part and no ZBL baseline.  Σ_{i<j} U(r_ij) is the pair energy of torchace's site-energy sum."""
+    nz = model.nz
+    has_pair = model.n_pair > 0 and bool(torch.any(model.coefficients.detach()[model.n_manybody:] != 0))
+    if not has_pair and model.zbl is None:
+        return None
+    c_pair = model.coefficients.detach()[model.n_manybody:].view(nz, nz, model.n_pair) if model.n_pair > 0 else None
+
+    def make(a, b):
+        def U(r):
+            za = torch.full(r.shape, a, dtype=torch.long)
+            zb = torch.full(r.shape, b, dtype=torch.long)
+            e = torch.zeros_like(r)
+            if c_pair is not None:
+                e = e + (model.pair(r, za, zb) * c_pair[a, b]).sum(-1) + (model.pair(r, zb, za) * c_pair[b, a]).sum(-1)
+            if model.zbl is not None:
+                e = e + 0.5 * (model.zbl(r, za, zb) + model.zbl(r, zb, za))
+            return e
+        return U
+
+    return {(a, b): make(a, b) for a in range(nz) for b in range(a, nz)}
+
+
+def _pair_keyword(elements, a, b):
+    return f"{elements[a]}_{elements[b]}"
+
+
+def write_pair_table(model, path: str, n_points: int = DEFAULT_PAIR_POINTS, rmin: Optional[float] = None) -> Optional[dict]:
+    """Write the pair part as a LAMMPS ``pair_style table`` file (one section ``A_B`` per element pair,
+    points uniform in r on [rmin, rcut], columns: index, r, E, F = −dE/dr).  Returns the LAMMPS
+    ``pair_coeff`` lines, or None (nothing written) when the model has no pair part."""
+    funcs = pair_energy_functions(model)
+    if funcs is None:
+        return None
+    elements = model.elements
+    if rmin is None:
+        # well inside the shortest bond; the pair envelope (s⁻²) and ZBL grow without bound below it
+        rmin = 0.25 * float(model.pair.transform.r0.min())
+    rmin = float(rmin)
+    if not 0.0 < rmin < model.rcut:
+        raise ValueError(f"pair table rmin must lie in (0, rcut = {model.rcut}), got {rmin}")
+    r = torch.linspace(rmin, model.rcut, int(n_points), dtype=torch.float64)
+    lines = ["# torchace pair part (Σ_{i<j} U(r_ij)) for pair_style table; units metal (eV, Å)", ""]
+    coeffs = []
+    for (a, b), U in funcs.items():
+        rr = r.clone().requires_grad_(True)
+        e = U(rr)
+        (de,) = torch.autograd.grad(e.sum(), rr)
+        kw = _pair_keyword(elements, a, b)
+        lines.append(kw)
+        lines.append(f"N {len(r)} R {rmin!r} {model.rcut!r}")
+        lines.append("")
+        for q, (rq, eq, fq) in enumerate(zip(r.tolist(), e.detach().tolist(), (-de).tolist()), 1):
+            lines.append(f"{q} {rq!r} {eq!r} {fq!r}")
+        lines.append("")
+        coeffs.append((a, b, kw))
+
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("\n".join(lines))
+
+    atomic_write(path, write, ".table")
+    return {"keywords": coeffs, "rmin": rmin, "n_points": int(n_points)}
+
+
+def read_pair_table(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{keyword: (r, E, F)} from a LAMMPS pair table file (``N n R rlo rhi`` or explicit r columns)."""
+    out = {}
+    with open(path) as fh:
+        lines = [ln.split("#")[0].strip() for ln in fh]
+    i = 0
+    while i < len(lines):
+        if not lines[i]:
+            i += 1
+            continue
+        kw = lines[i]
+        params = lines[i + 1].split()
+        if params[0] != "N":
+            raise ValueError(f"{path}: section {kw!r}: expected 'N ...' parameter line, got {lines[i + 1]!r}")
+        n = int(params[1])
+        i += 2
+        rows = []
+        while len(rows) < n:
+            if lines[i]:
+                rows.append([float(x) for x in lines[i].split()[1:4]])
+            i += 1
+        arr = np.array(rows)
+        out[kw] = (arr[:, 0], arr[:, 1], arr[:, 2])
+    return out
+
+
+def _hermite(r, knots, E, dE):
+    """Cubic Hermite interpolation of E with derivative dE on sorted knots; zero outside [knots[0], knots[-1])."""
+    q = np.clip(np.searchsorted(knots, r, side="right") - 1, 0, len(knots) - 2)
+    h = knots[q + 1] - knots[q]
+    t = (r - knots[q]) / h
+    h00, h10, h01, h11 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t, -2 * t**3 + 3 * t**2, t**3 - t**2
+    e = h00 * E[q] + h10 * h * dE[q] + h01 * E[q + 1] + h11 * h * dE[q + 1]
+    d = ((6 * t**2 - 6 * t) * E[q] + (3 * t**2 - 4 * t + 1) * h * dE[q]
+         + (-6 * t**2 + 6 * t) * E[q + 1] + (3 * t**2 - 2 * t) * h * dE[q + 1]) / h
+    inside = r < knots[-1]
+    return np.where(inside, e, 0.0), np.where(inside, d, 0.0)
+
+
+def evaluate_pair_table(path: str, atoms, elements: Sequence[str]) -> dict:
+    """Energy, forces and stress (ASE sign, Voigt) of Σ_{i<j} U(r_ij) read from a pair table file,
+    with cubic Hermite interpolation in (E, −F) — a reading of the file independent of torchace's model."""
+    from ase.neighborlist import neighbor_list
+
+    tab = read_pair_table(path)
+    rc = max(float(t[0][-1]) for t in tab.values())
+    i, j, d, D = neighbor_list("ijdD", atoms, rc)
+    sym = atoms.get_chemical_symbols()
+    energy = 0.0
+    forces = np.zeros((len(atoms), 3))
+    virial = np.zeros((3, 3))
+    for a in range(len(elements)):
+        for b in range(a, len(elements)):
+            kw = f"{elements[a]}_{elements[b]}"
+            if kw not in tab:
+                continue
+            sel = np.array([{sym[p], sym[q]} == {elements[a], elements[b]} for p, q in zip(i, j)], dtype=bool)
+            if not sel.any():
+                continue
+            r, E, F = tab[kw]
+            if d[sel].min() < r[0]:
+                raise ValueError(f"{path}: pair distance {d[sel].min():.4f} Å below the table's inner end {r[0]} Å")
+            e, de = _hermite(d[sel], r, E, -F)
+            energy += 0.5 * e.sum()                       # each pair appears twice in the full list
+            g = 0.5 * (de / d[sel])[:, None] * D[sel]     # ∂(½U)/∂D for the ordered pair (i, j)
+            np.add.at(forces, i[sel], g)
+            np.add.at(forces, j[sel], -g)
+            virial -= D[sel].T @ g
+    out = {"energy": energy, "forces": forces}
+    if atoms.pbc.all():
+        s = -virial / atoms.get_volume()
+        out["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+    return out
+
+
+# ---------------------------------------------------------------- the .yace file
+
+
+def _f(x: float) -> str:
+    return repr(float(x))
+
+
+def _flow(xs, fmt=str) -> str:
+    return "[" + ", ".join(fmt(x) for x in xs) + "]"
+
+
+def _rank1_in_radial_base(funcs: List[List[dict]], crad: Dict[Tuple[int, int], np.ndarray], nradbase: int) -> None:
+    """ML-PACE's rank-1 functions use the radial base g_k itself (A_rank1 = Σ_j g_k(r_ij) Y00), not the
+    combinations R_n = Σ_k crad[n, k] g_k: re-express Σ_n c_n A_{n00} on the g_k (in place)."""
+    for z, fz in enumerate(funcs):
+        acc: Dict[int, np.ndarray] = {}
+        rest = []
+        for f in fz:
+            if f["rank"] != 1:
+                rest.append(f)
+                continue
+            b, n = f["mus"][0], f["ns"][0]
+            acc.setdefault(b, np.zeros(nradbase))
+            acc[b] += f["ctildes"][0] * crad[(z, b)][n - 1]
+        rank1 = []
+        for b in sorted(acc):
+            for k in range(nradbase):
+                if acc[b][k] != 0.0:
+                    rank1.append({"mu0": z, "rank": 1, "mus": [b], "ns": [k + 1], "ls": [0], "ms_combs": [0],
+                                  "ctildes": [float(acc[b][k])]})
+        fz[:] = rank1 + rest
+
+
+def write_yace(model, path: str, *, nradbase: Optional[int] = None, radial_tol: float = 1e-11,
+               delta_spline_bins: float = DEFAULT_DELTA_SPLINE_BINS, pair_table: Optional[str] = None,
+               pair_points: int = DEFAULT_PAIR_POINTS, pair_rmin: Optional[float] = None) -> dict:
+    """Write ``model`` as an ML-PACE ``.yace`` (many-body part and E0) and, if the model has a pair part
+    or a ZBL baseline, a LAMMPS pair table beside it (``pair_table``, default ``<path without .yace>_pair.table``).
+
+    Radials: ``ChebPow`` (λ = 1) base of ``nradbase`` functions (default: the smallest reproducing
+    torchace's radials and their derivatives to ``radial_tol`` relative), combined by ``radcoefficients``.
+    ``delta_spline_bins`` (Å) is the node spacing of ML-PACE's own cubic-Hermite tabulation of the
+    radials (its error dominates; docs/yace.md).  Returns {"yace", "pair_table" (or None), "nradbase",
+    "radial_error", "lammps": [input lines]}.
+    """
+    from ..model import ACEModel
+
+    if not isinstance(model, ACEModel):
+        raise TypeError(f"write_yace expects a torchace ACEModel, got {type(model).__name__}")
+    path = os.fspath(path)
+    if not path.endswith(".yace"):
+        raise ValueError(f"{path}: a .yace file name must end in '.yace' (ML-PACE chooses the reader by extension)")
+    delta_spline_bins = float(delta_spline_bins)
+    if not 0.0 < delta_spline_bins < 0.1:
+        raise ValueError(f"delta_spline_bins must be in (0, 0.1) Å, got {delta_spline_bins}")
+    if not torch.isfinite(model.coefficients.detach()).all():
+        raise ValueError("model coefficients are not finite: nothing to export")
+    model = model.to("cpu")
+    nz = model.nz
+    elements = model.elements
+    n_poly = model.embedding.radials.n_poly
+    lmax = int(model.embedding.max_l)
+    N, crad, rad_err = fit_radial_coefficients(model, nradbase, radial_tol)
+    funcs = ctilde_functions(model)
+    _rank1_in_radial_base(funcs, crad, N)
+    E0 = model.E0.detach().cpu().tolist()
+
+    out: List[str] = []
+    out.append(f"elements: {_flow(elements)}")
+    out.append(f"E0: {_flow(E0, _f)}")
+    out.append(f"deltaSplineBins: {_f(delta_spline_bins)}")
+    out.append("embeddings:")
+    for z in range(nz):
+        out.append(f"  {z}: {{ndensity: 1, FS_parameters: [1, 1], npoti: FinnisSinclairShiftedScaled, "
+                   "rho_core_cutoff: 100000, drho_core_cutoff: 250}")
+    out.append("bonds:")
+    for (a, b), M in crad.items():
+        # crad[n][l][k]: the same combination for every l (torchace's radials do not depend on l)
+        rc = "[" + ", ".join("[" + ", ".join([_flow(M[n], _f)] * (lmax + 1)) + "]" for n in range(n_poly)) + "]"
+        out.append(f"  [{a}, {b}]: {{nradmax: {n_poly}, lmax: {lmax}, nradbasemax: {N}, radbasename: ChebPow, "
+                   f"radparameters: [1], radcoefficients: {rc}, prehc: 0, lambdahc: 0, rcut: {_f(model.rcut)}, "
+                   "dcut: 0.01, rcut_in: 0, dcut_in: 0, inner_cutoff_type: distance}")
+    out.append("functions:")
+    for z in range(nz):
+        if not funcs[z]:
+            # ML-PACE wants a list per element; a zero rank-1 function stands for "no many-body energy"
+            funcs[z] = [{"mu0": z, "rank": 1, "mus": [0], "ns": [1], "ls": [0], "ms_combs": [0], "ctildes": [0.0]}]
+        out.append(f"  {z}:")
+        for f in funcs[z]:
+            nms = len(f["ctildes"])
+            out.append(f"    - {{mu0: {z}, rank: {f['rank']}, ndensity: 1, num_ms_combs: {nms}, mus: {_flow(f['mus'])}, "
+                       f"ns: {_flow(f['ns'])}, ls: {_flow(f['ls'])}, ms_combs: {_flow(f['ms_combs'])}, "
+                       f"ctildes: {_flow(f['ctildes'], _f)}}}")
+    text = "\n".join(out) + "\n"
+
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            fh.write(text)
+
+    atomic_write(path, write, ".yace")
+
+    if pair_table is None:
+        pair_table = path[: -len(".yace")] + "_pair.table"
+    info = write_pair_table(model, pair_table, pair_points, pair_rmin)
+    base = os.path.basename(path)
+    if info is None:
+        lammps = ["pair_style pace", f"pair_coeff * * {base} " + " ".join(elements)]
+        table_path = None
+    else:
+        tname = os.path.basename(pair_table)
+        lammps = [f"pair_style hybrid/overlay pace table spline {info['n_points']}",
+                  f"pair_coeff * * pace {base} " + " ".join(elements)]
+        for a, b, kw in info["keywords"]:
+            lammps.append(f"pair_coeff {a + 1} {b + 1} table {tname} {kw} {_f(model.rcut)}")
+        table_path = pair_table
+    return {"yace": path, "pair_table": table_path, "nradbase": N, "radial_error": rad_err, "lammps": lammps}
