@@ -99,7 +99,14 @@ def _find(atoms: Atoms, explicit: Optional[str], candidates: Sequence[str], wher
     return None, None
 
 
+def _not_bool(value, source: str, key: str) -> None:
+    # extended XYZ reads T/F as booleans, and float(True) == 1.0 would be a silent wrong label
+    if np.asarray(value).dtype.kind == "b":
+        raise DataError(f"{source}: {key} = {value!r} is a boolean, not a number")
+
+
 def _as_virial(value, source: str, key: str) -> np.ndarray:
+    _not_bool(value, source, key)
     v = np.asarray(value, dtype=np.float64).reshape(-1)
     if v.size == 9:
         return v.reshape(3, 3)
@@ -127,6 +134,7 @@ def label(atoms: Atoms, source: str, keys: DataKeys, elements: Optional[Sequence
     ekey, e = _find(atoms, keys.energy, ENERGY_KEYS, "info", "energy")
     energy = None
     if e is not None:
+        _not_bool(e, source, ekey)
         try:
             energy = float(e)
         except (TypeError, ValueError):
@@ -139,6 +147,7 @@ def label(atoms: Atoms, source: str, keys: DataKeys, elements: Optional[Sequence
     fkey, f = _find(atoms, keys.forces, FORCE_KEYS, "arrays", "forces")
     forces = None
     if f is not None:
+        _not_bool(f, source, fkey)
         forces = np.asarray(f, dtype=np.float64)
         if forces.shape != (len(atoms), 3):
             raise DataError(f"{source}: {fkey} has shape {forces.shape}, expected ({len(atoms)}, 3)")
@@ -191,10 +200,18 @@ def read_data(data, *, keys: Optional[DataKeys] = None, elements: Optional[Seque
 
             if not os.path.exists(d):
                 raise DataError(f"{d}: no such file")
+            frames = []
             try:
-                frames = read(d, index)
+                if index == ":":  # frame by frame, so that a parse error names its frame
+                    from ase.io import iread
+
+                    for a in iread(d, index):
+                        frames.append(a)
+                else:
+                    frames = read(d, index)
             except Exception as exc:
-                raise DataError(f"{d}: cannot be read: {exc}") from exc
+                where = f"{d}:frame {len(frames)}" if index == ":" else f"{d}"
+                raise DataError(f"{where}: cannot be read: {exc}") from exc
             frames = frames if isinstance(frames, list) else [frames]
             items += [(a, f"{d}:frame {i}") for i, a in enumerate(frames)]
         else:

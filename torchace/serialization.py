@@ -93,7 +93,10 @@ def model_from_dict(d: Dict[str, Any], path: str = "<dict>", dtype: torch.dtype 
     model.set_basis_scale(_tensor(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path),
                           _tensor(d, "pair_scale", tuple(model.pair.scale.shape), path))
     if d.get("committee") is not None:
-        c = torch.tensor(d["committee"], dtype=torch.float64)
+        try:
+            c = torch.tensor(d["committee"], dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"{path}: field 'committee' is not a numeric array: {exc}") from None
         if c.ndim != 2 or c.shape[1] != model.basis_size or not torch.isfinite(c).all():
             raise ModelFileError(f"{path}: field 'committee' must be a finite [n, {model.basis_size}] array")
         model.committee = c.to(dtype)
