@@ -185,3 +185,40 @@ def test_torchscript(pure_sige):
     a = torchace.evaluate(pure_sige, at)
     b = torchace.evaluate(pure_sige, at, module=torch.jit.script(pure_sige))
     assert max_rel(b[K.FORCES], a[K.FORCES]) < 1e-13 and max_rel(b[K.ENERGY], a[K.ENERGY]) < 1e-13
+
+
+def _brute_force_basis(selfi, envs, mode):
+    """Independent evaluator of the definitions: 𝒜_k = Σ over ordered tuples of *distinct* neighbours of
+    Π_t φ_{k_t} (paper eq. 6), or for pure2b 𝐀_k − Σ_j Π_t φ_{k_t}(x_j); then the self-interacting
+    model's own coupling C.  No purification code is involved."""
+    from itertools import permutations
+
+    idx = selfi.product.idx.numpy()
+    n_a = selfi.embedding.n_a
+    out = []
+    for zc, zn, R in envs:
+        sp = {z: s for s, z in enumerate(selfi.config.numbers)}
+        v = torch.tensor(R, dtype=torch.float64)
+        zi = torch.full((len(R),), sp[int(zc)], dtype=torch.long)
+        zj = torch.tensor([sp[int(z)] for z in zn], dtype=torch.long)
+        with torch.no_grad():
+            phi = selfi.embedding(v, zi, zj).numpy()  # [J, n_a]
+        phi1 = np.concatenate([phi, np.ones((len(R), 1))], axis=1)
+        AA = np.zeros(idx.shape[0])
+        for k, row in enumerate(idx):
+            cols = [c for c in row if c < n_a]
+            if mode == "pure":
+                AA[k] = sum(np.prod([phi1[j, c] for j, c in zip(js, cols)]) for js in permutations(range(len(R)), len(cols)))
+            else:
+                full = np.prod(phi1.sum(0)[cols])
+                AA[k] = full - (np.prod(phi1[:, cols], axis=1).sum() if len(cols) >= 2 else 0.0)
+        out.append(selfi.coupling(torch.from_numpy(AA)))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("mode", ["pure", "pure2b"])
+def test_against_brute_force_definition(mode, pure_sige, pure2b_sige):
+    model = pure_sige if mode == "pure" else pure2b_sige
+    selfi = torchace.ace_model(["Si", "Ge"], 3, 7)
+    envs = _envs(model, 3, 4, seed=21) + _envs(model, 2, 2, seed=22)
+    assert max_rel(site_basis_envs(model, envs), _brute_force_basis(selfi, envs, mode)) < 1e-12
