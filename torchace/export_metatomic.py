@@ -140,8 +140,8 @@ class MetatomicACE(torch.nn.Module):
                                  "'energy_uncertainty' are not available")
             e_m = self._committee_site_energies(vectors, species, edge_index)
             if want_ens:
-                results["energy_ensemble"] = self._pack(e_m, outputs["energy_ensemble"], keep, sys_of_atom, atom_in_sys,
-                                               len(systems), "energy", dtype)
+                results["energy_ensemble"] = self._pack(e_m, outputs["energy_ensemble"], keep, sys_of_atom,
+                                                        atom_in_sys, len(systems), "energy", dtype)
             if want_unc:
                 per_atom = outputs["energy_uncertainty"].sample_kind == "atom"
                 if per_atom:
@@ -150,8 +150,9 @@ class MetatomicACE(torch.nn.Module):
                     tot = torch.zeros((len(systems), e_m.shape[1]), dtype=dtype, device=device)
                     tot = tot.index_add(0, sys_of_atom[keep], e_m[keep])
                     u = tot.std(dim=1, keepdim=True)
-                results["energy_uncertainty"] = self._pack(u, outputs["energy_uncertainty"], keep, sys_of_atom, atom_in_sys,
-                                                  len(systems), "energy", dtype, already_summed=not per_atom)
+                results["energy_uncertainty"] = self._pack(u, outputs["energy_uncertainty"], keep, sys_of_atom,
+                                                           atom_in_sys, len(systems), "energy", dtype,
+                                                           already_summed=not per_atom)
         return results
 
     def _pack(self, values: torch.Tensor, output: ModelOutput, keep: torch.Tensor, sys_of_atom: torch.Tensor,
@@ -174,7 +175,6 @@ class MetatomicACE(torch.nn.Module):
             samples = Labels(["system"], torch.arange(n_systems, dtype=torch.int32, device=device).reshape(-1, 1))
         block = TensorBlock(values=vals, samples=samples, components=[], properties=props)
         return TensorMap(Labels(["_"], torch.tensor([[0]], dtype=torch.int32, device=device)), [block])
-
 
 
 def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "", description: str = "",
