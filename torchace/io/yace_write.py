@@ -45,7 +45,7 @@ import torch
 
 from ..atomic import atomic_write
 
-DEFAULT_DELTA_SPLINE_BINS = 2e-4   # Å, ML-PACE's radial tabulation step (docs/yace.md: error against it)
+DEFAULT_DELTA_SPLINE_BINS = 5e-4   # Å, ML-PACE's radial tabulation step (docs/yace.md: error against it)
 DEFAULT_PAIR_POINTS = 20000     # pair-table points on [pair_rmin, rcut]
 _CONVENTION_TOL = 1e-10         # relative size of terms that must vanish exactly (Σμ ≠ 0, Im c̃)
 _DROP_TOL = 1e-14               # relative size of c̃ treated as rounding noise of an exact zero
@@ -238,13 +238,13 @@ def ctilde_functions(model) -> List[List[dict]]:
             bad = 0.0
             for pos in zip(*np.nonzero(T[z])):
                 mu = tuple(int(p) - l for p, l in zip(pos, ls))
-                v = T[z][pos]
-                if sum(mu) != 0:
-                    bad = max(bad, abs(v))
-                    continue
-                acc[canon(mu)] += v
+                acc[canon(mu)] += T[z][pos]
             merged: Dict[tuple, float] = {}
             for mu, v in acc.items():
+                if sum(mu) != 0:
+                    # must cancel once permutations of equal factors are collected (rotation invariance)
+                    bad = max(bad, abs(v))
+                    continue
                 if abs(v.imag) > _CONVENTION_TOL * tmax:
                     raise RuntimeError(f"complex C-tilde coefficient {v} for (μ,n,l) {key}, m {mu}: convention mismatch")
                 neg = canon(tuple(-x for x in mu))
