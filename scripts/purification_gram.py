@@ -66,7 +66,7 @@ def run(orders, degrees, factor, seed):
 
 
 def markdown(rows, degrees, factor):
-    out = [f"| N | basis | " + " | ".join(f"D = {d}" for d in degrees) + " |",
+    out = ["| N | basis | " + " | ".join(f"D = {d}" for d in degrees) + " |",
            "|---|---|" + "---|" * len(degrees)]
     by = {(r["order"], r["totaldegree"]): r for r in rows}
     for N in sorted({r["order"] for r in rows}):

@@ -139,7 +139,8 @@ def test_rows_forces_invariance(mode, pure_sige, pure2b_sige):
 def test_scaled_one_particle_basis_stays_pure(pure_sige):
     """A basis prior rescales φ_nl → s_nl φ_nl; the purified coupling follows (canonical of scaled φ's)."""
     model = torchace.ace_model(["Si", "Ge"], 3, 7, pure=True)
-    s = 0.5 + torch.rand(model.embedding.nl_scale.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    s = 0.5 + torch.rand(model.embedding.nl_scale.shape, generator=gen, dtype=torch.float64)
     model.set_basis_scale(nl_scale=s)
     nu = _orders(model)
     B = site_basis_envs(model, _envs(model, 6, 2, seed=12))
@@ -208,7 +209,8 @@ def _brute_force_basis(selfi, envs, mode):
         for k, row in enumerate(idx):
             cols = [c for c in row if c < n_a]
             if mode == "pure":
-                AA[k] = sum(np.prod([phi1[j, c] for j, c in zip(js, cols)]) for js in permutations(range(len(R)), len(cols)))
+                AA[k] = sum(np.prod([phi1[j, c] for j, c in zip(js, cols)])
+                            for js in permutations(range(len(R)), len(cols)))
             else:
                 full = np.prod(phi1.sum(0)[cols])
                 AA[k] = full - (np.prod(phi1[:, cols], axis=1).sum() if len(cols) >= 2 else 0.0)

@@ -27,10 +27,9 @@ functions (the number of B's is unchanged).
 ``pure2b`` (ACE1x.jl's ``pure2b``): only the fully diagonal part (all factors on one neighbour) is
 removed from every basis function of correlation order ≥ 2, i.e. 𝐀_k → 𝐀_k − A[Π_t φ_{k_t}].  On a
 one-neighbour environment every such function is then exactly zero, so the two-body interaction is carried
-by the order-1 functions (and the pair basis) alone.  ACE1x subtracts the diagonal only for products with
-all l_t = 0 (assuming the others vanish after symmetrisation); here it is subtracted for every multiset,
-which coincides with ACE1x on the l = 0 ones and is exact for the others (e.g. (l, l) coupled to L = 0
-has the non-zero diagonal Σ_m Y_lm(r̂)² = (2l+1)/4π).
+by the order-1 functions (and the pair basis) alone.  After the coupling only the L = 0 part of the
+diagonal survives: B_q loses Σ_j g_q(r_j), g_q = B_q on one neighbour, expanded in R_n Y_00 (ACE1x builds
+the same correction numerically; here it is the exact linearisation).
 
 Priors rescale the one-particle functions (φ → s_nl φ, ``ACEModel.set_basis_scale``); the canonical
 function of scaled φ's is Π_t s times the unscaled one, so ``Purification.apply_scale`` rescales the
@@ -41,7 +40,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from itertools import product as cartesian
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -213,7 +212,8 @@ class Purification:
             vals.copy_(torch.from_numpy(self.vals0 * f).to(vals))
 
 
-def purify_coupling(cs: Dict[str, object], n_y: int, nz: int, nl_of_b, mode: str, min_max_l: int = 0) -> Dict[str, object]:
+def purify_coupling(cs: Dict[str, object], n_y: int, nz: int, nl_of_b, mode: str,
+                    min_max_l: int = 0) -> Dict[str, object]:
     """Replace the coupling of ``couple_spec`` output ``cs`` (A columns (n-1)·n_y + l² + m + l) by C·P.
 
     ``mode`` is "pure" (canonical expansion) or "pure2b" (diagonal removed).  Returns the same fields as
