@@ -152,13 +152,19 @@ def silicon_phases() -> Dict[str, Atoms]:
 #  rigid decohesion
 
 
-def decohesion_slab(bulk_atoms: Atoms, miller: Tuple[int, int, int], layers: int = 4) -> Atoms:
+def decohesion_slab(bulk_atoms: Atoms, miller: Tuple[int, int, int], layers: Optional[int] = None,
+                    min_thickness: float = 15.0) -> Atoms:
     """A periodic cell of ``bulk_atoms`` whose third axis is normal to the (hkl) plane (ase.build.surface with
-    no vacuum, periodic), ready for ``decohesion_curve``.  Use the conventional (cubic) cell for cubic
-    Miller indices."""
+    no vacuum, periodic), ready for ``decohesion_curve``.  ``layers=None``: as many as needed for a cell at
+    least ``min_thickness`` Å thick, so that the opened gap does not see its periodic image through the
+    block (choose it above twice the cutoff).  Use the conventional (cubic) cell for cubic Miller indices."""
     from ase.build import surface
 
-    return surface(bulk_atoms, tuple(miller), layers, periodic=True)
+    if layers is not None:
+        return surface(bulk_atoms, tuple(miller), layers, periodic=True)
+    one = surface(bulk_atoms, tuple(miller), 1, periodic=True)
+    n = max(1, int(np.ceil(min_thickness / one.cell.array[2, 2])))
+    return surface(bulk_atoms, tuple(miller), n, periodic=True)
 
 
 def _split_plane(atoms: Atoms) -> float:
