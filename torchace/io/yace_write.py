@@ -1,37 +1,41 @@
 """Export a torchace model as an ML-PACE ``.yace`` file (LAMMPS ``pair_style pace``) plus a pair table.
 
 Target: the C-tilde form evaluated by ML-PACE (Lysogorskiy et al., npj Comput. Mater. 7, 97 (2021),
-eqs. 5–9; Drautz, PRB 99, 014104 (2019), eq. 25): the site energy of an atom of species μ_i is
+eqs. 5–9; Drautz, PRB 99, 014104 (2019), eq. 25; ``ACECTildeEvaluator::compute_atom``): the site energy
+of an atom of species μ_i is
 
-    E_i = E0(μ_i) + Σ_f Σ_{m ∈ ms_combs(f)} c̃_{f,m} Re Π_t A_{μ_t n_t l_t m_t},
-    A_{μ n l m} = Σ_{j: μ_j = μ} R^{μ_i μ_j}_n(r_ij) Y_l^m(r̂_ij),
+    E_i = E0(μ_i) + Σ_{f rank 1} c̃_f A1_{μ_f k_f} + Σ_{f rank ≥ 2} Σ_{m ∈ ms_combs(f)} c̃_{f,m} Re Π_t A_{μ_t n_t l_t m_t},
+    A1_{μ k} = Σ_{j: μ_j = μ} g_k(r_ij) Y_0^0,   A_{μ n l m} = Σ_{j: μ_j = μ} R^{μ_i μ_j}_{n l}(r_ij) Y_l^m(r̂_ij),
+    R^{μ_i μ_j}_{n l}(r) = Σ_k crad[μ_i, μ_j, n, l, k] g_k(r),
 
-with complex, orthonormal spherical harmonics in the Condon–Shortley convention (the evaluator fills
-m < 0 from A_{l,−m} = (−1)^m conj A_{lm}), a linear embedding (``FinnisSinclairShiftedScaled`` with
-parameters [1, 1] is F(ρ) = ρ), and no hard-core repulsion.
+with ML-PACE's complex spherical harmonics (√(4π) × orthonormal, Condon–Shortley phase; m < 0 filled
+from A_{l,−m} = (−1)^m conj A_{lm}), a linear embedding (``FinnisSinclairShiftedScaled`` with parameters
+[1, 1] is F(ρ) = ρ) and no hard-core repulsion (prehc = 0).
 
 Mapping of a torchace model (docs/conventions.md):
 
-* Radials.  ML-PACE's ``ACE.jl`` radial basis (``acejl_radial.cpp``, added for ACE1pack/ACEpotentials.jl
-  exports) holds, per ordered element pair, cubic Hermite splines through values and derivatives on
-  ``nbins + 1`` equidistant nodes in [0, rcut]; R_{nl} = spline n for every l.  torchace's radial
-  index n = k·NZ + s_j + 1 (species interleaving) becomes PACE's (μ_j = s_j, n = k + 1) and the
-  spline for pair (μ_i, μ_j) is P_k(x_{ij}(r))·env(x) with exact derivatives from autograd at the
-  nodes.  The per-(n, l) basis rescaling of the priors (``nl_scale``) depends on l, so it is folded
-  into c̃ instead of the splines.
+* Radials.  python-ace 0.4 / released ML-PACE read only their own parametric radial bases (plus the
+  old ACE1.jl polynomial basis, which has no Agnesi transform).  The ``ChebPow`` base with λ = 1,
+  g_k(r) = (1 − T_k(2r/rcut − 1))/2, k = 1..K, spans exactly the polynomials of degree ≤ K in r that
+  vanish at rcut; torchace's radials P_k(x(r))·env(x(r)) are analytic on [0, rcut] and vanish there,
+  so their Chebyshev interpolants converge geometrically.  ``crad`` is fitted at Chebyshev points and
+  K chosen as the smallest multiple of 10 whose error in R and dR/dr is below ``radial_tol`` (80–110
+  for totaldegree 8–20).  torchace's radial index n = k·NZ + s_j + 1 (species interleaving) becomes
+  PACE's (μ_j = s_j, n = k + 1); the per-(n, l) basis scale of the priors is folded into c̃.
+  ML-PACE tabulates the radials as cubic Hermite splines with step ``deltaSplineBins``: that, not the
+  fit, dominates the error (docs/yace.md).
 * Products.  E_i − E0 = Σ_k (c·C)_{z_i k} AA_k with AA_k a product of e3nn real A's.  Each real Y_lm is
-  a fixed combination of complex Y_l^μ within its l (the matrix is fitted once from sample directions,
+  a fixed combination of PACE's complex Y_l^μ within its l (fitted once from sample directions,
   residual checked), so each AA expands into complex monomials; monomials with the same multiset of
   (μ_j, n, l, μ) are collected, those with Σμ ≠ 0 cancel (rotation invariance, checked), μ and −μ are
   merged (Re P(−μ) = Re P(μ) when Σμ = 0), and the coefficients are real because every torchace
-  invariant has even Σl (checked).
-* Pair part and ZBL.  The ``.yace`` format has no pair term, so Σ_{i<j} U_{z_i z_j}(r_ij) with
+  invariant has even Σl (checked).  Rank-1 terms are re-expressed on g_k (ML-PACE's A1 uses g_k itself).
+* E0 goes into the file's ``E0`` list (ML-PACE adds it to every site energy).
+* Pair part and ZBL.  The C-tilde ``.yace`` has no pair term, so Σ_{i<j} U_{z_i z_j}(r_ij) with
   U_ab = Σ_k c_{abk} V_k(r; a, b) + Σ_k c_{bak} V_k(r; b, a) (+ the ZBL baseline) goes into a LAMMPS
-  ``pair_style table`` file (``N``, ``R rlo rhi``, columns index r E F) to be overlaid:
-  ``pair_style hybrid/overlay pace table spline N`` (the recipe ACEpotentials.jl's LAMMPS export uses).
+  ``pair_style table`` file (``N``, ``R rlo rhi``, columns index r E F) to be overlaid,
+  ``pair_style hybrid/overlay pace table spline N`` (the recipe of ACE1pack's LAMMPS export).
   ``evaluate_pair_table`` is the reference reading of that file (cubic Hermite in E, −F).
-
-Only the spline sampling is approximate; docs/yace.md lists the measured error against ``nbins``.
 """
 from __future__ import annotations
 
