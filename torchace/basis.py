@@ -6,7 +6,7 @@ B_i = C·AA_i with the sparse coupling matrix C of ``coupling``.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from e3nn import o3
 from torch import nn
 
 from .radial import ManyBodyRadials
+from .sph import RealSphericalHarmonics, e3nn_signed_permutation, solid_gradient_matrices
 
 MAX_L_E3NN = 12  # e3nn's spherical harmonics are implemented up to l = 12
 
@@ -44,6 +45,17 @@ class EdgeEmbedding(nn.Module):
         self.register_buffer("l_idx", l_of_lm[cols % self.n_y])
         # per-(n, l) rescaling of the one-particle basis (product-form priors: R_nl → R_nl/γ_nl); 1 = none
         self.register_buffer("nl_scale", torch.ones(radials.max_n, self.max_l + 1, dtype=torch.float64))
+        # analytic path (``with_grad``): standard real harmonics, e3nn's basis = a signed permutation of them
+        self.sph = RealSphericalHarmonics(self.max_l)
+        src, sign = e3nn_signed_permutation(self.max_l)
+        lm = cols % self.n_y
+        self.register_buffer("lm_std", torch.from_numpy(src)[lm], persistent=False)
+        self.register_buffer("lm_sign", torch.from_numpy(sign)[lm], persistent=False)
+        # ∂Y/∂v = (D·Y - l Y u)/r with the (sparse) solid-harmonic gradient matrices D [3, n_y, n_y]
+        D = torch.from_numpy(solid_gradient_matrices(self.max_l))
+        self.register_buffer("sh_grad", D.reshape(3 * self.n_y, self.n_y), persistent=False)
+        self.register_buffer("sh_grad_t", D.transpose(1, 2).reshape(3 * self.n_y, self.n_y), persistent=False)
+        self.register_buffer("l_std", l_of_lm.to(torch.float64), persistent=False)
 
     @property
     def n_a(self) -> int:
@@ -55,6 +67,43 @@ class EdgeEmbedding(nn.Module):
         Y = self.sh(vectors)          # [E, (L+1)²]
         scale = self.nl_scale[self.n_idx, self.l_idx]
         return R.index_select(1, self.n_idx) * Y.index_select(1, self.lm_idx) * scale
+
+    # ---- analytic path: values and derivatives in one pass, feature-major [F, E] (rows gather cheaply) ----
+
+    def with_grad(self, vectors: torch.Tensor, zi: torch.Tensor,
+                  zj: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """phi [n_a, E] (= ``forward``ᵀ) and what ``vjp``/``dphi`` need: [u, r, R, dR/dr, Rsel, Ysel, Y]."""
+        r = torch.linalg.norm(vectors, dim=-1)
+        R, dR = self.radials.with_grad(r, zi, zj)  # [max_n, E]
+        Y, _ = self.sph(vectors, False)              # [n_y, E], standard basis
+        w = self.lm_sign * self.nl_scale[self.n_idx, self.l_idx]
+        Rsel = R.index_select(0, self.n_idx)
+        Ysel = Y.index_select(0, self.lm_std) * w.unsqueeze(1)
+        u = (vectors / r.clamp_min(1e-300).unsqueeze(-1)).t()
+        return Rsel * Ysel, [u, r, R, dR, Rsel, Ysel, Y]
+
+    def vjp(self, g: torch.Tensor, saved: List[torch.Tensor]) -> torch.Tensor:
+        """Σ_a g[a, e] ∂phi[a, e]/∂r_e → [3, E] for a cotangent g [n_a, E] (nothing [3, n_a, E] is formed)."""
+        u, r, R, dR, Rsel, Ysel, Y = saved
+        w = self.lm_sign * self.nl_scale[self.n_idx, self.l_idx]
+        g_n = torch.zeros_like(R).index_add_(0, self.n_idx, g * Ysel)  # radial cotangent, reduced over (l, m)
+        g_lm = torch.zeros_like(Y).index_add_(0, self.lm_std, g * Rsel * w.unsqueeze(1))  # angular, over n
+        # Σ_lm g_lm ∂Y_lm/∂v = (Σ_k (Dᵀ g)_k Y_k - u Σ_lm l g_lm Y_lm) / r
+        ang = (torch.mm(self.sh_grad_t.to(Y.dtype), g_lm).view(3, self.n_y, -1) * Y.unsqueeze(0)).sum(1)
+        lt = (self.l_std.to(Y.dtype).unsqueeze(1) * g_lm * Y).sum(0)
+        rinv = 1.0 / r.clamp_min(1e-300)
+        return u * ((g_n * dR).sum(0) - lt * rinv) + ang * rinv
+
+    def dphi(self, saved: List[torch.Tensor]) -> torch.Tensor:
+        """∂phi[a, e]/∂r_e[c] as [3, n_a, E]."""
+        u, r, R, dR, Rsel, Ysel, Y = saved
+        w = self.lm_sign * self.nl_scale[self.n_idx, self.l_idx]
+        rinv = 1.0 / r.clamp_min(1e-300)
+        dS = torch.mm(self.sh_grad.to(Y.dtype), Y).view(3, self.n_y, -1).index_select(1, self.lm_std)
+        lY = (self.l_std.to(Y.dtype).index_select(0, self.lm_std) * w).unsqueeze(1) * Y.index_select(0, self.lm_std)
+        dYsel = (dS * w.view(1, -1, 1) - lY.unsqueeze(0) * u.unsqueeze(1)) * rinv  # [3, n_a, E]
+        radial = dR.index_select(0, self.n_idx) * Ysel
+        return u.unsqueeze(1) * radial.unsqueeze(0) + dYsel * Rsel.unsqueeze(0)
 
 
 def pool(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
@@ -90,6 +139,15 @@ class ProductBasis(nn.Module):
             out = out * A1.index_select(-1, self.idx[:, t])
         return out
 
+
+    def grad(self, A: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """∂(Σ_k c[..., k] AA[..., k])/∂A [..., n_a] from the leave-one-out products (no autograd)."""
+        loo = self.leave_one_out(A) * c.unsqueeze(-2)  # [..., ν, n_AA]
+        shape = list(A.shape[:-1]) + [self.n_a + 1]
+        out = torch.zeros(shape, dtype=A.dtype, device=A.device)
+        for t in range(self.idx.shape[1]):
+            out.index_add_(-1, self.idx[:, t], loo.select(-2, t))
+        return out.narrow(-1, 0, self.n_a)
 
     def leave_one_out(self, A: torch.Tensor) -> torch.Tensor:
         """L[..., t, k] = Π_{s≠t} A[..., idx[k, s]] ([..., ν, n_AA]), so that dAA_k = Σ_t L[t, k]·dA[idx[k, t]]."""

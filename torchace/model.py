@@ -70,6 +70,8 @@ class ACEModel(nn.Module):
         self.register_buffer("committee", None)
         self.prior_info = None  # JSON description of the prior the basis was rescaled/fitted with
         self.metadata = {}      # fit information carried into the model file
+        # eval mode: forces/virials from hand-written adjoints (``_predict_analytic``); False: autograd only
+        self.analytic = True
         self.to(dtype)
 
     # ``model.coefficients = tensor`` copies into the parameter (shape-checked) instead of replacing it
@@ -175,6 +177,10 @@ class ACEModel(nn.Module):
     def _predict(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
                  edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
                  compute_forces: bool, compute_virials: bool, baseline_only: bool) -> Dict[str, torch.Tensor]:
+        if (self.analytic and not self.training and not baseline_only and not positions.requires_grad
+                and not cell.requires_grad):
+            return self._predict_analytic(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                                          compute_forces, compute_virials)
         strain = torch.zeros((n_structures, 3, 3), dtype=positions.dtype, device=positions.device)
         if compute_virials:
             strain.requires_grad_(True)
@@ -203,6 +209,59 @@ class ACEModel(nn.Module):
             if compute_virials:
                 g = grads[k]
                 out[K.VIRIAL] = -g if g is not None else torch.zeros_like(strain)
+        return out
+
+    def _predict_analytic(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                          edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
+                          compute_forces: bool, compute_virials: bool) -> Dict[str, torch.Tensor]:
+        """Energy, forces and virial with hand-written adjoints (eval mode; forces not differentiable).
+
+        The same quantities as the autograd path: ∂E/∂r_e = Σ_a (∂E/∂A_{i,a}) ∂φ_a(r_e)/∂r_e with
+        ∂E/∂A from the leave-one-out products and ∂φ/∂r from the analytic radials and harmonics
+        (``EdgeEmbedding.with_grad``); the per-edge features stay feature-major so every gather is a row
+        copy.  F_i = Σ_{e: i(e)=i} ∂E/∂r_e - Σ_{e: j(e)=i} ∂E/∂r_e, W = -½ Σ_e (r_e ⊗ g_e + g_e ⊗ r_e).
+        """
+        i, j = edge_index[0], edge_index[1]
+        n_atoms = species.shape[0]
+        vectors = self.edge_vectors(positions, edge_index, unit_shifts, cell, batch)
+        zi, zj = species[i], species[j]
+        need_grad = compute_forces or compute_virials
+        with torch.no_grad():
+            phi, saved = self.embedding.with_grad(vectors, zi, zj)
+            A = pool(phi.t(), i, n_atoms)
+        c_mb = self.coefficients[: self.n_manybody].view(self.nz, self.n_b)
+        c_aa = self.coupling.transpose_apply(c_mb)[species]  # [N, n_aa]
+        e = self.E0[species] + (self.product(A) * c_aa).sum(-1)
+        g_vec = torch.zeros((3, vectors.shape[0]), dtype=vectors.dtype, device=vectors.device)
+        with torch.no_grad():
+            if need_grad:
+                gA = self.product.grad(A, c_aa.detach())  # [N, n_a]
+                g_vec = self.embedding.vjp(gA.index_select(0, i).t(), saved)
+        if self.n_pair > 0 and vectors.shape[0] > 0:
+            r = torch.linalg.norm(vectors, dim=-1)
+            with torch.no_grad():
+                V, dV = self.pair.with_grad(r, zi, zj)  # [n_pair, E]
+            c_pair = self.coefficients[self.n_manybody:].view(self.nz, self.nz, self.n_pair)[zi, zj]  # [E, n_pair]
+            e = e + pool((V.t() * c_pair).sum(-1), i, n_atoms)
+            if need_grad:
+                with torch.no_grad():
+                    g_vec = g_vec + saved[0] * (dV.t() * c_pair).sum(-1)
+        zbl = self.zbl
+        if zbl is not None and vectors.shape[0] > 0:
+            with torch.no_grad():
+                ez, dz = zbl.with_grad(torch.linalg.norm(vectors, dim=-1), zi, zj)
+                g_vec = g_vec + saved[0] * (0.5 * dz)
+            e = e + pool(0.5 * ez, i, n_atoms)
+        energy = torch.zeros(n_structures, dtype=e.dtype, device=e.device).index_add_(0, batch, e)
+        out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: e}
+        g = g_vec.t()  # [E, 3]
+        if compute_forces:
+            f = torch.zeros_like(positions).index_add_(0, i, g)
+            out[K.FORCES] = f.index_add_(0, j, -g)
+        if compute_virials:
+            w = vectors.unsqueeze(2) * g.unsqueeze(1)
+            w = -0.5 * (w + w.transpose(1, 2))
+            out[K.VIRIAL] = torch.zeros((n_structures, 3, 3), dtype=w.dtype, device=w.device).index_add_(0, batch[i], w)
         return out
 
     def extra_repr(self) -> str:

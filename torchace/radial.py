@@ -15,6 +15,8 @@ Every transform parameter is per (centre, neighbour) element pair, held in [NZ, 
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import numpy as np
 import torch
 from torch import nn
@@ -27,6 +29,18 @@ def agnesi_a(p: float, q: float) -> float:
 def agnesi_y(r: torch.Tensor, r0: torch.Tensor, p: float, q: float) -> torch.Tensor:
     s = r / r0
     return 1.0 / (1.0 + agnesi_a(p, q) * s**q / (1.0 + s ** (q - p)))
+
+
+def agnesi_y_dy(r: torch.Tensor, r0: torch.Tensor, p: float, q: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """y(r) of ``agnesi_y`` and dy/dr (analytic: y = 1/(1 + a·g(s)), g = s^q/(1 + s^(q-p)), s = r/r0)."""
+    a = agnesi_a(p, q)
+    s = r / r0
+    sqp = s ** (q - p)
+    den = 1.0 + sqp
+    g = s**q / den
+    dg = (q * s ** (q - 1.0) * den - s**q * (q - p) * s ** (q - p - 1.0)) / (den * den)
+    y = 1.0 / (1.0 + a * g)
+    return y, -a * y * y * dg / r0
 
 
 def orthonormal_recurrence(maxdeg: int, alpha: float, beta: float) -> np.ndarray:
@@ -68,6 +82,23 @@ def eval_recurrence(x: torch.Tensor, coef: torch.Tensor, n: int) -> torch.Tensor
     return torch.stack(out, dim=-1)
 
 
+def eval_recurrence_grad(x: torch.Tensor, coef: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` polynomials at x [E] and their x-derivatives, feature-major: ([n, E], [n, E])."""
+    p = torch.full_like(x, 1.0) * coef[0, 0]
+    dp = torch.zeros_like(x)
+    vals, ders = [p], [dp]
+    p_prev, dp_prev = torch.zeros_like(x), torch.zeros_like(x)
+    for k in range(1, n):
+        a, b, c = coef[k, 0], coef[k, 1], coef[k, 2]
+        lin = a * x + b
+        p_new = lin * p + c * p_prev
+        dp_new = a * p + lin * dp + c * dp_prev
+        p_prev, dp_prev, p, dp = p, dp, p_new, dp_new
+        vals.append(p)
+        ders.append(dp)
+    return torch.stack(vals), torch.stack(ders)
+
+
 class AgnesiTransform(nn.Module):
     """r ↦ x ∈ [-1, 1] per element pair; x(0) = -1, x(rcut) = +1."""
 
@@ -86,6 +117,13 @@ class AgnesiTransform(nn.Module):
         y = agnesi_y(r, r0, self.p, self.q)
         # y(0) = 1 for every Agnesi transform
         return -1.0 + 2.0 * (y - 1.0) / (self.y_cut[zi, zj] - 1.0)
+
+    def with_grad(self, r: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(x, dx/dr)."""
+        r0 = self.r0[zi, zj]
+        y, dy = agnesi_y_dy(r, r0, self.p, self.q)
+        f = 2.0 / (self.y_cut[zi, zj] - 1.0)
+        return -1.0 + f * (y - 1.0), f * dy
 
 
 class ManyBodyRadials(nn.Module):
@@ -111,6 +149,22 @@ class ManyBodyRadials(nn.Module):
         onehot = nn.functional.one_hot(zj, self.nz).to(P.dtype)  # [E, NZ]
         return (P.unsqueeze(-1) * onehot.unsqueeze(-2)).reshape(r.shape[0], self.n_poly * self.nz)
 
+    def with_grad(self, r: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(R, dR/dr) feature-major [max_n, E] (the analytic fast path; same values as ``forward``ᵀ)."""
+        x, dx = self.transform.with_grad(r, zi, zj)
+        inside = r < self.rcut
+        w = 1.0 - x * x
+        env = torch.where(inside, w * w, torch.zeros_like(w))
+        denv = torch.where(inside, -4.0 * x * w * dx, torch.zeros_like(w))
+        P, dP = eval_recurrence_grad(x, self.coef, self.n_poly)  # [n_poly, E]
+        R, dR = P * env, dP * (dx * env) + P * denv
+        if self.nz == 1:
+            return R, dR
+        onehot = nn.functional.one_hot(zj, self.nz).to(R.dtype).t()  # [NZ, E]
+        n_e = r.shape[0]
+        return ((R.unsqueeze(1) * onehot).reshape(self.n_poly * self.nz, n_e),
+                (dR.unsqueeze(1) * onehot).reshape(self.n_poly * self.nz, n_e))
+
 
 class PairBasis(nn.Module):
     """V[e, k], k = 0..n_pair-1: orthonormal Legendre in the Agnesi(1, 3) variable times the pair envelope."""
@@ -132,3 +186,16 @@ class PairBasis(nn.Module):
         env = s ** (-2) - sc ** (-2) + 2.0 * sc ** (-3) * (s - sc)
         env = torch.where(r < self.rcut, env, torch.zeros_like(env))
         return eval_recurrence(x, self.coef, self.n_pair) * (env.unsqueeze(-1) * self.scale)
+
+    def with_grad(self, r: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(V, dV/dr) feature-major [n_pair, E]."""
+        x, dx = self.transform.with_grad(r, zi, zj)
+        r0 = self.transform.r0[zi, zj]
+        s = r / r0
+        sc = self.rcut / r0
+        inside = r < self.rcut
+        env = torch.where(inside, s ** (-2) - sc ** (-2) + 2.0 * sc ** (-3) * (s - sc), torch.zeros_like(s))
+        denv = torch.where(inside, (-2.0 * s ** (-3) + 2.0 * sc ** (-3)) / r0, torch.zeros_like(s))
+        P, dP = eval_recurrence_grad(x, self.coef, self.n_pair)
+        sc_k = self.scale.unsqueeze(1)
+        return P * env * sc_k, (dP * (dx * env) + P * denv) * sc_k

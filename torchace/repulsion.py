@@ -15,7 +15,7 @@
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -100,6 +100,23 @@ class ZBL(nn.Module):
         S = self.A[zi, zj] / 3.0 * delta ** 3 + self.B[zi, zj] / 4.0 * delta ** 4 + self.C[zi, zj]
         E = self.k[zi, zj] * phi / rs + S
         return torch.where(inside, E, torch.zeros_like(E))
+
+    def with_grad(self, r: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(E, dE/dr) per edge, analytic (the eval-mode fast path of the model)."""
+        r_out = self.r_outer[zi, zj]
+        inside = r < r_out
+        rs = torch.where(inside, r, r_out)
+        a = self.a[zi, zj]
+        ex = self.c * torch.exp(-self.d * (rs / a).unsqueeze(-1))
+        phi = ex.sum(-1)
+        dphi = -(ex * self.d).sum(-1) / a
+        delta = (rs - self.r_inner[zi, zj]).clamp_min(0.0)
+        A, B = self.A[zi, zj], self.B[zi, zj]
+        k = self.k[zi, zj]
+        E = k * phi / rs + A / 3.0 * delta ** 3 + B / 4.0 * delta ** 4 + self.C[zi, zj]
+        dE = k * (dphi / rs - phi / (rs * rs)) + A * delta ** 2 + B * delta ** 3
+        zero = torch.zeros_like(E)
+        return torch.where(inside, E, zero), torch.where(inside, dE, zero)
 
 
 # ---- synthetic dimer data ----

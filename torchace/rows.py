@@ -1,9 +1,9 @@
 """Design-matrix rows of the linear ACE basis: energy, forces (-∂/∂x) and virials of every basis function.
 
 Because A_i = Σ_j φ(r_ij) is linear in the edges, ∂B_i/∂r_ij = (∂B/∂A)(A_i) · ∂φ(r_ij)/∂r_ij
-(ACE's "adjoint" structure, ACEpotentials.jl paper §II).  ∂φ/∂r comes from forward-mode AD of the
-same edge embedding the energy uses (three directions vmapped; each edge depends only on its own
-vector).  For the product basis, dAA_k = Σ_t L_{k,t} dA_{a_{k,t}} with the leave-one-out products
+(ACE's "adjoint" structure, ACEpotentials.jl paper §II).  ∂φ/∂r comes from the analytic radials and
+harmonics (``EdgeEmbedding.dphi``), or, as the reference, from forward-mode AD of the edge embedding the
+energy uses (three directions vmapped; each edge depends only on its own vector).  For the product basis, dAA_k = Σ_t L_{k,t} dA_{a_{k,t}} with the leave-one-out products
 L_{k,t} = Π_{s≠t} A_{a_{k,s}}, so the site Jacobian J_i = ∂B/∂A = C·∂AA/∂A is assembled once per atom
 from L and the sparse coupling, and G_e = J_i·∂φ_e is a dense batched matrix product per chunk of atoms
 (BLAS), never one backward pass per basis function.  Finally
@@ -79,8 +79,12 @@ def _jacobian_pattern(model):
     return torch.cat(tgt), torch.cat(src), torch.cat(val)
 
 
-def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 * 2**20) -> Dict[str, torch.Tensor]:
+def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 * 2**20,
+               analytic: bool = True) -> Dict[str, torch.Tensor]:
     """Rows for a collated batch (see ``design_matrix_rows``).
+
+    ``analytic``: ∂φ/∂r from the analytic radials and harmonics (``EdgeEmbedding.dphi``); False: from
+    forward-mode AD of the reference embedding (the slower reference the analytic path is tested against).
 
     Per atom i the Jacobian J_i = ∂B/∂A (over the A-columns in use) is assembled from the leave-one-out
     products; the per-edge derivatives G_e = J_i · ∂φ_e/∂r_e are then one batched matrix product per
@@ -121,7 +125,11 @@ def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
             na, sl = a1 - a0, slice(e0, e1)
             loo = model.product.leave_one_out(A[a0:a1]).reshape(na, -1)  # [na, ν·n_AA]
             J = zeros(na, n_used * nb).index_add_(1, tgt, loo.index_select(1, src) * val).view(na, n_used, nb)
-            _, dphi = _edge_jacobian(lambda v: model.embedding(v, zi[sl], zj[sl]), vectors[sl])
+            if analytic:
+                _, saved = model.embedding.with_grad(vectors[sl], zi[sl], zj[sl])
+                dphi = model.embedding.dphi(saved).permute(2, 0, 1)  # [ne, 3, n_used]
+            else:
+                _, dphi = _edge_jacobian(lambda v: model.embedding(v, zi[sl], zj[sl]), vectors[sl])
             md = int(deg[a0:a1].max())
             il, sk = i[sl] - a0, slot[sl]
             D = zeros(na, md, 3, n_used)
@@ -133,7 +141,13 @@ def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
         virial = [_columns(v_mb, n_s, nz)]
 
         if npair > 0:  # pair blocks per ordered (centre, neighbour) element pair
-            V, dV = _edge_jacobian(lambda v: model.pair(torch.linalg.norm(v, dim=-1), zi, zj), vectors)
+            if analytic:
+                r = torch.linalg.norm(vectors, dim=-1)
+                V, dV = model.pair.with_grad(r, zi, zj)  # [n_pair, E]
+                V = V.t()
+                dV = (vectors / r.unsqueeze(-1)).unsqueeze(-1) * dV.t().unsqueeze(1)  # [E, 3, n_pair]
+            else:
+                V, dV = _edge_jacobian(lambda v: model.pair(torch.linalg.norm(v, dim=-1), zi, zj), vectors)
             blk = zi * nz + zj
             e_p = zeros(n_s * nz * nz, 1, npair).index_add_(0, sid * nz * nz + blk, V.unsqueeze(1))
             f_p, v_p = zeros(n_atoms * nz * nz, 3, npair), zeros(n_s * nz * nz, 6, npair)
