@@ -171,6 +171,26 @@ def test_spherical_harmonics_convention():
         np.testing.assert_allclose(W.conj().T @ W * 4 * np.pi, np.eye(2 * l + 1), atol=1e-12)
 
 
+def test_export_entry_point_metadata_and_float32(sige_model, tmp_path):
+    """torchace.export(format="yace") passes metadata through; a float32 model is exported from a float64
+    copy and left unchanged."""
+    import copy
+
+    m32 = copy.deepcopy(sige_model).to(torch.float32)
+    path = str(tmp_path / "m32.yace")
+    torchace.export(m32, path, format="yace", metadata={"fit": "test", "n": 3})
+    assert m32.coefficients.dtype == torch.float32
+    with open(path) as fh:
+        head = [next(fh) for _ in range(2)]
+    assert head[1].startswith("# metadata: ") and '"fit": "test"' in head[1]
+    back = read_yace(path)
+    structures = _cells()[:1]
+    a = torchace.evaluate(sige_model, structures)
+    b = torchace.evaluate(back, structures)
+    # float32 coefficients: agreement to float32 rounding of c, not better
+    assert _rel(b["energy"].numpy(), a["energy"].numpy()) <= 1e-5
+
+
 def test_bad_input(sige_model, tmp_path):
     with pytest.raises(ValueError, match=r"\.yace"):
         write_yace(sige_model, str(tmp_path / "model.json"))
@@ -178,4 +198,6 @@ def test_bad_input(sige_model, tmp_path):
         write_yace(object(), str(tmp_path / "m.yace"))
     with pytest.raises(ValueError, match="delta_spline_bins"):
         write_yace(sige_model, str(tmp_path / "m.yace"), delta_spline_bins=0.0)
+    with pytest.raises(ValueError, match="metadata"):
+        write_yace(sige_model, str(tmp_path / "m.yace"), metadata={"x": object()})
     assert not (tmp_path / "m.yace").exists()

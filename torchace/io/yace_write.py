@@ -39,6 +39,8 @@ Mapping of a torchace model (docs/conventions.md):
 """
 from __future__ import annotations
 
+import copy
+import json
 import math
 import os
 from collections import defaultdict
@@ -449,14 +451,16 @@ def _rank1_in_radial_base(funcs: List[List[dict]], crad: Dict[Tuple[int, int], n
 
 def write_yace(model, path: str, *, nradbase: Optional[int] = None, radial_tol: float = 1e-11,
                delta_spline_bins: float = DEFAULT_DELTA_SPLINE_BINS, pair_table: Optional[str] = None,
-               pair_points: int = DEFAULT_PAIR_POINTS, pair_rmin: Optional[float] = None) -> dict:
+               pair_points: int = DEFAULT_PAIR_POINTS, pair_rmin: Optional[float] = None,
+               metadata: Optional[dict] = None) -> dict:
     """Write ``model`` as an ML-PACE ``.yace`` (many-body part and E0) and, if the model has a pair part
     or a ZBL baseline, a LAMMPS pair table beside it (``pair_table``, default ``<path without .yace>_pair.table``).
 
     Radials: ``ChebPow`` (λ = 1) base of ``nradbase`` functions (default: the smallest reproducing
     torchace's radials and their derivatives to ``radial_tol`` relative), combined by ``radcoefficients``.
     ``delta_spline_bins`` (Å) is the node spacing of ML-PACE's own cubic-Hermite tabulation of the
-    radials (its error dominates; docs/yace.md).  Returns {"yace", "pair_table" (or None), "nradbase",
+    radials (its error dominates; docs/yace.md).  ``metadata`` (JSON-serialisable) is stored as a
+    ``# metadata: {...}`` comment line (ML-PACE ignores comments).  Returns {"yace", "pair_table" (or None), "nradbase",
     "radial_error", "lammps": [input lines]}.
     """
     from ..model import ACEModel
@@ -466,12 +470,29 @@ def write_yace(model, path: str, *, nradbase: Optional[int] = None, radial_tol: 
     path = os.fspath(path)
     if not path.endswith(".yace"):
         raise ValueError(f"{path}: a .yace file name must end in '.yace' (ML-PACE chooses the reader by extension)")
+    if metadata is not None:
+        try:
+            meta_json = json.dumps(metadata, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: metadata must be JSON-serialisable: {exc}") from None
     delta_spline_bins = float(delta_spline_bins)
     if not 0.0 < delta_spline_bins < 0.1:
         raise ValueError(f"delta_spline_bins must be in (0, 0.1) Å, got {delta_spline_bins}")
     if not torch.isfinite(model.coefficients.detach()).all():
         raise ValueError("model coefficients are not finite: nothing to export")
-    model = model.to("cpu")
+    p0 = model.coefficients
+    if p0.dtype != torch.float64:
+        # ML-PACE works in double precision.  Rebuild the basis in float64 from the config (buffers such as
+        # y(rcut) rounded to float32 would leave a ~1e-7 step at rcut) and carry over what a fit sets.
+        m64 = ACEModel(model.config, dtype=torch.float64)
+        m64.coefficients = model.coefficients.detach().to("cpu", torch.float64)
+        with torch.no_grad():
+            m64.E0.copy_(model.E0.detach().to("cpu", torch.float64))
+        m64.set_basis_scale(model.embedding.nl_scale.detach().to("cpu", torch.float64),
+                            model.pair.scale.detach().to("cpu", torch.float64))
+        model = m64.eval()
+    elif p0.device.type != "cpu":
+        model = copy.deepcopy(model).to("cpu")   # never move the caller's model
     nz = model.nz
     elements = model.elements
     n_poly = model.embedding.radials.n_poly
@@ -481,7 +502,10 @@ def write_yace(model, path: str, *, nradbase: Optional[int] = None, radial_tol: 
     _rank1_in_radial_base(funcs, crad, N)
     E0 = model.E0.detach().cpu().tolist()
 
-    out: List[str] = []
+    out: List[str] = ["# ML-PACE C-tilde potential written by torchace.io.write_yace (many-body part and E0; "
+                      "the pair part, if any, is in a LAMMPS pair table, see docs/yace.md)"]
+    if metadata is not None:
+        out.append("# metadata: " + meta_json)
     out.append(f"elements: {_flow(elements)}")
     out.append(f"E0: {_flow(E0, _f)}")
     out.append(f"deltaSplineBins: {_f(delta_spline_bins)}")
