@@ -56,7 +56,8 @@ class TorchACECalculator(Calculator):
     ``uncertainty``: None (default) computes the committee spreads on every calculation when the model
     has a committee (costs one extra model evaluation per member); False computes them only when a
     ``*_std`` property is requested explicitly (``calc.get_property("forces_std", atoms)``); True requires
-    a committee.
+    a committee.  ``compile``: evaluate through ``torch.compile`` of the analytic eval path
+    (``ACEModel.compiled_forward``; the first step compiles, docs/performance.md has the timings).
 
     ``n_neighbour_list_builds`` counts neighbour-list builds (reuse statistics).
     """
@@ -66,7 +67,8 @@ class TorchACECalculator(Calculator):
     nolabel = True
 
     def __init__(self, model_or_path, device="cpu", dtype: torch.dtype = torch.float64, skin: float = 0.5,
-                 min_distance: float = DEFAULT_MIN_DISTANCE, uncertainty: Optional[bool] = None, **kwargs):
+                 min_distance: float = DEFAULT_MIN_DISTANCE, uncertainty: Optional[bool] = None,
+                 compile: bool = False, **kwargs):
         super().__init__(**kwargs)
         if not (skin >= 0 and np.isfinite(skin)):
             raise ValueError(f"skin must be a finite number >= 0 (Å), got {skin!r}")
@@ -82,6 +84,10 @@ class TorchACECalculator(Calculator):
         self.min_distance = float(min_distance)
         self.model_path: Optional[str] = None
         self.model, self._forward, numbers, rcut = self._load(model_or_path)
+        if compile:  # torch.compile of the analytic eval path (ACEModel.compiled_forward)
+            if self.model is None:
+                raise ValueError("compile=True needs a torchace model or model file, not a TorchScript export")
+            self._forward = self.model.compiled_forward()
         self.rcut = float(rcut)
         self.atomic_numbers = [int(z) for z in numbers]
         self._z_to_species = {z: s for s, z in enumerate(self.atomic_numbers)}

@@ -211,6 +211,22 @@ class ACEModel(nn.Module):
                 out[K.VIRIAL] = -g if g is not None else torch.zeros_like(strain)
         return out
 
+    def compiled_forward(self, **compile_kwargs):
+        """``forward`` (eval mode) with the analytic path compiled by ``torch.compile`` (inductor: fused
+        C++/OpenMP loops on CPU, Triton kernels on CUDA) with dynamic shapes, so new atom or edge counts do
+        not recompile.  The first call compiles (tens of seconds on 2 cores); Python only (not TorchScript)."""
+        fn = torch.compile(self._predict_analytic, dynamic=True, **compile_kwargs)
+
+        def forward(positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor, edge_index: torch.Tensor,
+                    unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int, compute_forces: bool = True,
+                    compute_virials: bool = True) -> Dict[str, torch.Tensor]:
+            if self.training:
+                raise RuntimeError("compiled_forward is for eval mode (call model.eval())")
+            return fn(positions.detach(), species, batch, edge_index, unit_shifts, cell.detach(), n_structures,
+                      compute_forces, compute_virials)
+
+        return forward
+
     def _predict_analytic(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
                           edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
                           compute_forces: bool, compute_virials: bool) -> Dict[str, torch.Tensor]:
