@@ -9,7 +9,9 @@ Structure: ase.build.bulk('Si', 'diamond', 5.43, cubic=True) * (3, 3, 3) (216 at
 (seed 1); rcut 6 Å (ACEpotentials' default for Si).  Cases:
   torchace.evaluate     — collate + neighbour list + forward + backward (forces, virial)
   torchace calculator   — TorchACECalculator, neighbour list reused (skin 0.5 Å), forces + stress
-  torchace forward      — model(*batch) on a pre-collated batch (forces, virial)
+  torchace forward      — model(*batch) on a pre-collated batch (forces, virial): analytic adjoints
+                          (eval-mode default) and the autograd reference path
+  torchace compiled     — TorchACECalculator(compile=True): torch.compile of the analytic path
   ace-jax calculator    — ace_jax.calc.point.ACECalculator (jit, lean, aa_dag auto, skin 1 Å), with and
                           without radial_table (tabulated radials)
 Each "step" moves every atom by ≤ 1e-4 Å so no calculator can return a cached result, and neighbour
@@ -173,6 +175,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3, help="supercell repetitions of the 8-atom cubic cell")
     ap.add_argument("--no-acejax", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile case (compiles ~1 min)")
     ap.add_argument("--out", default="bench_eval.json")
     a = ap.parse_args(argv)
 
@@ -225,8 +228,27 @@ def main(argv=None):
         out["forces"].sum().item()
         sync()
     med, ts = time_steps(step_fwd, atoms, a.warmup, a.repeats)
-    rows.append(record("torchace forward (pre-collated)", "torchace", "model forward, forces+virial", med, ts, n,
-                       device, a.dtype, a.model, K))
+    rows.append(record("torchace forward (pre-collated)", "torchace", "model forward, forces+virial, analytic "
+                       "adjoints", med, ts, n, device, a.dtype, a.model, K))
+    model.analytic = False  # the autograd reference path
+    med, ts = time_steps(step_fwd, atoms, a.warmup, a.repeats)
+    rows.append(record("torchace forward autograd", "torchace", "model forward, forces+virial, autograd", med, ts,
+                       n, device, a.dtype, a.model, K))
+    model.analytic = True
+
+    # (d) torch.compile of the analytic path, in the calculator (first call compiles)
+    if not a.no_compile:
+        calc_c = TorchACECalculator(model, device=device, dtype=tdtype, compile=True)
+
+        def step_calc_c(at):
+            calc_c.calculate(at, ["energy", "forces"])
+            sync()
+        t0 = time.perf_counter()
+        step_calc_c(atoms)
+        t_first = time.perf_counter() - t0
+        med, ts = time_steps(step_calc_c, atoms, a.warmup, a.repeats)
+        rows.append(record("torchace calculator compiled", "torchace", "TorchACECalculator(compile=True) skin=0.5",
+                           med, ts, n, device, a.dtype, a.model, K, {"first_call_s_incl_compile": t_first}))
 
     peers = []
     if not a.no_acejax and have_acejax():
