@@ -373,11 +373,13 @@ def clone_model(model):
 #  study parts
 
 
-def molecules_part(cfg, data: str, figs: str, res: Dict, save_models: Optional[str]) -> List[str]:
+def molecules_part(cfg, data: str, figs: str, res: Dict, save_models: Optional[str],
+                   md_models: Dict[float, object]) -> List[str]:
+    """Table 1 analogue, λ scans, dimer curves; fills ``md_models`` (σ → model of the first molecule at the MD
+    order, best test λ)."""
     from torchace.analysis import plots
 
     e0 = botnet_e0(data)
-    md_models: Dict[str, Dict[float, object]] = {}
     lines = []
     res["molecules"] = {}
     for mol in cfg["molecules"]:
@@ -406,7 +408,7 @@ def molecules_part(cfg, data: str, figs: str, res: Dict, save_models: Optional[s
                 if mol == cfg["molecules"][0] and order == cfg["md_order"] or save_models:
                     m = set_model(clone_model(model), sys_, solve(sys_, gamma, best["lam"]), e0)
                     if mol == cfg["molecules"][0] and order == cfg["md_order"]:
-                        md_models.setdefault(mol, {})[sigma] = m
+                        md_models[sigma] = m
                     if save_models:
                         m.save(os.path.join(save_models, f"{mol}_N{order}_sigma{sigma}.json"))
             res["molecules"][mol][str(order)] = entry
@@ -423,7 +425,7 @@ def molecules_part(cfg, data: str, figs: str, res: Dict, save_models: Optional[s
     ref = botnet_dimers(data, e0)
     r = cfg["dimer_r"]
     panels, ylim = {}, {}
-    for sigma, m in md_models.get(mol, {}).items():
+    for sigma, m in md_models.items():
         for pair, e in analysis.dimer_curves(m, m.elements, r).items():
             key = "-".join(sorted(pair.split("-")))
             panels.setdefault(key, {})[f"σ = {sigma} Å"] = (r, e)
@@ -446,7 +448,30 @@ def molecules_part(cfg, data: str, figs: str, res: Dict, save_models: Optional[s
                            reference={k: v for k, v in ref.items() if k in panels}, ylim=ylim,
                            title=f"{mol} models (N = {cfg['md_order']}): dimers, DFT dashed")
         lines.append(f"{mol}_dimers.png")
-    # MD stability (paper figure 13)
+    return lines
+
+
+def fit_md_models(cfg, data: str) -> Dict[float, object]:
+    """σ → model of the first molecule at the MD order, λ at the best test force RMSE (as molecules_part)."""
+    e0 = botnet_e0(data)
+    mol = cfg["molecules"][0]
+    train, test = rmd17(data, mol, "train", cfg["n_train"]), rmd17(data, mol, "test", cfg["n_test"])
+    elements = [x for x in ["H", "C", "N", "O"] if any(x in s.atoms.get_chemical_symbols() for s in train)]
+    model = torchace.ace_model(elements, cfg["md_order"], cfg["mol_orders"][cfg["md_order"]])
+    sys_ = assemble(model, train, test, MOL_WEIGHTS, e0)
+    out = {}
+    for sigma in cfg["mol_sigmas"]:
+        gamma = gamma_of(model, priors.gaussian(sigma) if sigma > 0 else None, sys_.n_e0)
+        best = min(scan(sys_, gamma, cfg["lam_exps"], cfg["refine"]), key=lambda r: r["test_F"])
+        out[sigma] = set_model(clone_model(model), sys_, solve(sys_, gamma, best["lam"]), e0)
+    return out
+
+
+def md_part(cfg, data: str, figs: str, res: Dict, md_models: Dict[float, object]) -> List[str]:
+    """Langevin MD time to failure vs σ (paper figure 13)."""
+    from torchace.analysis import plots
+
+    mol = cfg["molecules"][0]
     test = rmd17(data, mol, "test", cfg["n_test"])
     train = rmd17(data, mol, "train", cfg["n_train"])
     crit = analysis.BondCriterion.from_structures(test[0].atoms, [s.atoms for s in train], tol=0.5)
@@ -455,7 +480,7 @@ def molecules_part(cfg, data: str, figs: str, res: Dict, save_models: Optional[s
                  "runs": {}}
     bars = {}
     for T in cfg["md_temps"]:
-        for sigma, m in md_models.get(mol, {}).items():
+        for sigma, m in md_models.items():
             t0 = time.perf_counter()
             out = analysis.md_stability(m, starts, crit, temperature_K=T, steps=cfg["md_steps"], seed=int(T))
             res["md"]["runs"][f"{T:g}K sigma={sigma}"] = {
@@ -464,12 +489,10 @@ def molecules_part(cfg, data: str, figs: str, res: Dict, save_models: Optional[s
             bars.setdefault(f"{T:g} K", {})[f"{sigma}"] = out.mean_time_fs()
             log(f"  MD {T:g} K σ={sigma}: survived {out.survived}/{len(starts)}, mean {out.mean_time_fs():.0f} fs "
                 f"({time.perf_counter() - t0:.0f} s)")
-    if bars:
-        plots.bar_panels(os.path.join(figs, f"{mol}_md.png"), bars, ylabel="mean time to failure (fs)",
-                         hline={k: cfg["md_steps"] * 0.5 for k in bars},
-                         title=f"{mol}: MD duration vs σ (Å); dashed = run length")
-        lines.append(f"{mol}_md.png")
-    return lines
+    plots.bar_panels(os.path.join(figs, f"{mol}_md.png"), bars, ylabel="mean time to failure (fs)",
+                     hline={k: cfg["md_steps"] * 0.5 for k in bars},
+                     title=f"{mol}: MD duration vs σ (Å); dashed = run length")
+    return [f"{mol}_md.png"]
 
 
 def count_minima(y: np.ndarray, tol: float = 1e-4) -> int:
@@ -598,8 +621,11 @@ def shapes_part(cfg, model, sys_: System, target: float) -> Dict:
 def report(cfg, mode: str, res: Dict, figs_rel: str, command: str) -> str:
     L = []
     L.append("## Results (generated by `scripts/regularity_study.py`)\n")
-    L.append(f"Mode **{mode}**; command: `{command}`.  Wall time {res['wall_s'] / 60:.1f} min on "
-             f"{res['platform']} with {res['threads']} thread(s).\n")
+    L.append(f"Mode **{mode}**.  Runs (CPU, {res['runs'][-1]['platform']}, one thread unless stated):\n")
+    for run in res.get("runs", []):
+        secs = ", ".join(f"{k} {v / 60:.1f} min" for k, v in run["seconds"].items())
+        L.append(f"- `{run['command']}` ({run['threads']} thread(s); {secs})")
+    L.append("")
     L.append(f"Settings: molecules {cfg['molecules']} with {cfg['n_train']} train / {cfg['n_test']} test "
              f"configurations (equi-spaced in the rMD17 splits), orders/total degrees "
              f"{ {k: v for k, v in cfg['mol_orders'].items()} }, Gaussian σ ∈ {cfg['mol_sigmas']} Å, "
@@ -607,8 +633,8 @@ def report(cfg, mode: str, res: Dict, figs_rel: str, command: str) -> str:
              f"{cfg['lam_exps'][1] - cfg['lam_exps'][0] if len(cfg['lam_exps']) > 1 else 0}"
              f"{' (+ half steps around the best)' if cfg['refine'] else ''}; weights E 30 / F 1; E0 = isolated atoms "
              f"of the BOTNet ethanol set (same PBE/def2-SVP level).  Si: {cfg['si_sets']}, order/degree "
-             f"{cfg['si_degree']}, σ ∈ {cfg['si_sigmas']} Å.  MD: {cfg['md_replicas']} test configurations, "
-             f"{cfg['md_steps']} steps of 0.5 fs, Langevin 3 ps⁻¹, T ∈ {cfg['md_temps']} K.\n")
+             f"{cfg['si_degree']}, σ ∈ {cfg['si_sigmas']} Å.  MD: Langevin 3 ps⁻¹, 0.5 fs, T ∈ {cfg['md_temps']} K "
+             f"(length below).\n")
     if "molecules" in res:
         L.append("### Table 1 analogue: best test force RMSE (meV/Å) over λ\n")
         mols = [m for m in res["molecules"] if m not in ("dimer_rmse_eV", "dimer_minima")]
@@ -723,32 +749,55 @@ def main(argv=None) -> Dict:
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
     ap.add_argument("--out-dir", default=ROOT, help="root for docs/regularity_priors.md and "
                     "docs/figures/regularity/ (default: the repository)")
-    ap.add_argument("--parts", nargs="+", default=["molecules", "si"], choices=["molecules", "si"])
+    ap.add_argument("--parts", nargs="+", default=["molecules", "md", "si"], choices=["molecules", "md", "si"])
+    ap.add_argument("--merge", action="store_true", help="update the results of an earlier run of this mode "
+                    "(its JSON) with the parts run now, and regenerate the report from all of them")
+    ap.add_argument("--md-steps", type=int, default=None, help="override the mode's MD length (steps of 0.5 fs)")
+    ap.add_argument("--md-replicas", type=int, default=None, help="override the mode's number of MD runs")
     ap.add_argument("--save-models", default=None, help="directory for the fitted model files (optional)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = MODES[args.mode]
+    cfg = dict(MODES[args.mode])
+    if args.md_steps is not None:
+        cfg["md_steps"] = args.md_steps
+    if args.md_replicas is not None:
+        cfg["md_replicas"] = args.md_replicas
     docs = os.path.join(args.out_dir, "docs")
     figs = os.path.join(docs, "figures", "regularity")
     os.makedirs(figs, exist_ok=True)
     if args.save_models:
         os.makedirs(args.save_models, exist_ok=True)
-    t0 = time.perf_counter()
+    json_path = os.path.join(figs, f"results_{args.mode}.json")
     res: Dict = {"mode": args.mode}
-    if "molecules" in args.parts:
-        molecules_part(cfg, args.data, figs, res, args.save_models)
-    if "si" in args.parts:
-        silicon_part(cfg, args.data, figs, res, args.save_models)
+    if args.merge and os.path.exists(json_path):
+        with open(json_path, encoding="utf-8") as fh:
+            res = json.load(fh)
     import platform
 
-    res["wall_s"] = time.perf_counter() - t0
-    res["platform"] = f"{platform.machine()} {platform.processor() or ''}".strip()
-    res["threads"] = torch.get_num_threads()
     cmd = "python scripts/regularity_study.py " + " ".join(_public_args(argv if argv is not None else sys.argv[1:]))
+    res.setdefault("runs", [])
+    t_all = time.perf_counter()
+    md_models: Dict[float, object] = {}
+    timings = {}
+    for part in ("molecules", "md", "si"):
+        if part not in args.parts:
+            continue
+        t0 = time.perf_counter()
+        if part == "molecules":
+            molecules_part(cfg, args.data, figs, res, args.save_models, md_models)
+        elif part == "md":
+            md_part(cfg, args.data, figs, res, md_models or fit_md_models(cfg, args.data))
+        else:
+            silicon_part(cfg, args.data, figs, res, args.save_models)
+        timings[part] = time.perf_counter() - t0
+    res["runs"].append({"command": cmd, "parts": list(args.parts), "seconds": timings,
+                        "platform": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                        "threads": torch.get_num_threads()})
+    res["wall_s"] = time.perf_counter() - t_all
     write_doc(os.path.join(docs, "regularity_priors.md"), report(cfg, args.mode, res, "figures/regularity", cmd))
-    write_json_atomic(os.path.join(docs, "figures", "regularity", f"results_{args.mode}.json"), _clean(res))
+    write_json_atomic(json_path, _clean(res))
     log(f"done in {res['wall_s'] / 60:.1f} min")
     return res
 
