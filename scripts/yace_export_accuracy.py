@@ -5,7 +5,7 @@ tabulation steps (``delta_spline_bins``) and prints the relative errors of energ
 pyace (+ the pair table read by ``evaluate_pair_table``) against ``torchace.evaluate`` on rattled periodic
 SiGe cells (one cubic, one triclinic).  Needs ``pip install python-ace==0.4.0rc1``.
 
-    OMP_NUM_THREADS=1 python scripts/yace_export_accuracy.py [--elements Si Ge] [--totaldegree 8] [--steps 1e-3 5e-4 2e-4 1e-4]
+    OMP_NUM_THREADS=1 python scripts/yace_export_accuracy.py [--elements Si Ge] [--totaldegree 8] [--steps 1e-3 5e-4 2e-4 1e-4] [--pair] [--fit FILE.xyz]
 """
 from __future__ import annotations
 
@@ -77,15 +77,21 @@ def main(argv=None):
     ap.add_argument("--order", type=int, default=3)
     ap.add_argument("--steps", type=float, nargs="+", default=[1e-3, 5e-4, 2e-4, 1e-4])
     ap.add_argument("--pair", action="store_true", help="random pair coefficients too (pair table overlay)")
+    ap.add_argument("--fit", metavar="XYZ", help="fit the model to this labelled file instead (smoothness prior p = 4)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     td = args.totaldegree[0] if len(args.totaldegree) == 1 else args.totaldegree
     model = ace_model(args.elements, order=args.order, totaldegree=td)
-    c = torch.randn(model.basis_size, dtype=torch.float64)
-    if not args.pair:
-        c[model.n_manybody:] = 0.0
-    model.coefficients = c
-    model.E0.copy_(torch.tensor([-158.5, -100.2][: model.nz]))
+    if args.fit:
+        from torchace import priors
+
+        torchace.fit(model, args.fit, prior=priors.algebraic_smoothness(p=4))
+    else:
+        c = torch.randn(model.basis_size, dtype=torch.float64)
+        if not args.pair:
+            c[model.n_manybody:] = 0.0
+        model.coefficients = c
+        model.E0.copy_(torch.tensor([-158.5, -100.2][: model.nz]))
     print(model.extra_repr())
     structures = cells(args.elements)
     with tempfile.TemporaryDirectory() as d:
