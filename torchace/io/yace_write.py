@@ -4,8 +4,10 @@ Target: the C-tilde form evaluated by ML-PACE (Lysogorskiy et al., npj Comput. M
 eqs. 5–9; Drautz, PRB 99, 014104 (2019), eq. 25; ``ACECTildeEvaluator::compute_atom``): the site energy
 of an atom of species μ_i is
 
-    E_i = E0(μ_i) + Σ_{f rank 1} c̃_f A1_{μ_f k_f} + Σ_{f rank ≥ 2} Σ_{m ∈ ms_combs(f)} c̃_{f,m} Re Π_t A_{μ_t n_t l_t m_t},
-    A1_{μ k} = Σ_{j: μ_j = μ} g_k(r_ij) Y_0^0,   A_{μ n l m} = Σ_{j: μ_j = μ} R^{μ_i μ_j}_{n l}(r_ij) Y_l^m(r̂_ij),
+    E_i = E0(μ_i) + Σ_{f rank 1} c̃_f A1_{μ_f k_f}
+                  + Σ_{f rank ≥ 2} Σ_{m ∈ ms_combs(f)} c̃_{f,m} Re Π_t A_{μ_t n_t l_t m_t},
+    A1_{μ k} = Σ_{j: μ_j = μ} g_k(r_ij) Y_0^0,
+    A_{μ n l m} = Σ_{j: μ_j = μ} R^{μ_i μ_j}_{n l}(r_ij) Y_l^m(r̂_ij),
     R^{μ_i μ_j}_{n l}(r) = Σ_k crad[μ_i, μ_j, n, l, k] g_k(r),
 
 with ML-PACE's complex spherical harmonics (√(4π) × orthonormal, Condon–Shortley phase; m < 0 filled
@@ -252,12 +254,14 @@ def ctilde_functions(model) -> List[List[dict]]:
                     bad = max(bad, abs(v))
                     continue
                 if abs(v.imag) > _CONVENTION_TOL * tmax:
-                    raise RuntimeError(f"complex C-tilde coefficient {v} for (μ,n,l) {key}, m {mu}: convention mismatch")
+                    raise RuntimeError(f"complex C-tilde coefficient {v} for (μ,n,l) {key}, m {mu}: "
+                                       "convention mismatch")
                 neg = canon(tuple(-x for x in mu))
                 rep = max(mu, neg)
                 merged[rep] = merged.get(rep, 0.0) + v.real
             if bad > _CONVENTION_TOL * tmax:
-                raise RuntimeError(f"non-invariant complex monomials (Σm ≠ 0, size {bad:.2e}) for {key}: convention mismatch")
+                raise RuntimeError(f"non-invariant complex monomials (Σm ≠ 0, size {bad:.2e}) for {key}: "
+                                   "convention mismatch")
             ms_combs, ctildes = [], []
             for mu in sorted(merged):
                 v = merged[mu]
@@ -303,7 +307,8 @@ def _pair_keyword(elements, a, b):
     return f"{elements[a]}_{elements[b]}"
 
 
-def write_pair_table(model, path: str, n_points: int = DEFAULT_PAIR_POINTS, rmin: Optional[float] = None) -> Optional[dict]:
+def write_pair_table(model, path: str, n_points: int = DEFAULT_PAIR_POINTS,
+                     rmin: Optional[float] = None) -> Optional[dict]:
     """Write the pair part as a LAMMPS ``pair_style table`` file (one section ``A_B`` per element pair,
     points uniform in r on [rmin, rcut], columns: index, r, E, F = −dE/dr).  Returns the LAMMPS
     ``pair_coeff`` lines, or None (nothing written) when the model has no pair part."""
