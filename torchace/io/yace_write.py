@@ -17,7 +17,8 @@ from A_{l,−m} = (−1)^m conj A_{lm}), a linear embedding (``FinnisSinclairShi
 Mapping of a torchace model (docs/conventions.md):
 
 * Radials.  python-ace 0.4 / released ML-PACE read only their own parametric radial bases (plus the
-  old ACE1.jl polynomial basis, which has no Agnesi transform).  The ``ChebPow`` base with λ = 1,
+  old ACE1.jl polynomial basis, which has no Agnesi transform; the spline radials of ACEpotentials.jl's
+  export need a patched ML-PACE).  The ``ChebPow`` base with λ = 1,
   g_k(r) = (1 − T_k(2r/rcut − 1))/2, k = 1..K, spans exactly the polynomials of degree ≤ K in r that
   vanish at rcut; torchace's radials P_k(x(r))·env(x(r)) are analytic on [0, rcut] and vanish there,
   so their Chebyshev interpolants converge geometrically.  ``crad`` is fitted at Chebyshev points and
@@ -36,7 +37,7 @@ Mapping of a torchace model (docs/conventions.md):
 * Pair part and ZBL.  The C-tilde ``.yace`` has no pair term, so Σ_{i<j} U_{z_i z_j}(r_ij) with
   U_ab = Σ_k c_{abk} V_k(r; a, b) + Σ_k c_{bak} V_k(r; b, a) (+ the ZBL baseline) goes into a LAMMPS
   ``pair_style table`` file (``N``, ``R rlo rhi``, columns index r E F) to be overlaid,
-  ``pair_style hybrid/overlay pace table spline N`` (the recipe of ACE1pack's LAMMPS export).
+  ``pair_style hybrid/overlay pace table spline N`` (the overlay ACE1pack / ACEpotentials.jl use for their pair part).
   ``evaluate_pair_table`` is the reference reading of that file (cubic Hermite in E, −F).
 """
 from __future__ import annotations
@@ -459,7 +460,7 @@ def write_yace(model, path: str, *, nradbase: Optional[int] = None, radial_tol: 
                pair_points: int = DEFAULT_PAIR_POINTS, pair_rmin: Optional[float] = None,
                metadata: Optional[dict] = None) -> dict:
     """Write ``model`` as an ML-PACE ``.yace`` (many-body part and E0) and, if the model has a pair part
-    or a ZBL baseline, a LAMMPS pair table beside it (``pair_table``, default ``<path without .yace>_pair.table``).
+    or a ZBL baseline, a LAMMPS pair table beside it (``pair_table``, default ``<path without .yace>_pairpot.table``).
 
     Radials: ``ChebPow`` (λ = 1) base of ``nradbase`` functions (default: the smallest reproducing
     torchace's radials and their derivatives to ``radial_tol`` relative), combined by ``radcoefficients``.
@@ -545,7 +546,7 @@ def write_yace(model, path: str, *, nradbase: Optional[int] = None, radial_tol: 
     atomic_write(path, write, ".yace")
 
     if pair_table is None:
-        pair_table = path[: -len(".yace")] + "_pair.table"
+        pair_table = path[: -len(".yace")] + "_pairpot.table"
     info = write_pair_table(model, pair_table, pair_points, pair_rmin)
     base = os.path.basename(path)
     if info is None:
