@@ -69,12 +69,16 @@ def acejax_rows_fn(order, td, atoms):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["si3_10", "si4_12"], choices=list(MODELS))
+    ap.add_argument("--no-tune-malloc", action="store_true", help="leave glibc's malloc thresholds alone")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-acejax", action="store_true")
     ap.add_argument("--out", default="bench_assembly.json")
     a = ap.parse_args(argv)
+    if not a.no_tune_malloc:
+        from torchace.runtime import tune_malloc
+        tune_malloc()
     dev = torch.device("cpu")
     atoms = structure(reps=a.reps)
     n = len(atoms)
@@ -90,6 +94,19 @@ def main(argv=None):
                "repeats": len(ts), "atom_rows_per_s": n / med, "us_per_atom": 1e6 * med / n, **peak_memory(dev)}
         rows.append(r_t)
         print(f"  torchace: {1e3 * med:.1f} ms ({1e6 * med / n:.0f} µs/atom)", flush=True)
+        # the forward-AD reference path for ∂φ/∂r (what the analytic derivatives replaced)
+        from torchace.batch import collate
+        from torchace.rows import batch_rows
+
+        def ref_rows():
+            b = collate(atoms, model.config.numbers, model.rcut)
+            return batch_rows(model, b, analytic=False)
+        med_r, ts_r = timed(ref_rows, a.warmup, a.repeats)
+        rows.append({"case": "torchace rows, forward-AD dphi", "library": "torchace", "model": name, "basis_size": K,
+                     "device": "cpu", "dtype": "float64", "atoms": n, "median_s": med_r, "min_s": min(ts_r),
+                     "repeats": len(ts_r), "atom_rows_per_s": n / med_r, "us_per_atom": 1e6 * med_r / n,
+                     **peak_memory(dev)})
+        print(f"  torchace (forward-AD reference): {1e3 * med_r:.1f} ms ({1e6 * med_r / n:.0f} µs/atom)", flush=True)
         if not a.no_acejax and have_acejax():
             t0 = time.perf_counter()
             fn, L = acejax_rows_fn(order, td, atoms)

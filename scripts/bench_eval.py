@@ -171,6 +171,7 @@ def main(argv=None):
     ap.add_argument("--model", default="si3_10", choices=list(MODELS))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    ap.add_argument("--no-tune-malloc", action="store_true", help="leave glibc's malloc thresholds alone")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3, help="supercell repetitions of the 8-atom cubic cell")
@@ -178,6 +179,9 @@ def main(argv=None):
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile case (compiles ~1 min)")
     ap.add_argument("--out", default="bench_eval.json")
     a = ap.parse_args(argv)
+    if not a.no_tune_malloc:
+        from torchace.runtime import tune_malloc
+        tune_malloc()
 
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():

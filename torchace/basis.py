@@ -52,9 +52,14 @@ class EdgeEmbedding(nn.Module):
         self.register_buffer("lm_std", torch.from_numpy(src)[lm], persistent=False)
         self.register_buffer("lm_sign", torch.from_numpy(sign)[lm], persistent=False)
         # ∂Y/∂v = (D·Y - l Y u)/r with the (sparse) solid-harmonic gradient matrices D [3, n_y, n_y]
-        D = torch.from_numpy(solid_gradient_matrices(self.max_l))
-        self.register_buffer("sh_grad", D.reshape(3 * self.n_y, self.n_y), persistent=False)
-        self.register_buffer("sh_grad_t", D.transpose(1, 2).reshape(3 * self.n_y, self.n_y), persistent=False)
+        # as COO (c·n_y + lm, k, value): ≤ 2 terms per (c, lm), far sparser than a dense GEMM
+        D = torch.from_numpy(solid_gradient_matrices(self.max_l)).reshape(3 * self.n_y, self.n_y)
+        nz_rows, nz_cols = torch.nonzero(D, as_tuple=True)
+        self.register_buffer("dsh_row", nz_rows, persistent=False)  # c·n_y + lm
+        self.register_buffer("dsh_col", nz_cols, persistent=False)  # k (an l - 1 harmonic)
+        self.register_buffer("dsh_val", D[nz_rows, nz_cols], persistent=False)
+        self.register_buffer("dsh_col_t", nz_rows % self.n_y, persistent=False)  # lm
+        self.register_buffer("dsh_dir", torch.div(nz_rows, self.n_y, rounding_mode="floor"), persistent=False)
         self.register_buffer("l_std", l_of_lm.to(torch.float64), persistent=False)
 
     @property
@@ -89,7 +94,9 @@ class EdgeEmbedding(nn.Module):
         g_n = torch.zeros_like(R).index_add_(0, self.n_idx, g * Ysel)  # radial cotangent, reduced over (l, m)
         g_lm = torch.zeros_like(Y).index_add_(0, self.lm_std, g * Rsel * w.unsqueeze(1))  # angular, over n
         # Σ_lm g_lm ∂Y_lm/∂v = (Σ_k (Dᵀ g)_k Y_k - u Σ_lm l g_lm Y_lm) / r
-        ang = (torch.mm(self.sh_grad_t.to(Y.dtype), g_lm).view(3, self.n_y, -1) * Y.unsqueeze(0)).sum(1)
+        # one product per non-zero D[c, lm, k]: g_lm · Y_k · D, summed into its direction c
+        terms = g_lm.index_select(0, self.dsh_col_t) * Y.index_select(0, self.dsh_col) * self.dsh_val.to(Y.dtype).unsqueeze(1)
+        ang = torch.zeros((3, Y.shape[1]), dtype=Y.dtype, device=Y.device).index_add_(0, self.dsh_dir, terms)
         lt = (self.l_std.to(Y.dtype).unsqueeze(1) * g_lm * Y).sum(0)
         rinv = 1.0 / r.clamp_min(1e-300)
         return u * ((g_n * dR).sum(0) - lt * rinv) + ang * rinv
@@ -99,7 +106,9 @@ class EdgeEmbedding(nn.Module):
         u, r, R, dR, Rsel, Ysel, Y = saved
         w = self.lm_sign * self.nl_scale[self.n_idx, self.l_idx]
         rinv = 1.0 / r.clamp_min(1e-300)
-        dS = torch.mm(self.sh_grad.to(Y.dtype), Y).view(3, self.n_y, -1).index_select(1, self.lm_std)
+        DY = torch.zeros((3 * self.n_y, Y.shape[1]), dtype=Y.dtype, device=Y.device).index_add_(
+            0, self.dsh_row, Y.index_select(0, self.dsh_col) * self.dsh_val.to(Y.dtype).unsqueeze(1))
+        dS = DY.view(3, self.n_y, -1).index_select(1, self.lm_std)
         lY = (self.l_std.to(Y.dtype).index_select(0, self.lm_std) * w).unsqueeze(1) * Y.index_select(0, self.lm_std)
         dYsel = (dS * w.view(1, -1, 1) - lY.unsqueeze(0) * u.unsqueeze(1)) * rinv  # [3, n_a, E]
         radial = dR.index_select(0, self.n_idx) * Ysel

@@ -244,7 +244,7 @@ class ACEModel(nn.Module):
         need_grad = compute_forces or compute_virials
         with torch.no_grad():
             phi, saved = self.embedding.with_grad(vectors, zi, zj)
-            A = pool(phi.t(), i, n_atoms)
+            A = pool(phi.t().contiguous(), i, n_atoms)  # a strided source takes a slow scatter path
         c_mb = self.coefficients[: self.n_manybody].view(self.nz, self.n_b)
         c_aa = self.coupling.transpose_apply(c_mb)[species]  # [N, n_aa]
         e = self.E0[species] + (self.product(A) * c_aa).sum(-1)
@@ -252,16 +252,16 @@ class ACEModel(nn.Module):
         with torch.no_grad():
             if need_grad:
                 gA = self.product.grad(A, c_aa.detach())  # [N, n_a]
-                g_vec = self.embedding.vjp(gA.index_select(0, i).t(), saved)
+                g_vec = self.embedding.vjp(gA.index_select(0, i).t().contiguous(), saved)
         if self.n_pair > 0 and vectors.shape[0] > 0:
             r = torch.linalg.norm(vectors, dim=-1)
             with torch.no_grad():
                 V, dV = self.pair.with_grad(r, zi, zj)  # [n_pair, E]
             c_pair = self.coefficients[self.n_manybody:].view(self.nz, self.nz, self.n_pair)[zi, zj]  # [E, n_pair]
-            e = e + pool((V.t() * c_pair).sum(-1), i, n_atoms)
+            e = e + pool((V * c_pair.t()).sum(0), i, n_atoms)
             if need_grad:
                 with torch.no_grad():
-                    g_vec = g_vec + saved[0] * (dV.t() * c_pair).sum(-1)
+                    g_vec = g_vec + saved[0] * (dV * c_pair.t()).sum(0)
         zbl = self.zbl
         if zbl is not None and vectors.shape[0] > 0:
             with torch.no_grad():
@@ -270,7 +270,7 @@ class ACEModel(nn.Module):
             e = e + pool(0.5 * ez, i, n_atoms)
         energy = torch.zeros(n_structures, dtype=e.dtype, device=e.device).index_add_(0, batch, e)
         out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: e}
-        g = g_vec.t()  # [E, 3]
+        g = g_vec.t().contiguous()  # [E, 3]
         if compute_forces:
             f = torch.zeros_like(positions).index_add_(0, i, g)
             out[K.FORCES] = f.index_add_(0, j, -g)
