@@ -159,12 +159,25 @@ def cmd_export(args) -> int:
     kwargs = {}
     if args.dtype:
         kwargs["dtype"] = args.dtype
+    info = None
     try:
-        path = torchace.export(model, args.output, format=args.format, **kwargs)
+        if args.format == "yace":  # write_yace's report names the pair table and the LAMMPS lines
+            from torchace.io import write_yace
+
+            info = write_yace(model, args.output)
+            path = info["yace"]
+        else:
+            path = torchace.export(model, args.output, format=args.format, **kwargs)
     except ImportError as exc:  # optional package of the format (metatomic-torch, ...)
         raise SystemExit(f"torchace export: {exc}") from None
     print(f"wrote {path} ({args.format}, {args.dtype or str(model.coefficients.dtype).replace('torch.', '')}; "
           f"{model.extra_repr()})")
+    if info is not None:
+        if info.get("pair_table"):
+            print(f"wrote {info['pair_table']} (pair part as a LAMMPS pair table)")
+        print("LAMMPS input:")
+        for line in info.get("lammps", []):
+            print(f"    {line}")
     return 0
 
 
