@@ -34,9 +34,12 @@ from torchace.testing import site_basis_envs  # noqa: E402
 BEGIN, END = "<!-- gram-table -->", "<!-- /gram-table -->"
 
 
-def gram_cond(model, cols, envs, chunk=1000):
+def gram_cond(model, cols, envs):
     G = torch.zeros(len(cols), len(cols), dtype=torch.float64)
     idx = torch.as_tensor(cols)
+    # B = C·AA gathers [chunk, nnz(C)] temporaries: bound them to ~30 M entries (purified couplings of
+    # order >= 4 at D = 16 have ~2e5 non-zeros)
+    chunk = max(16, min(1000, int(3e7 // max(1, model.coupling.vals.numel()))))
     for a in range(0, len(envs), chunk):
         B = site_basis_envs(model, envs[a:a + chunk])[:, idx]
         G += B.T @ B
@@ -71,7 +74,7 @@ def markdown(rows, degrees, factor):
     by = {(r["order"], r["totaldegree"]): r for r in rows}
     for N in sorted({r["order"] for r in rows}):
         for key, name in (("canonical", "canonical (pure)"), ("self_interacting", "self-interacting")):
-            cells = [f"{by[(N, d)][key]:.2g}" if (N, d) in by else "–" for d in degrees]
+            cells = [f"{by[(N, d)][key]:.1e}" if (N, d) in by else "–" for d in degrees]
             out.append(f"| {N} | {name} | " + " | ".join(cells) + " |")
         cells = [str(by[(N, d)]["n_functions"]) if (N, d) in by else "–" for d in degrees]
         out.append(f"| {N} | (order-N functions) | " + " | ".join(cells) + " |")
@@ -88,9 +91,17 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--markdown", default=None, help=f"replace the table between {BEGIN} and {END} in this file")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="LOG",
+                    help="do not compute: collect the result lines (one JSON object per line) that earlier runs "
+                         "printed into these logs, e.g. runs over different orders in parallel")
     a = ap.parse_args(argv)
     degrees = [int(d) if float(d).is_integer() else d for d in a.degrees]
-    rows = run(a.orders, degrees, a.factor, a.seed)
+    if a.merge:
+        rows = [json.loads(line) for log in a.merge for line in open(log) if line.startswith("{")]
+        rows = [r for r in rows if r["order"] in a.orders and r["totaldegree"] in degrees]
+        rows = list({(r["order"], r["totaldegree"]): r for r in rows}.values())
+    else:
+        rows = run(a.orders, degrees, a.factor, a.seed)
     table = markdown(rows, degrees, a.factor)
     print(table)
     if a.json:
