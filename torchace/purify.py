@@ -133,13 +133,18 @@ def angular_product(lms: Tuple[Tuple[int, int], ...]) -> Tuple[Tuple[int, int, f
 
 def linearise(block: Sequence[NLM], nz: int) -> Dict[NLM, float]:
     """Π_{t ∈ block} φ_{n_t l_t m_t}(x) = Σ_κ c_κ φ_κ(x) for one neighbour x (exact; {} if species differ)."""
+    return dict(_linearise(tuple(sorted(block)), nz))
+
+
+@lru_cache(maxsize=None)
+def _linearise(block: Tuple[NLM, ...], nz: int) -> Tuple[Tuple[NLM, float], ...]:
     species = {(n - 1) % nz for n, _, _ in block}
     if len(species) > 1:  # R_n carries δ(z_j = species of n): the product is identically zero
-        return {}
+        return ()
     s = species.pop()
     rad = radial_product(tuple(sorted((n - 1) // nz for n, _, _ in block)))
     ang = angular_product(tuple(sorted((l, m) for _, l, m in block)))
-    return {(k * nz + s + 1, L, M): cr * ca for k, cr in rad for L, M, ca in ang}
+    return tuple(((k * nz + s + 1, L, M), cr * ca) for k, cr in rad for L, M, ca in ang)
 
 
 def set_partitions(n: int):
@@ -161,10 +166,10 @@ def canonical_expansion(key: Sequence[NLM], nz: int) -> Dict[Tuple[NLM, ...], fl
         factors = []
         for b in part:
             mu *= (-1) ** (len(b) - 1) * math.factorial(len(b) - 1)
-            lin = linearise([key[t] for t in b], nz)
+            lin = _linearise(tuple(sorted(key[t] for t in b)), nz)
             if not lin:
                 break
-            factors.append(list(lin.items()))
+            factors.append(lin)
         else:
             for terms in cartesian(*factors):
                 k = tuple(sorted(t[0] for t in terms))
