@@ -224,3 +224,21 @@ def test_against_brute_force_definition(mode, pure_sige, pure2b_sige):
     selfi = torchace.ace_model(["Si", "Ge"], 3, 7)
     envs = _envs(model, 3, 4, seed=21) + _envs(model, 2, 2, seed=22)
     assert max_rel(site_basis_envs(model, envs), _brute_force_basis(selfi, envs, mode)) < 1e-12
+
+
+def test_gram_script_writes_json_and_table(tmp_path):
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "purification_gram.py")
+    spec = importlib.util.spec_from_file_location("purification_gram", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    md = tmp_path / "p.md"
+    md.write_text(f"head\n{mod.BEGIN}\nold\n{mod.END}\ntail\n")
+    js = tmp_path / "g.json"
+    mod.main(["--orders", "2", "--degrees", "6", "--factor", "20", "--json", str(js), "--markdown", str(md)])
+    res = json.loads(js.read_text())["results"]
+    assert len(res) == 1 and res[0]["order"] == 2 and res[0]["self_interacting"] > 3 * res[0]["canonical"]
+    text = md.read_text()
+    assert text.startswith("head\n") and text.endswith("tail\n") and "old" not in text and "canonical (pure)" in text
