@@ -583,6 +583,9 @@ def silicon_part(cfg, data: str, figs: str, res: Dict, save_models: Optional[str
                         c_ = analysis.ev_curve(m, at, cfg["ev_scale"])
                         ev.setdefault(f"{which} {name}", {})[lab] = (c_.volume, c_.energy)
                         hit[f"ev_{name}_minima"] = count_minima(c_.energy, 1e-5)
+                        # repulsion under compression: E at the smallest volume above the curve's minimum
+                        # (0 = the phase collapses instead, a hole at high density)
+                        hit[f"ev_{name}_rise_eV"] = float(c_.energy[0] - c_.energy.min())
                 if save_models:
                     m.save(os.path.join(save_models, f"Si_{which}_syn{int(syn)}_sigma{sigma}.json"))
                 log(f"  σ={sigma}: λ={hit['lam']:.3g}, train F {1000 * hit['train_F']:.1f}, test F "
@@ -598,7 +601,7 @@ def silicon_part(cfg, data: str, figs: str, res: Dict, save_models: Optional[str
     plots.curve_panels(os.path.join(figs, "si_decohesion.png"), decoh, xlabel="separation (Å)",
                        ylabel="stress (GPa)", ncols=3, title="rigid decohesion of diamond Si")
     plots.curve_panels(os.path.join(figs, "si_ev.png"), ev, xlabel="V (Å³/atom)", ylabel="E (eV/atom)", ncols=3,
-                       title="E–V at fixed fractional coordinates")
+                       title="E–V at fixed fractional coordinates", zero_line=False)
     lines += ["si_dimers.png", "si_decohesion.png", "si_ev.png"]
     return lines
 
@@ -680,7 +683,8 @@ def report(cfg, mode: str, res: Dict, figs_rel: str, command: str) -> str:
         L.append(f"### Dimer curves ({dm['molecule']}, N={dm['order']} models) vs DFT dimers\n")
         L.append("RMSE (eV) against the BOTNet DFT dimer energies, shifted to 0 at their largest distance (the raw "
                  "values end at " + ", ".join(f"{k} {v:.2f} eV" for k, v in dm["dft_offset_eV"].items())
-                 + " instead of 0: isolated atoms and dimers in different spin states), over the points where the "
+                 + " instead of 0, additive per element: C −1.99, O −2.96, H 0 eV, presumably because the isolated atoms are "
+                 "not in the spin state the UHF dimers dissociate to), over the points where the "
                  "shifted DFT energy is ≤ 5 eV; [number of local minima of the model curve on "
                  f"{cfg['dimer_r'][0]:.1f}–{cfg['dimer_r'][-1]:.1f} Å] (DFT: one per pair):\n")
         pairs = list(dm["minima"])
@@ -707,18 +711,23 @@ def report(cfg, mode: str, res: Dict, figs_rel: str, command: str) -> str:
     if "si" in res:
         L.append("### Silicon: equal training force RMSE for all σ\n")
         L.append("| data | synthetic dimer | σ (Å) | λ | train F | test F (meV/Å) | test E (meV/atom) | dimer minima | "
-                 "E_dimer(1 Å) (eV) | min E_dimer (eV) | E–V minima dia/β-Sn/sh | decohesion stress maxima 100/110/111 |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+                 "E_dimer(1 Å) (eV) | min E_dimer (eV) | E–V minima dia/β-Sn/sh | "
+                 f"E(V_min) − min E, V_min = {cfg['ev_scale'][0] ** 3:.2f}·V₀, dia/β-Sn/sh (eV/atom) | "
+                 "decohesion stress maxima 100/110/111 |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for which, d in res["si"].items():
             for var, e in d.items():
                 for s, h in e["sigma"].items():
                     evm = "/".join(str(h.get(f"ev_{n}_minima", "–")) for n in ("diamond", "beta-tin", "simple hexagonal"))
                     dcm = "/".join(str(h.get(f"decohesion_{m}_stress_maxima", "–")) for m in ("100", "110", "111"))
+                    rise = "/".join(f"{h[f'ev_{n}_rise_eV']:.2f}" if f"ev_{n}_rise_eV" in h else "–"
+                                    for n in ("diamond", "beta-tin", "simple hexagonal"))
                     flag = "" if abs(h["train_F"] / e["target_train_F"] - 1) < 0.01 else " ⚠"
                     L.append(f"| {which} (K={e['basis_size']}) | {'yes' if var == 'syn' else 'no'} | {s} | {h['lam']:.2g} | "
                              f"{1000 * h['train_F']:.1f}{flag} | {1000 * h['test_F']:.1f} | "
                              f"{1000 * h['test_E']:.2f} | {h['dimer_minima']} | {h['dimer_E_at_1.0A']:.2f} | "
-                             f"{h['dimer_min_eV']:.2f} | {evm if var == 'plain' else '–'} | {dcm if var == 'plain' else '–'} |")
+                             f"{h['dimer_min_eV']:.2f} | {evm if var == 'plain' else '–'} | {rise if var == 'plain' else '–'} | "
+                             f"{dcm if var == 'plain' else '–'} |")
         L.append("\n⚠: the target training force RMSE is out of reach for this prior at any λ ≥ 1e-14·mean(diag) "
                  "(the prior is too strong for this basis); the closest fit is shown.  Si_tiny has no test E: the "
                  "GAP-18 companion test structures carry forces only.\n")
@@ -772,6 +781,7 @@ def main(argv=None) -> Dict:
     ap.add_argument("--out-dir", default=ROOT, help="root for docs/regularity_priors.md and "
                     "docs/figures/regularity/ (default: the repository)")
     ap.add_argument("--parts", nargs="+", default=PARTS, choices=PARTS)
+    ap.add_argument("--report-only", action="store_true", help="regenerate the report from the mode's JSON only")
     ap.add_argument("--merge", action="store_true", help="update the results of an earlier run of this mode "
                     "(its JSON) with the parts run now, and regenerate the report from all of them")
     ap.add_argument("--md-steps", type=int, default=None, help="override the mode's MD length (steps of 0.5 fs)")
@@ -799,6 +809,12 @@ def main(argv=None) -> Dict:
     import platform
 
     cmd = "python scripts/regularity_study.py " + " ".join(_public_args(argv if argv is not None else sys.argv[1:]))
+    if args.report_only:
+        with open(json_path, encoding="utf-8") as fh:
+            res = json.load(fh)
+        write_doc(os.path.join(docs, "regularity_priors.md"),
+                  report(cfg, args.mode, res, "figures/regularity", res["runs"][-1]["command"]))
+        return res
     if "runs" not in res and "wall_s" in res:  # results of a run that predates the per-run log
         res["runs"] = [{"command": f"python scripts/regularity_study.py --mode {args.mode} --threads 1",
                         "parts": PARTS, "seconds": {"all parts": res["wall_s"]},

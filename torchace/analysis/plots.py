@@ -29,9 +29,10 @@ def _save(fig, path: str, dpi: int) -> str:
 
 def curve_panels(path: str, panels: Dict[str, Dict[str, Curve]], *, xlabel: str, ylabel: str,
                  reference: Optional[Dict[str, Curve]] = None, ylim: Optional[Dict[str, Tuple[float, float]]] = None,
-                 ncols: int = 3, title: str = "", dpi: int = 80, panel_size=(3.0, 2.4)) -> str:
+                 ncols: int = 3, title: str = "", dpi: int = 80, panel_size=(3.0, 2.4), zero_line: bool = True) -> str:
     """One panel per key of ``panels``; each panel maps a curve label (e.g. "σ = 0.5 Å") to (x, y).
-    ``reference``: a black dashed curve per panel (e.g. DFT).  ``ylim``: per-panel y limits."""
+    ``reference``: a black dashed curve per panel (e.g. DFT).  ``ylim``: per-panel y limits.
+    ``zero_line``: a thin line at y = 0 (off for absolute energies)."""
     plt = _plt()
     names = list(panels)
     ncols = max(1, min(ncols, len(names)))
@@ -45,7 +46,8 @@ def curve_panels(path: str, panels: Dict[str, Dict[str, Curve]], *, xlabel: str,
             ax.plot(x, y, "k--", lw=1.0, label="reference")
         if ylim and name in ylim:
             ax.set_ylim(*ylim[name])
-        ax.axhline(0.0, color="0.6", lw=0.5)
+        if zero_line:
+            ax.axhline(0.0, color="0.6", lw=0.5)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
