@@ -209,6 +209,8 @@ class Purification:
 
     def apply_scale(self, nl_scale: torch.Tensor, vals: torch.Tensor) -> None:
         """vals ← vals0 · Π s(B multiset) / Π s(AA factors), s = ``nl_scale`` [max_n, max_l+1]."""
+        if nl_scale.shape[-1] != self.n_l:  # the flat (n-1)·n_l + l indices assume this layout
+            raise ValueError(f"nl_scale has {nl_scale.shape[-1]} l-columns, the purified coupling {self.n_l}")
         s = np.append(nl_scale.detach().cpu().to(torch.float64).numpy().reshape(-1), 1.0)
         if np.any(s == 0):
             raise ValueError("a purified model needs non-zero one-particle scales (nl_scale)")
