@@ -55,7 +55,8 @@ def test_resume_after_sigkill(tmp_path, model, ds, reference):
     from torchace.checkpoint import assemble_checkpointed, load_checkpoint
 
     ckpt = str(tmp_path / "asm.npz")
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    # same thread count as this process: threaded reductions round differently with another count
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     p = subprocess.run([sys.executable, __file__, ckpt, "2"], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr
     state, fp = load_checkpoint(ckpt)
@@ -166,7 +167,7 @@ def test_checkpoint_has_no_pickles(tmp_path, model, ds):
 if __name__ == "__main__":  # child of test_resume_after_sigkill
     from torchace.checkpoint import assemble_checkpointed
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # the parent's count
     path, kill_after = sys.argv[1], int(sys.argv[2])
 
     def die(n, st):

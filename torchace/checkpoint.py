@@ -62,10 +62,16 @@ def data_hash(ds: Dataset) -> str:
 
 
 def model_hash(model) -> str:
-    """SHA-256 of the model's buffers that change the rows or targets (everything but coefficients/committee)."""
+    """SHA-256 of the model's buffers that change the rows or targets (everything but coefficients/committee).
+
+    Only persistent buffers (the model definition): non-persistent ones are derived at construction (e.g. the
+    analytic path's harmonic-gradient tables, found by least squares, may differ in the last bit between
+    processes with different BLAS threading) and carry no information of their own.
+    """
     h = hashlib.sha256()
+    persistent = set(model.state_dict().keys())
     for name, buf in sorted(model.named_buffers()):
-        if name.split(".")[-1] == "committee" or buf is None:
+        if name.split(".")[-1] == "committee" or buf is None or name not in persistent:
             continue
         h.update(name.encode())
         _hash_arrays(h, buf.detach().cpu().to(torch.float64).numpy())

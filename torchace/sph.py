@@ -191,4 +191,23 @@ def solid_gradient_matrices(max_l: int) -> np.ndarray:
                 raise RuntimeError(f"solid-harmonic gradient of l = {l} not in the span of l - 1 (residual {res:.1e})")
             D[c, rows, lo:hi] = sol.t().numpy()
     D[np.abs(D) < 1e-13] = 0.0
-    return D
+    return _snap_to_sqrt_rationals(D)
+
+
+def _snap_to_sqrt_rationals(D: np.ndarray) -> np.ndarray:
+    """Replace each entry by ±√(p/q), its exact value (D² is rational: the 4π of the normalisations cancels).
+
+    Makes the table bit-identical in every process, whatever the BLAS threading of the least-squares solve
+    (checkpoints fingerprint the model; resumed runs must give the same rows).
+    """
+    from fractions import Fraction
+
+    out = np.zeros_like(D)
+    for idx in zip(*np.nonzero(D)):
+        d = float(D[idx])
+        q = Fraction(d * d).limit_denominator(10**8)
+        v = math.copysign(math.sqrt(q.numerator / q.denominator), d)
+        if abs(v - d) > 1e-11 * abs(d):
+            raise RuntimeError(f"solid-harmonic gradient entry {d!r} is not ±sqrt of a small rational")
+        out[idx] = v
+    return out
