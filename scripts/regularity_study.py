@@ -4,7 +4,7 @@ the linear atomic cluster expansion* (2026), §3.1 (Si) and §3.2 (aspirin → r
 
     python scripts/regularity_study.py --mode reduced      # what docs/regularity_priors.md shows (2 CPU cores)
     python scripts/regularity_study.py --mode full         # the paper's sizes: a workstation / GPU (--device cuda)
-    python scripts/regularity_study.py --mode quick --out-dir /some/tmp   # CI smoke run (tiny data, seconds)
+    python scripts/regularity_study.py --mode quick --out-dir some/dir     # CI smoke run (tiny data, seconds)
 
 What it does (every number comes from ../shared/data; nothing is copied from the paper):
 
@@ -51,7 +51,6 @@ from torchace.atomic import atomic_write, write_json_atomic  # noqa: E402
 from torchace.data import Labelled, read_data, weights_for  # noqa: E402
 
 KCAL = 0.0433641  # eV per kcal/mol (DATA.md)
-HARTREE_FREE = None
 
 # ------------------------------------------------------------------------------------------------
 #  settings per mode
@@ -378,10 +377,8 @@ def clone_model(model):
 
 def molecules_part(cfg, data: str, figs: str, res: Dict, save_models: Optional[str],
                    md_models: Dict[float, object]) -> List[str]:
-    """Table 1 analogue, λ scans, dimer curves; fills ``md_models`` (σ → model of the first molecule at the MD
-    order, best test λ)."""
-    from torchace.analysis import plots
-
+    """Table 1 analogue and λ scans; fills ``md_models`` (σ → model of the first molecule at the MD order,
+    best test λ) for the dimer and MD parts."""
     e0 = botnet_e0(data)
     lines = []
     res["molecules"] = {}
