@@ -237,9 +237,15 @@ class ACEModel(nn.Module):
         (``EdgeEmbedding.with_grad``); the per-edge features stay feature-major so every gather is a row
         copy.  F_i = Σ_{e: i(e)=i} ∂E/∂r_e - Σ_{e: j(e)=i} ∂E/∂r_e, W = -½ Σ_e (r_e ⊗ g_e + g_e ⊗ r_e).
         """
-        i, j = edge_index[0], edge_index[1]
         n_atoms = species.shape[0]
         vectors = self.edge_vectors(positions, edge_index, unit_shifts, cell, batch)
+        # pairs beyond rcut (neighbour lists with a skin) contribute exactly zero: drop them first
+        inside = (vectors * vectors).sum(-1) < self.rcut * self.rcut
+        if not bool(inside.all()):
+            keep = torch.nonzero(inside).squeeze(1)
+            vectors = vectors.index_select(0, keep)
+            edge_index = edge_index.index_select(1, keep)
+        i, j = edge_index[0], edge_index[1]
         zi, zj = species[i], species[j]
         need_grad = compute_forces or compute_virials
         with torch.no_grad():
