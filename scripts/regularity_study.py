@@ -480,11 +480,33 @@ def dimers_part(cfg, data: str, figs: str, res: Dict, md_models: Dict[float, obj
         out["rmse_eV"][key] = {lab: float(np.sqrt(np.mean((np.interp(rr[mask], x, y) - ee[mask]) ** 2)))
                                for lab, (x, y) in curves.items()}
         ylim[key] = (min(1.5 * float(ee.min()), -1.0), 10.0)
+    # energy along paths with DFT references (BOTNet: O–H removal, a normal-mode slice), all shifted to 0 at
+    # the DFT minimum of the path
+    paths = {"O–H removal (vs O–H distance, Å)": ("test_H_removal.xyz.gz", "OH_dist"),
+             "normal mode 874 cm⁻¹ (vs displacement)": ("test_norm_mode_874.xyz.gz", "displacement")}
+    ppanels, pref = {}, {}
+    out["paths_rmse_eV"] = {}
+    for name, (fname, key) in paths.items():
+        images = read(os.path.join(data, "botnet", "dataset_ethanol", fname), ":")
+        x = np.array([float(a.info[key]) for a in images])
+        e_dft = np.array([a.get_potential_energy() for a in images])
+        k0 = int(np.argmin(e_dft))
+        pref[name] = (x, e_dft - e_dft[k0])
+        mask = pref[name][1] <= 5.0
+        out["paths_rmse_eV"][name] = {}
+        for sigma, m in md_models.items():
+            bare = [Atoms(a.numbers, positions=a.positions) for a in images]
+            e = analysis.path_energies(m, bare).energy
+            ppanels.setdefault(name, {})[f"σ = {sigma} Å"] = (x, e - e[k0])
+            out["paths_rmse_eV"][name][f"σ = {sigma} Å"] = float(np.sqrt(np.mean((e - e[k0] - pref[name][1])[mask] ** 2)))
+    plots.curve_panels(os.path.join(figs, f"{mol}_paths.png"), ppanels, xlabel="path coordinate", ylabel="E (eV)",
+                       reference=pref, ncols=2, ylim={k: (-1.0, 6.0) for k in ppanels},
+                       title=f"{mol} models (N = {cfg['md_order']}): energy along paths; DFT dashed")
     res["dimers"] = out
     plots.curve_panels(os.path.join(figs, f"{mol}_dimers.png"), panels, xlabel="r (Å)", ylabel="E (eV)",
                        reference={k: v for k, v in ref.items() if k in panels}, ylim=ylim,
                        title=f"{mol} models (N = {cfg['md_order']}, best test λ): dimers; DFT dashed, shifted to 0 at its largest r")
-    return [f"{mol}_dimers.png"]
+    return [f"{mol}_dimers.png", f"{mol}_paths.png"]
 
 
 def md_part(cfg, data: str, figs: str, res: Dict, md_models: Dict[float, object]) -> List[str]:
@@ -707,6 +729,15 @@ def report(cfg, mode: str, res: Dict, figs_rel: str, command: str) -> str:
                 (f"{dm['rmse_eV'][p][lab]:.2f} " if p in dm["rmse_eV"] else "") + f"[{dm['minima'][p][lab]}]"
                 for p in pairs) + " |")
         L.append(f"\n![dimers]({figs_rel}/{dm['molecule']}_dimers.png)\n")
+        if dm.get("paths_rmse_eV"):
+            L.append("Energy along two BOTNet DFT paths (not in training), shifted to 0 at the DFT minimum of the path; "
+                     "RMSE (eV) over the points with shifted DFT energy ≤ 5 eV:\n")
+            names = list(dm["paths_rmse_eV"])
+            L.append("| model | " + " | ".join(names) + " |")
+            L.append("|" + "---|" * (1 + len(names)))
+            for lab in next(iter(dm["paths_rmse_eV"].values())):
+                L.append(f"| {lab} | " + " | ".join(f"{dm['paths_rmse_eV'][n][lab]:.3f}" for n in names) + " |")
+            L.append(f"\n![paths]({figs_rel}/{dm['molecule']}_paths.png)\n")
     if "md" in res:
         md = res["md"]
         L.append(f"### MD stability ({md['molecule']}, N={md['order']} models)\n")

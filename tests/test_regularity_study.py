@@ -47,7 +47,7 @@ def test_report_and_figures(quick):
     for s in mod.MODES["quick"]["mol_sigmas"]:
         assert f"\n| {s} |" in doc
     pngs = sorted((out / "docs" / "figures" / "regularity").glob("*.png"))
-    assert {p.name for p in pngs} >= {"ethanol_lambda.png", "ethanol_dimers.png", "ethanol_md.png",
+    assert {p.name for p in pngs} >= {"ethanol_lambda.png", "ethanol_dimers.png", "ethanol_paths.png", "ethanol_md.png",
                                       "si_dimers.png", "si_decohesion.png", "si_ev.png"}
     for p in pngs:
         assert 1000 < p.stat().st_size < 100_000, p.name
