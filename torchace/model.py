@@ -10,7 +10,7 @@ centre element (elements in model order), then pair blocks of ``n_pair`` per ord
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -72,6 +72,9 @@ class ACEModel(nn.Module):
         self.metadata = {}      # fit information carried into the model file
         # eval mode: forces/virials from hand-written adjoints (``_predict_analytic``); False: autograd only
         self.analytic = True
+        # the analytic path handles at most this many edges at once (centre atoms in chunks): bounds the
+        # per-edge temporaries (~(3·n_a + 2·max_n + n_y)·8 bytes per edge) for very large systems
+        self.edge_chunk = 1 << 22
         self.to(dtype)
 
     # ``model.coefficients = tensor`` copies into the parameter (shape-checked) instead of replacing it
@@ -246,8 +249,41 @@ class ACEModel(nn.Module):
             vectors = vectors.index_select(0, keep)
             edge_index = edge_index.index_select(1, keep)
         i, j = edge_index[0], edge_index[1]
-        zi, zj = species[i], species[j]
         need_grad = compute_forces or compute_virials
+        n_edges = vectors.shape[0]
+        if n_edges <= self.edge_chunk:
+            e, g_vec = self._site_terms(vectors, i, species[i], species[j], species, need_grad)
+        else:
+            # memory-bounded: centre atoms in chunks of ~edge_chunk edges (each atom's edges in one chunk)
+            n_chunks = (n_edges + self.edge_chunk - 1) // self.edge_chunk
+            step = (n_atoms + n_chunks - 1) // n_chunks
+            e_parts: List[torch.Tensor] = []
+            g_vec = torch.zeros((3, n_edges), dtype=vectors.dtype, device=vectors.device)
+            for a0 in range(0, n_atoms, step):
+                a1 = min(a0 + step, n_atoms)
+                sel = torch.nonzero((i >= a0) & (i < a1)).squeeze(1)
+                ii = i.index_select(0, sel)
+                e_c, g_c = self._site_terms(vectors.index_select(0, sel), ii - a0, species.index_select(0, ii),
+                                            species.index_select(0, j.index_select(0, sel)), species[a0:a1], need_grad)
+                e_parts.append(e_c)
+                g_vec.index_copy_(1, sel, g_c)
+            e = torch.cat(e_parts)
+        energy = torch.zeros(n_structures, dtype=e.dtype, device=e.device).index_add_(0, batch, e)
+        out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: e}
+        g = g_vec.t().contiguous()  # [E, 3]
+        if compute_forces:
+            f = torch.zeros_like(positions).index_add_(0, i, g)
+            out[K.FORCES] = f.index_add_(0, j, -g)
+        if compute_virials:
+            w = vectors.unsqueeze(2) * g.unsqueeze(1)
+            w = -0.5 * (w + w.transpose(1, 2))
+            out[K.VIRIAL] = torch.zeros((n_structures, 3, 3), dtype=w.dtype, device=w.device).index_add_(0, batch[i], w)
+        return out
+
+    def _site_terms(self, vectors: torch.Tensor, i: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor,
+                    species: torch.Tensor, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Site energies of the atoms ``species`` (centres i index them) and ∂E/∂r_e [3, E] of their edges."""
+        n_atoms = species.shape[0]
         with torch.no_grad():
             phi, saved = self.embedding.with_grad(vectors, zi, zj)
             A = pool(phi.t().contiguous(), i, n_atoms)  # a strided source takes a slow scatter path
@@ -274,17 +310,7 @@ class ACEModel(nn.Module):
                 ez, dz = zbl.with_grad(torch.linalg.norm(vectors, dim=-1), zi, zj)
                 g_vec = g_vec + saved[0] * (0.5 * dz)
             e = e + pool(0.5 * ez, i, n_atoms)
-        energy = torch.zeros(n_structures, dtype=e.dtype, device=e.device).index_add_(0, batch, e)
-        out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: e}
-        g = g_vec.t().contiguous()  # [E, 3]
-        if compute_forces:
-            f = torch.zeros_like(positions).index_add_(0, i, g)
-            out[K.FORCES] = f.index_add_(0, j, -g)
-        if compute_virials:
-            w = vectors.unsqueeze(2) * g.unsqueeze(1)
-            w = -0.5 * (w + w.transpose(1, 2))
-            out[K.VIRIAL] = torch.zeros((n_structures, 3, 3), dtype=w.dtype, device=w.device).index_add_(0, batch[i], w)
-        return out
+        return e, g_vec
 
     def extra_repr(self) -> str:
         c = self.config
