@@ -1,6 +1,7 @@
 """Fit configs and ACEConfig dictionaries: unknown keys, wrong types, out-of-range values → an error naming the
 file and the key (issue "Reliability at scale" §4), never a silently different model or fit."""
 import json
+import os
 import re
 
 import pytest
@@ -170,3 +171,20 @@ def test_model_file_with_bad_config_field(tmp_path):
         with pytest.raises(ModelFileError) as exc:
             torchace.load(str(q))
         assert str(exc.value).startswith(str(q)) and "'config'" in str(exc.value) and message in str(exc.value)
+
+
+def test_purification_flags_in_fit_config(tmp_path):
+    """pure2b / pure are model keys of the fit config (not 'unknown keys'), type-checked like the others."""
+    import yaml
+
+    from torchace.fitconfig import FitConfig
+
+    d = yaml.safe_load(open(os.path.join(os.path.dirname(torchace.__file__), "data", "default_fit.yaml")))
+    d["model"]["pure2b"] = True
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(d))
+    assert FitConfig.load(str(p)).model["pure2b"] is True
+    d["model"]["pure2b"] = "yes"
+    p.write_text(yaml.safe_dump(d))
+    with pytest.raises(ValueError, match="pure2b"):
+        FitConfig.load(str(p))

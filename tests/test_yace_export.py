@@ -201,3 +201,15 @@ def test_bad_input(sige_model, tmp_path):
     with pytest.raises(ValueError, match="metadata"):
         write_yace(sige_model, str(tmp_path / "m.yace"), metadata={"x": object()})
     assert not (tmp_path / "m.yace").exists()
+
+
+@pytest.mark.parametrize("purify", ["pure2b", "pure"])
+def test_purified_model_exports(tmp_path, purify):
+    """Purification only changes the coupling and the AA list: the C-tilde export must follow it."""
+    _pyace()
+    from torchace.testing import randomize_coefficients
+
+    model = ace_model(["Si", "Ge"], 3, 6, **{purify: True})
+    randomize_coefficients(model, 0.3, seed=1)
+    info = torchace.io.write_yace(model, str(tmp_path / f"{purify}.yace"))
+    _compare(model, info, _cells())

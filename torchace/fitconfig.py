@@ -28,7 +28,8 @@ from .fieldcheck import check_ace_fields, check_bool, check_float, check_int, ch
 
 BUNDLED = "@bundled/"
 # the model section holds ``ace_model`` / ACEConfig arguments
-MODEL_KEYS = ("elements", "order", "totaldegree", "wL", "rcut", "r0", "E0", "pair", "zbl", "zbl_inner", "zbl_outer")
+MODEL_KEYS = ("elements", "order", "totaldegree", "wL", "rcut", "r0", "E0", "pair", "zbl", "zbl_inner", "zbl_outer",
+              "pure2b", "pure")
 
 
 @dataclass
