@@ -112,7 +112,7 @@ def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
         deg = torch.bincount(i, minlength=n_atoms)
         start = torch.cumsum(deg, 0) - deg
         slot = torch.arange(i.numel(), device=dev) - start[i]
-        f_mb, v_mb = zeros(n_atoms * nz, 3, nb), zeros(n_s * nz, 6, nb)
+        f_mb, v_mb = zeros((n_atoms + 1) * nz, 3, nb), zeros(n_s * nz, 6, nb)  # + a spare atom for padding
         max_deg = int(deg.max()) if n_atoms else 0
         per_atom = (model.product.idx.shape[1] * model.product.n_aa + n_used * nb
                     + 3 * max(max_deg, 1) * (2 * n_used + 2 * nb))
@@ -134,10 +134,22 @@ def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
             il, sk = i[sl] - a0, slot[sl]
             D = zeros(na, md, 3, n_used)
             D[il, sk] = dphi
-            G = torch.bmm(D.view(na, md * 3, n_used), J).view(na, md, 3, nb)[il, sk]  # [ne, 3, nb]
-            _scatter_edges(G, vectors[sl], i[sl], j[sl], sid[sl], zi[sl], nz, f_mb, v_mb)
+            # G stays padded [na, md, 3, nb] (zero in empty slots): centre forces and the virial are then
+            # reductions over slots (a sum and one bmm per atom), never [E, 6, nb] per-edge temporaries
+            G = torch.bmm(D.view(na, md * 3, n_used), J).view(na, md, 3, nb)
+            atoms = torch.arange(a0, a1, device=dev)
+            blk_i = atoms * nz + species[a0:a1]
+            f_mb.index_add_(0, blk_i, G.sum(1))  # +∂/∂r_e at the centre
+            jpad = torch.full((na, md), n_atoms, dtype=torch.long, device=dev)  # empty slots → a spare row
+            jpad[il, sk] = j[sl]
+            f_mb.index_add_(0, (jpad * nz + species[a0:a1].unsqueeze(1)).view(-1), -G.view(na * md, 3, nb))
+            rpad = zeros(na, md, 3)
+            rpad[il, sk] = vectors[sl]
+            W = torch.bmm(rpad.transpose(1, 2), G.view(na, md, 3 * nb)).view(na, 3, 3, nb)  # Σ_e r_a G_b
+            Wv = -0.5 * (W[:, _VOIGT_A, _VOIGT_B] + W[:, _VOIGT_B, _VOIGT_A])  # [na, 6, nb]
+            v_mb.index_add_(0, bidx[a0:a1] * nz + species[a0:a1], Wv)
         energy = [_columns(e_mb, n_s, nz)]
-        forces = [_columns(f_mb, n_atoms, nz)]
+        forces = [_columns(f_mb[: n_atoms * nz], n_atoms, nz)]
         virial = [_columns(v_mb, n_s, nz)]
 
         if npair > 0:  # pair blocks per ordered (centre, neighbour) element pair
