@@ -108,11 +108,11 @@ class EdgeEmbedding(nn.Module):
         rinv = 1.0 / r.clamp_min(1e-300)
         DY = torch.zeros((3 * self.n_y, Y.shape[1]), dtype=Y.dtype, device=Y.device).index_add_(
             0, self.dsh_row, Y.index_select(0, self.dsh_col) * self.dsh_val.to(Y.dtype).unsqueeze(1))
-        dS = DY.view(3, self.n_y, -1).index_select(1, self.lm_std)
-        lY = (self.l_std.to(Y.dtype).index_select(0, self.lm_std) * w).unsqueeze(1) * Y.index_select(0, self.lm_std)
-        dYsel = (dS * w.view(1, -1, 1) - lY.unsqueeze(0) * u.unsqueeze(1)) * rinv  # [3, n_a, E]
-        radial = dR.index_select(0, self.n_idx) * Ysel
-        return u.unsqueeze(1) * radial.unsqueeze(0) + dYsel * Rsel.unsqueeze(0)
+        dS = DY.view(3, self.n_y, -1).index_select(1, self.lm_std)  # ∂S_lm(u)/∂v_c [3, n_a, E]
+        # ∂phi/∂v = R w (∂S - l Y u)/r + u R' Y w: one [3, n_a, E] product plus one broadcast add
+        coef = Rsel * w.unsqueeze(1) * rinv
+        along_u = dR.index_select(0, self.n_idx) * Ysel - self.l_std.to(Y.dtype).index_select(0, self.lm_std).unsqueeze(1) * Ysel * Rsel * rinv
+        return torch.addcmul(u.unsqueeze(1) * along_u.unsqueeze(0), dS, coef.unsqueeze(0))
 
 
 def pool(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:

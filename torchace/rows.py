@@ -142,7 +142,7 @@ def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
             f_mb.index_add_(0, blk_i, G.sum(1))  # +∂/∂r_e at the centre
             jpad = torch.full((na, md), n_atoms, dtype=torch.long, device=dev)  # empty slots → a spare row
             jpad[il, sk] = j[sl]
-            f_mb.index_add_(0, (jpad * nz + species[a0:a1].unsqueeze(1)).view(-1), -G.view(na * md, 3, nb))
+            f_mb.index_add_(0, (jpad * nz + species[a0:a1].unsqueeze(1)).view(-1), G.view(na * md, 3, nb), alpha=-1)
             rpad = zeros(na, md, 3)
             rpad[il, sk] = vectors[sl]
             W = torch.bmm(rpad.transpose(1, 2), G.view(na, md, 3 * nb)).view(na, 3, 3, nb)  # Σ_e r_a G_b
