@@ -61,7 +61,31 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
         n_img = int(np.prod(2 * _image_range(positions, cell, rcut) + 1)) if pbc.all() else 1
         if len(positions) ** 2 * n_img <= DENSE_MAX_PAIRS:
             return dense_neighbour_list(positions, cell, pbc, rcut)
+        if _vesin() is not None:
+            return vesin_neighbour_list(positions, cell, pbc, rcut)
     return ase_neighbour_list(positions, cell, pbc, rcut)
+
+
+def _vesin():
+    try:
+        import vesin
+    except ImportError:
+        return None
+    return vesin
+
+
+def vesin_neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
+    """vesin's C++ cell list (optional accelerator, ~10× ASE's); periodic along all axes or none only.
+
+    Same convention as ASE's: r_ij = x_j - x_i + S·cell; pairs sorted by centre (stable) as ASE returns them.
+    """
+    pbc = np.asarray(pbc, dtype=bool)
+    periodic = bool(pbc.all())
+    box = cell if periodic else np.zeros((3, 3))
+    nl = _vesin().NeighborList(cutoff=float(rcut), full_list=True)
+    i, j, S = nl.compute(points=positions, box=box, periodic=periodic, quantities="ijS")
+    order = np.argsort(i, kind="stable")
+    return i[order].astype(np.int64), j[order].astype(np.int64), S[order].astype(np.int64)
 
 
 def ase_neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
