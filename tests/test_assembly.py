@@ -82,3 +82,28 @@ def test_checkpoint_resume(model):
     full = assemble_reduced(model, ds, batch_atoms=20, on_batch=grab)
     resumed = assemble_reduced(model, ds, batch_atoms=20, state=saved)
     assert torch.equal(full.A, resumed.A) and torch.equal(full.y, resumed.y) and full.n_obs == resumed.n_obs
+
+
+def test_structures_larger_than_memory_are_refused_up_front(model, monkeypatch):
+    """A structure whose rows cannot fit is an error naming its file:frame (before any work); a dense
+    system that cannot fit points to the streaming assembly; the streaming path accepts it."""
+    import torchace.assembly as asm
+    from torchace.data import DataError
+
+    ds = _dataset()
+    structs = asm.fitting_structures(ds)
+    k = model.basis_size
+    biggest = max(structs, key=lambda s: s.n_atoms)
+    one = (3 * biggest.n_atoms + 7) * k * 8 * 2
+    total = sum(3 * s.n_atoms + 7 for s in structs) * k * 8 * 2
+    monkeypatch.setattr(asm, "available_bytes", lambda device=None: one - 1)
+    with pytest.raises(DataError, match=biggest.source.replace("[", r"\[")):
+        assemble(model, ds)
+    with pytest.raises(DataError, match="design-matrix rows"):
+        assemble_reduced(model, ds)
+    monkeypatch.setattr(asm, "available_bytes", lambda device=None: total - 1)
+    with pytest.raises(MemoryError, match="streaming"):
+        assemble(model, ds)
+    assert assemble_reduced(model, ds).n_obs > 0
+    monkeypatch.setattr(asm, "available_bytes", lambda device=None: None)  # unknown: nothing is checked
+    assert assemble(model, ds).A.shape[1] == k

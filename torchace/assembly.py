@@ -20,7 +20,7 @@ import torch
 
 from . import keys as K
 from .batch import collate
-from .data import ISOLATED_ATOM, Dataset, Labelled, resolve_weights, weights_for
+from .data import ISOLATED_ATOM, DataError, Dataset, Labelled, resolve_weights, weights_for
 from .evaluate import model_inputs
 from .rows import batch_rows
 
@@ -53,6 +53,48 @@ def _batches(structs: List[Labelled], batch_atoms: int) -> Iterator[List[Labelle
         n += s.n_atoms
     if cur:
         yield cur
+
+
+def available_bytes(device=None) -> Optional[int]:
+    """Memory that can still be allocated on ``device`` (CUDA: free device memory; CPU: MemAvailable of
+    /proc/meminfo); None where it cannot be known (then nothing is checked)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(structs: List[Labelled], k: int, *, device=None, dense: bool, itemsize: int = 8) -> None:
+    """Refuse, before any work, structures or dense systems whose rows cannot fit in memory.
+
+    One structure's rows (1 + 3N + 6 rows of k columns) are never split across batches, so a structure
+    larger than the available memory is an error naming its file and frame; the dense path also needs
+    the whole matrix at once (the streaming path, ``assemble_reduced``, does not).
+    """
+    avail = available_bytes(device)
+    if avail is None or not structs:
+        return
+    gb = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+    for s in structs:
+        need = (3 * s.n_atoms + 7) * k * itemsize * 2  # the rows and one working copy
+        if need > avail:
+            raise DataError(f"{s.source}: structure of {s.n_atoms} atoms needs {gb(need)} for its {k}-column "
+                            f"design-matrix rows, more than the {gb(avail)} available on {device or 'cpu'}; "
+                            "remove or split it, or fit a smaller basis")
+    if dense:
+        need = sum(3 * s.n_atoms + 7 for s in structs) * k * itemsize * 2
+        if need > avail:
+            raise MemoryError(f"the dense design matrix ({sum(3 * s.n_atoms + 7 for s in structs)} rows × {k} "
+                              f"columns) needs {gb(need)}, more than the {gb(avail)} available; use the streaming "
+                              "assembly (assemble_reduced, fit(..., streaming='qr'|'normal'), config "
+                              "assembly.streaming)")
 
 
 class _Progress:
@@ -133,6 +175,7 @@ def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, devic
     """Dense weighted system for all fitting structures of ``ds``."""
     weights = resolve_weights(weights)
     structs = fitting_structures(ds)
+    check_memory(structs, model.basis_size, device=device, dense=True)
     bar = _Progress(sum(s.n_atoms for s in structs), progress)
     As, ys, Zs = [], [], []
     for b in _batches(structs, batch_atoms):
@@ -160,6 +203,7 @@ def assemble_reduced(model, ds: Dataset, weights=None, *, method: str = "qr", ba
         raise ValueError(f"method must be 'qr' or 'normal', got {method!r}")
     weights = resolve_weights(weights)
     structs = fitting_structures(ds)
+    check_memory(structs, model.basis_size, device=device, dense=False)
     k = model.basis_size
     dev = device or model.coefficients.device
     f64 = dict(dtype=torch.float64, device=dev)
