@@ -29,3 +29,12 @@ def sige_model():
     m = torchace.ace_model(["Si", "Ge"], 3, 8, E0={"Si": -158.5, "Ge": -100.25})
     randomize_coefficients(m, 0.1, seed=2)
     return m
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small systems: intra-op threads only add overhead on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

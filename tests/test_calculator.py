@@ -25,14 +25,7 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Systems here have ≤ 64 atoms: per-op overhead dominates and intra-op threads do not help, while on a
-    busy machine two threads were measured 30× slower (oversubscription).  Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ from torchace.export import METADATA_FILE, export, export_metadata, load_torchsc
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk, results_close
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small systems; avoids oversubscription on busy machines
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -32,13 +32,7 @@ needs_data = pytest.mark.skipif(not SI_TINY.exists(), reason="shared reference d
 E0_SI = -158.54496821  # Si_tiny's isolated atom
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small systems: intra-op threads only add overhead on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit_si(**model_kw):

@@ -36,12 +36,7 @@ settings.register_profile("torchace", derandomize=True, deadline=None, max_examp
 settings.load_profile("torchace")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- extended XYZ readers

@@ -24,6 +24,7 @@ from .purify import purify_coupling
 from .radial import ManyBodyRadials, PairBasis
 from .repulsion import ZBL
 from .spec import ProductSpec, pair_degree, product_spec
+from .strain import strained_geometry
 
 
 class ACEModel(nn.Module):
@@ -184,14 +185,8 @@ class ACEModel(nn.Module):
                 and not cell.requires_grad):
             return self._predict_analytic(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
                                           compute_forces, compute_virials)
-        strain = torch.zeros((n_structures, 3, 3), dtype=positions.dtype, device=positions.device)
-        if compute_virials:
-            strain.requires_grad_(True)
-        if compute_forces:
-            positions = positions.detach().requires_grad_(True)
-        sym = 0.5 * (strain + strain.transpose(1, 2))
-        pos = positions + torch.einsum("na,nab->nb", positions, sym[batch])
-        cel = cell + torch.bmm(cell, sym)
+        positions, strain, pos, cel = strained_geometry(positions, cell, batch, n_structures, compute_forces,
+                                                        compute_virials)
         vectors = self.edge_vectors(pos, edge_index, unit_shifts, cel, batch)
         if baseline_only:
             e_node = self.baseline_node_energies(vectors, species, edge_index)

@@ -24,6 +24,7 @@ import torch
 from ase.data import atomic_numbers
 
 from .. import keys as K
+from ..strain import strained_geometry
 from .embedding import embedding_energy, rho_core_cutoff
 from .harmonics import pace_ylm
 from .radial import core_repulsion, radial_basis
@@ -186,15 +187,9 @@ class PACEModel(torch.nn.Module):
     def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
                 edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
                 compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
-        strain = torch.zeros((n_structures, 3, 3), dtype=positions.dtype, device=positions.device)
-        if compute_virials:
-            strain.requires_grad_(True)
-        if compute_forces:
-            positions = positions.detach().requires_grad_(True)
         # W = −∂E/∂ε for a symmetric strain applied to positions and cell
-        sym = 0.5 * (strain + strain.transpose(1, 2))
-        pos = positions + torch.einsum("na,nab->nb", positions, sym[batch])
-        cel = cell + torch.bmm(cell, sym)
+        positions, strain, pos, cel = strained_geometry(positions, cell, batch, n_structures, compute_forces,
+                                                        compute_virials)
         i, j = edge_index[0], edge_index[1]
         vectors = pos[j] - pos[i] + torch.einsum("ea,eab->eb", unit_shifts.to(pos.dtype), cel[batch[i]])
         e_node = self.node_energies(vectors, species, edge_index)
