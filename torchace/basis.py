@@ -95,7 +95,8 @@ class EdgeEmbedding(nn.Module):
         g_lm = torch.zeros_like(Y).index_add_(0, self.lm_std, g * Rsel * w.unsqueeze(1))  # angular, over n
         # Σ_lm g_lm ∂Y_lm/∂v = (Σ_k (Dᵀ g)_k Y_k - u Σ_lm l g_lm Y_lm) / r
         # one product per non-zero D[c, lm, k]: g_lm · Y_k · D, summed into its direction c
-        terms = g_lm.index_select(0, self.dsh_col_t) * Y.index_select(0, self.dsh_col) * self.dsh_val.to(Y.dtype).unsqueeze(1)
+        terms = (g_lm.index_select(0, self.dsh_col_t) * Y.index_select(0, self.dsh_col)
+                 * self.dsh_val.to(Y.dtype).unsqueeze(1))
         ang = torch.zeros((3, Y.shape[1]), dtype=Y.dtype, device=Y.device).index_add_(0, self.dsh_dir, terms)
         lt = (self.l_std.to(Y.dtype).unsqueeze(1) * g_lm * Y).sum(0)
         rinv = 1.0 / r.clamp_min(1e-300)
@@ -111,7 +112,8 @@ class EdgeEmbedding(nn.Module):
         dS = DY.view(3, self.n_y, -1).index_select(1, self.lm_std)  # ∂S_lm(u)/∂v_c [3, n_a, E]
         # ∂phi/∂v = R w (∂S - l Y u)/r + u R' Y w: one [3, n_a, E] product plus one broadcast add
         coef = Rsel * w.unsqueeze(1) * rinv
-        along_u = dR.index_select(0, self.n_idx) * Ysel - self.l_std.to(Y.dtype).index_select(0, self.lm_std).unsqueeze(1) * Ysel * Rsel * rinv
+        l_a = self.l_std.to(Y.dtype).index_select(0, self.lm_std).unsqueeze(1)
+        along_u = dR.index_select(0, self.n_idx) * Ysel - l_a * Ysel * Rsel * rinv
         return torch.addcmul(u.unsqueeze(1) * along_u.unsqueeze(0), dS, coef.unsqueeze(0))
 
 

@@ -3,12 +3,13 @@
 Because A_i = Σ_j φ(r_ij) is linear in the edges, ∂B_i/∂r_ij = (∂B/∂A)(A_i) · ∂φ(r_ij)/∂r_ij
 (ACE's "adjoint" structure, ACEpotentials.jl paper §II).  ∂φ/∂r comes from the analytic radials and
 harmonics (``EdgeEmbedding.dphi``), or, as the reference, from forward-mode AD of the edge embedding the
-energy uses (three directions vmapped; each edge depends only on its own vector).  For the product basis, dAA_k = Σ_t L_{k,t} dA_{a_{k,t}} with the leave-one-out products
-L_{k,t} = Π_{s≠t} A_{a_{k,s}}, so the site Jacobian J_i = ∂B/∂A = C·∂AA/∂A is assembled once per atom
-from L and the sparse coupling, and G_e = J_i·∂φ_e is a dense batched matrix product per chunk of atoms
-(BLAS), never one backward pass per basis function.  Finally
-F_j = Σ_{e: i(e)=j} G_e - Σ_{e: j(e)=j} G_e and W = -½ Σ_e (r_e ⊗ G_e + G_e ⊗ r_e), in Voigt order
-xx, yy, zz, yz, xz, xy.
+energy uses (three directions vmapped; each edge depends only on its own vector).  For the product
+basis, dAA_k = Σ_t L_{k,t} dA_{a_{k,t}} with the leave-one-out products L_{k,t} = Π_{s≠t} A_{a_{k,s}}, so
+the site Jacobian J_i = ∂B/∂A = C·∂AA/∂A is assembled once per atom from L and the sparse coupling, and
+G_e = J_i·∂φ_e is a dense batched matrix product per chunk of atoms (BLAS, edges padded per atom), never
+one backward pass per basis function.  Finally F_i += Σ_{slots of i} G_e, F_j -= G_e and
+W = -½ Σ_e (r_e ⊗ G_e + G_e ⊗ r_e) (one bmm over the slots of each atom), in Voigt order xx, yy, zz, yz,
+xz, xy.
 """
 from __future__ import annotations
 
