@@ -213,15 +213,41 @@ class ACEModel(nn.Module):
         """``forward`` (eval mode) with the analytic path compiled by ``torch.compile`` (inductor: fused
         C++/OpenMP loops on CPU, Triton kernels on CUDA) with dynamic shapes, so new atom or edge counts do
         not recompile.  The first call compiles (tens of seconds on 2 cores); Python only (not TorchScript)."""
-        fn = torch.compile(self._predict_analytic, dynamic=True, **compile_kwargs)
+        # torch 2.13's inductor miscompiles parallel (atomic-add) scatters into small buffers on CPU with ≥ 2
+        # threads (assertion, or heap corruption that no try/except can catch): generate single-threaded C++
+        # there unless the caller chooses otherwise.  Only the per-site/per-edge work is compiled; the final
+        # scatters into structure energies/virials stay eager.
+        if self.coefficients.device.type == "cpu":
+            opts = dict(compile_kwargs.pop("options", None) or {})
+            opts.setdefault("cpp.threads", 1)
+            compile_kwargs["options"] = opts
+        state = {"site": torch.compile(self._site_terms, dynamic=True, **compile_kwargs)}
 
         def forward(positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor, edge_index: torch.Tensor,
                     unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int, compute_forces: bool = True,
                     compute_virials: bool = True) -> Dict[str, torch.Tensor]:
             if self.training:
                 raise RuntimeError("compiled_forward is for eval mode (call model.eval())")
-            return fn(positions.detach(), species, batch, edge_index, unit_shifts, cell.detach(), n_structures,
-                      compute_forces, compute_virials)
+            positions, cell = positions.detach(), cell.detach()
+            vectors, ei = self._analytic_edges(positions, edge_index, unit_shifts, cell, batch)
+            if vectors.shape[0] > self.edge_chunk:  # memory-bounded chunks: the eager path
+                return self._predict_analytic(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                                              compute_forces, compute_virials)
+            i, j = ei[0], ei[1]
+            args = (vectors, i, species[i], species[j], species, compute_forces or compute_virials)
+            try:
+                e, g = state["site"](*args)
+            except Exception as err:  # noqa: BLE001 — a compiler failure must not stop an MD run
+                if state["site"] is self._site_terms:
+                    raise
+                import warnings
+
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err).strip()[:200]}); "
+                              "using the eager analytic path", RuntimeWarning, stacklevel=2)
+                state["site"] = self._site_terms
+                e, g = self._site_terms(*args)
+            return self._analytic_outputs(e, g, vectors, ei, positions, batch, n_structures, compute_forces,
+                                          compute_virials)
 
         return forward
 
@@ -236,13 +262,7 @@ class ACEModel(nn.Module):
         copy.  F_i = Σ_{e: i(e)=i} ∂E/∂r_e - Σ_{e: j(e)=i} ∂E/∂r_e, W = -½ Σ_e (r_e ⊗ g_e + g_e ⊗ r_e).
         """
         n_atoms = species.shape[0]
-        vectors = self.edge_vectors(positions, edge_index, unit_shifts, cell, batch)
-        # pairs beyond rcut (neighbour lists with a skin) contribute exactly zero: drop them first
-        inside = (vectors * vectors).sum(-1) < self.rcut * self.rcut
-        if not bool(inside.all()):
-            keep = torch.nonzero(inside).squeeze(1)
-            vectors = vectors.index_select(0, keep)
-            edge_index = edge_index.index_select(1, keep)
+        vectors, edge_index = self._analytic_edges(positions, edge_index, unit_shifts, cell, batch)
         i, j = edge_index[0], edge_index[1]
         need_grad = compute_forces or compute_virials
         n_edges = vectors.shape[0]
@@ -263,6 +283,25 @@ class ACEModel(nn.Module):
                 e_parts.append(e_c)
                 g_vec.index_copy_(1, sel, g_c)
             e = torch.cat(e_parts)
+        return self._analytic_outputs(e, g_vec, vectors, edge_index, positions, batch, n_structures, compute_forces,
+                                      compute_virials)
+
+    def _analytic_edges(self, positions: torch.Tensor, edge_index: torch.Tensor, unit_shifts: torch.Tensor,
+                        cell: torch.Tensor, batch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Edge vectors and indices, without the pairs beyond rcut (skin lists: they contribute exactly zero)."""
+        vectors = self.edge_vectors(positions, edge_index, unit_shifts, cell, batch)
+        inside = (vectors * vectors).sum(-1) < self.rcut * self.rcut
+        if not bool(inside.all()):
+            keep = torch.nonzero(inside).squeeze(1)
+            vectors = vectors.index_select(0, keep)
+            edge_index = edge_index.index_select(1, keep)
+        return vectors, edge_index
+
+    def _analytic_outputs(self, e: torch.Tensor, g_vec: torch.Tensor, vectors: torch.Tensor, edge_index: torch.Tensor,
+                          positions: torch.Tensor, batch: torch.Tensor, n_structures: int, compute_forces: bool,
+                          compute_virials: bool) -> Dict[str, torch.Tensor]:
+        """Structure energies, forces and virials from site energies and per-edge ∂E/∂r_e [3, E]."""
+        i, j = edge_index[0], edge_index[1]
         energy = torch.zeros(n_structures, dtype=e.dtype, device=e.device).index_add_(0, batch, e)
         out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: e}
         g = g_vec.t().contiguous()  # [E, 3]
