@@ -55,12 +55,7 @@ def curve_panels(path: str, panels: Dict[str, Dict[str, Curve]], *, xlabel: str,
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = _save(fig, path, dpi)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, path, dpi, title)
 
 
 def bar_panels(path: str, panels: Dict[str, Dict[str, float]], *, ylabel: str, dpi: int = 80,
@@ -80,6 +75,11 @@ def bar_panels(path: str, panels: Dict[str, Dict[str, float]], *, ylabel: str, d
         ax.set_title(name, fontsize=9)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
+    return _finish(plt, fig, path, dpi, title)
+
+
+def _finish(plt, fig, path: str, dpi: int, title: str) -> str:
+    """Title, layout, atomic PNG write, close: the common end of every panel figure."""
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
