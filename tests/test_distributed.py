@@ -10,7 +10,7 @@ import torch
 
 import torchace
 from torchace import solvers
-from torchace.assembly import assemble_reduced, fitting_structures
+from torchace.assembly import assemble, assemble_reduced, fitting_structures
 from torchace.data import Dataset, read_data
 from torchace.distributed import _pad_rows, combine_qr, finish, local_state, shard
 
@@ -65,8 +65,15 @@ def test_combined_shards_equal_single_process(method):
     scale = _residual(ref, c_ref) if method == "qr" else float(sum(s["yty"] for s in states))
     rtol = 1e-9
     assert abs(_residual(got, c_ref) - _residual(ref, c_ref)) <= rtol * scale
-    tol = 1e-8 if method == "qr" else 1e-3  # normal equations: κ(A)², eigenvalue cut-off (docs/reliability.md)
-    assert float((c - c_ref).norm() / c_ref.norm()) < tol
+    if method == "qr":
+        assert float((c - c_ref).norm() / c_ref.norm()) < 1e-8
+    else:
+        # normal equations: κ(AᵀA) ≈ 1e14 here, so coefficients along eigen-directions near the 1e-14 cut are
+        # not determined by the data and move with the summation order (threads, shards: measured 7e-5 …
+        # 2e-3).  What the data determine — the fitted model's values on every training row — must agree.
+        A = assemble(model, ds).A
+        pred_ref = A @ c_ref
+        assert float((A @ c - pred_ref).norm() / pred_ref.norm()) < 1e-6
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None or not torch.distributed.is_gloo_available(),
