@@ -329,8 +329,8 @@ class ACEModel(nn.Module):
             if need_grad:
                 gA = self.product.grad(A, c_aa.detach())  # [N, n_a]
                 g_vec = self.embedding.vjp(gA.index_select(0, i).t().contiguous(), saved)
+        r = saved[1]  # |r_e|, from the embedding
         if self.n_pair > 0 and vectors.shape[0] > 0:
-            r = torch.linalg.norm(vectors, dim=-1)
             with torch.no_grad():
                 V, dV = self.pair.with_grad(r, zi, zj)  # [n_pair, E]
             c_pair = self.coefficients[self.n_manybody:].view(self.nz, self.nz, self.n_pair)[zi, zj]  # [E, n_pair]
@@ -341,7 +341,7 @@ class ACEModel(nn.Module):
         zbl = self.zbl
         if zbl is not None and vectors.shape[0] > 0:
             with torch.no_grad():
-                ez, dz = zbl.with_grad(torch.linalg.norm(vectors, dim=-1), zi, zj)
+                ez, dz = zbl.with_grad(r, zi, zj)
                 g_vec = g_vec + saved[0] * (0.5 * dz)
             e = e + pool(0.5 * ez, i, n_atoms)
         return e, g_vec
