@@ -12,6 +12,8 @@ Structure: ase.build.bulk('Si', 'diamond', 5.43, cubic=True) * (3, 3, 3) (216 at
   torchace forward      — model(*batch) on a pre-collated batch (forces, virial): analytic adjoints
                           (eval-mode default) and the autograd reference path
   torchace compiled     — TorchACECalculator(compile=True): torch.compile of the analytic path
+  torchace fused        — TorchACECalculator(fused=True): the fused C++ CPU kernel (torchace.fused), and
+                          the kernel alone on a pre-collated batch
   ace-jax calculator    — ace_jax.calc.point.ACECalculator (jit, lean, aa_dag auto, skin 1 Å), with and
                           without radial_table (tabulated radials)
 Each "step" moves every atom by ≤ 1e-4 Å so no calculator can return a cached result, and neighbour
@@ -177,6 +179,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3, help="supercell repetitions of the 8-atom cubic cell")
     ap.add_argument("--no-acejax", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile case (compiles ~1 min)")
+    ap.add_argument("--no-fused", action="store_true", help="skip the fused C++ kernel case (CPU; builds ~30 s once)")
     ap.add_argument("--out", default="bench_eval.json")
     a = ap.parse_args(argv)
     if not a.no_tune_malloc:
@@ -253,6 +256,27 @@ def main(argv=None):
         med, ts = time_steps(step_calc_c, atoms, a.warmup, a.repeats)
         rows.append(record("torchace calculator compiled", "torchace", "TorchACECalculator(compile=True) skin=0.5",
                            med, ts, n, device, a.dtype, a.model, K, {"first_call_s_incl_compile": t_first}))
+
+    # (e) the fused C++ CPU kernel (torchace.fused), in the calculator
+    if not a.no_fused and device.type == "cpu":
+        from torchace import fused
+        if fused.available():
+            calc_f = TorchACECalculator(model, device=device, dtype=tdtype, fused=True)
+
+            def step_calc_f(at):
+                calc_f.calculate(at, ["energy", "forces"])
+            med, ts = time_steps(step_calc_f, atoms, a.warmup, a.repeats)
+            rows.append(record("torchace calculator fused", "torchace", "TorchACECalculator(fused=True) skin=0.5",
+                               med, ts, n, device, a.dtype, a.model, K))
+            bare = fused.FusedEvaluator(model)
+
+            def step_bare_f(at):
+                bare(*args, True, True)
+            med, ts = time_steps(step_bare_f, atoms, a.warmup, a.repeats)
+            rows.append(record("torchace fused (pre-collated)", "torchace", "FusedEvaluator, forces+virial",
+                               med, ts, n, device, a.dtype, a.model, K))
+        else:
+            print("fused C++ kernel not buildable here: case skipped")
 
     peers = []
     if not a.no_acejax and have_acejax():

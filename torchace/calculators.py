@@ -58,6 +58,9 @@ class TorchACECalculator(Calculator):
     ``*_std`` property is requested explicitly (``calc.get_property("forces_std", atoms)``); True requires
     a committee.  ``compile``: evaluate through ``torch.compile`` of the analytic eval path
     (``ACEModel.compiled_forward``; the first step compiles, docs/performance.md has the timings).
+    ``fused``: evaluate with the fused C++ CPU kernel (``torchace.fused``; built on first use, ≈ 30 s,
+    then cached; the fastest CPU setting, docs/performance.md).  Raises if it cannot be built or the model
+    has a ZBL baseline.
 
     ``n_neighbour_list_builds`` counts neighbour-list builds (reuse statistics).
     """
@@ -68,7 +71,7 @@ class TorchACECalculator(Calculator):
 
     def __init__(self, model_or_path, device="cpu", dtype: torch.dtype = torch.float64, skin: float = 0.5,
                  min_distance: float = DEFAULT_MIN_DISTANCE, uncertainty: Optional[bool] = None,
-                 compile: bool = False, **kwargs):
+                 compile: bool = False, fused: bool = False, **kwargs):
         super().__init__(**kwargs)
         if not (skin >= 0 and np.isfinite(skin)):
             raise ValueError(f"skin must be a finite number >= 0 (Å), got {skin!r}")
@@ -84,10 +87,21 @@ class TorchACECalculator(Calculator):
         self.min_distance = float(min_distance)
         self.model_path: Optional[str] = None
         self.model, self._forward, numbers, rcut = self._load(model_or_path)
+        if compile and fused:
+            raise ValueError("choose one of compile=True and fused=True")
         if compile:  # torch.compile of the analytic eval path (ACEModel.compiled_forward)
             if self.model is None:
                 raise ValueError("compile=True needs a torchace model or model file, not a TorchScript export")
             self._forward = self.model.compiled_forward()
+        self.fused = bool(fused)
+        if fused:  # the fused C++ kernel (torchace.fused)
+            if self.model is None:
+                raise ValueError("fused=True needs a torchace model or model file, not a TorchScript export")
+            if self.device.type != "cpu":
+                raise ValueError("fused=True is a CPU kernel; on other devices use the model (or compile=True)")
+            from .fused import FusedEvaluator
+
+            self._forward = FusedEvaluator(self.model)
         self.rcut = float(rcut)
         self.atomic_numbers = [int(z) for z in numbers]
         self._z_to_species = {z: s for s, z in enumerate(self.atomic_numbers)}
@@ -178,6 +192,16 @@ class TorchACECalculator(Calculator):
             raise ValueError(f"{_label(0, atoms)}: atoms {int(i[e])} and {int(j[e])} are {dmin:.3g} Å apart "
                              f"(< min_distance {self.min_distance} Å): atoms on top of each other")
 
+    def _check_closest(self, atoms, out) -> None:
+        """``_check_distances`` from the fused kernel's closest pair (it has computed every distance)."""
+        from .fused import CLOSEST_PAIR
+
+        dmin, e = (float(x) for x in out[CLOSEST_PAIR])
+        if e >= 0 and dmin < self.min_distance:
+            i, j = (int(x) for x in self._nl.edge_index[:, int(e)])
+            raise ValueError(f"{_label(0, atoms)}: atoms {i} and {j} are {dmin:.3g} Å apart "
+                             f"(< min_distance {self.min_distance} Å): atoms on top of each other")
+
     # ---- ASE interface ----
 
     def calculate(self, atoms=None, properties: Sequence[str] = ("energy",), system_changes=all_changes):
@@ -191,10 +215,15 @@ class TorchACECalculator(Calculator):
         nl = self._nl
         periodic = bool(nl.pbc.all())
         positions = torch.as_tensor(pos, dtype=self.dtype, device=self.device)
-        self._check_distances(atoms, positions)
+        if not self.fused:
+            self._check_distances(atoms, positions)
         args = (positions, nl.species, nl.batch, nl.edge_index, nl.unit_shifts, nl.cell_t, 1)
-        with torch.enable_grad():
+        if self.fused:
             out = self._forward(*args, True, periodic)
+            self._check_closest(atoms, out)
+        else:
+            with torch.enable_grad():
+                out = self._forward(*args, True, periodic)
         e_node = out[K.NODE_ENERGY].detach()
         energy = float(out[K.ENERGY].detach()[0])
         res = {"energy": energy, "free_energy": energy,

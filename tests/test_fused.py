@@ -1,0 +1,115 @@
+"""The fused C++ CPU kernel (torchace.fused) against the autograd reference path of the model.
+
+Skipped where the kernel cannot be built (no C++ compiler or ninja); CI builds it (≈ 30 s, cached).
+"""
+import numpy as np
+import pytest
+import torch
+
+import torchace
+from torchace import fused
+from torchace import keys as K
+from torchace.batch import collate
+from torchace.evaluate import model_inputs
+from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk, results_close
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="fused C++ kernel not buildable here")
+
+RTOL = {torch.float64: 1e-12, torch.float32: 1e-4}
+
+
+def _models():
+    out = []
+    for elements, order, td, kw in ((["Si"], 3, 10, {}), (["Si", "Ge"], 4, 7, {}), (["Si", "Ge", "C"], 2, 9, {}),
+                                    (["Si"], 5, 6, {}), (["Si", "Ge"], 3, 6, {"pure2b": True}),
+                                    (["Si"], 3, 6, {"pure": True}), (["Si"], 2, 14, {"pair": False})):
+        m = torchace.ace_model(elements, order, td, E0={e: -1.5 - k for k, e in enumerate(elements)}, **kw)
+        randomize_coefficients(m, 0.3, seed=order)
+        with torch.no_grad():  # prior-style rescalings of A and of the pair basis
+            m.embedding.nl_scale.uniform_(0.5, 2.0)
+            m.pair.scale.uniform_(0.5, 2.0)
+        out.append(m)
+    return out
+
+
+def _structures(elements):
+    s = [rattled_bulk(elements, reps=(2, 1, 1), rattle=0.15, seed=3), random_cluster(elements, 9, 3.5, seed=4),
+         rattled_bulk(elements, reps=(1, 1, 1), rattle=0.1, seed=5)]
+    s[0].cell[0, 1] = 0.6  # skewed cell
+    s[2].pbc = (True, False, True)
+    return s
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_matches_reference(dtype):
+    for m in _models():
+        m = m.to(dtype=dtype).eval()
+        b = collate(_structures(m.elements), m.config.numbers, m.rcut, dtype=dtype)
+        inp = model_inputs(m, b)
+        m.analytic = False  # the autograd reference path
+        ref = {k: v.detach() for k, v in m(*inp, True, True).items()}
+        m.analytic = True
+        got = fused.FusedEvaluator(m)(*inp, True, True)
+        results_close(got, ref, RTOL[dtype], keys=(K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL))
+        e_only = fused.FusedEvaluator(m)(*inp, False, False)
+        assert K.FORCES not in e_only and K.VIRIAL not in e_only
+        results_close(e_only, ref, RTOL[dtype], keys=(K.ENERGY, K.NODE_ENERGY))
+
+
+def test_fused_skin_edges_and_unsorted_lists():
+    """Edges beyond rcut (a skin list) contribute exactly nothing; the edge order does not matter."""
+    m = _models()[1]
+    atoms = _structures(m.elements)[0]
+    b = collate([atoms], m.config.numbers, m.rcut + 1.0)  # a neighbour list with a 1 Å skin
+    inp = list(model_inputs(m, b))
+    ref = {k: v.detach() for k, v in m(*inp, True, True).items()}
+    f = fused.FusedEvaluator(m)
+    results_close(f(*inp, True, True), ref, 1e-12, keys=(K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL))
+    perm = torch.randperm(inp[3].shape[1], generator=torch.Generator().manual_seed(0))
+    inp[3], inp[4] = inp[3][:, perm], inp[4][perm]
+    results_close(f(*inp, True, True), ref, 1e-12, keys=(K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL))
+
+
+def test_fused_sees_new_coefficients():
+    m = _models()[0]
+    b = collate(_structures(m.elements)[:1], m.config.numbers, m.rcut)
+    inp = model_inputs(m, b)
+    f = fused.FusedEvaluator(m)
+    e1 = f(*inp, False, False)[K.ENERGY].clone()
+    with torch.no_grad():
+        m.coefficients.mul_(2.0)
+    e2 = f(*inp, False, False)[K.ENERGY]
+    assert torch.allclose(e2, m(*inp, False, False)[K.ENERGY].detach(), rtol=1e-12, atol=0)
+    assert not torch.allclose(e1, e2)
+
+
+def test_fused_calculator_matches_default_and_checks_distances():
+    from torchace.calculators import TorchACECalculator
+
+    m = _models()[1]
+    atoms = _structures(m.elements)[0]
+    ref = TorchACECalculator(m)
+    fast = TorchACECalculator(m, fused=True)
+    for k in range(3):  # reused neighbour lists (skin) on later steps
+        atoms.positions += np.random.default_rng(k).uniform(-0.02, 0.02, atoms.positions.shape)
+        atoms.calc = ref
+        e_ref, f_ref, s_ref = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        atoms.calc = fast
+        assert abs(atoms.get_potential_energy() - e_ref) <= 1e-12 * abs(e_ref)
+        np.testing.assert_allclose(atoms.get_forces(), f_ref, rtol=0, atol=1e-12 * np.abs(f_ref).max())
+        np.testing.assert_allclose(atoms.get_stress(), s_ref, rtol=0, atol=1e-12 * np.abs(s_ref).max())
+    assert fast.n_neighbour_list_builds < 3
+    atoms.positions[1] = atoms.positions[0] + [0.004, 0.0, 0.0]
+    with pytest.raises(ValueError, match="apart"):
+        fast.calculate(atoms, ["energy"])
+
+
+def test_fused_refuses_what_it_cannot_do():
+    m = torchace.ace_model(["Si", "Ge"], 2, 6, zbl=True)
+    assert "ZBL" in fused.supported(m)
+    with pytest.raises(ValueError, match="ZBL"):
+        fused.FusedEvaluator(m)
+    from torchace.calculators import TorchACECalculator
+
+    with pytest.raises(ValueError, match="one of"):
+        TorchACECalculator(torchace.ace_model(["Si"], 2, 6), fused=True, compile=True)

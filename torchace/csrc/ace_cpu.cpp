@@ -1,0 +1,587 @@
+// Fused CPU kernel for linear ACE energies, forces and virials (torchace.fused).
+//
+// One pass per centre atom, with that atom's edges in cache (the ML-PACE evaluation order):
+//   edges  → Agnesi transform x(r), many-body radials R_k = P_k(x)(1-x²)², pair basis, real harmonics
+//            Y_lm(r̂) and their gradients (ACEpotentials.jl paper §II; torchace/radial.py, torchace/sph.py)
+//   A_a    = Σ_j R_{k_a}(r_ij) Y_{lm_a}(r̂_ij) w_a                     (atomic basis, species-resolved)
+//   E_i    = E0 + Σ_k c_k Π_t A_{idx[k,t]} + Σ_j V_pair(r_ij)           (coupling folded into c)
+//   ∂E/∂A  from prefix/suffix (leave-one-out) products, then per edge
+//   ∂E/∂r  = u (Σ_a g_a Y dR + V') + (G - u (u·G))/r,  G = Σ_lm (Σ_a g_a R) ∇S_lm
+// F_i = Σ_{e: i} ∂E/∂r_e - Σ_{e: j} ∂E/∂r_e,  W = -½ Σ_e (r_e ⊗ g_e + g_e ⊗ r_e).
+// Every formula mirrors the Python reference path (ACEModel._predict / _predict_analytic); the tests
+// compare the two (tests/test_fused.py).  Single-threaded: the caller owns the threading.
+#include <torch/extension.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// rows of one atom never alias each other: let the compiler vectorise over edges
+#define IVDEP _Pragma("GCC ivdep")
+
+template <typename T>
+inline T ipow(T x, int n) {
+  T out = T(1);
+  for (int k = 0; k < n; ++k) out *= x;
+  return out;
+}
+
+// x(r) ∈ [-1, 1] of the Agnesi(p, q) transform and dx/dr (radial.py: agnesi_y_dy, AgnesiTransform)
+template <typename T>
+inline void agnesi(T r, T r0, T ycut, int p, int q, T a, T& x, T& dx) {
+  const T s = r / r0;
+  const T sqp = ipow(s, q - p);
+  const T den = T(1) + sqp;
+  const T sq = ipow(s, q);
+  const T g = sq / den;
+  const T dg = (T(q) * ipow(s, q - 1) * den - sq * T(q - p) * ipow(s, q - p - 1)) / (den * den);
+  const T y = T(1) / (T(1) + a * g);
+  const T dy = -a * y * y * dg / r0;
+  const T f = T(2) / (ycut - T(1));
+  x = T(-1) + f * (y - T(1));
+  dx = f * dy;
+}
+
+// Σ_e a[e] b[e] with 8 independent partial sums (vectorises without reassociating a single sum)
+template <typename T>
+inline T dot(int m, const T* __restrict a, const T* __restrict b) {
+  T acc[8] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+  int e = 0;
+  for (; e + 8 <= m; e += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += a[e + l] * b[e + l];
+  T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; e < m; ++e) s += a[e] * b[e];
+  return s;
+}
+
+// ---- structure-of-arrays helpers: row[e] over the m edges of one centre atom (vectorised over e) ----
+
+template <int N, typename T>
+inline T ipow_c(T x) {
+  T out = T(1);
+  for (int k = 0; k < N; ++k) out *= x;  // constant trip count: unrolled
+  return out;
+}
+
+// Agnesi(P, Q) transform rows x[e], dx[e] (radial.py: agnesi_y_dy); r0, ycut per edge
+template <typename T, int P, int Q>
+void agnesi_rows(int m, const T* __restrict r, const T* __restrict r0, const T* __restrict ycut, T a,
+                 T* __restrict x, T* __restrict dx) {
+  IVDEP for (int e = 0; e < m; ++e) {
+    const T s = r[e] / r0[e];
+    const T sqp = ipow_c<Q - P>(s);
+    const T den = T(1) + sqp;
+    const T sq = ipow_c<Q>(s);
+    const T g = sq / den;
+    const T dg = (T(Q) * ipow_c<Q - 1>(s) * den - sq * T(Q - P) * ipow_c<Q - P - 1>(s)) / (den * den);
+    const T y = T(1) / (T(1) + a * g);
+    const T f = T(2) / (ycut[e] - T(1));
+    x[e] = T(-1) + f * (y - T(1));
+    dx[e] = f * (-a * y * y * dg / r0[e]);
+  }
+}
+
+template <typename T>
+void agnesi_rows_generic(int m, const T* r, const T* r0, const T* ycut, int p, int q, T a, T* x, T* dx) {
+  IVDEP for (int e = 0; e < m; ++e) agnesi(r[e], r0[e], ycut[e], p, q, a, x[e], dx[e]);
+}
+
+template <typename T>
+void agnesi_dispatch(int m, const T* r, const T* r0, const T* ycut, int p, int q, T a, T* x, T* dx) {
+  if (p == 2 && q == 4)
+    agnesi_rows<T, 2, 4>(m, r, r0, ycut, a, x, dx);
+  else if (p == 1 && q == 3)
+    agnesi_rows<T, 1, 3>(m, r, r0, ycut, a, x, dx);
+  else
+    agnesi_rows_generic(m, r, r0, ycut, p, q, a, x, dx);
+}
+
+// P_k(x) rows and dP_k/dx rows, k < n (radial.py: eval_recurrence_grad); rows of stride M
+template <typename T>
+void recurrence_rows(int m, int M, const T* __restrict x, const T* coef, int n, T* __restrict P, T* __restrict dP) {
+  IVDEP for (int e = 0; e < m; ++e) {
+    P[e] = coef[0];
+    dP[e] = T(0);
+  }
+  for (int k = 1; k < n; ++k) {
+    const T a = coef[3 * k], b = coef[3 * k + 1], c = coef[3 * k + 2];
+    T* __restrict p = P + k * M;
+    T* __restrict dp = dP + k * M;
+    const T* __restrict p1 = P + (k - 1) * M;
+    const T* __restrict dp1 = dP + (k - 1) * M;
+    if (k == 1) {
+      IVDEP for (int e = 0; e < m; ++e) {
+        const T lin = a * x[e] + b;
+        p[e] = lin * p1[e];
+        dp[e] = a * p1[e] + lin * dp1[e];
+      }
+    } else {
+      const T* __restrict p2 = P + (k - 2) * M;
+      const T* __restrict dp2 = dP + (k - 2) * M;
+      IVDEP for (int e = 0; e < m; ++e) {
+        const T lin = a * x[e] + b;
+        p[e] = lin * p1[e] + c * p2[e];
+        dp[e] = a * p1[e] + lin * dp1[e] + c * dp2[e];
+      }
+    }
+  }
+}
+
+// Standard real harmonics rows Y [(L+1)²][M] and, if G != nullptr, the gradient rows of their polynomial
+// extension G [3][(L+1)²][M] (unprimed axes) — sph.py: RealSphericalHarmonics.  Primed frame
+// (x', y', z') = (u_z, u_x, u_y); Y_lm = N_lm Q_l^|m|(z') {Im m<0, Re m≥0}(x' + i y')^|m|.
+template <typename T>
+struct HarmonicRows {
+  int L, ny;
+  std::vector<T> norm, rec_a, rec_b, qmm;
+  HarmonicRows(int L_, const T* norm_, const T* ra, const T* rb, const T* qmm_)
+      : L(L_), ny((L_ + 1) * (L_ + 1)), norm(norm_, norm_ + (L_ + 1) * (L_ + 1)), qmm(qmm_, qmm_ + L_ + 1) {
+    const int nrec = L_ >= 2 ? (L_ - 1) * L_ / 2 : 0;  // Σ_{l=2..L} (l - 1)
+    rec_a.assign(ra, ra + nrec);
+    rec_b.assign(rb, rb + nrec);
+  }
+  int scratch_rows() const { return 2 * (L + 1) + (L + 1) * (L + 2); }
+
+  // ux, uy, uz rows in; work: scratch_rows() rows of stride M
+  void eval(int m, int M, const T* ux, const T* uy, const T* uz, T* work, T* Y, T* G) const {
+    T* C = work;
+    T* S = C + (L + 1) * M;
+    T* Qr = S + (L + 1) * M;
+    auto q = [&](int l, int mm) { return Qr + (l * (L + 2) + mm) * M; };
+    const T* xp = uz;
+    const T* yp = ux;
+    const T* zp = uy;
+    IVDEP for (int e = 0; e < m; ++e) {
+      C[e] = T(1);
+      S[e] = T(0);
+    }
+    for (int k = 1; k <= L; ++k) {
+      T* __restrict c = C + k * M;
+      T* __restrict s = S + k * M;
+      const T* __restrict c1 = C + (k - 1) * M;
+      const T* __restrict s1 = S + (k - 1) * M;
+      IVDEP for (int e = 0; e < m; ++e) {
+        c[e] = xp[e] * c1[e] - yp[e] * s1[e];
+        s[e] = xp[e] * s1[e] + yp[e] * c1[e];
+      }
+    }
+    auto fill = [&](T* row, T v) {
+      IVDEP for (int e = 0; e < m; ++e) row[e] = v;
+    };
+    fill(q(0, 0), T(1));
+    fill(q(0, 1), T(0));
+    if (L >= 1) {
+      T* q10 = q(1, 0);
+      IVDEP for (int e = 0; e < m; ++e) q10[e] = zp[e];
+      fill(q(1, 1), T(1));
+      fill(q(1, 2), T(0));
+    }
+    int o = 0;
+    for (int l = 2; l <= L; ++l) {
+      for (int mm = 0; mm <= l - 2; ++mm) {
+        const T ra = rec_a[o + mm], rb = rec_b[o + mm];
+        T* __restrict out = q(l, mm);
+        const T* __restrict a1 = q(l - 1, mm);
+        const T* __restrict a2 = q(l - 2, mm);
+        IVDEP for (int e = 0; e < m; ++e) out[e] = ra * zp[e] * a1[e] - rb * a2[e];
+      }
+      o += l - 1;
+      {
+        T* __restrict out = q(l, l - 1);
+        const T* __restrict a1 = q(l - 1, l - 1);
+        const T f = T(2 * l - 1);
+        IVDEP for (int e = 0; e < m; ++e) out[e] = f * zp[e] * a1[e];
+      }
+      fill(q(l, l), qmm[l]);
+      fill(q(l, l + 1), T(0));
+    }
+    int p = 0;
+    for (int l = 0; l <= L; ++l) {
+      for (int mm = -l; mm <= l; ++mm, ++p) {
+        const int am = mm < 0 ? -mm : mm;
+        const T nrm = norm[p];
+        const T* __restrict qq = q(l, am);
+        const T* __restrict cs = mm < 0 ? S + am * M : C + am * M;
+        T* __restrict y = Y + p * M;
+        IVDEP for (int e = 0; e < m; ++e) y[e] = nrm * qq[e] * cs[e];
+        if (!G) continue;
+        T* __restrict g0 = G + p * M;             // ∂/∂u_x = ∂/∂y'
+        T* __restrict g1 = G + (ny + p) * M;      // ∂/∂u_y = ∂/∂z'  (∂_z' Q_l^m = Q_l^{m+1})
+        T* __restrict g2 = G + (2 * ny + p) * M;  // ∂/∂u_z = ∂/∂x'
+        const T* __restrict qn = q(l, am + 1);
+        IVDEP for (int e = 0; e < m; ++e) g1[e] = nrm * qn[e] * cs[e];
+        if (mm == 0) {
+          IVDEP for (int e = 0; e < m; ++e) g0[e] = g2[e] = T(0);
+        } else {
+          // m < 0: ∂x' S_|m| = |m| S_{|m|-1}, ∂y' S_|m| = |m| C_{|m|-1};
+          // m > 0: ∂x' C_m = m C_{m-1},       ∂y' C_m = -m S_{m-1}
+          const T* __restrict dx_src = mm < 0 ? S + (am - 1) * M : C + (am - 1) * M;
+          const T* __restrict dy_src = mm < 0 ? C + (am - 1) * M : S + (am - 1) * M;
+          const T fx = nrm * T(am), fy = mm < 0 ? nrm * T(am) : -nrm * T(am);
+          IVDEP for (int e = 0; e < m; ++e) {
+            g2[e] = fx * qq[e] * dx_src[e];
+            g0[e] = fy * qq[e] * dy_src[e];
+          }
+        }
+      }
+    }
+  }
+};
+
+template <typename T>
+std::vector<torch::Tensor> site_energy_forces_impl(
+    const torch::Tensor& positions, const torch::Tensor& species, const torch::Tensor& batch,
+    const torch::Tensor& edge_index, const torch::Tensor& unit_shifts, const torch::Tensor& cell, int64_t n_structures,
+    bool need_grad, bool need_virial, double rcut, int64_t nz,
+    // many-body radials: Agnesi(p, q) per (zi, zj), recurrence coef [n_poly, 3]
+    const torch::Tensor& mb_r0, const torch::Tensor& mb_ycut, int64_t mb_p, int64_t mb_q, double mb_a,
+    const torch::Tensor& mb_coef,
+    // harmonics
+    int64_t max_l, const torch::Tensor& sh_norm, const torch::Tensor& sh_rec_a, const torch::Tensor& sh_rec_b,
+    const torch::Tensor& sh_qmm,
+    // one-particle functions a: radial row ρ = k·nz + s (s: neighbour species), harmonic lm (standard), weight w
+    const torch::Tensor& a_rho, const torch::Tensor& a_lm, const torch::Tensor& a_w,
+    // product basis as a shared-prefix DAG: node k (k ≥ 1) = node parent[k] × A[last[k]], node 0 = 1;
+    // children of node p are [child_start[p], child_start[p+1]) (> p); per-species node coefficients
+    // c_node [nz, n_nodes] (0 on prefixes that are not basis functions)
+    const torch::Tensor& aa_parent, const torch::Tensor& aa_last, const torch::Tensor& aa_children,
+    const torch::Tensor& c_aa, const torch::Tensor& E0,
+    // pair basis: Agnesi(p, q), Legendre recurrence, coefficients × scale [nz, nz, n_pair]
+    const torch::Tensor& pr_ycut, int64_t pr_p, int64_t pr_q, double pr_a, const torch::Tensor& pr_coef,
+    const torch::Tensor& c_pair) {
+  const int64_t N = species.size(0);
+  const int64_t E = edge_index.size(1);
+  const int n_poly = static_cast<int>(mb_coef.size(0));
+  const int n_rho = n_poly * static_cast<int>(nz);
+  const int n_a = static_cast<int>(a_rho.size(0));
+  const int n_nodes = static_cast<int>(aa_parent.size(0));
+  const int n_pair = static_cast<int>(c_pair.size(2));
+  const int L = static_cast<int>(max_l);
+  const int ny = (L + 1) * (L + 1);
+
+  const T* pos = positions.data_ptr<T>();
+  const int64_t* sp = species.data_ptr<int64_t>();
+  const int64_t* bt = batch.data_ptr<int64_t>();
+  const int64_t* ei = edge_index.data_ptr<int64_t>();
+  const int64_t* ej = ei + E;
+  const T* sh = unit_shifts.data_ptr<T>();
+  const T* cl = cell.data_ptr<T>();
+  const T* r0p = mb_r0.data_ptr<T>();
+  const T* ycm = mb_ycut.data_ptr<T>();
+  const T* cm = mb_coef.data_ptr<T>();
+  const int64_t* arho = a_rho.data_ptr<int64_t>();
+  const int64_t* alm = a_lm.data_ptr<int64_t>();
+  const T* aw = a_w.data_ptr<T>();
+  const int64_t* par = aa_parent.data_ptr<int64_t>();
+  const int64_t* lst = aa_last.data_ptr<int64_t>();
+  const int64_t* chl = aa_children.data_ptr<int64_t>();
+  TORCH_CHECK(aa_children.size(0) == n_nodes + 1, "fused kernel: child_start must have n_nodes + 1 entries");
+  const T* caa = c_aa.data_ptr<T>();
+  const T* e0 = E0.data_ptr<T>();
+  const T* ycp = pr_ycut.data_ptr<T>();
+  const T* cp = pr_coef.data_ptr<T>();
+  const T* cpair = c_pair.data_ptr<T>();
+
+  const HarmonicRows<T> harm(L, sh_norm.data_ptr<T>(), sh_rec_a.data_ptr<T>(), sh_rec_b.data_ptr<T>(),
+                             sh_qmm.data_ptr<T>());
+
+  auto opts = positions.options();
+  torch::Tensor site = torch::zeros({N}, opts);
+  torch::Tensor energy = torch::zeros({n_structures}, opts);
+  torch::Tensor forces = torch::zeros({need_grad ? N : 0, 3}, opts);
+  torch::Tensor virial = torch::zeros({need_virial ? n_structures : 0, 3, 3}, opts);
+  T* ps = site.data_ptr<T>();
+  T* pe = energy.data_ptr<T>();
+  T* pf = forces.data_ptr<T>();
+  T* pw = virial.data_ptr<T>();
+
+  // edges grouped by centre atom (counting sort; the neighbour list need not be sorted)
+  std::vector<int64_t> start(N + 1, 0), order(E);
+  for (int64_t e = 0; e < E; ++e) {
+    TORCH_CHECK(ei[e] >= 0 && ei[e] < N && ej[e] >= 0 && ej[e] < N, "edge ", e, " refers to an atom out of range");
+    ++start[ei[e] + 1];
+  }
+  for (int64_t a = 0; a < N; ++a) start[a + 1] += start[a];
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t e = 0; e < E; ++e) order[fill[ei[e]]++] = e;
+  }
+  int64_t max_deg = 0;
+  for (int64_t a = 0; a < N; ++a) max_deg = std::max(max_deg, start[a + 1] - start[a]);
+  const int M = static_cast<int>((max_deg + 7) / 8 * 8);  // row stride (SIMD-friendly)
+
+  // row layout of the per-atom scratch
+  enum { VX, VY, VZ, RR, UX, UY, UZ, R0, YC, X, DX, ENV, DENV, DV, RAD, GX, GY, GZ, N_FIXED };
+  const int n_rows = N_FIXED + 2 * n_poly + 2 * n_rho + ny * (need_grad ? 5 : 1) + harm.scratch_rows() +
+                     2 * std::max(n_pair, 1) + 2;
+  std::vector<T> work(static_cast<size_t>(n_rows) * M + 64, T(0));
+  T* base = work.data();
+  auto row = [&](int k) { return base + static_cast<size_t>(k) * M; };
+  T* Pk = row(N_FIXED);
+  T* dPk = Pk + n_poly * M;
+  T* R = dPk + n_poly * M;       // [n_rho][M], species-masked
+  T* dR = R + n_rho * M;
+  T* Y = dR + n_rho * M;         // [ny][M]
+  T* G = Y + ny * M;             // [3][ny][M] (need_grad)
+  T* glm = G + (need_grad ? 3 * ny * M : 0);  // [ny][M] (need_grad)
+  T* hw = glm + (need_grad ? ny * M : 0);
+  T* PP = hw + harm.scratch_rows() * M;  // pair Legendre rows
+  T* dPP = PP + std::max(n_pair, 1) * M;
+  T* pval = dPP + std::max(n_pair, 1) * M;
+  T* pder = pval + M;
+  std::vector<int64_t> nbr(M), zz(M), zjv(M);
+  std::vector<T> A(n_a + 1), gA(n_a + 1), AA(n_nodes), gAA(n_nodes);
+  const T rc = static_cast<T>(rcut), rc2 = rc * rc;
+  T best_r2 = std::numeric_limits<T>::infinity();  // the closest pair (atoms on top of each other → error)
+  int64_t best_e = -1;
+
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t zi = sp[i];
+    const T* cell_i = cl + 9 * bt[i];
+    // gather the edges inside rcut (skin edges contribute exactly zero)
+    int m = 0;
+    for (int64_t t = start[i]; t < start[i + 1]; ++t) {
+      const int64_t e = order[t];
+      const int64_t j = ej[e];
+      T v[3];
+      for (int c = 0; c < 3; ++c)
+        v[c] = pos[3 * j + c] - pos[3 * i + c] + sh[3 * e] * cell_i[c] + sh[3 * e + 1] * cell_i[3 + c] +
+               sh[3 * e + 2] * cell_i[6 + c];
+      const T r2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+      if (r2 < best_r2) {
+        best_r2 = r2;
+        best_e = e;
+      }
+      if (!(r2 < rc2)) continue;
+      row(VX)[m] = v[0];
+      row(VY)[m] = v[1];
+      row(VZ)[m] = v[2];
+      row(RR)[m] = std::max(std::sqrt(r2), T(1e-300));
+      nbr[m] = e;
+      zjv[m] = sp[j];
+      zz[m] = zi * nz + sp[j];
+      row(R0)[m] = r0p[zz[m]];
+      row(YC)[m] = ycm[zz[m]];
+      ++m;
+    }
+    T* __restrict rr = row(RR);
+    {
+      T* __restrict ux = row(UX);
+      T* __restrict uy = row(UY);
+      T* __restrict uz = row(UZ);
+      const T* __restrict vx = row(VX);
+      const T* __restrict vy = row(VY);
+      const T* __restrict vz = row(VZ);
+      IVDEP for (int e = 0; e < m; ++e) {
+        const T inv = T(1) / rr[e];
+        ux[e] = vx[e] * inv;
+        uy[e] = vy[e] * inv;
+        uz[e] = vz[e] * inv;
+      }
+    }
+    // many-body radials R_k = P_k(x) (1 - x²)², species-masked into rows ρ = k·nz + s
+    agnesi_dispatch(m, rr, row(R0), row(YC), static_cast<int>(mb_p), static_cast<int>(mb_q), static_cast<T>(mb_a),
+                    row(X), row(DX));
+    {
+      const T* __restrict x = row(X);
+      const T* __restrict dx = row(DX);
+      T* __restrict env = row(ENV);
+      T* __restrict denv = row(DENV);
+      IVDEP for (int e = 0; e < m; ++e) {
+        const T w = T(1) - x[e] * x[e];
+        env[e] = w * w;
+        denv[e] = T(-4) * x[e] * w * dx[e];
+      }
+    }
+    recurrence_rows(m, M, row(X), cm, n_poly, Pk, dPk);
+    for (int k = 0; k < n_poly; ++k) {
+      const T* __restrict p = Pk + k * M;
+      const T* __restrict dp = dPk + k * M;
+      const T* __restrict env = row(ENV);
+      const T* __restrict denv = row(DENV);
+      const T* __restrict dx = row(DX);
+      for (int s = 0; s < nz; ++s) {
+        T* __restrict out = R + (k * nz + s) * M;
+        T* __restrict dout = dR + (k * nz + s) * M;
+        if (nz == 1) {
+          IVDEP for (int e = 0; e < m; ++e) {
+            out[e] = p[e] * env[e];
+            dout[e] = dp[e] * dx[e] * env[e] + p[e] * denv[e];
+          }
+        } else {
+          IVDEP for (int e = 0; e < m; ++e) {
+            const T on = zjv[e] == s ? T(1) : T(0);
+            out[e] = on * p[e] * env[e];
+            dout[e] = on * (dp[e] * dx[e] * env[e] + p[e] * denv[e]);
+          }
+        }
+      }
+    }
+    harm.eval(m, M, row(UX), row(UY), row(UZ), hw, Y, need_grad ? G : nullptr);
+    // A_a = w_a Σ_e R_ρ(a) Y_lm(a)
+    for (int a = 0; a < n_a; ++a) {
+      const T* __restrict rrow = R + arho[a] * M;
+      const T* __restrict yrow = Y + alm[a] * M;
+      A[a] = dot(m, rrow, yrow) * aw[a];
+    }
+    A[n_a] = T(1);
+    // pair potential, coefficients folded in: V(r) = penv(r) Σ_k c_k P_k(x(r))
+    T e_pair = T(0);
+    T* __restrict dV = row(DV);
+    IVDEP for (int e = 0; e < m; ++e) dV[e] = T(0);
+    if (n_pair > 0 && m > 0) {
+      IVDEP for (int e = 0; e < m; ++e) row(YC)[e] = ycp[zz[e]];
+      agnesi_dispatch(m, rr, row(R0), row(YC), static_cast<int>(pr_p), static_cast<int>(pr_q), static_cast<T>(pr_a),
+                      row(X), row(DX));
+      recurrence_rows(m, M, row(X), cp, n_pair, PP, dPP);
+      T* __restrict val = pval;
+      T* __restrict der = pder;
+      IVDEP for (int e = 0; e < m; ++e) val[e] = der[e] = T(0);
+      for (int k = 0; k < n_pair; ++k) {
+        const T* __restrict p = PP + k * M;
+        const T* __restrict dp = dPP + k * M;
+        if (nz == 1) {
+          const T c = cpair[k];
+          IVDEP for (int e = 0; e < m; ++e) {
+            val[e] += c * p[e];
+            der[e] += c * dp[e];
+          }
+        } else {
+          IVDEP for (int e = 0; e < m; ++e) {
+            const T c = cpair[zz[e] * n_pair + k];
+            val[e] += c * p[e];
+            der[e] += c * dp[e];
+          }
+        }
+      }
+      const T* __restrict r0e = row(R0);
+      const T* __restrict dx = row(DX);
+      IVDEP for (int e = 0; e < m; ++e) {
+        const T s = rr[e] / r0e[e], sc = rc / r0e[e];
+        const T is = T(1) / s, isc = T(1) / sc;
+        const T penv = is * is - isc * isc + T(2) * isc * isc * isc * (s - sc);
+        const T dpenv = (T(-2) * is * is * is + T(2) * isc * isc * isc) / r0e[e];
+        e_pair += val[e] * penv;
+        dV[e] = der[e] * dx[e] * penv + val[e] * dpenv;
+      }
+    }
+    // site energy and ∂E/∂A through the product DAG (one multiply per node; reverse sweep for ∂E/∂A)
+    const T* c = caa + zi * n_nodes;
+    AA[0] = T(1);
+    for (int k = 1; k < n_nodes; ++k) AA[k] = AA[par[k]] * A[lst[k]];
+    const T e_mb = dot(n_nodes - 1, c + 1, AA.data() + 1);
+    if (need_grad) {
+      std::fill(gA.begin(), gA.end(), T(0));
+      for (int p = n_nodes - 1; p >= 0; --p) {  // children (> p) are final when p is reached
+        const T ap = AA[p];
+        T s = T(0);
+        for (int64_t k = chl[p]; k < chl[p + 1]; ++k) {
+          const T g = gAA[k];
+          s += g * A[lst[k]];
+          gA[lst[k]] += g * ap;
+        }
+        gAA[p] = c[p] + s;
+      }
+    }
+    const T ei_total = e0[zi] + e_mb + e_pair;
+    ps[i] = ei_total;
+    pe[bt[i]] += ei_total;
+    if (!need_grad || m == 0) continue;
+    // backward: radial cotangent (along u) and angular cotangents g_lm per edge
+    T* __restrict rad = row(RAD);
+    IVDEP for (int e = 0; e < m; ++e) rad[e] = dV[e];
+    std::fill(glm, glm + ny * M, T(0));
+    for (int a = 0; a < n_a; ++a) {
+      const T ga = gA[a] * aw[a];
+      if (ga == T(0)) continue;
+      const T* __restrict rrow = R + arho[a] * M;
+      const T* __restrict drow = dR + arho[a] * M;
+      const T* __restrict yrow = Y + alm[a] * M;
+      T* __restrict gl = glm + alm[a] * M;
+      IVDEP for (int e = 0; e < m; ++e) {
+        rad[e] += ga * yrow[e] * drow[e];
+        gl[e] += ga * rrow[e];
+      }
+    }
+    T* __restrict gx = row(GX);
+    T* __restrict gy = row(GY);
+    T* __restrict gz = row(GZ);
+    IVDEP for (int e = 0; e < m; ++e) gx[e] = gy[e] = gz[e] = T(0);
+    for (int p = 0; p < ny; ++p) {
+      const T* __restrict gl = glm + p * M;
+      const T* __restrict G0 = G + p * M;
+      const T* __restrict G1 = G + (ny + p) * M;
+      const T* __restrict G2 = G + (2 * ny + p) * M;
+      IVDEP for (int e = 0; e < m; ++e) {
+        gx[e] += gl[e] * G0[e];
+        gy[e] += gl[e] * G1[e];
+        gz[e] += gl[e] * G2[e];
+      }
+    }
+    const T* ux = row(UX);
+    const T* uy = row(UY);
+    const T* uz = row(UZ);
+    T vg[9] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+    for (int e2 = 0; e2 < m; ++e2) {  // scalar: j repeats across periodic images
+      const int e = e2;
+      const T r = rr[e];
+      const T ug = ux[e] * gx[e] + uy[e] * gy[e] + uz[e] * gz[e];
+      const T gv[3] = {ux[e] * rad[e] + (gx[e] - ux[e] * ug) / r, uy[e] * rad[e] + (gy[e] - uy[e] * ug) / r,
+                       uz[e] * rad[e] + (gz[e] - uz[e] * ug) / r};
+      const int64_t j = ej[nbr[e]];
+      for (int cc = 0; cc < 3; ++cc) {
+        pf[3 * i + cc] += gv[cc];
+        pf[3 * j + cc] -= gv[cc];
+      }
+      if (need_virial) {
+        const T v[3] = {row(VX)[e], row(VY)[e], row(VZ)[e]};
+        for (int p = 0; p < 3; ++p)
+          for (int q = 0; q < 3; ++q) vg[3 * p + q] += v[p] * gv[q];
+      }
+    }
+    if (need_virial) {  // W -= ½ (S + Sᵀ), S = Σ_e r_e ⊗ g_e of this atom's edges
+      T* W = pw + 9 * bt[i];
+      for (int p = 0; p < 3; ++p)
+        for (int q = 0; q < 3; ++q) W[3 * p + q] -= T(0.5) * (vg[3 * p + q] + vg[3 * q + p]);
+    }
+  }
+  torch::Tensor closest = torch::tensor({static_cast<double>(std::sqrt(best_r2)), static_cast<double>(best_e)},
+                                        torch::kFloat64);
+  return {energy, site, forces, virial, closest};
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> site_energy_forces(
+    torch::Tensor positions, torch::Tensor species, torch::Tensor batch, torch::Tensor edge_index,
+    torch::Tensor unit_shifts, torch::Tensor cell, int64_t n_structures, bool need_grad, bool need_virial, double rcut,
+    int64_t nz, torch::Tensor mb_r0, torch::Tensor mb_ycut, int64_t mb_p, int64_t mb_q, double mb_a,
+    torch::Tensor mb_coef, int64_t max_l, torch::Tensor sh_norm, torch::Tensor sh_rec_a, torch::Tensor sh_rec_b,
+    torch::Tensor sh_qmm, torch::Tensor a_rho, torch::Tensor a_lm, torch::Tensor a_w,
+    torch::Tensor aa_parent, torch::Tensor aa_last, torch::Tensor aa_children, torch::Tensor c_aa, torch::Tensor E0, torch::Tensor pr_ycut, int64_t pr_p, int64_t pr_q,
+    double pr_a, torch::Tensor pr_coef, torch::Tensor c_pair) {
+  TORCH_CHECK(positions.device().is_cpu(), "the fused kernel runs on CPU tensors");
+  const auto dt = positions.scalar_type();
+  for (const torch::Tensor* t : {&unit_shifts, &cell, &mb_r0, &mb_ycut, &mb_coef, &sh_norm, &sh_rec_a, &sh_rec_b,
+                                 &sh_qmm, &a_w, &c_aa, &E0, &pr_ycut, &pr_coef, &c_pair})
+    TORCH_CHECK(t->scalar_type() == dt && t->is_contiguous(), "fused kernel: floating inputs must be contiguous and of ",
+                "the positions' dtype");
+  for (const torch::Tensor* t : {&species, &batch, &edge_index, &a_rho, &a_lm, &aa_parent, &aa_last, &aa_children})
+    TORCH_CHECK(t->scalar_type() == torch::kInt64 && t->is_contiguous(), "fused kernel: index inputs must be contiguous int64");
+  TORCH_CHECK(positions.is_contiguous(), "fused kernel: positions must be contiguous");
+  std::vector<torch::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(dt, "site_energy_forces", [&] {
+    out = site_energy_forces_impl<scalar_t>(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                                            need_grad, need_virial, rcut, nz, mb_r0, mb_ycut, mb_p, mb_q, mb_a, mb_coef,
+                                            max_l, sh_norm, sh_rec_a, sh_rec_b, sh_qmm, a_rho, a_lm, a_w, aa_parent, aa_last, aa_children,
+                                            c_aa, E0, pr_ycut, pr_p, pr_q, pr_a, pr_coef, c_pair);
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("site_energy_forces", &site_energy_forces,
+        "linear ACE energies, site energies, forces and virials in one fused pass (CPU)");
+}

@@ -1,0 +1,193 @@
+"""Fused C++ CPU kernel for energy, forces and virials of a linear ACE model (an optional accelerator).
+
+The eager and compiled analytic paths (``ACEModel._predict_analytic``) make ~20 passes over [n_a, E]
+arrays per step; this kernel does the same algebra (radials → harmonics → A → AA → E_i, then ∂E/∂A by
+leave-one-out products and ∂E/∂r per edge, ACEpotentials.jl paper §II) one centre atom at a time with its
+edges in cache, as ML-PACE does.  Source: ``torchace/csrc/ace_cpu.cpp``; it is compiled on first use with
+``torch.utils.cpp_extension.load`` (a C++ compiler and ninja are needed; ≈ 1 min, cached afterwards in
+``TORCH_EXTENSIONS_DIR``).  Without them ``available()`` is False and callers keep the Python paths.
+Compiler flags: ``-O3 -march=native`` (the build is for this machine; ``TORCHACE_FUSED_CFLAGS`` overrides,
+e.g. when the extension cache is shared between different CPUs).
+
+``FusedEvaluator(model)`` has the call signature of ``ACEModel.forward`` in eval mode and returns the same
+dictionary; it is tested against the reference path (``tests/test_fused.py``).  Not differentiable
+(inference only), CPU only, no ZBL baseline (``supported`` says why not).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from . import keys as K
+from .radial import agnesi_a
+
+# extra output: [distance (Å), edge index] of the closest pair in the list (-1 without edges), so that
+# callers can reject atoms on top of each other without another pass over the edges
+CLOSEST_PAIR = "closest_pair"
+
+_LOCK = threading.Lock()
+_EXT = None
+_ERROR: Optional[str] = None
+
+
+def _source() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "ace_cpu.cpp")
+
+
+def load_extension(verbose: bool = False):
+    """Compile (first call; cached on disk) and import the C++ extension; raises RuntimeError if impossible."""
+    global _EXT, _ERROR
+    with _LOCK:
+        if _EXT is not None:
+            return _EXT
+        if _ERROR is not None:
+            raise RuntimeError(_ERROR)
+        try:
+            from torch.utils.cpp_extension import load
+
+            flags = os.environ.get("TORCHACE_FUSED_CFLAGS", "-O3 -march=native").split()
+            _EXT = load(name="torchace_ace_cpu", sources=[_source()], extra_cflags=flags, verbose=verbose)
+        except Exception as exc:  # no compiler / ninja / headers: the Python paths remain
+            _ERROR = f"torchace's fused C++ kernel could not be built ({type(exc).__name__}: {exc})"
+            raise RuntimeError(_ERROR) from exc
+        return _EXT
+
+
+def available() -> bool:
+    """True if the fused kernel is (or can be) built on this machine."""
+    try:
+        load_extension()
+        return True
+    except RuntimeError:
+        return False
+
+
+def supported(model) -> Optional[str]:
+    """None if ``model`` can run on the fused kernel, else the reason."""
+    if model.zbl is not None:
+        return "the ZBL baseline is not in the fused kernel"
+    mb, pr = model.embedding.radials.transform, model.pair.transform
+    for name, t in (("many-body", mb), ("pair", pr)):
+        if t.p != int(t.p) or t.q != int(t.q):
+            return f"non-integer Agnesi exponents of the {name} transform"
+    if not torch.equal(mb.r0, pr.r0):
+        return "different r0 for the many-body and pair transforms"
+    return None
+
+
+def product_dag(idx: torch.Tensor, n_a: int):
+    """Shared-prefix DAG of the product basis: (parent, last, child_start, node_of_aa) as int64 tensors.
+
+    ``idx`` [n_aa, ν] holds each AA function's sorted A-indices, padded with ``n_a`` (a factor 1).  Node 0
+    is the empty product; node k = node parent[k] × A[last[k]]; every prefix of an AA function is a node
+    (the prefixes missing from the basis are added).  Nodes are numbered level by level with each node's
+    children contiguous, [child_start[p], child_start[p + 1]), so parents precede children.  Evaluating the
+    basis costs one multiply per node, and ∂E/∂A one reverse sweep, instead of ν - 1 multiplies and a
+    ν-term leave-one-out per function.
+    """
+    keys = {()}
+    rows = []
+    for row in idx.tolist():
+        key = tuple(a for a in row if a != n_a)
+        rows.append(key)
+        keys.update(key[:t] for t in range(1, len(key) + 1))
+    number = {(): 0}
+    parent, last = [0], [n_a]
+    level = [()]
+    while level:
+        nxt = sorted((k for k in keys if len(k) == len(level[0]) + 1 and k[:-1] in number),
+                     key=lambda k: (number[k[:-1]], k[-1]))
+        for k in nxt:
+            number[k] = len(parent)
+            parent.append(number[k[:-1]])
+            last.append(k[-1])
+        level = nxt
+    n = len(parent)
+    counts = torch.bincount(torch.tensor(parent[1:], dtype=torch.long), minlength=n)
+    child_start = torch.zeros(n + 1, dtype=torch.long)
+    child_start[1:] = torch.cumsum(counts, 0)
+    child_start += 1  # node 0's children start at 1
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return as_long(parent), as_long(last), child_start, as_long([number[k] for k in rows])
+
+
+class FusedEvaluator(nn.Module):
+    """Energies, forces and virials of ``model`` (eval mode) through the fused C++ kernel.
+
+    Holds no copy of the model: constants are read from it on each call, so later coefficient updates
+    (a refit) are seen.  Call: ``(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+    compute_forces=True, compute_virials=True)`` → ``{energy, node_energy, forces?, virial?}``.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        why = supported(model)
+        if why is not None:
+            raise ValueError(f"FusedEvaluator: {why}; use the model itself")
+        self.model = model
+        self.ext = load_extension()
+        self.aa_parent, self.aa_last, self.aa_children, self.node_of_aa = product_dag(model.product.idx.cpu(), model.embedding.n_a)
+        self._cache_key = None
+        self._consts = None
+
+    def _constants(self, dtype: torch.dtype):
+        m = self.model
+        c = m.coefficients.detach()
+        # rebuilt only when the coefficients or scales change (data_ptr + version counter)
+        key = (dtype, c.data_ptr(), c._version, m.embedding.nl_scale._version, m.pair.scale._version,
+               m.coupling.vals._version, m.E0._version)
+        if key == self._cache_key:
+            return self._consts
+        emb, rad, pair, sph = m.embedding, m.embedding.radials, m.pair, m.embedding.sph
+        f = dict(dtype=dtype, device="cpu")
+        with torch.no_grad():
+            c_mb = c[: m.n_manybody].view(m.nz, m.n_b)
+            c_aa = m.coupling.transpose_apply(c_mb.to(torch.float64)).cpu()
+            # coefficients per DAG node (an AA function may repeat a multiset: coefficients add up)
+            c_node = torch.zeros(m.nz, self.aa_parent.shape[0], dtype=torch.float64).index_add_(
+                1, self.node_of_aa, c_aa)
+            w = emb.lm_sign * emb.nl_scale[emb.n_idx, emb.l_idx]
+            c_pair = (c[m.n_manybody:].view(m.nz, m.nz, m.n_pair).to(torch.float64)
+                      * pair.scale.to(torch.float64))
+            mbt, prt = rad.transform, pair.transform
+            consts = dict(
+                rcut=float(m.rcut), nz=int(m.nz),
+                mb_r0=mbt.r0.to(**f).contiguous(), mb_ycut=mbt.y_cut.to(**f).contiguous(),
+                mb_p=int(mbt.p), mb_q=int(mbt.q), mb_a=agnesi_a(mbt.p, mbt.q),
+                mb_coef=rad.coef[: rad.n_poly].to(**f).contiguous(),
+                max_l=int(emb.max_l), sh_norm=sph.norm.to(**f).contiguous(),
+                sh_rec_a=sph.rec_a.to(**f).contiguous(), sh_rec_b=sph.rec_b.to(**f).contiguous(),
+                sh_qmm=sph.qmm.to(**f).contiguous(),
+                a_rho=emb.n_idx.cpu().contiguous(), a_lm=emb.lm_std.cpu().contiguous(), a_w=w.to(**f).contiguous(),
+                aa_parent=self.aa_parent, aa_last=self.aa_last, aa_children=self.aa_children, c_aa=c_node.to(**f).contiguous(), E0=m.E0.to(**f).contiguous(),
+                pr_ycut=prt.y_cut.to(**f).contiguous(), pr_p=int(prt.p), pr_q=int(prt.q), pr_a=agnesi_a(prt.p, prt.q),
+                pr_coef=pair.coef[: max(m.n_pair, 1)].to(**f).contiguous(), c_pair=c_pair.to(**f).contiguous(),
+            )
+        self._cache_key, self._consts = key, consts
+        return consts
+
+    def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor, edge_index: torch.Tensor,
+                unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int, compute_forces: bool = True,
+                compute_virials: bool = True) -> Dict[str, torch.Tensor]:
+        if positions.device.type != "cpu":
+            raise ValueError("FusedEvaluator runs on CPU tensors; use the model itself on other devices")
+        dtype = positions.dtype
+        k = self._constants(dtype)
+        need_grad = bool(compute_forces or compute_virials)
+        with torch.no_grad():
+            energy, site, forces, virial, closest = self.ext.site_energy_forces(
+                positions.contiguous(), species.contiguous(), batch.contiguous(), edge_index.contiguous(),
+                unit_shifts.to(dtype).contiguous(), cell.to(dtype).contiguous(), int(n_structures), need_grad,
+                bool(compute_virials), k["rcut"], k["nz"], k["mb_r0"], k["mb_ycut"], k["mb_p"], k["mb_q"], k["mb_a"],
+                k["mb_coef"], k["max_l"], k["sh_norm"], k["sh_rec_a"], k["sh_rec_b"], k["sh_qmm"], k["a_rho"], k["a_lm"], k["a_w"], k["aa_parent"], k["aa_last"], k["aa_children"], k["c_aa"], k["E0"], k["pr_ycut"], k["pr_p"], k["pr_q"], k["pr_a"],
+                k["pr_coef"], k["c_pair"])
+        out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: site, CLOSEST_PAIR: closest}
+        if compute_forces:
+            out[K.FORCES] = forces
+        if compute_virials:
+            out[K.VIRIAL] = virial
+        return out
