@@ -126,12 +126,13 @@ def _baseline(model, batch) -> Optional[Dict[str, torch.Tensor]]:
     return {k: out[k].detach() for k in (K.ENERGY, K.FORCES, K.VIRIAL)}
 
 
-def batch_system(model, structs: List[Labelled], weights, *, device=None, memory_budget: int = 256 * 2**20):
+def batch_system(model, structs: List[Labelled], weights, *, device=None, memory_budget: int = 256 * 2**20,
+                 fused: bool = False):
     """Weighted rows, targets and E0 columns of one batch: (A [m, K], y [m], Z [m, NZ])."""
     dtype = model.coefficients.dtype
     dev = device or model.coefficients.device
     batch = collate([s.atoms for s in structs], model.config.numbers, model.rcut, dtype=dtype, device=dev)
-    rows = batch_rows(model, batch, memory_budget)
+    rows = batch_rows(model, batch, memory_budget, fused=fused)
     base = _baseline(model, batch)
     blocks, targets, e0_rows = [], [], []
     numbers = torch.tensor(model.config.numbers)
@@ -171,15 +172,15 @@ def batch_system(model, structs: List[Labelled], weights, *, device=None, memory
 
 
 def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, device=None, progress: bool = False,
-             memory_budget: int = 256 * 2**20) -> LinearSystem:
-    """Dense weighted system for all fitting structures of ``ds``."""
+             memory_budget: int = 256 * 2**20, fused: bool = False) -> LinearSystem:
+    """Dense weighted system for all fitting structures of ``ds`` (``fused``: rows from the C++ CPU kernel)."""
     weights = resolve_weights(weights)
     structs = fitting_structures(ds)
     check_memory(structs, model.basis_size, device=device, dense=True)
     bar = _Progress(sum(s.n_atoms for s in structs), progress)
     As, ys, Zs = [], [], []
     for b in _batches(structs, batch_atoms):
-        A, y, Z = batch_system(model, b, weights, device=device, memory_budget=memory_budget)
+        A, y, Z = batch_system(model, b, weights, device=device, memory_budget=memory_budget, fused=fused)
         As.append(A)
         ys.append(y)
         Zs.append(Z)
@@ -191,7 +192,7 @@ def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, devic
 def assemble_reduced(model, ds: Dataset, weights=None, *, method: str = "qr", batch_atoms: int = 2048,
                      device=None, progress: bool = False, memory_budget: int = 256 * 2**20,
                      on_batch: Optional[Callable[[int, Dict[str, torch.Tensor]], None]] = None,
-                     state: Optional[Dict[str, torch.Tensor]] = None) -> LinearSystem:
+                     state: Optional[Dict[str, torch.Tensor]] = None, fused: bool = False) -> LinearSystem:
     """Memory-bounded assembly: the k×k equivalent system, one batch of rows in memory at a time.
 
     ``method="qr"`` keeps the (k+1)×(k+1) triangular factor of [A | y] (stable); ``"normal"`` accumulates
@@ -219,7 +220,7 @@ def assemble_reduced(model, ds: Dataset, weights=None, *, method: str = "qr", ba
         if nb < skip:
             bar.update(sum(s.n_atoms for s in b))
             continue
-        A, y, _ = batch_system(model, b, weights, device=device, memory_budget=memory_budget)
+        A, y, _ = batch_system(model, b, weights, device=device, memory_budget=memory_budget, fused=fused)
         A, y = A.to(torch.float64), y.to(torch.float64)
         if method == "qr":
             M = torch.cat([state["T"], torch.cat([A, y.unsqueeze(1)], dim=1)])

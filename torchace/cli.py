@@ -122,7 +122,7 @@ def cmd_fit(args) -> int:
           f"({', '.join(train.config_types)})", flush=True)
     res = torchace.fit(model, train, weights=cfg.weights, prior=cfg.build_prior(), solver=cfg.build_solver(),
                        E0=cfg.E0, streaming=cfg.assembly.streaming, batch_atoms=cfg.assembly.batch_atoms,
-                       progress=not args.quiet)
+                       progress=not args.quiet, fused=cfg.assembly.fused)
     print(f"solver {res.solver}: {res.hyperparameters}; E0 {res.E0}; "
           f"timings {', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())

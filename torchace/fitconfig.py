@@ -7,7 +7,7 @@ weights:  {default: {E: 30, F: 1, V: 1}, liq: {E: 10, F: 0.66, V: 0.25}}
 E0:       isolated            # or a dict {Si: -158.54}, or fit
 prior:    {name: algebraic_smoothness, p: 4}     # any torchace.priors constructor and its arguments
 solver:   {name: BLR}                            # any torchace.solvers class and its arguments
-assembly: {streaming: null, batch_atoms: 2048, device: cpu}
+assembly: {streaming: null, batch_atoms: 2048, device: cpu, fused: false}
 output:   {model: model.json, errors: errors.json, parity: parity.png}
 ```
 Relative paths are resolved against the config file's directory; ``@bundled/...`` names files shipped in
@@ -45,6 +45,7 @@ class AssemblySection:
     streaming: Optional[str] = None
     batch_atoms: int = 2048
     device: str = "cpu"
+    fused: bool = False  # rows from the fused C++ CPU kernel (torchace.fused)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class FitConfig:
         check_str("fit config", "assembly.streaming", asm.streaming, choices=("qr", "normal"), allow_none=True)
         asm.batch_atoms = check_int("fit config", "assembly.batch_atoms", asm.batch_atoms, minimum=1)
         check_str("fit config", "assembly.device", asm.device)
+        check_bool("fit config", "assembly.fused", asm.fused)
         out = _section("output", d.get("output", {}), OutputSection)
         check_str("fit config", "output.model", out.model)
         for k in ("model", "errors", "parity"):

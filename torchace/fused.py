@@ -10,7 +10,8 @@ Compiler flags: ``-O3 -march=native`` (the build is for this machine; ``TORCHACE
 e.g. when the extension cache is shared between different CPUs).
 
 ``FusedEvaluator(model)`` has the call signature of ``ACEModel.forward`` in eval mode and returns the same
-dictionary; it is tested against the reference path (``tests/test_fused.py``).  Not differentiable
+dictionary; ``design_rows(model, batch)`` returns what ``rows.batch_rows`` does.  Both are tested against
+the reference paths (``tests/test_fused.py``).  Not differentiable
 (inference only), CPU only, no ZBL baseline (``supported`` says why not).
 """
 from __future__ import annotations
@@ -115,12 +116,35 @@ def product_dag(idx: torch.Tensor, n_a: int):
     return as_long(parent), as_long(last), child_start, as_long([number[k] for k in rows])
 
 
+def basis_args(model, dtype: torch.dtype) -> tuple:
+    """The basis constants both kernels take (``BASIS_ARGS`` in ace_cpu.cpp), as CPU tensors of ``dtype``."""
+    emb, rad, pair, sph = model.embedding, model.embedding.radials, model.pair, model.embedding.sph
+    mbt, prt = rad.transform, pair.transform
+    f = dict(dtype=dtype, device="cpu")
+    with torch.no_grad():
+        w = emb.lm_sign * emb.nl_scale[emb.n_idx, emb.l_idx]
+        t = lambda x: x.detach().to(**f).contiguous()  # noqa: E731
+        return (float(model.rcut), int(model.nz), t(mbt.r0), t(mbt.y_cut), int(mbt.p), int(mbt.q),
+                agnesi_a(mbt.p, mbt.q), t(rad.coef[: rad.n_poly]), int(emb.max_l), t(sph.norm), t(sph.rec_a),
+                t(sph.rec_b), t(sph.qmm), emb.n_idx.cpu().contiguous(), emb.lm_std.cpu().contiguous(), t(w),
+                t(prt.y_cut), int(prt.p), int(prt.q), agnesi_a(prt.p, prt.q), t(pair.coef[: max(model.n_pair, 1)]),
+                int(model.n_pair))
+
+
+def _check(model, positions: torch.Tensor, who: str) -> None:
+    if positions.device.type != "cpu":
+        raise ValueError(f"{who} runs on CPU tensors; use the model itself on other devices")
+    why = supported(model)
+    if why is not None:
+        raise ValueError(f"{who}: {why}; use the model itself")
+
+
 class FusedEvaluator(nn.Module):
     """Energies, forces and virials of ``model`` (eval mode) through the fused C++ kernel.
 
     Holds no copy of the model: constants are read from it on each call, so later coefficient updates
     (a refit) are seen.  Call: ``(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-    compute_forces=True, compute_virials=True)`` → ``{energy, node_energy, forces?, virial?}``.
+    compute_forces=True, compute_virials=True)`` → ``{energy, node_energy, forces?, virial?, closest_pair}``.
     """
 
     def __init__(self, model):
@@ -130,64 +154,74 @@ class FusedEvaluator(nn.Module):
             raise ValueError(f"FusedEvaluator: {why}; use the model itself")
         self.model = model
         self.ext = load_extension()
-        self.aa_parent, self.aa_last, self.aa_children, self.node_of_aa = product_dag(model.product.idx.cpu(), model.embedding.n_a)
+        dag = product_dag(model.product.idx.cpu(), model.embedding.n_a)
+        self.aa_parent, self.aa_last, self.aa_children, self.node_of_aa = dag
         self._cache_key = None
         self._consts = None
 
     def _constants(self, dtype: torch.dtype):
         m = self.model
         c = m.coefficients.detach()
-        # rebuilt only when the coefficients or scales change (data_ptr + version counter)
+        # rebuilt only when the coefficients or scales change (data_ptr + version counters)
         key = (dtype, c.data_ptr(), c._version, m.embedding.nl_scale._version, m.pair.scale._version,
                m.coupling.vals._version, m.E0._version)
         if key == self._cache_key:
             return self._consts
-        emb, rad, pair, sph = m.embedding, m.embedding.radials, m.pair, m.embedding.sph
         f = dict(dtype=dtype, device="cpu")
         with torch.no_grad():
-            c_mb = c[: m.n_manybody].view(m.nz, m.n_b)
-            c_aa = m.coupling.transpose_apply(c_mb.to(torch.float64)).cpu()
+            c_mb = c[: m.n_manybody].view(m.nz, m.n_b).to(torch.float64)
+            c_aa = m.coupling.transpose_apply(c_mb).cpu()
             # coefficients per DAG node (an AA function may repeat a multiset: coefficients add up)
             c_node = torch.zeros(m.nz, self.aa_parent.shape[0], dtype=torch.float64).index_add_(
                 1, self.node_of_aa, c_aa)
-            w = emb.lm_sign * emb.nl_scale[emb.n_idx, emb.l_idx]
             c_pair = (c[m.n_manybody:].view(m.nz, m.nz, m.n_pair).to(torch.float64)
-                      * pair.scale.to(torch.float64))
-            mbt, prt = rad.transform, pair.transform
-            consts = dict(
-                rcut=float(m.rcut), nz=int(m.nz),
-                mb_r0=mbt.r0.to(**f).contiguous(), mb_ycut=mbt.y_cut.to(**f).contiguous(),
-                mb_p=int(mbt.p), mb_q=int(mbt.q), mb_a=agnesi_a(mbt.p, mbt.q),
-                mb_coef=rad.coef[: rad.n_poly].to(**f).contiguous(),
-                max_l=int(emb.max_l), sh_norm=sph.norm.to(**f).contiguous(),
-                sh_rec_a=sph.rec_a.to(**f).contiguous(), sh_rec_b=sph.rec_b.to(**f).contiguous(),
-                sh_qmm=sph.qmm.to(**f).contiguous(),
-                a_rho=emb.n_idx.cpu().contiguous(), a_lm=emb.lm_std.cpu().contiguous(), a_w=w.to(**f).contiguous(),
-                aa_parent=self.aa_parent, aa_last=self.aa_last, aa_children=self.aa_children, c_aa=c_node.to(**f).contiguous(), E0=m.E0.to(**f).contiguous(),
-                pr_ycut=prt.y_cut.to(**f).contiguous(), pr_p=int(prt.p), pr_q=int(prt.q), pr_a=agnesi_a(prt.p, prt.q),
-                pr_coef=pair.coef[: max(m.n_pair, 1)].to(**f).contiguous(), c_pair=c_pair.to(**f).contiguous(),
-            )
+                      * m.pair.scale.to(torch.float64))
+            consts = basis_args(m, dtype) + (self.aa_parent, self.aa_last, self.aa_children,
+                                             c_node.to(**f).contiguous(), m.E0.detach().to(**f).contiguous(),
+                                             c_pair.to(**f).contiguous())
         self._cache_key, self._consts = key, consts
         return consts
 
     def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor, edge_index: torch.Tensor,
                 unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int, compute_forces: bool = True,
                 compute_virials: bool = True) -> Dict[str, torch.Tensor]:
-        if positions.device.type != "cpu":
-            raise ValueError("FusedEvaluator runs on CPU tensors; use the model itself on other devices")
+        _check(self.model, positions, "FusedEvaluator")
         dtype = positions.dtype
-        k = self._constants(dtype)
         need_grad = bool(compute_forces or compute_virials)
         with torch.no_grad():
             energy, site, forces, virial, closest = self.ext.site_energy_forces(
                 positions.contiguous(), species.contiguous(), batch.contiguous(), edge_index.contiguous(),
                 unit_shifts.to(dtype).contiguous(), cell.to(dtype).contiguous(), int(n_structures), need_grad,
-                bool(compute_virials), k["rcut"], k["nz"], k["mb_r0"], k["mb_ycut"], k["mb_p"], k["mb_q"], k["mb_a"],
-                k["mb_coef"], k["max_l"], k["sh_norm"], k["sh_rec_a"], k["sh_rec_b"], k["sh_qmm"], k["a_rho"], k["a_lm"], k["a_w"], k["aa_parent"], k["aa_last"], k["aa_children"], k["c_aa"], k["E0"], k["pr_ycut"], k["pr_p"], k["pr_q"], k["pr_a"],
-                k["pr_coef"], k["c_pair"])
+                bool(compute_virials), *self._constants(dtype))
         out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: site, CLOSEST_PAIR: closest}
         if compute_forces:
             out[K.FORCES] = forces
         if compute_virials:
             out[K.VIRIAL] = virial
         return out
+
+
+def design_rows(model, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``rows.batch_rows(model, batch)`` through the fused C++ kernel (same layout and values).
+
+    Per centre atom: B = C·AA into the energy row, J = ∂B/∂A from the leave-one-out products, ∂φ/∂r of its
+    edges, and G = ∂φᵀ·J in one GEMM, scattered into force and virial rows; the pair blocks per edge.
+    """
+    from .rows import _jacobian_pattern
+
+    pos = batch[K.POSITIONS]
+    _check(model, pos, "fused.design_rows")
+    ext = load_extension()
+    dtype = pos.dtype
+    f = dict(dtype=dtype, device="cpu")
+    tgt, src, val = _jacobian_pattern(model)
+    cp = model.coupling
+    with torch.no_grad():
+        e, fr, v = ext.design_rows(
+            pos.contiguous(), batch[K.SPECIES].contiguous(), batch[K.BATCH].contiguous(),
+            batch[K.EDGE_INDEX].contiguous(), batch[K.UNIT_SHIFTS].to(dtype).contiguous(),
+            batch[K.CELL].to(dtype).contiguous(), int(batch[K.N_ATOMS].shape[0]), *basis_args(model, dtype),
+            int(model.n_b), model.product.idx.cpu().contiguous(), cp.rows.cpu().contiguous(),
+            cp.cols.cpu().contiguous(), cp.vals.detach().to(**f).contiguous(), tgt.cpu().contiguous(),
+            src.cpu().contiguous(), val.detach().to(**f).contiguous(), model.pair.scale.detach().to(**f).contiguous())
+    return {K.ENERGY: e, K.FORCES: fr, K.VIRIAL: v}

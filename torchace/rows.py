@@ -81,8 +81,11 @@ def _jacobian_pattern(model):
 
 
 def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 * 2**20,
-               analytic: bool = True) -> Dict[str, torch.Tensor]:
+               analytic: bool = True, fused: bool = False) -> Dict[str, torch.Tensor]:
     """Rows for a collated batch (see ``design_matrix_rows``).
+
+    ``fused``: compute them with the fused C++ CPU kernel (``torchace.fused.design_rows``: same values,
+    ≈ 3-4× faster on CPU; built on first use).
 
     ``analytic``: ∂φ/∂r from the analytic radials and harmonics (``EdgeEmbedding.dphi``); False: from
     forward-mode AD of the reference embedding (the slower reference the analytic path is tested against).
@@ -91,6 +94,10 @@ def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
     products; the per-edge derivatives G_e = J_i · ∂φ_e/∂r_e are then one batched matrix product per
     chunk of atoms (edges padded to the largest neighbour count in the chunk).
     """
+    if fused:
+        from .fused import design_rows
+
+        return design_rows(model, batch)
     species, bidx, ei = batch[K.SPECIES], batch[K.BATCH], batch[K.EDGE_INDEX]
     n_atoms, n_s = species.shape[0], int(batch[K.N_ATOMS].shape[0])
     nz, nb, npair = model.nz, model.n_b, model.n_pair
@@ -176,15 +183,17 @@ def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
 
 
 def design_matrix_rows(model, structures, *, min_distance: float = DEFAULT_MIN_DISTANCE,
-                       memory_budget: int = 256 * 2**20, device: Optional[torch.device] = None) -> Dict[str, torch.Tensor]:
+                       memory_budget: int = 256 * 2**20, device: Optional[torch.device] = None,
+                       fused: bool = False) -> Dict[str, torch.Tensor]:
     """Rows of the linear least-squares system for ``structures`` (``ase.Atoms`` or a list).
 
     ``energy`` [S, K]: Σ_i of every basis function; ``forces`` [3·ΣN, K] (structure-major, then atom,
     then x, y, z) = -∂/∂x of the energy rows; ``virial`` [S, 6, K] (Voigt xx, yy, zz, yz, xz, xy) =
     -∂/∂ε.  ``rows['energy'] @ model.coefficients + Σ E0`` is the model energy (E0 is not a column; a
-    ZBL baseline, if the model has one, is added on top and has no columns either).
+    ZBL baseline, if the model has one, is added on top and has no columns either).  ``fused``: use the
+    fused C++ CPU kernel (``torchace.fused``).
     """
     dev, dtype = model_device_dtype(model)
     batch = collate(structures, model.config.numbers, model.rcut, dtype=dtype, device=device or dev,
                     min_distance=min_distance)
-    return batch_rows(model, batch, memory_budget)
+    return batch_rows(model, batch, memory_budget, fused=fused)

@@ -230,120 +230,92 @@ struct HarmonicRows {
   }
 };
 
+// ---- model constants and the per-atom edge workspace shared by both kernels ----
+
+// Basis constants (pointers into tensors the caller keeps alive for the call)
 template <typename T>
-std::vector<torch::Tensor> site_energy_forces_impl(
-    const torch::Tensor& positions, const torch::Tensor& species, const torch::Tensor& batch,
-    const torch::Tensor& edge_index, const torch::Tensor& unit_shifts, const torch::Tensor& cell, int64_t n_structures,
-    bool need_grad, bool need_virial, double rcut, int64_t nz,
-    // many-body radials: Agnesi(p, q) per (zi, zj), recurrence coef [n_poly, 3]
-    const torch::Tensor& mb_r0, const torch::Tensor& mb_ycut, int64_t mb_p, int64_t mb_q, double mb_a,
-    const torch::Tensor& mb_coef,
-    // harmonics
-    int64_t max_l, const torch::Tensor& sh_norm, const torch::Tensor& sh_rec_a, const torch::Tensor& sh_rec_b,
-    const torch::Tensor& sh_qmm,
-    // one-particle functions a: radial row ρ = k·nz + s (s: neighbour species), harmonic lm (standard), weight w
-    const torch::Tensor& a_rho, const torch::Tensor& a_lm, const torch::Tensor& a_w,
-    // product basis as a shared-prefix DAG: node k (k ≥ 1) = node parent[k] × A[last[k]], node 0 = 1;
-    // children of node p are [child_start[p], child_start[p+1]) (> p); per-species node coefficients
-    // c_node [nz, n_nodes] (0 on prefixes that are not basis functions)
-    const torch::Tensor& aa_parent, const torch::Tensor& aa_last, const torch::Tensor& aa_children,
-    const torch::Tensor& c_aa, const torch::Tensor& E0,
-    // pair basis: Agnesi(p, q), Legendre recurrence, coefficients × scale [nz, nz, n_pair]
-    const torch::Tensor& pr_ycut, int64_t pr_p, int64_t pr_q, double pr_a, const torch::Tensor& pr_coef,
-    const torch::Tensor& c_pair) {
-  const int64_t N = species.size(0);
-  const int64_t E = edge_index.size(1);
-  const int n_poly = static_cast<int>(mb_coef.size(0));
-  const int n_rho = n_poly * static_cast<int>(nz);
-  const int n_a = static_cast<int>(a_rho.size(0));
-  const int n_nodes = static_cast<int>(aa_parent.size(0));
-  const int n_pair = static_cast<int>(c_pair.size(2));
-  const int L = static_cast<int>(max_l);
-  const int ny = (L + 1) * (L + 1);
-
-  const T* pos = positions.data_ptr<T>();
-  const int64_t* sp = species.data_ptr<int64_t>();
-  const int64_t* bt = batch.data_ptr<int64_t>();
-  const int64_t* ei = edge_index.data_ptr<int64_t>();
-  const int64_t* ej = ei + E;
-  const T* sh = unit_shifts.data_ptr<T>();
-  const T* cl = cell.data_ptr<T>();
-  const T* r0p = mb_r0.data_ptr<T>();
-  const T* ycm = mb_ycut.data_ptr<T>();
-  const T* cm = mb_coef.data_ptr<T>();
-  const int64_t* arho = a_rho.data_ptr<int64_t>();
-  const int64_t* alm = a_lm.data_ptr<int64_t>();
-  const T* aw = a_w.data_ptr<T>();
-  const int64_t* par = aa_parent.data_ptr<int64_t>();
-  const int64_t* lst = aa_last.data_ptr<int64_t>();
-  const int64_t* chl = aa_children.data_ptr<int64_t>();
-  TORCH_CHECK(aa_children.size(0) == n_nodes + 1, "fused kernel: child_start must have n_nodes + 1 entries");
-  const T* caa = c_aa.data_ptr<T>();
-  const T* e0 = E0.data_ptr<T>();
-  const T* ycp = pr_ycut.data_ptr<T>();
-  const T* cp = pr_coef.data_ptr<T>();
-  const T* cpair = c_pair.data_ptr<T>();
-
-  const HarmonicRows<T> harm(L, sh_norm.data_ptr<T>(), sh_rec_a.data_ptr<T>(), sh_rec_b.data_ptr<T>(),
-                             sh_qmm.data_ptr<T>());
-
-  auto opts = positions.options();
-  torch::Tensor site = torch::zeros({N}, opts);
-  torch::Tensor energy = torch::zeros({n_structures}, opts);
-  torch::Tensor forces = torch::zeros({need_grad ? N : 0, 3}, opts);
-  torch::Tensor virial = torch::zeros({need_virial ? n_structures : 0, 3, 3}, opts);
-  T* ps = site.data_ptr<T>();
-  T* pe = energy.data_ptr<T>();
-  T* pf = forces.data_ptr<T>();
-  T* pw = virial.data_ptr<T>();
-
-  // edges grouped by centre atom (counting sort; the neighbour list need not be sorted)
-  std::vector<int64_t> start(N + 1, 0), order(E);
-  for (int64_t e = 0; e < E; ++e) {
-    TORCH_CHECK(ei[e] >= 0 && ei[e] < N && ej[e] >= 0 && ej[e] < N, "edge ", e, " refers to an atom out of range");
-    ++start[ei[e] + 1];
+struct Basis {
+  int nz, n_poly, n_rho, n_a, n_pair, L, ny;
+  T rcut;
+  const T *r0, *ycm, *cm, *aw, *ycp, *cp;
+  const int64_t *arho, *alm;
+  int mb_p, mb_q, pr_p, pr_q;
+  T mb_a, pr_a;
+  HarmonicRows<T> harm;
+  Basis(double rcut_, int64_t nz_, const torch::Tensor& mb_r0, const torch::Tensor& mb_ycut, int64_t mb_p_,
+        int64_t mb_q_, double mb_a_, const torch::Tensor& mb_coef, int64_t max_l, const torch::Tensor& sh_norm,
+        const torch::Tensor& sh_rec_a, const torch::Tensor& sh_rec_b, const torch::Tensor& sh_qmm,
+        const torch::Tensor& a_rho, const torch::Tensor& a_lm, const torch::Tensor& a_w,
+        const torch::Tensor& pr_ycut, int64_t pr_p_, int64_t pr_q_, double pr_a_, const torch::Tensor& pr_coef,
+        int64_t n_pair_)
+      : nz(static_cast<int>(nz_)), n_poly(static_cast<int>(mb_coef.size(0))), n_rho(n_poly * nz),
+        n_a(static_cast<int>(a_rho.size(0))), n_pair(static_cast<int>(n_pair_)), L(static_cast<int>(max_l)),
+        ny((L + 1) * (L + 1)), rcut(static_cast<T>(rcut_)), r0(mb_r0.data_ptr<T>()), ycm(mb_ycut.data_ptr<T>()),
+        cm(mb_coef.data_ptr<T>()), aw(a_w.data_ptr<T>()), ycp(pr_ycut.data_ptr<T>()), cp(pr_coef.data_ptr<T>()),
+        arho(a_rho.data_ptr<int64_t>()), alm(a_lm.data_ptr<int64_t>()), mb_p(static_cast<int>(mb_p_)),
+        mb_q(static_cast<int>(mb_q_)), pr_p(static_cast<int>(pr_p_)), pr_q(static_cast<int>(pr_q_)),
+        mb_a(static_cast<T>(mb_a_)), pr_a(static_cast<T>(pr_a_)),
+        harm(L, sh_norm.data_ptr<T>(), sh_rec_a.data_ptr<T>(), sh_rec_b.data_ptr<T>(), sh_qmm.data_ptr<T>()) {
+    TORCH_CHECK(pr_coef.size(0) >= std::max(n_pair, 1), "fused kernel: too few pair recurrence coefficients");
   }
-  for (int64_t a = 0; a < N; ++a) start[a + 1] += start[a];
-  {
+};
+
+// Edges grouped by centre atom (counting sort: the neighbour list need not be sorted)
+struct Neighbours {
+  std::vector<int64_t> start, order;
+  int M;  // row stride: the largest neighbour count, rounded up to 8 (SIMD-friendly)
+  Neighbours(int64_t N, int64_t E, const int64_t* ei, const int64_t* ej) : start(N + 1, 0), order(E) {
+    for (int64_t e = 0; e < E; ++e) {
+      TORCH_CHECK(ei[e] >= 0 && ei[e] < N && ej[e] >= 0 && ej[e] < N, "edge ", e, " refers to an atom out of range");
+      ++start[ei[e] + 1];
+    }
+    for (int64_t a = 0; a < N; ++a) start[a + 1] += start[a];
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t e = 0; e < E; ++e) order[fill[ei[e]]++] = e;
+    int64_t max_deg = 0;
+    for (int64_t a = 0; a < N; ++a) max_deg = std::max(max_deg, start[a + 1] - start[a]);
+    M = static_cast<int>((max_deg + 7) / 8 * 8);
   }
-  int64_t max_deg = 0;
-  for (int64_t a = 0; a < N; ++a) max_deg = std::max(max_deg, start[a + 1] - start[a]);
-  const int M = static_cast<int>((max_deg + 7) / 8 * 8);  // row stride (SIMD-friendly)
+};
 
-  // row layout of the per-atom scratch
-  enum { VX, VY, VZ, RR, UX, UY, UZ, R0, YC, X, DX, ENV, DENV, DV, RAD, GX, GY, GZ, N_FIXED };
-  const int n_rows = N_FIXED + 2 * n_poly + 2 * n_rho + ny * (need_grad ? 5 : 1) + harm.scratch_rows() +
-                     2 * std::max(n_pair, 1) + 2;
-  std::vector<T> work(static_cast<size_t>(n_rows) * M + 64, T(0));
-  T* base = work.data();
-  auto row = [&](int k) { return base + static_cast<size_t>(k) * M; };
-  T* Pk = row(N_FIXED);
-  T* dPk = Pk + n_poly * M;
-  T* R = dPk + n_poly * M;       // [n_rho][M], species-masked
-  T* dR = R + n_rho * M;
-  T* Y = dR + n_rho * M;         // [ny][M]
-  T* G = Y + ny * M;             // [3][ny][M] (need_grad)
-  T* glm = G + (need_grad ? 3 * ny * M : 0);  // [ny][M] (need_grad)
-  T* hw = glm + (need_grad ? ny * M : 0);
-  T* PP = hw + harm.scratch_rows() * M;  // pair Legendre rows
-  T* dPP = PP + std::max(n_pair, 1) * M;
-  T* pval = dPP + std::max(n_pair, 1) * M;
-  T* pder = pval + M;
-  std::vector<int64_t> nbr(M), zz(M), zjv(M);
-  std::vector<T> A(n_a + 1), gA(n_a + 1), AA(n_nodes), gAA(n_nodes);
-  const T rc = static_cast<T>(rcut), rc2 = rc * rc;
-  T best_r2 = std::numeric_limits<T>::infinity();  // the closest pair (atoms on top of each other → error)
+// Structure-of-arrays rows over the m edges (inside rcut) of one centre atom
+template <typename T>
+struct AtomEdges {
+  enum { VX, VY, VZ, RR, UX, UY, UZ, R0, YC, X, DX, ENV, DENV, PENV, DPENV, N_FIXED };
+  const Basis<T>& b;
+  int M;
+  bool grad;
+  std::vector<T> work;
+  T *Pk, *dPk, *R, *dR, *Y, *G, *hw, *PP, *dPP;
+  std::vector<int64_t> nbr, zz, zjv;
+  int m = 0;
+  T best_r2 = std::numeric_limits<T>::infinity();  // the closest pair seen (atoms on top of each other)
   int64_t best_e = -1;
 
-  for (int64_t i = 0; i < N; ++i) {
+  AtomEdges(const Basis<T>& b_, int M_, bool grad_) : b(b_), M(std::max(M_, 8)), grad(grad_), nbr(M), zz(M), zjv(M) {
+    const int np = std::max(b.n_pair, 1);
+    const size_t n_rows = N_FIXED + 2 * b.n_poly + 2 * b.n_rho + b.ny * (grad ? 4 : 1) + b.harm.scratch_rows() + 2 * np;
+    work.assign(n_rows * M + 64, T(0));
+    Pk = row(N_FIXED);
+    dPk = Pk + b.n_poly * M;
+    R = dPk + b.n_poly * M;  // [n_rho][M], species-masked
+    dR = R + b.n_rho * M;
+    Y = dR + b.n_rho * M;    // [ny][M]
+    G = Y + b.ny * M;        // [3][ny][M] (grad)
+    hw = G + (grad ? 3 * b.ny * M : 0);
+    PP = hw + b.harm.scratch_rows() * M;  // pair Legendre rows
+    dPP = PP + np * M;
+  }
+  T* row(int k) { return work.data() + static_cast<size_t>(k) * M; }
+
+  // edge vectors r_ij = x_j - x_i + S·cell of atom i, keeping those inside rcut (skin edges are exactly 0)
+  void gather(int64_t i, const Neighbours& nb, const T* pos, const int64_t* sp, const int64_t* ej, const T* sh,
+              const T* cell_i) {
+    const T rc2 = b.rcut * b.rcut;
     const int64_t zi = sp[i];
-    const T* cell_i = cl + 9 * bt[i];
-    // gather the edges inside rcut (skin edges contribute exactly zero)
-    int m = 0;
-    for (int64_t t = start[i]; t < start[i + 1]; ++t) {
-      const int64_t e = order[t];
+    m = 0;
+    for (int64_t t = nb.start[i]; t < nb.start[i + 1]; ++t) {
+      const int64_t e = nb.order[t];
       const int64_t j = ej[e];
       T v[3];
       for (int c = 0; c < 3; ++c)
@@ -361,29 +333,30 @@ std::vector<torch::Tensor> site_energy_forces_impl(
       row(RR)[m] = std::max(std::sqrt(r2), T(1e-300));
       nbr[m] = e;
       zjv[m] = sp[j];
-      zz[m] = zi * nz + sp[j];
-      row(R0)[m] = r0p[zz[m]];
-      row(YC)[m] = ycm[zz[m]];
+      zz[m] = zi * b.nz + sp[j];
+      row(R0)[m] = b.r0[zz[m]];
       ++m;
     }
-    T* __restrict rr = row(RR);
-    {
-      T* __restrict ux = row(UX);
-      T* __restrict uy = row(UY);
-      T* __restrict uz = row(UZ);
-      const T* __restrict vx = row(VX);
-      const T* __restrict vy = row(VY);
-      const T* __restrict vz = row(VZ);
-      IVDEP for (int e = 0; e < m; ++e) {
-        const T inv = T(1) / rr[e];
-        ux[e] = vx[e] * inv;
-        uy[e] = vy[e] * inv;
-        uz[e] = vz[e] * inv;
-      }
+    const T* __restrict rr = row(RR);
+    T* __restrict ux = row(UX);
+    T* __restrict uy = row(UY);
+    T* __restrict uz = row(UZ);
+    const T* __restrict vx = row(VX);
+    const T* __restrict vy = row(VY);
+    const T* __restrict vz = row(VZ);
+    IVDEP for (int e = 0; e < m; ++e) {
+      const T inv = T(1) / rr[e];
+      ux[e] = vx[e] * inv;
+      uy[e] = vy[e] * inv;
+      uz[e] = vz[e] * inv;
     }
-    // many-body radials R_k = P_k(x) (1 - x²)², species-masked into rows ρ = k·nz + s
-    agnesi_dispatch(m, rr, row(R0), row(YC), static_cast<int>(mb_p), static_cast<int>(mb_q), static_cast<T>(mb_a),
-                    row(X), row(DX));
+  }
+
+  // many-body radials R_k = P_k(x) (1 - x²)², species-masked into rows ρ = k·nz + s, and dR/dr
+  void manybody() {
+    const int nz = b.nz;
+    for (int e = 0; e < m; ++e) row(YC)[e] = b.ycm[zz[e]];
+    agnesi_dispatch(m, row(RR), row(R0), row(YC), b.mb_p, b.mb_q, b.mb_a, row(X), row(DX));
     {
       const T* __restrict x = row(X);
       const T* __restrict dx = row(DX);
@@ -395,13 +368,13 @@ std::vector<torch::Tensor> site_energy_forces_impl(
         denv[e] = T(-4) * x[e] * w * dx[e];
       }
     }
-    recurrence_rows(m, M, row(X), cm, n_poly, Pk, dPk);
-    for (int k = 0; k < n_poly; ++k) {
+    recurrence_rows(m, M, row(X), b.cm, b.n_poly, Pk, dPk);
+    const T* __restrict env = row(ENV);
+    const T* __restrict denv = row(DENV);
+    const T* __restrict dx = row(DX);
+    for (int k = 0; k < b.n_poly; ++k) {
       const T* __restrict p = Pk + k * M;
       const T* __restrict dp = dPk + k * M;
-      const T* __restrict env = row(ENV);
-      const T* __restrict denv = row(DENV);
-      const T* __restrict dx = row(DX);
       for (int s = 0; s < nz; ++s) {
         T* __restrict out = R + (k * nz + s) * M;
         T* __restrict dout = dR + (k * nz + s) * M;
@@ -419,52 +392,126 @@ std::vector<torch::Tensor> site_energy_forces_impl(
         }
       }
     }
-    harm.eval(m, M, row(UX), row(UY), row(UZ), hw, Y, need_grad ? G : nullptr);
-    // A_a = w_a Σ_e R_ρ(a) Y_lm(a)
-    for (int a = 0; a < n_a; ++a) {
-      const T* __restrict rrow = R + arho[a] * M;
-      const T* __restrict yrow = Y + alm[a] * M;
-      A[a] = dot(m, rrow, yrow) * aw[a];
+  }
+
+  void harmonics() { b.harm.eval(m, M, row(UX), row(UY), row(UZ), hw, Y, grad ? G : nullptr); }
+
+  // A_a = w_a Σ_e R_ρ(a) Y_lm(a); A[n_a] = 1 (the padding factor of lower-order products)
+  void atomic_basis(T* A) {
+    for (int a = 0; a < b.n_a; ++a) A[a] = dot(m, R + b.arho[a] * M, Y + b.alm[a] * M) * b.aw[a];
+    A[b.n_a] = T(1);
+  }
+
+  // pair basis rows: Legendre P_k(x_pair) and dP_k/dx (PP, dPP), envelope and its r-derivative (PENV, DPENV),
+  // x_pair's r-derivative in DX (the many-body transform's rows are overwritten)
+  void pair() {
+    if (b.n_pair == 0 || m == 0) return;
+    for (int e = 0; e < m; ++e) row(YC)[e] = b.ycp[zz[e]];
+    agnesi_dispatch(m, row(RR), row(R0), row(YC), b.pr_p, b.pr_q, b.pr_a, row(X), row(DX));
+    recurrence_rows(m, M, row(X), b.cp, b.n_pair, PP, dPP);
+    const T* __restrict rr = row(RR);
+    const T* __restrict r0e = row(R0);
+    T* __restrict penv = row(PENV);
+    T* __restrict dpenv = row(DPENV);
+    const T rc = b.rcut;
+    IVDEP for (int e = 0; e < m; ++e) {
+      const T s = rr[e] / r0e[e], sc = rc / r0e[e];
+      const T is = T(1) / s, isc = T(1) / sc;
+      penv[e] = is * is - isc * isc + T(2) * isc * isc * isc * (s - sc);
+      dpenv[e] = (T(-2) * is * is * is + T(2) * isc * isc * isc) / r0e[e];
     }
-    A[n_a] = T(1);
+  }
+};
+
+template <typename T>
+std::vector<torch::Tensor> site_energy_forces_impl(
+    const torch::Tensor& positions, const torch::Tensor& species, const torch::Tensor& batch,
+    const torch::Tensor& edge_index, const torch::Tensor& unit_shifts, const torch::Tensor& cell, int64_t n_structures,
+    bool need_grad, bool need_virial, const Basis<T>& bs,
+    // product basis as a shared-prefix DAG: node k (k ≥ 1) = node parent[k] × A[last[k]], node 0 = 1;
+    // children of node p are [child_start[p], child_start[p+1]) (> p); per-species node coefficients
+    // c_node [nz, n_nodes] (0 on prefixes that are not basis functions)
+    const torch::Tensor& aa_parent, const torch::Tensor& aa_last, const torch::Tensor& aa_children,
+    const torch::Tensor& c_aa, const torch::Tensor& E0, const torch::Tensor& c_pair) {
+  const int64_t N = species.size(0);
+  const int64_t E = edge_index.size(1);
+  const int n_a = bs.n_a, ny = bs.ny, n_pair = bs.n_pair;
+  const int n_nodes = static_cast<int>(aa_parent.size(0));
+  TORCH_CHECK(aa_children.size(0) == n_nodes + 1, "fused kernel: child_start must have n_nodes + 1 entries");
+  const T* pos = positions.data_ptr<T>();
+  const int64_t* sp = species.data_ptr<int64_t>();
+  const int64_t* bt = batch.data_ptr<int64_t>();
+  const int64_t* ei = edge_index.data_ptr<int64_t>();
+  const int64_t* ej = ei + E;
+  const T* sh = unit_shifts.data_ptr<T>();
+  const T* cl = cell.data_ptr<T>();
+  const int64_t* par = aa_parent.data_ptr<int64_t>();
+  const int64_t* lst = aa_last.data_ptr<int64_t>();
+  const int64_t* chl = aa_children.data_ptr<int64_t>();
+  const T* caa = c_aa.data_ptr<T>();
+  const T* e0 = E0.data_ptr<T>();
+  const T* cpair = c_pair.data_ptr<T>();
+
+  auto opts = positions.options();
+  torch::Tensor site = torch::zeros({N}, opts);
+  torch::Tensor energy = torch::zeros({n_structures}, opts);
+  torch::Tensor forces = torch::zeros({need_grad ? N : 0, 3}, opts);
+  torch::Tensor virial = torch::zeros({need_virial ? n_structures : 0, 3, 3}, opts);
+  T* ps = site.data_ptr<T>();
+  T* pe = energy.data_ptr<T>();
+  T* pf = forces.data_ptr<T>();
+  T* pw = virial.data_ptr<T>();
+
+  const Neighbours nb(N, E, ei, ej);
+  AtomEdges<T> w(bs, nb.M, need_grad);
+  const int M = w.M;
+  std::vector<T> rows(5 * M + static_cast<size_t>(ny) * M, T(0));
+  T* dV = rows.data();
+  T* rad = dV + M;
+  T* gx = rad + M;
+  T* gy = gx + M;
+  T* gz = gy + M;
+  T* glm = gz + M;  // [ny][M]
+  std::vector<T> A(n_a + 1), gA(n_a + 1), AA(n_nodes), gAA(n_nodes);
+
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t zi = sp[i];
+    w.gather(i, nb, pos, sp, ej, sh, cl + 9 * bt[i]);
+    const int m = w.m;
+    w.manybody();
+    w.harmonics();
+    w.atomic_basis(A.data());
     // pair potential, coefficients folded in: V(r) = penv(r) Σ_k c_k P_k(x(r))
     T e_pair = T(0);
-    T* __restrict dV = row(DV);
-    IVDEP for (int e = 0; e < m; ++e) dV[e] = T(0);
+    for (int e = 0; e < m; ++e) dV[e] = T(0);
     if (n_pair > 0 && m > 0) {
-      IVDEP for (int e = 0; e < m; ++e) row(YC)[e] = ycp[zz[e]];
-      agnesi_dispatch(m, rr, row(R0), row(YC), static_cast<int>(pr_p), static_cast<int>(pr_q), static_cast<T>(pr_a),
-                      row(X), row(DX));
-      recurrence_rows(m, M, row(X), cp, n_pair, PP, dPP);
-      T* __restrict val = pval;
-      T* __restrict der = pder;
-      IVDEP for (int e = 0; e < m; ++e) val[e] = der[e] = T(0);
+      w.pair();
+      T* __restrict val = gx;  // scratch
+      T* __restrict der = gy;
+      for (int e = 0; e < m; ++e) val[e] = der[e] = T(0);
       for (int k = 0; k < n_pair; ++k) {
-        const T* __restrict p = PP + k * M;
-        const T* __restrict dp = dPP + k * M;
-        if (nz == 1) {
+        const T* __restrict p = w.PP + k * M;
+        const T* __restrict dp = w.dPP + k * M;
+        if (bs.nz == 1) {
           const T c = cpair[k];
           IVDEP for (int e = 0; e < m; ++e) {
             val[e] += c * p[e];
             der[e] += c * dp[e];
           }
         } else {
-          IVDEP for (int e = 0; e < m; ++e) {
-            const T c = cpair[zz[e] * n_pair + k];
+          for (int e = 0; e < m; ++e) {
+            const T c = cpair[w.zz[e] * n_pair + k];
             val[e] += c * p[e];
             der[e] += c * dp[e];
           }
         }
       }
-      const T* __restrict r0e = row(R0);
-      const T* __restrict dx = row(DX);
-      IVDEP for (int e = 0; e < m; ++e) {
-        const T s = rr[e] / r0e[e], sc = rc / r0e[e];
-        const T is = T(1) / s, isc = T(1) / sc;
-        const T penv = is * is - isc * isc + T(2) * isc * isc * isc * (s - sc);
-        const T dpenv = (T(-2) * is * is * is + T(2) * isc * isc * isc) / r0e[e];
-        e_pair += val[e] * penv;
-        dV[e] = der[e] * dx[e] * penv + val[e] * dpenv;
+      const T* __restrict penv = w.row(w.PENV);
+      const T* __restrict dpenv = w.row(w.DPENV);
+      const T* __restrict dx = w.row(w.DX);
+      for (int e = 0; e < m; ++e) {
+        e_pair += val[e] * penv[e];
+        dV[e] = der[e] * dx[e] * penv[e] + val[e] * dpenv[e];
       }
     }
     // site energy and ∂E/∂A through the product DAG (one multiply per node; reverse sweep for ∂E/∂A)
@@ -472,71 +519,65 @@ std::vector<torch::Tensor> site_energy_forces_impl(
     AA[0] = T(1);
     for (int k = 1; k < n_nodes; ++k) AA[k] = AA[par[k]] * A[lst[k]];
     const T e_mb = dot(n_nodes - 1, c + 1, AA.data() + 1);
-    if (need_grad) {
-      std::fill(gA.begin(), gA.end(), T(0));
-      for (int p = n_nodes - 1; p >= 0; --p) {  // children (> p) are final when p is reached
-        const T ap = AA[p];
-        T s = T(0);
-        for (int64_t k = chl[p]; k < chl[p + 1]; ++k) {
-          const T g = gAA[k];
-          s += g * A[lst[k]];
-          gA[lst[k]] += g * ap;
-        }
-        gAA[p] = c[p] + s;
-      }
-    }
     const T ei_total = e0[zi] + e_mb + e_pair;
     ps[i] = ei_total;
     pe[bt[i]] += ei_total;
     if (!need_grad || m == 0) continue;
+    std::fill(gA.begin(), gA.end(), T(0));
+    for (int p = n_nodes - 1; p >= 0; --p) {  // children (> p) are final when p is reached
+      const T ap = AA[p];
+      T s = T(0);
+      for (int64_t k = chl[p]; k < chl[p + 1]; ++k) {
+        const T g = gAA[k];
+        s += g * A[lst[k]];
+        gA[lst[k]] += g * ap;
+      }
+      gAA[p] = c[p] + s;
+    }
     // backward: radial cotangent (along u) and angular cotangents g_lm per edge
-    T* __restrict rad = row(RAD);
     IVDEP for (int e = 0; e < m; ++e) rad[e] = dV[e];
-    std::fill(glm, glm + ny * M, T(0));
+    std::fill(glm, glm + static_cast<size_t>(ny) * M, T(0));
     for (int a = 0; a < n_a; ++a) {
-      const T ga = gA[a] * aw[a];
+      const T ga = gA[a] * bs.aw[a];
       if (ga == T(0)) continue;
-      const T* __restrict rrow = R + arho[a] * M;
-      const T* __restrict drow = dR + arho[a] * M;
-      const T* __restrict yrow = Y + alm[a] * M;
-      T* __restrict gl = glm + alm[a] * M;
+      const T* __restrict rrow = w.R + bs.arho[a] * M;
+      const T* __restrict drow = w.dR + bs.arho[a] * M;
+      const T* __restrict yrow = w.Y + bs.alm[a] * M;
+      T* __restrict gl = glm + bs.alm[a] * M;
       IVDEP for (int e = 0; e < m; ++e) {
         rad[e] += ga * yrow[e] * drow[e];
         gl[e] += ga * rrow[e];
       }
     }
-    T* __restrict gx = row(GX);
-    T* __restrict gy = row(GY);
-    T* __restrict gz = row(GZ);
     IVDEP for (int e = 0; e < m; ++e) gx[e] = gy[e] = gz[e] = T(0);
     for (int p = 0; p < ny; ++p) {
       const T* __restrict gl = glm + p * M;
-      const T* __restrict G0 = G + p * M;
-      const T* __restrict G1 = G + (ny + p) * M;
-      const T* __restrict G2 = G + (2 * ny + p) * M;
+      const T* __restrict G0 = w.G + p * M;
+      const T* __restrict G1 = w.G + (ny + p) * M;
+      const T* __restrict G2 = w.G + (2 * ny + p) * M;
       IVDEP for (int e = 0; e < m; ++e) {
         gx[e] += gl[e] * G0[e];
         gy[e] += gl[e] * G1[e];
         gz[e] += gl[e] * G2[e];
       }
     }
-    const T* ux = row(UX);
-    const T* uy = row(UY);
-    const T* uz = row(UZ);
+    const T* rr = w.row(w.RR);
+    const T* ux = w.row(w.UX);
+    const T* uy = w.row(w.UY);
+    const T* uz = w.row(w.UZ);
     T vg[9] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
-    for (int e2 = 0; e2 < m; ++e2) {  // scalar: j repeats across periodic images
-      const int e = e2;
+    for (int e = 0; e < m; ++e) {  // scalar: j repeats across periodic images
       const T r = rr[e];
       const T ug = ux[e] * gx[e] + uy[e] * gy[e] + uz[e] * gz[e];
       const T gv[3] = {ux[e] * rad[e] + (gx[e] - ux[e] * ug) / r, uy[e] * rad[e] + (gy[e] - uy[e] * ug) / r,
                        uz[e] * rad[e] + (gz[e] - uz[e] * ug) / r};
-      const int64_t j = ej[nbr[e]];
+      const int64_t j = ej[w.nbr[e]];
       for (int cc = 0; cc < 3; ++cc) {
         pf[3 * i + cc] += gv[cc];
         pf[3 * j + cc] -= gv[cc];
       }
       if (need_virial) {
-        const T v[3] = {row(VX)[e], row(VY)[e], row(VZ)[e]};
+        const T v[3] = {w.row(w.VX)[e], w.row(w.VY)[e], w.row(w.VZ)[e]};
         for (int p = 0; p < 3; ++p)
           for (int q = 0; q < 3; ++q) vg[3 * p + q] += v[p] * gv[q];
       }
@@ -547,36 +588,256 @@ std::vector<torch::Tensor> site_energy_forces_impl(
         for (int q = 0; q < 3; ++q) W[3 * p + q] -= T(0.5) * (vg[3 * p + q] + vg[3 * q + p]);
     }
   }
-  torch::Tensor closest = torch::tensor({static_cast<double>(std::sqrt(best_r2)), static_cast<double>(best_e)},
+  torch::Tensor closest = torch::tensor({static_cast<double>(std::sqrt(w.best_r2)), static_cast<double>(w.best_e)},
                                         torch::kFloat64);
   return {energy, site, forces, virial, closest};
 }
 
+// Voigt order xx, yy, zz, yz, xz, xy
+constexpr int VA[6] = {0, 1, 2, 1, 0, 0};
+constexpr int VB[6] = {0, 1, 2, 2, 2, 1};
+
+// Design-matrix rows (torchace.rows.batch_rows): energy [S, K], forces [3N, K] (= -∂/∂x of the energy
+// rows), virial [S, 6, K] for K = nz·n_b (block of the centre's species) + nz²·n_pair (block zi·nz + zj).
+// Per atom: B = C·AA, J = ∂B/∂A from the leave-one-out products, ∂φ/∂r per edge, G = ∂φᵀ·J (one GEMM).
+template <typename T>
+std::vector<torch::Tensor> design_rows_impl(
+    const torch::Tensor& positions, const torch::Tensor& species, const torch::Tensor& batch,
+    const torch::Tensor& edge_index, const torch::Tensor& unit_shifts, const torch::Tensor& cell, int64_t n_structures,
+    const Basis<T>& bs, int64_t n_b,
+    // product basis idx [n_aa, ν] (n_a = padding), coupling COO (b, k, value), Jacobian pattern (a·n_b + b,
+    // t·n_aa + k, value): J[a, b] = Σ C_bk Π_{s≠t} A[idx[k, s]] over idx[k, t] = a
+    const torch::Tensor& aa_idx, const torch::Tensor& c_rows, const torch::Tensor& c_cols, const torch::Tensor& c_vals,
+    const torch::Tensor& j_tgt, const torch::Tensor& j_src, const torch::Tensor& j_val, const torch::Tensor& pair_scale) {
+  const int64_t N = species.size(0);
+  const int64_t E = edge_index.size(1);
+  const int n_a = bs.n_a, ny = bs.ny, n_pair = bs.n_pair, nz = bs.nz;
+  const int nb_ = static_cast<int>(n_b);
+  const int n_aa = static_cast<int>(aa_idx.size(0));
+  const int nu = static_cast<int>(aa_idx.size(1));
+  const int64_t K = static_cast<int64_t>(nz) * nb_ + static_cast<int64_t>(nz) * nz * n_pair;
+  const int64_t off_pair = static_cast<int64_t>(nz) * nb_;
+  const T* pos = positions.data_ptr<T>();
+  const int64_t* sp = species.data_ptr<int64_t>();
+  const int64_t* bt = batch.data_ptr<int64_t>();
+  const int64_t* ei = edge_index.data_ptr<int64_t>();
+  const int64_t* ej = ei + E;
+  const T* sh = unit_shifts.data_ptr<T>();
+  const T* cl = cell.data_ptr<T>();
+  const int64_t* idx = aa_idx.data_ptr<int64_t>();
+  const int64_t* crow = c_rows.data_ptr<int64_t>();
+  const int64_t* ccol = c_cols.data_ptr<int64_t>();
+  const T* cval = c_vals.data_ptr<T>();
+  const int64_t n_c = c_rows.size(0);
+  const int64_t* jt = j_tgt.data_ptr<int64_t>();
+  const int64_t* js = j_src.data_ptr<int64_t>();
+  const T* jv = j_val.data_ptr<T>();
+  const int64_t n_j = j_tgt.size(0);
+  const T* pscale = pair_scale.data_ptr<T>();
+
+  auto opts = positions.options();
+  torch::Tensor e_rows = torch::zeros({n_structures, K}, opts);
+  torch::Tensor f_rows = torch::zeros({3 * N, K}, opts);
+  torch::Tensor v_rows = torch::zeros({n_structures, 6, K}, opts);
+  T* pe = e_rows.data_ptr<T>();
+  T* pf = f_rows.data_ptr<T>();
+  T* pv = v_rows.data_ptr<T>();
+
+  const Neighbours nbs(N, E, ei, ej);
+  AtomEdges<T> w(bs, nbs.M, true);
+  const int M = w.M;
+  // per-atom buffers: ∂φ/∂r [n_a][3][M], ∇Y [3][ny][M], J [n_a][n_b], G [3][M][n_b]
+  torch::Tensor dphi_t = torch::zeros({n_a, 3 * M}, opts);
+  torch::Tensor J_t = torch::zeros({n_a, nb_}, opts);
+  torch::Tensor G_t = torch::zeros({3 * M, nb_}, opts);
+  T* dphi = dphi_t.data_ptr<T>();
+  T* Jm = J_t.data_ptr<T>();
+  T* Gm = G_t.data_ptr<T>();
+  std::vector<T> dY(static_cast<size_t>(3) * ny * M, T(0)), A(n_a + 1), loo(static_cast<size_t>(nu) * n_aa),
+      AA(n_aa), Bv(nb_), Fc(3 * static_cast<size_t>(nb_)), Wc(9 * static_cast<size_t>(nb_)), pre(nu + 1);
+
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t zi = sp[i], s = bt[i];
+    w.gather(i, nbs, pos, sp, ej, sh, cl + 9 * s);
+    const int m = w.m;
+    w.manybody();
+    w.harmonics();
+    w.atomic_basis(A.data());
+    // AA and the leave-one-out products; B = C·AA into the energy row
+    for (int k = 0; k < n_aa; ++k) {
+      const int64_t* ix = idx + k * nu;
+      pre[0] = T(1);
+      for (int t = 0; t < nu; ++t) pre[t + 1] = pre[t] * A[ix[t]];
+      AA[k] = pre[nu];
+      T suf = T(1);
+      for (int t = nu - 1; t >= 0; --t) {
+        loo[static_cast<size_t>(t) * n_aa + k] = pre[t] * suf;
+        suf *= A[ix[t]];
+      }
+    }
+    std::fill(Bv.begin(), Bv.end(), T(0));
+    for (int64_t q = 0; q < n_c; ++q) Bv[crow[q]] += cval[q] * AA[ccol[q]];
+    T* erow = pe + s * K + zi * nb_;
+    for (int bb = 0; bb < nb_; ++bb) erow[bb] += Bv[bb];
+    if (m > 0) {
+      std::fill(Jm, Jm + static_cast<size_t>(n_a) * nb_, T(0));
+      for (int64_t q = 0; q < n_j; ++q) Jm[jt[q]] += jv[q] * loo[js[q]];
+      // ∇Y_lm = (G_lm - u (u·G_lm)) / r, then ∂φ_a/∂r = w_a (R'_ρ Y_lm u + R_ρ ∇Y_lm)
+      const T* rr = w.row(w.RR);
+      const T* uu[3] = {w.row(w.UX), w.row(w.UY), w.row(w.UZ)};
+      for (int p = 0; p < ny; ++p) {
+        const T* __restrict g0 = w.G + p * M;
+        const T* __restrict g1 = w.G + (ny + p) * M;
+        const T* __restrict g2 = w.G + (2 * ny + p) * M;
+        T* __restrict d0 = dY.data() + p * M;
+        T* __restrict d1 = dY.data() + (ny + p) * M;
+        T* __restrict d2 = dY.data() + (2 * ny + p) * M;
+        const T* __restrict ux = uu[0];
+        const T* __restrict uy = uu[1];
+        const T* __restrict uz = uu[2];
+        IVDEP for (int e = 0; e < m; ++e) {
+          const T ug = ux[e] * g0[e] + uy[e] * g1[e] + uz[e] * g2[e];
+          const T ir = T(1) / rr[e];
+          d0[e] = (g0[e] - ux[e] * ug) * ir;
+          d1[e] = (g1[e] - uy[e] * ug) * ir;
+          d2[e] = (g2[e] - uz[e] * ug) * ir;
+        }
+      }
+      for (int a = 0; a < n_a; ++a) {
+        const T wa = bs.aw[a];
+        const T* __restrict rrow = w.R + bs.arho[a] * M;
+        const T* __restrict drow = w.dR + bs.arho[a] * M;
+        const T* __restrict yrow = w.Y + bs.alm[a] * M;
+        for (int c = 0; c < 3; ++c) {
+          const T* __restrict u = uu[c];
+          const T* __restrict dy = dY.data() + (c * ny + bs.alm[a]) * M;
+          T* __restrict out = dphi + (static_cast<size_t>(a) * 3 + c) * M;
+          IVDEP for (int e = 0; e < m; ++e) out[e] = wa * (drow[e] * yrow[e] * u[e] + rrow[e] * dy[e]);
+          for (int e = m; e < M; ++e) out[e] = T(0);
+        }
+      }
+      // G [(c, e), b] = Σ_a ∂φ_a/∂r_c(e) J[a, b]: one GEMM per atom
+      at::mm_out(G_t, dphi_t.t(), J_t);
+      std::fill(Fc.begin(), Fc.end(), T(0));
+      std::fill(Wc.begin(), Wc.end(), T(0));
+      for (int e = 0; e < m; ++e) {
+        const int64_t j = ej[w.nbr[e]];
+        const T v[3] = {w.row(w.VX)[e], w.row(w.VY)[e], w.row(w.VZ)[e]};
+        for (int c = 0; c < 3; ++c) {
+          const T* __restrict g = Gm + (static_cast<size_t>(c) * M + e) * nb_;
+          T* __restrict fj = pf + (3 * j + c) * K + zi * nb_;
+          T* __restrict fc = Fc.data() + c * nb_;
+          IVDEP for (int bb = 0; bb < nb_; ++bb) {
+            fc[bb] += g[bb];
+            fj[bb] -= g[bb];
+          }
+          for (int a2 = 0; a2 < 3; ++a2) {  // Σ_e r_a G_c
+            T* __restrict wc = Wc.data() + (a2 * 3 + c) * nb_;
+            const T va = v[a2];
+            IVDEP for (int bb = 0; bb < nb_; ++bb) wc[bb] += va * g[bb];
+          }
+        }
+      }
+      for (int c = 0; c < 3; ++c) {
+        T* __restrict fi = pf + (3 * i + c) * K + zi * nb_;
+        const T* __restrict fc = Fc.data() + c * nb_;
+        IVDEP for (int bb = 0; bb < nb_; ++bb) fi[bb] += fc[bb];
+      }
+      for (int q = 0; q < 6; ++q) {  // -½ (r_a G_b + r_b G_a)
+        T* __restrict vr = pv + (s * 6 + q) * K + zi * nb_;
+        const T* __restrict wab = Wc.data() + (VA[q] * 3 + VB[q]) * nb_;
+        const T* __restrict wba = Wc.data() + (VB[q] * 3 + VA[q]) * nb_;
+        IVDEP for (int bb = 0; bb < nb_; ++bb) vr[bb] -= T(0.5) * (wab[bb] + wba[bb]);
+      }
+    }
+    // pair rows: V_k = P_k(x) penv scale_k per (zi, zj) block; ∂V_k/∂r_e = u dV_k
+    if (n_pair > 0 && m > 0) {
+      w.pair();
+      const T* penv = w.row(w.PENV);
+      const T* dpenv = w.row(w.DPENV);
+      const T* dx = w.row(w.DX);
+      const T* rr = w.row(w.RR);
+      for (int e = 0; e < m; ++e) {
+        const int64_t j = ej[w.nbr[e]];
+        const int64_t col = off_pair + w.zz[e] * n_pair;
+        const T u[3] = {w.row(w.UX)[e], w.row(w.UY)[e], w.row(w.UZ)[e]};
+        const T r = rr[e];
+        for (int k = 0; k < n_pair; ++k) {
+          const T p = w.PP[k * M + e], dp = w.dPP[k * M + e];
+          const T val = p * penv[e] * pscale[k];
+          const T der = (dp * dx[e] * penv[e] + p * dpenv[e]) * pscale[k];
+          pe[s * K + col + k] += val;
+          for (int c = 0; c < 3; ++c) {
+            pf[(3 * i + c) * K + col + k] += u[c] * der;
+            pf[(3 * j + c) * K + col + k] -= u[c] * der;
+          }
+          for (int q = 0; q < 6; ++q) pv[(s * 6 + q) * K + col + k] -= r * u[VA[q]] * u[VB[q]] * der;
+        }
+      }
+    }
+  }
+  return {e_rows, f_rows, v_rows};
+}
+
 }  // namespace
 
-std::vector<torch::Tensor> site_energy_forces(
-    torch::Tensor positions, torch::Tensor species, torch::Tensor batch, torch::Tensor edge_index,
-    torch::Tensor unit_shifts, torch::Tensor cell, int64_t n_structures, bool need_grad, bool need_virial, double rcut,
-    int64_t nz, torch::Tensor mb_r0, torch::Tensor mb_ycut, int64_t mb_p, int64_t mb_q, double mb_a,
-    torch::Tensor mb_coef, int64_t max_l, torch::Tensor sh_norm, torch::Tensor sh_rec_a, torch::Tensor sh_rec_b,
-    torch::Tensor sh_qmm, torch::Tensor a_rho, torch::Tensor a_lm, torch::Tensor a_w,
-    torch::Tensor aa_parent, torch::Tensor aa_last, torch::Tensor aa_children, torch::Tensor c_aa, torch::Tensor E0, torch::Tensor pr_ycut, int64_t pr_p, int64_t pr_q,
-    double pr_a, torch::Tensor pr_coef, torch::Tensor c_pair) {
+#define BASIS_ARGS                                                                                                 \
+  double rcut, int64_t nz, torch::Tensor mb_r0, torch::Tensor mb_ycut, int64_t mb_p, int64_t mb_q, double mb_a,   \
+      torch::Tensor mb_coef, int64_t max_l, torch::Tensor sh_norm, torch::Tensor sh_rec_a, torch::Tensor sh_rec_b, \
+      torch::Tensor sh_qmm, torch::Tensor a_rho, torch::Tensor a_lm, torch::Tensor a_w, torch::Tensor pr_ycut,       \
+      int64_t pr_p, int64_t pr_q, double pr_a, torch::Tensor pr_coef, int64_t n_pair
+#define BASIS_CALL                                                                                            \
+  rcut, nz, mb_r0, mb_ycut, mb_p, mb_q, mb_a, mb_coef, max_l, sh_norm, sh_rec_a, sh_rec_b, sh_qmm, a_rho, a_lm, \
+      a_w, pr_ycut, pr_p, pr_q, pr_a, pr_coef, n_pair
+
+static void check_inputs(const torch::Tensor& positions, std::initializer_list<const torch::Tensor*> floats,
+                         std::initializer_list<const torch::Tensor*> ints) {
   TORCH_CHECK(positions.device().is_cpu(), "the fused kernel runs on CPU tensors");
-  const auto dt = positions.scalar_type();
-  for (const torch::Tensor* t : {&unit_shifts, &cell, &mb_r0, &mb_ycut, &mb_coef, &sh_norm, &sh_rec_a, &sh_rec_b,
-                                 &sh_qmm, &a_w, &c_aa, &E0, &pr_ycut, &pr_coef, &c_pair})
-    TORCH_CHECK(t->scalar_type() == dt && t->is_contiguous(), "fused kernel: floating inputs must be contiguous and of ",
-                "the positions' dtype");
-  for (const torch::Tensor* t : {&species, &batch, &edge_index, &a_rho, &a_lm, &aa_parent, &aa_last, &aa_children})
-    TORCH_CHECK(t->scalar_type() == torch::kInt64 && t->is_contiguous(), "fused kernel: index inputs must be contiguous int64");
   TORCH_CHECK(positions.is_contiguous(), "fused kernel: positions must be contiguous");
+  for (const torch::Tensor* t : floats)
+    TORCH_CHECK(t->scalar_type() == positions.scalar_type() && t->is_contiguous() && t->device().is_cpu(),
+                "fused kernel: floating inputs must be contiguous CPU tensors of the positions' dtype");
+  for (const torch::Tensor* t : ints)
+    TORCH_CHECK(t->scalar_type() == torch::kInt64 && t->is_contiguous() && t->device().is_cpu(),
+                "fused kernel: index inputs must be contiguous int64 CPU tensors");
+}
+
+std::vector<torch::Tensor> site_energy_forces(torch::Tensor positions, torch::Tensor species, torch::Tensor batch,
+                                              torch::Tensor edge_index, torch::Tensor unit_shifts, torch::Tensor cell,
+                                              int64_t n_structures, bool need_grad, bool need_virial, BASIS_ARGS,
+                                              torch::Tensor aa_parent, torch::Tensor aa_last,
+                                              torch::Tensor aa_children, torch::Tensor c_aa, torch::Tensor E0,
+                                              torch::Tensor c_pair) {
+  check_inputs(positions,
+               {&unit_shifts, &cell, &mb_r0, &mb_ycut, &mb_coef, &sh_norm, &sh_rec_a, &sh_rec_b, &sh_qmm, &a_w, &c_aa,
+                &E0, &pr_ycut, &pr_coef, &c_pair},
+               {&species, &batch, &edge_index, &a_rho, &a_lm, &aa_parent, &aa_last, &aa_children});
+  TORCH_CHECK(c_pair.size(2) == n_pair, "fused kernel: c_pair must be [nz, nz, n_pair]");
   std::vector<torch::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(dt, "site_energy_forces", [&] {
+  AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "site_energy_forces", [&] {
+    const Basis<scalar_t> bs(BASIS_CALL);
     out = site_energy_forces_impl<scalar_t>(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                                            need_grad, need_virial, rcut, nz, mb_r0, mb_ycut, mb_p, mb_q, mb_a, mb_coef,
-                                            max_l, sh_norm, sh_rec_a, sh_rec_b, sh_qmm, a_rho, a_lm, a_w, aa_parent, aa_last, aa_children,
-                                            c_aa, E0, pr_ycut, pr_p, pr_q, pr_a, pr_coef, c_pair);
+                                            need_grad, need_virial, bs, aa_parent, aa_last, aa_children, c_aa, E0,
+                                            c_pair);
+  });
+  return out;
+}
+
+std::vector<torch::Tensor> design_rows(torch::Tensor positions, torch::Tensor species, torch::Tensor batch,
+                                       torch::Tensor edge_index, torch::Tensor unit_shifts, torch::Tensor cell,
+                                       int64_t n_structures, BASIS_ARGS, int64_t n_b, torch::Tensor aa_idx,
+                                       torch::Tensor c_rows, torch::Tensor c_cols, torch::Tensor c_vals,
+                                       torch::Tensor j_tgt, torch::Tensor j_src, torch::Tensor j_val,
+                                       torch::Tensor pair_scale) {
+  check_inputs(positions,
+               {&unit_shifts, &cell, &mb_r0, &mb_ycut, &mb_coef, &sh_norm, &sh_rec_a, &sh_rec_b, &sh_qmm, &a_w,
+                &pr_ycut, &pr_coef, &c_vals, &j_val, &pair_scale},
+               {&species, &batch, &edge_index, &a_rho, &a_lm, &aa_idx, &c_rows, &c_cols, &j_tgt, &j_src});
+  std::vector<torch::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "design_rows", [&] {
+    const Basis<scalar_t> bs(BASIS_CALL);
+    out = design_rows_impl<scalar_t>(positions, species, batch, edge_index, unit_shifts, cell, n_structures, bs, n_b,
+                                     aa_idx, c_rows, c_cols, c_vals, j_tgt, j_src, j_val, pair_scale);
   });
   return out;
 }
@@ -584,4 +845,5 @@ std::vector<torch::Tensor> site_energy_forces(
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("site_energy_forces", &site_energy_forces,
         "linear ACE energies, site energies, forces and virials in one fused pass (CPU)");
+  m.def("design_rows", &design_rows, "design-matrix rows (energy, forces, virial) of the linear ACE basis (CPU)");
 }
