@@ -93,6 +93,7 @@ BAD = [
     ("assembly.streaming", "QR", "'assembly.streaming' must be one of 'qr', 'normal'"),
     ("assembly.batch_atoms", 0, "'assembly.batch_atoms' must be an integer >= 1"),
     ("assembly.batch_atoms", "2048", "'assembly.batch_atoms' must be an integer"),
+    ("assembly.fused", "yes", "'assembly.fused' must be true or false"),
     ("assembly.device", 0, "'assembly.device' must be a string"),
     ("assembly.gpus", 2, "unknown key(s) ['gpus'] in 'assembly'"),
     ("output.model", None, "'output.model' must be a string"),

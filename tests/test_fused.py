@@ -147,3 +147,21 @@ def test_fused_fit_equals_reference_fit():
     with pytest.raises(ValueError, match="ZBL"):
         torchace.fit(torchace.ace_model(["Si", "Ge"], 2, 6, zbl=True), data, E0={"Si": -158.5, "Ge": -100.0},
                      fused=True)
+
+
+def test_fused_threads_agree():
+    """Atoms split over threads (private force/virial accumulators) give the one-thread result."""
+    m = _models()[1]
+    b = collate([rattled_bulk(m.elements, reps=(3, 2, 2), rattle=0.1, seed=7)], m.config.numbers, m.rcut)
+    inp = model_inputs(m, b)
+    f = fused.FusedEvaluator(m)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = f(*inp, True, True)
+        torch.set_num_threads(2)
+        two = f(*inp, True, True)
+    finally:
+        torch.set_num_threads(n)
+    results_close(two, one, 1e-12, keys=(K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL))
+    assert torch.equal(two[fused.CLOSEST_PAIR], one[fused.CLOSEST_PAIR])

@@ -51,7 +51,9 @@ def load_extension(verbose: bool = False):
             from torch.utils.cpp_extension import load
 
             flags = os.environ.get("TORCHACE_FUSED_CFLAGS", "-O3 -march=native").split()
-            _EXT = load(name="torchace_ace_cpu", sources=[_source()], extra_cflags=flags, verbose=verbose)
+            # OpenMP: ATen's inline parallel_for only runs in parallel in translation units built with it
+            _EXT = load(name="torchace_ace_cpu", sources=[_source()], extra_cflags=flags + ["-fopenmp"],
+                        extra_ldflags=["-fopenmp"], verbose=verbose)
         except Exception as exc:  # no compiler / ninja / headers: the Python paths remain
             _ERROR = f"torchace's fused C++ kernel could not be built ({type(exc).__name__}: {exc})"
             raise RuntimeError(_ERROR) from exc

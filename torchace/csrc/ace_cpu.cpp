@@ -1,19 +1,27 @@
-// Fused CPU kernel for linear ACE energies, forces and virials (torchace.fused).
+// Fused CPU kernels for linear ACE (torchace.fused): energies/forces/virials, and design-matrix rows.
 //
-// One pass per centre atom, with that atom's edges in cache (the ML-PACE evaluation order):
+// One pass per centre atom, with that atom's edges in cache (the ML-PACE evaluation order), all per-edge
+// work vectorised over the edges in structure-of-arrays rows (AtomEdges):
 //   edges  → Agnesi transform x(r), many-body radials R_k = P_k(x)(1-x²)², pair basis, real harmonics
 //            Y_lm(r̂) and their gradients (ACEpotentials.jl paper §II; torchace/radial.py, torchace/sph.py)
 //   A_a    = Σ_j R_{k_a}(r_ij) Y_{lm_a}(r̂_ij) w_a                     (atomic basis, species-resolved)
-//   E_i    = E0 + Σ_k c_k Π_t A_{idx[k,t]} + Σ_j V_pair(r_ij)           (coupling folded into c)
-//   ∂E/∂A  from prefix/suffix (leave-one-out) products, then per edge
-//   ∂E/∂r  = u (Σ_a g_a Y dR + V') + (G - u (u·G))/r,  G = Σ_lm (Σ_a g_a R) ∇S_lm
-// F_i = Σ_{e: i} ∂E/∂r_e - Σ_{e: j} ∂E/∂r_e,  W = -½ Σ_e (r_e ⊗ g_e + g_e ⊗ r_e).
-// Every formula mirrors the Python reference path (ACEModel._predict / _predict_analytic); the tests
-// compare the two (tests/test_fused.py).  Single-threaded: the caller owns the threading.
+// site_energy_forces:
+//   E_i    = E0 + Σ_k c_k AA_k + Σ_j V_pair(r_ij), AA through a shared-prefix DAG (one multiply per node;
+//            the coupling is folded into the node coefficients c)
+//   ∂E/∂A  by one reverse sweep of the DAG, then per edge
+//   ∂E/∂r  = u (Σ_a g_a Y dR + V') + (G - u (u·G))/r,  G = Σ_lm (Σ_a g_a w_a R) ∇S_lm
+//   F_i = Σ_{e: i} ∂E/∂r_e - Σ_{e: j} ∂E/∂r_e,  W = -½ Σ_e (r_e ⊗ g_e + g_e ⊗ r_e).
+// design_rows (torchace/rows.py): B = C·AA, J = ∂B/∂A from leave-one-out products, ∂φ/∂r per edge and
+//   G = ∂φᵀ·J in one GEMM per atom, scattered into force and virial rows; pair rows per edge.
+// Every formula mirrors the Python reference paths; tests/test_fused.py compares them.  site_energy_forces
+// runs its atoms on torch's intra-op threads (at::parallel_for); design_rows is single-threaded.
 #include <torch/extension.h>
+
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -463,132 +471,168 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   T* pw = virial.data_ptr<T>();
 
   const Neighbours nb(N, E, ei, ej);
-  AtomEdges<T> w(bs, nb.M, need_grad);
-  const int M = w.M;
-  std::vector<T> rows(5 * M + static_cast<size_t>(ny) * M, T(0));
-  T* dV = rows.data();
-  T* rad = dV + M;
-  T* gx = rad + M;
-  T* gy = gx + M;
-  T* gz = gy + M;
-  T* glm = gz + M;  // [ny][M]
-  std::vector<T> A(n_a + 1), gA(n_a + 1), AA(n_nodes), gAA(n_nodes);
-
-  for (int64_t i = 0; i < N; ++i) {
-    const int64_t zi = sp[i];
-    w.gather(i, nb, pos, sp, ej, sh, cl + 9 * bt[i]);
-    const int m = w.m;
-    w.manybody();
-    w.harmonics();
-    w.atomic_basis(A.data());
-    // pair potential, coefficients folded in: V(r) = penv(r) Σ_k c_k P_k(x(r))
-    T e_pair = T(0);
-    for (int e = 0; e < m; ++e) dV[e] = T(0);
-    if (n_pair > 0 && m > 0) {
-      w.pair();
-      T* __restrict val = gx;  // scratch
-      T* __restrict der = gy;
-      for (int e = 0; e < m; ++e) val[e] = der[e] = T(0);
-      for (int k = 0; k < n_pair; ++k) {
-        const T* __restrict p = w.PP + k * M;
-        const T* __restrict dp = w.dPP + k * M;
-        if (bs.nz == 1) {
-          const T c = cpair[k];
-          IVDEP for (int e = 0; e < m; ++e) {
-            val[e] += c * p[e];
-            der[e] += c * dp[e];
-          }
-        } else {
-          for (int e = 0; e < m; ++e) {
-            const T c = cpair[w.zz[e] * n_pair + k];
-            val[e] += c * p[e];
-            der[e] += c * dp[e];
+  // atoms are independent up to the force/virial/energy scatters: threads (at::parallel_for) each keep a
+  // workspace and private accumulators, summed at the end
+  struct Worker {
+    AtomEdges<T> w;
+    std::vector<T> rows, A, gA, AA, gAA, f, vir, en;
+    Worker(const Basis<T>& bs, int M, bool grad, int n_nodes, int64_t N, int64_t S, bool need_grad, bool need_virial)
+        : w(bs, M, grad), rows(5 * w.M + static_cast<size_t>(bs.ny) * w.M, T(0)), A(bs.n_a + 1), gA(bs.n_a + 1),
+          AA(n_nodes), gAA(n_nodes), f(need_grad ? 3 * N : 0, T(0)), vir(need_virial ? 9 * S : 0, T(0)),
+          en(S, T(0)) {}
+  };
+  const int n_threads = std::max(1, at::get_num_threads());
+  std::vector<std::unique_ptr<Worker>> workers(n_threads);
+  const int64_t grain = std::max<int64_t>(16, N / (8 * n_threads) + 1);
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    const int tid = std::min(at::get_thread_num(), n_threads - 1);
+    if (!workers[tid]) workers[tid] = std::make_unique<Worker>(bs, nb.M, need_grad, n_nodes, N, n_structures,
+                                                                need_grad, need_virial);
+    Worker& wk = *workers[tid];
+    AtomEdges<T>& w = wk.w;
+    const int M = w.M;
+    T* dV = wk.rows.data();
+    T* rad = dV + M;
+    T* gx = rad + M;
+    T* gy = gx + M;
+    T* gz = gy + M;
+    T* glm = gz + M;  // [ny][M]
+    std::vector<T>& A = wk.A;
+    std::vector<T>& gA = wk.gA;
+    std::vector<T>& AA = wk.AA;
+    std::vector<T>& gAA = wk.gAA;
+    T* pf = wk.f.data();
+    T* pw = wk.vir.data();
+    T* pe = wk.en.data();
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t zi = sp[i];
+      w.gather(i, nb, pos, sp, ej, sh, cl + 9 * bt[i]);
+      const int m = w.m;
+      w.manybody();
+      w.harmonics();
+      w.atomic_basis(A.data());
+      // pair potential, coefficients folded in: V(r) = penv(r) Σ_k c_k P_k(x(r))
+      T e_pair = T(0);
+      for (int e = 0; e < m; ++e) dV[e] = T(0);
+      if (n_pair > 0 && m > 0) {
+        w.pair();
+        T* __restrict val = gx;  // scratch
+        T* __restrict der = gy;
+        for (int e = 0; e < m; ++e) val[e] = der[e] = T(0);
+        for (int k = 0; k < n_pair; ++k) {
+          const T* __restrict p = w.PP + k * M;
+          const T* __restrict dp = w.dPP + k * M;
+          if (bs.nz == 1) {
+            const T c = cpair[k];
+            IVDEP for (int e = 0; e < m; ++e) {
+              val[e] += c * p[e];
+              der[e] += c * dp[e];
+            }
+          } else {
+            for (int e = 0; e < m; ++e) {
+              const T c = cpair[w.zz[e] * n_pair + k];
+              val[e] += c * p[e];
+              der[e] += c * dp[e];
+            }
           }
         }
+        const T* __restrict penv = w.row(w.PENV);
+        const T* __restrict dpenv = w.row(w.DPENV);
+        const T* __restrict dx = w.row(w.DX);
+        for (int e = 0; e < m; ++e) {
+          e_pair += val[e] * penv[e];
+          dV[e] = der[e] * dx[e] * penv[e] + val[e] * dpenv[e];
+        }
       }
-      const T* __restrict penv = w.row(w.PENV);
-      const T* __restrict dpenv = w.row(w.DPENV);
-      const T* __restrict dx = w.row(w.DX);
-      for (int e = 0; e < m; ++e) {
-        e_pair += val[e] * penv[e];
-        dV[e] = der[e] * dx[e] * penv[e] + val[e] * dpenv[e];
+      // site energy and ∂E/∂A through the product DAG (one multiply per node; reverse sweep for ∂E/∂A)
+      const T* c = caa + zi * n_nodes;
+      AA[0] = T(1);
+      for (int k = 1; k < n_nodes; ++k) AA[k] = AA[par[k]] * A[lst[k]];
+      const T e_mb = dot(n_nodes - 1, c + 1, AA.data() + 1);
+      const T ei_total = e0[zi] + e_mb + e_pair;
+      ps[i] = ei_total;
+      pe[bt[i]] += ei_total;
+      if (!need_grad || m == 0) continue;
+      std::fill(gA.begin(), gA.end(), T(0));
+      for (int p = n_nodes - 1; p >= 0; --p) {  // children (> p) are final when p is reached
+        const T ap = AA[p];
+        T s = T(0);
+        for (int64_t k = chl[p]; k < chl[p + 1]; ++k) {
+          const T g = gAA[k];
+          s += g * A[lst[k]];
+          gA[lst[k]] += g * ap;
+        }
+        gAA[p] = c[p] + s;
       }
-    }
-    // site energy and ∂E/∂A through the product DAG (one multiply per node; reverse sweep for ∂E/∂A)
-    const T* c = caa + zi * n_nodes;
-    AA[0] = T(1);
-    for (int k = 1; k < n_nodes; ++k) AA[k] = AA[par[k]] * A[lst[k]];
-    const T e_mb = dot(n_nodes - 1, c + 1, AA.data() + 1);
-    const T ei_total = e0[zi] + e_mb + e_pair;
-    ps[i] = ei_total;
-    pe[bt[i]] += ei_total;
-    if (!need_grad || m == 0) continue;
-    std::fill(gA.begin(), gA.end(), T(0));
-    for (int p = n_nodes - 1; p >= 0; --p) {  // children (> p) are final when p is reached
-      const T ap = AA[p];
-      T s = T(0);
-      for (int64_t k = chl[p]; k < chl[p + 1]; ++k) {
-        const T g = gAA[k];
-        s += g * A[lst[k]];
-        gA[lst[k]] += g * ap;
+      // backward: radial cotangent (along u) and angular cotangents g_lm per edge
+      IVDEP for (int e = 0; e < m; ++e) rad[e] = dV[e];
+      std::fill(glm, glm + static_cast<size_t>(ny) * M, T(0));
+      for (int a = 0; a < n_a; ++a) {
+        const T ga = gA[a] * bs.aw[a];
+        if (ga == T(0)) continue;
+        const T* __restrict rrow = w.R + bs.arho[a] * M;
+        const T* __restrict drow = w.dR + bs.arho[a] * M;
+        const T* __restrict yrow = w.Y + bs.alm[a] * M;
+        T* __restrict gl = glm + bs.alm[a] * M;
+        IVDEP for (int e = 0; e < m; ++e) {
+          rad[e] += ga * yrow[e] * drow[e];
+          gl[e] += ga * rrow[e];
+        }
       }
-      gAA[p] = c[p] + s;
-    }
-    // backward: radial cotangent (along u) and angular cotangents g_lm per edge
-    IVDEP for (int e = 0; e < m; ++e) rad[e] = dV[e];
-    std::fill(glm, glm + static_cast<size_t>(ny) * M, T(0));
-    for (int a = 0; a < n_a; ++a) {
-      const T ga = gA[a] * bs.aw[a];
-      if (ga == T(0)) continue;
-      const T* __restrict rrow = w.R + bs.arho[a] * M;
-      const T* __restrict drow = w.dR + bs.arho[a] * M;
-      const T* __restrict yrow = w.Y + bs.alm[a] * M;
-      T* __restrict gl = glm + bs.alm[a] * M;
-      IVDEP for (int e = 0; e < m; ++e) {
-        rad[e] += ga * yrow[e] * drow[e];
-        gl[e] += ga * rrow[e];
+      IVDEP for (int e = 0; e < m; ++e) gx[e] = gy[e] = gz[e] = T(0);
+      for (int p = 0; p < ny; ++p) {
+        const T* __restrict gl = glm + p * M;
+        const T* __restrict G0 = w.G + p * M;
+        const T* __restrict G1 = w.G + (ny + p) * M;
+        const T* __restrict G2 = w.G + (2 * ny + p) * M;
+        IVDEP for (int e = 0; e < m; ++e) {
+          gx[e] += gl[e] * G0[e];
+          gy[e] += gl[e] * G1[e];
+          gz[e] += gl[e] * G2[e];
+        }
       }
-    }
-    IVDEP for (int e = 0; e < m; ++e) gx[e] = gy[e] = gz[e] = T(0);
-    for (int p = 0; p < ny; ++p) {
-      const T* __restrict gl = glm + p * M;
-      const T* __restrict G0 = w.G + p * M;
-      const T* __restrict G1 = w.G + (ny + p) * M;
-      const T* __restrict G2 = w.G + (2 * ny + p) * M;
-      IVDEP for (int e = 0; e < m; ++e) {
-        gx[e] += gl[e] * G0[e];
-        gy[e] += gl[e] * G1[e];
-        gz[e] += gl[e] * G2[e];
+      const T* rr = w.row(w.RR);
+      const T* ux = w.row(w.UX);
+      const T* uy = w.row(w.UY);
+      const T* uz = w.row(w.UZ);
+      T vg[9] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+      for (int e = 0; e < m; ++e) {  // scalar: j repeats across periodic images
+        const T r = rr[e];
+        const T ug = ux[e] * gx[e] + uy[e] * gy[e] + uz[e] * gz[e];
+        const T gv[3] = {ux[e] * rad[e] + (gx[e] - ux[e] * ug) / r, uy[e] * rad[e] + (gy[e] - uy[e] * ug) / r,
+                         uz[e] * rad[e] + (gz[e] - uz[e] * ug) / r};
+        const int64_t j = ej[w.nbr[e]];
+        for (int cc = 0; cc < 3; ++cc) {
+          pf[3 * i + cc] += gv[cc];
+          pf[3 * j + cc] -= gv[cc];
+        }
+        if (need_virial) {
+          const T v[3] = {w.row(w.VX)[e], w.row(w.VY)[e], w.row(w.VZ)[e]};
+          for (int p = 0; p < 3; ++p)
+            for (int q = 0; q < 3; ++q) vg[3 * p + q] += v[p] * gv[q];
+        }
       }
-    }
-    const T* rr = w.row(w.RR);
-    const T* ux = w.row(w.UX);
-    const T* uy = w.row(w.UY);
-    const T* uz = w.row(w.UZ);
-    T vg[9] = {T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
-    for (int e = 0; e < m; ++e) {  // scalar: j repeats across periodic images
-      const T r = rr[e];
-      const T ug = ux[e] * gx[e] + uy[e] * gy[e] + uz[e] * gz[e];
-      const T gv[3] = {ux[e] * rad[e] + (gx[e] - ux[e] * ug) / r, uy[e] * rad[e] + (gy[e] - uy[e] * ug) / r,
-                       uz[e] * rad[e] + (gz[e] - uz[e] * ug) / r};
-      const int64_t j = ej[w.nbr[e]];
-      for (int cc = 0; cc < 3; ++cc) {
-        pf[3 * i + cc] += gv[cc];
-        pf[3 * j + cc] -= gv[cc];
-      }
-      if (need_virial) {
-        const T v[3] = {w.row(w.VX)[e], w.row(w.VY)[e], w.row(w.VZ)[e]};
+      if (need_virial) {  // W -= ½ (S + Sᵀ), S = Σ_e r_e ⊗ g_e of this atom's edges
+        T* W = pw + 9 * bt[i];
         for (int p = 0; p < 3; ++p)
-          for (int q = 0; q < 3; ++q) vg[3 * p + q] += v[p] * gv[q];
+          for (int q = 0; q < 3; ++q) W[3 * p + q] -= T(0.5) * (vg[3 * p + q] + vg[3 * q + p]);
       }
     }
-    if (need_virial) {  // W -= ½ (S + Sᵀ), S = Σ_e r_e ⊗ g_e of this atom's edges
-      T* W = pw + 9 * bt[i];
-      for (int p = 0; p < 3; ++p)
-        for (int q = 0; q < 3; ++q) W[3 * p + q] -= T(0.5) * (vg[3 * p + q] + vg[3 * q + p]);
+  });
+  // sum the threads' accumulators; the closest pair over all threads
+  T best_r2 = std::numeric_limits<T>::infinity();
+  int64_t best_e = -1;
+  for (const auto& wk : workers) {
+    if (!wk) continue;
+    for (int64_t s = 0; s < n_structures; ++s) pe[s] += wk->en[s];
+    for (size_t q = 0; q < wk->f.size(); ++q) pf[q] += wk->f[q];
+    for (size_t q = 0; q < wk->vir.size(); ++q) pw[q] += wk->vir[q];
+    if (wk->w.best_r2 < best_r2 || (wk->w.best_r2 == best_r2 && wk->w.best_e < best_e)) {
+      best_r2 = wk->w.best_r2;
+      best_e = wk->w.best_e;
     }
   }
-  torch::Tensor closest = torch::tensor({static_cast<double>(std::sqrt(w.best_r2)), static_cast<double>(w.best_e)},
+  torch::Tensor closest = torch::tensor({static_cast<double>(std::sqrt(best_r2)), static_cast<double>(best_e)},
                                         torch::kFloat64);
   return {energy, site, forces, virial, closest};
 }
