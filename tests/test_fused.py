@@ -150,7 +150,7 @@ def test_fused_fit_equals_reference_fit():
 
 
 def test_fused_threads_agree():
-    """Atoms split over threads (private force/virial accumulators) give the one-thread result."""
+    """Atoms split over threads (private force/virial/row accumulators) give the one-thread result."""
     m = _models()[1]
     b = collate([rattled_bulk(m.elements, reps=(3, 2, 2), rattle=0.1, seed=7)], m.config.numbers, m.rcut)
     inp = model_inputs(m, b)
@@ -165,3 +165,12 @@ def test_fused_threads_agree():
         torch.set_num_threads(n)
     results_close(two, one, 1e-12, keys=(K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL))
     assert torch.equal(two[fused.CLOSEST_PAIR], one[fused.CLOSEST_PAIR])
+    try:  # design-matrix rows: private row buffers per thread
+        torch.set_num_threads(1)
+        one = fused.design_rows(m, b)
+        torch.set_num_threads(2)
+        two = fused.design_rows(m, b)
+    finally:
+        torch.set_num_threads(n)
+    for k in (K.ENERGY, K.FORCES, K.VIRIAL):
+        assert float((two[k] - one[k]).abs().max()) <= 1e-12 * float(one[k].abs().max()), k

@@ -14,7 +14,7 @@
 // design_rows (torchace/rows.py): B = C·AA, J = ∂B/∂A from leave-one-out products, ∂φ/∂r per edge and
 //   G = ∂φᵀ·J in one GEMM per atom, scattered into force and virial rows; pair rows per edge.
 // Every formula mirrors the Python reference paths; tests/test_fused.py compares them.  site_energy_forces
-// runs its atoms on torch's intra-op threads (at::parallel_for); design_rows is single-threaded.
+// and design_rows run their atoms on torch's intra-op threads (at::parallel_for).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -688,137 +688,192 @@ std::vector<torch::Tensor> design_rows_impl(
   T* pv = v_rows.data_ptr<T>();
 
   const Neighbours nbs(N, E, ei, ej);
-  AtomEdges<T> w(bs, nbs.M, true);
-  const int M = w.M;
-  // per-atom buffers: ∂φ/∂r [n_a][3][M], ∇Y [3][ny][M], J [n_a][n_b], G [3][M][n_b]
-  torch::Tensor dphi_t = torch::zeros({n_a, 3 * M}, opts);
-  torch::Tensor J_t = torch::zeros({n_a, nb_}, opts);
-  torch::Tensor G_t = torch::zeros({3 * M, nb_}, opts);
-  T* dphi = dphi_t.data_ptr<T>();
-  T* Jm = J_t.data_ptr<T>();
-  T* Gm = G_t.data_ptr<T>();
-  std::vector<T> dY(static_cast<size_t>(3) * ny * M, T(0)), A(n_a + 1), loo(static_cast<size_t>(nu) * n_aa),
-      AA(n_aa), Bv(nb_), Fc(3 * static_cast<size_t>(nb_)), Wc(9 * static_cast<size_t>(nb_)), pre(nu + 1);
-
-  for (int64_t i = 0; i < N; ++i) {
-    const int64_t zi = sp[i], s = bt[i];
-    w.gather(i, nbs, pos, sp, ej, sh, cl + 9 * s);
-    const int m = w.m;
-    w.manybody();
-    w.harmonics();
-    w.atomic_basis(A.data());
-    // AA and the leave-one-out products; B = C·AA into the energy row
-    for (int k = 0; k < n_aa; ++k) {
-      const int64_t* ix = idx + k * nu;
-      pre[0] = T(1);
-      for (int t = 0; t < nu; ++t) pre[t + 1] = pre[t] * A[ix[t]];
-      AA[k] = pre[nu];
-      T suf = T(1);
-      for (int t = nu - 1; t >= 0; --t) {
-        loo[static_cast<size_t>(t) * n_aa + k] = pre[t] * suf;
-        suf *= A[ix[t]];
+  // threads (at::parallel_for over atoms) each keep a workspace; thread 0 writes into the outputs, the
+  // others into private row buffers summed at the end — used only while those fit in kRowsThreadBytes
+  struct Worker {
+    AtomEdges<T> w;
+    torch::Tensor dphi_t, J_t, G_t;  // ∂φ/∂r [n_a][3·M], J [n_a][n_b], G [3·M][n_b]
+    std::vector<T> dY, A, loo, AA, Bv, Fc, Wc, pre;
+    torch::Tensor e_own, f_own, v_own;
+    T *pe, *pf, *pv;
+    Worker(const Basis<T>& bs, int M_, int nb_, int nu, int n_aa, const torch::TensorOptions& opts)
+        : w(bs, M_, true), dphi_t(torch::zeros({bs.n_a, 3 * w.M}, opts)), J_t(torch::zeros({bs.n_a, nb_}, opts)),
+          G_t(torch::zeros({3 * w.M, nb_}, opts)), dY(static_cast<size_t>(3) * bs.ny * w.M, T(0)), A(bs.n_a + 1),
+          loo(static_cast<size_t>(nu) * n_aa), AA(n_aa), Bv(nb_), Fc(3 * static_cast<size_t>(nb_)),
+          Wc(9 * static_cast<size_t>(nb_)), pre(nu + 1) {}
+  };
+  constexpr double kRowsThreadBytes = 1 << 30;
+  const double per_thread = static_cast<double>(sizeof(T)) * K * (3.0 * N + 7.0 * n_structures);
+  // all of torch's threads or one (a worker is shared by nobody: thread ids index the workers)
+  const int n_omp = std::max(1, at::get_num_threads());
+  const int n_threads = (n_omp - 1) * per_thread <= kRowsThreadBytes ? n_omp : 1;
+  std::vector<std::unique_ptr<Worker>> workers(n_threads);
+  const int64_t grain = n_threads == 1 ? std::max<int64_t>(N, 1) : std::max<int64_t>(4, N / (8 * n_threads) + 1);
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    const int tid = std::min(at::get_thread_num(), n_threads - 1);
+    if (!workers[tid]) {
+      workers[tid] = std::make_unique<Worker>(bs, nbs.M, nb_, nu, n_aa, opts);
+      Worker& k = *workers[tid];
+      if (tid == 0) {
+        k.pe = pe;
+        k.pf = pf;
+        k.pv = pv;
+      } else {
+        k.e_own = torch::zeros({n_structures, K}, opts);
+        k.f_own = torch::zeros({3 * N, K}, opts);
+        k.v_own = torch::zeros({n_structures, 6, K}, opts);
+        k.pe = k.e_own.template data_ptr<T>();
+        k.pf = k.f_own.template data_ptr<T>();
+        k.pv = k.v_own.template data_ptr<T>();
       }
     }
-    std::fill(Bv.begin(), Bv.end(), T(0));
-    for (int64_t q = 0; q < n_c; ++q) Bv[crow[q]] += cval[q] * AA[ccol[q]];
-    T* erow = pe + s * K + zi * nb_;
-    for (int bb = 0; bb < nb_; ++bb) erow[bb] += Bv[bb];
-    if (m > 0) {
-      std::fill(Jm, Jm + static_cast<size_t>(n_a) * nb_, T(0));
-      for (int64_t q = 0; q < n_j; ++q) Jm[jt[q]] += jv[q] * loo[js[q]];
-      // ∇Y_lm = (G_lm - u (u·G_lm)) / r, then ∂φ_a/∂r = w_a (R'_ρ Y_lm u + R_ρ ∇Y_lm)
-      const T* rr = w.row(w.RR);
-      const T* uu[3] = {w.row(w.UX), w.row(w.UY), w.row(w.UZ)};
-      for (int p = 0; p < ny; ++p) {
-        const T* __restrict g0 = w.G + p * M;
-        const T* __restrict g1 = w.G + (ny + p) * M;
-        const T* __restrict g2 = w.G + (2 * ny + p) * M;
-        T* __restrict d0 = dY.data() + p * M;
-        T* __restrict d1 = dY.data() + (ny + p) * M;
-        T* __restrict d2 = dY.data() + (2 * ny + p) * M;
-        const T* __restrict ux = uu[0];
-        const T* __restrict uy = uu[1];
-        const T* __restrict uz = uu[2];
-        IVDEP for (int e = 0; e < m; ++e) {
-          const T ug = ux[e] * g0[e] + uy[e] * g1[e] + uz[e] * g2[e];
-          const T ir = T(1) / rr[e];
-          d0[e] = (g0[e] - ux[e] * ug) * ir;
-          d1[e] = (g1[e] - uy[e] * ug) * ir;
-          d2[e] = (g2[e] - uz[e] * ug) * ir;
-        }
-      }
-      for (int a = 0; a < n_a; ++a) {
-        const T wa = bs.aw[a];
-        const T* __restrict rrow = w.R + bs.arho[a] * M;
-        const T* __restrict drow = w.dR + bs.arho[a] * M;
-        const T* __restrict yrow = w.Y + bs.alm[a] * M;
-        for (int c = 0; c < 3; ++c) {
-          const T* __restrict u = uu[c];
-          const T* __restrict dy = dY.data() + (c * ny + bs.alm[a]) * M;
-          T* __restrict out = dphi + (static_cast<size_t>(a) * 3 + c) * M;
-          IVDEP for (int e = 0; e < m; ++e) out[e] = wa * (drow[e] * yrow[e] * u[e] + rrow[e] * dy[e]);
-          for (int e = m; e < M; ++e) out[e] = T(0);
-        }
-      }
-      // G [(c, e), b] = Σ_a ∂φ_a/∂r_c(e) J[a, b]: one GEMM per atom
-      at::mm_out(G_t, dphi_t.t(), J_t);
-      std::fill(Fc.begin(), Fc.end(), T(0));
-      std::fill(Wc.begin(), Wc.end(), T(0));
-      for (int e = 0; e < m; ++e) {
-        const int64_t j = ej[w.nbr[e]];
-        const T v[3] = {w.row(w.VX)[e], w.row(w.VY)[e], w.row(w.VZ)[e]};
-        for (int c = 0; c < 3; ++c) {
-          const T* __restrict g = Gm + (static_cast<size_t>(c) * M + e) * nb_;
-          T* __restrict fj = pf + (3 * j + c) * K + zi * nb_;
-          T* __restrict fc = Fc.data() + c * nb_;
-          IVDEP for (int bb = 0; bb < nb_; ++bb) {
-            fc[bb] += g[bb];
-            fj[bb] -= g[bb];
-          }
-          for (int a2 = 0; a2 < 3; ++a2) {  // Σ_e r_a G_c
-            T* __restrict wc = Wc.data() + (a2 * 3 + c) * nb_;
-            const T va = v[a2];
-            IVDEP for (int bb = 0; bb < nb_; ++bb) wc[bb] += va * g[bb];
+    Worker& wk = *workers[tid];
+    AtomEdges<T>& w = wk.w;
+    const int M = w.M;
+    T* pe = wk.pe;
+    T* pf = wk.pf;
+    T* pv = wk.pv;
+    torch::Tensor& dphi_t = wk.dphi_t;
+    torch::Tensor& J_t = wk.J_t;
+    torch::Tensor& G_t = wk.G_t;
+    T* dphi = dphi_t.data_ptr<T>();
+    T* Jm = J_t.data_ptr<T>();
+    T* Gm = G_t.data_ptr<T>();
+    std::vector<T>& dY = wk.dY;
+    std::vector<T>& A = wk.A;
+    std::vector<T>& loo = wk.loo;
+    std::vector<T>& AA = wk.AA;
+    std::vector<T>& Bv = wk.Bv;
+    std::vector<T>& Fc = wk.Fc;
+    std::vector<T>& Wc = wk.Wc;
+    std::vector<T>& pre = wk.pre;
+    for (int64_t i = begin; i < end; ++i) {
+        const int64_t zi = sp[i], s = bt[i];
+        w.gather(i, nbs, pos, sp, ej, sh, cl + 9 * s);
+        const int m = w.m;
+        w.manybody();
+        w.harmonics();
+        w.atomic_basis(A.data());
+        // AA and the leave-one-out products; B = C·AA into the energy row
+        for (int k = 0; k < n_aa; ++k) {
+          const int64_t* ix = idx + k * nu;
+          pre[0] = T(1);
+          for (int t = 0; t < nu; ++t) pre[t + 1] = pre[t] * A[ix[t]];
+          AA[k] = pre[nu];
+          T suf = T(1);
+          for (int t = nu - 1; t >= 0; --t) {
+            loo[static_cast<size_t>(t) * n_aa + k] = pre[t] * suf;
+            suf *= A[ix[t]];
           }
         }
-      }
-      for (int c = 0; c < 3; ++c) {
-        T* __restrict fi = pf + (3 * i + c) * K + zi * nb_;
-        const T* __restrict fc = Fc.data() + c * nb_;
-        IVDEP for (int bb = 0; bb < nb_; ++bb) fi[bb] += fc[bb];
-      }
-      for (int q = 0; q < 6; ++q) {  // -½ (r_a G_b + r_b G_a)
-        T* __restrict vr = pv + (s * 6 + q) * K + zi * nb_;
-        const T* __restrict wab = Wc.data() + (VA[q] * 3 + VB[q]) * nb_;
-        const T* __restrict wba = Wc.data() + (VB[q] * 3 + VA[q]) * nb_;
-        IVDEP for (int bb = 0; bb < nb_; ++bb) vr[bb] -= T(0.5) * (wab[bb] + wba[bb]);
-      }
-    }
-    // pair rows: V_k = P_k(x) penv scale_k per (zi, zj) block; ∂V_k/∂r_e = u dV_k
-    if (n_pair > 0 && m > 0) {
-      w.pair();
-      const T* penv = w.row(w.PENV);
-      const T* dpenv = w.row(w.DPENV);
-      const T* dx = w.row(w.DX);
-      const T* rr = w.row(w.RR);
-      for (int e = 0; e < m; ++e) {
-        const int64_t j = ej[w.nbr[e]];
-        const int64_t col = off_pair + w.zz[e] * n_pair;
-        const T u[3] = {w.row(w.UX)[e], w.row(w.UY)[e], w.row(w.UZ)[e]};
-        const T r = rr[e];
-        for (int k = 0; k < n_pair; ++k) {
-          const T p = w.PP[k * M + e], dp = w.dPP[k * M + e];
-          const T val = p * penv[e] * pscale[k];
-          const T der = (dp * dx[e] * penv[e] + p * dpenv[e]) * pscale[k];
-          pe[s * K + col + k] += val;
+        std::fill(Bv.begin(), Bv.end(), T(0));
+        for (int64_t q = 0; q < n_c; ++q) Bv[crow[q]] += cval[q] * AA[ccol[q]];
+        T* erow = pe + s * K + zi * nb_;
+        for (int bb = 0; bb < nb_; ++bb) erow[bb] += Bv[bb];
+        if (m > 0) {
+          std::fill(Jm, Jm + static_cast<size_t>(n_a) * nb_, T(0));
+          for (int64_t q = 0; q < n_j; ++q) Jm[jt[q]] += jv[q] * loo[js[q]];
+          // ∇Y_lm = (G_lm - u (u·G_lm)) / r, then ∂φ_a/∂r = w_a (R'_ρ Y_lm u + R_ρ ∇Y_lm)
+          const T* rr = w.row(w.RR);
+          const T* uu[3] = {w.row(w.UX), w.row(w.UY), w.row(w.UZ)};
+          for (int p = 0; p < ny; ++p) {
+            const T* __restrict g0 = w.G + p * M;
+            const T* __restrict g1 = w.G + (ny + p) * M;
+            const T* __restrict g2 = w.G + (2 * ny + p) * M;
+            T* __restrict d0 = dY.data() + p * M;
+            T* __restrict d1 = dY.data() + (ny + p) * M;
+            T* __restrict d2 = dY.data() + (2 * ny + p) * M;
+            const T* __restrict ux = uu[0];
+            const T* __restrict uy = uu[1];
+            const T* __restrict uz = uu[2];
+            IVDEP for (int e = 0; e < m; ++e) {
+              const T ug = ux[e] * g0[e] + uy[e] * g1[e] + uz[e] * g2[e];
+              const T ir = T(1) / rr[e];
+              d0[e] = (g0[e] - ux[e] * ug) * ir;
+              d1[e] = (g1[e] - uy[e] * ug) * ir;
+              d2[e] = (g2[e] - uz[e] * ug) * ir;
+            }
+          }
+          for (int a = 0; a < n_a; ++a) {
+            const T wa = bs.aw[a];
+            const T* __restrict rrow = w.R + bs.arho[a] * M;
+            const T* __restrict drow = w.dR + bs.arho[a] * M;
+            const T* __restrict yrow = w.Y + bs.alm[a] * M;
+            for (int c = 0; c < 3; ++c) {
+              const T* __restrict u = uu[c];
+              const T* __restrict dy = dY.data() + (c * ny + bs.alm[a]) * M;
+              T* __restrict out = dphi + (static_cast<size_t>(a) * 3 + c) * M;
+              IVDEP for (int e = 0; e < m; ++e) out[e] = wa * (drow[e] * yrow[e] * u[e] + rrow[e] * dy[e]);
+              for (int e = m; e < M; ++e) out[e] = T(0);
+            }
+          }
+          // G [(c, e), b] = Σ_a ∂φ_a/∂r_c(e) J[a, b]: one GEMM per atom
+          at::mm_out(G_t, dphi_t.t(), J_t);
+          std::fill(Fc.begin(), Fc.end(), T(0));
+          std::fill(Wc.begin(), Wc.end(), T(0));
+          for (int e = 0; e < m; ++e) {
+            const int64_t j = ej[w.nbr[e]];
+            const T v[3] = {w.row(w.VX)[e], w.row(w.VY)[e], w.row(w.VZ)[e]};
+            for (int c = 0; c < 3; ++c) {
+              const T* __restrict g = Gm + (static_cast<size_t>(c) * M + e) * nb_;
+              T* __restrict fj = pf + (3 * j + c) * K + zi * nb_;
+              T* __restrict fc = Fc.data() + c * nb_;
+              IVDEP for (int bb = 0; bb < nb_; ++bb) {
+                fc[bb] += g[bb];
+                fj[bb] -= g[bb];
+              }
+              for (int a2 = 0; a2 < 3; ++a2) {  // Σ_e r_a G_c
+                T* __restrict wc = Wc.data() + (a2 * 3 + c) * nb_;
+                const T va = v[a2];
+                IVDEP for (int bb = 0; bb < nb_; ++bb) wc[bb] += va * g[bb];
+              }
+            }
+          }
           for (int c = 0; c < 3; ++c) {
-            pf[(3 * i + c) * K + col + k] += u[c] * der;
-            pf[(3 * j + c) * K + col + k] -= u[c] * der;
+            T* __restrict fi = pf + (3 * i + c) * K + zi * nb_;
+            const T* __restrict fc = Fc.data() + c * nb_;
+            IVDEP for (int bb = 0; bb < nb_; ++bb) fi[bb] += fc[bb];
           }
-          for (int q = 0; q < 6; ++q) pv[(s * 6 + q) * K + col + k] -= r * u[VA[q]] * u[VB[q]] * der;
+          for (int q = 0; q < 6; ++q) {  // -½ (r_a G_b + r_b G_a)
+            T* __restrict vr = pv + (s * 6 + q) * K + zi * nb_;
+            const T* __restrict wab = Wc.data() + (VA[q] * 3 + VB[q]) * nb_;
+            const T* __restrict wba = Wc.data() + (VB[q] * 3 + VA[q]) * nb_;
+            IVDEP for (int bb = 0; bb < nb_; ++bb) vr[bb] -= T(0.5) * (wab[bb] + wba[bb]);
+          }
         }
-      }
+        // pair rows: V_k = P_k(x) penv scale_k per (zi, zj) block; ∂V_k/∂r_e = u dV_k
+        if (n_pair > 0 && m > 0) {
+          w.pair();
+          const T* penv = w.row(w.PENV);
+          const T* dpenv = w.row(w.DPENV);
+          const T* dx = w.row(w.DX);
+          const T* rr = w.row(w.RR);
+          for (int e = 0; e < m; ++e) {
+            const int64_t j = ej[w.nbr[e]];
+            const int64_t col = off_pair + w.zz[e] * n_pair;
+            const T u[3] = {w.row(w.UX)[e], w.row(w.UY)[e], w.row(w.UZ)[e]};
+            const T r = rr[e];
+            for (int k = 0; k < n_pair; ++k) {
+              const T p = w.PP[k * M + e], dp = w.dPP[k * M + e];
+              const T val = p * penv[e] * pscale[k];
+              const T der = (dp * dx[e] * penv[e] + p * dpenv[e]) * pscale[k];
+              pe[s * K + col + k] += val;
+              for (int c = 0; c < 3; ++c) {
+                pf[(3 * i + c) * K + col + k] += u[c] * der;
+                pf[(3 * j + c) * K + col + k] -= u[c] * der;
+              }
+              for (int q = 0; q < 6; ++q) pv[(s * 6 + q) * K + col + k] -= r * u[VA[q]] * u[VB[q]] * der;
+            }
+          }
+        }
+  
     }
+  });
+  for (int t = 1; t < n_threads; ++t) {
+    if (!workers[t]) continue;
+    e_rows.add_(workers[t]->e_own);
+    f_rows.add_(workers[t]->f_own);
+    v_rows.add_(workers[t]->v_own);
   }
   return {e_rows, f_rows, v_rows};
 }
