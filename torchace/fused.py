@@ -1,18 +1,19 @@
-"""Fused C++ CPU kernel for energy, forces and virials of a linear ACE model (an optional accelerator).
+"""Fused C++ CPU kernels for linear ACE: energy/forces/virials and design-matrix rows (optional accelerator).
 
-The eager and compiled analytic paths (``ACEModel._predict_analytic``) make ~20 passes over [n_a, E]
-arrays per step; this kernel does the same algebra (radials → harmonics → A → AA → E_i, then ∂E/∂A by
-leave-one-out products and ∂E/∂r per edge, ACEpotentials.jl paper §II) one centre atom at a time with its
-edges in cache, as ML-PACE does.  Source: ``torchace/csrc/ace_cpu.cpp``; it is compiled on first use with
-``torch.utils.cpp_extension.load`` (a C++ compiler and ninja are needed; ≈ 1 min, cached afterwards in
-``TORCH_EXTENSIONS_DIR``).  Without them ``available()`` is False and callers keep the Python paths.
-Compiler flags: ``-O3 -march=native`` (the build is for this machine; ``TORCHACE_FUSED_CFLAGS`` overrides,
-e.g. when the extension cache is shared between different CPUs).
+The eager and compiled analytic paths (``ACEModel._predict_analytic``, ``rows.batch_rows``) make ~20 passes
+over [n_a, E] arrays per step; these kernels do the same algebra (radials → harmonics → A → AA/B, then
+∂E/∂A through a shared-prefix product DAG, or J = ∂B/∂A for rows, and ∂/∂r per edge; ACEpotentials.jl paper
+§II) one centre atom at a time with its edges in cache, as ML-PACE does, on torch's intra-op threads.
+Source: ``torchace/csrc/ace_cpu.cpp``, compiled on first use with ``torch.utils.cpp_extension.load`` (a C++
+compiler and ninja are needed; ≈ 30 s, cached afterwards in ``TORCH_EXTENSIONS_DIR``).  Without them
+``available()`` is False and callers keep the Python paths.  Compiler flags: ``-O3 -march=native`` (the
+build is for this machine; ``TORCHACE_FUSED_CFLAGS`` overrides them, e.g. when the extension cache is
+shared between different CPUs).
 
 ``FusedEvaluator(model)`` has the call signature of ``ACEModel.forward`` in eval mode and returns the same
 dictionary; ``design_rows(model, batch)`` returns what ``rows.batch_rows`` does.  Both are tested against
-the reference paths (``tests/test_fused.py``).  Not differentiable
-(inference only), CPU only, no ZBL baseline (``supported`` says why not).
+the reference paths (``tests/test_fused.py``).  Not differentiable (inference and rows only), CPU only, no
+ZBL baseline (``supported`` says why not).
 """
 from __future__ import annotations
 
