@@ -59,6 +59,12 @@ def validate(k: int, atoms: Atoms, z_to_species: Dict[int, int]) -> None:
             raise ValueError(f"{label}: periodic cell is degenerate (zero volume or dependent lattice vectors)")
 
 
+def too_close(k: int, atoms: Atoms, i: int, j: int, d: float, min_distance: float) -> ValueError:
+    """The error for atoms ``i`` and ``j`` of structure ``k`` closer than ``min_distance`` (Å)."""
+    return ValueError(f"{_label(k, atoms)}: atoms {i} and {j} are {d:.3g} Å apart "
+                      f"(< min_distance {min_distance} Å): atoms on top of each other")
+
+
 def collate(structures, elements_z: Sequence[int], rcut: float, *, dtype=torch.float64,
             device=None, min_distance: float = DEFAULT_MIN_DISTANCE) -> Dict[str, torch.Tensor]:
     """Validate, build neighbour lists and concatenate ``structures`` into flat tensors."""
@@ -79,9 +85,7 @@ def collate(structures, elements_z: Sequence[int], rcut: float, *, dtype=torch.f
             close = np.flatnonzero(d < min_distance)
             if len(close):
                 e = close[0]
-                raise ValueError(
-                    f"{_label(k, atoms)}: atoms {i[e]} and {j[e]} are {d[e]:.3g} Å apart "
-                    f"(< min_distance {min_distance} Å): atoms on top of each other")
+                raise too_close(k, atoms, int(i[e]), int(j[e]), float(d[e]), min_distance)
         pos_l.append(pos)
         num_l.append(atoms.numbers)
         bat_l.append(np.full(len(atoms), k))

@@ -23,7 +23,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import keys as K
-from .batch import DEFAULT_MIN_DISTANCE, _label, validate
+from .batch import DEFAULT_MIN_DISTANCE, too_close, validate
 from .neighbours import neighbour_list
 
 __all__ = ["TorchACECalculator", "PropertyNotImplementedError"]
@@ -187,20 +187,13 @@ class TorchACECalculator(Calculator):
             i, j = nl.edge_index[0], nl.edge_index[1]
             d = torch.linalg.norm(positions[j] - positions[i] + nl.unit_shifts @ nl.cell_t[0], dim=1)
             e = int(torch.argmin(d))
-            dmin = float(d[e])
-        if dmin < self.min_distance:
-            raise ValueError(f"{_label(0, atoms)}: atoms {int(i[e])} and {int(j[e])} are {dmin:.3g} Å apart "
-                             f"(< min_distance {self.min_distance} Å): atoms on top of each other")
+            self._reject_closest(atoms, float(d[e]), e)
 
-    def _check_closest(self, atoms, out) -> None:
-        """``_check_distances`` from the fused kernel's closest pair (it has computed every distance)."""
-        from .fused import CLOSEST_PAIR
-
-        dmin, e = (float(x) for x in out[CLOSEST_PAIR])
+    def _reject_closest(self, atoms, dmin: float, e: int) -> None:
+        """Raise if the closest pair (edge ``e`` of the stored list, ``dmin`` Å; e < 0: no edges) is too close."""
         if e >= 0 and dmin < self.min_distance:
-            i, j = (int(x) for x in self._nl.edge_index[:, int(e)])
-            raise ValueError(f"{_label(0, atoms)}: atoms {i} and {j} are {dmin:.3g} Å apart "
-                             f"(< min_distance {self.min_distance} Å): atoms on top of each other")
+            i, j = (int(x) for x in self._nl.edge_index[:, e])
+            raise too_close(0, atoms, i, j, dmin, self.min_distance)
 
     # ---- ASE interface ----
 
@@ -218,9 +211,12 @@ class TorchACECalculator(Calculator):
         if not self.fused:
             self._check_distances(atoms, positions)
         args = (positions, nl.species, nl.batch, nl.edge_index, nl.unit_shifts, nl.cell_t, 1)
-        if self.fused:
+        if self.fused:  # the kernel measured every distance: its closest pair replaces _check_distances
+            from .fused import CLOSEST_PAIR
+
             out = self._forward(*args, True, periodic)
-            self._check_closest(atoms, out)
+            dmin, e = (float(x) for x in out[CLOSEST_PAIR])
+            self._reject_closest(atoms, dmin, int(e))
         else:
             with torch.enable_grad():
                 out = self._forward(*args, True, periodic)

@@ -126,12 +126,6 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     if device is not None:
         model.to(device)  # assembly, solve and the fitted model live on one device
     dev = model.coefficients.device
-    if fused:
-        from .fused import supported
-
-        why = supported(model) or (None if dev.type == "cpu" else f"the model is on {dev}, the kernel is CPU-only")
-        if why is not None:
-            raise ValueError(f"fused=True: {why}")
     timings = {"read": time.perf_counter() - t0}
 
     t0 = time.perf_counter()

@@ -134,12 +134,15 @@ def basis_args(model, dtype: torch.dtype) -> tuple:
                 int(model.n_pair))
 
 
-def _check(model, positions: torch.Tensor, who: str) -> None:
-    if positions.device.type != "cpu":
-        raise ValueError(f"{who} runs on CPU tensors; use the model itself on other devices")
+def _check_model(model, who: str) -> None:
     why = supported(model)
     if why is not None:
         raise ValueError(f"{who}: {why}; use the model itself")
+
+
+def _check_device(positions: torch.Tensor, who: str) -> None:
+    if positions.device.type != "cpu":
+        raise ValueError(f"{who} runs on CPU tensors; use the model itself on other devices")
 
 
 class FusedEvaluator(nn.Module):
@@ -152,9 +155,7 @@ class FusedEvaluator(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        why = supported(model)
-        if why is not None:
-            raise ValueError(f"FusedEvaluator: {why}; use the model itself")
+        _check_model(model, "FusedEvaluator")  # once: a model's baseline and transforms do not change
         self.model = model
         self.ext = load_extension()
         dag = product_dag(model.product.idx.cpu(), model.embedding.n_a)
@@ -188,7 +189,7 @@ class FusedEvaluator(nn.Module):
     def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor, edge_index: torch.Tensor,
                 unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int, compute_forces: bool = True,
                 compute_virials: bool = True) -> Dict[str, torch.Tensor]:
-        _check(self.model, positions, "FusedEvaluator")
+        _check_device(positions, "FusedEvaluator")
         dtype = positions.dtype
         need_grad = bool(compute_forces or compute_virials)
         with torch.no_grad():
@@ -213,7 +214,8 @@ def design_rows(model, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
     from .rows import _jacobian_pattern
 
     pos = batch[K.POSITIONS]
-    _check(model, pos, "fused.design_rows")
+    _check_device(pos, "fused.design_rows")
+    _check_model(model, "fused.design_rows")
     ext = load_extension()
     dtype = pos.dtype
     f = dict(dtype=dtype, device="cpu")

@@ -268,11 +268,21 @@ struct Basis {
   }
 };
 
-// Edges grouped by centre atom (counting sort: the neighbour list need not be sorted)
-struct Neighbours {
+// The batch (positions, species, structure of each atom, edges with lattice shifts, cells), with the edges
+// grouped by centre atom (counting sort: the neighbour list need not be sorted)
+template <typename T>
+struct Structures {
+  int64_t N, E;
+  const T* pos;
+  const int64_t *sp, *bt, *ei, *ej;
+  const T *sh, *cl;
   std::vector<int64_t> start, order;
   int M;  // row stride: the largest neighbour count, rounded up to 8 (SIMD-friendly)
-  Neighbours(int64_t N, int64_t E, const int64_t* ei, const int64_t* ej) : start(N + 1, 0), order(E) {
+  Structures(const torch::Tensor& positions, const torch::Tensor& species, const torch::Tensor& batch,
+             const torch::Tensor& edge_index, const torch::Tensor& unit_shifts, const torch::Tensor& cell)
+      : N(species.size(0)), E(edge_index.size(1)), pos(positions.data_ptr<T>()), sp(species.data_ptr<int64_t>()),
+        bt(batch.data_ptr<int64_t>()), ei(edge_index.data_ptr<int64_t>()), ej(ei + E),
+        sh(unit_shifts.data_ptr<T>()), cl(cell.data_ptr<T>()), start(N + 1, 0), order(E) {
     for (int64_t e = 0; e < E; ++e) {
       TORCH_CHECK(ei[e] >= 0 && ei[e] < N && ej[e] >= 0 && ej[e] < N, "edge ", e, " refers to an atom out of range");
       ++start[ei[e] + 1];
@@ -317,14 +327,17 @@ struct AtomEdges {
   T* row(int k) { return work.data() + static_cast<size_t>(k) * M; }
 
   // edge vectors r_ij = x_j - x_i + S·cell of atom i, keeping those inside rcut (skin edges are exactly 0)
-  void gather(int64_t i, const Neighbours& nb, const T* pos, const int64_t* sp, const int64_t* ej, const T* sh,
-              const T* cell_i) {
+  void gather(int64_t i, const Structures<T>& st) {
     const T rc2 = b.rcut * b.rcut;
+    const T* pos = st.pos;
+    const T* sh = st.sh;
+    const T* cell_i = st.cl + 9 * st.bt[i];
+    const int64_t* sp = st.sp;
     const int64_t zi = sp[i];
     m = 0;
-    for (int64_t t = nb.start[i]; t < nb.start[i + 1]; ++t) {
-      const int64_t e = nb.order[t];
-      const int64_t j = ej[e];
+    for (int64_t t = st.start[i]; t < st.start[i + 1]; ++t) {
+      const int64_t e = st.order[t];
+      const int64_t j = st.ej[e];
       T v[3];
       for (int c = 0; c < 3; ++c)
         v[c] = pos[3 * j + c] - pos[3 * i + c] + sh[3 * e] * cell_i[c] + sh[3 * e + 1] * cell_i[3 + c] +
@@ -442,17 +455,9 @@ std::vector<torch::Tensor> site_energy_forces_impl(
     const torch::Tensor& aa_parent, const torch::Tensor& aa_last, const torch::Tensor& aa_children,
     const torch::Tensor& c_aa, const torch::Tensor& E0, const torch::Tensor& c_pair) {
   const int64_t N = species.size(0);
-  const int64_t E = edge_index.size(1);
   const int n_a = bs.n_a, ny = bs.ny, n_pair = bs.n_pair;
   const int n_nodes = static_cast<int>(aa_parent.size(0));
   TORCH_CHECK(aa_children.size(0) == n_nodes + 1, "fused kernel: child_start must have n_nodes + 1 entries");
-  const T* pos = positions.data_ptr<T>();
-  const int64_t* sp = species.data_ptr<int64_t>();
-  const int64_t* bt = batch.data_ptr<int64_t>();
-  const int64_t* ei = edge_index.data_ptr<int64_t>();
-  const int64_t* ej = ei + E;
-  const T* sh = unit_shifts.data_ptr<T>();
-  const T* cl = cell.data_ptr<T>();
   const int64_t* par = aa_parent.data_ptr<int64_t>();
   const int64_t* lst = aa_last.data_ptr<int64_t>();
   const int64_t* chl = aa_children.data_ptr<int64_t>();
@@ -460,6 +465,7 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   const T* e0 = E0.data_ptr<T>();
   const T* cpair = c_pair.data_ptr<T>();
 
+  const Structures<T> st(positions, species, batch, edge_index, unit_shifts, cell);
   auto opts = positions.options();
   torch::Tensor site = torch::zeros({N}, opts);
   torch::Tensor energy = torch::zeros({n_structures}, opts);
@@ -470,7 +476,6 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   T* pf = forces.data_ptr<T>();
   T* pw = virial.data_ptr<T>();
 
-  const Neighbours nb(N, E, ei, ej);
   // atoms are independent up to the force/virial/energy scatters: threads (at::parallel_for) each keep a
   // workspace and private accumulators, summed at the end
   struct Worker {
@@ -486,7 +491,7 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   const int64_t grain = std::max<int64_t>(16, N / (8 * n_threads) + 1);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     const int tid = std::min(at::get_thread_num(), n_threads - 1);
-    if (!workers[tid]) workers[tid] = std::make_unique<Worker>(bs, nb.M, need_grad, n_nodes, N, n_structures,
+    if (!workers[tid]) workers[tid] = std::make_unique<Worker>(bs, st.M, need_grad, n_nodes, N, n_structures,
                                                                 need_grad, need_virial);
     Worker& wk = *workers[tid];
     AtomEdges<T>& w = wk.w;
@@ -505,8 +510,8 @@ std::vector<torch::Tensor> site_energy_forces_impl(
     T* pw = wk.vir.data();
     T* pe = wk.en.data();
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t zi = sp[i];
-      w.gather(i, nb, pos, sp, ej, sh, cl + 9 * bt[i]);
+      const int64_t zi = st.sp[i];
+      w.gather(i, st);
       const int m = w.m;
       w.manybody();
       w.harmonics();
@@ -551,7 +556,7 @@ std::vector<torch::Tensor> site_energy_forces_impl(
       const T e_mb = dot(n_nodes - 1, c + 1, AA.data() + 1);
       const T ei_total = e0[zi] + e_mb + e_pair;
       ps[i] = ei_total;
-      pe[bt[i]] += ei_total;
+      pe[st.bt[i]] += ei_total;
       if (!need_grad || m == 0) continue;
       std::fill(gA.begin(), gA.end(), T(0));
       for (int p = n_nodes - 1; p >= 0; --p) {  // children (> p) are final when p is reached
@@ -601,7 +606,7 @@ std::vector<torch::Tensor> site_energy_forces_impl(
         const T ug = ux[e] * gx[e] + uy[e] * gy[e] + uz[e] * gz[e];
         const T gv[3] = {ux[e] * rad[e] + (gx[e] - ux[e] * ug) / r, uy[e] * rad[e] + (gy[e] - uy[e] * ug) / r,
                          uz[e] * rad[e] + (gz[e] - uz[e] * ug) / r};
-        const int64_t j = ej[w.nbr[e]];
+        const int64_t j = st.ej[w.nbr[e]];
         for (int cc = 0; cc < 3; ++cc) {
           pf[3 * i + cc] += gv[cc];
           pf[3 * j + cc] -= gv[cc];
@@ -613,7 +618,7 @@ std::vector<torch::Tensor> site_energy_forces_impl(
         }
       }
       if (need_virial) {  // W -= ½ (S + Sᵀ), S = Σ_e r_e ⊗ g_e of this atom's edges
-        T* W = pw + 9 * bt[i];
+        T* W = pw + 9 * st.bt[i];
         for (int p = 0; p < 3; ++p)
           for (int q = 0; q < 3; ++q) W[3 * p + q] -= T(0.5) * (vg[3 * p + q] + vg[3 * q + p]);
       }
@@ -654,20 +659,12 @@ std::vector<torch::Tensor> design_rows_impl(
     const torch::Tensor& aa_idx, const torch::Tensor& c_rows, const torch::Tensor& c_cols, const torch::Tensor& c_vals,
     const torch::Tensor& j_tgt, const torch::Tensor& j_src, const torch::Tensor& j_val, const torch::Tensor& pair_scale) {
   const int64_t N = species.size(0);
-  const int64_t E = edge_index.size(1);
   const int n_a = bs.n_a, ny = bs.ny, n_pair = bs.n_pair, nz = bs.nz;
   const int nb_ = static_cast<int>(n_b);
   const int n_aa = static_cast<int>(aa_idx.size(0));
   const int nu = static_cast<int>(aa_idx.size(1));
   const int64_t K = static_cast<int64_t>(nz) * nb_ + static_cast<int64_t>(nz) * nz * n_pair;
   const int64_t off_pair = static_cast<int64_t>(nz) * nb_;
-  const T* pos = positions.data_ptr<T>();
-  const int64_t* sp = species.data_ptr<int64_t>();
-  const int64_t* bt = batch.data_ptr<int64_t>();
-  const int64_t* ei = edge_index.data_ptr<int64_t>();
-  const int64_t* ej = ei + E;
-  const T* sh = unit_shifts.data_ptr<T>();
-  const T* cl = cell.data_ptr<T>();
   const int64_t* idx = aa_idx.data_ptr<int64_t>();
   const int64_t* crow = c_rows.data_ptr<int64_t>();
   const int64_t* ccol = c_cols.data_ptr<int64_t>();
@@ -679,6 +676,7 @@ std::vector<torch::Tensor> design_rows_impl(
   const int64_t n_j = j_tgt.size(0);
   const T* pscale = pair_scale.data_ptr<T>();
 
+  const Structures<T> st(positions, species, batch, edge_index, unit_shifts, cell);
   auto opts = positions.options();
   torch::Tensor e_rows = torch::zeros({n_structures, K}, opts);
   torch::Tensor f_rows = torch::zeros({3 * N, K}, opts);
@@ -687,7 +685,6 @@ std::vector<torch::Tensor> design_rows_impl(
   T* pf = f_rows.data_ptr<T>();
   T* pv = v_rows.data_ptr<T>();
 
-  const Neighbours nbs(N, E, ei, ej);
   // threads (at::parallel_for over atoms) each keep a workspace; thread 0 writes into the outputs, the
   // others into private row buffers summed at the end — used only while those fit in kRowsThreadBytes
   struct Worker {
@@ -712,7 +709,7 @@ std::vector<torch::Tensor> design_rows_impl(
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     const int tid = std::min(at::get_thread_num(), n_threads - 1);
     if (!workers[tid]) {
-      workers[tid] = std::make_unique<Worker>(bs, nbs.M, nb_, nu, n_aa, opts);
+      workers[tid] = std::make_unique<Worker>(bs, st.M, nb_, nu, n_aa, opts);
       Worker& k = *workers[tid];
       if (tid == 0) {
         k.pe = pe;
@@ -748,124 +745,124 @@ std::vector<torch::Tensor> design_rows_impl(
     std::vector<T>& Wc = wk.Wc;
     std::vector<T>& pre = wk.pre;
     for (int64_t i = begin; i < end; ++i) {
-        const int64_t zi = sp[i], s = bt[i];
-        w.gather(i, nbs, pos, sp, ej, sh, cl + 9 * s);
-        const int m = w.m;
-        w.manybody();
-        w.harmonics();
-        w.atomic_basis(A.data());
-        // AA and the leave-one-out products; B = C·AA into the energy row
-        for (int k = 0; k < n_aa; ++k) {
-          const int64_t* ix = idx + k * nu;
-          pre[0] = T(1);
-          for (int t = 0; t < nu; ++t) pre[t + 1] = pre[t] * A[ix[t]];
-          AA[k] = pre[nu];
-          T suf = T(1);
-          for (int t = nu - 1; t >= 0; --t) {
-            loo[static_cast<size_t>(t) * n_aa + k] = pre[t] * suf;
-            suf *= A[ix[t]];
+      const int64_t zi = st.sp[i], s = st.bt[i];
+      w.gather(i, st);
+      const int m = w.m;
+      w.manybody();
+      w.harmonics();
+      w.atomic_basis(A.data());
+      // AA and the leave-one-out products; B = C·AA into the energy row
+      for (int k = 0; k < n_aa; ++k) {
+        const int64_t* ix = idx + k * nu;
+        pre[0] = T(1);
+        for (int t = 0; t < nu; ++t) pre[t + 1] = pre[t] * A[ix[t]];
+        AA[k] = pre[nu];
+        T suf = T(1);
+        for (int t = nu - 1; t >= 0; --t) {
+          loo[static_cast<size_t>(t) * n_aa + k] = pre[t] * suf;
+          suf *= A[ix[t]];
+        }
+      }
+      std::fill(Bv.begin(), Bv.end(), T(0));
+      for (int64_t q = 0; q < n_c; ++q) Bv[crow[q]] += cval[q] * AA[ccol[q]];
+      T* erow = pe + s * K + zi * nb_;
+      for (int bb = 0; bb < nb_; ++bb) erow[bb] += Bv[bb];
+      if (m > 0) {
+        std::fill(Jm, Jm + static_cast<size_t>(n_a) * nb_, T(0));
+        for (int64_t q = 0; q < n_j; ++q) Jm[jt[q]] += jv[q] * loo[js[q]];
+        // ∇Y_lm = (G_lm - u (u·G_lm)) / r, then ∂φ_a/∂r = w_a (R'_ρ Y_lm u + R_ρ ∇Y_lm)
+        const T* rr = w.row(w.RR);
+        const T* uu[3] = {w.row(w.UX), w.row(w.UY), w.row(w.UZ)};
+        for (int p = 0; p < ny; ++p) {
+          const T* __restrict g0 = w.G + p * M;
+          const T* __restrict g1 = w.G + (ny + p) * M;
+          const T* __restrict g2 = w.G + (2 * ny + p) * M;
+          T* __restrict d0 = dY.data() + p * M;
+          T* __restrict d1 = dY.data() + (ny + p) * M;
+          T* __restrict d2 = dY.data() + (2 * ny + p) * M;
+          const T* __restrict ux = uu[0];
+          const T* __restrict uy = uu[1];
+          const T* __restrict uz = uu[2];
+          IVDEP for (int e = 0; e < m; ++e) {
+            const T ug = ux[e] * g0[e] + uy[e] * g1[e] + uz[e] * g2[e];
+            const T ir = T(1) / rr[e];
+            d0[e] = (g0[e] - ux[e] * ug) * ir;
+            d1[e] = (g1[e] - uy[e] * ug) * ir;
+            d2[e] = (g2[e] - uz[e] * ug) * ir;
           }
         }
-        std::fill(Bv.begin(), Bv.end(), T(0));
-        for (int64_t q = 0; q < n_c; ++q) Bv[crow[q]] += cval[q] * AA[ccol[q]];
-        T* erow = pe + s * K + zi * nb_;
-        for (int bb = 0; bb < nb_; ++bb) erow[bb] += Bv[bb];
-        if (m > 0) {
-          std::fill(Jm, Jm + static_cast<size_t>(n_a) * nb_, T(0));
-          for (int64_t q = 0; q < n_j; ++q) Jm[jt[q]] += jv[q] * loo[js[q]];
-          // ∇Y_lm = (G_lm - u (u·G_lm)) / r, then ∂φ_a/∂r = w_a (R'_ρ Y_lm u + R_ρ ∇Y_lm)
-          const T* rr = w.row(w.RR);
-          const T* uu[3] = {w.row(w.UX), w.row(w.UY), w.row(w.UZ)};
-          for (int p = 0; p < ny; ++p) {
-            const T* __restrict g0 = w.G + p * M;
-            const T* __restrict g1 = w.G + (ny + p) * M;
-            const T* __restrict g2 = w.G + (2 * ny + p) * M;
-            T* __restrict d0 = dY.data() + p * M;
-            T* __restrict d1 = dY.data() + (ny + p) * M;
-            T* __restrict d2 = dY.data() + (2 * ny + p) * M;
-            const T* __restrict ux = uu[0];
-            const T* __restrict uy = uu[1];
-            const T* __restrict uz = uu[2];
-            IVDEP for (int e = 0; e < m; ++e) {
-              const T ug = ux[e] * g0[e] + uy[e] * g1[e] + uz[e] * g2[e];
-              const T ir = T(1) / rr[e];
-              d0[e] = (g0[e] - ux[e] * ug) * ir;
-              d1[e] = (g1[e] - uy[e] * ug) * ir;
-              d2[e] = (g2[e] - uz[e] * ug) * ir;
-            }
-          }
-          for (int a = 0; a < n_a; ++a) {
-            const T wa = bs.aw[a];
-            const T* __restrict rrow = w.R + bs.arho[a] * M;
-            const T* __restrict drow = w.dR + bs.arho[a] * M;
-            const T* __restrict yrow = w.Y + bs.alm[a] * M;
-            for (int c = 0; c < 3; ++c) {
-              const T* __restrict u = uu[c];
-              const T* __restrict dy = dY.data() + (c * ny + bs.alm[a]) * M;
-              T* __restrict out = dphi + (static_cast<size_t>(a) * 3 + c) * M;
-              IVDEP for (int e = 0; e < m; ++e) out[e] = wa * (drow[e] * yrow[e] * u[e] + rrow[e] * dy[e]);
-              for (int e = m; e < M; ++e) out[e] = T(0);
-            }
-          }
-          // G [(c, e), b] = Σ_a ∂φ_a/∂r_c(e) J[a, b]: one GEMM per atom
-          at::mm_out(G_t, dphi_t.t(), J_t);
-          std::fill(Fc.begin(), Fc.end(), T(0));
-          std::fill(Wc.begin(), Wc.end(), T(0));
-          for (int e = 0; e < m; ++e) {
-            const int64_t j = ej[w.nbr[e]];
-            const T v[3] = {w.row(w.VX)[e], w.row(w.VY)[e], w.row(w.VZ)[e]};
-            for (int c = 0; c < 3; ++c) {
-              const T* __restrict g = Gm + (static_cast<size_t>(c) * M + e) * nb_;
-              T* __restrict fj = pf + (3 * j + c) * K + zi * nb_;
-              T* __restrict fc = Fc.data() + c * nb_;
-              IVDEP for (int bb = 0; bb < nb_; ++bb) {
-                fc[bb] += g[bb];
-                fj[bb] -= g[bb];
-              }
-              for (int a2 = 0; a2 < 3; ++a2) {  // Σ_e r_a G_c
-                T* __restrict wc = Wc.data() + (a2 * 3 + c) * nb_;
-                const T va = v[a2];
-                IVDEP for (int bb = 0; bb < nb_; ++bb) wc[bb] += va * g[bb];
-              }
-            }
-          }
+        for (int a = 0; a < n_a; ++a) {
+          const T wa = bs.aw[a];
+          const T* __restrict rrow = w.R + bs.arho[a] * M;
+          const T* __restrict drow = w.dR + bs.arho[a] * M;
+          const T* __restrict yrow = w.Y + bs.alm[a] * M;
           for (int c = 0; c < 3; ++c) {
-            T* __restrict fi = pf + (3 * i + c) * K + zi * nb_;
-            const T* __restrict fc = Fc.data() + c * nb_;
-            IVDEP for (int bb = 0; bb < nb_; ++bb) fi[bb] += fc[bb];
-          }
-          for (int q = 0; q < 6; ++q) {  // -½ (r_a G_b + r_b G_a)
-            T* __restrict vr = pv + (s * 6 + q) * K + zi * nb_;
-            const T* __restrict wab = Wc.data() + (VA[q] * 3 + VB[q]) * nb_;
-            const T* __restrict wba = Wc.data() + (VB[q] * 3 + VA[q]) * nb_;
-            IVDEP for (int bb = 0; bb < nb_; ++bb) vr[bb] -= T(0.5) * (wab[bb] + wba[bb]);
+            const T* __restrict u = uu[c];
+            const T* __restrict dy = dY.data() + (c * ny + bs.alm[a]) * M;
+            T* __restrict out = dphi + (static_cast<size_t>(a) * 3 + c) * M;
+            IVDEP for (int e = 0; e < m; ++e) out[e] = wa * (drow[e] * yrow[e] * u[e] + rrow[e] * dy[e]);
+            for (int e = m; e < M; ++e) out[e] = T(0);
           }
         }
-        // pair rows: V_k = P_k(x) penv scale_k per (zi, zj) block; ∂V_k/∂r_e = u dV_k
-        if (n_pair > 0 && m > 0) {
-          w.pair();
-          const T* penv = w.row(w.PENV);
-          const T* dpenv = w.row(w.DPENV);
-          const T* dx = w.row(w.DX);
-          const T* rr = w.row(w.RR);
-          for (int e = 0; e < m; ++e) {
-            const int64_t j = ej[w.nbr[e]];
-            const int64_t col = off_pair + w.zz[e] * n_pair;
-            const T u[3] = {w.row(w.UX)[e], w.row(w.UY)[e], w.row(w.UZ)[e]};
-            const T r = rr[e];
-            for (int k = 0; k < n_pair; ++k) {
-              const T p = w.PP[k * M + e], dp = w.dPP[k * M + e];
-              const T val = p * penv[e] * pscale[k];
-              const T der = (dp * dx[e] * penv[e] + p * dpenv[e]) * pscale[k];
-              pe[s * K + col + k] += val;
-              for (int c = 0; c < 3; ++c) {
-                pf[(3 * i + c) * K + col + k] += u[c] * der;
-                pf[(3 * j + c) * K + col + k] -= u[c] * der;
-              }
-              for (int q = 0; q < 6; ++q) pv[(s * 6 + q) * K + col + k] -= r * u[VA[q]] * u[VB[q]] * der;
+        // G [(c, e), b] = Σ_a ∂φ_a/∂r_c(e) J[a, b]: one GEMM per atom
+        at::mm_out(G_t, dphi_t.t(), J_t);
+        std::fill(Fc.begin(), Fc.end(), T(0));
+        std::fill(Wc.begin(), Wc.end(), T(0));
+        for (int e = 0; e < m; ++e) {
+          const int64_t j = st.ej[w.nbr[e]];
+          const T v[3] = {w.row(w.VX)[e], w.row(w.VY)[e], w.row(w.VZ)[e]};
+          for (int c = 0; c < 3; ++c) {
+            const T* __restrict g = Gm + (static_cast<size_t>(c) * M + e) * nb_;
+            T* __restrict fj = pf + (3 * j + c) * K + zi * nb_;
+            T* __restrict fc = Fc.data() + c * nb_;
+            IVDEP for (int bb = 0; bb < nb_; ++bb) {
+              fc[bb] += g[bb];
+              fj[bb] -= g[bb];
+            }
+            for (int a2 = 0; a2 < 3; ++a2) {  // Σ_e r_a G_c
+              T* __restrict wc = Wc.data() + (a2 * 3 + c) * nb_;
+              const T va = v[a2];
+              IVDEP for (int bb = 0; bb < nb_; ++bb) wc[bb] += va * g[bb];
             }
           }
         }
+        for (int c = 0; c < 3; ++c) {
+          T* __restrict fi = pf + (3 * i + c) * K + zi * nb_;
+          const T* __restrict fc = Fc.data() + c * nb_;
+          IVDEP for (int bb = 0; bb < nb_; ++bb) fi[bb] += fc[bb];
+        }
+        for (int q = 0; q < 6; ++q) {  // -½ (r_a G_b + r_b G_a)
+          T* __restrict vr = pv + (s * 6 + q) * K + zi * nb_;
+          const T* __restrict wab = Wc.data() + (VA[q] * 3 + VB[q]) * nb_;
+          const T* __restrict wba = Wc.data() + (VB[q] * 3 + VA[q]) * nb_;
+          IVDEP for (int bb = 0; bb < nb_; ++bb) vr[bb] -= T(0.5) * (wab[bb] + wba[bb]);
+        }
+      }
+      // pair rows: V_k = P_k(x) penv scale_k per (zi, zj) block; ∂V_k/∂r_e = u dV_k
+      if (n_pair > 0 && m > 0) {
+        w.pair();
+        const T* penv = w.row(w.PENV);
+        const T* dpenv = w.row(w.DPENV);
+        const T* dx = w.row(w.DX);
+        const T* rr = w.row(w.RR);
+        for (int e = 0; e < m; ++e) {
+          const int64_t j = st.ej[w.nbr[e]];
+          const int64_t col = off_pair + w.zz[e] * n_pair;
+          const T u[3] = {w.row(w.UX)[e], w.row(w.UY)[e], w.row(w.UZ)[e]};
+          const T r = rr[e];
+          for (int k = 0; k < n_pair; ++k) {
+            const T p = w.PP[k * M + e], dp = w.dPP[k * M + e];
+            const T val = p * penv[e] * pscale[k];
+            const T der = (dp * dx[e] * penv[e] + p * dpenv[e]) * pscale[k];
+            pe[s * K + col + k] += val;
+            for (int c = 0; c < 3; ++c) {
+              pf[(3 * i + c) * K + col + k] += u[c] * der;
+              pf[(3 * j + c) * K + col + k] -= u[c] * der;
+            }
+            for (int q = 0; q < 6; ++q) pv[(s * 6 + q) * K + col + k] -= r * u[VA[q]] * u[VB[q]] * der;
+          }
+        }
+      }
   
     }
   });
