@@ -200,3 +200,90 @@ def test_committee_uncertainty():
     out = torchace.evaluate(model, data[:3])
     spread = float(u[K.ENERGY].max())
     assert float((p[K.ENERGY].mean(0) - out[K.ENERGY]).abs().max()) < 3 * spread
+
+
+def test_solve_system_reuses_one_assembly():
+    """One assembled system solved under two priors equals two full fits (the benchmark's sensitivity runs),
+    and E0 recovered from the projected system equals the E0 of ``fit(E0="fit")``."""
+    from torchace.assembly import assemble
+    from torchace.data import read_data, resolve_weights
+    from torchace.fit import solve_system
+
+    true = torchace.ace_model(["Si", "Ge"], 2, 5, E0={"Si": -2.0, "Ge": -1.0})
+    randomize_coefficients(true, 0.05, seed=6)
+    data = _synthetic(true, 8, seed=60)
+    for k, at in enumerate(data):  # noise, so the two priors give different answers
+        at.calc.results["forces"] = at.calc.results["forces"] + 1e-3 * np.random.default_rng(k).normal(size=(len(at), 3))
+    model = torchace.ace_model(["Si", "Ge"], 2, 5)
+    ds = read_data(data, elements=model.elements)
+    system = assemble(model, ds, resolve_weights(None))
+    sols = []
+    for prior in (None, priors.algebraic_smoothness(p=2)):
+        ref = torchace.ace_model(["Si", "Ge"], 2, 5)
+        res = torchace.fit(ref, data, prior=prior, E0="fit", solver=solvers.BLR(), compute_errors=False)
+        gamma = None if prior is None else prior.column_scale(model)
+        sol = solve_system(system, solvers.BLR(), gamma=gamma, fit_e0=True)
+        c_ref = ref.coefficients.detach()
+        assert float((sol.coefficients - c_ref).norm() / c_ref.norm()) < 1e-10
+        assert np.allclose(sol.E0.numpy(), [res.E0["Si"], res.E0["Ge"]], rtol=0, atol=1e-9)
+        sols.append(sol.coefficients)
+    assert float((sols[0] - sols[1]).norm() / sols[0].norm()) > 1e-4
+    with pytest.raises(ValueError, match="E0"):
+        from torchace.assembly import LinearSystem
+
+        solve_system(LinearSystem(A=system.A, y=system.y, n_obs=system.n_obs), solvers.BLR(), fit_e0=True)
+
+
+def test_bootstrap_mae_interval():
+    from torchace.errors import bootstrap_mae
+
+    rng = np.random.default_rng(1)
+    per = [{"E": np.array(rng.normal(0, 2.0)), "F": rng.normal(0, 0.1, size=(n, 3))}
+           for n in rng.integers(4, 40, size=30)]
+    ci = bootstrap_mae(per, n=20000, seed=3)
+    e = np.abs([p["E"] for p in per])
+    assert abs(ci["E"]["mae"] - e.mean()) < 1e-12
+    f_all = np.concatenate([np.abs(p["F"]).ravel() for p in per])
+    assert abs(ci["F"]["mae"] - f_all.mean()) < 1e-12  # pooled over components, like errors()
+    for q in ("E", "F"):
+        assert ci[q]["lo"] < ci[q]["mae"] < ci[q]["hi"]
+    # independent check: normal-theory 95 % half-width of a mean of 30 iid values, within 15 %
+    half = 1.96 * e.std(ddof=1) / np.sqrt(len(e))
+    assert abs((ci["E"]["hi"] - ci["E"]["lo"]) / 2 - half) < 0.15 * half
+    assert bootstrap_mae(per, n=500, seed=3) == bootstrap_mae(per, n=500, seed=3)
+    same = [{"E": np.array(1.5), "F": np.full((3, 3), 0.2)}] * 10
+    flat = bootstrap_mae(same, n=100)
+    assert flat["E"]["lo"] == flat["E"]["hi"] == 1.5
+    assert bootstrap_mae([{"E": None, "F": None}], n=10) == {"E": None, "F": None}
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_mae(per, level=1.5)
+
+
+ZUO = SHARED / "zuo2020"
+
+
+@pytest.mark.skipif(not (ZUO / "Si_train.xyz.gz").exists(), reason="shared reference data not present")
+def test_zuo_si_small_meets_paper(tmp_path):
+    """scripts/benchmark_zuo.py end to end on Zuo Si, ACE(sm): test MAE at or below the ACEpotentials.jl
+    paper's Table II (E 3.501 meV/atom, F 0.086 eV/Å), and its Markdown table rendering."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_zuo", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "benchmark_zuo.py")
+    bz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bz)
+    out = tmp_path / "zuo.json"
+    bz.main(["--elements", "Si", "--sizes", "sm", "--data", str(ZUO), "--variants", "none/fit", "smooth4/fit",
+             "--bootstrap", "200", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["prior"], r["E0_mode"]) for r in rows] == [("none", "fit"), ("smooth4", "fit")]
+    r = rows[0]
+    assert r["basis_size"] == 319 and r["n_test_structures"] == 25
+    assert r["test_mae_E_meV_per_atom"] <= 3.501 and r["test_mae_F_eV_per_A"] <= 0.086
+    lo, hi = r["test_mae_E_95ci"]
+    assert lo < r["test_mae_E_meV_per_atom"] < hi
+    assert rows[1]["test_mae_E_meV_per_atom"] != r["test_mae_E_meV_per_atom"]
+    table = bz.markdown(rows)
+    assert "| Si | sm | 319 | **" in table and "`smooth4/fit`" in table
+    with pytest.raises(SystemExit, match="PRIOR/E0"):
+        bz.main(["--variants", "none", "--out", str(out)])

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .assembly import assemble, assemble_reduced, fitting_structures
+from .assembly import LinearSystem, assemble, assemble_reduced, fitting_structures
 from .data import Dataset, DataKeys, isolated_atom_energies, read_data, resolve_weights
 from .errors import errors as error_table
 from .errors import format_table
@@ -74,6 +74,56 @@ def _set_E0(model, ds: Dataset, E0) -> Dict[str, float]:
     with torch.no_grad():
         model.E0.copy_(torch.tensor([values[s] for s in syms], dtype=model.E0.dtype))
     return values
+
+
+@dataclass
+class Solution:
+    """Output of ``solve_system``: coefficients on the model's basis (Γ undone), committee, fitted E0."""
+
+    coefficients: torch.Tensor
+    committee: Optional[torch.Tensor]
+    E0: Optional[torch.Tensor]  # [NZ] where E0 was fitted, else None
+    result: Any  # the solver's result (hyperparameters, info)
+
+
+def solve_system(system: LinearSystem, solver, *, gamma: Optional[torch.Tensor] = None, fit_e0: bool = False,
+                 validation=None) -> Solution:
+    """Solve an assembled weighted system, the algebra of ``fit`` after assembly.
+
+    ``gamma``: a column prior Γ [K] (solve with A·Γ⁻¹, return c = Γ⁻¹c').  ``fit_e0``: the E0 columns of
+    a dense system are left unregularised — projected out of the rows exactly, then recovered by least
+    squares on the residual.  ``validation``: (A, y) of a validation system, for solvers that select on it.
+    Separate from ``fit`` so that one assembled system can be solved under several priors and solvers.
+    """
+    A, y = system.A.to(torch.float64), system.y.to(torch.float64)
+    if gamma is not None:
+        gamma = gamma.to(device=A.device, dtype=torch.float64)
+        A = A / gamma
+    Z = None
+    if fit_e0:
+        if system.e0_columns is None:
+            raise ValueError("fitting E0 needs the dense design matrix (its E0 columns); give E0 or isolated atoms")
+        Z = system.e0_columns.to(torch.float64)
+        Q, _ = torch.linalg.qr(Z)
+        A = A - Q @ (Q.T @ A)
+        y_fit = y - Q @ (Q.T @ y)
+    else:
+        y_fit = y
+    val = None
+    if validation is not None:
+        vA, vy = validation[0].to(torch.float64), validation[1].to(torch.float64)
+        val = (vA / gamma.to(vA.device) if gamma is not None else vA, vy)
+    res = solver.solve(A, y_fit, n_obs=system.n_obs, rss_offset=system.rss_offset, validation=val)
+    c = res.coefficients.to(torch.float64)
+    committee = res.committee
+    if gamma is not None:
+        c = c / gamma.to(c.device)
+        if committee is not None:
+            committee = committee / gamma.to(committee.device)
+    e0 = None
+    if fit_e0:
+        e0 = torch.linalg.lstsq(Z, (y - system.A.to(torch.float64) @ c).unsqueeze(1)).solution.squeeze(1)
+    return Solution(coefficients=c, committee=committee, E0=e0, result=res)
 
 
 def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Optional[DataKeys] = None,
@@ -138,39 +188,20 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
         system = assemble_reduced(model, train, weights, method=streaming, batch_atoms=batch_atoms, device=dev,
                                   progress=progress, fused=fused)
     timings["assemble"] = time.perf_counter() - t0
-    A, y = system.A.to(torch.float64), system.y.to(torch.float64)
-    if gamma is not None:
-        A = A / gamma.to(A.device)
-    Z = None
-    if fit_e0:
-        # E0 columns are unregularised: project them out of the energy rows exactly, solve, recover E0
-        Z = system.e0_columns.to(torch.float64)
-        Q, _ = torch.linalg.qr(Z)
-        A = A - Q @ (Q.T @ A)
-        y_fit = y - Q @ (Q.T @ y)
-    else:
-        y_fit = y
     val = None
     if validation is not None:
         vds = read_data(validation, keys=keys, elements=model.elements, skip_bad=skip_bad)
         vsys = assemble(model, vds, weights, batch_atoms=batch_atoms, device=dev, fused=fused)
-        vA = vsys.A.to(torch.float64)
-        val = (vA / gamma.to(vA.device) if gamma is not None else vA, vsys.y.to(torch.float64))
+        val = (vsys.A, vsys.y)
 
     t0 = time.perf_counter()
-    res = solver.solve(A, y_fit, n_obs=system.n_obs, rss_offset=system.rss_offset, validation=val)
+    sol = solve_system(system, solver, gamma=gamma, fit_e0=fit_e0, validation=val)
+    res, c, committee = sol.result, sol.coefficients, sol.committee
     timings["solve"] = time.perf_counter() - t0
-    c = res.coefficients.to(torch.float64)
-    committee = res.committee
-    if gamma is not None:
-        c = c / gamma.to(c.device)
-        if committee is not None:
-            committee = committee / gamma.to(committee.device)
     if fit_e0:
-        e0_vec = torch.linalg.lstsq(Z, (y - system.A.to(torch.float64) @ c).unsqueeze(1)).solution.squeeze(1)
-        e0 = {s: float(v) for s, v in zip(model.elements, e0_vec.tolist())}
+        e0 = {s: float(v) for s, v in zip(model.elements, sol.E0.tolist())}
         with torch.no_grad():
-            model.E0.copy_(e0_vec.to(model.E0.dtype))
+            model.E0.copy_(sol.E0.to(model.E0.dtype))
     model.coefficients = c.to(model.coefficients.dtype)
     model.committee = None if committee is None else committee.to(model.coefficients.dtype)
     t0 = time.perf_counter()
