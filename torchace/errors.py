@@ -35,6 +35,17 @@ def predictions(model, ds: Dataset, *, batch_atoms: int = 4096) -> List[Dict[str
     return out
 
 
+def structure_errors(ds: Dataset, preds) -> List[Dict[str, Optional[np.ndarray]]]:
+    """Per-structure prediction − label, aligned with ``ds``: E (meV/atom, [1]), F (eV/Å, [N, 3]), V (meV/atom,
+    [3, 3]); None where the structure has no such label."""
+    out = []
+    for s, p in zip(ds, preds):
+        out.append({"E": None if s.energy is None else np.array([(p[K.ENERGY] - s.energy) / s.n_atoms * 1e3]),
+                    "F": None if s.forces is None else p[K.FORCES] - s.forces,
+                    "V": None if s.virial is None else (p[K.VIRIAL] - s.virial) / s.n_atoms * 1e3})
+    return out
+
+
 def _stats(x: List[np.ndarray]) -> Optional[Dict[str, float]]:
     if not x:
         return None
@@ -53,28 +64,18 @@ def errors(model, data, *, include_isolated: bool = True, preds=None, **read_kwa
     ds = read_data(data, elements=model.elements, **read_kwargs)
     preds = preds if preds is not None else predictions(model, ds)  # aligned with all of ds
     groups: Dict[str, Dict[str, List[np.ndarray]]] = {}
-    for s, p in zip(ds, preds):
+    for s, e in zip(ds, structure_errors(ds, preds)):
         if s.config_type == ISOLATED_ATOM and not include_isolated:
             continue
         for g in (s.config_type, ALL):
             d = groups.setdefault(g, {"E": [], "F": [], "V": []})
-            if s.energy is not None:
-                d["E"].append(np.array([(p[K.ENERGY] - s.energy) / s.n_atoms * 1e3]))
-            if s.forces is not None:
-                d["F"].append(p[K.FORCES] - s.forces)
-            if s.virial is not None:
-                d["V"].append((p[K.VIRIAL] - s.virial) / s.n_atoms * 1e3)
+            for q in ("E", "F", "V"):
+                if e[q] is not None:
+                    d[q].append(e[q])
     order = sorted(g for g in groups if g != ALL) + [ALL]
     return {g: {q: _stats(groups[g][q]) for q in ("E", "F", "V")} for g in order}
 
 
-def structure_errors(ds: Dataset, preds) -> List[Dict[str, Optional[np.ndarray]]]:
-    """Per-structure errors, aligned with ``ds``: E (meV/atom, scalar array), F (eV/Å, [N, 3]); None if unlabelled."""
-    out = []
-    for s, p in zip(ds, preds):
-        out.append({"E": None if s.energy is None else np.array((p[K.ENERGY] - s.energy) / s.n_atoms * 1e3),
-                    "F": None if s.forces is None else p[K.FORCES] - s.forces})
-    return out
 
 
 def bootstrap_mae(per_structure: List[Dict[str, Optional[np.ndarray]]], *, n: int = 10000, level: float = 0.95,
