@@ -266,12 +266,9 @@ ZUO = SHARED / "zuo2020"
 def test_zuo_si_small_meets_paper(tmp_path):
     """scripts/benchmark_zuo.py end to end on Zuo Si, ACE(sm): test MAE at or below the ACEpotentials.jl
     paper's Table II (E 3.501 meV/atom, F 0.086 eV/Å), and its Markdown table rendering."""
-    import importlib.util
+    from script_loader import load_script
 
-    spec = importlib.util.spec_from_file_location("benchmark_zuo", Path(__file__).resolve().parents[1] / "scripts"
-                                                  / "benchmark_zuo.py")
-    bz = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bz)
+    bz = load_script("benchmark_zuo")
     out = tmp_path / "zuo.json"
     bz.main(["--elements", "Si", "--sizes", "sm", "--data", str(ZUO), "--variants", "none/fit", "smooth4/fit",
              "--bootstrap", "200", "--out", str(out)])

@@ -227,13 +227,9 @@ def test_against_brute_force_definition(mode, pure_sige, pure2b_sige):
 
 
 def test_gram_script_writes_json_and_table(tmp_path):
-    import importlib.util
-    import os
+    from script_loader import load_script
 
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "purification_gram.py")
-    spec = importlib.util.spec_from_file_location("purification_gram", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("purification_gram")
     md = tmp_path / "p.md"
     md.write_text(f"head\n{mod.BEGIN}\nold\n{mod.END}\ntail\n")
     js = tmp_path / "g.json"

@@ -2,10 +2,8 @@
 PNGs and a JSON, and its numbers are checked against code paths it does not use: the reported test force
 RMSE against ``torchace.evaluate`` of the saved model, and its Gram-matrix ridge fit against ``torchace.fit``
 with the same Gaussian prior and ``solvers.QR`` (the stacked-QR solve of the prior-rescaled model)."""
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,8 @@ import pytest
 
 import torchace
 from torchace import priors, solvers
+
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -23,11 +23,7 @@ pytestmark = [pytest.mark.slow,
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("regularity_study", ROOT / "scripts" / "regularity_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["regularity_study"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("regularity_study")
 
 
 @pytest.fixture(scope="module")

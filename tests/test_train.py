@@ -1,7 +1,5 @@
 """scripts/train.py: gradient training decreases the loss, and its gradient vanishes at the linear fit."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +11,9 @@ from torchace import solvers
 from torchace.data import read_data, resolve_weights
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
-spec = importlib.util.spec_from_file_location("torchace_train_script", SCRIPT)
-train_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_script)
+from script_loader import load_script
+
+train_script = load_script("train")
 
 ELS = ["Si", "Ge"]
 WEIGHTS = resolve_weights({"default": {"E": 30, "F": 1, "V": 1}})
