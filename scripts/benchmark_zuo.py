@@ -133,15 +133,9 @@ def markdown(rows) -> str:
         f, fi = cell(r, keys["F"], 4)
         out.append(f"| {r['element']} | {r['size']} | {r['basis_size']} | {e} | {ei} | {r['paper_mae_E']} | {f} | {fi} "
                    f"| {r['paper_mae_F']} | {r['fit_seconds']:.0f} |")
-    variants = []
-    for r in rows:
-        v = r["prior"] + "/" + r["E0_mode"]
-        if v not in variants:
-            variants.append(v)
+    variants = list(dict.fromkeys(r["prior"] + "/" + r["E0_mode"] for r in rows))
     if len(variants) > 1:
-        cells = []
-        for r in main:
-            cells.append((r["element"], r["size"]))
+        cells = [(r["element"], r["size"]) for r in main]
         out.append("\nTest MAE (E meV/atom / F eV/Å) of every variant on the same assembled system:\n")
         out.append("| variant | " + " | ".join(f"{e} {s}" for e, s in cells) + " |")
         out.append("|---|" + "---|" * len(cells))
