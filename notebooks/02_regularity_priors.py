@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 import torchace
-from torchace import analysis, priors, solvers
+from torchace import analysis
+from torchace.fitting import priors, solvers
 
 QUICK = os.environ.get("TORCHACE_QUICK", "0") == "1"
 try:

@@ -33,8 +33,8 @@ from ase.md.verlet import VelocityVerlet
 
 import torchace
 from torchace import keys as K
-from torchace import solvers
-from torchace.calculators import TorchACECalculator
+from torchace.fitting import solvers
+from torchace.calculators.ase import TorchACECalculator
 from torchace.testing import randomize_coefficients, rattled_bulk
 
 QUICK = os.environ.get("TORCHACE_QUICK", "0") == "1"

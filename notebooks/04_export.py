@@ -35,7 +35,7 @@ import torch
 
 import torchace
 from torchace import keys as K
-from torchace.export import load_torchscript
+from torchace.io.torchscript import load_torchscript
 from torchace.testing import randomize_coefficients, rattled_bulk
 
 QUICK = os.environ.get("TORCHACE_QUICK", "0") == "1"

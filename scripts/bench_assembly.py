@@ -78,7 +78,7 @@ def main(argv=None):
     ap.add_argument("--out", default="bench_assembly.json")
     a = ap.parse_args(argv)
     if not a.no_tune_malloc:
-        from torchace.runtime import tune_malloc
+        from torchace.model.backends.runtime import tune_malloc
         tune_malloc()
     dev = torch.device("cpu")
     atoms = structure(reps=a.reps)
@@ -97,7 +97,7 @@ def main(argv=None):
         print(f"  torchace: {1e3 * med:.1f} ms ({1e6 * med / n:.0f} µs/atom)", flush=True)
         r_f = None
         if not a.no_fused:
-            from torchace import fused
+            from torchace.model.backends import fused
             if fused.available():
                 med_f, ts_f = timed(lambda: torchace.design_matrix_rows(model, atoms, fused=True), a.warmup,
                                     a.repeats)
@@ -110,8 +110,8 @@ def main(argv=None):
             else:
                 print("  fused C++ kernel not buildable here: case skipped")
         # the forward-AD reference path for ∂φ/∂r (what the analytic derivatives replaced)
-        from torchace.batch import collate
-        from torchace.rows import batch_rows
+        from torchace.structures.batch import collate
+        from torchace.fitting.rows import batch_rows
 
         def ref_rows():
             b = collate(atoms, model.config.numbers, model.rcut)

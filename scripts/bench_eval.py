@@ -183,7 +183,7 @@ def main(argv=None):
     ap.add_argument("--out", default="bench_eval.json")
     a = ap.parse_args(argv)
     if not a.no_tune_malloc:
-        from torchace.runtime import tune_malloc
+        from torchace.model.backends.runtime import tune_malloc
         tune_malloc()
 
     device = torch.device(a.device)
@@ -214,7 +214,7 @@ def main(argv=None):
                        a.model, K))
 
     # (b) ASE calculator with neighbour-list reuse
-    from torchace.calculators import TorchACECalculator
+    from torchace.calculators.ase import TorchACECalculator
     calc = TorchACECalculator(model, device=device, dtype=tdtype)
 
     def step_calc(at):
@@ -225,8 +225,8 @@ def main(argv=None):
                        device, a.dtype, a.model, K, {"nlist_builds": calc.n_neighbour_list_builds}))
 
     # (c) bare forward on a pre-collated batch
-    from torchace.batch import collate
-    from torchace.evaluate import model_inputs
+    from torchace.structures.batch import collate
+    from torchace.model.evaluate import model_inputs
     batch = collate(atoms, model.config.numbers, model.rcut, dtype=tdtype, device=device)
     args = model_inputs(model, batch)
 
@@ -259,7 +259,7 @@ def main(argv=None):
 
     # (e) the fused C++ CPU kernel (torchace.fused), in the calculator
     if not a.no_fused and device.type == "cpu":
-        from torchace import fused
+        from torchace.model.backends import fused
         if fused.available():
             calc_f = TorchACECalculator(model, device=device, dtype=tdtype, fused=True)
 

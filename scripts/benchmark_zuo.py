@@ -9,7 +9,7 @@ Each (element, size) is assembled once (fused C++ rows where available) and then
 number was seen): PRIOR one of PRIORS below, E0 ``fit`` (unregularised per-element constant) or
 ``zero`` (no reference energy, as ACE1x's ``acemodel`` without ``Eref`` in the paper's script).
 Test errors come from the model evaluated on the test structures; the 95 % bootstrap interval of each
-MAE resamples whole test structures (``torchace.errors.bootstrap_mae``).
+MAE resamples whole test structures (``torchace.fitting.metrics.bootstrap_mae``).
 
 Reads ../shared/data/zuo2020 (or --data DIR).  Prints a table and writes JSON (atomically).
 """
@@ -25,13 +25,14 @@ import time
 import torch
 
 import torchace
-from torchace import fused as fused_mod
-from torchace import priors, solvers
-from torchace.assembly import assemble
-from torchace.data import read_data, resolve_weights
-from torchace.errors import bootstrap_mae, errors, predictions, structure_errors
-from torchace.fit import solve_system
-from torchace.serialization import write_json_atomic
+from torchace.model.backends import fused as fused_mod
+from torchace.fitting import priors, solvers
+from torchace.fitting.assembly import assemble
+from torchace.fitting.data import read_data
+from torchace.fitting.weights import resolve_weights
+from torchace.fitting.metrics import bootstrap_mae, errors, predictions, structure_errors
+from torchace.fitting.driver import solve_system
+from torchace.io.model_file import write_json_atomic
 
 SIZES = {"sm": [20, 16, 12], "lge": [25, 21, 17]}
 # ACEpotentials.jl paper, Table II (DATA.md): test MAE, E meV/atom, F eV/Å

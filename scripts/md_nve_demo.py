@@ -31,9 +31,9 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 
 import torchace
-from torchace import solvers
-from torchace.calculators import TorchACECalculator
-from torchace.serialization import write_json_atomic
+from torchace.fitting import solvers
+from torchace.calculators.ase import TorchACECalculator
+from torchace.io.model_file import write_json_atomic
 from torchace.testing import rattled_bulk
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acedata" / "Si_tiny.xyz"

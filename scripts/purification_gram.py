@@ -3,7 +3,7 @@ Ho, Gutleb & Ortner, "Atomic Cluster Expansion without Self-Interaction", §3.1 
 
 For correlation order N and total degree D: J = N neighbours, each drawn independently from the measure
 in which the one-particle functions φ_nlm are orthonormal (x uniform on [-1, 1], r̂ uniform on the sphere;
-``torchace.purify.sample_orthonormal_envs``); (factor × number of order-N functions) environments; the
+``torchace.basis.purification.sample_orthonormal_envs``); (factor × number of order-N functions) environments; the
 order-N columns of B; G = BᵀB / n_samples scaled by its diagonal; cond(G) (2-norm).  The order-N block of
 an order-N model with total degree D equals that block of any higher-order model with the same D, so one
 model per N is built.  Single element (Si, r0 and rcut defaults), wL = 1.5.
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torchace  # noqa: E402
 from torchace.atomic import atomic_write, write_json_atomic  # noqa: E402
-from torchace.purify import sample_orthonormal_envs  # noqa: E402
+from torchace.basis.purification import sample_orthonormal_envs  # noqa: E402
 from torchace.testing import site_basis_envs  # noqa: E402
 
 BEGIN, END = "<!-- gram-table -->", "<!-- /gram-table -->"

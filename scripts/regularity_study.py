@@ -46,9 +46,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import torchace  # noqa: E402
-from torchace import analysis, priors  # noqa: E402
+from torchace import analysis
+from torchace.fitting import priors  # noqa: E402
 from torchace.atomic import atomic_write, write_json_atomic  # noqa: E402
-from torchace.data import Labelled, read_data, weights_for  # noqa: E402
+from torchace.fitting.data import Labelled, read_data
+from torchace.fitting.weights import weights_for  # noqa: E402
 
 KCAL = 0.0433641  # eV per kcal/mol (DATA.md)
 
@@ -248,7 +250,7 @@ def with_synthetic_dimers(model, sys_: System) -> System:
     f_env(r_syn) = E_syn, energy label E_syn above the isolated atoms, weight W_SYN (/√2 as every energy row).
     An isolated atom has no ACE energy beyond E0, so the row's E0 columns are zero."""
     from torchace import keys as K
-    from torchace.repulsion import envelope_distance
+    from torchace.fitting.repulsion import envelope_distance
 
     G, b = sys_.G.clone(), sys_.b.clone()
     for a, c in analysis.element_pairs(range(model.nz)):

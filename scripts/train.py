@@ -25,11 +25,12 @@ import torch
 
 import torchace
 from torchace import keys as K
-from torchace import solvers
-from torchace.assembly import fitting_structures
-from torchace.batch import collate
-from torchace.data import isolated_atom_energies, read_data, resolve_weights, weights_for
-from torchace.evaluate import model_inputs
+from torchace.fitting import solvers
+from torchace.fitting.assembly import fitting_structures
+from torchace.structures.batch import collate
+from torchace.fitting.data import isolated_atom_energies, read_data
+from torchace.fitting.weights import resolve_weights, weights_for
+from torchace.model.evaluate import model_inputs
 
 
 def make_batches(model, structs, weights, batch_size, device, dtype):

@@ -19,8 +19,9 @@ import torch
 from ase.build import bulk
 
 import torchace
-from torchace.io.yace_write import evaluate_pair_table, write_yace
-from torchace.model import ace_model
+from torchace.io.pair_table import evaluate_pair_table
+from torchace.io.yace_write import write_yace
+from torchace.model.ace import ace_model
 
 
 def cells(elements, seed=0):
@@ -83,7 +84,7 @@ def main(argv=None):
     td = args.totaldegree[0] if len(args.totaldegree) == 1 else args.totaldegree
     model = ace_model(args.elements, order=args.order, totaldegree=td)
     if args.fit:
-        from torchace import priors
+        from torchace.fitting import priors
 
         torchace.fit(model, args.fit, prior=priors.algebraic_smoothness(p=4))
     else:

@@ -118,7 +118,7 @@ def test_path_slope_from_forces_matches_finite_differences():
 
 
 def test_dimer_curve_of_a_torchace_model_uses_its_isolated_atoms():
-    from torchace.repulsion import dimer_curve as model_dimer
+    from torchace.fitting.repulsion import dimer_curve as model_dimer
 
     model = torchace.ace_model(["Si"], 2, 6, rcut=4.5, E0={"Si": -3.0})
     randomize_coefficients(model, scale=0.3, seed=2)

@@ -12,10 +12,10 @@ from e3nn import o3
 
 import torchace
 from torchace import keys as K
-from torchace.batch import collate
-from torchace.evaluate import model_inputs
-from torchace.rows import batch_rows
-from torchace.sph import RealSphericalHarmonics, e3nn_signed_permutation, solid_gradient_matrices
+from torchace.structures.batch import collate
+from torchace.model.evaluate import model_inputs
+from torchace.fitting.rows import batch_rows
+from torchace.basis.angular import RealSphericalHarmonics, e3nn_signed_permutation, solid_gradient_matrices
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk, results_close
 
 RTOL = {torch.float64: 1e-12, torch.float32: 1e-4}
@@ -142,7 +142,7 @@ def test_analytic_path_scripts():
 @pytest.mark.slow
 def test_compiled_calculator_matches_eager():
     pytest.importorskip("torch._inductor")
-    from torchace.calculators import TorchACECalculator
+    from torchace.calculators.ase import TorchACECalculator
 
     m = torchace.ace_model(["Si", "Ge"], 2, 4)
     randomize_coefficients(m, 0.3, seed=3)

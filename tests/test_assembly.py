@@ -5,7 +5,7 @@ import torch
 
 import torchace
 from torchace import keys as K
-from torchace.assembly import assemble, assemble_reduced
+from torchace.fitting.assembly import assemble, assemble_reduced
 from torchace.testing import labelled_dataset
 
 
@@ -87,8 +87,8 @@ def test_checkpoint_resume(model):
 def test_structures_larger_than_memory_are_refused_up_front(model, monkeypatch):
     """A structure whose rows cannot fit is an error naming its file:frame (before any work); a dense
     system that cannot fit points to the streaming assembly; the streaming path accepts it."""
-    import torchace.assembly as asm
-    from torchace.data import DataError
+    import torchace.fitting.assembly as asm
+    from torchace.fitting.data import DataError
 
     ds = _dataset()
     structs = asm.fitting_structures(ds)

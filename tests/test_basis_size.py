@@ -2,7 +2,7 @@
 import pytest
 
 import torchace
-from torchace.spec import product_spec
+from torchace.basis.spec import product_spec
 
 
 @pytest.mark.parametrize("elements,order,td,expected", [
@@ -28,7 +28,7 @@ def test_invariant_count_by_characters(nz, order, td):
     the trivial representation in its symmetrised tensor power, computed from O(3) characters."""
     import numpy as np
     from itertools import groupby
-    from torchace.coupling import symmetric_coupling, _groups
+    from torchace.basis.coupling_coefficients import symmetric_coupling, _groups
 
     def chi(l, th):
         return np.sin((l + 0.5) * th) / np.sin(th / 2)
@@ -62,7 +62,7 @@ def test_invariant_count_by_characters(nz, order, td):
 
 def test_coupling_disk_cache(tmp_path, monkeypatch):
     import numpy as np
-    from torchace import coupling
+    from torchace.basis import coupling_coefficients as coupling
 
     monkeypatch.setenv("TORCHACE_CACHE", str(tmp_path))
     coupling.symmetric_coupling.cache_clear()

@@ -11,9 +11,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 import torchace
 from torchace import keys as K
-from torchace import solvers
-from torchace.calculators import TorchACECalculator
-from torchace.neighbours import neighbour_list
+from torchace.fitting import solvers
+from torchace.calculators.ase import TorchACECalculator
+from torchace.structures.neighbours import neighbour_list
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk
 
 SI_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acedata" / "Si_tiny.xyz"
@@ -231,7 +231,7 @@ def committee_model():
 
 
 def test_committee_spread(committee_model, si_small):
-    from torchace.uncertainty import uncertainty
+    from torchace.fitting.committee import uncertainty
 
     at = rattled_bulk(["Si"], seed=11)
     calc = TorchACECalculator(committee_model)

@@ -39,7 +39,7 @@ def ds():
 
 @pytest.fixture(scope="module")
 def reference(model, ds):
-    from torchace.assembly import assemble_reduced
+    from torchace.fitting.assembly import assemble_reduced
 
     return assemble_reduced(model, ds, method="qr", batch_atoms=BATCH_ATOMS)
 
@@ -52,7 +52,7 @@ def _same(a, b):
 
 
 def test_resume_after_sigkill(tmp_path, model, ds, reference):
-    from torchace.checkpoint import assemble_checkpointed, load_checkpoint
+    from torchace.fitting.checkpoint import assemble_checkpointed, load_checkpoint
 
     ckpt = str(tmp_path / "asm.npz")
     # same thread count as this process: threaded reductions round differently with another count
@@ -76,8 +76,8 @@ def test_resume_after_sigkill(tmp_path, model, ds, reference):
 
 
 def test_resume_normal_in_process(tmp_path, model, ds):
-    from torchace.assembly import assemble_reduced
-    from torchace.checkpoint import assemble_checkpointed
+    from torchace.fitting.assembly import assemble_reduced
+    from torchace.fitting.checkpoint import assemble_checkpointed
 
     ckpt = str(tmp_path / "n.npz")
 
@@ -100,7 +100,7 @@ def test_resume_normal_in_process(tmp_path, model, ds):
 
 
 def _fake_checkpoint(path, model, ds, **kw):
-    from torchace.checkpoint import fingerprint, save_checkpoint
+    from torchace.fitting.checkpoint import fingerprint, save_checkpoint
 
     k = model.basis_size
     args = dict(weights=None, method="qr", batch_atoms=BATCH_ATOMS)
@@ -112,7 +112,7 @@ def _fake_checkpoint(path, model, ds, **kw):
 @pytest.mark.parametrize("change", ["weights", "method", "batch_atoms", "positions", "E0"])
 def test_mismatched_fingerprint_raises(tmp_path, model, ds, change):
     import torchace
-    from torchace.checkpoint import CheckpointMismatch, assemble_checkpointed
+    from torchace.fitting.checkpoint import CheckpointMismatch, assemble_checkpointed
 
     ckpt = str(tmp_path / "c.npz")
     _fake_checkpoint(ckpt, model, ds)
@@ -135,7 +135,7 @@ def test_mismatched_fingerprint_raises(tmp_path, model, ds, change):
 
 def test_mismatched_model_config_raises(tmp_path, model, ds):
     import torchace
-    from torchace.checkpoint import CheckpointMismatch, assemble_checkpointed
+    from torchace.fitting.checkpoint import CheckpointMismatch, assemble_checkpointed
 
     ckpt = str(tmp_path / "c.npz")
     _fake_checkpoint(ckpt, model, ds)
@@ -146,7 +146,7 @@ def test_mismatched_model_config_raises(tmp_path, model, ds):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
 def test_unreadable_checkpoint_raises(tmp_path, model, ds, damage):
-    from torchace.checkpoint import CheckpointError, assemble_checkpointed
+    from torchace.fitting.checkpoint import CheckpointError, assemble_checkpointed
 
     ckpt = str(tmp_path / "c.npz")
     _fake_checkpoint(ckpt, model, ds)
@@ -165,7 +165,7 @@ def test_checkpoint_has_no_pickles(tmp_path, model, ds):
 
 
 if __name__ == "__main__":  # child of test_resume_after_sigkill
-    from torchace.checkpoint import assemble_checkpointed
+    from torchace.fitting.checkpoint import assemble_checkpointed
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # the parent's count
     path, kill_after = sys.argv[1], int(sys.argv[2])

@@ -11,7 +11,7 @@ import torch
 import torchace
 from torchace import keys as K
 from torchace.cli import main
-from torchace.export import load_torchscript
+from torchace.io.torchscript import load_torchscript
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk
 
 

@@ -9,8 +9,8 @@ import yaml
 
 import torchace
 from torchace.config import ACEConfig
-from torchace.fitconfig import FitConfig
-from torchace.serialization import ModelFileError
+from torchace.fitting.config import FitConfig
+from torchace.io.model_file import ModelFileError
 
 GOOD = {
     "model": {"elements": ["Si"], "order": 2, "totaldegree": 6, "rcut": 5.5},
@@ -178,7 +178,7 @@ def test_purification_flags_in_fit_config(tmp_path):
     """pure2b / pure are model keys of the fit config (not 'unknown keys'), type-checked like the others."""
     import yaml
 
-    from torchace.fitconfig import FitConfig
+    from torchace.fitting.config import FitConfig
 
     d = yaml.safe_load(open(os.path.join(os.path.dirname(torchace.__file__), "data", "default_fit.yaml")))
     d["model"]["pure2b"] = True

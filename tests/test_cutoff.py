@@ -5,7 +5,7 @@ from ase import Atoms
 
 import torchace
 from torchace import keys as K
-from torchace.radial import AgnesiTransform, PairBasis, agnesi_a
+from torchace.basis.radial import AgnesiTransform, PairBasis, agnesi_a
 
 
 def test_isolated_atom_is_E0(sige_model):
@@ -61,7 +61,7 @@ def test_agnesi_endpoints_and_parameters():
 
 def test_radials_orthonormal_in_x():
     """R_n = P_{n-1}(x)(1-x)²(1+x)² are orthonormal in L²(dx) (P_k Jacobi(4,4) orthonormal)."""
-    from torchace.radial import eval_recurrence, orthonormal_recurrence
+    from torchace.basis.radial import eval_recurrence, orthonormal_recurrence
     x, w = np.polynomial.legendre.leggauss(60)
     coef = torch.from_numpy(orthonormal_recurrence(20, 4, 4))
     P = eval_recurrence(torch.from_numpy(x), coef, 20).numpy()

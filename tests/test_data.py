@@ -5,7 +5,8 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from torchace.data import DataError, DataKeys, isolated_atom_energies, read_data, resolve_weights
+from torchace.fitting.data import DataError, DataKeys, isolated_atom_energies, read_data
+from torchace.fitting.weights import resolve_weights
 from torchace.testing import rattled_bulk
 
 

@@ -68,8 +68,8 @@ def test_design_rows_chunking_is_exact(si_model):
 def test_force_loss_gradient_in_train_mode(sige_model):
     """In train mode forces are differentiable w.r.t. the coefficients (one code path for fitting and
     gradient training); F is linear in c, so d(w·F)/dc must equal rows_Fᵀ w."""
-    from torchace.batch import collate
-    from torchace.evaluate import model_inputs
+    from torchace.structures.batch import collate
+    from torchace.model.evaluate import model_inputs
 
     at = rattled_bulk(["Si", "Ge"], seed=31)
     rows = torchace.design_matrix_rows(sige_model, at)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import torchace
-from torchace import solvers
-from torchace.assembly import assemble, assemble_reduced, fitting_structures
-from torchace.data import Dataset, read_data
-from torchace.distributed import _pad_rows, combine_qr, finish, local_state, shard
+from torchace.fitting import solvers
+from torchace.fitting.assembly import assemble, assemble_reduced, fitting_structures
+from torchace.fitting.data import Dataset, read_data
+from torchace.fitting.distributed import _pad_rows, combine_qr, finish, local_state, shard
 
 from test_checkpoint import _dataset, _model
 

@@ -11,7 +11,8 @@ import torch
 
 import torchace
 from torchace import keys as K
-from torchace.export import METADATA_FILE, export, export_metadata, load_torchscript, read_metadata
+from torchace.io.torchscript import METADATA_FILE, export_metadata, load_torchscript, read_metadata
+from torchace.io.export import export
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk, results_close
 
 
@@ -117,7 +118,7 @@ def test_atomic_write(sige_small, tmp_path, monkeypatch):
 
 
 def test_calculator_on_export(sige_small, exported):
-    from torchace.calculators import TorchACECalculator
+    from torchace.calculators.ase import TorchACECalculator
 
     for at in _structures():
         a = TorchACECalculator(sige_small)

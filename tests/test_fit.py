@@ -9,7 +9,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 import torchace
 from torchace import keys as K
-from torchace import priors, solvers
+from torchace.fitting import priors, solvers
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -49,7 +49,7 @@ def test_si_tiny_acepotentials_thresholds(name, solver, bounds):
             model.save(f"{d}/m.json")
             loaded = torchace.load(f"{d}/m.json")
         assert float(loaded.E0[0]) == E0_SI
-        some = [s.atoms for s in torchace.data.read_data(str(SI_TINY))][:5]
+        some = [s.atoms for s in torchace.fitting.data.read_data(str(SI_TINY))][:5]
         assert torch.equal(torchace.evaluate(loaded, some)[K.ENERGY], torchace.evaluate(model, some)[K.ENERGY])
     _check_bounds(res.errors, bounds)
     # errors() recomputes the same table from the fitted model
@@ -149,7 +149,7 @@ def test_save_load_roundtrip(tmp_path):
     d = json.loads(path.read_text())
     assert d["format"] == "torchace-model" and d["units"]["energy"] == "eV"
     # tampered / truncated files give clear errors, never code execution
-    from torchace.serialization import ModelFileError
+    from torchace.io.model_file import ModelFileError
     (tmp_path / "t.json").write_text(path.read_text()[:1000])
     with pytest.raises(ModelFileError, match="not valid JSON"):
         torchace.load(str(tmp_path / "t.json"))
@@ -180,8 +180,8 @@ def test_cli_fit(tmp_path):
 
 
 def test_committee_uncertainty():
-    from torchace.solvers import committee_std
-    from torchace.uncertainty import committee_predictions, uncertainty
+    from torchace.fitting.solvers.base import committee_std
+    from torchace.fitting.committee import committee_predictions, uncertainty
 
     true = torchace.ace_model(["Si"], 2, 5, E0={"Si": -1.0})
     randomize_coefficients(true, 0.05, seed=8)
@@ -205,9 +205,10 @@ def test_committee_uncertainty():
 def test_solve_system_reuses_one_assembly():
     """One assembled system solved under two priors equals two full fits (the benchmark's sensitivity runs),
     and E0 recovered from the projected system equals the E0 of ``fit(E0="fit")``."""
-    from torchace.assembly import assemble
-    from torchace.data import read_data, resolve_weights
-    from torchace.fit import solve_system
+    from torchace.fitting.assembly import assemble
+    from torchace.fitting.data import read_data
+    from torchace.fitting.weights import resolve_weights
+    from torchace.fitting.driver import solve_system
 
     true = torchace.ace_model(["Si", "Ge"], 2, 5, E0={"Si": -2.0, "Ge": -1.0})
     randomize_coefficients(true, 0.05, seed=6)
@@ -229,13 +230,13 @@ def test_solve_system_reuses_one_assembly():
         sols.append(sol.coefficients)
     assert float((sols[0] - sols[1]).norm() / sols[0].norm()) > 1e-4
     with pytest.raises(ValueError, match="E0"):
-        from torchace.assembly import LinearSystem
+        from torchace.fitting.assembly import LinearSystem
 
         solve_system(LinearSystem(A=system.A, y=system.y, n_obs=system.n_obs), solvers.BLR(), fit_e0=True)
 
 
 def test_bootstrap_mae_interval():
-    from torchace.errors import bootstrap_mae
+    from torchace.fitting.metrics import bootstrap_mae
 
     rng = np.random.default_rng(1)
     per = [{"E": np.array(rng.normal(0, 2.0)), "F": rng.normal(0, 0.1, size=(n, 3))}

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import torchace
-from torchace import fused
+from torchace.model.backends import fused
 from torchace import keys as K
-from torchace.batch import collate
-from torchace.evaluate import model_inputs
+from torchace.structures.batch import collate
+from torchace.model.evaluate import model_inputs
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk, results_close
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="fused C++ kernel not buildable here")
@@ -84,7 +84,7 @@ def test_fused_sees_new_coefficients():
 
 
 def test_fused_calculator_matches_default_and_checks_distances():
-    from torchace.calculators import TorchACECalculator
+    from torchace.calculators.ase import TorchACECalculator
 
     m = _models()[1]
     atoms = _structures(m.elements)[0]
@@ -109,7 +109,7 @@ def test_fused_refuses_what_it_cannot_do():
     assert "ZBL" in fused.supported(m)
     with pytest.raises(ValueError, match="ZBL"):
         fused.FusedEvaluator(m)
-    from torchace.calculators import TorchACECalculator
+    from torchace.calculators.ase import TorchACECalculator
 
     with pytest.raises(ValueError, match="one of"):
         TorchACECalculator(torchace.ace_model(["Si"], 2, 6), fused=True, compile=True)
@@ -117,7 +117,7 @@ def test_fused_refuses_what_it_cannot_do():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_rows_match_reference(dtype):
-    from torchace.rows import batch_rows
+    from torchace.fitting.rows import batch_rows
 
     for m in _models():
         m = m.to(dtype=dtype)
@@ -138,7 +138,7 @@ def test_fused_fit_equals_reference_fit():
     preds = []
     for fz in (False, True):
         m = torchace.ace_model(["Si", "Ge"], 3, 8)
-        torchace.fit(m, data, solver=torchace.solvers.QR(lam=1e-3), E0={"Si": -158.5, "Ge": -100.0}, fused=fz,
+        torchace.fit(m, data, solver=torchace.fitting.solvers.QR(lam=1e-3), E0={"Si": -158.5, "Ge": -100.0}, fused=fz,
                      compute_errors=False)
         preds.append(torchace.evaluate(m, structures))
     # the fitted values are what the data determine (coefficients along near-null directions of this small,

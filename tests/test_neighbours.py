@@ -4,7 +4,8 @@ import itertools
 import numpy as np
 import pytest
 
-from torchace.neighbours import _vesin, ase_neighbour_list, dense_neighbour_list, neighbour_list, vesin_neighbour_list
+from torchace.structures.neighbours import (_vesin, ase_neighbour_list, dense_neighbour_list, neighbour_list,
+                                            vesin_neighbour_list)
 
 
 def brute_force(pos, cell, pbc, rcut, margin=1):

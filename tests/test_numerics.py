@@ -18,11 +18,11 @@ from ase.md.verlet import VelocityVerlet
 
 import torchace
 from torchace import keys as K
-from torchace import solvers
-from torchace.assembly import assemble
-from torchace.calculators import TorchACECalculator
-from torchace.repulsion import dimer_curve
-from torchace.serialization import model_from_dict, model_to_dict
+from torchace.fitting import solvers
+from torchace.fitting.assembly import assemble
+from torchace.calculators.ase import TorchACECalculator
+from torchace.fitting.repulsion import dimer_curve
+from torchace.io.model_file import model_from_dict, model_to_dict
 from torchace.testing import labelled_dataset, rattled_bulk
 
 ACEDATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acedata"

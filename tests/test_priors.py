@@ -18,7 +18,7 @@ import torch
 
 import torchace
 from torchace import keys as K
-from torchace import priors
+from torchace.fitting import priors
 from torchace.testing import rattled_bulk
 
 

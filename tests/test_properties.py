@@ -27,8 +27,8 @@ from ase import Atoms  # noqa: E402
 
 import torchace  # noqa: E402
 from torchace import keys as K  # noqa: E402
-from torchace.data import DataError, read_data  # noqa: E402
-from torchace.serialization import ModelFileError, model_from_dict  # noqa: E402
+from torchace.fitting.data import DataError, read_data  # noqa: E402
+from torchace.io.model_file import ModelFileError, model_from_dict  # noqa: E402
 from torchace.testing import randomize_coefficients  # noqa: E402
 
 settings.register_profile("torchace", derandomize=True, deadline=None, max_examples=25, print_blob=True,

@@ -13,7 +13,7 @@ import torch
 import torchace
 from torchace import keys as K
 from torchace.config import ACEConfig
-from torchace.serialization import model_from_dict, model_to_dict
+from torchace.io.model_file import model_from_dict, model_to_dict
 from torchace.testing import (fd_forces, max_rel, random_cluster, random_envs, random_rotation,
                               randomize_coefficients, rattled_bulk, site_basis_envs)
 
@@ -106,7 +106,7 @@ def test_gram_conditioning_trend():
     """Paper §3.1 / Table 1 (reduced): J = N neighbours sampled from the measure in which φ_nlm are
     orthonormal (x uniform, r̂ uniform); the canonical order-N Gram matrix is O(1) after diagonal scaling,
     the self-interacting one is not.  Full table: scripts/purification_gram.py, docs/purification.md."""
-    from torchace.purify import sample_orthonormal_envs
+    from torchace.basis.purification import sample_orthonormal_envs
 
     pure = torchace.ace_model(["Si"], 2, 10, pure=True)
     selfi = torchace.ace_model(["Si"], 2, 10)

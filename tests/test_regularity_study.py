@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import torchace
-from torchace import priors, solvers
+from torchace.fitting import priors, solvers
 
 from script_loader import load_script
 

@@ -12,9 +12,9 @@ from ase import Atoms
 
 import torchace
 from torchace import keys as K
-from torchace import solvers
-from torchace.repulsion import (ZBL, dimer_curve, envelope_distance, pair_envelope, restraint_data,
-                                synthetic_dimers, zbl_unswitched)
+from torchace.fitting import solvers
+from torchace.model.zbl import ZBL, zbl_unswitched
+from torchace.fitting.repulsion import dimer_curve, envelope_distance, pair_envelope, restraint_data, synthetic_dimers
 from torchace.testing import fd_forces, fd_virial, random_cluster, randomize_coefficients, rattled_bulk
 
 SI_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acedata" / "Si_tiny.xyz"
@@ -207,8 +207,9 @@ def test_synthetic_dimers_and_restraint_construction():
     with pytest.raises(ValueError, match="below the minimum pair distance"):
         restraint_data(m, r_in=0.001)
     # with a ZBL baseline the dimers' labels lose the baseline like all data: allowed, with a warning
-    from torchace.data import read_data, resolve_weights
-    from torchace.repulsion import augment
+    from torchace.fitting.data import read_data
+    from torchace.fitting.weights import resolve_weights
+    from torchace.fitting.repulsion import augment
 
     mz = torchace.ace_model(["Si"], 2, 4, zbl=True)
     ds = read_data([Atoms("Si", info={"energy": -1.0})])

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from torchace.solvers import ARD, BLR, LSQR, QR, RRQR, Solver, SolveResult, TruncatedSVD, committee_std
+from torchace.fitting.solvers import ARD, BLR, LSQR, QR, RRQR, TruncatedSVD
+from torchace.fitting.solvers.base import Solver, SolveResult, committee_std
 
 F64 = torch.float64
 

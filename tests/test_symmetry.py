@@ -5,8 +5,7 @@ import torch
 
 import torchace
 from torchace import keys as K
-from torchace.testing import (RTOL, max_rel, random_cluster, random_envs, random_rotation, rattled_bulk,
-                              site_basis_envs)
+from torchace.testing import RTOL, max_rel, random_cluster, random_envs, random_rotation, rattled_bulk, site_basis_envs
 
 
 def test_site_basis_rotation_reflection(sige_model):

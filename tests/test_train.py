@@ -7,8 +7,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 import torchace
 from torchace import keys as K
-from torchace import solvers
-from torchace.data import read_data, resolve_weights
+from torchace.fitting import solvers
+from torchace.fitting.data import read_data
+from torchace.fitting.weights import resolve_weights
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk
 
 from script_loader import load_script

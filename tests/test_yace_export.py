@@ -17,8 +17,9 @@ from ase.build import bulk
 
 import torchace
 from torchace.io import read_yace, write_yace
-from torchace.io.yace_write import complex_sph, evaluate_pair_table, real_to_complex_matrices
-from torchace.model import ace_model
+from torchace.io.yace_write import complex_sph, real_to_complex_matrices
+from torchace.io.pair_table import evaluate_pair_table
+from torchace.model.ace import ace_model
 
 
 def _pyace():

@@ -262,7 +262,7 @@ def test_float32_and_module_attributes():
 
 @needs_data
 def test_ase_calculator_runs_a_yace_model():
-    from torchace.calculators import TorchACECalculator
+    from torchace.calculators.ase import TorchACECalculator
 
     pyace = pytest.importorskip("pyace")
     at = rattled_bulk(["Si"], rattle=0.1, seed=4)

@@ -1,14 +1,19 @@
-"""torchace: the linear Atomic Cluster Expansion (ACEpotentials.jl conventions) as PyTorch modules."""
-from . import priors, repulsion, solvers
+"""torchace: the linear Atomic Cluster Expansion (ACEpotentials.jl conventions) as PyTorch modules.
+
+Stages (docs/architecture.md): ``structures`` → ``basis`` → ``model`` (with ``model.backends``) →
+``fitting`` → ``io`` → ``calculators``, ``analysis``; ``testing`` is the reusable test kit, ``cli`` the
+command line.
+"""
+from . import calculators, io
+from .compat import install as _install_compat
 from .config import ACEConfig
-from .errors import errors
-from .evaluate import evaluate
-from .export import export
-from .fit import FitResult, fit
-from .model import ACEModel, ace_model
-from .rows import design_matrix_rows
-from .serialization import load
+from .fitting import FitResult, design_matrix_rows, errors, fit, priors, repulsion, solvers
+from .io import export, load
+from .model import ACEModel, ace_model, evaluate
+from .model import backends
 
 __version__ = "0.1.0"
 __all__ = ["ACEConfig", "ACEModel", "ace_model", "evaluate", "design_matrix_rows", "fit", "FitResult", "errors",
-           "load", "export", "priors", "repulsion", "solvers", "__version__"]
+           "load", "export", "priors", "repulsion", "solvers", "backends", "calculators", "io", "__version__"]
+
+_install_compat()

@@ -33,9 +33,9 @@ def _read(paths: List[str]):
 
 def cmd_evaluate(args) -> int:
     import torchace
-    from torchace import keys as K
-    from torchace.atomic import write_json_atomic
-    from torchace.testing import randomize_coefficients
+    from . import keys as K
+    from .atomic import write_json_atomic
+    from .testing import randomize_coefficients
 
     paths = args.structures or [str(resources.files("torchace").joinpath(DEFAULT_EXAMPLE))]
     structs = _read(paths)
@@ -102,10 +102,10 @@ def cmd_fit(args) -> int:
     import yaml
 
     import torchace
-    from torchace.data import DataKeys, read_data
-    from torchace.errors import errors as error_table, format_table, parity_plot, predictions
-    from torchace.fitconfig import FitConfig
-    from torchace.atomic import write_json_atomic
+    from .fitting.data import DataKeys, read_data
+    from .fitting.metrics import errors as error_table, format_table, parity_plot, predictions
+    from .fitting.config import FitConfig
+    from .atomic import write_json_atomic
 
     if args.config:
         cfg = FitConfig.load(args.config)
@@ -145,8 +145,8 @@ def cmd_fit(args) -> int:
 
 def cmd_export(args) -> int:
     import torchace
-    from torchace.export import FORMATS
-    from torchace.serialization import ModelFileError
+    from .io.export import FORMATS
+    from .io.model_file import ModelFileError
 
     if args.format not in FORMATS:  # argparse checks too; keeps the message for programmatic callers
         raise SystemExit(f"torchace export: unknown format {args.format!r}; choose one of {list(FORMATS)}")
@@ -162,7 +162,7 @@ def cmd_export(args) -> int:
     info = None
     try:
         if args.format == "yace":  # write_yace's report names the pair table and the LAMMPS lines
-            from torchace.io import write_yace
+            from .io import write_yace
 
             info = write_yace(model, args.output)
             path = info["yace"]
@@ -182,7 +182,7 @@ def cmd_export(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .runtime import tune_malloc
+    from .model.backends.runtime import tune_malloc
 
     tune_malloc()  # keep per-call temporaries in the heap (torchace/runtime.py)
     ap = argparse.ArgumentParser(prog="torchace", description=__doc__)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
-from .spec import totaldegree_per_order
+from .basis.spec import totaldegree_per_order
 
 
 @lru_cache(maxsize=1)

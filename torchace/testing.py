@@ -12,7 +12,7 @@ from ase import Atoms
 from ase.build import bulk
 
 from . import keys as K
-from .evaluate import evaluate
+from .model.evaluate import evaluate
 
 # relative tolerances for invariance / agreement checks
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}
@@ -89,7 +89,7 @@ def labelled_dataset(n: int = 6, seed: int = 0):
     """Small SiGe ``Dataset`` (crystals and clusters, random energy/force/stress labels, two config_types)."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from .data import read_data
+    from .fitting.data import read_data
 
     rng = np.random.default_rng(seed)
     structs = []

@@ -38,7 +38,7 @@ def as_calculator(obj, **kwargs) -> Calculator:
     TorchScript export becomes a ``TorchACECalculator`` (``kwargs`` passed on)."""
     if isinstance(obj, Calculator):
         return obj
-    from ..calculators import TorchACECalculator
+    from ..calculators.ase import TorchACECalculator
 
     return TorchACECalculator(obj, **kwargs)
 

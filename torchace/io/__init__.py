@@ -1,20 +1,16 @@
-"""Reading and writing model files of other programs.
+"""Stage 5, files: torchace model files (``model_file``: JSON, no code), exports (``export``: TorchScript
+``torchscript``, metatomic ``metatomic``, ML-PACE ``yace_write`` + ``pair_table``) and ``.yace`` import
+(``yace_read``).
 
-- ``read_yace(path)``: an ML-PACE / pacemaker ``.yace`` potential as a torch module (``yace_read``).
-- ``write_yace(model, path)``: a fitted torchace model as a ``.yace`` for LAMMPS ``pair_style pace``
-  (``yace_write``).
+- ``load(path)`` / ``save(model, path)``: torchace's own model file.
+- ``read_yace(path)``: an ML-PACE / pacemaker ``.yace`` potential as a torch module.
+- ``write_yace(model, path)``: a fitted torchace model as a ``.yace`` for LAMMPS ``pair_style pace``.
 """
 from __future__ import annotations
 
+from .export import FORMATS, export
+from .model_file import load, save
+from .yace_read import read_yace
+from .yace_write import write_yace
 
-def read_yace(path, **kwargs):
-    from .yace_read import read_yace as _read
-    return _read(path, **kwargs)
-
-
-def write_yace(model, path, **kwargs):
-    from .yace_write import write_yace as _write
-    return _write(model, path, **kwargs)
-
-
-__all__ = ["read_yace", "write_yace"]
+__all__ = ["load", "save", "export", "FORMATS", "read_yace", "write_yace"]

@@ -22,9 +22,9 @@ import os
 import numpy as np
 import yaml
 
-from ..pace.embedding import EMBEDDINGS
-from ..pace.model import PACEModel, PACESpec
-from ..pace.radial import RADIAL_BASES
+from ..model.pace.embedding import EMBEDDINGS
+from ..model.pace.model import PACEModel, PACESpec
+from ..model.pace.radial import RADIAL_BASES
 
 INNER_CUTOFF_TYPES = ("density", "distance")
 

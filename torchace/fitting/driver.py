@@ -15,9 +15,10 @@ from typing import Any, Dict, Optional
 import torch
 
 from .assembly import LinearSystem, assemble, assemble_reduced, fitting_structures
-from .data import Dataset, DataKeys, isolated_atom_energies, read_data, resolve_weights
-from .errors import errors as error_table
-from .errors import format_table
+from .data import Dataset, DataKeys, isolated_atom_energies, read_data
+from .weights import resolve_weights
+from .metrics import errors as error_table
+from .metrics import format_table
 
 
 @dataclass
@@ -139,7 +140,7 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     ``acefit!``).  ``streaming``: None (dense design matrix), ``"qr"`` or ``"normal"`` (memory-bounded).
     ``validation``: data for solvers that select hyper-parameters on a validation set (TruncatedSVD).
     ``synthetic_dimers`` / ``repulsion_restraint``: True or a dict of keyword arguments appends the dimers of
-    ``torchace.repulsion.synthetic_dimers`` (Darby et al.) / ``restraint_data`` (ACEpotentials.jl's
+    ``torchace.fitting.repulsion.synthetic_dimers`` (Darby et al.) / ``restraint_data`` (ACEpotentials.jl's
     ``repulsion_restraint``) to the training data (not to the error tables; see docs/repulsion.md).
     ``fused``: assemble the rows with the fused C++ CPU kernel (``torchace.fused``; same rows, ≈ 3-4×
     faster; built on first use; not with a ZBL baseline).

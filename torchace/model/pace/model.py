@@ -12,7 +12,7 @@ The .yace lists only half of the m-combinations (the other half is the complex c
 folded into c̃), so the real part of the product over the listed ones is the full sum.  Neighbours are
 taken within the bond cutoff rc(μ_i, μ_j).  Everything runs on flat edge tensors: no Python loop over
 atoms or edges; the loops are over element pairs (the crad contraction), elements and ranks (the products).
-Forces and virials come from autograd through a symmetric strain, as in ``torchace.model.ACEModel``.
+Forces and virials come from autograd through a symmetric strain, as in ``torchace.model.ace.ACEModel``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from ase.data import atomic_numbers
 
-from .. import keys as K
+from ... import keys as K
 from ..strain import strained_geometry
 from .embedding import embedding_energy, rho_core_cutoff
 from .harmonics import pace_ylm

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from . import keys as K
+from .. import keys as K
 from .neighbours import neighbour_list
 
 DEFAULT_MIN_DISTANCE = 0.01  # Å; closer pairs are "atoms on top of each other"

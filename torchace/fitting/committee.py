@@ -11,7 +11,7 @@ from typing import Dict
 
 import torch
 
-from . import keys as K
+from .. import keys as K
 from .rows import design_matrix_rows
 
 
@@ -22,7 +22,7 @@ def committee_predictions(model, structures) -> Dict[str, torch.Tensor]:
         raise ValueError("the model has no committee: fit it with solvers.BLR(committee_size=n) or ARD(...)")
     rows = design_matrix_rows(model, structures)
     C = comm.to(rows[K.ENERGY])
-    from .batch import collate
+    from ..structures.batch import collate
 
     batch = collate(structures, model.config.numbers, model.rcut, dtype=C.dtype, device=C.device)
     e0 = torch.zeros(int(batch[K.N_ATOMS].shape[0]), dtype=C.dtype, device=C.device)

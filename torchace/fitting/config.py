@@ -24,7 +24,7 @@ from importlib import resources
 from typing import Any, Dict, List, Optional, Union
 
 from .data import DataKeys
-from .fieldcheck import check_ace_fields, check_bool, check_float, check_int, check_paths, check_str
+from ..fieldcheck import check_ace_fields, check_bool, check_float, check_int, check_paths, check_str
 
 BUNDLED = "@bundled/"
 # the model section holds ``ace_model`` / ACEConfig arguments
@@ -160,7 +160,7 @@ def _construct(module, what: str, spec: Dict[str, Any]):
 
 def _model_section(m: Any) -> Dict[str, Any]:
     """Validate the ``model`` section now (types, ranges, ACEConfig's own checks), before any data is read."""
-    from .config import ACEConfig
+    from ..config import ACEConfig
 
     if not isinstance(m, dict):
         raise ValueError(f"fit config: 'model' must be a mapping of ACEConfig fields, got {m!r}")

@@ -9,9 +9,9 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from . import keys as K
+from .. import keys as K
 from .data import ISOLATED_ATOM, Dataset, read_data
-from .evaluate import evaluate
+from ..model.evaluate import evaluate
 
 ALL = "all"
 
@@ -129,7 +129,7 @@ def parity_plot(model, data, path: str, *, preds=None, **read_kwargs) -> str:
     ``preds`` (optional) must be aligned with all structures of ``data`` (as ``predictions`` returns)."""
     import matplotlib
 
-    from .atomic import atomic_write
+    from ..atomic import atomic_write
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

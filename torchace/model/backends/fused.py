@@ -24,8 +24,8 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from . import keys as K
-from .radial import agnesi_a
+from ... import keys as K
+from ...basis.radial import agnesi_a
 
 # extra output: [distance (Å), edge index] of the closest pair in the list (-1 without edges), so that
 # callers can reject atoms on top of each other without another pass over the edges
@@ -211,7 +211,7 @@ def design_rows(model, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
     Per centre atom: B = C·AA into the energy row, J = ∂B/∂A from the leave-one-out products, ∂φ/∂r of its
     edges, and G = ∂φᵀ·J in one GEMM, scattered into force and virial rows; the pair blocks per edge.
     """
-    from .rows import _jacobian_pattern
+    from ...fitting.rows import _jacobian_pattern
 
     pos = batch[K.POSITIONS]
     _check_device(pos, "fused.design_rows")

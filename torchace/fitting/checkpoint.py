@@ -1,6 +1,6 @@
 """Checkpointed streaming assembly: resume a killed ``assemble_reduced`` where it stopped.
 
-``assemble_checkpointed`` runs :func:`torchace.assembly.assemble_reduced` with its ``on_batch``/``state``
+``assemble_checkpointed`` runs :func:`torchace.fitting.assembly.assemble_reduced` with its ``on_batch``/``state``
 hooks: every ``every`` batches (and after the last one) the accumulated state — the (k+1)×(k+1) factor ``T``
 (``method="qr"``) or ``AtA``/``Aty``/``yty`` (``"normal"``), with ``n_obs`` and ``n_batches`` — is written
 atomically (``torchace.atomic.atomic_write``: temporary file, fsync, rename) to ``path`` as a NumPy ``.npz``
@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from .assembly import LinearSystem, _batches, assemble_reduced, fitting_structures
-from .atomic import atomic_write
-from .data import Dataset, read_data, resolve_weights
+from ..atomic import atomic_write
+from .data import Dataset, read_data
+from .weights import resolve_weights
 
 FORMAT_VERSION = 1
 _STATE_KEYS = {"qr": ("T",), "normal": ("AtA", "Aty", "yty")}

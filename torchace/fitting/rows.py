@@ -18,9 +18,9 @@ from typing import Dict, Optional
 import torch
 from torch.func import jvp, vmap
 
-from . import keys as K
-from .batch import DEFAULT_MIN_DISTANCE, collate
-from .evaluate import model_device_dtype
+from .. import keys as K
+from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
+from ..model.evaluate import model_device_dtype
 
 _VOIGT_A = [a for a, _ in K.VOIGT]
 _VOIGT_B = [b for _, b in K.VOIGT]
@@ -84,7 +84,7 @@ def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
                analytic: bool = True, fused: bool = False) -> Dict[str, torch.Tensor]:
     """Rows for a collated batch (see ``design_matrix_rows``).
 
-    ``fused``: compute them with the fused C++ CPU kernel (``torchace.fused.design_rows``: same values,
+    ``fused``: compute them with the fused C++ CPU kernel (``torchace.model.backends.fused.design_rows``: same values,
     ≈ 3-4× faster on CPU; built on first use).
 
     ``analytic``: ∂φ/∂r from the analytic radials and harmonics (``EdgeEmbedding.dphi``); False: from
@@ -95,7 +95,7 @@ def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
     chunk of atoms (edges padded to the largest neighbour count in the chunk).
     """
     if fused:
-        from .fused import design_rows
+        from ..model.backends.fused import design_rows
 
         return design_rows(model, batch)
     species, bidx, ei = batch[K.SPECIES], batch[K.BATCH], batch[K.EDGE_INDEX]

@@ -183,8 +183,8 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
     """A metatomic ``AtomisticModel`` wrapping a copy of ``model`` (eval mode, ``dtype`` default: the
     model's).  ``devices``: supported devices in order of preference (default: cuda if available here,
     then cpu).  ``metadata``: JSON-serialisable user entries, stored as ``ModelMetadata.extra["user"]``."""
-    from . import __version__
-    from .export import export_metadata
+    from .. import __version__
+    from .torchscript import export_metadata
 
     m = copy.deepcopy(model).eval()
     if dtype is not None:
@@ -230,13 +230,13 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
 
 def export_metatomic(model, path: str, *, dtype: Optional[torch.dtype] = None, **kwargs) -> str:
     """Write ``model`` as a metatomic ``AtomisticModel`` file (``AtomisticModel.save``), atomically."""
-    from .atomic import atomic_write
-    from .export import _quiet_jit
+    from ..atomic import atomic_write
+    from .torchscript import quiet_jit
 
     am = atomistic_model(model, dtype=dtype, **kwargs)
 
     def write(tmp: str) -> None:
-        with _quiet_jit():
+        with quiet_jit():
             am.save(tmp)
 
     atomic_write(path, write, ".pt")

@@ -16,14 +16,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import keys as K
-from .basis import EdgeEmbedding, ProductBasis, SymmetricCoupling, pool
-from .config import ACEConfig
-from .coupling import couple_spec
-from .purify import purify_coupling
-from .radial import ManyBodyRadials, PairBasis
-from .repulsion import ZBL
-from .spec import ProductSpec, pair_degree, product_spec
+from .. import keys as K
+from ..basis.embedding import EdgeEmbedding, pool
+from ..basis.product import ProductBasis
+from ..basis.coupling import SymmetricCoupling
+from ..config import ACEConfig
+from ..basis.coupling_coefficients import couple_spec
+from ..basis.purification import purify_coupling
+from ..basis.radial import ManyBodyRadials, PairBasis
+from .zbl import ZBL
+from ..basis.spec import ProductSpec, pair_degree, product_spec
 from .strain import strained_geometry
 
 
@@ -95,7 +97,7 @@ class ACEModel(nn.Module):
 
     def save(self, path: str, metadata=None) -> None:
         """Write the model as one JSON file (docs/model_file.md); atomic, loads without executing code."""
-        from .serialization import save
+        from ..io.model_file import save
 
         save(self, path, metadata)
 

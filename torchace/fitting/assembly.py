@@ -18,10 +18,11 @@ from typing import Callable, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
-from . import keys as K
-from .batch import collate
-from .data import ISOLATED_ATOM, DataError, Dataset, Labelled, resolve_weights, weights_for
-from .evaluate import model_inputs
+from .. import keys as K
+from ..structures.batch import collate
+from .data import ISOLATED_ATOM, DataError, Dataset, Labelled
+from .weights import resolve_weights, weights_for
+from ..model.evaluate import model_inputs
 from .rows import batch_rows
 
 

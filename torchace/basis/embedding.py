@@ -1,10 +1,9 @@
-"""Atomic basis A, product basis AA and symmetric (coupled) basis B.
+"""Edge embedding φ[e, nlm] = R_n(r_e)·Y_lm(r̂_e) and pooling A_{i,nlm} = Σ_{e: i(e)=i} φ[e, nlm].
 
-ACE (Drautz 2019; ACEpotentials.jl paper §II): A_{i,nlm} = Σ_j R_n(r_ij) Y_l^m(r̂_ij) (pooled by a
-scatter-add over edges), AA_{i,k} = Π_t A_{i, a_{k,t}} over sorted multisets a_k of A-indices, and
-B_i = C·AA_i with the sparse coupling matrix C of ``coupling``.
+ACE (Drautz 2019; ACEpotentials.jl paper §II): the atomic basis A is a scatter-add of the edge features.
 """
 from __future__ import annotations
+
 
 from typing import List, Tuple
 
@@ -14,7 +13,7 @@ from e3nn import o3
 from torch import nn
 
 from .radial import ManyBodyRadials
-from .sph import RealSphericalHarmonics, e3nn_signed_permutation, solid_gradient_matrices
+from .angular import RealSphericalHarmonics, e3nn_signed_permutation, solid_gradient_matrices
 
 MAX_L_E3NN = 12  # e3nn's spherical harmonics are implemented up to l = 12
 
@@ -124,86 +123,3 @@ def pool(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     return out.index_add_(0, index, values)
 
 
-class ProductBasis(nn.Module):
-    """AA[i, k] = Π_t A[i, idx[k, t]]; rows of lower order are padded with a column of ones."""
-
-    def __init__(self, aa: List[np.ndarray], n_a: int):
-        super().__init__()
-        order = max(x.shape[1] for x in aa) if aa else 1
-        blocks = []
-        for x in aa:
-            pad = np.full((x.shape[0], order - x.shape[1]), n_a, dtype=np.int64)
-            blocks.append(np.concatenate([x, pad], axis=1))
-        idx = np.concatenate(blocks) if blocks else np.zeros((0, order), np.int64)
-        self.register_buffer("idx", torch.from_numpy(idx))
-        self.n_a = int(n_a)
-
-    @property
-    def n_aa(self) -> int:
-        return int(self.idx.shape[0])
-
-    def forward(self, A: torch.Tensor) -> torch.Tensor:
-        A1 = torch.cat([A, torch.ones_like(A.narrow(-1, 0, 1))], dim=-1)
-        # explicit product over the (few) correlation positions: cheaper than prod() under autograd/jvp
-        out = A1.index_select(-1, self.idx[:, 0])
-        for t in range(1, self.idx.shape[1]):
-            out = out * A1.index_select(-1, self.idx[:, t])
-        return out
-
-
-    def grad(self, A: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """∂(Σ_k c[..., k] AA[..., k])/∂A [..., n_a] from the leave-one-out products (no autograd)."""
-        loo = self.leave_one_out(A) * c.unsqueeze(-2)  # [..., ν, n_AA]
-        shape = list(A.shape[:-1]) + [self.n_a + 1]
-        out = torch.zeros(shape, dtype=A.dtype, device=A.device)
-        for t in range(self.idx.shape[1]):
-            out.index_add_(-1, self.idx[:, t], loo.select(-2, t))
-        return out.narrow(-1, 0, self.n_a)
-
-    def leave_one_out(self, A: torch.Tensor) -> torch.Tensor:
-        """L[..., t, k] = Π_{s≠t} A[..., idx[k, s]] ([..., ν, n_AA]), so that dAA_k = Σ_t L[t, k]·dA[idx[k, t]]."""
-        A1 = torch.cat([A, torch.ones_like(A.narrow(-1, 0, 1))], dim=-1)
-        nu = self.idx.shape[1]
-        f = [A1.index_select(-1, self.idx[:, t]) for t in range(nu)]
-        # prefix/suffix products: no division, exact when factors vanish
-        pre = [torch.ones_like(f[0])]
-        for t in range(nu - 1):
-            pre.append(pre[-1] * f[t])
-        out = [pre[nu - 1]]
-        suf = torch.ones_like(f[0])
-        for t in range(nu - 1, 0, -1):
-            suf = suf * f[t]
-            out.append(pre[t - 1] * suf)
-        out.reverse()
-        return torch.stack(out, dim=-2)
-
-    def tangent(self, loo: torch.Tensor, dA: torch.Tensor) -> torch.Tensor:
-        """dAA [..., n_AA] from leave-one-out products ``loo`` [..., ν, n_AA] and a tangent dA [..., n_a]."""
-        dA1 = torch.cat([dA, torch.zeros_like(dA.narrow(-1, 0, 1))], dim=-1)
-        out = loo.select(-2, 0) * dA1.index_select(-1, self.idx[:, 0])
-        for t in range(1, self.idx.shape[1]):
-            out = out + loo.select(-2, t) * dA1.index_select(-1, self.idx[:, t])
-        return out
-
-
-class SymmetricCoupling(nn.Module):
-    """B = C·AA with C sparse (COO buffers ``rows``, ``cols``, ``vals``)."""
-
-    def __init__(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_b: int, n_aa: int):
-        super().__init__()
-        self.register_buffer("rows", torch.from_numpy(rows))
-        self.register_buffer("cols", torch.from_numpy(cols))
-        self.register_buffer("vals", torch.from_numpy(vals))
-        self.n_b = int(n_b)
-        self.n_aa = int(n_aa)
-
-    def forward(self, AA: torch.Tensor) -> torch.Tensor:
-        shape = list(AA.shape[:-1]) + [self.n_b]
-        out = torch.zeros(shape, dtype=AA.dtype, device=AA.device)
-        return out.index_add_(-1, self.rows, AA.index_select(-1, self.cols) * self.vals)
-
-    def transpose_apply(self, c: torch.Tensor) -> torch.Tensor:
-        """c·C for c [..., n_b] → [..., n_aa]: coefficients of B expressed on AA."""
-        shape = list(c.shape[:-1]) + [self.n_aa]
-        out = torch.zeros(shape, dtype=c.dtype, device=c.device)
-        return out.index_add_(-1, self.cols, c.index_select(-1, self.rows) * self.vals)

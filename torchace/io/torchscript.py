@@ -25,9 +25,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
-FORMATS = ("torchscript", "metatomic", "yace")
 METADATA_FILE = "torchace_metadata.json"
 TS_FORMAT = "torchace-torchscript"
 TS_FORMAT_VERSION = 1
@@ -56,8 +55,8 @@ FORWARD_SIGNATURE = {
 
 def export_metadata(model) -> Dict[str, Any]:
     """The JSON metadata stored in an export (plain types only)."""
-    from . import __version__
-    from .serialization import UNITS
+    from .. import __version__
+    from .model_file import UNITS
 
     comm = getattr(model, "committee", None)
     return {
@@ -85,7 +84,7 @@ def _atomic_write(path: str, write) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_jit():
+def quiet_jit():
     """Recent torch marks torch.jit.script/save/load as deprecated (in favour of torch.export); the TorchScript
     archive is still what C++ consumers (LAMMPS plugins, metatomic) load, so silence that one warning here."""
     with warnings.catch_warnings():
@@ -96,11 +95,11 @@ def _quiet_jit():
 def script_model(model) -> torch.jit.ScriptModule:
     """A TorchScript copy of ``model`` in eval mode (the model itself is not modified)."""
     m = copy.deepcopy(model).eval()
-    with _quiet_jit():
+    with quiet_jit():
         return torch.jit.script(m)
 
 
-def _as_dtype(dtype) -> Optional[torch.dtype]:
+def as_dtype(dtype) -> Optional[torch.dtype]:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     names = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32}
@@ -109,43 +108,8 @@ def _as_dtype(dtype) -> Optional[torch.dtype]:
     return names[str(dtype)]
 
 
-def export(model, path: str, format: str = "torchscript", *, metadata: Optional[Dict[str, Any]] = None,
-           dtype=None, **kwargs) -> str:
-    """Export ``model`` to ``path`` in ``format`` (``FORMATS``); returns the path.  Writes are atomic.
 
-    ``"torchscript"``: a TorchScript archive with JSON metadata (see the module docstring);
-    ``metadata``: extra JSON-serialisable entries stored under ``"user"``.
-    ``"metatomic"``: a metatomic ``AtomisticModel`` file (keyword arguments: ``name``, ``description``,
-    ``authors``, ``devices``; ``metadata`` goes into its ``ModelMetadata.extra["user"]`` as JSON).
-    ``"yace"``: ``torchace.io.write_yace(model, path, **kwargs)``.
-    ``dtype``: export a copy converted to this dtype (default: the model's).
-    """
-    fmt = str(format).lower()
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {list(FORMATS)}")
-    path = os.fspath(path)
-    dt = _as_dtype(dtype)
-    if fmt == "torchscript":
-        if kwargs:
-            raise TypeError(f"export format 'torchscript' takes no options {sorted(kwargs)}")
-        if dt is not None and dt != model.coefficients.dtype:
-            model = copy.deepcopy(model).to(dt)
-        return _export_torchscript(model, path, metadata)
-    if fmt == "metatomic":
-        from .export_metatomic import export_metatomic  # optional dependency, imported on demand
-
-        return export_metatomic(model, path, dtype=dt, metadata=metadata, **kwargs)
-    from .io import write_yace  # fmt == "yace"
-
-    if dt is not None and dt != model.coefficients.dtype:
-        model = copy.deepcopy(model).to(dt)
-    if metadata is not None:
-        kwargs["metadata"] = metadata
-    write_yace(model, path, **kwargs)
-    return path
-
-
-def _export_torchscript(model, path: str, metadata: Optional[Dict[str, Any]]) -> str:
+def export_torchscript(model, path: str, metadata: Optional[Dict[str, Any]]) -> str:
     meta = export_metadata(model)
     if metadata:
         meta["user"] = metadata
@@ -155,7 +119,7 @@ def _export_torchscript(model, path: str, metadata: Optional[Dict[str, Any]]) ->
         raise ValueError(f"cannot export: metadata is not plain JSON: {exc}") from None
     scripted = script_model(model)
     def write(tmp: str) -> None:
-        with _quiet_jit():
+        with quiet_jit():
             torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: text})
 
     _atomic_write(path, write)
@@ -190,7 +154,7 @@ def load_torchscript(path: str, map_location=None) -> Tuple[torch.jit.ScriptModu
     path = os.fspath(path)
     _check_exists(path)
     extra = {METADATA_FILE: ""}
-    with _quiet_jit():
+    with quiet_jit():
         module = torch.jit.load(path, map_location=map_location, _extra_files=extra)
     text = extra[METADATA_FILE]
     if isinstance(text, bytes):
@@ -205,10 +169,3 @@ def load_torchscript(path: str, map_location=None) -> Tuple[torch.jit.ScriptModu
                          f"(this torchace reads {TS_FORMAT_VERSION})")
     return module, meta
 
-
-# ``torchace.export`` is re-exported as this function, which hides the module attribute of the package:
-# keep ``torchace.export.load_torchscript`` / ``.read_metadata`` working through the function.
-export.load_torchscript = load_torchscript  # type: ignore[attr-defined]
-export.read_metadata = read_metadata  # type: ignore[attr-defined]
-export.export_metadata = export_metadata  # type: ignore[attr-defined]
-export.FORMATS = FORMATS  # type: ignore[attr-defined]

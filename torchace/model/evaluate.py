@@ -9,8 +9,8 @@ from typing import Dict, Optional
 
 import torch
 
-from . import keys as K
-from .batch import DEFAULT_MIN_DISTANCE, collate
+from .. import keys as K
+from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 
 
 def model_inputs(model, batch: Dict[str, torch.Tensor]):

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from . import keys as K
-from .batch import DEFAULT_MIN_DISTANCE, too_close, validate
-from .neighbours import neighbour_list
+from .. import keys as K
+from ..structures.batch import DEFAULT_MIN_DISTANCE, too_close, validate
+from ..structures.neighbours import neighbour_list
 
 __all__ = ["TorchACECalculator", "PropertyNotImplementedError"]
 
@@ -99,7 +99,7 @@ class TorchACECalculator(Calculator):
                 raise ValueError("fused=True needs a torchace model or model file, not a TorchScript export")
             if self.device.type != "cpu":
                 raise ValueError("fused=True is a CPU kernel; on other devices use the model (or compile=True)")
-            from .fused import FusedEvaluator
+            from ..model.backends.fused import FusedEvaluator
 
             self._forward = FusedEvaluator(self.model)
         self.rcut = float(rcut)
@@ -124,13 +124,13 @@ class TorchACECalculator(Calculator):
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{path}: no such model file")
             if zipfile.is_zipfile(path):  # a TorchScript archive (torchace.export)
-                from .export import load_torchscript
+                from ..io.torchscript import load_torchscript
 
                 module, meta = load_torchscript(path, map_location=self.device)
                 module = module.to(self.dtype)
                 module.eval()
                 return None, module, meta["atomic_numbers"], meta["rcut"]
-            from .serialization import load
+            from ..io.model_file import load
 
             model = load(path, dtype=self.dtype, device=self.device)
             return model, model, model.config.numbers, model.rcut
@@ -212,7 +212,7 @@ class TorchACECalculator(Calculator):
             self._check_distances(atoms, positions)
         args = (positions, nl.species, nl.batch, nl.edge_index, nl.unit_shifts, nl.cell_t, 1)
         if self.fused:  # the kernel measured every distance: its closest pair replaces _check_distances
-            from .fused import CLOSEST_PAIR
+            from ..model.backends.fused import CLOSEST_PAIR
 
             out = self._forward(*args, True, periodic)
             dmin, e = (float(x) for x in out[CLOSEST_PAIR])

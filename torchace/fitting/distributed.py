@@ -2,7 +2,7 @@
 
 Every rank reads the same data set; the fitting structures are sharded deterministically by a greedy
 atom-count balance (:func:`shard`), each rank assembles its reduced system with
-:func:`torchace.assembly.assemble_reduced`, and the reductions are combined:
+:func:`torchace.fitting.assembly.assemble_reduced`, and the reductions are combined:
 
 * ``method="normal"``: ``all_reduce(SUM)`` of AᵀA, Aᵀy, yᵀy and n_obs (cheap, exact up to the order of
   the float64 sums; the normal equations square the condition number — see docs/reliability.md);
@@ -10,7 +10,7 @@ atom-count balance (:func:`shard`), each rank assembles its reduced system with
   the stack of factors is QR-factorised again (a one-level TSQR): the result is the R factor of the whole
   [A | y] up to the signs of its rows, so every solver gives the single-process coefficients to rounding.
 
-All ranks return the same :class:`~torchace.assembly.LinearSystem` (the final k×k work is repeated on each
+All ranks return the same :class:`~torchace.fitting.assembly.LinearSystem` (the final k×k work is repeated on each
 rank, it is small).  Use gloo on CPU and nccl on GPU (model on ``cuda:LOCAL_RANK``); launch with
 ``torchrun`` (``scripts/assemble_distributed.py``).  Without an initialised process group this falls back
 to a single-process ``assemble_reduced``.
@@ -22,7 +22,8 @@ from typing import Dict, List, Sequence
 import torch
 
 from .assembly import LinearSystem, assemble_reduced, fitting_structures
-from .data import Dataset, read_data, resolve_weights
+from .data import Dataset, read_data
+from .weights import resolve_weights
 
 
 def shard(n_atoms: Sequence[int], world_size: int) -> List[List[int]]:

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .atomic import write_json_atomic  # noqa: F401  (re-exported)
+from ..atomic import write_json_atomic  # noqa: F401  (re-exported)
 
 FORMAT = "torchace-model"
 FORMAT_VERSION = 1
@@ -31,7 +31,7 @@ def _finite_list(t: torch.Tensor, what: str) -> Any:
 
 
 def model_to_dict(model, metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     d: Dict[str, Any] = {
         "format": FORMAT,
@@ -71,8 +71,8 @@ def _tensor(d: Dict[str, Any], key: str, shape, path: str) -> torch.Tensor:
 
 
 def model_from_dict(d: Dict[str, Any], path: str = "<dict>", dtype: torch.dtype = torch.float64):
-    from .config import ACEConfig
-    from .model import ACEModel
+    from ..config import ACEConfig
+    from ..model.ace import ACEModel
 
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a torchace model file (field 'format' must be {FORMAT!r})")

@@ -1,0 +1,45 @@
+"""``export(model, path, format=...)``: TorchScript, metatomic or ML-PACE .yace (docs/export.md)."""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Dict, Optional
+
+from .torchscript import as_dtype, export_torchscript
+
+FORMATS = ("torchscript", "metatomic", "yace")
+
+def export(model, path: str, format: str = "torchscript", *, metadata: Optional[Dict[str, Any]] = None,
+           dtype=None, **kwargs) -> str:
+    """Export ``model`` to ``path`` in ``format`` (``FORMATS``); returns the path.  Writes are atomic.
+
+    ``"torchscript"``: a TorchScript archive with JSON metadata (see the module docstring);
+    ``metadata``: extra JSON-serialisable entries stored under ``"user"``.
+    ``"metatomic"``: a metatomic ``AtomisticModel`` file (keyword arguments: ``name``, ``description``,
+    ``authors``, ``devices``; ``metadata`` goes into its ``ModelMetadata.extra["user"]`` as JSON).
+    ``"yace"``: ``torchace.io.write_yace(model, path, **kwargs)``.
+    ``dtype``: export a copy converted to this dtype (default: the model's).
+    """
+    fmt = str(format).lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {list(FORMATS)}")
+    path = os.fspath(path)
+    dt = as_dtype(dtype)
+    if fmt == "torchscript":
+        if kwargs:
+            raise TypeError(f"export format 'torchscript' takes no options {sorted(kwargs)}")
+        if dt is not None and dt != model.coefficients.dtype:
+            model = copy.deepcopy(model).to(dt)
+        return export_torchscript(model, path, metadata)
+    if fmt == "metatomic":
+        from .metatomic import export_metatomic  # optional dependency, imported on demand
+
+        return export_metatomic(model, path, dtype=dt, metadata=metadata, **kwargs)
+    from . import write_yace  # fmt == "yace"
+
+    if dt is not None and dt != model.coefficients.dtype:
+        model = copy.deepcopy(model).to(dt)
+    if metadata is not None:
+        kwargs["metadata"] = metadata
+    write_yace(model, path, **kwargs)
+    return path
