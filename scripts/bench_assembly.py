@@ -90,7 +90,7 @@ def main(argv=None):
         K = model.basis_size
         print(f"{name}: order {order} totaldegree {td}, K = {K}; {n} atoms", flush=True)
         med, ts = timed(lambda: torchace.design_matrix_rows(model, atoms), a.warmup, a.repeats)
-        r_t = {"case": "torchace design_matrix_rows", "library": "torchace", "model": name, "basis_size": K,
+        r_t = {"case": "torchace design_matrix_rows (default: backend auto)", "library": "torchace", "model": name, "basis_size": K,
                "device": "cpu", "dtype": "float64", "atoms": n, "median_s": med, "min_s": min(ts),
                "repeats": len(ts), "atom_rows_per_s": n / med, "us_per_atom": 1e6 * med / n, **peak_memory(dev)}
         rows.append(r_t)
@@ -99,7 +99,7 @@ def main(argv=None):
         if not a.no_fused:
             from torchace.model.backends import fused
             if fused.available():
-                med_f, ts_f = timed(lambda: torchace.design_matrix_rows(model, atoms, fused=True), a.warmup,
+                med_f, ts_f = timed(lambda: torchace.design_matrix_rows(model, atoms, backend="fused"), a.warmup,
                                     a.repeats)
                 r_f = {"case": "torchace rows, fused C++ kernel", "library": "torchace", "model": name,
                        "basis_size": K, "device": "cpu", "dtype": "float64", "atoms": n, "median_s": med_f,
@@ -115,7 +115,7 @@ def main(argv=None):
 
         def ref_rows():
             b = collate(atoms, model.config.numbers, model.rcut)
-            return batch_rows(model, b, analytic=False)
+            return batch_rows(model, b, backend="reference")
         med_r, ts_r = timed(ref_rows, a.warmup, a.repeats)
         rows.append({"case": "torchace rows, forward-AD dphi", "library": "torchace", "model": name, "basis_size": K,
                      "device": "cpu", "dtype": "float64", "atoms": n, "median_s": med_r, "min_s": min(ts_r),

@@ -12,7 +12,7 @@ Structure: ase.build.bulk('Si', 'diamond', 5.43, cubic=True) * (3, 3, 3) (216 at
   torchace forward      — model(*batch) on a pre-collated batch (forces, virial): analytic adjoints
                           (eval-mode default) and the autograd reference path
   torchace compiled     — TorchACECalculator(compile=True): torch.compile of the analytic path
-  torchace fused        — TorchACECalculator(fused=True): the fused C++ CPU kernel (torchace.fused), and
+  torchace fused        — TorchACECalculator(backend="fused"): the fused C++ CPU kernel (torchace.fused), and
                           the kernel alone on a pre-collated batch
   ace-jax calculator    — ace_jax.calc.point.ACECalculator (jit, lean, aa_dag auto, skin 1 Å), with and
                           without radial_table (tabulated radials)
@@ -221,8 +221,27 @@ def main(argv=None):
         calc.calculate(at, ["energy", "forces"])
         sync()
     med, ts = time_steps(step_calc, atoms, a.warmup, a.repeats)
-    rows.append(record("torchace calculator (nl reuse)", "torchace", "TorchACECalculator skin=0.5", med, ts, n,
-                       device, a.dtype, a.model, K, {"nlist_builds": calc.n_neighbour_list_builds}))
+    rows.append(record("torchace calculator default (nl reuse)", "torchace",
+                       f"TorchACECalculator(model) skin=0.5, backend auto -> {calc.backend}", med, ts, n,
+                       device, a.dtype, a.model, K, {"nlist_builds": calc.n_neighbour_list_builds,
+                                                     "backend": calc.backend}))
+    # the same model with an 8-member committee (a BLR fit's): the default call gives energy_std as well
+    import copy as _copy
+
+    model_c = _copy.deepcopy(model)
+    g = torch.Generator().manual_seed(7)
+    model_c.committee = (model.coefficients.detach().cpu() + 0.01 * torch.randn(8, K, generator=g,
+                         dtype=torch.float64)).to(device=device, dtype=tdtype)
+    calc_c8 = TorchACECalculator(model_c, device=device, dtype=tdtype)
+
+    def step_comm(at):
+        calc_c8.calculate(at, ["energy", "forces"])
+        assert "energy_std" in calc_c8.results
+
+    med, ts = time_steps(step_comm, atoms, a.warmup, a.repeats)
+    rows.append(record("torchace calculator default, committee of 8", "torchace",
+                       f"TorchACECalculator(model with committee) skin=0.5, backend {calc_c8.backend}, energy_std",
+                       med, ts, n, device, a.dtype, a.model, K, {"backend": calc_c8.backend}))
 
     # (c) bare forward on a pre-collated batch
     from torchace.structures.batch import collate
@@ -261,12 +280,12 @@ def main(argv=None):
     if not a.no_fused and device.type == "cpu":
         from torchace.model.backends import fused
         if fused.available():
-            calc_f = TorchACECalculator(model, device=device, dtype=tdtype, fused=True)
+            calc_f = TorchACECalculator(model, device=device, dtype=tdtype, backend="fused")
 
             def step_calc_f(at):
                 calc_f.calculate(at, ["energy", "forces"])
             med, ts = time_steps(step_calc_f, atoms, a.warmup, a.repeats)
-            rows.append(record("torchace calculator fused", "torchace", "TorchACECalculator(fused=True) skin=0.5",
+            rows.append(record("torchace calculator fused", "torchace", "TorchACECalculator(backend='fused') skin=0.5",
                                med, ts, n, device, a.dtype, a.model, K))
             bare = fused.FusedEvaluator(model)
 

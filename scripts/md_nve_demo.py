@@ -33,7 +33,7 @@ from ase.optimize import BFGS
 import torchace
 from torchace.fitting import solvers
 from torchace.calculators.ase import TorchACECalculator
-from torchace.io.model_file import write_json_atomic
+from torchace.atomic import write_json_atomic
 from torchace.testing import rattled_bulk
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acedata" / "Si_tiny.xyz"

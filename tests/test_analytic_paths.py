@@ -122,8 +122,8 @@ def test_analytic_rows_match_forward_ad(device):
         structures = [rattled_bulk(m.elements, reps=(1, 1, 1), rattle=0.12, seed=5),
                       random_cluster(m.elements, 7, 3.0, seed=6)]
         b = collate(structures, m.config.numbers, m.rcut, device=device)
-        fast = batch_rows(m, b, analytic=True)
-        ref = batch_rows(m, b, analytic=False)
+        fast = batch_rows(m, b, backend="analytic")
+        ref = batch_rows(m, b, backend="reference")
         for k in (K.ENERGY, K.FORCES, K.VIRIAL):
             scale = float(ref[k].abs().max())
             assert float((fast[k] - ref[k]).abs().max()) <= 1e-12 * scale, k

@@ -31,10 +31,14 @@ def test_rows_weights_and_targets(model):
         assert torch.allclose(sys_.A[r], rows[K.ENERGY][0] * wE / np.sqrt(n), rtol=1e-13, atol=0)
         assert np.isclose(float(sys_.y[r]), (s.energy - e0) * wE / np.sqrt(n))
         r += 1
-        assert torch.allclose(sys_.A[r:r + 3 * n], rows[K.FORCES] * wF, rtol=1e-13, atol=0)
+        # atol scaled by the block's size: the default (fused) backend sums a batch's forces in another order
+        # than a single structure's, so entries that cancel to ~0 differ by rounding
+        scale = float(rows[K.FORCES].abs().max())
+        assert torch.allclose(sys_.A[r:r + 3 * n], rows[K.FORCES] * wF, rtol=1e-13, atol=1e-13 * scale)
         r += 3 * n
         if s.virial is not None:
-            assert torch.allclose(sys_.A[r:r + 6], rows[K.VIRIAL][0] * wV / np.sqrt(n), rtol=1e-13, atol=0)
+            assert torch.allclose(sys_.A[r:r + 6], rows[K.VIRIAL][0] * wV / np.sqrt(n), rtol=1e-13,
+                                  atol=1e-13 * float(rows[K.VIRIAL].abs().max()))
             r += 6
     assert r == sys_.A.shape[0] == sys_.n_obs
 

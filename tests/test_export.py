@@ -171,7 +171,7 @@ def test_yace_real_writer(sige_small, tmp_path):
 def test_metatomic_missing_gives_clear_error(sige_small, tmp_path, monkeypatch):
     import sys
 
-    monkeypatch.delitem(sys.modules, "torchace.export_metatomic", raising=False)
+    monkeypatch.delitem(sys.modules, "torchace.io.metatomic", raising=False)
     monkeypatch.setitem(sys.modules, "metatomic.torch", None)  # as if metatomic-torch were not installed
     with pytest.raises(ImportError, match=r"metatomic-torch.*torchace\[metatomic\]"):
         export(sige_small, tmp_path / "x.pt", format="metatomic")

@@ -89,7 +89,7 @@ def test_fused_calculator_matches_default_and_checks_distances():
     m = _models()[1]
     atoms = _structures(m.elements)[0]
     ref = TorchACECalculator(m)
-    fast = TorchACECalculator(m, fused=True)
+    fast = TorchACECalculator(m, backend="fused")
     for k in range(3):  # reused neighbour lists (skin) on later steps
         atoms.positions += np.random.default_rng(k).uniform(-0.02, 0.02, atoms.positions.shape)
         atoms.calc = ref
@@ -111,8 +111,21 @@ def test_fused_refuses_what_it_cannot_do():
         fused.FusedEvaluator(m)
     from torchace.calculators.ase import TorchACECalculator
 
-    with pytest.raises(ValueError, match="one of"):
-        TorchACECalculator(torchace.ace_model(["Si"], 2, 6), fused=True, compile=True)
+    with pytest.raises(ValueError, match="analytic"):
+        TorchACECalculator(torchace.ace_model(["Si"], 2, 6), backend="fused", compile=True)
+
+
+def test_fused_backend_adds_the_zbl_baseline():
+    """The fused backend routes the ZBL baseline around the kernel (torch pair formula): same numbers as the
+    autograd reference, for energies, site energies, forces and virials."""
+    m = torchace.ace_model(["Si", "Ge"], 3, 8, zbl=True)
+    randomize_coefficients(m, seed=5)
+    at = _structures(m.elements)
+    ref = torchace.evaluate(m, at, backend="reference")
+    got = torchace.evaluate(m, at, backend="fused")
+    base = torchace.evaluate(torchace.ace_model(["Si", "Ge"], 3, 8), at, backend="reference")  # no baseline
+    assert float((ref[K.ENERGY] - base[K.ENERGY]).abs().max()) > 1e-3  # the baseline matters here
+    results_close(got, ref, 1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -122,8 +135,8 @@ def test_fused_rows_match_reference(dtype):
     for m in _models():
         m = m.to(dtype=dtype)
         b = collate(_structures(m.elements), m.config.numbers, m.rcut + 0.7, dtype=dtype)  # with skin edges
-        ref = batch_rows(m, b, analytic=False)  # forward-AD ∂φ/∂r, the reference path
-        got = batch_rows(m, b, fused=True)
+        ref = batch_rows(m, b, backend="reference")  # forward-AD ∂φ/∂r, the reference path
+        got = batch_rows(m, b, backend="fused")
         for k in (K.ENERGY, K.FORCES, K.VIRIAL):
             assert got[k].shape == ref[k].shape, k
             scale = float(ref[k].abs().max())
@@ -138,15 +151,21 @@ def test_fused_fit_equals_reference_fit():
     preds = []
     for fz in (False, True):
         m = torchace.ace_model(["Si", "Ge"], 3, 8)
-        torchace.fit(m, data, solver=torchace.fitting.solvers.QR(lam=1e-3), E0={"Si": -158.5, "Ge": -100.0}, fused=fz,
+        torchace.fit(m, data, solver=torchace.fitting.solvers.QR(lam=1e-3), E0={"Si": -158.5, "Ge": -100.0}, backend="fused" if fz else "analytic",
                      compute_errors=False)
         preds.append(torchace.evaluate(m, structures))
     # the fitted values are what the data determine (coefficients along near-null directions of this small,
     # rank-deficient system move with rounding)
     results_close(preds[1], preds[0], 1e-8)
-    with pytest.raises(ValueError, match="ZBL"):
-        torchace.fit(torchace.ace_model(["Si", "Ge"], 2, 6, zbl=True), data, E0={"Si": -158.5, "Ge": -100.0},
-                     fused=True)
+    # a ZBL baseline has no columns: the fused rows serve models with one too
+    fits = []
+    for b in ("fused", "analytic"):
+        m = torchace.ace_model(["Si", "Ge"], 2, 6, zbl=True)
+        r = torchace.fit(m, data, E0={"Si": -158.5, "Ge": -100.0}, backend=b, compute_errors=False,
+                         solver=torchace.fitting.solvers.QR(lam=1e-3))
+        assert r.info["backend"] == b
+        fits.append(torchace.evaluate(m, structures))
+    results_close(fits[0], fits[1], 1e-8)
 
 
 def test_fused_threads_agree():

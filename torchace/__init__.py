@@ -4,16 +4,17 @@ Stages (docs/architecture.md): ``structures`` → ``basis`` → ``model`` (with 
 ``fitting`` → ``io`` → ``calculators``, ``analysis``; ``testing`` is the reusable test kit, ``cli`` the
 command line.
 """
-from . import calculators, io
+from . import calculators, io, keys
 from .compat import install as _install_compat
 from .config import ACEConfig
 from .fitting import FitResult, design_matrix_rows, errors, fit, priors, repulsion, solvers
+from .fitting.data import example_data
 from .io import export, load
 from .model import ACEModel, ace_model, evaluate
-from .model import backends
+from .model import backends  # noqa: F401  (torchace.backends.available / select)
 
-__version__ = "0.1.0"
+__version__ = keys.VERSION
 __all__ = ["ACEConfig", "ACEModel", "ace_model", "evaluate", "design_matrix_rows", "fit", "FitResult", "errors",
-           "load", "export", "priors", "repulsion", "solvers", "backends", "calculators", "io", "__version__"]
+           "load", "export", "example_data", "priors", "repulsion", "solvers", "backends", "calculators", "io", "__version__"]
 
 _install_compat()

@@ -64,8 +64,7 @@ def cmd_evaluate(args) -> int:
     rows = torchace.design_matrix_rows(model, structs)
     t_rows = time.perf_counter() - t0
     c = model.coefficients.detach()
-    e0 = torch.tensor([float(sum(model.config.E0[model.config.numbers.index(z)] for z in a.numbers)) for a in structs],
-                      dtype=c.dtype, device=c.device)
+    e0 = torch.tensor([model.reference_energy(a.numbers) for a in structs], dtype=c.dtype, device=c.device)
     check_e = float((rows[K.ENERGY] @ c + e0 - out[K.ENERGY]).abs().max())
     check_f = float((rows[K.FORCES] @ c - out[K.FORCES].reshape(-1)).abs().max())
 
@@ -120,10 +119,8 @@ def cmd_fit(args) -> int:
     train = read_data(cfg.data.train, keys=keys, elements=model.elements, skip_bad=cfg.data.skip_bad)
     print(f"training data: {len(train)} structures, {sum(s.n_atoms for s in train)} atoms "
           f"({', '.join(train.config_types)})", flush=True)
-    res = torchace.fit(model, train, weights=cfg.weights, prior=cfg.build_prior(), solver=cfg.build_solver(),
-                       E0=cfg.E0, streaming=cfg.assembly.streaming, batch_atoms=cfg.assembly.batch_atoms,
-                       progress=not args.quiet, fused=cfg.assembly.fused)
-    print(f"solver {res.solver}: {res.hyperparameters}; E0 {res.E0}; "
+    res = torchace.fit(model, train, progress=not args.quiet, **cfg.fit_kwargs())
+    print(f"design rows: {res.info['backend']} backend; solver {res.solver}: {res.hyperparameters}; E0 {res.E0}; "
           f"timings {', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())
     report = {"train": res.errors, "fit": res.to_dict()}
@@ -200,8 +197,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     ev.add_argument("-o", "--output", help="write results as JSON (atomically)")
-    ft = sub.add_parser("fit", help="fit a linear ACE model from a YAML/JSON config (default: bundled Zuo Si job)")
-    ft.add_argument("config", nargs="?", help="fit configuration (see torchace/fitconfig.py, docs/fitting.md)")
+    from .fitting.config import FitConfig
+
+    ft = sub.add_parser("fit", help="fit a linear ACE model from a YAML/JSON config (default: bundled Zuo Si job)",
+                        epilog=FitConfig.keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ft.add_argument("config", nargs="?", help="fit configuration (keys below; docs/fitting.md)")
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ex = sub.add_parser("export", help="export a saved model (.json) for other programs (docs/export.md)")
     ex.add_argument("model", help="model file written by model.save / torchace fit (.json)")

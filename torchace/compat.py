@@ -17,7 +17,7 @@ OLD_PATHS = {
     "coupling": ("basis.coupling_coefficients",), "purify": ("basis.purification",),
     "basis": None,  # now a package of the same name (embedding, product, coupling)
     "model": None, "strain": ("model.strain",), "fused": ("model.backends.fused",),
-    "runtime": ("model.backends.runtime",), "pace": None,
+    "runtime": ("model.backends.runtime",), "pace": ("model.pace",),
     "repulsion": ("model.zbl", "fitting.repulsion"), "uncertainty": ("fitting.committee",),
     "data": ("fitting.data", "fitting.weights"), "assembly": ("fitting.assembly",), "rows": ("fitting.rows",),
     "priors": ("fitting.priors",), "solvers": ("fitting.solvers",), "checkpoint": ("fitting.checkpoint",),

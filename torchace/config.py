@@ -17,6 +17,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from .basis.spec import totaldegree_per_order
+from .fieldcheck import check_ace_fields
 
 
 @lru_cache(maxsize=1)
@@ -69,6 +70,11 @@ class ACEConfig:
               rcut: Optional[float] = None, r0=None, E0=None, pair: bool = True, zbl: bool = False,
               zbl_inner: Optional[float] = None, zbl_outer: Optional[float] = None, pure2b: bool = False,
               pure: bool = False) -> "ACEConfig":
+        # one validation layer for the Python API and the config/model files (types and ranges, key named)
+        check_ace_fields({k: v for k, v in dict(elements=list(elements) if isinstance(elements, (list, tuple)) else
+                                                elements, order=order, totaldegree=totaldegree, wL=wL, rcut=rcut,
+                                                r0=r0, E0=E0, pair=pair, zbl=zbl, zbl_inner=zbl_inner,
+                                                zbl_outer=zbl_outer).items() if v is not None}, "ace_model")
         for name, flag in (("pure2b", pure2b), ("pure", pure)):
             if not isinstance(flag, (bool, np.bool_)):
                 raise ValueError(f"{name} must be true or false, got {flag!r}")
@@ -156,11 +162,9 @@ class ACEConfig:
         missing = {"elements", "order", "totaldegree"} - set(d)
         if missing:
             raise ValueError(f"ACEConfig is missing {sorted(missing)}")
-        from .fieldcheck import check_ace_fields
-
         check_ace_fields(d)  # types and ranges, naming the key (bool("no") would be True)
-        return cls.build(d["elements"], d["order"], d["totaldegree"], wL=d.get("wL", 1.5), rcut=d.get("rcut") or None,
-                         r0=d.get("r0") or None, E0=d.get("E0") or None, pair=d.get("pair", True),
-                         zbl=d.get("zbl", False), zbl_inner=d.get("zbl_inner"), zbl_outer=d.get("zbl_outer"),
-                         # files written before purification existed have neither key
-                         pure2b=d.get("pure2b", False), pure=d.get("pure", False))
+        kw = {k: v for k, v in d.items() if k not in ("elements", "order", "totaldegree")}
+        for k in ("rcut", "r0", "E0"):  # 0 / [] (files of old versions): the default
+            if not kw.get(k):
+                kw.pop(k, None)
+        return cls.build(d["elements"], d["order"], d["totaldegree"], **kw)

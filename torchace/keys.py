@@ -1,5 +1,5 @@
-"""Field names shared by the batch, the model outputs and the design-matrix rows (one place)."""
-
+"""Field names (batch, outputs), Voigt order and the package version: constants defined once."""
+VERSION = "0.1.0"
 POSITIONS = "positions"
 SPECIES = "species"          # element index 0..NZ-1 (model order), not atomic number
 NUMBERS = "numbers"          # atomic numbers
@@ -17,3 +17,10 @@ VIRIAL = "virial"
 STRESS = "stress"
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx, yy, zz, yz, xz, xy
+VOIGT_ROWS = [a for a, _ in VOIGT]
+VOIGT_COLS = [b for _, b in VOIGT]
+
+
+def to_voigt(m):
+    """[..., 3, 3] → [..., 6] in Voigt order xx, yy, zz, yz, xz, xy (the one Voigt helper)."""
+    return m[..., VOIGT_ROWS, VOIGT_COLS]

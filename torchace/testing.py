@@ -176,3 +176,34 @@ def random_envs(rng: np.random.Generator, numbers: Sequence[int], n_envs: int, n
         r = rng.uniform(rmin, rmax, n_neigh)
         envs.append((int(rng.choice(numbers)), rng.choice(numbers, n_neigh).astype(int), d * r[:, None]))
     return envs
+
+
+# ---- backend agreement (every backend against ``reference``; torchace.backends) ----
+
+# per-dtype tolerances of a backend against the reference (relative to the largest value of each output)
+BACKEND_RTOL = {torch.float64: 1e-12, torch.float32: 2e-4}
+
+
+def backend_agreement(model, structures, backend: str, task: str = "evaluate", skin: float = 0.0) -> Dict[str, float]:
+    """Relative max deviations of ``backend`` from ``reference`` on ``structures`` for ``task`` ("evaluate":
+    energy, site energies, forces, virial; "rows": the three row blocks), with a neighbour list of cutoff
+    rcut + ``skin`` (skin edges must contribute exactly zero).  Raises AssertionError above
+    ``BACKEND_RTOL``."""
+    from .model.backends import select
+    from .model.evaluate import model_inputs
+    from .structures.batch import collate
+
+    p = model.coefficients
+    batch = collate(structures, model.config.numbers, model.rcut + skin, dtype=p.dtype, device=p.device)
+    ref_b, got_b = select(model, p.device, "reference", task), select(model, p.device, backend, task)
+    if task == "rows":
+        ref, got = ref_b.rows(model, batch, 256 * 2**20), got_b.rows(model, batch, 256 * 2**20)
+        keys = (K.ENERGY, K.FORCES, K.VIRIAL)
+    else:
+        inp = model_inputs(model, batch)
+        ref = {k: v.detach() for k, v in ref_b.evaluator(model)(*inp, True, True).items()}
+        got = {k: v.detach() for k, v in got_b.evaluator(model)(*inp, True, True).items()}
+        keys = (K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL)
+    for k in keys:
+        assert got[k].shape == ref[k].shape, (backend, task, k, tuple(got[k].shape), tuple(ref[k].shape))
+    return results_close(got, ref, BACKEND_RTOL[p.dtype], keys)

@@ -2,8 +2,12 @@
 
 ``TorchACECalculator(model_or_path)`` gives energy, free_energy, per-atom energies, forces and, for cells
 periodic along all three axes, the stress (ASE convention: Voigt xx, yy, zz, yz, xz, xy, eV/Å³, σ = −W/V).
-With a committee (``model.committee``, a Bayesian fit) it also gives ``energy_std`` (eV),
-``forces_std`` ([N, 3], eV/Å) and ``stress_std`` (Voigt, eV/Å³): the spread of the committee members.
+Evaluation goes through a named backend (``torchace.backends``; ``backend="auto"``: the fused C++ kernel on
+CPU where it builds, the analytic torch path elsewhere; ``calc.backend`` says which).  With a committee
+(``model.committee``, a Bayesian fit) the energy is the mean model's, and ``energy_std`` (eV) comes with
+every call at almost no cost (the members' energies are dot products on the same basis); ``forces_std``
+([N, 3], eV/Å) and ``stress_std`` (Voigt, eV/Å³) need design rows (a few evaluations' worth) and are
+computed when asked for (``calc.get_property("forces_std", atoms)``) or with ``uncertainty=True``.
 
 Neighbour lists are built with cutoff rcut + skin and reused, with the current positions, until an atom
 has moved more than skin/2 since the build (or the cell, pbc, atom count or elements changed).  Edges
@@ -14,6 +18,7 @@ summation order.  See docs/calculator.md.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import zipfile
 from typing import Dict, List, Optional, Sequence
@@ -23,20 +28,21 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .. import keys as K
+from ..fitting.committee import committee_energies, member_predictions, spread
+from ..fitting.rows import batch_rows
+from ..model.backends import AUTO, EVALUATE, select
+from ..model.backends.fused import CLOSEST_PAIR, COMMITTEE_ENERGY
 from ..structures.batch import DEFAULT_MIN_DISTANCE, too_close, validate
+from ..structures.geometry import edge_vectors
 from ..structures.neighbours import neighbour_list
 
 __all__ = ["TorchACECalculator", "PropertyNotImplementedError"]
+log = logging.getLogger("torchace")
 
 BASE_PROPERTIES = ["energy", "free_energy", "energies", "forces", "stress"]
 STD_PROPERTIES = ["energy_std", "forces_std", "stress_std"]
-_VA = [a for a, _ in K.VOIGT]
-_VB = [b for _, b in K.VOIGT]
-
-
-def _voigt(m: torch.Tensor) -> torch.Tensor:
-    """[..., 3, 3] → [..., 6] in Voigt order xx, yy, zz, yz, xz, xy."""
-    return m[..., _VA, _VB]
+FORCE_STD_PROPERTIES = ["forces_std", "stress_std"]
+TORCHSCRIPT = "torchscript"  # ``calc.backend`` of a TorchScript export
 
 
 class _NeighbourList:
@@ -53,14 +59,13 @@ class TorchACECalculator(Calculator):
     precision to evaluate (a model that is not already there, or is in training mode, is copied, never
     modified).  ``skin`` (Å): neighbour-list skin; 0 rebuilds whenever an atom moved.  ``min_distance``
     (Å): closer pairs are an error (atoms on top of each other), as in ``torchace.evaluate``.
-    ``uncertainty``: None (default) computes the committee spreads on every calculation when the model
-    has a committee (costs one extra model evaluation per member); False computes them only when a
-    ``*_std`` property is requested explicitly (``calc.get_property("forces_std", atoms)``); True requires
-    a committee.  ``compile``: evaluate through ``torch.compile`` of the analytic eval path
+    ``backend``: "auto" (default: the fastest backend for the model and device, ``torchace.backends``) or
+    "fused", "analytic", "reference"; ``calc.backend`` is the one in use.  ``uncertainty`` (models with a
+    committee): None (default) gives ``energy_std`` on every call (nearly free) and ``forces_std`` /
+    ``stress_std`` when they are requested; True gives all three on every call (and requires a committee);
+    False gives none unless requested.  ``compile``: the analytic backend through ``torch.compile``
     (``ACEModel.compiled_forward``; the first step compiles, docs/performance.md has the timings).
-    ``fused``: evaluate with the fused C++ CPU kernel (``torchace.fused``; built on first use, ≈ 30 s,
-    then cached; the fastest CPU setting, docs/performance.md).  Raises if it cannot be built or the model
-    has a ZBL baseline.
+    ``fused=True``: deprecated spelling of ``backend="fused"``.
 
     ``n_neighbour_list_builds`` counts neighbour-list builds (reuse statistics).
     """
@@ -71,7 +76,7 @@ class TorchACECalculator(Calculator):
 
     def __init__(self, model_or_path, device="cpu", dtype: torch.dtype = torch.float64, skin: float = 0.5,
                  min_distance: float = DEFAULT_MIN_DISTANCE, uncertainty: Optional[bool] = None,
-                 compile: bool = False, fused: bool = False, **kwargs):
+                 compile: bool = False, backend: str = AUTO, fused: Optional[bool] = None, **kwargs):
         super().__init__(**kwargs)
         if not (skin >= 0 and np.isfinite(skin)):
             raise ValueError(f"skin must be a finite number >= 0 (Å), got {skin!r}")
@@ -87,25 +92,34 @@ class TorchACECalculator(Calculator):
         self.min_distance = float(min_distance)
         self.model_path: Optional[str] = None
         self.model, self._forward, numbers, rcut = self._load(model_or_path)
-        if compile and fused:
-            raise ValueError("choose one of compile=True and fused=True")
-        if compile:  # torch.compile of the analytic eval path (ACEModel.compiled_forward)
-            if self.model is None:
-                raise ValueError("compile=True needs a torchace model or model file, not a TorchScript export")
-            self._forward = self.model.compiled_forward()
-        self.fused = bool(fused)
-        if fused:  # the fused C++ kernel (torchace.fused)
-            if self.model is None:
-                raise ValueError("fused=True needs a torchace model or model file, not a TorchScript export")
-            if self.device.type != "cpu":
-                raise ValueError("fused=True is a CPU kernel; on other devices use the model (or compile=True)")
-            from ..model.backends.fused import FusedEvaluator
+        if fused is not None:
+            import warnings
 
-            self._forward = FusedEvaluator(self.model)
+            warnings.warn("TorchACECalculator(fused=...) is deprecated: use backend='fused' (or the default 'auto')",
+                          DeprecationWarning, stacklevel=2)
+            if fused:
+                backend = "fused"
+        comm = getattr(self.model, "committee", None) if self.model is not None else None
+        if self.model is None:  # a TorchScript export: its own forward
+            if backend not in (AUTO, TORCHSCRIPT) or compile:
+                raise ValueError(f"backend={backend!r} / compile=True need a torchace model or model file, not a "
+                                 "TorchScript export")
+            self.backend = TORCHSCRIPT
+        elif compile:  # torch.compile of the analytic eval path (ACEModel.compiled_forward)
+            if backend not in (AUTO, "analytic"):
+                raise ValueError(f"compile=True compiles the analytic backend; it cannot be combined with "
+                                 f"backend={backend!r}")
+            select(self.model, self.device, "analytic", EVALUATE)  # raises with the reason if impossible
+            self._forward = self.model.compiled_forward()
+            self.backend = "analytic"
+        else:
+            b = select(self.model, self.device, backend, EVALUATE)
+            self._forward = b.evaluator(self.model, committee=comm is not None)
+            self.backend = b.name
+        log.info("TorchACECalculator: backend %s on %s", self.backend, self.device)
         self.rcut = float(rcut)
         self.atomic_numbers = [int(z) for z in numbers]
         self._z_to_species = {z: s for s, z in enumerate(self.atomic_numbers)}
-        comm = getattr(self.model, "committee", None) if self.model is not None else None
         self._committee = None if comm is None else comm.detach().to(self.device, self.dtype)
         if uncertainty and self._committee is None:
             raise ValueError("uncertainty=True needs a model with a committee (fit with solvers.BLR(committee_size=n) "
@@ -184,8 +198,7 @@ class TorchACECalculator(Calculator):
         if self.min_distance <= 0 or nl.edge_index.shape[1] == 0:
             return
         with torch.no_grad():
-            i, j = nl.edge_index[0], nl.edge_index[1]
-            d = torch.linalg.norm(positions[j] - positions[i] + nl.unit_shifts @ nl.cell_t[0], dim=1)
+            d = torch.linalg.norm(edge_vectors(positions, nl.edge_index, nl.unit_shifts, nl.cell_t, nl.batch), dim=1)
             e = int(torch.argmin(d))
             self._reject_closest(atoms, float(d[e]), e)
 
@@ -208,18 +221,14 @@ class TorchACECalculator(Calculator):
         nl = self._nl
         periodic = bool(nl.pbc.all())
         positions = torch.as_tensor(pos, dtype=self.dtype, device=self.device)
-        if not self.fused:
-            self._check_distances(atoms, positions)
         args = (positions, nl.species, nl.batch, nl.edge_index, nl.unit_shifts, nl.cell_t, 1)
-        if self.fused:  # the kernel measured every distance: its closest pair replaces _check_distances
-            from ..model.backends.fused import CLOSEST_PAIR
-
+        if self.backend != "fused":
+            self._check_distances(atoms, positions)
+        with torch.enable_grad():  # the reference backend and TorchScript exports differentiate
             out = self._forward(*args, True, periodic)
+        if CLOSEST_PAIR in out:  # the fused kernel measured every distance: this replaces _check_distances
             dmin, e = (float(x) for x in out[CLOSEST_PAIR])
             self._reject_closest(atoms, dmin, int(e))
-        else:
-            with torch.enable_grad():
-                out = self._forward(*args, True, periodic)
         e_node = out[K.NODE_ENERGY].detach()
         energy = float(out[K.ENERGY].detach()[0])
         res = {"energy": energy, "free_energy": energy,
@@ -228,29 +237,30 @@ class TorchACECalculator(Calculator):
         vol = abs(float(np.linalg.det(nl.cell))) if periodic else 0.0
         if periodic:
             W = out[K.VIRIAL].detach()[0].to("cpu", torch.float64)
-            res["stress"] = _voigt(-W / vol).numpy()
-        want_std = self._committee is not None and (
-            self.uncertainty is not False or any(p in STD_PROPERTIES for p in properties))
-        if want_std:
-            res.update(self._committee_spread(args, periodic, vol))
+            res["stress"] = K.to_voigt(-W / vol).numpy()
+        if self._committee is not None:
+            if self.uncertainty is not False or "energy_std" in properties:
+                if COMMITTEE_ENERGY in out:
+                    members = out[COMMITTEE_ENERGY].detach()[:, 0]
+                else:
+                    members = committee_energies(self.model, self._committee, out[K.ENERGY].detach(), args)[:, 0]
+                res["energy_std"] = float(spread(members))
+            if self.uncertainty is True or any(p in FORCE_STD_PROPERTIES for p in properties):
+                res.update(self._force_spread(args, periodic, vol))
         self.results = res
 
-    def _committee_spread(self, args, periodic: bool, vol: float) -> Dict[str, np.ndarray]:
-        """Sample standard deviations over the committee members (one model evaluation each)."""
-        from torch.func import functional_call
-
-        E, F, W = [], [], []
-        with torch.enable_grad():
-            for c in self._committee:
-                o = functional_call(self.model, {"coefficients": c}, args + (True, periodic))
-                E.append(o[K.ENERGY].detach()[0])
-                F.append(o[K.FORCES].detach())
-                if periodic:
-                    W.append(_voigt(o[K.VIRIAL].detach()[0]))
-        out = {"energy_std": float(torch.stack(E).std(correction=1)),
-               "forces_std": torch.stack(F).std(dim=0, correction=1).to("cpu", torch.float64).numpy()}
+    def _force_spread(self, args, periodic: bool, vol: float) -> Dict[str, np.ndarray]:
+        """Force and stress standard deviations over the committee from one design-row evaluation."""
+        positions, species, batch, edge_index, unit_shifts, cell, _ = args
+        nl_batch = {K.POSITIONS: positions, K.SPECIES: species, K.BATCH: batch, K.EDGE_INDEX: edge_index,
+                    K.UNIT_SHIFTS: unit_shifts, K.CELL: cell,
+                    K.N_ATOMS: torch.tensor([positions.shape[0]], device=positions.device)}
+        backend = self.backend if self.backend in ("fused", "analytic", "reference") else AUTO
+        rows = batch_rows(self.model, nl_batch, backend=backend)
+        p = member_predictions(self._committee, rows, torch.zeros(1, dtype=positions.dtype, device=positions.device))
+        out = {"forces_std": spread(p[K.FORCES]).to("cpu", torch.float64).numpy()}
         if periodic:
-            out["stress_std"] = (torch.stack(W).std(dim=0, correction=1) / vol).to("cpu", torch.float64).numpy()
+            out["stress_std"] = (spread(p[K.VIRIAL])[0] / vol).to("cpu", torch.float64).numpy()
         return out
 
     def todict(self):

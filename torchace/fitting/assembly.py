@@ -15,13 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional
 
-import numpy as np
 import torch
 
 from .. import keys as K
 from ..structures.batch import collate
 from .data import ISOLATED_ATOM, DataError, Dataset, Labelled
-from .weights import resolve_weights, weights_for
+from .weights import resolve_weights, row_weights
 from ..model.evaluate import model_inputs
 from .rows import batch_rows
 
@@ -44,7 +43,7 @@ def fitting_structures(ds: Dataset) -> List[Labelled]:
     return [s for s in ds if s.config_type != ISOLATED_ATOM]
 
 
-def _batches(structs: List[Labelled], batch_atoms: int) -> Iterator[List[Labelled]]:
+def structure_batches(structs: List[Labelled], batch_atoms: int) -> Iterator[List[Labelled]]:
     cur, n = [], 0
     for s in structs:
         if cur and n + s.n_atoms > batch_atoms:
@@ -113,11 +112,6 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _e0_of(model, s: Labelled) -> float:
-    e0 = dict(zip(model.config.numbers, model.E0.tolist()))
-    return float(sum(e0[int(z)] for z in s.atoms.numbers))
-
-
 def _baseline(model, batch) -> Optional[Dict[str, torch.Tensor]]:
     """Energy [S], forces [N, 3], virial [S, 3, 3] of the model's baseline on a batch (None without one)."""
     if getattr(model, "zbl", None) is None:
@@ -128,27 +122,26 @@ def _baseline(model, batch) -> Optional[Dict[str, torch.Tensor]]:
 
 
 def batch_system(model, structs: List[Labelled], weights, *, device=None, memory_budget: int = 256 * 2**20,
-                 fused: bool = False):
+                 backend: str = "auto"):
     """Weighted rows, targets and E0 columns of one batch: (A [m, K], y [m], Z [m, NZ])."""
     dtype = model.coefficients.dtype
     dev = device or model.coefficients.device
     batch = collate([s.atoms for s in structs], model.config.numbers, model.rcut, dtype=dtype, device=dev)
-    rows = batch_rows(model, batch, memory_budget, fused=fused)
+    rows = batch_rows(model, batch, memory_budget, backend)
     base = _baseline(model, batch)
     blocks, targets, e0_rows = [], [], []
     numbers = torch.tensor(model.config.numbers)
     f0 = 0
     for k, s in enumerate(structs):
         n = s.n_atoms
-        wE, wF, wV = weights_for(weights, s.config_type)
-        sq = np.sqrt(n)
+        wE, wF, wV = row_weights(weights, s.config_type, n)
         if s.energy is not None and wE != 0:
             e0_rows.append((sum(b.shape[0] for b in blocks),
                             (torch.as_tensor(s.atoms.numbers).unsqueeze(1) == numbers).sum(0).to(torch.float64)
-                            * float(wE / sq)))
-            blocks.append(rows[K.ENERGY][k:k + 1] * (wE / sq))
-            e = s.energy - _e0_of(model, s) - (float(base[K.ENERGY][k]) if base is not None else 0.0)
-            targets.append(torch.tensor([e * wE / sq], dtype=dtype, device=dev))
+                            * float(wE)))
+            blocks.append(rows[K.ENERGY][k:k + 1] * wE)
+            e = s.energy - model.reference_energy(s.atoms.numbers) - (float(base[K.ENERGY][k]) if base is not None else 0.0)
+            targets.append(torch.tensor([e * wE], dtype=dtype, device=dev))
         if s.forces is not None and wF != 0:
             blocks.append(rows[K.FORCES][f0:f0 + 3 * n] * wF)
             f = torch.as_tensor(s.forces.reshape(-1), dtype=dtype, device=dev)
@@ -156,11 +149,11 @@ def batch_system(model, structs: List[Labelled], weights, *, device=None, memory
                 f = f - base[K.FORCES][f0 // 3:f0 // 3 + n].reshape(-1)
             targets.append(f * wF)
         if s.virial is not None and wV != 0:
-            blocks.append(rows[K.VIRIAL][k] * (wV / sq))
+            blocks.append(rows[K.VIRIAL][k] * wV)
             W = torch.as_tensor(s.virial, dtype=dtype, device=dev)
             if base is not None:
                 W = W - base[K.VIRIAL][k]
-            targets.append(torch.stack([W[a, b] for a, b in K.VOIGT]) * (wV / sq))
+            targets.append(K.to_voigt(W) * wV)
         f0 += 3 * n
     if not blocks:
         return (torch.zeros(0, model.basis_size, dtype=dtype, device=dev), torch.zeros(0, dtype=dtype, device=dev),
@@ -173,15 +166,15 @@ def batch_system(model, structs: List[Labelled], weights, *, device=None, memory
 
 
 def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, device=None, progress: bool = False,
-             memory_budget: int = 256 * 2**20, fused: bool = False) -> LinearSystem:
-    """Dense weighted system for all fitting structures of ``ds`` (``fused``: rows from the C++ CPU kernel)."""
+             memory_budget: int = 256 * 2**20, backend: str = "auto") -> LinearSystem:
+    """Dense weighted system for all fitting structures of ``ds`` (``backend``: of the rows, ``torchace.backends``)."""
     weights = resolve_weights(weights)
     structs = fitting_structures(ds)
     check_memory(structs, model.basis_size, device=device, dense=True)
     bar = _Progress(sum(s.n_atoms for s in structs), progress)
     As, ys, Zs = [], [], []
-    for b in _batches(structs, batch_atoms):
-        A, y, Z = batch_system(model, b, weights, device=device, memory_budget=memory_budget, fused=fused)
+    for b in structure_batches(structs, batch_atoms):
+        A, y, Z = batch_system(model, b, weights, device=device, memory_budget=memory_budget, backend=backend)
         As.append(A)
         ys.append(y)
         Zs.append(Z)
@@ -193,7 +186,7 @@ def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, devic
 def assemble_reduced(model, ds: Dataset, weights=None, *, method: str = "qr", batch_atoms: int = 2048,
                      device=None, progress: bool = False, memory_budget: int = 256 * 2**20,
                      on_batch: Optional[Callable[[int, Dict[str, torch.Tensor]], None]] = None,
-                     state: Optional[Dict[str, torch.Tensor]] = None, fused: bool = False) -> LinearSystem:
+                     state: Optional[Dict[str, torch.Tensor]] = None, backend: str = "auto") -> LinearSystem:
     """Memory-bounded assembly: the k×k equivalent system, one batch of rows in memory at a time.
 
     ``method="qr"`` keeps the (k+1)×(k+1) triangular factor of [A | y] (stable); ``"normal"`` accumulates
@@ -217,11 +210,11 @@ def assemble_reduced(model, ds: Dataset, weights=None, *, method: str = "qr", ba
             state.update(AtA=torch.zeros(k, k, **f64), Aty=torch.zeros(k, **f64), yty=torch.zeros((), **f64))
     skip = int(state["n_batches"])
     bar = _Progress(sum(s.n_atoms for s in structs), progress)
-    for nb, b in enumerate(_batches(structs, batch_atoms)):
+    for nb, b in enumerate(structure_batches(structs, batch_atoms)):
         if nb < skip:
             bar.update(sum(s.n_atoms for s in b))
             continue
-        A, y, _ = batch_system(model, b, weights, device=device, memory_budget=memory_budget, fused=fused)
+        A, y, _ = batch_system(model, b, weights, device=device, memory_budget=memory_budget, backend=backend)
         A, y = A.to(torch.float64), y.to(torch.float64)
         if method == "qr":
             M = torch.cat([state["T"], torch.cat([A, y.unsqueeze(1)], dim=1)])

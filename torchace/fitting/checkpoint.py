@@ -25,7 +25,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from .assembly import LinearSystem, _batches, assemble_reduced, fitting_structures
+from .assembly import LinearSystem, structure_batches, assemble_reduced, fitting_structures
 from ..atomic import atomic_write
 from .data import Dataset, read_data
 from .weights import resolve_weights
@@ -152,7 +152,7 @@ def assemble_checkpointed(model, ds, weights=None, path: str = "assembly_checkpo
     weights = resolve_weights(weights)
     dev = torch.device(device) if device is not None else model.coefficients.device
     fp = fingerprint(model, ds, weights, method, batch_atoms)
-    n_total = sum(1 for _ in _batches(fitting_structures(ds), batch_atoms))
+    n_total = sum(1 for _ in structure_batches(fitting_structures(ds), batch_atoms))
     state = None
     if os.path.exists(path):
         saved, fp_saved = load_checkpoint(path)

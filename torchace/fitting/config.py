@@ -7,7 +7,7 @@ weights:  {default: {E: 30, F: 1, V: 1}, liq: {E: 10, F: 0.66, V: 0.25}}
 E0:       isolated            # or a dict {Si: -158.54}, or fit
 prior:    {name: algebraic_smoothness, p: 4}     # any torchace.priors constructor and its arguments
 solver:   {name: BLR}                            # any torchace.solvers class and its arguments
-assembly: {streaming: null, batch_atoms: 2048, device: cpu, fused: false}
+assembly: {streaming: null, batch_atoms: 2048, device: cpu, backend: auto}
 output:   {model: model.json, errors: errors.json, parity: parity.png}
 ```
 Relative paths are resolved against the config file's directory; ``@bundled/...`` names files shipped in
@@ -20,16 +20,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Dict, List, Optional, Union
 
-from .data import DataKeys
+from ..config import ACEConfig
+from .data import DataKeys, example_data
 from ..fieldcheck import check_ace_fields, check_bool, check_float, check_int, check_paths, check_str
 
 BUNDLED = "@bundled/"
-# the model section holds ``ace_model`` / ACEConfig arguments
-MODEL_KEYS = ("elements", "order", "totaldegree", "wL", "rcut", "r0", "E0", "pair", "zbl", "zbl_inner", "zbl_outer",
-              "pure2b", "pure")
+# the model section holds ``ace_model`` / ACEConfig arguments: the dataclass's field list, written once
+MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ACEConfig))
 
 
 @dataclass
@@ -45,7 +44,8 @@ class AssemblySection:
     streaming: Optional[str] = None
     batch_atoms: int = 2048
     device: str = "cpu"
-    fused: bool = False  # rows from the fused C++ CPU kernel (torchace.fused)
+    backend: str = "auto"  # of the design rows (torchace.backends): auto, fused, analytic, reference
+    fused: Optional[bool] = None  # deprecated: fused: true is backend: fused
 
 
 @dataclass
@@ -53,6 +53,16 @@ class OutputSection:
     model: str = "model.json"
     errors: Optional[str] = "errors.json"
     parity: Optional[str] = None
+
+
+TOP_LEVEL_HELP = {
+    "weights": "  {config_type: {E, F, V}}, 'default' for the rest (ACEpotentials.jl: E 30, F 1, V 1)",
+    "E0": "  isolated (from isolated_atom structures), fit, or {element: eV}",
+    "prior": "  {name: <torchace.priors function>, ...arguments}",
+    "solver": "  {name: <torchace.solvers class>, ...arguments} (default BLR)",
+    "synthetic_dimers": "  true or {E_syn, weight, ...} (torchace.fitting.repulsion.synthetic_dimers)",
+    "repulsion_restraint": "  true or {weight, r_in, ...} (ACEpotentials.jl's repulsion_restraint)",
+}
 
 
 @dataclass
@@ -65,6 +75,8 @@ class FitConfig:
     solver: Optional[Dict[str, Any]] = None
     assembly: AssemblySection = field(default_factory=AssemblySection)
     output: OutputSection = field(default_factory=OutputSection)
+    synthetic_dimers: Any = False
+    repulsion_restraint: Any = False
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], base_dir: str = ".") -> "FitConfig":
@@ -103,7 +115,13 @@ class FitConfig:
         check_str("fit config", "assembly.streaming", asm.streaming, choices=("qr", "normal"), allow_none=True)
         asm.batch_atoms = check_int("fit config", "assembly.batch_atoms", asm.batch_atoms, minimum=1)
         check_str("fit config", "assembly.device", asm.device)
-        check_bool("fit config", "assembly.fused", asm.fused)
+        if asm.fused is not None:
+            check_bool("fit config", "assembly.fused", asm.fused)
+            if asm.fused:
+                asm.backend = "fused"
+        from ..model.backends import AUTO, BACKENDS
+
+        check_str("fit config", "assembly.backend", asm.backend, choices=(AUTO,) + tuple(BACKENDS))
         out = _section("output", d.get("output", {}), OutputSection)
         check_str("fit config", "output.model", out.model)
         for k in ("model", "errors", "parity"):
@@ -111,8 +129,46 @@ class FitConfig:
             check_str("fit config", f"output.{k}", v, allow_none=True)
             if v:
                 setattr(out, k, v if os.path.isabs(v) else os.path.join(base_dir, v))
+        for k in ("synthetic_dimers", "repulsion_restraint"):
+            v = d.get(k, False)
+            if not isinstance(v, (bool, dict)):
+                raise ValueError(f"fit config: '{k}' must be true, false or a mapping of arguments, got {v!r}")
         return cls(model=model, data=data, weights=weights, E0=d.get("E0"),
-                   prior=d.get("prior"), solver=d.get("solver"), assembly=asm, output=out)
+                   prior=d.get("prior"), solver=d.get("solver"), assembly=asm, output=out,
+                   synthetic_dimers=d.get("synthetic_dimers", False),
+                   repulsion_restraint=d.get("repulsion_restraint", False))
+
+    def fit_kwargs(self) -> Dict[str, Any]:
+        """The keyword arguments of ``torchace.fit`` this config stands for (the config mirrors ``fit``)."""
+        return dict(weights=self.weights, prior=self.build_prior(), solver=self.build_solver(), E0=self.E0,
+                    keys=DataKeys(**self.data.keys), skip_bad=self.data.skip_bad, streaming=self.assembly.streaming,
+                    batch_atoms=self.assembly.batch_atoms, device=self.assembly.device,
+                    synthetic_dimers=self.synthetic_dimers, repulsion_restraint=self.repulsion_restraint,
+                    backend=self.assembly.backend)
+
+    @classmethod
+    def keys_help(cls) -> str:
+        """Every config key with its default, from the dataclasses (``torchace fit --help``)."""
+        def default(f):
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                return f.default_factory()  # type: ignore[misc]
+            return "(required)"
+
+        lines = ["config keys (YAML/JSON; defaults in brackets; docs/fitting.md):"]
+        derived = {"elements": "(required)", "order": "(required)", "totaldegree": "(required)",
+                   "rcut": "2.5·max r0", "r0": "mean bond length of the pair", "E0": "0 per element"}
+        items = [f"{f.name} [{derived.get(f.name, default(f))}]" for f in dataclasses.fields(ACEConfig)]
+        lines.append("  model:      " + ", ".join(items[:7]))
+        lines.append("              " + ", ".join(items[7:]))
+        for sec, kls in (("data", DataSection), ("assembly", AssemblySection), ("output", OutputSection)):
+            lines.append(f"  {sec + ':':11s} " + ", ".join(f"{f.name} [{default(f)}]" for f in dataclasses.fields(kls)
+                                                         if f.name != "fused"))
+        for f in dataclasses.fields(cls):
+            if f.name not in ("model", "data", "assembly", "output"):
+                lines.append(f"  {f.name + ':':11s} [{default(f)}]" + TOP_LEVEL_HELP.get(f.name, ""))
+        return "\n".join(lines)
 
     @classmethod
     def load(cls, path: str) -> "FitConfig":
@@ -160,8 +216,6 @@ def _construct(module, what: str, spec: Dict[str, Any]):
 
 def _model_section(m: Any) -> Dict[str, Any]:
     """Validate the ``model`` section now (types, ranges, ACEConfig's own checks), before any data is read."""
-    from ..config import ACEConfig
-
     if not isinstance(m, dict):
         raise ValueError(f"fit config: 'model' must be a mapping of ACEConfig fields, got {m!r}")
     _check_keys("model", m, MODEL_KEYS)
@@ -216,5 +270,5 @@ def _resolve(p, base_dir: str):
     if isinstance(p, (list, tuple)):
         return [_resolve(x, base_dir) for x in p]
     if p.startswith(BUNDLED):
-        return str(resources.files("torchace").joinpath("data", p[len(BUNDLED):]))
+        return example_data(p[len(BUNDLED):])
     return p if os.path.isabs(p) else os.path.join(base_dir, p)

@@ -242,3 +242,14 @@ def isolated_atom_energies(ds: Dataset) -> Dict[str, float]:
                 raise DataError(f"{s.source}: second isolated_atom energy for {sym} differs ({s.energy} vs {e0[sym]})")
             e0[sym] = s.energy
     return e0
+
+
+def example_data(name: str) -> str:
+    """Path of a data file bundled with torchace (``torchace/data/``: e.g. ``"zuo2020/Si_train.xyz.gz"``, the
+    Zuo et al. 2020 Si set, BSD-3; ``"si_examples.xyz"``); the fit config's ``@bundled/NAME``."""
+    from importlib import resources
+
+    path = resources.files("torchace").joinpath("data", name)
+    if not path.is_file():
+        raise FileNotFoundError(f"no bundled data file {name!r} in torchace/data")
+    return str(path)

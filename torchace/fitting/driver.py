@@ -7,6 +7,7 @@ system) → solver → coefficients (referring to the model's own, possibly resc
 """
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -14,11 +15,14 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..model.backends import ROWS, select
 from .assembly import LinearSystem, assemble, assemble_reduced, fitting_structures
 from .data import Dataset, DataKeys, isolated_atom_energies, read_data
 from .weights import resolve_weights
 from .metrics import errors as error_table
 from .metrics import format_table
+
+log = logging.getLogger("torchace")
 
 
 @dataclass
@@ -130,7 +134,7 @@ def solve_system(system: LinearSystem, solver, *, gamma: Optional[torch.Tensor] 
 def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Optional[DataKeys] = None,
         skip_bad: bool = False, streaming: Optional[str] = None, batch_atoms: int = 2048, device=None,
         validation=None, progress: bool = False, compute_errors: bool = True, synthetic_dimers=False,
-        repulsion_restraint=False, fused: bool = False) -> FitResult:
+        repulsion_restraint=False, backend: str = "auto") -> FitResult:
     """Fit ``model`` in place to ``data`` (a path, list of paths, list of ``ase.Atoms`` or a ``Dataset``).
 
     ``weights``: ``{"default": {"E": 30, "F": 1, "V": 1}, "<config_type>": {...}}`` (ACEpotentials.jl
@@ -142,8 +146,8 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     ``synthetic_dimers`` / ``repulsion_restraint``: True or a dict of keyword arguments appends the dimers of
     ``torchace.fitting.repulsion.synthetic_dimers`` (Darby et al.) / ``restraint_data`` (ACEpotentials.jl's
     ``repulsion_restraint``) to the training data (not to the error tables; see docs/repulsion.md).
-    ``fused``: assemble the rows with the fused C++ CPU kernel (``torchace.fused``; same rows, ≈ 3-4×
-    faster; built on first use; not with a ZBL baseline).
+    ``backend``: of the design rows, "auto" (the fastest for the model and device: the fused C++ kernel on
+    CPU where it builds) or a name of ``torchace.backends``; ``result.info["backend"]`` records it.
     """
     from . import solvers as S
 
@@ -177,22 +181,24 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     if device is not None:
         model.to(device)  # assembly, solve and the fitted model live on one device
     dev = model.coefficients.device
+    backend = select(model, dev, backend, ROWS).name  # checked now, before the expensive work
+    log.info("fit: design rows with the %s backend on %s", backend, dev)
     timings = {"read": time.perf_counter() - t0}
 
     t0 = time.perf_counter()
     if streaming is None:
         system = assemble(model, train, weights, batch_atoms=batch_atoms, device=dev, progress=progress,
-                          fused=fused)
+                          backend=backend)
     else:
         if fit_e0:
             raise ValueError("E0='fit' needs the dense design matrix (streaming=None); give E0 or isolated atoms")
         system = assemble_reduced(model, train, weights, method=streaming, batch_atoms=batch_atoms, device=dev,
-                                  progress=progress, fused=fused)
+                                  progress=progress, backend=backend)
     timings["assemble"] = time.perf_counter() - t0
     val = None
     if validation is not None:
         vds = read_data(validation, keys=keys, elements=model.elements, skip_bad=skip_bad)
-        vsys = assemble(model, vds, weights, batch_atoms=batch_atoms, device=dev, fused=fused)
+        vsys = assemble(model, vds, weights, batch_atoms=batch_atoms, device=dev, backend=backend)
         val = (vsys.A, vsys.y)
 
     t0 = time.perf_counter()
@@ -211,6 +217,7 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     result = FitResult(hyperparameters=dict(res.hyperparameters), errors=errs, solver=type(solver).__name__,
                        prior=prior_info, E0=e0, n_structures=len(fitting_structures(ds)), n_obs=system.n_obs,
                        basis_size=model.basis_size, timings=timings, info=dict(res.info))
+    result.info["backend"] = backend
     if extra:
         result.info["augmentation"] = augmentation_report(model, extra)
     model.metadata = {"fit": {k: v for k, v in result.to_dict().items() if k != "info"}}

@@ -1,199 +1,44 @@
-"""Design-matrix rows of the linear ACE basis: energy, forces (-∂/∂x) and virials of every basis function.
+"""Design-matrix rows of the linear ACE basis: energy, forces (−∂/∂x) and virials (−∂/∂ε) of every basis
+function, through a named backend (``torchace.backends``: ``fused`` on CPU, ``analytic`` elsewhere by default).
 
-Because A_i = Σ_j φ(r_ij) is linear in the edges, ∂B_i/∂r_ij = (∂B/∂A)(A_i) · ∂φ(r_ij)/∂r_ij
-(ACE's "adjoint" structure, ACEpotentials.jl paper §II).  ∂φ/∂r comes from the analytic radials and
-harmonics (``EdgeEmbedding.dphi``), or, as the reference, from forward-mode AD of the edge embedding the
-energy uses (three directions vmapped; each edge depends only on its own vector).  For the product
-basis, dAA_k = Σ_t L_{k,t} dA_{a_{k,t}} with the leave-one-out products L_{k,t} = Π_{s≠t} A_{a_{k,s}}, so
-the site Jacobian J_i = ∂B/∂A = C·∂AA/∂A is assembled once per atom from L and the sparse coupling, and
-G_e = J_i·∂φ_e is a dense batched matrix product per chunk of atoms (BLAS, edges padded per atom), never
-one backward pass per basis function.  Finally F_i += Σ_{slots of i} G_e, F_j -= G_e and
-W = -½ Σ_e (r_e ⊗ G_e + G_e ⊗ r_e) (one bmm over the slots of each atom), in Voigt order xx, yy, zz, yz,
-xz, xy.
+The algebra (ACEpotentials.jl paper §II; the adjoint structure ∂B_i/∂r_ij = (∂B/∂A)(A_i)·∂φ(r_ij)/∂r_ij) is
+written in ``torchace.model.backends.torch_rows`` (torch ops) and ``csrc/ace_cpu.cpp`` (the fused kernel).
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional
 
 import torch
-from torch.func import jvp, vmap
 
 from .. import keys as K
-from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
+from ..model.backends import AUTO, ROWS, select
 from ..model.evaluate import model_device_dtype
+from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 
-_VOIGT_A = [a for a, _ in K.VOIGT]
-_VOIGT_B = [b for _, b in K.VOIGT]
-
-
-def _edge_jacobian(fn, vectors: torch.Tensor):
-    """(fn(vectors), d fn / d vectors[:, α] for α = x, y, z) for an edge-local fn: [E, F], [E, 3, F].
-
-    Each edge's output depends on its own vector only, so the JVP with tangent e_α on every edge gives
-    all per-edge derivatives along α at once; the three directions are vmapped into one pass.
-    """
-    tangents = torch.eye(3, dtype=vectors.dtype, device=vectors.device).unsqueeze(1).expand(3, vectors.shape[0], 3)
-    val, d = vmap(lambda t: jvp(fn, (vectors,), (t,)))(tangents)  # [3, E, F] each; the primal is the same 3×
-    return val[0], d.transpose(0, 1)
+log = logging.getLogger("torchace")
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
 
-def _chunk_size(n_per_row: int, budget_bytes: int, itemsize: int) -> int:
-    return max(1, budget_bytes // max(1, n_per_row * itemsize))
-
-
-def _edge_virial(vectors: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """Per-edge Voigt virial -½ (r_a G_b + r_b G_a): G [E, 3, F] → [E, 6, F]."""
-    ra, rb = vectors[:, _VOIGT_A], vectors[:, _VOIGT_B]  # [E, 6]
-    return -0.5 * (ra.unsqueeze(-1) * G[:, _VOIGT_B] + rb.unsqueeze(-1) * G[:, _VOIGT_A])
-
-
-def _scatter_edges(G: torch.Tensor, vectors: torch.Tensor, i: torch.Tensor, j: torch.Tensor, sid: torch.Tensor,
-                   block: torch.Tensor, n_blocks: int, forces: torch.Tensor, virial: torch.Tensor) -> None:
-    """Add per-edge derivatives G [E, 3, F] (∂/∂r_e of the centre's functions) into block-major
-    force rows [N·n_blocks, 3, F] (+ at the centre, - at the neighbour) and virial rows [S·n_blocks, 6, F]."""
-    forces.index_add_(0, i * n_blocks + block, G)
-    forces.index_add_(0, j * n_blocks + block, -G)
-    virial.index_add_(0, sid * n_blocks + block, _edge_virial(vectors, G))
-
-
-def _columns(x: torch.Tensor, n_rows: int, n_blocks: int) -> torch.Tensor:
-    """Block-major [n_rows·n_blocks, C, F] → [n_rows, C, n_blocks·F] (block b in columns b·F … (b+1)·F - 1)."""
-    c, f = x.shape[1], x.shape[2]
-    return x.view(n_rows, n_blocks, c, f).permute(0, 2, 1, 3).reshape(n_rows, c, n_blocks * f)
-
-
-def _jacobian_pattern(model):
-    """Static index arrays for J[i, a, b] = ∂B_b/∂A_a.
-
-    ∂B_b/∂A_a = Σ_{(b,k)∈C} C_bk Σ_t L_{k,t} δ(a, idx[k,t]), with L the leave-one-out products.
-    Returns (flat target a·n_b + b, flat source t·n_AA + k, coupling value).
-    """
-    idx, n_a, n_aa = model.product.idx, model.product.n_a, model.product.n_aa
-    rows, cols, vals = model.coupling.rows, model.coupling.cols, model.coupling.vals
-    tgt, src, val = [], [], []
-    for t in range(idx.shape[1]):
-        a = idx[cols, t]
-        m = a < n_a  # padded positions (lower orders) contribute nothing
-        tgt.append(a[m] * model.n_b + rows[m])
-        src.append(t * n_aa + cols[m])
-        val.append(vals[m])
-    return torch.cat(tgt), torch.cat(src), torch.cat(val)
-
-
-def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 * 2**20,
-               analytic: bool = True, fused: bool = False) -> Dict[str, torch.Tensor]:
-    """Rows for a collated batch (see ``design_matrix_rows``).
-
-    ``fused``: compute them with the fused C++ CPU kernel (``torchace.model.backends.fused.design_rows``: same values,
-    ≈ 3-4× faster on CPU; built on first use).
-
-    ``analytic``: ∂φ/∂r from the analytic radials and harmonics (``EdgeEmbedding.dphi``); False: from
-    forward-mode AD of the reference embedding (the slower reference the analytic path is tested against).
-
-    Per atom i the Jacobian J_i = ∂B/∂A (over the A-columns in use) is assembled from the leave-one-out
-    products; the per-edge derivatives G_e = J_i · ∂φ_e/∂r_e are then one batched matrix product per
-    chunk of atoms (edges padded to the largest neighbour count in the chunk).
-    """
-    if fused:
-        from ..model.backends.fused import design_rows
-
-        return design_rows(model, batch)
-    species, bidx, ei = batch[K.SPECIES], batch[K.BATCH], batch[K.EDGE_INDEX]
-    n_atoms, n_s = species.shape[0], int(batch[K.N_ATOMS].shape[0])
-    nz, nb, npair = model.nz, model.n_b, model.n_pair
-    dtype, dev = batch[K.POSITIONS].dtype, species.device
-    zeros = lambda *shape: torch.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
-    with torch.no_grad():
-        # edges grouped by centre (stable), so each atom's edges are contiguous
-        order = torch.argsort(ei[0], stable=True)
-        i, j = ei[0][order], ei[1][order]
-        sid = bidx[i]
-        vectors = model.edge_vectors(batch[K.POSITIONS], torch.stack([i, j]), batch[K.UNIT_SHIFTS][order],
-                                     batch[K.CELL], bidx)
-        zi, zj = species[i], species[j]
-        A = model.atomic_basis(vectors, species, torch.stack([i, j]))
-        B = model.site_basis(A)  # [N, nb]
-        e_mb = zeros(n_s * nz, 1, nb).index_add_(0, bidx * nz + species, B.unsqueeze(1))
-
-        tgt, src, val = _jacobian_pattern(model)
-        n_used = model.embedding.n_a
-        deg = torch.bincount(i, minlength=n_atoms)
-        start = torch.cumsum(deg, 0) - deg
-        slot = torch.arange(i.numel(), device=dev) - start[i]
-        f_mb, v_mb = zeros((n_atoms + 1) * nz, 3, nb), zeros(n_s * nz, 6, nb)  # + a spare atom for padding
-        max_deg = int(deg.max()) if n_atoms else 0
-        per_atom = (model.product.idx.shape[1] * model.product.n_aa + n_used * nb
-                    + 3 * max(max_deg, 1) * (2 * n_used + 2 * nb))
-        step = _chunk_size(per_atom, memory_budget, B.element_size())
-        for a0 in range(0, n_atoms, step):
-            a1 = min(a0 + step, n_atoms)
-            e0, e1 = int(start[a0]), int(start[a1 - 1] + deg[a1 - 1])
-            if e1 == e0:
-                continue
-            na, sl = a1 - a0, slice(e0, e1)
-            loo = model.product.leave_one_out(A[a0:a1]).reshape(na, -1)  # [na, ν·n_AA]
-            J = zeros(na, n_used * nb).index_add_(1, tgt, loo.index_select(1, src) * val).view(na, n_used, nb)
-            if analytic:
-                _, saved = model.embedding.with_grad(vectors[sl], zi[sl], zj[sl])
-                dphi = model.embedding.dphi(saved).permute(2, 0, 1)  # [ne, 3, n_used]
-            else:
-                _, dphi = _edge_jacobian(lambda v: model.embedding(v, zi[sl], zj[sl]), vectors[sl])
-            md = int(deg[a0:a1].max())
-            il, sk = i[sl] - a0, slot[sl]
-            D = zeros(na, md, 3, n_used)
-            D[il, sk] = dphi
-            # G stays padded [na, md, 3, nb] (zero in empty slots): centre forces and the virial are then
-            # reductions over slots (a sum and one bmm per atom), never [E, 6, nb] per-edge temporaries
-            G = torch.bmm(D.view(na, md * 3, n_used), J).view(na, md, 3, nb)
-            atoms = torch.arange(a0, a1, device=dev)
-            blk_i = atoms * nz + species[a0:a1]
-            f_mb.index_add_(0, blk_i, G.sum(1))  # +∂/∂r_e at the centre
-            jpad = torch.full((na, md), n_atoms, dtype=torch.long, device=dev)  # empty slots → a spare row
-            jpad[il, sk] = j[sl]
-            f_mb.index_add_(0, (jpad * nz + species[a0:a1].unsqueeze(1)).view(-1), G.view(na * md, 3, nb), alpha=-1)
-            rpad = zeros(na, md, 3)
-            rpad[il, sk] = vectors[sl]
-            W = torch.bmm(rpad.transpose(1, 2), G.view(na, md, 3 * nb)).view(na, 3, 3, nb)  # Σ_e r_a G_b
-            Wv = -0.5 * (W[:, _VOIGT_A, _VOIGT_B] + W[:, _VOIGT_B, _VOIGT_A])  # [na, 6, nb]
-            v_mb.index_add_(0, bidx[a0:a1] * nz + species[a0:a1], Wv)
-        energy = [_columns(e_mb, n_s, nz)]
-        forces = [_columns(f_mb[: n_atoms * nz], n_atoms, nz)]
-        virial = [_columns(v_mb, n_s, nz)]
-
-        if npair > 0:  # pair blocks per ordered (centre, neighbour) element pair
-            if analytic:
-                r = torch.linalg.norm(vectors, dim=-1)
-                V, dV = model.pair.with_grad(r, zi, zj)  # [n_pair, E]
-                V = V.t()
-                dV = (vectors / r.unsqueeze(-1)).unsqueeze(-1) * dV.t().unsqueeze(1)  # [E, 3, n_pair]
-            else:
-                V, dV = _edge_jacobian(lambda v: model.pair(torch.linalg.norm(v, dim=-1), zi, zj), vectors)
-            blk = zi * nz + zj
-            e_p = zeros(n_s * nz * nz, 1, npair).index_add_(0, sid * nz * nz + blk, V.unsqueeze(1))
-            f_p, v_p = zeros(n_atoms * nz * nz, 3, npair), zeros(n_s * nz * nz, 6, npair)
-            _scatter_edges(dV, vectors, i, j, sid, blk, nz * nz, f_p, v_p)
-            energy.append(_columns(e_p, n_s, nz * nz))
-            forces.append(_columns(f_p, n_atoms, nz * nz))
-            virial.append(_columns(v_p, n_s, nz * nz))
-    return {
-        K.ENERGY: torch.cat(energy, dim=-1).squeeze(1),
-        K.FORCES: torch.cat(forces, dim=-1).reshape(3 * n_atoms, -1),
-        K.VIRIAL: torch.cat(virial, dim=-1),
-    }
+def batch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = DEFAULT_MEMORY_BUDGET,
+               backend: str = AUTO) -> Dict[str, torch.Tensor]:
+    """Rows for a collated batch (see ``design_matrix_rows``); ``backend``: "auto" or a backend name."""
+    b = select(model, batch[K.POSITIONS].device, backend, ROWS)
+    return b.rows(model, batch, memory_budget)
 
 
 def design_matrix_rows(model, structures, *, min_distance: float = DEFAULT_MIN_DISTANCE,
-                       memory_budget: int = 256 * 2**20, device: Optional[torch.device] = None,
-                       fused: bool = False) -> Dict[str, torch.Tensor]:
+                       memory_budget: int = DEFAULT_MEMORY_BUDGET, device: Optional[torch.device] = None,
+                       backend: str = AUTO) -> Dict[str, torch.Tensor]:
     """Rows of the linear least-squares system for ``structures`` (``ase.Atoms`` or a list).
 
     ``energy`` [S, K]: Σ_i of every basis function; ``forces`` [3·ΣN, K] (structure-major, then atom,
     then x, y, z) = -∂/∂x of the energy rows; ``virial`` [S, 6, K] (Voigt xx, yy, zz, yz, xz, xy) =
     -∂/∂ε.  ``rows['energy'] @ model.coefficients + Σ E0`` is the model energy (E0 is not a column; a
-    ZBL baseline, if the model has one, is added on top and has no columns either).  ``fused``: use the
-    fused C++ CPU kernel (``torchace.fused``).
+    ZBL baseline, if the model has one, is added on top and has no columns either).  ``backend``: "auto"
+    (the fastest that supports the model and device: ``torchace.backends.select``) or a backend name.
     """
     dev, dtype = model_device_dtype(model)
     batch = collate(structures, model.config.numbers, model.rcut, dtype=dtype, device=device or dev,
                     min_distance=min_distance)
-    return batch_rows(model, batch, memory_budget, fused=fused)
+    return batch_rows(model, batch, memory_budget, backend)

@@ -1,6 +1,7 @@
 """Observation weights per config_type (ACEpotentials.jl defaults E 30, F 1, V 1) and the one row-weighting rule."""
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Tuple
 
 
@@ -27,3 +28,11 @@ def resolve_weights(weights: Optional[Dict[str, Dict[str, float]]]) -> Dict[str,
 def weights_for(weights: Dict[str, Dict[str, float]], config_type: str) -> Tuple[float, float, float]:
     w = weights.get(config_type, weights["default"])
     return w["E"], w["F"], w["V"]
+
+
+def row_weights(weights: Dict[str, Dict[str, float]], config_type: str, n_atoms: int) -> Tuple[float, float, float]:
+    """The one row-weighting rule (ACEpotentials.jl's ``ACEfit.assemble``): (w_E/√N, w_F, w_V/√N) for the
+    energy row, each of the 3N force rows and each of the 6 Voigt virial rows of a structure of N atoms."""
+    wE, wF, wV = weights_for(weights, config_type)
+    sq = math.sqrt(n_atoms)
+    return wE / sq, wF, wV / sq

@@ -183,7 +183,7 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
     """A metatomic ``AtomisticModel`` wrapping a copy of ``model`` (eval mode, ``dtype`` default: the
     model's).  ``devices``: supported devices in order of preference (default: cuda if available here,
     then cpu).  ``metadata``: JSON-serialisable user entries, stored as ``ModelMetadata.extra["user"]``."""
-    from .. import __version__
+    from ..keys import VERSION as __version__
     from .torchscript import export_metadata
 
     m = copy.deepcopy(model).eval()

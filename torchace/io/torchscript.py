@@ -55,7 +55,7 @@ FORWARD_SIGNATURE = {
 
 def export_metadata(model) -> Dict[str, Any]:
     """The JSON metadata stored in an export (plain types only)."""
-    from .. import __version__
+    from ..keys import VERSION as __version__
     from .model_file import UNITS
 
     comm = getattr(model, "committee", None)

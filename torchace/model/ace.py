@@ -10,13 +10,13 @@ centre element (elements in model order), then pair blocks of ``n_pair`` per ord
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import keys as K
 from ..basis.embedding import EdgeEmbedding, pool
 from ..basis.product import ProductBasis
 from ..basis.coupling import SymmetricCoupling
@@ -26,10 +26,12 @@ from ..basis.purification import purify_coupling
 from ..basis.radial import ManyBodyRadials, PairBasis
 from .zbl import ZBL
 from ..basis.spec import ProductSpec, pair_degree, product_spec
-from .strain import strained_geometry
+from ..structures.geometry import edge_vectors
+from .state import ModelState
+from .strain import autograd_outputs, edge_gradient_outputs, strained_geometry
 
 
-class ACEModel(nn.Module):
+class ACEModel(ModelState, nn.Module):
     __jit_unused_properties__ = ["elements"]
     __jit_ignored_attributes__ = ["config", "spec", "nl_of_b", "prior_info", "metadata", "purification"]
 
@@ -73,7 +75,8 @@ class ACEModel(nn.Module):
         self.register_buffer("committee", None)
         self.prior_info = None  # JSON description of the prior the basis was rescaled/fitted with
         self.metadata = {}      # fit information carried into the model file
-        # eval mode: forces/virials from hand-written adjoints (``_predict_analytic``); False: autograd only
+        # ``forward`` in eval mode without a graph: hand-written adjoints (``analytic_forward``); False: always
+        # the autograd definition (``reference_forward``).  The backends call either one explicitly.
         self.analytic = True
         # the analytic path handles at most this many edges at once (centre atoms in chunks): bounds the
         # per-edge temporaries (~(3·n_a + 2·max_n + n_y)·8 bytes per edge) for very large systems
@@ -95,11 +98,11 @@ class ACEModel(nn.Module):
     def elements(self):
         return list(self.config.elements)
 
-    def save(self, path: str, metadata=None) -> None:
-        """Write the model as one JSON file (docs/model_file.md); atomic, loads without executing code."""
-        from ..io.model_file import save
-
-        save(self, path, metadata)
+    def reference_energy(self, numbers) -> float:
+        """Σ_i E0(Z_i) for atomic numbers ``numbers``: the isolated-atom reference (E0's one home is the
+        ``E0`` buffer; the model file records it from there)."""
+        e0 = dict(zip(self.config.numbers, self.E0.tolist()))
+        return float(sum(e0[int(z)] for z in numbers))
 
     # ---- basis rescaling (priors act here so that fitting and gradient training share one code path) ----
 
@@ -124,9 +127,7 @@ class ACEModel(nn.Module):
 
     def edge_vectors(self, positions: torch.Tensor, edge_index: torch.Tensor, unit_shifts: torch.Tensor,
                      cell: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        i, j = edge_index[0], edge_index[1]
-        shifts = torch.einsum("ea,eab->eb", unit_shifts, cell[batch[i]])
-        return positions[j] - positions[i] + shifts
+        return edge_vectors(positions, edge_index, unit_shifts, cell, batch)
 
     def atomic_basis(self, vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """A [N, n_a]."""
@@ -170,46 +171,45 @@ class ACEModel(nn.Module):
     def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
                 edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
                 compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
-        return self._predict(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                             compute_forces, compute_virials, False)
+        """Energies, site energies, forces and virials (the TorchScript export's entry point).
+
+        The rule, not a heuristic: in eval mode, when no graph through the outputs can be needed (positions
+        and cell do not require grad), the hand-adjoint ``analytic_forward``; otherwise (training, or
+        derivatives of forces wanted) the autograd definition ``reference_forward``.  ``torchace.backends``
+        names and selects these and the fused kernel explicitly."""
+        if self.analytic and not self.training and not positions.requires_grad and not cell.requires_grad:
+            return self.analytic_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                                         compute_forces, compute_virials)
+        return self.reference_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                                      compute_forces, compute_virials)
+
+    def reference_forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                          edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
+                          compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
+        """The readable definition: E from ``node_energies``, F = −∂E/∂x and W = −∂E/∂ε by autograd (in
+        training mode with ``create_graph``, so force losses are differentiable in the coefficients)."""
+        return self._autograd(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                              compute_forces, compute_virials, False)
 
     def baseline(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
                  edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor,
                  n_structures: int) -> Dict[str, torch.Tensor]:
         """Energy, forces and virial of the baseline alone (no E0, no basis); zeros without a baseline."""
-        return self._predict(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                             True, True, True)
+        return self._autograd(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                              True, True, True)
 
-    def _predict(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                 edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                 compute_forces: bool, compute_virials: bool, baseline_only: bool) -> Dict[str, torch.Tensor]:
-        if (self.analytic and not self.training and not baseline_only and not positions.requires_grad
-                and not cell.requires_grad):
-            return self._predict_analytic(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                                          compute_forces, compute_virials)
+    def _autograd(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                  edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
+                  compute_forces: bool, compute_virials: bool, baseline_only: bool) -> Dict[str, torch.Tensor]:
         positions, strain, pos, cel = strained_geometry(positions, cell, batch, n_structures, compute_forces,
                                                         compute_virials)
-        vectors = self.edge_vectors(pos, edge_index, unit_shifts, cel, batch)
+        vectors = edge_vectors(pos, edge_index, unit_shifts, cel, batch)
         if baseline_only:
             e_node = self.baseline_node_energies(vectors, species, edge_index)
         else:
             e_node = self.node_energies(vectors, species, edge_index)
         energy = torch.zeros(n_structures, dtype=e_node.dtype, device=e_node.device).index_add_(0, batch, e_node)
-        out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: e_node}
-        if compute_forces or compute_virials:
-            inputs = [positions] if compute_forces else []
-            if compute_virials:
-                inputs.append(strain)
-            grads = torch.autograd.grad([energy.sum()], inputs, create_graph=self.training, allow_unused=True)
-            k = 0
-            if compute_forces:
-                g = grads[0]
-                out[K.FORCES] = -g if g is not None else torch.zeros_like(positions)
-                k = 1
-            if compute_virials:
-                g = grads[k]
-                out[K.VIRIAL] = -g if g is not None else torch.zeros_like(strain)
-        return out
+        return autograd_outputs(energy, e_node, positions, strain, compute_forces, compute_virials, self.training)
 
     def compiled_forward(self, **compile_kwargs):
         """``forward`` (eval mode) with the analytic path compiled by ``torch.compile`` (inductor: fused
@@ -233,8 +233,8 @@ class ACEModel(nn.Module):
             positions, cell = positions.detach(), cell.detach()
             vectors, ei = self._analytic_edges(positions, edge_index, unit_shifts, cell, batch)
             if vectors.shape[0] > self.edge_chunk:  # memory-bounded chunks: the eager path
-                return self._predict_analytic(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                                              compute_forces, compute_virials)
+                return self.analytic_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                                             compute_forces, compute_virials)
             i, j = ei[0], ei[1]
             args = (vectors, i, species[i], species[j], species, compute_forces or compute_virials)
             try:
@@ -248,14 +248,14 @@ class ACEModel(nn.Module):
                               "using the eager analytic path", RuntimeWarning, stacklevel=2)
                 state["site"] = self._site_terms
                 e, g = self._site_terms(*args)
-            return self._analytic_outputs(e, g, vectors, ei, positions, batch, n_structures, compute_forces,
+            return edge_gradient_outputs(e, g, vectors, ei, positions, batch, n_structures, compute_forces,
                                           compute_virials)
 
         return forward
 
-    def _predict_analytic(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                          edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                          compute_forces: bool, compute_virials: bool) -> Dict[str, torch.Tensor]:
+    def analytic_forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                         edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
+                         compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
         """Energy, forces and virial with hand-written adjoints (eval mode; forces not differentiable).
 
         The same quantities as the autograd path: ∂E/∂r_e = Σ_a (∂E/∂A_{i,a}) ∂φ_a(r_e)/∂r_e with
@@ -285,36 +285,19 @@ class ACEModel(nn.Module):
                 e_parts.append(e_c)
                 g_vec.index_copy_(1, sel, g_c)
             e = torch.cat(e_parts)
-        return self._analytic_outputs(e, g_vec, vectors, edge_index, positions, batch, n_structures, compute_forces,
+        return edge_gradient_outputs(e, g_vec, vectors, edge_index, positions, batch, n_structures, compute_forces,
                                       compute_virials)
 
     def _analytic_edges(self, positions: torch.Tensor, edge_index: torch.Tensor, unit_shifts: torch.Tensor,
                         cell: torch.Tensor, batch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Edge vectors and indices, without the pairs beyond rcut (skin lists: they contribute exactly zero)."""
-        vectors = self.edge_vectors(positions, edge_index, unit_shifts, cell, batch)
+        vectors = edge_vectors(positions, edge_index, unit_shifts, cell, batch)
         inside = (vectors * vectors).sum(-1) < self.rcut * self.rcut
         if not bool(inside.all()):
             keep = torch.nonzero(inside).squeeze(1)
             vectors = vectors.index_select(0, keep)
             edge_index = edge_index.index_select(1, keep)
         return vectors, edge_index
-
-    def _analytic_outputs(self, e: torch.Tensor, g_vec: torch.Tensor, vectors: torch.Tensor, edge_index: torch.Tensor,
-                          positions: torch.Tensor, batch: torch.Tensor, n_structures: int, compute_forces: bool,
-                          compute_virials: bool) -> Dict[str, torch.Tensor]:
-        """Structure energies, forces and virials from site energies and per-edge ∂E/∂r_e [3, E]."""
-        i, j = edge_index[0], edge_index[1]
-        energy = torch.zeros(n_structures, dtype=e.dtype, device=e.device).index_add_(0, batch, e)
-        out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: e}
-        g = g_vec.t().contiguous()  # [E, 3]
-        if compute_forces:
-            f = torch.zeros_like(positions).index_add_(0, i, g)
-            out[K.FORCES] = f.index_add_(0, j, -g)
-        if compute_virials:
-            w = vectors.unsqueeze(2) * g.unsqueeze(1)
-            w = -0.5 * (w + w.transpose(1, 2))
-            out[K.VIRIAL] = torch.zeros((n_structures, 3, 3), dtype=w.dtype, device=w.device).index_add_(0, batch[i], w)
-        return out
 
     def _site_terms(self, vectors: torch.Tensor, i: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor,
                     species: torch.Tensor, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -340,13 +323,24 @@ class ACEModel(nn.Module):
             if need_grad:
                 with torch.no_grad():
                     g_vec = g_vec + saved[0] * (dV * c_pair.t()).sum(0)
-        zbl = self.zbl
-        if zbl is not None and vectors.shape[0] > 0:
-            with torch.no_grad():
-                ez, dz = zbl.with_grad(r, zi, zj)
-                g_vec = g_vec + saved[0] * (0.5 * dz)
-            e = e + pool(0.5 * ez, i, n_atoms)
+        if self.zbl is not None and vectors.shape[0] > 0:
+            ez, gz = self.baseline_site_terms(r, saved[0], i, zi, zj, n_atoms)
+            e = e + ez
+            g_vec = g_vec + gz
         return e, g_vec
+
+    def baseline_site_terms(self, r: torch.Tensor, u: torch.Tensor, i: torch.Tensor, zi: torch.Tensor,
+                            zj: torch.Tensor, n_atoms: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Site energies ½ Σ_j E_ZBL(r_ij) and per-edge ∂/∂r_e [3, E] of the ZBL baseline (``r`` = |r_e|,
+        ``u`` [3, E] = r̂_e); used by the analytic path and by backends that compute the basis elsewhere."""
+        zbl = self.zbl
+        if zbl is None:
+            return (torch.zeros(n_atoms, dtype=r.dtype, device=r.device),
+                    torch.zeros((3, r.shape[0]), dtype=r.dtype, device=r.device))
+        with torch.no_grad():
+            ez, dz = zbl.with_grad(r, zi, zj)
+            g = u * (0.5 * dz)
+        return pool(0.5 * ez, i, n_atoms), g
 
     def extra_repr(self) -> str:
         c = self.config
@@ -355,17 +349,20 @@ class ACEModel(nn.Module):
                 f"n_pair={self.n_pair} per pair)" + (", ZBL baseline" if c.zbl else ""))
 
 
-def ace_model(elements, order: int, totaldegree, *, wL: float = 1.5, rcut: Optional[float] = None, r0=None,
-              E0=None, pair: bool = True, zbl: bool = False, zbl_inner: Optional[float] = None,
-              zbl_outer: Optional[float] = None, pure2b: bool = False, pure: bool = False,
-              dtype: torch.dtype = torch.float64) -> ACEModel:
+def ace_model(elements, order: int, totaldegree, *, dtype: torch.dtype = torch.float64, **options) -> ACEModel:
     """Build a linear ACE model with ACEpotentials.jl v0.10 ``ace1_model`` conventions (see docs/conventions.md).
 
-    ``zbl=True`` adds the ZBL baseline switched off between ``zbl_inner`` and ``zbl_outer`` (Å; defaults
-    r0/2 and r0 of each pair), see docs/repulsion.md.  ``pure2b=True`` removes the one-neighbour (two-body)
-    self-interaction from every function of correlation order >= 2; ``pure=True`` gives the canonical
-    (self-interaction-free) cluster expansion, see docs/purification.md."""
-    cfg = ACEConfig.build(elements, order, totaldegree, wL=wL, rcut=rcut, r0=r0, E0=E0, pair=pair, zbl=zbl,
-                          zbl_inner=zbl_inner, zbl_outer=zbl_outer, pure2b=pure2b, pure=pure)
+    ``options`` are the other ``ACEConfig`` fields (the one list of model fields; the fit config's ``model:``
+    section and the model file's ``config`` are the same), validated like the config files:
+    ``wL`` (1.5), ``rcut`` (2.5·max r0), ``r0`` (mean bond length per pair), ``E0`` (per element, 0), ``pair``
+    (True), ``zbl`` (False; the ZBL baseline switched off between ``zbl_inner`` and ``zbl_outer``, Å; defaults
+    r0/2 and r0 of each pair, docs/repulsion.md), ``pure2b`` (False: removes the one-neighbour self-interaction
+    from every function of correlation order >= 2), ``pure`` (False: the canonical, self-interaction-free
+    cluster expansion, docs/purification.md)."""
+    fields = [f.name for f in dataclasses.fields(ACEConfig)][3:]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise TypeError(f"ace_model: unknown option(s) {unknown}; the model fields are {fields} (and dtype)")
+    cfg = ACEConfig.build(elements, order, totaldegree, **options)
     # inference mode by default; .train() makes forces differentiable (create_graph) for force losses
     return ACEModel(cfg, dtype=dtype).eval()

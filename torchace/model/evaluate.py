@@ -11,6 +11,7 @@ import torch
 
 from .. import keys as K
 from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
+from .backends import AUTO, EVALUATE, select
 
 
 def model_inputs(model, batch: Dict[str, torch.Tensor]):
@@ -32,17 +33,26 @@ def stress_from_virial(virial: torch.Tensor, cell: torch.Tensor, pbc: torch.Tens
 
 
 def evaluate(model, structures, *, forces: bool = True, virials: bool = True,
-             min_distance: float = DEFAULT_MIN_DISTANCE, module: Optional[torch.nn.Module] = None) -> Dict[str, torch.Tensor]:
+             min_distance: float = DEFAULT_MIN_DISTANCE, module: Optional[torch.nn.Module] = None,
+             backend: str = AUTO) -> Dict[str, torch.Tensor]:
     """Evaluate ``model`` on one ``ase.Atoms`` or a list of them, in one batched call.
 
     Returns ``energy`` [S], ``node_energy`` [ΣN], ``forces`` [ΣN, 3] (structure-major), ``virial``
     [S, 3, 3], ``stress`` [S, 3, 3] and ``n_atoms`` [S], all detached.  ``module`` may be a scripted
     or exported copy of ``model`` (it is called instead; ``model`` supplies elements and rcut).
+    ``backend``: "auto" (the fastest that supports the model and device, ``torchace.backends.select``; a
+    model in training mode gets ``reference``, whose forces are differentiable) or a backend name.
     """
     device, dtype = model_device_dtype(model)
     batch = collate(structures, model.config.numbers, model.rcut, dtype=dtype, device=device,
                     min_distance=min_distance)
-    fn = model if module is None else module
+    return evaluate_batch(model, batch, forces=forces, virials=virials, module=module, backend=backend)
+
+
+def evaluate_batch(model, batch: Dict[str, torch.Tensor], *, forces: bool = True, virials: bool = True,
+                   module: Optional[torch.nn.Module] = None, backend: str = AUTO) -> Dict[str, torch.Tensor]:
+    """``evaluate`` on an already collated batch (``torchace.structures.collate``)."""
+    fn = module if module is not None else select(model, batch[K.POSITIONS].device, backend, EVALUATE).evaluator(model)
     out = fn(*model_inputs(model, batch), forces, virials)
     res = {k: v.detach() for k, v in out.items()}
     res[K.N_ATOMS] = batch[K.N_ATOMS]

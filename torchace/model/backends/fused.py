@@ -11,13 +11,18 @@ build is for this machine; ``TORCHACE_FUSED_CFLAGS`` overrides them, e.g. when t
 shared between different CPUs).
 
 ``FusedEvaluator(model)`` has the call signature of ``ACEModel.forward`` in eval mode and returns the same
-dictionary; ``design_rows(model, batch)`` returns what ``rows.batch_rows`` does.  Both are tested against
-the reference paths (``tests/test_fused.py``).  Not differentiable (inference and rows only), CPU only, no
-ZBL baseline (``supported`` says why not).
+dictionary (plus ``CLOSEST_PAIR``); ``FusedEvaluator(model, committee=True)`` also returns
+``COMMITTEE_ENERGY``, the structure energies of every member of ``model.committee`` ([n_members,
+n_structures], E0 included), from the same pass (the model is linear in its coefficients: one extra dot per
+atom and member; forces and virials stay those of ``model.coefficients``).  ``design_rows(model, batch)``
+returns what ``rows.batch_rows`` does.  Both are tested against the reference paths (``tests/test_fused.py``,
+``tests/test_fused_committee.py``).  Not differentiable (inference and rows only), CPU only, no ZBL baseline
+(``supported`` says why not).
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Dict, Optional
 
@@ -26,11 +31,16 @@ from torch import nn
 
 from ... import keys as K
 from ...basis.radial import agnesi_a
+from .torch_rows import jacobian_pattern
 
 # extra output: [distance (Å), edge index] of the closest pair in the list (-1 without edges), so that
 # callers can reject atoms on top of each other without another pass over the edges
 CLOSEST_PAIR = "closest_pair"
+# extra output of FusedEvaluator(model, committee=True): [n_members, n_structures] energies of the members of
+# model.committee (absent when the model has no committee)
+COMMITTEE_ENERGY = "committee_energy"
 
+EXTENSION_NAME = "torchace_ace_cpu"
 _LOCK = threading.Lock()
 _EXT = None
 _ERROR: Optional[str] = None
@@ -38,6 +48,17 @@ _ERROR: Optional[str] = None
 
 def _source() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "ace_cpu.cpp")
+
+
+def _is_built() -> bool:
+    """Whether a compiled extension is already in torch's extension cache (then loading takes a second)."""
+    try:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+        return os.path.exists(os.path.join(root, EXTENSION_NAME, EXTENSION_NAME + ".so"))
+    except Exception:  # noqa: BLE001 — only decides whether to print a message
+        return False
 
 
 def load_extension(verbose: bool = False):
@@ -52,13 +73,21 @@ def load_extension(verbose: bool = False):
             from torch.utils.cpp_extension import load
 
             flags = os.environ.get("TORCHACE_FUSED_CFLAGS", "-O3 -march=native").split()
+            if not verbose and not _is_built():
+                print("torchace: building the fused C++ CPU kernel (first use on this machine, about a minute; "
+                      "cached afterwards)...", file=sys.stderr, flush=True)
             # OpenMP: ATen's inline parallel_for only runs in parallel in translation units built with it
-            _EXT = load(name="torchace_ace_cpu", sources=[_source()], extra_cflags=flags + ["-fopenmp"],
+            _EXT = load(name=EXTENSION_NAME, sources=[_source()], extra_cflags=flags + ["-fopenmp"],
                         extra_ldflags=["-fopenmp"], verbose=verbose)
         except Exception as exc:  # no compiler / ninja / headers: the Python paths remain
             _ERROR = f"torchace's fused C++ kernel could not be built ({type(exc).__name__}: {exc})"
             raise RuntimeError(_ERROR) from exc
         return _EXT
+
+
+def build_error() -> Optional[str]:
+    """Why the extension could not be built (None: built, or not tried yet)."""
+    return _ERROR
 
 
 def available() -> bool:
@@ -70,9 +99,11 @@ def available() -> bool:
         return False
 
 
-def supported(model) -> Optional[str]:
-    """None if ``model`` can run on the fused kernel, else the reason."""
-    if model.zbl is not None:
+def supported(model, with_baseline: bool = True) -> Optional[str]:
+    """None if ``model`` can run on the fused kernel, else the reason.  ``with_baseline=False``: whether the
+    kernel can compute everything except the coefficient-free ZBL baseline (which the ``fused`` backend adds
+    with the torch pair formula, and which design rows do not contain)."""
+    if with_baseline and model.zbl is not None:
         return "the ZBL baseline is not in the fused kernel"
     mb, pr = model.embedding.radials.transform, model.pair.transform
     for name, t in (("many-body", mb), ("pair", pr)):
@@ -134,8 +165,8 @@ def basis_args(model, dtype: torch.dtype) -> tuple:
                 int(model.n_pair))
 
 
-def _check_model(model, who: str) -> None:
-    why = supported(model)
+def _check_model(model, who: str, with_baseline: bool = True) -> None:
+    why = supported(model, with_baseline)
     if why is not None:
         raise ValueError(f"{who}: {why}; use the model itself")
 
@@ -151,17 +182,26 @@ class FusedEvaluator(nn.Module):
     Holds no copy of the model: constants are read from it on each call, so later coefficient updates
     (a refit) are seen.  Call: ``(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
     compute_forces=True, compute_virials=True)`` → ``{energy, node_energy, forces?, virial?, closest_pair}``.
+    With ``committee=True`` and a model with a committee (``model.committee`` [n_members, basis_size], read
+    on each call as well) the dictionary also has ``committee_energy`` [n_members, n_structures].
     """
 
-    def __init__(self, model):
+    def __init__(self, model, committee: bool = False, skip_baseline: bool = False):
         super().__init__()
-        _check_model(model, "FusedEvaluator")  # once: a model's baseline and transforms do not change
+        # once: a model's baseline and transforms do not change.  skip_baseline: the caller adds the ZBL
+        # baseline itself (the fused backend does); otherwise a model with one is refused
+        why = supported(model, with_baseline=not skip_baseline)
+        if why is not None:
+            raise ValueError(f"FusedEvaluator: {why}; use the model itself")
         self.model = model
+        self.committee = bool(committee)
         self.ext = load_extension()
         dag = product_dag(model.product.idx.cpu(), model.embedding.n_a)
         self.aa_parent, self.aa_last, self.aa_children, self.node_of_aa = dag
         self._cache_key = None
         self._consts = None
+        self._committee_key = None
+        self._committee_consts = None
 
     def _constants(self, dtype: torch.dtype):
         m = self.model
@@ -186,6 +226,39 @@ class FusedEvaluator(nn.Module):
         self._cache_key, self._consts = key, consts
         return consts
 
+    def _committee_constants(self, dtype: torch.dtype):
+        """(c_node_extra [n_sets, nz, n_nodes], c_pair_extra [n_sets, nz, nz, n_pair]) of the committee, built
+        like the mean model's constants, and whether there is a committee to report; n_sets = 0 (empty tensors)
+        without a committee or with committee=False (the kernel then does no extra work)."""
+        m = self.model
+        comm = getattr(m, "committee", None) if self.committee else None
+        n_nodes = self.aa_parent.shape[0]
+        if comm is None:
+            key = (dtype, None)
+        else:
+            comm = comm.detach()
+            if comm.dim() != 2 or comm.shape[1] != m.basis_size:
+                raise ValueError(f"FusedEvaluator: model.committee must have shape (n_members, {m.basis_size}), "
+                                 f"got {tuple(comm.shape)}")
+            key = (dtype, comm.data_ptr(), comm._version, tuple(comm.shape), m.pair.scale._version,
+                   m.coupling.vals._version)
+        if key == self._committee_key:
+            return self._committee_consts, comm is not None
+        f = dict(dtype=dtype, device="cpu")
+        if comm is None:
+            consts = (torch.zeros(0, m.nz, n_nodes, **f), torch.zeros(0, m.nz, m.nz, m.n_pair, **f))
+        else:
+            with torch.no_grad():
+                n = comm.shape[0]
+                c_mb = comm[:, : m.n_manybody].reshape(n, m.nz, m.n_b).to(torch.float64)
+                c_aa = m.coupling.transpose_apply(c_mb).cpu()  # [n, nz, n_aa]
+                c_node = torch.zeros(n, m.nz, n_nodes, dtype=torch.float64).index_add_(2, self.node_of_aa, c_aa)
+                c_pair = (comm[:, m.n_manybody:].reshape(n, m.nz, m.nz, m.n_pair).to(torch.float64)
+                          * m.pair.scale.to(torch.float64))
+                consts = (c_node.to(**f).contiguous(), c_pair.to(**f).contiguous())
+        self._committee_key, self._committee_consts = key, consts
+        return consts, comm is not None
+
     def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor, edge_index: torch.Tensor,
                 unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int, compute_forces: bool = True,
                 compute_virials: bool = True) -> Dict[str, torch.Tensor]:
@@ -193,11 +266,14 @@ class FusedEvaluator(nn.Module):
         dtype = positions.dtype
         need_grad = bool(compute_forces or compute_virials)
         with torch.no_grad():
-            energy, site, forces, virial, closest = self.ext.site_energy_forces(
+            extra, with_committee = self._committee_constants(dtype)
+            energy, site, forces, virial, closest, energy_extra = self.ext.site_energy_forces(
                 positions.contiguous(), species.contiguous(), batch.contiguous(), edge_index.contiguous(),
                 unit_shifts.to(dtype).contiguous(), cell.to(dtype).contiguous(), int(n_structures), need_grad,
-                bool(compute_virials), *self._constants(dtype))
+                bool(compute_virials), *self._constants(dtype), *extra)
         out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: site, CLOSEST_PAIR: closest}
+        if with_committee:
+            out[COMMITTEE_ENERGY] = energy_extra
         if compute_forces:
             out[K.FORCES] = forces
         if compute_virials:
@@ -211,15 +287,13 @@ def design_rows(model, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
     Per centre atom: B = C·AA into the energy row, J = ∂B/∂A from the leave-one-out products, ∂φ/∂r of its
     edges, and G = ∂φᵀ·J in one GEMM, scattered into force and virial rows; the pair blocks per edge.
     """
-    from ...fitting.rows import _jacobian_pattern
-
     pos = batch[K.POSITIONS]
     _check_device(pos, "fused.design_rows")
-    _check_model(model, "fused.design_rows")
+    _check_model(model, "fused.design_rows", with_baseline=False)  # the baseline has no rows
     ext = load_extension()
     dtype = pos.dtype
     f = dict(dtype=dtype, device="cpu")
-    tgt, src, val = _jacobian_pattern(model)
+    tgt, src, val = jacobian_pattern(model)
     cp = model.coupling
     with torch.no_grad():
         e, fr, v = ext.design_rows(

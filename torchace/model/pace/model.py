@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from ase.data import atomic_numbers
 
-from ... import keys as K
-from ..strain import strained_geometry
+from ...structures.geometry import edge_vectors
+from ..strain import autograd_outputs, strained_geometry
 from .embedding import embedding_energy, rho_core_cutoff
 from .harmonics import pace_ylm
 from .radial import core_repulsion, radial_basis
@@ -190,21 +190,10 @@ class PACEModel(torch.nn.Module):
         # W = −∂E/∂ε for a symmetric strain applied to positions and cell
         positions, strain, pos, cel = strained_geometry(positions, cell, batch, n_structures, compute_forces,
                                                         compute_virials)
-        i, j = edge_index[0], edge_index[1]
-        vectors = pos[j] - pos[i] + torch.einsum("ea,eab->eb", unit_shifts.to(pos.dtype), cel[batch[i]])
+        vectors = edge_vectors(pos, edge_index, unit_shifts, cel, batch)
         e_node = self.node_energies(vectors, species, edge_index)
         energy = torch.zeros(n_structures, dtype=e_node.dtype, device=e_node.device).index_add_(0, batch, e_node)
-        out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: e_node}
-        if compute_forces or compute_virials:
-            inputs = ([positions] if compute_forces else []) + ([strain] if compute_virials else [])
-            grads = torch.autograd.grad([energy.sum()], inputs, create_graph=self.training, allow_unused=True)
-            k = 0
-            if compute_forces:
-                out[K.FORCES] = -grads[0] if grads[0] is not None else torch.zeros_like(positions)
-                k = 1
-            if compute_virials:
-                out[K.VIRIAL] = -grads[k] if grads[k] is not None else torch.zeros_like(strain)
-        return out
+        return autograd_outputs(energy, e_node, positions, strain, compute_forces, compute_virials, self.training)
 
     def extra_repr(self) -> str:
         names = sorted({n for row in self.radbasename for n in row})

@@ -11,6 +11,12 @@
 //   ∂E/∂A  by one reverse sweep of the DAG, then per edge
 //   ∂E/∂r  = u (Σ_a g_a Y dR + V') + (G - u (u·G))/r,  G = Σ_lm (Σ_a g_a w_a R) ∇S_lm
 //   F_i = Σ_{e: i} ∂E/∂r_e - Σ_{e: j} ∂E/∂r_e,  W = -½ Σ_e (r_e ⊗ g_e + g_e ⊗ r_e).
+//   Extra coefficient sets (a committee; fused.py COMMITTEE_ENERGY): the model is linear in its
+//   coefficients, so each set s costs one dot per atom on the same AA, c_s[zi]·AA, plus its pair part
+//   Σ_zj c_pair_s[zi, zj]·ψ_zj with ψ_zj,k = Σ_{e: z_j = zj} penv(r_e) P_k(x_e) summed once per atom;
+//   energies only (E0 included), the forces and virials stay those of the mean coefficients.
+//   Returns (energy [S], site energies [N], forces [N, 3] or [0, 3], virials [S, 3, 3] or [0, 3, 3],
+//   closest pair [distance, edge], energies of the extra sets [n_sets, S]).
 // design_rows (torchace/rows.py): B = C·AA, J = ∂B/∂A from leave-one-out products, ∂φ/∂r per edge and
 //   G = ∂φᵀ·J in one GEMM per atom, scattered into force and virial rows; pair rows per edge.
 // Every formula mirrors the Python reference paths; tests/test_fused.py compares them.  site_energy_forces
@@ -453,9 +459,12 @@ std::vector<torch::Tensor> site_energy_forces_impl(
     // children of node p are [child_start[p], child_start[p+1]) (> p); per-species node coefficients
     // c_node [nz, n_nodes] (0 on prefixes that are not basis functions)
     const torch::Tensor& aa_parent, const torch::Tensor& aa_last, const torch::Tensor& aa_children,
-    const torch::Tensor& c_aa, const torch::Tensor& E0, const torch::Tensor& c_pair) {
+    const torch::Tensor& c_aa, const torch::Tensor& E0, const torch::Tensor& c_pair,
+    // extra coefficient sets (energies only): node coefficients [n_sets, nz, n_nodes], pair coefficients
+    // [n_sets, nz, nz, n_pair] (pair scale folded in); n_sets = 0 costs nothing
+    const torch::Tensor& c_node_extra, const torch::Tensor& c_pair_extra) {
   const int64_t N = species.size(0);
-  const int n_a = bs.n_a, ny = bs.ny, n_pair = bs.n_pair;
+  const int n_a = bs.n_a, ny = bs.ny, n_pair = bs.n_pair, nz = bs.nz;
   const int n_nodes = static_cast<int>(aa_parent.size(0));
   TORCH_CHECK(aa_children.size(0) == n_nodes + 1, "fused kernel: child_start must have n_nodes + 1 entries");
   const int64_t* par = aa_parent.data_ptr<int64_t>();
@@ -464,9 +473,18 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   const T* caa = c_aa.data_ptr<T>();
   const T* e0 = E0.data_ptr<T>();
   const T* cpair = c_pair.data_ptr<T>();
+  const int n_sets = static_cast<int>(c_node_extra.size(0));
+  TORCH_CHECK(c_node_extra.dim() == 3 && c_node_extra.size(1) == nz && c_node_extra.size(2) == n_nodes,
+              "fused kernel: c_node_extra must be [n_sets, nz, n_nodes]");
+  TORCH_CHECK(c_pair_extra.dim() == 4 && c_pair_extra.size(0) == n_sets && c_pair_extra.size(1) == nz &&
+                  c_pair_extra.size(2) == nz && c_pair_extra.size(3) == n_pair,
+              "fused kernel: c_pair_extra must be [n_sets, nz, nz, n_pair]");
+  const T* cnx = c_node_extra.data_ptr<T>();
+  const T* cpx = c_pair_extra.data_ptr<T>();
 
   const Structures<T> st(positions, species, batch, edge_index, unit_shifts, cell);
   auto opts = positions.options();
+  torch::Tensor energy_extra = torch::zeros({n_sets, n_structures}, opts);
   torch::Tensor site = torch::zeros({N}, opts);
   torch::Tensor energy = torch::zeros({n_structures}, opts);
   torch::Tensor forces = torch::zeros({need_grad ? N : 0, 3}, opts);
@@ -481,10 +499,13 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   struct Worker {
     AtomEdges<T> w;
     std::vector<T> rows, A, gA, AA, gAA, f, vir, en;
-    Worker(const Basis<T>& bs, int M, bool grad, int n_nodes, int64_t N, int64_t S, bool need_grad, bool need_virial)
+    std::vector<T> psum, enx;  // extra sets: pair basis sums ψ [nz][n_pair] of one atom, energies [n_sets][S]
+    Worker(const Basis<T>& bs, int M, bool grad, int n_nodes, int64_t N, int64_t S, bool need_grad, bool need_virial,
+           int n_sets)
         : w(bs, M, grad), rows(5 * w.M + static_cast<size_t>(bs.ny) * w.M, T(0)), A(bs.n_a + 1), gA(bs.n_a + 1),
           AA(n_nodes), gAA(n_nodes), f(need_grad ? 3 * N : 0, T(0)), vir(need_virial ? 9 * S : 0, T(0)),
-          en(S, T(0)) {}
+          en(S, T(0)), psum(n_sets > 0 ? static_cast<size_t>(bs.nz) * bs.n_pair : 0, T(0)),
+          enx(static_cast<size_t>(n_sets) * S, T(0)) {}
   };
   const int n_threads = std::max(1, at::get_num_threads());
   std::vector<std::unique_ptr<Worker>> workers(n_threads);
@@ -492,7 +513,7 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     const int tid = std::min(at::get_thread_num(), n_threads - 1);
     if (!workers[tid]) workers[tid] = std::make_unique<Worker>(bs, st.M, need_grad, n_nodes, N, n_structures,
-                                                                need_grad, need_virial);
+                                                                need_grad, need_virial, n_sets);
     Worker& wk = *workers[tid];
     AtomEdges<T>& w = wk.w;
     const int M = w.M;
@@ -509,6 +530,8 @@ std::vector<torch::Tensor> site_energy_forces_impl(
     T* pf = wk.f.data();
     T* pw = wk.vir.data();
     T* pe = wk.en.data();
+    T* psum = wk.psum.data();
+    T* pex = wk.enx.data();
     for (int64_t i = begin; i < end; ++i) {
       const int64_t zi = st.sp[i];
       w.gather(i, st);
@@ -548,6 +571,17 @@ std::vector<torch::Tensor> site_energy_forces_impl(
           e_pair += val[e] * penv[e];
           dV[e] = der[e] * dx[e] * penv[e] + val[e] * dpenv[e];
         }
+        if (n_sets > 0) {  // ψ[zj][k] = Σ_{e: z_j = zj} penv[e] P_k[e], for the extra sets' pair energies
+          std::fill(psum, psum + static_cast<size_t>(nz) * n_pair, T(0));
+          for (int k = 0; k < n_pair; ++k) {
+            const T* __restrict p = w.PP + k * M;
+            if (nz == 1) {
+              psum[k] = dot(m, p, penv);
+            } else {
+              for (int e = 0; e < m; ++e) psum[w.zjv[e] * n_pair + k] += p[e] * penv[e];
+            }
+          }
+        }
       }
       // site energy and ∂E/∂A through the product DAG (one multiply per node; reverse sweep for ∂E/∂A)
       const T* c = caa + zi * n_nodes;
@@ -557,6 +591,17 @@ std::vector<torch::Tensor> site_energy_forces_impl(
       const T ei_total = e0[zi] + e_mb + e_pair;
       ps[i] = ei_total;
       pe[st.bt[i]] += ei_total;
+      // extra coefficient sets: the same AA and ψ, other coefficients (energies only)
+      const bool has_pair = n_pair > 0 && m > 0;
+      for (int q = 0; q < n_sets; ++q) {
+        const T* cq = cnx + (static_cast<int64_t>(q) * nz + zi) * n_nodes;
+        T e_q = dot(n_nodes - 1, cq + 1, AA.data() + 1);
+        if (has_pair) {
+          const T* cpq = cpx + (static_cast<int64_t>(q) * nz + zi) * nz * n_pair;  // [zj][k]
+          e_q += dot(nz * n_pair, cpq, psum);
+        }
+        pex[static_cast<int64_t>(q) * n_structures + st.bt[i]] += e0[zi] + e_q;
+      }
       if (!need_grad || m == 0) continue;
       std::fill(gA.begin(), gA.end(), T(0));
       for (int p = n_nodes - 1; p >= 0; --p) {  // children (> p) are final when p is reached
@@ -632,6 +677,10 @@ std::vector<torch::Tensor> site_energy_forces_impl(
     for (int64_t s = 0; s < n_structures; ++s) pe[s] += wk->en[s];
     for (size_t q = 0; q < wk->f.size(); ++q) pf[q] += wk->f[q];
     for (size_t q = 0; q < wk->vir.size(); ++q) pw[q] += wk->vir[q];
+    if (n_sets > 0) {
+      T* px = energy_extra.data_ptr<T>();
+      for (size_t q = 0; q < wk->enx.size(); ++q) px[q] += wk->enx[q];
+    }
     if (wk->w.best_r2 < best_r2 || (wk->w.best_r2 == best_r2 && wk->w.best_e < best_e)) {
       best_r2 = wk->w.best_r2;
       best_e = wk->w.best_e;
@@ -639,7 +688,7 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   }
   torch::Tensor closest = torch::tensor({static_cast<double>(std::sqrt(best_r2)), static_cast<double>(best_e)},
                                         torch::kFloat64);
-  return {energy, site, forces, virial, closest};
+  return {energy, site, forces, virial, closest, energy_extra};
 }
 
 // Voigt order xx, yy, zz, yz, xz, xy
@@ -903,10 +952,11 @@ std::vector<torch::Tensor> site_energy_forces(torch::Tensor positions, torch::Te
                                               int64_t n_structures, bool need_grad, bool need_virial, BASIS_ARGS,
                                               torch::Tensor aa_parent, torch::Tensor aa_last,
                                               torch::Tensor aa_children, torch::Tensor c_aa, torch::Tensor E0,
-                                              torch::Tensor c_pair) {
+                                              torch::Tensor c_pair, torch::Tensor c_node_extra,
+                                              torch::Tensor c_pair_extra) {
   check_inputs(positions,
                {&unit_shifts, &cell, &mb_r0, &mb_ycut, &mb_coef, &sh_norm, &sh_rec_a, &sh_rec_b, &sh_qmm, &a_w, &c_aa,
-                &E0, &pr_ycut, &pr_coef, &c_pair},
+                &E0, &pr_ycut, &pr_coef, &c_pair, &c_node_extra, &c_pair_extra},
                {&species, &batch, &edge_index, &a_rho, &a_lm, &aa_parent, &aa_last, &aa_children});
   TORCH_CHECK(c_pair.size(2) == n_pair, "fused kernel: c_pair must be [nz, nz, n_pair]");
   std::vector<torch::Tensor> out;
@@ -914,7 +964,7 @@ std::vector<torch::Tensor> site_energy_forces(torch::Tensor positions, torch::Te
     const Basis<scalar_t> bs(BASIS_CALL);
     out = site_energy_forces_impl<scalar_t>(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
                                             need_grad, need_virial, bs, aa_parent, aa_last, aa_children, c_aa, E0,
-                                            c_pair);
+                                            c_pair, c_node_extra, c_pair_extra);
   });
   return out;
 }
@@ -940,6 +990,7 @@ std::vector<torch::Tensor> design_rows(torch::Tensor positions, torch::Tensor sp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("site_energy_forces", &site_energy_forces,
-        "linear ACE energies, site energies, forces and virials in one fused pass (CPU)");
+        "linear ACE energies, site energies, forces and virials in one fused pass (CPU), and the energies of "
+        "extra coefficient sets (a committee)");
   m.def("design_rows", &design_rows, "design-matrix rows (energy, forces, virial) of the linear ACE basis (CPU)");
 }

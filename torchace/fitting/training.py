@@ -1,0 +1,101 @@
+"""Gradient training of a linear model's coefficients on the weighted E/F/V loss of ``torchace.fit``
+(docs/training.md): the same weights and row scaling (``weights.row_weights``), evaluated with the model's own
+forward in train mode (forces and virials differentiable in c), so its minimiser is the ``solvers.QR(lam=λ)``
+solution of the same weights — training and fitting are one problem.
+
+    L(c) = ( Σ_s [ (wE/√N)² (E_s − Ê_s)² + wF² ‖F_s − F̂_s‖² + (wV/√N)² ‖W_s − Ŵ_s‖²_Voigt ] + λ²‖c‖² ) / n_rows
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .. import keys as K
+from ..model.evaluate import model_inputs
+from ..structures.batch import collate
+from .weights import row_weights
+
+
+def make_batches(model, structs, weights, batch_size, device, dtype):
+    """Collate ``structs`` (Labelled) into batches with targets and per-row weights; missing labels weigh 0."""
+    batches = []
+    for b0 in range(0, len(structs), batch_size):
+        chunk = structs[b0:b0 + batch_size]
+        batch = collate([s.atoms for s in chunk], model.config.numbers, model.rcut, dtype=dtype, device=device)
+        n = np.array([s.n_atoms for s in chunk], dtype=float)
+        w = np.array([row_weights(weights, s.config_type, s.n_atoms) for s in chunk], dtype=float)  # [S, 3]
+        has_e = np.array([s.energy is not None for s in chunk])
+        has_v = np.array([s.virial is not None for s in chunk])
+        E = np.array([s.energy if s.energy is not None else 0.0 for s in chunk])
+        F = np.concatenate([s.forces if s.forces is not None else np.zeros((s.n_atoms, 3)) for s in chunk])
+        wF = np.concatenate([np.full(s.n_atoms, w[k, 1] if s.forces is not None else 0.0)
+                             for k, s in enumerate(chunk)])
+        V = np.stack([K.to_voigt(s.virial if s.virial is not None else np.zeros((3, 3))) for s in chunk])
+        t = dict(dtype=dtype, device=device)
+        batch.update(E=torch.tensor(E, **t), wE=torch.tensor(has_e * w[:, 0], **t),
+                     F=torch.tensor(F, **t), wF=torch.tensor(wF, **t),
+                     V=torch.tensor(V, **t), wV=torch.tensor(has_v * w[:, 2], **t),
+                     n=torch.tensor(n, **t))
+        # rows of the linear system this batch contributes (as torchace.assembly counts them)
+        batch["n_rows"] = int((batch["wE"] != 0).sum() + 3 * (batch["wF"] != 0).sum() + 6 * (batch["wV"] != 0).sum())
+        batches.append(batch)
+    return batches
+
+
+def residuals(model, batch):
+    """Model predictions minus labels on one batch: (unweighted errors dict, weighted squared sum)."""
+    virials = bool((batch["wV"] != 0).any())
+    out = model(*model_inputs(model, batch), True, virials)
+    dE = out[K.ENERGY] - batch["E"]
+    dF = out[K.FORCES] - batch["F"]
+    rss = ((batch["wE"] * dE) ** 2).sum() + ((batch["wF"][:, None] * dF) ** 2).sum()
+    err = {"E": dE / batch["n"], "F": dF, "mE": batch["wE"] != 0, "mF": batch["wF"] != 0}
+    if virials:
+        W = out[K.VIRIAL]
+        dV = K.to_voigt(W) - batch["V"]
+        rss = rss + ((batch["wV"][:, None] * dV) ** 2).sum()
+        err.update(V=dV / batch["n"][:, None], mV=batch["wV"] != 0)
+    return err, rss
+
+
+def penalty(model, lam):
+    return lam * lam * (model.coefficients ** 2).sum()
+
+
+def full_loss_and_grad(model, batches, lam, backward=True):
+    """L(c) over all batches (train mode) and, with ``backward``, its gradient accumulated in ``.grad``."""
+    model.train()
+    n_rows = sum(b["n_rows"] for b in batches)
+    total = 0.0
+    if backward:
+        model.coefficients.grad = None
+    for b in batches:
+        loss = residuals(model, b)[1] / n_rows
+        if backward:
+            loss.backward()
+        total += float(loss.detach())
+    loss = penalty(model, lam) / n_rows
+    if backward:
+        loss.backward()
+    return total + float(loss.detach())
+
+
+def metrics(model, batches, lam):
+    """Loss (no gradient) and RMSEs: E, V meV/atom, F eV/Å (only labelled, non-zero-weight rows)."""
+    model.eval()
+    se = {"E": [0.0, 0], "F": [0.0, 0], "V": [0.0, 0]}
+    rss, n_rows = 0.0, 0
+    for b in batches:
+        err, r = residuals(model, b)
+        rss, n_rows = rss + float(r.detach()), n_rows + b["n_rows"]
+        for key in se:
+            if key in err and bool(err["m" + key].any()):
+                sel = err[key][err["m" + key]].detach()
+                se[key][0] += float((sel ** 2).sum())
+                se[key][1] += sel.numel()
+    out = {"loss": (rss + float(penalty(model, lam).detach())) / max(n_rows, 1)}
+    for key, (s, m) in se.items():
+        out[key] = math.sqrt(s / m) * (1e3 if key != "F" else 1.0) if m else float("nan")
+    return out

@@ -1,0 +1,104 @@
+"""The model-file form of an ``ACEModel`` (docs/model_file.md): one JSON-compatible dict, loaded without code.
+
+``ModelState`` is a mixin of ``ACEModel``: ``to_dict`` / ``from_dict`` / ``save``.  Floats are written with
+Python's shortest round-trip repr, so coefficients reload bit-exactly; writes are atomic (temporary file +
+rename).  ``torchace.io.model_file`` reads files (strict JSON) and calls ``from_dict``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+
+from .. import keys as K
+from ..atomic import write_json_atomic
+from ..config import ACEConfig
+
+FORMAT = "torchace-model"
+FORMAT_VERSION = 1
+UNITS = {"energy": "eV", "length": "Angstrom", "virial": "eV", "stress": "eV/Angstrom^3"}
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be loaded; the message names the file and the field."""
+
+
+def _finite_list(t: torch.Tensor, what: str) -> Any:
+    x = t.detach().to("cpu", torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"cannot save: {what} contains non-finite values")
+    return x.tolist()
+
+
+def _tensor(d: Dict[str, Any], key: str, shape, path: str) -> torch.Tensor:
+    try:
+        t = torch.tensor(d[key], dtype=torch.float64)
+    except KeyError:
+        raise ModelFileError(f"{path}: missing field {key!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: field {key!r} is not a numeric array: {exc}") from None
+    if tuple(t.shape) != tuple(shape):
+        raise ModelFileError(f"{path}: field {key!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if not torch.isfinite(t).all():
+        raise ModelFileError(f"{path}: field {key!r} contains non-finite values")
+    return t
+
+
+class ModelState:
+    """``to_dict`` / ``from_dict`` / ``save`` of the model file (mixed into ``ACEModel``)."""
+
+    def to_dict(self, metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """The model file's JSON document (plain types only)."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "torchace_version": K.VERSION,
+            "units": UNITS,
+            # E0's one home is the model's buffer (a fit may set it); the file's config records it from there
+            "config": dict(self.config.to_dict(), E0=[float(v) for v in self.E0.tolist()]),
+            "basis_size": self.basis_size,
+            "coefficients": _finite_list(self.coefficients, "coefficients"),
+            "nl_scale": _finite_list(self.embedding.nl_scale, "nl_scale"),
+            "pair_scale": _finite_list(self.pair.scale, "pair_scale"),
+            "prior": getattr(self, "prior_info", None),
+            "committee": None if getattr(self, "committee", None) is None
+            else _finite_list(self.committee, "committee"),
+            "metadata": metadata or getattr(self, "metadata", None) or {},
+        }
+
+    def save(self, path: str, metadata: Optional[Dict[str, Any]] = None) -> None:
+        """Write the model as one JSON file (docs/model_file.md); atomic, loads without executing code."""
+        write_json_atomic(path, self.to_dict(metadata))
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], path: str = "<dict>", dtype: torch.dtype = torch.float64):
+        """Rebuild a model from ``to_dict``'s document; ``path`` names the source in error messages."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ModelFileError(f"{path}: not a torchace model file (field 'format' must be {FORMAT!r})")
+        v = d.get("format_version")
+        if v != FORMAT_VERSION:
+            raise ModelFileError(f"{path}: format_version {v!r} is not supported (this torchace reads {FORMAT_VERSION})")
+        try:
+            cfg = ACEConfig.from_dict(d["config"])
+        except KeyError:
+            raise ModelFileError(f"{path}: missing field 'config'") from None
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: invalid 'config': {exc}") from None
+        model = cls(cfg, dtype=dtype).eval()
+        if d.get("basis_size") != model.basis_size:
+            raise ModelFileError(f"{path}: basis_size {d.get('basis_size')!r} does not match the rebuilt model "
+                                 f"({model.basis_size}); the file is corrupt or from an incompatible version")
+        model.coefficients = _tensor(d, "coefficients", (model.basis_size,), path).to(dtype)
+        model.set_basis_scale(_tensor(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path),
+                              _tensor(d, "pair_scale", tuple(model.pair.scale.shape), path))
+        if d.get("committee") is not None:
+            try:
+                c = torch.tensor(d["committee"], dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ModelFileError(f"{path}: field 'committee' is not a numeric array: {exc}") from None
+            if c.ndim != 2 or c.shape[1] != model.basis_size or not torch.isfinite(c).all():
+                raise ModelFileError(f"{path}: field 'committee' must be a finite [n, {model.basis_size}] array")
+            model.committee = c.to(dtype)
+        model.prior_info = d.get("prior")
+        model.metadata = d.get("metadata") or {}
+        return model
