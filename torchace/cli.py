@@ -181,7 +181,7 @@ def cmd_export(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     from .model.backends.runtime import tune_malloc
 
-    tune_malloc()  # keep per-call temporaries in the heap (torchace/runtime.py)
+    tune_malloc()  # keep per-call temporaries in the heap (torchace/model/backends/runtime.py)
     ap = argparse.ArgumentParser(prog="torchace", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="evaluate a linear ACE model on structures (default: bundled Si examples)")

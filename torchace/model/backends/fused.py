@@ -4,7 +4,7 @@ The eager and compiled analytic paths (``ACEModel._predict_analytic``, ``rows.ba
 over [n_a, E] arrays per step; these kernels do the same algebra (radials → harmonics → A → AA/B, then
 ∂E/∂A through a shared-prefix product DAG, or J = ∂B/∂A for rows, and ∂/∂r per edge; ACEpotentials.jl paper
 §II) one centre atom at a time with its edges in cache, as ML-PACE does, on torch's intra-op threads.
-Source: ``torchace/csrc/ace_cpu.cpp``, compiled on first use with ``torch.utils.cpp_extension.load`` (a C++
+Source: ``torchace/model/backends/csrc/ace_cpu.cpp``, compiled on first use with ``torch.utils.cpp_extension.load`` (a C++
 compiler and ninja are needed; ≈ 30 s, cached afterwards in ``TORCH_EXTENSIONS_DIR``).  Without them
 ``available()`` is False and callers keep the Python paths.  Compiler flags: ``-O3 -march=native`` (the
 build is for this machine; ``TORCHACE_FUSED_CFLAGS`` overrides them, e.g. when the extension cache is
@@ -16,14 +16,16 @@ dictionary (plus ``CLOSEST_PAIR``); ``FusedEvaluator(model, committee=True)`` al
 n_structures], E0 included), from the same pass (the model is linear in its coefficients: one extra dot per
 atom and member; forces and virials stay those of ``model.coefficients``).  ``design_rows(model, batch)``
 returns what ``rows.batch_rows`` does.  Both are tested against the reference paths (``tests/test_fused.py``,
-``tests/test_fused_committee.py``).  Not differentiable (inference and rows only), CPU only, no ZBL baseline
-(``supported`` says why not).
+``tests/test_fused_committee.py``).  Not differentiable (inference and rows only), CPU only; the ZBL
+baseline is not in the kernel (``FusedEvaluator`` refuses such models unless ``skip_baseline=True``: the
+``fused`` backend, ``torchace.backends``, adds it in torch).
 """
 from __future__ import annotations
 
 import os
 import sys
 import threading
+import weakref
 from typing import Dict, Optional
 
 import torch
@@ -50,12 +52,20 @@ def _source() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "ace_cpu.cpp")
 
 
+def _tagged_dir() -> str:
+    cu = torch.version.cuda
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}_" + ("cpu" if cu is None else "cu" + cu.replace(".", ""))
+    return tag
+
+
 def _is_built() -> bool:
     """Whether a compiled extension is already in torch's extension cache (then loading takes a second)."""
     try:
         from torch.utils.cpp_extension import get_default_build_root
 
-        root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+        root = os.environ.get("TORCH_EXTENSIONS_DIR")
+        if not root:  # torch's default: <cache>/torch_extensions/py<major><minor>_<cpu|cuXY>
+            root = os.path.join(get_default_build_root(), os.path.basename(_tagged_dir()))
         return os.path.exists(os.path.join(root, EXTENSION_NAME, EXTENSION_NAME + ".so"))
     except Exception:  # noqa: BLE001 — only decides whether to print a message
         return False
@@ -150,6 +160,20 @@ def product_dag(idx: torch.Tensor, n_a: int):
     return as_long(parent), as_long(last), child_start, as_long([number[k] for k in rows])
 
 
+_DAGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def cached_dag(model):
+    """``product_dag`` of the model's product basis, built once per basis (tens of ms for large bases; a
+    ``torchace.evaluate`` call builds a new evaluator each time)."""
+    p = model.product
+    with _LOCK:
+        dag = _DAGS.get(p)
+        if dag is None:
+            dag = _DAGS[p] = product_dag(p.idx.cpu(), model.embedding.n_a)
+    return dag
+
+
 def basis_args(model, dtype: torch.dtype) -> tuple:
     """The basis constants both kernels take (``BASIS_ARGS`` in ace_cpu.cpp), as CPU tensors of ``dtype``."""
     emb, rad, pair, sph = model.embedding, model.embedding.radials, model.pair, model.embedding.sph
@@ -196,7 +220,7 @@ class FusedEvaluator(nn.Module):
         self.model = model
         self.committee = bool(committee)
         self.ext = load_extension()
-        dag = product_dag(model.product.idx.cpu(), model.embedding.n_a)
+        dag = cached_dag(model)
         self.aa_parent, self.aa_last, self.aa_children, self.node_of_aa = dag
         self._cache_key = None
         self._consts = None

@@ -1,9 +1,9 @@
-// Fused CPU kernels for linear ACE (torchace.fused): energies/forces/virials, and design-matrix rows.
+// Fused CPU kernels for linear ACE (torchace.model.backends.fused): energies/forces/virials, and design-matrix rows.
 //
 // One pass per centre atom, with that atom's edges in cache (the ML-PACE evaluation order), all per-edge
 // work vectorised over the edges in structure-of-arrays rows (AtomEdges):
 //   edges  → Agnesi transform x(r), many-body radials R_k = P_k(x)(1-x²)², pair basis, real harmonics
-//            Y_lm(r̂) and their gradients (ACEpotentials.jl paper §II; torchace/radial.py, torchace/sph.py)
+//            Y_lm(r̂) and their gradients (ACEpotentials.jl paper §II; torchace/basis/radial.py, torchace/basis/angular.py)
 //   A_a    = Σ_j R_{k_a}(r_ij) Y_{lm_a}(r̂_ij) w_a                     (atomic basis, species-resolved)
 // site_energy_forces:
 //   E_i    = E0 + Σ_k c_k AA_k + Σ_j V_pair(r_ij), AA through a shared-prefix DAG (one multiply per node;
@@ -17,7 +17,7 @@
 //   energies only (E0 included), the forces and virials stay those of the mean coefficients.
 //   Returns (energy [S], site energies [N], forces [N, 3] or [0, 3], virials [S, 3, 3] or [0, 3, 3],
 //   closest pair [distance, edge], energies of the extra sets [n_sets, S]).
-// design_rows (torchace/rows.py): B = C·AA, J = ∂B/∂A from leave-one-out products, ∂φ/∂r per edge and
+// design_rows (torchace/model/backends/torch_rows.py): B = C·AA, J = ∂B/∂A from leave-one-out products, ∂φ/∂r per edge and
 //   G = ∂φᵀ·J in one GEMM per atom, scattered into force and virial rows; pair rows per edge.
 // Every formula mirrors the Python reference paths; tests/test_fused.py compares them.  site_energy_forces
 // and design_rows run their atoms on torch's intra-op threads (at::parallel_for).
