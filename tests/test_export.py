@@ -144,8 +144,8 @@ def test_float32_export(sige_small, tmp_path):
 
 
 def test_yace_dispatch(sige_small, tmp_path, monkeypatch):
-    """format="yace" hands the model, the path and the options to torchace.io.write_yace."""
-    import torchace.io
+    """format="yace" hands the model, the path and the options to torchace.io.yace_write.write_yace."""
+    import torchace.io.yace_write
 
     calls = []
 
@@ -154,7 +154,7 @@ def test_yace_dispatch(sige_small, tmp_path, monkeypatch):
         with open(path, "w") as fh:
             fh.write("elements: [Si, Ge]\n")
 
-    monkeypatch.setattr(torchace.io, "write_yace", fake_write_yace)
+    monkeypatch.setattr(torchace.io.yace_write, "write_yace", fake_write_yace)
     p = tmp_path / "m.yace"
     assert export(sige_small, p, format="YACE", some_option=3) == str(p)
     assert calls == [(sige_small, str(p), {"some_option": 3})] and p.exists()
