@@ -35,6 +35,7 @@ try:
     HERE = Path(__file__).resolve().parent
 except NameError:  # inside Jupyter
     HERE = Path.cwd()
+# needs-shared-data: acedata/Si_tiny.xyz (the test suite skips this notebook without ../shared/data)
 DATA = HERE.parent.parent / "shared" / "data" / "acedata" / "Si_tiny.xyz"
 if not DATA.exists():
     DATA = Path("../shared/data/acedata/Si_tiny.xyz")

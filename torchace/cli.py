@@ -57,11 +57,14 @@ def cmd_evaluate(args) -> int:
     else:
         randomize_coefficients(model, 0.01, seed=args.seed)
         coef_note = f"random (seed {args.seed}, scale 0.01): no fit yet"
+    from .model.backends import EVALUATE, ROWS, select
+
+    b_eval, b_rows = select(model, None, args.backend, EVALUATE).name, select(model, None, args.backend, ROWS).name
     t0 = time.perf_counter()
-    out = torchace.evaluate(model, structs)
+    out = torchace.evaluate(model, structs, backend=b_eval)
     t_eval = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows = torchace.design_matrix_rows(model, structs)
+    rows = torchace.design_matrix_rows(model, structs, backend=b_rows)
     t_rows = time.perf_counter() - t0
     c = model.coefficients.detach()
     e0 = torch.tensor([model.reference_energy(a.numbers) for a in structs], dtype=c.dtype, device=c.device)
@@ -69,7 +72,8 @@ def cmd_evaluate(args) -> int:
     check_f = float((rows[K.FORCES] @ c - out[K.FORCES].reshape(-1)).abs().max())
 
     print(f"torchace {torchace.__version__}: {model.extra_repr()}")
-    print(f"coefficients: {coef_note}; device {args.device}, {args.dtype}; model built in {t_build:.2f} s")
+    print(f"coefficients: {coef_note}; device {args.device}, {args.dtype}; model built in {t_build:.2f} s; "
+          f"backends: {b_eval} (evaluate), {b_rows} (rows)")
     print(f"{'#':>3} {'config_type':<16} {'atoms':>5} {'energy/eV':>14} {'max|F|/(eV/Å)':>14} {'pressure/GPa':>13}")
     n_atoms = out[K.N_ATOMS].tolist()
     f_split = torch.split(out[K.FORCES], n_atoms)
@@ -88,7 +92,8 @@ def cmd_evaluate(args) -> int:
           f"{t_rows * 1e3:.1f} ms ({t_rows / n * 1e6:.0f} µs/atom)")
     print(f"consistency rows·c vs model: max |ΔE| = {check_e:.2e} eV, max |ΔF| = {check_f:.2e} eV/Å")
     if args.output:
-        write_json_atomic(args.output, dict(model=model.config.to_dict(), basis_size=model.basis_size,
+        write_json_atomic(args.output, dict(model=model.to_dict()["config"], basis_size=model.basis_size,
+                                             backends=dict(evaluate=b_eval, rows=b_rows),
                                              structures=paths, results=records,
                                              timing_s=dict(build=t_build, evaluate=t_eval, rows=t_rows),
                                              consistency=dict(energy=check_e, forces=check_f)))
@@ -196,6 +201,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    ev.add_argument("--backend", default="auto", choices=["auto", "fused", "analytic", "reference"],
+                    help="evaluation backend (default auto: the fastest for the model and device; docs/architecture.md)")
     ev.add_argument("-o", "--output", help="write results as JSON (atomically)")
     from .fitting.config import FitConfig
 

@@ -114,7 +114,8 @@ class TorchACECalculator(Calculator):
             self.backend = "analytic"
         else:
             b = select(self.model, self.device, backend, EVALUATE)
-            self._forward = b.evaluator(self.model, committee=comm is not None)
+            # members' energies inside the one pass unless spreads are switched off (then on request, in torch)
+            self._forward = b.evaluator(self.model, committee=comm is not None and uncertainty is not False)
             self.backend = b.name
         log.info("TorchACECalculator: backend %s on %s", self.backend, self.device)
         self.rcut = float(rcut)
