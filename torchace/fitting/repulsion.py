@@ -1,12 +1,6 @@
 """Short-range repulsion data for fitting: two kinds of synthetic dimers (docs/repulsion.md); the ZBL baseline
 itself is ``torchace.model.zbl``.
 
-* ``ZBL``: the Ziegler–Biersack–Littmark universal screened nuclear repulsion (ZBL 1985),
-  V(r) = Z1 Z2 e²/(4πε0 r) Σ_k c_k exp(−d_k r/a),  a = 0.8854 a0 / (Z1^0.23 + Z2^0.23),
-  switched off between r_inner and r_outer as LAMMPS ``pair_style zbl`` does: E(r) = V(r) + S(r) with
-  S = C for r < r_inner, S = A/3 δ³ + B/4 δ⁴ + C (δ = r − r_inner) up to r_outer, E = 0 beyond, where A, B,
-  C make E, E′ and E″ vanish at r_outer.  Used by ``ACEModel`` as an additive, coefficient-free baseline
-  (``ACEConfig.zbl``); site energy ½ Σ_j E(r_ij), so the total is the pair sum.
 * ``synthetic_dimers``: the augmentation of Darby et al., "Regularity priors for the linear atomic cluster
   expansion" (2026): one dimer per element pair at r_syn where the pair envelope reaches E_syn (100 eV),
   energy label E_syn (above the isolated atoms), energy weight 0.01.
@@ -19,7 +13,6 @@ from __future__ import annotations
 from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
-import torch
 from ase import Atoms
 
 
@@ -74,8 +67,7 @@ def _dimer(model, a: int, b: int, r: float, energy: float, energy_key: str, conf
 
 
 def _e0_pair(model, a: int, b: int) -> float:
-    e0 = model.E0.detach().to("cpu", torch.float64)
-    return float(e0[a] + e0[b])
+    return model.reference_energy([model.config.numbers[a], model.config.numbers[b]])
 
 
 def synthetic_dimers(model, E_syn: float = 100.0, weight: float = 0.01, *, relative_to_E0: bool = True,

@@ -1,17 +1,12 @@
 """The ZBL baseline: a coefficient-free short-range repulsion added to the site energies (docs/repulsion.md).
 
-* ``ZBL``: the Ziegler–Biersack–Littmark universal screened nuclear repulsion (ZBL 1985),
+``ZBL``: the Ziegler–Biersack–Littmark universal screened nuclear repulsion (ZBL 1985),
   V(r) = Z1 Z2 e²/(4πε0 r) Σ_k c_k exp(−d_k r/a),  a = 0.8854 a0 / (Z1^0.23 + Z2^0.23),
   switched off between r_inner and r_outer as LAMMPS ``pair_style zbl`` does: E(r) = V(r) + S(r) with
   S = C for r < r_inner, S = A/3 δ³ + B/4 δ⁴ + C (δ = r − r_inner) up to r_outer, E = 0 beyond, where A, B,
   C make E, E′ and E″ vanish at r_outer.  Used by ``ACEModel`` as an additive, coefficient-free baseline
   (``ACEConfig.zbl``); site energy ½ Σ_j E(r_ij), so the total is the pair sum.
-* ``synthetic_dimers``: the augmentation of Darby et al., "Regularity priors for the linear atomic cluster
-  expansion" (2026): one dimer per element pair at r_syn where the pair envelope reaches E_syn (100 eV),
-  energy label E_syn (above the isolated atoms), energy weight 0.01.
-* ``restraint_data``: ACEpotentials.jl's ``acefit!(...; repulsion_restraint = true)``
-  (``_rep_dimer_data_atomsbase``): one dimer per element pair at r_in = 0.01 Å labelled with the pair
-  envelope's value there, energy weight ``restraint_weight`` = 0.01.
+The synthetic-dimer augmentations that fit around it are in ``torchace.fitting.repulsion``.
 """
 from __future__ import annotations
 
