@@ -304,7 +304,7 @@ def main(argv=None):
         else:
             from ace_jax.calc.point import ACECalculator
             t0 = time.perf_counter()
-            jm, meta = acejax_model(order, td, E0=model.config.E0)
+            jm, meta = acejax_model(order, td, E0=model.E0.tolist())
             print(f"ace-jax model built in {time.perf_counter() - t0:.1f} s: n_B {meta['n_B']}, "
                   f"n_pair {meta['n_pair']}", flush=True)
             jdt = np.float64 if a.dtype == "float64" else np.float32

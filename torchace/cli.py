@@ -92,7 +92,7 @@ def cmd_evaluate(args) -> int:
           f"{t_rows * 1e3:.1f} ms ({t_rows / n * 1e6:.0f} µs/atom)")
     print(f"consistency rows·c vs model: max |ΔE| = {check_e:.2e} eV, max |ΔF| = {check_f:.2e} eV/Å")
     if args.output:
-        write_json_atomic(args.output, dict(model=model.to_dict()["config"], basis_size=model.basis_size,
+        write_json_atomic(args.output, dict(model=model.config_dict(), basis_size=model.basis_size,
                                              backends=dict(evaluate=b_eval, rows=b_rows),
                                              structures=paths, results=records,
                                              timing_s=dict(build=t_build, evaluate=t_eval, rows=t_rows),

@@ -71,10 +71,10 @@ class ACEConfig:
               zbl_inner: Optional[float] = None, zbl_outer: Optional[float] = None, pure2b: bool = False,
               pure: bool = False) -> "ACEConfig":
         # one validation layer for the Python API and the config/model files (types and ranges, key named)
-        check_ace_fields({k: v for k, v in dict(elements=list(elements) if isinstance(elements, (list, tuple)) else
-                                                elements, order=order, totaldegree=totaldegree, wL=wL, rcut=rcut,
-                                                r0=r0, E0=E0, pair=pair, zbl=zbl, zbl_inner=zbl_inner,
-                                                zbl_outer=zbl_outer).items() if v is not None}, "ace_model")
+        given = {k: v for k, v in locals().items() if k in {f.name for f in dataclasses.fields(cls)} and v is not None}
+        if isinstance(elements, tuple):
+            given["elements"] = list(elements)
+        check_ace_fields(given, "ace_model")
         for name, flag in (("pure2b", pure2b), ("pure", pure)):
             if not isinstance(flag, (bool, np.bool_)):
                 raise ValueError(f"{name} must be true or false, got {flag!r}")

@@ -73,7 +73,7 @@ def export_metadata(model) -> Dict[str, Any]:
         "dtype": str(model.coefficients.dtype).replace("torch.", ""),
         "basis_size": int(model.basis_size),
         "committee_size": 0 if comm is None else int(comm.shape[0]),
-        "config": model.config.to_dict(),
+        "config": model.config_dict(),
         "model_metadata": getattr(model, "metadata", None) or {},
         "forward": FORWARD_SIGNATURE,
     }

@@ -98,6 +98,11 @@ class ACEModel(ModelState, nn.Module):
     def elements(self):
         return list(self.config.elements)
 
+    def config_dict(self) -> dict:
+        """The model's ``ACEConfig`` as a dict with E0 read from the ``E0`` buffer (E0's one home: a fit sets
+        the buffer; ``config.E0`` is only the value the model was built with)."""
+        return dict(self.config.to_dict(), E0=[float(v) for v in self.E0.tolist()])
+
     def reference_energy(self, numbers) -> float:
         """Σ_i E0(Z_i) for atomic numbers ``numbers``: the isolated-atom reference (E0's one home is the
         ``E0`` buffer; the model file records it from there)."""

@@ -54,8 +54,7 @@ class ModelState:
             "format_version": FORMAT_VERSION,
             "torchace_version": K.VERSION,
             "units": UNITS,
-            # E0's one home is the model's buffer (a fit may set it); the file's config records it from there
-            "config": dict(self.config.to_dict(), E0=[float(v) for v in self.E0.tolist()]),
+            "config": self.config_dict(),  # E0 from the model's buffer (a fit may have set it)
             "basis_size": self.basis_size,
             "coefficients": _finite_list(self.coefficients, "coefficients"),
             "nl_scale": _finite_list(self.embedding.nl_scale, "nl_scale"),
