@@ -175,8 +175,10 @@ def test_cli_fit(tmp_path):
     assert rep["test"]["all"]["F"]["rmse"] == pytest.approx(rep["train"]["all"]["F"]["rmse"])
     bad = dict(cfg, solver={"name": "QR", "lamb": 1})
     (tmp_path / "bad.yaml").write_text(json.dumps(bad))
-    with pytest.raises(ValueError, match="bad arguments for solver 'QR'"):
+    with pytest.raises(SystemExit, match="torchace fit: ValueError: .*bad arguments for solver 'QR'"):
         main(["fit", str(tmp_path / "bad.yaml"), "-q"])
+    with pytest.raises(ValueError, match="bad arguments for solver 'QR'"):  # --debug: the exception itself
+        main(["--debug", "fit", str(tmp_path / "bad.yaml"), "-q"])
 
 
 def test_committee_uncertainty():

@@ -1,13 +1,15 @@
 """Atomic file writes: write to a temporary file beside the target, fsync, then rename over it.
 
-A crash or a full disk never leaves a half-written model, report or plot at the target path.
+A crash or a full disk never leaves a half-written model, report or plot at the target path, and the
+temporary file is removed on every exit path.  ``check_outputs`` refuses, before any work, outputs that
+would overwrite an input or each other, or cannot be written.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Optional, Sequence
 
 
 def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> None:
@@ -37,3 +39,48 @@ def write_json_atomic(path: str, obj: Any) -> None:
             json.dump(obj, fh, allow_nan=False)
 
     atomic_write(path, write, ".json")
+
+
+class OutputPathError(ValueError):
+    """An output path that would overwrite an input or another output, or that cannot be written."""
+
+
+def _same(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def check_outputs(inputs: Sequence[str], outputs: Dict[str, Optional[str]], who: str) -> None:
+    """Refuse, before any work, outputs that would destroy data or cannot be written (issue "Reliability"):
+    an output that is an input (same file, also through symbolic or hard links), two outputs on one path, an
+    output that is a directory, or whose directory is missing or not writable (tried by creating a
+    temporary file there, so read-only file systems are found as well).  ``outputs``: name -> path (None:
+    not written).  Raises ``OutputPathError`` naming both paths."""
+    outs = [(name, os.fspath(p)) for name, p in outputs.items() if p]
+    for name, p in outs:
+        for q in inputs:
+            if q and os.path.exists(q) and os.path.exists(p) and _same(p, q):
+                raise OutputPathError(f"{who}: output {name} {p!r} is the input {q!r}; choose another path")
+            if q and os.path.realpath(p) == os.path.realpath(q):
+                raise OutputPathError(f"{who}: output {name} {p!r} is the input {q!r}; choose another path")
+    for k, (name, p) in enumerate(outs):
+        for name2, p2 in outs[k + 1:]:
+            if os.path.realpath(p) == os.path.realpath(p2) or (os.path.exists(p) and os.path.exists(p2)
+                                                                 and _same(p, p2)):
+                raise OutputPathError(f"{who}: outputs {name} and {name2} are the same file {p!r}")
+    for name, p in outs:
+        if os.path.isdir(p):
+            raise OutputPathError(f"{who}: output {name} {p!r} is a directory")
+        d = os.path.dirname(os.path.abspath(p))
+        if not os.path.isdir(d):
+            raise OutputPathError(f"{who}: output {name} {p!r}: directory {d!r} does not exist")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_check_")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise OutputPathError(f"{who}: output {name} {p!r} cannot be written ({exc.strerror})") from None

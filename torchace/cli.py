@@ -1,7 +1,9 @@
 """Command line: ``torchace evaluate`` (energies, forces, stresses and design-matrix rows of structures),
 ``torchace fit CONFIG.yaml`` and ``torchace export MODEL.json OUT --format torchscript|metatomic|yace``.
 
-Thin wrapper: all logic lives in the library.  Outputs are written atomically (temp file + rename).
+Thin wrapper: all logic lives in the library.  Outputs are written atomically (temp file + rename), and
+checked before any work: none may be an input or another output, each must be writable
+(``torchace.atomic.check_outputs``).  Errors print one line (``--debug``: the traceback).
 """
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ def cmd_evaluate(args) -> int:
     from .atomic import write_json_atomic
     from .testing import randomize_coefficients
 
+    from .atomic import check_outputs
+
     paths = args.structures or [str(resources.files("torchace").joinpath(DEFAULT_EXAMPLE))]
+    check_outputs(paths + ([args.model] if args.model else []), {"--output": args.output}, "torchace evaluate")
     structs = _read(paths)
     elements = args.elements or sorted({s for a in structs for s in a.get_chemical_symbols()})
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
@@ -109,13 +114,17 @@ def cmd_fit(args) -> int:
     from .fitting.data import DataKeys, read_data
     from .fitting.metrics import errors as error_table, format_table, parity_plot, predictions
     from .fitting.config import FitConfig
-    from .atomic import write_json_atomic
+    from .atomic import check_outputs, write_json_atomic
 
     if args.config:
         cfg = FitConfig.load(args.config)
     else:  # the bundled default job; outputs go to the working directory
         text = resources.files("torchace").joinpath(DEFAULT_FIT).read_text()
         cfg = FitConfig.from_dict(yaml.safe_load(text), os.getcwd())
+    as_list = lambda x: [] if not x else ([x] if isinstance(x, str) else list(x))  # noqa: E731
+    check_outputs([args.config] + as_list(cfg.data.train) + as_list(cfg.data.test),
+                  {"output.model": cfg.output.model, "output.errors": cfg.output.errors,
+                   "output.parity": cfg.output.parity}, "torchace fit")  # before the expensive fit
     m = dict(cfg.model)
     elements, order, td = m.pop("elements"), m.pop("order"), m.pop("totaldegree")
     model = torchace.ace_model(elements, order, td, **m).to(cfg.assembly.device)
@@ -147,6 +156,7 @@ def cmd_fit(args) -> int:
 
 def cmd_export(args) -> int:
     import torchace
+    from .atomic import check_outputs
     from .io.export import FORMATS
     from .io.model_file import ModelFileError
 
@@ -154,6 +164,10 @@ def cmd_export(args) -> int:
         raise SystemExit(f"torchace export: unknown format {args.format!r}; choose one of {list(FORMATS)}")
     if not os.path.isfile(args.model):
         raise SystemExit(f"torchace export: {args.model}: no such model file")
+    outputs = {"output": args.output}
+    if args.format == "yace" and args.output.endswith(".yace"):
+        outputs["pair table"] = args.output[: -len(".yace")] + "_pairpot.table"
+    check_outputs([args.model], outputs, "torchace export")
     try:
         model = torchace.load(args.model)
     except ModelFileError as exc:
@@ -188,6 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     tune_malloc()  # keep per-call temporaries in the heap (torchace/model/backends/runtime.py)
     ap = argparse.ArgumentParser(prog="torchace", description=__doc__)
+    ap.add_argument("--debug", action="store_true", help="on an error, show the Python traceback (default: one line)")
     sub = ap.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="evaluate a linear ACE model on structures (default: bundled Si examples)")
     ev.add_argument("structures", nargs="*", help="extended-XYZ (or any ASE-readable) files")
@@ -220,15 +235,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ex.add_argument("--dtype", choices=["float64", "float32"], default=None,
                     help="precision of the exported model (default: float64)")
     args = ap.parse_args(argv)
-    if args.command == "export":
-        return cmd_export(args)
-    if args.command == "fit":
-        return cmd_fit(args)
-    if args.command == "evaluate":
-        if len(args.totaldegree) == 1:
-            args.totaldegree = args.totaldegree[0]
-        return cmd_evaluate(args)
-    return 2
+    commands = {"export": cmd_export, "fit": cmd_fit, "evaluate": cmd_evaluate}
+    if args.command == "evaluate" and len(args.totaldegree) == 1:
+        args.totaldegree = args.totaldegree[0]
+    try:
+        return commands[args.command](args)
+    except (ValueError, TypeError, OSError, KeyError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        # one clear line; the library's messages name the file, frame and field
+        raise SystemExit(f"torchace {args.command}: {type(exc).__name__}: {exc}") from None
 
 
 if __name__ == "__main__":

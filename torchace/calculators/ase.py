@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 import zipfile
 from typing import Dict, List, Optional, Sequence
 
@@ -65,7 +66,9 @@ class TorchACECalculator(Calculator):
     ``stress_std`` when they are requested; True gives all three on every call (and requires a committee);
     False gives none unless requested.  ``compile``: the analytic backend through ``torch.compile``
     (``ACEModel.compiled_forward``; the first step compiles, docs/performance.md has the timings).
-    ``fused=True``: deprecated spelling of ``backend="fused"``.
+    ``fused=True``: deprecated spelling of ``backend="fused"``.  A TorchScript archive (it contains code) is
+    loaded only with ``backend="torchscript"``.  Calls are serialised by a lock: one calculator may be
+    shared between threads (each call sees its own structure).
 
     ``n_neighbour_list_builds`` counts neighbour-list builds (reuse statistics).
     """
@@ -91,7 +94,7 @@ class TorchACECalculator(Calculator):
         self.skin = float(skin)
         self.min_distance = float(min_distance)
         self.model_path: Optional[str] = None
-        self.model, self._forward, numbers, rcut = self._load(model_or_path)
+        self.model, self._forward, numbers, rcut = self._load(model_or_path, backend)
         if fused is not None:
             import warnings
 
@@ -129,22 +132,32 @@ class TorchACECalculator(Calculator):
         self.implemented_properties = BASE_PROPERTIES + (STD_PROPERTIES if self._committee is not None else [])
         self._nl: Optional[_NeighbourList] = None
         self.n_neighbour_list_builds = 0
+        # one calculation at a time: ASE keeps results (and this calculator its neighbour list) on the object,
+        # so two threads would read each other's structures; get_property holds it across calculate + read
+        self._lock = threading.RLock()
 
     # ---- model ----
 
-    def _load(self, model_or_path):
+    def _load(self, model_or_path, backend: str):
         if isinstance(model_or_path, (str, os.PathLike)):
             path = os.fspath(model_or_path)
             self.model_path = path
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{path}: no such model file")
             if zipfile.is_zipfile(path):  # a TorchScript archive (torchace.export)
+                if backend != TORCHSCRIPT:
+                    # loading a model file never runs code; a TorchScript archive is code: only on request
+                    raise ValueError(f"{path} is a TorchScript archive (it contains code); load it with "
+                                     f"TorchACECalculator(path, backend='torchscript') if you trust it, or use "
+                                     "the torchace model file (.json) it was exported from")
                 from ..io.torchscript import load_torchscript
 
                 module, meta = load_torchscript(path, map_location=self.device)
                 module = module.to(self.dtype)
                 module.eval()
                 return None, module, meta["atomic_numbers"], meta["rcut"]
+            if backend == TORCHSCRIPT:
+                raise ValueError(f"backend='torchscript': {path} is not a TorchScript archive")
             from ..io.model_file import load
 
             model = load(path, dtype=self.dtype, device=self.device)
@@ -211,7 +224,15 @@ class TorchACECalculator(Calculator):
 
     # ---- ASE interface ----
 
+    def get_property(self, name, atoms=None, allow_calculation=True):
+        with self._lock:
+            return super().get_property(name, atoms, allow_calculation)
+
     def calculate(self, atoms=None, properties: Sequence[str] = ("energy",), system_changes=all_changes):
+        with self._lock:
+            self._calculate(atoms, properties, system_changes)
+
+    def _calculate(self, atoms, properties, system_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         pos = np.asarray(atoms.get_positions(), dtype=np.float64)

@@ -1,0 +1,144 @@
+"""Issue "Reliability", classes 1, 6 (CLI) and 7: outputs never overwrite inputs or each other and are checked
+before any work; CLI errors are one line (traceback with --debug); one calculator shared between threads
+returns each thread's own structure; a TorchScript archive is loaded only on request."""
+import hashlib
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import torchace
+from torchace.atomic import OutputPathError, check_outputs
+from torchace.calculators import TorchACECalculator
+from torchace.cli import main
+from torchace.testing import randomize_coefficients, rattled_bulk
+
+
+def _sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    m = torchace.ace_model(["Si"], 2, 6)
+    randomize_coefficients(m, seed=2)
+    p = tmp_path / "m.json"
+    m.save(str(p))
+    return str(p)
+
+
+def test_check_outputs_refuses_aliases_and_unwritable_paths(tmp_path):
+    inp = tmp_path / "train.xyz"
+    inp.write_text("data")
+    link = tmp_path / "link.xyz"
+    os.symlink(inp, link)
+    hard = tmp_path / "hard.xyz"
+    os.link(inp, hard)
+    for out in (inp, link, hard, tmp_path / "." / "train.xyz"):
+        with pytest.raises(OutputPathError, match="is the input"):
+            check_outputs([str(inp)], {"model": str(out)}, "test")
+    with pytest.raises(OutputPathError, match="outputs model and errors are the same file"):
+        check_outputs([], {"model": str(tmp_path / "a.json"), "errors": str(tmp_path / "a.json")}, "test")
+    with pytest.raises(OutputPathError, match="does not exist"):
+        check_outputs([], {"model": str(tmp_path / "no" / "a.json")}, "test")
+    with pytest.raises(OutputPathError, match="is a directory"):
+        check_outputs([], {"model": str(tmp_path)}, "test")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if not os.access(ro, os.W_OK) or os.geteuid() != 0:
+            with pytest.raises(OutputPathError, match="cannot be written"):
+                check_outputs([], {"model": str(ro / "a.json")}, "test")
+    finally:
+        os.chmod(ro, 0o700)
+    check_outputs([str(inp)], {"model": str(tmp_path / "b.json"), "errors": None}, "test")  # fine
+    assert inp.read_text() == "data" and not list(tmp_path.glob(".tmp_*"))
+
+
+def test_export_refuses_its_own_input(model_file, tmp_path):
+    before = _sha(model_file)
+    with pytest.raises(SystemExit, match="is the input"):
+        main(["export", model_file, model_file, "--format", "torchscript"])
+    assert _sha(model_file) == before  # the input is untouched
+    # negative control: a different output path works and leaves the input as it was
+    assert main(["export", model_file, str(tmp_path / "m.pt"), "--format", "torchscript"]) == 0
+    assert _sha(model_file) == before
+
+
+def test_fit_refuses_outputs_on_inputs_before_fitting(tmp_path):
+    data = tmp_path / "train.xyz"
+    from torchace.testing import labelled_dataset
+    from ase.io import write
+
+    write(str(data), [s.atoms for s in labelled_dataset(3, seed=1)])
+    before = _sha(data)
+    cfg = {"model": {"elements": ["Si", "Ge"], "order": 2, "totaldegree": 5}, "data": {"train": "train.xyz"},
+           "E0": {"Si": -158.5, "Ge": -100.0}, "solver": {"name": "QR", "lam": 1e-3}}
+    for out in ({"model": "train.xyz"}, {"model": "fit.yaml"}, {"model": "m.json", "errors": "m.json"}):
+        (tmp_path / "fit.yaml").write_text(json.dumps(dict(cfg, output=out)))
+        cfg_sha = _sha(tmp_path / "fit.yaml")
+        with pytest.raises(SystemExit, match="torchace fit: OutputPathError"):
+            main(["fit", str(tmp_path / "fit.yaml"), "-q"])
+        assert _sha(data) == before and _sha(tmp_path / "fit.yaml") == cfg_sha
+    (tmp_path / "fit.yaml").write_text(json.dumps(dict(cfg, output={"model": "sub/m.json"})))
+    with pytest.raises(SystemExit, match="does not exist"):  # found before the fit, not after it
+        main(["fit", str(tmp_path / "fit.yaml"), "-q"])
+    (tmp_path / "fit.yaml").write_text(json.dumps(dict(cfg, output={"model": "m.json", "errors": "e.json"})))
+    assert main(["fit", str(tmp_path / "fit.yaml"), "-q"]) == 0  # negative control
+    assert _sha(data) == before and (tmp_path / "m.json").exists()
+
+
+def test_cli_errors_are_one_line_unless_debug(tmp_path, capsys):
+    bad = tmp_path / "fit.yaml"
+    bad.write_text("model: {elements: [Si], order: 2.5, totaldegree: 6}\ndata: {train: x.xyz}\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", str(bad)])
+    msg = str(exc.value)
+    assert msg.startswith("torchace fit: ValueError: ") and "order" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="order"):
+        main(["--debug", "fit", str(bad)])
+
+
+def test_calculator_shared_between_threads_returns_each_threads_structure():
+    m = torchace.ace_model(["Si"], 2, 6)
+    randomize_coefficients(m, seed=4)
+    calc = TorchACECalculator(m, skin=0.0)
+    structs = [rattled_bulk(["Si"], seed=s) for s in (1, 2)]
+    ref = [TorchACECalculator(m).get_potential_energy(a) for a in structs]
+    assert abs(ref[0] - ref[1]) > 1e-6
+    wrong = []
+
+    def run(k):
+        at = structs[k].copy()
+        for step in range(100):
+            at.positions[0, 0] += 1e-7 * (1 if step % 2 else -1)  # a new calculation each call
+            try:
+                e = calc.get_potential_energy(at)
+            except Exception as exc:  # noqa: BLE001 — without the lock: "energy not present", wrong shapes
+                wrong.append((k, step, repr(exc)))
+                continue
+            if abs(e - ref[k]) > 1e-3:
+                wrong.append((k, step, e))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong, wrong[:3]
+
+
+def test_torchscript_archive_only_on_request(model_file, tmp_path):
+    pt = tmp_path / "m.pt"
+    torchace.export(torchace.load(model_file), str(pt))
+    with pytest.raises(ValueError, match="TorchScript archive.*backend='torchscript'"):
+        TorchACECalculator(str(pt))
+    calc = TorchACECalculator(str(pt), backend="torchscript")
+    at = rattled_bulk(["Si"], seed=3)
+    e = calc.get_potential_energy(at)
+    assert np.isclose(e, TorchACECalculator(model_file).get_potential_energy(at), rtol=1e-12)
+    with pytest.raises(ValueError, match="not a TorchScript archive"):
+        TorchACECalculator(model_file, backend="torchscript")
