@@ -142,3 +142,69 @@ def test_torchscript_archive_only_on_request(model_file, tmp_path):
     assert np.isclose(e, TorchACECalculator(model_file).get_potential_energy(at), rtol=1e-12)
     with pytest.raises(ValueError, match="not a TorchScript archive"):
         TorchACECalculator(model_file, backend="torchscript")
+
+
+# ---- class 5 (ill-posed fits are reported) and 6 (errors name the file and frame) ----
+
+def _xyz(tmp_path, structs, name="train.xyz"):
+    from ase.io import write
+
+    p = tmp_path / name
+    write(str(p), structs)
+    return str(p)
+
+
+def test_weights_for_absent_config_type_are_refused():
+    from torchace.testing import labelled_dataset
+
+    data = labelled_dataset(4, seed=2)
+    m = torchace.ace_model(["Si", "Ge"], 2, 5)
+    present = sorted({s.config_type for s in data})
+    with pytest.raises(ValueError, match=r"config_type\(s\) \['liquid'\].*a typo"):
+        torchace.fit(m, data, weights={"liquid": {"E": 10}}, E0={"Si": -1.0, "Ge": -2.0}, compute_errors=False)
+    # negative control: a config_type of the data is accepted
+    torchace.fit(m, data, weights={present[0]: {"E": 10}}, E0={"Si": -1.0, "Ge": -2.0}, compute_errors=False,
+                 solver=torchace.solvers.QR(lam=1e-3))
+
+
+def test_all_zero_weights_and_rank_deficient_E0_are_refused():
+    from torchace.testing import labelled_dataset
+
+    data = labelled_dataset(4, seed=3)
+    m = torchace.ace_model(["Si", "Ge"], 2, 5)
+    with pytest.raises(ValueError, match="no rows"):
+        torchace.fit(m, data, weights={"default": {"E": 0, "F": 0, "V": 0}}, E0={"Si": -1.0, "Ge": -2.0})
+    # every structure with the same composition: Si and Ge energies cannot be told apart
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    same = []
+    for s in (1, 2, 3):
+        a = rattled_bulk(["Si"], seed=s)
+        a.numbers[::2] = 32  # Si4Ge4 every time
+        same.append(a)
+    assert len({a.get_chemical_formula() for a in same}) == 1 and len(set(same[0].numbers)) == 2
+    for k, a in enumerate(same):
+        a.calc = SinglePointCalculator(a, energy=-10.0 - k, forces=np.zeros((len(a), 3)))
+    with pytest.raises(ValueError, match="E0='fit' is ill-posed"):
+        torchace.fit(m, same, E0="fit", compute_errors=False)
+    # a single-element model with E0 fitted is well posed (negative control)
+    si = torchace.ace_model(["Si"], 2, 5)
+    ats = [rattled_bulk(["Si"], seed=s) for s in (1, 2, 3)]
+    for k, a in enumerate(ats):
+        a.calc = SinglePointCalculator(a, energy=-40.0 - k, forces=np.zeros((len(a), 3)))
+    torchace.fit(si, ats, E0="fit", compute_errors=False, solver=torchace.solvers.QR(lam=1e-3))
+
+
+def test_geometry_errors_during_a_fit_name_file_and_frame(tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    good = [rattled_bulk(["Si"], seed=s) for s in (1, 2, 3)]
+    bad = rattled_bulk(["Si"], seed=4)
+    bad.positions[1] = bad.positions[0] + [0.001, 0, 0]  # on top of atom 0
+    structs = good + [bad]
+    for k, a in enumerate(structs):
+        a.calc = SinglePointCalculator(a, energy=-40.0 - k, forces=np.zeros((len(a), 3)))
+    path = _xyz(tmp_path, structs)
+    m = torchace.ace_model(["Si"], 2, 5)
+    with pytest.raises(ValueError, match=r"train\.xyz:frame 3 \(Si8\): atoms 0 and 1 are .* apart"):
+        torchace.fit(m, path, E0={"Si": -5.0}, compute_errors=False, batch_atoms=64)

@@ -126,7 +126,8 @@ def batch_system(model, structs: List[Labelled], weights, *, device=None, memory
     """Weighted rows, targets and E0 columns of one batch: (A [m, K], y [m], Z [m, NZ])."""
     dtype = model.coefficients.dtype
     dev = device or model.coefficients.device
-    batch = collate([s.atoms for s in structs], model.config.numbers, model.rcut, dtype=dtype, device=dev)
+    batch = collate([s.atoms for s in structs], model.config.numbers, model.rcut, dtype=dtype, device=dev,
+                    names=[s.source for s in structs])
     rows = batch_rows(model, batch, memory_budget, backend)
     base = _baseline(model, batch)
     blocks, targets, e0_rows = [], [], []

@@ -81,6 +81,17 @@ def _set_E0(model, ds: Dataset, E0) -> Dict[str, float]:
     return values
 
 
+def _check_weights_match(weights, ds: Dataset) -> None:
+    """Weights for a config_type the data do not contain are a typo, not a no-op: refuse them."""
+    from .repulsion import RESTRAINT, SYNTHETIC_DIMER
+
+    present = set(ds.config_types)
+    unknown = sorted(set(weights or {}) - {"default", SYNTHETIC_DIMER, RESTRAINT} - present)
+    if unknown:
+        raise ValueError(f"weights given for config_type(s) {unknown} that the training data do not contain "
+                         f"(its config_types: {sorted(present)}); a typo?")
+
+
 @dataclass
 class Solution:
     """Output of ``solve_system``: coefficients on the model's basis (Γ undone), committee, fitted E0."""
@@ -100,6 +111,9 @@ def solve_system(system: LinearSystem, solver, *, gamma: Optional[torch.Tensor] 
     squares on the residual.  ``validation``: (A, y) of a validation system, for solvers that select on it.
     Separate from ``fit`` so that one assembled system can be solved under several priors and solvers.
     """
+    if system.n_obs == 0:
+        raise ValueError("the fit has no rows: every structure's labels have zero weight (or none are labelled); "
+                         "check the weights and the data's energy/force/virial keys")
     A, y = system.A.to(torch.float64), system.y.to(torch.float64)
     if gamma is not None:
         gamma = gamma.to(device=A.device, dtype=torch.float64)
@@ -109,6 +123,11 @@ def solve_system(system: LinearSystem, solver, *, gamma: Optional[torch.Tensor] 
         if system.e0_columns is None:
             raise ValueError("fitting E0 needs the dense design matrix (its E0 columns); give E0 or isolated atoms")
         Z = system.e0_columns.to(torch.float64)
+        rank = int(torch.linalg.matrix_rank(Z)) if Z.numel() else 0
+        if rank < Z.shape[1]:
+            raise ValueError(f"E0='fit' is ill-posed here: the weighted energy rows determine only {rank} of the "
+                             f"{Z.shape[1]} per-element energies (every structure has the same composition, or an "
+                             "element has no weighted energy); give E0 or isolated_atom structures")
         Q, _ = torch.linalg.qr(Z)
         A = A - Q @ (Q.T @ A)
         y_fit = y - Q @ (Q.T @ y)
@@ -153,6 +172,7 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
 
     t0 = time.perf_counter()
     ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
+    _check_weights_match(weights, ds)
     weights = resolve_weights(weights)
     fit_e0 = isinstance(E0, str) and E0 == "fit"
     if fit_e0:

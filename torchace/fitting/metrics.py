@@ -11,7 +11,8 @@ import torch
 
 from .. import keys as K
 from .data import ISOLATED_ATOM, Dataset, read_data
-from ..model.evaluate import evaluate
+from ..model.evaluate import evaluate_batch
+from ..structures.batch import collate
 
 ALL = "all"
 
@@ -27,7 +28,9 @@ def predictions(model, ds: Dataset, *, batch_atoms: int = 4096) -> List[Dict[str
             batch.append(structs[k])
             n += structs[k].n_atoms
             k += 1
-        res = evaluate(model, [s.atoms for s in batch])
+        res = evaluate_batch(model, collate([s.atoms for s in batch], model.config.numbers, model.rcut,
+                                            dtype=model.coefficients.dtype, device=model.coefficients.device,
+                                            names=[s.source for s in batch]))
         forces = torch.split(res[K.FORCES], res[K.N_ATOMS].tolist())
         for j in range(len(batch)):
             out.append({K.ENERGY: float(res[K.ENERGY][j]), K.FORCES: forces[j].cpu().numpy(),

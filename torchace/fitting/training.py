@@ -23,7 +23,8 @@ def make_batches(model, structs, weights, batch_size, device, dtype):
     batches = []
     for b0 in range(0, len(structs), batch_size):
         chunk = structs[b0:b0 + batch_size]
-        batch = collate([s.atoms for s in chunk], model.config.numbers, model.rcut, dtype=dtype, device=device)
+        batch = collate([s.atoms for s in chunk], model.config.numbers, model.rcut, dtype=dtype, device=device,
+                        names=[s.source for s in chunk])
         n = np.array([s.n_atoms for s in chunk], dtype=float)
         w = np.array([row_weights(weights, s.config_type, s.n_atoms) for s in chunk], dtype=float)  # [S, 3]
         has_e = np.array([s.energy is not None for s in chunk])

@@ -6,7 +6,7 @@ names the structure (its index in the list, and ``info['config_type']``/``info['
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -18,9 +18,11 @@ from .neighbours import neighbour_list
 DEFAULT_MIN_DISTANCE = 0.01  # Å; closer pairs are "atoms on top of each other"
 
 
-def _label(k: int, atoms: Atoms) -> str:
+def _label(k: int, atoms: Atoms, name: Optional[str] = None) -> str:
+    """"structure k (formula, config_type=…)", or with ``name`` (a data file's "file:frame") that name."""
     extra = [f"{key}={atoms.info[key]!r}" for key in ("config_type", "name") if key in atoms.info]
-    return f"structure {k} ({atoms.get_chemical_formula()}{', ' + ', '.join(extra) if extra else ''})"
+    where = name if name is not None else f"structure {k}"
+    return f"{where} ({atoms.get_chemical_formula()}{', ' + ', '.join(extra) if extra else ''})"
 
 
 def as_list(structures: Union[Atoms, Sequence[Atoms]]) -> List[Atoms]:
@@ -33,8 +35,8 @@ def as_list(structures: Union[Atoms, Sequence[Atoms]]) -> List[Atoms]:
     return out
 
 
-def validate(k: int, atoms: Atoms, z_to_species: Dict[int, int]) -> None:
-    label = _label(k, atoms)
+def validate(k: int, atoms: Atoms, z_to_species: Dict[int, int], name: Optional[str] = None) -> None:
+    label = _label(k, atoms, name)
     if len(atoms) == 0:
         raise ValueError(f"{label}: has no atoms")
     pos = atoms.get_positions()
@@ -59,23 +61,29 @@ def validate(k: int, atoms: Atoms, z_to_species: Dict[int, int]) -> None:
             raise ValueError(f"{label}: periodic cell is degenerate (zero volume or dependent lattice vectors)")
 
 
-def too_close(k: int, atoms: Atoms, i: int, j: int, d: float, min_distance: float) -> ValueError:
+def too_close(k: int, atoms: Atoms, i: int, j: int, d: float, min_distance: float,
+              name: Optional[str] = None) -> ValueError:
     """The error for atoms ``i`` and ``j`` of structure ``k`` closer than ``min_distance`` (Å)."""
-    return ValueError(f"{_label(k, atoms)}: atoms {i} and {j} are {d:.3g} Å apart "
+    return ValueError(f"{_label(k, atoms, name)}: atoms {i} and {j} are {d:.3g} Å apart "
                       f"(< min_distance {min_distance} Å): atoms on top of each other")
 
 
 def collate(structures, elements_z: Sequence[int], rcut: float, *, dtype=torch.float64,
-            device=None, min_distance: float = DEFAULT_MIN_DISTANCE) -> Dict[str, torch.Tensor]:
-    """Validate, build neighbour lists and concatenate ``structures`` into flat tensors."""
+            device=None, min_distance: float = DEFAULT_MIN_DISTANCE,
+            names: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+    """Validate, build neighbour lists and concatenate ``structures`` into flat tensors.  ``names``: where
+    each structure came from ("file:frame"), used in error messages instead of its index in this batch."""
     atoms_list = as_list(structures)
     if not atoms_list:
         raise ValueError("no structures given")
+    if names is not None and len(names) != len(atoms_list):
+        raise ValueError(f"collate: {len(names)} names for {len(atoms_list)} structures")
     z_to_species = {int(z): s for s, z in enumerate(elements_z)}
     pos_l, num_l, bat_l, ei_l, ej_l, sh_l, cells, pbcs, nat = [], [], [], [], [], [], [], [], []
     offset = 0
     for k, atoms in enumerate(atoms_list):
-        validate(k, atoms, z_to_species)
+        name = None if names is None else names[k]
+        validate(k, atoms, z_to_species, name)
         pos = atoms.get_positions()
         cell = atoms.cell.array.copy()
         pbc = atoms.get_pbc()
@@ -85,7 +93,7 @@ def collate(structures, elements_z: Sequence[int], rcut: float, *, dtype=torch.f
             close = np.flatnonzero(d < min_distance)
             if len(close):
                 e = close[0]
-                raise too_close(k, atoms, int(i[e]), int(j[e]), float(d[e]), min_distance)
+                raise too_close(k, atoms, int(i[e]), int(j[e]), float(d[e]), min_distance, name)
         pos_l.append(pos)
         num_l.append(atoms.numbers)
         bat_l.append(np.full(len(atoms), k))
