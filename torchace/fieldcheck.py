@@ -100,3 +100,34 @@ def check_ace_fields(d: dict, where: str = "ACEConfig") -> None:
     for key in ("zbl_inner", "zbl_outer"):
         if d.get(key) is not None:
             check_float(where, key, d[key], nonnegative=True)
+
+
+def unique_keys(pairs):
+    """``json`` object hook: a key given twice is an error (the JSON standard leaves it open; Python keeps the
+    last silently)."""
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise ValueError(f"duplicate key {k!r}")
+        d[k] = v
+    return d
+
+
+def strict_yaml(text: str):
+    """``yaml.safe_load`` that refuses a key given twice (PyYAML keeps the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return loader.construct_mapping(node, deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=UniqueKeyLoader)

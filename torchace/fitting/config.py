@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Optional, Union
 
 from ..config import ACEConfig
 from .data import DataKeys, example_data
-from ..fieldcheck import check_ace_fields, check_bool, check_float, check_int, check_paths, check_str
+from ..fieldcheck import (check_ace_fields, check_bool, check_float, check_int, check_paths, check_str, strict_yaml,
+                          unique_keys)
 
 BUNDLED = "@bundled/"
 # the model section holds ``ace_model`` / ACEConfig arguments: the dataclass's field list, written once
@@ -174,12 +175,11 @@ class FitConfig:
     def load(cls, path: str) -> "FitConfig":
         import json
 
-        import yaml
 
         with open(path) as fh:
             text = fh.read()
         try:
-            d = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+            d = json.loads(text, object_pairs_hook=unique_keys) if path.endswith(".json") else strict_yaml(text)
         except Exception as exc:
             raise ValueError(f"{path}: cannot parse: {exc}") from exc
         try:

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..fieldcheck import check_float
 from ..model.backends import ROWS, select
 from .assembly import LinearSystem, assemble, assemble_reduced, fitting_structures
 from .data import Dataset, DataKeys, isolated_atom_energies, read_data
@@ -73,7 +74,7 @@ def _set_E0(model, ds: Dataset, E0) -> Dict[str, float]:
         unknown = set(E0) - set(syms)
         if unknown:
             raise ValueError(f"E0 given for {sorted(unknown)}, not in the model's elements {syms}")
-        values = {s: float(E0.get(s, 0.0)) for s in syms}
+        values = {s: check_float("E0", s, E0.get(s, 0.0)) for s in syms}  # NaN/inf/bool refused
     else:
         raise ValueError(f"E0 must be None, 'isolated', 'fit' or a dict, got {E0!r}")
     with torch.no_grad():

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Dict, Optional, Tuple
 
+from ..fieldcheck import check_float
+
 
 DEFAULT_WEIGHTS = {"default": {"E": 30.0, "F": 1.0, "V": 1.0}}
 
@@ -20,7 +22,8 @@ def resolve_weights(weights: Optional[Dict[str, Dict[str, float]]]) -> Dict[str,
         if bad:
             raise ValueError(f"weights[{ct!r}] has unknown keys {sorted(bad)}; use E, F, V")
         base = dict(out.get("default", DEFAULT_WEIGHTS["default"]))
-        base.update({k: float(v) for k, v in w.items()})
+        # the config files' check (finite, >= 0, not a bool): NaN or negative weights are refused here too
+        base.update({k: check_float("weights", f"{ct}.{k}", v, nonnegative=True) for k, v in w.items()})
         out[ct] = base
     return out
 

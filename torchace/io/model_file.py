@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..fieldcheck import unique_keys
 from ..model.ace import ACEModel
 from ..model.state import FORMAT, FORMAT_VERSION, UNITS, ModelFileError
 
@@ -32,7 +33,8 @@ def load(path: str, dtype: torch.dtype = torch.float64, device=None):
     """Load a model saved by ``model.save(path)``; JSON only, nothing is executed."""
     try:
         with open(path, "r") as fh:
-            d = json.load(fh, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"non-finite number {c}")))
+            d = json.load(fh, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"non-finite number {c}")),
+                          object_pairs_hook=unique_keys)
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:

@@ -30,7 +30,7 @@ INNER_CUTOFF_TYPES = ("density", "distance")
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """Safe loader whose mappings accept sequence keys (``[0, 1]:``) as tuples."""
+    """Safe loader whose mappings accept sequence keys (``[0, 1]:``) as tuples and refuse a key given twice."""
 
 
 def _construct_mapping(loader, node):
@@ -40,6 +40,8 @@ def _construct_mapping(loader, node):
         k = loader.construct_object(k_node, deep=True)
         if isinstance(k, list):
             k = tuple(k)
+        if k in out:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {k!r}", k_node.start_mark)
         out[k] = loader.construct_object(v_node, deep=True)
     return out
 

@@ -30,7 +30,22 @@ def _finite_list(t: torch.Tensor, what: str) -> Any:
     return x.tolist()
 
 
+# config fields a model file must carry (a missing one would load with a default that changes the model);
+# pure2b / pure were added later and default to False for files written before them
+REQUIRED_CONFIG = ("elements", "order", "totaldegree", "wL", "rcut", "r0", "E0", "pair", "zbl", "zbl_inner",
+                   "zbl_outer")
+
+
+def _has_bool(x: Any) -> bool:
+    """Whether a (nested) list holds a JSON true/false (torch.tensor would read it as 1.0/0.0)."""
+    if isinstance(x, bool):
+        return True
+    return isinstance(x, list) and any(_has_bool(v) for v in x)
+
+
 def _tensor(d: Dict[str, Any], key: str, shape, path: str) -> torch.Tensor:
+    if key in d and _has_bool(d[key]):
+        raise ModelFileError(f"{path}: field {key!r} holds true/false where numbers belong")
     try:
         t = torch.tensor(d[key], dtype=torch.float64)
     except KeyError:
@@ -77,20 +92,29 @@ class ModelState:
         v = d.get("format_version")
         if v != FORMAT_VERSION:
             raise ModelFileError(f"{path}: format_version {v!r} is not supported (this torchace reads {FORMAT_VERSION})")
+        if not isinstance(d.get("config"), dict):
+            raise ModelFileError(f"{path}: missing field 'config' (a mapping of the model's ACEConfig fields)")
+        missing = [k for k in REQUIRED_CONFIG if k not in d["config"]]
+        if missing:
+            raise ModelFileError(f"{path}: 'config' is missing the field(s) {missing}")
+        if d.get("units") != UNITS:
+            raise ModelFileError(f"{path}: field 'units' must be {UNITS}, got {d.get('units')!r}")
         try:
             cfg = ACEConfig.from_dict(d["config"])
-        except KeyError:
-            raise ModelFileError(f"{path}: missing field 'config'") from None
+        except KeyError as exc:
+            raise ModelFileError(f"{path}: 'config' is missing {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: invalid 'config': {exc}") from None
         model = cls(cfg, dtype=dtype).eval()
-        if d.get("basis_size") != model.basis_size:
+        if isinstance(d.get("basis_size"), bool) or d.get("basis_size") != model.basis_size:
             raise ModelFileError(f"{path}: basis_size {d.get('basis_size')!r} does not match the rebuilt model "
                                  f"({model.basis_size}); the file is corrupt or from an incompatible version")
         model.coefficients = _tensor(d, "coefficients", (model.basis_size,), path).to(dtype)
         model.set_basis_scale(_tensor(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path),
                               _tensor(d, "pair_scale", tuple(model.pair.scale.shape), path))
         if d.get("committee") is not None:
+            if _has_bool(d["committee"]):
+                raise ModelFileError(f"{path}: field 'committee' holds true/false where numbers belong")
             try:
                 c = torch.tensor(d["committee"], dtype=torch.float64)
             except (TypeError, ValueError, RuntimeError) as exc:

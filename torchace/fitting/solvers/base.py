@@ -18,11 +18,15 @@ M. E. Tipping, JMLR 1, 211 (2001) (sparse Bayesian learning / ARD).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+
+from ...fieldcheck import check_bool, check_float, check_int
 
 @dataclass
 class SolveResult:
@@ -56,7 +60,25 @@ def fnorm2(v: torch.Tensor) -> float:
 
 
 class Solver:
-    """Base class: ``solve`` checks the system and hands it to the subclass's ``_solve``."""
+    """Base class: ``solve`` checks the system and hands it to the subclass's ``_solve``.
+
+    Construction checks every numeric field the same way for Python and config files (``torchace fit``):
+    finite, not a bool, >= 0 (``lam=nan``, ``damp=-1``, ``committee_size=2.5`` are refused with the field
+    named)."""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            v, t = getattr(self, f.name), hints.get(f.name)
+            where = type(self).__name__
+            if v is None:
+                continue
+            if t in (float, Optional[float]):
+                check_float(where, f.name, v, nonnegative=True)
+            elif t in (int, Optional[int]):
+                check_int(where, f.name, v, minimum=0)
+            elif t is bool:
+                check_bool(where, f.name, v)
 
     def solve(self, A: torch.Tensor, y: torch.Tensor, *, n_obs: Optional[int] = None,
               rss_offset: float = 0.0, validation: Optional[tuple] = None) -> SolveResult:
