@@ -103,3 +103,64 @@ def test_fit_arguments_validated(kw, match):
     kw = dict(dict(E0={"Si": -1.0, "Ge": -2.0}), **kw)
     with pytest.raises(ValueError, match=match):
         torchace.fit(m, data, compute_errors=False, **kw)
+
+
+# ---- class 2: hopeless parameters and inputs are refused before work, with the numbers ----
+
+@pytest.mark.parametrize("args, kw, match", [
+    ((["Si"], 3, 60), {}, r"allows spherical harmonics up to l = 39; they are implemented up to l = 12"),
+    ((["Si"], 3, 12), dict(wL=1e-6), r"up to l = 11000000"),
+])
+def test_pathological_basis_refused_at_once(args, kw, match):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        torchace.ace_model(*args, **kw)
+    assert time.perf_counter() - t0 < 1.0  # before any enumeration (used to take 95 s and 5 GB, or forever)
+
+
+def test_product_count_cap(monkeypatch):
+    monkeypatch.setenv("TORCHACE_MAX_PRODUCTS", "100")
+    with pytest.raises(ValueError, match=r"more than 100 product functions.*TORCHACE_MAX_PRODUCTS"):
+        torchace.ace_model(["Si"], 3, 12)
+    monkeypatch.delenv("TORCHACE_MAX_PRODUCTS")
+    assert torchace.ace_model(["Si"], 3, 12).basis_size == 223  # negative control
+
+
+def test_nearly_flat_cell_refused_before_the_neighbour_search():
+    from ase.build import bulk
+
+    m = torchace.ace_model(["Si"], 2, 6)
+    a = bulk("Si", "diamond", 5.43, cubic=True)
+    a.set_cell([[5.43, 0, 0], [0, 5.43, 0], [0, 0, 1e-6]], scale_atoms=False)
+    with pytest.raises(ValueError, match=r"structure 0 \(Si8\).*neighbour pairs within rcut.*nearly flat"):
+        torchace.evaluate(m, a)
+    from torchace.calculators import TorchACECalculator
+
+    a.calc = TorchACECalculator(m)
+    with pytest.raises(ValueError, match="nearly flat"):
+        a.get_potential_energy()
+
+
+def test_deeply_nested_model_file_and_yace_alias(tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text('{"format": "torchace-model", "x": ' + "[" * 100000 + "]" * 100000 + "}")
+    with pytest.raises(ModelFileError, match="deep.json: nested too deeply"):
+        torchace.load(str(p))
+    from torchace.io import read_yace, write_yace
+
+    m = torchace.ace_model(["Si"], 2, 5, pair=False)
+    y = tmp_path / "m.yace"
+    write_yace(m, str(y))
+    text = y.read_text()
+    bomb = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" + text
+    (tmp_path / "bomb.yace").write_text(bomb)
+    with pytest.raises(ValueError, match=r"bomb.yace: line 1: YAML anchors/aliases"):
+        read_yace(str(tmp_path / "bomb.yace"))
+
+
+def test_error_messages_do_not_embed_unbounded_values():
+    with pytest.raises(ValueError) as exc:
+        torchace.ace_model(["Si"], 2, 6, wL=list(range(100000)))
+    assert len(str(exc.value)) < 300 and "characters" in str(exc.value)

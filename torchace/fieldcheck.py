@@ -12,8 +12,14 @@ import numbers
 from typing import Any
 
 
+def short_repr(v: Any, limit: int = 120) -> str:
+    """``repr`` cut to ``limit`` characters: error messages never embed an unbounded value."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 25] + f"... ({len(r):,} characters)"
+
+
 def _fail(where: str, key: str, what: str, v: Any) -> None:
-    raise ValueError(f"{where}: '{key}' must be {what}, got {v!r}")
+    raise ValueError(f"{where}: '{key}' must be {what}, got {short_repr(v)}")
 
 
 def is_number(v: Any) -> bool:

@@ -13,9 +13,10 @@ from e3nn import o3
 from torch import nn
 
 from .radial import ManyBodyRadials
+from .spec import MAX_L
 from .angular import RealSphericalHarmonics, e3nn_signed_permutation, solid_gradient_matrices
 
-MAX_L_E3NN = 12  # e3nn's spherical harmonics are implemented up to l = 12
+MAX_L_E3NN = MAX_L  # e3nn's spherical harmonics are implemented up to l = 12
 
 
 class EdgeEmbedding(nn.Module):

@@ -18,6 +18,18 @@ NL = Tuple[int, int]  # one-particle index (n, l), n >= 1
 
 # Levels are compared with a tolerance because n/NZ and wL·l are not exact in binary.
 _LEVEL_TOL = 1e-9
+# the real spherical harmonics and their coupling go up to l = 12 (e3nn's implementation)
+MAX_L = 12
+# product (AA) multisets enumerated at most (the ACEpotentials.jl paper's largest bases have ~10^4-10^5);
+# larger requests are refused before the coupling work, which grows much faster.  Override with the
+# environment variable TORCHACE_MAX_PRODUCTS.
+DEFAULT_MAX_PRODUCTS = 1_000_000
+
+
+def max_products() -> int:
+    import os
+
+    return int(os.environ.get("TORCHACE_MAX_PRODUCTS", DEFAULT_MAX_PRODUCTS))
 
 
 def totaldegree_per_order(order: int, totaldegree) -> List[float]:
@@ -79,9 +91,24 @@ def one_particle_spec(nz: int, wL: float, degrees: Sequence[float]) -> List[NL]:
     return out
 
 
+def check_size(nz: int, wL: float, degrees: Sequence[float]) -> None:
+    """Refuse, before any enumeration, parameters whose harmonic degree exceeds ``MAX_L`` (a tiny wL or a
+    large totaldegree), with the numbers: l_max = (totaldegree − 1/NZ) / wL for the orders ≥ 2."""
+    if not (wL > 0 and math.isfinite(wL)):
+        raise ValueError(f"wL must be a positive finite number, got {wL!r}")
+    if len(degrees) > 1:
+        l_max = math.floor((max(degrees[1:]) - 1.0 / nz) / wL + _LEVEL_TOL)
+        if l_max > MAX_L:
+            raise ValueError(f"totaldegree {max(degrees[1:]):g} with wL = {wL:g} allows spherical harmonics up to "
+                             f"l = {l_max}; they are implemented up to l = {MAX_L}: lower totaldegree or raise wL "
+                             f"(wL >= {(max(degrees[1:]) - 1.0 / nz) / MAX_L:.3g} here)")
+
+
 def product_spec(nz: int, order: int, totaldegree, wL: float = 1.5) -> ProductSpec:
     """Enumerate the sorted (n, l) multisets of every correlation order 1..order."""
     degrees = totaldegree_per_order(order, totaldegree)
+    check_size(nz, wL, degrees)
+    cap = max_products()
     onep = one_particle_spec(nz, wL, degrees)
     levels = [level(nl, nz, wL) for nl in onep]
     min_level = min(levels)
@@ -101,6 +128,10 @@ def product_spec(nz: int, order: int, totaldegree, wL: float = 1.5) -> ProductSp
             if remaining == 1:
                 if (lsum + onep[a][1]) % 2 == 0:
                     tuples.append(tuple(onep[i] for i in new))
+                    if len(tuples) > cap:
+                        raise ValueError(f"order {order}, totaldegree {list(degrees)} (wL {wL:g}, {nz} element(s)) "
+                                         f"has more than {cap:,} product functions; refusing before the coupling "
+                                         "work (lower totaldegree or order; TORCHACE_MAX_PRODUCTS raises the limit)")
             else:
                 extend(new, budget - lev, remaining - 1, lsum + onep[a][1])
 

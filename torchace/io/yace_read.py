@@ -18,6 +18,7 @@ Not supported (clear error): ACE.jl radial bases, ``Tabulated`` radials, the "zb
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import yaml
@@ -27,6 +28,9 @@ from ..model.pace.model import PACEModel, PACESpec
 from ..model.pace.radial import RADIAL_BASES
 
 INNER_CUTOFF_TYPES = ("density", "distance")
+MAX_YACE_BYTES = 4 << 30
+# an anchor (&a) or alias (*a) outside comments
+_ALIAS = re.compile(r"^[^#\n]*?(?:^|[\s\[{,:-])([&*][A-Za-z0-9_][\w.-]*)", re.M)
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
@@ -104,9 +108,24 @@ def parse_yace(path) -> PACESpec:
     rd = _Reader(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such .yace file")
+    size = os.path.getsize(path)
+    if size > MAX_YACE_BYTES:
+        raise ValueError(f"{path}: {size / 2**30:.1f} GiB is larger than any .yace file (limit "
+                         f"{MAX_YACE_BYTES / 2**30:.0f} GiB)")
+    with open(path, "r", encoding="utf-8") as fh:
+        text = fh.read()
+    # ML-PACE files use no YAML anchors/aliases; refusing them rules out alias bombs (a few lines that expand
+    # to billions of nodes when traversed)
+    m = _ALIAS.search(text)
+    if m:
+        line = text.count("\n", 0, m.start()) + 1
+        raise ValueError(f"{path}: line {line}: YAML anchors/aliases ({m.group(0).strip()!r}) are not used by "
+                         ".yace files and are refused")
     with open(path, "r", encoding="utf-8") as fh:
         try:
             doc = yaml.load(fh, Loader=_Loader)
+        except RecursionError:
+            raise ValueError(f"{path}: nested too deeply to be a .yace file") from None
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(doc, dict):

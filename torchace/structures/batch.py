@@ -87,7 +87,10 @@ def collate(structures, elements_z: Sequence[int], rcut: float, *, dtype=torch.f
         pos = atoms.get_positions()
         cell = atoms.cell.array.copy()
         pbc = atoms.get_pbc()
-        i, j, S = neighbour_list(pos, cell, pbc, rcut)
+        try:
+            i, j, S = neighbour_list(pos, cell, pbc, rcut)
+        except ValueError as exc:  # a hopeless cell, refused before the search
+            raise ValueError(f"{_label(k, atoms, name)}: {exc}") from None
         if len(i):
             d = np.linalg.norm(pos[j] - pos[i] + S @ cell, axis=1)
             close = np.flatnonzero(d < min_distance)

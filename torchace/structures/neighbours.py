@@ -19,6 +19,22 @@ from ase.neighborlist import primitive_neighbor_list
 
 # dense path when atoms² × images stays below this (pairs tested at once per structure)
 DENSE_MAX_PAIRS = 4_000_000
+# a structure whose expected neighbour pairs exceed this is refused before the list is built (~12 GB of edge
+# data: a collapsed or nearly flat periodic cell, not a material)
+MAX_PAIRS = 300_000_000
+
+
+def check_pair_count(n_atoms: int, cell: np.ndarray, pbc, rcut: float) -> None:
+    """Refuse, before any neighbour search, a periodic structure whose number of pairs within rcut would
+    be ≈ N²/V · (4/3)π rcut³ > ``MAX_PAIRS`` (ASE's search loops over all the images such a cell needs)."""
+    if not np.asarray(pbc, dtype=bool).all():
+        return
+    vol = abs(float(np.linalg.det(cell)))
+    est = n_atoms * n_atoms / max(vol, 1e-300) * (4.0 / 3.0) * np.pi * rcut ** 3
+    if est > MAX_PAIRS:
+        raise ValueError(f"{n_atoms} atoms in a periodic cell of volume {vol:.3g} Å³ would have about {est:.3g} "
+                         f"neighbour pairs within rcut = {rcut:g} Å (limit {MAX_PAIRS:.0e}): a collapsed or nearly "
+                         "flat cell?")
 
 
 def _image_range(positions: np.ndarray, cell: np.ndarray, rcut: float) -> np.ndarray:
@@ -57,6 +73,7 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
     cell = np.asarray(cell, dtype=np.float64)
     if len(positions) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
+    check_pair_count(len(positions), cell, pbc, rcut)
     if pbc.all() or not pbc.any():
         n_img = int(np.prod(2 * _image_range(positions, cell, rcut) + 1)) if pbc.all() else 1
         if len(positions) ** 2 * n_img <= DENSE_MAX_PAIRS:
