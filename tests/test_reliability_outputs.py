@@ -208,3 +208,20 @@ def test_geometry_errors_during_a_fit_name_file_and_frame(tmp_path):
     m = torchace.ace_model(["Si"], 2, 5)
     with pytest.raises(ValueError, match=r"train\.xyz:frame 3 \(Si8\): atoms 0 and 1 are .* apart"):
         torchace.fit(m, path, E0={"Si": -5.0}, compute_errors=False, batch_atoms=64)
+
+
+def test_fit_min_distance_flags_implausible_training_geometry(tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    structs = [rattled_bulk(["Si"], seed=s) for s in (1, 2)]
+    close = rattled_bulk(["Si"], seed=3)
+    close.positions[2] = close.positions[1] + [0.5, 0.0, 0.0]  # 0.5 Å: no Si bond is that short
+    structs.append(close)
+    for k, a in enumerate(structs):
+        a.calc = SinglePointCalculator(a, energy=-40.0 - k, forces=np.zeros((len(a), 3)))
+    path = _xyz(tmp_path, structs)
+    m = torchace.ace_model(["Si"], 2, 5)
+    kw = dict(E0={"Si": -5.0}, compute_errors=False, solver=torchace.solvers.QR(lam=1e-3))
+    torchace.fit(m, path, **kw)  # the default (0.01 Å, atoms on top of each other) lets it through
+    with pytest.raises(ValueError, match=r"train\.xyz:frame 2 \(Si8\): atoms 1 and 2 are 0\.5 Å apart"):
+        torchace.fit(m, path, min_distance=1.5, **kw)

@@ -164,3 +164,18 @@ def test_error_messages_do_not_embed_unbounded_values():
     with pytest.raises(ValueError) as exc:
         torchace.ace_model(["Si"], 2, 6, wL=list(range(100000)))
     assert len(str(exc.value)) < 300 and "characters" in str(exc.value)
+
+
+def test_internal_errors_become_user_errors():
+    """Inputs that used to end in internal messages (min() of an empty sequence, "'Field' object has no
+    attribute 'solve'") are refused with what the user did."""
+    from torchace.fitting.config import FitConfig
+
+    with pytest.raises(ValueError, match=r"totaldegree \[0.5, 0.5\] leaves no basis functions"):
+        torchace.ace_model(["Si"], 2, 0.5)
+    base = {"model": {"elements": ["Si"], "order": 2, "totaldegree": 6}, "data": {"train": "a.xyz"}}
+    for sec, name in (("solver", "field"), ("solver", "Solver"), ("prior", "dataclass"), ("prior", "from_dict")):
+        cfg = FitConfig.from_dict(dict(base, **{sec: {"name": name}}))
+        with pytest.raises(ValueError, match=f"unknown {sec} '{name}'; choose one of"):
+            cfg.build_solver() if sec == "solver" else cfg.build_prior()
+    assert FitConfig.from_dict(dict(base, solver={"name": "BLR"})).build_solver() is not None  # negative control

@@ -110,6 +110,9 @@ def product_spec(nz: int, order: int, totaldegree, wL: float = 1.5) -> ProductSp
     check_size(nz, wL, degrees)
     cap = max_products()
     onep = one_particle_spec(nz, wL, degrees)
+    if not onep:
+        raise ValueError(f"totaldegree {list(degrees)} leaves no basis functions: the smallest one-particle level is "
+                         f"1/NZ = {1.0 / nz:g} (n = 1, l = 0)")
     levels = [level(nl, nz, wL) for nl in onep]
     min_level = min(levels)
     tuples: List[Tuple[NL, ...]] = []
@@ -147,6 +150,8 @@ def product_spec(nz: int, order: int, totaldegree, wL: float = 1.5) -> ProductSp
         tuples[before:] = block
 
     used = {nl for t in tuples for nl in t}
+    if not used:
+        raise ValueError(f"totaldegree {list(degrees)} leaves no basis functions")
     max_n = max(n for n, _ in used)
     max_l = max(l for _, l in used)
     return ProductSpec(nz=nz, wL=float(wL), degrees=tuple(degrees), max_n=max_n, max_l=max_l,

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 
 from .. import keys as K
-from ..structures.batch import collate
+from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 from .data import ISOLATED_ATOM, DataError, Dataset, Labelled
 from .weights import resolve_weights, row_weights
 from ..model.evaluate import model_inputs
@@ -122,12 +122,12 @@ def _baseline(model, batch) -> Optional[Dict[str, torch.Tensor]]:
 
 
 def batch_system(model, structs: List[Labelled], weights, *, device=None, memory_budget: int = 256 * 2**20,
-                 backend: str = "auto"):
+                 backend: str = "auto", min_distance: float = DEFAULT_MIN_DISTANCE):
     """Weighted rows, targets and E0 columns of one batch: (A [m, K], y [m], Z [m, NZ])."""
     dtype = model.coefficients.dtype
     dev = device or model.coefficients.device
     batch = collate([s.atoms for s in structs], model.config.numbers, model.rcut, dtype=dtype, device=dev,
-                    names=[s.source for s in structs])
+                    names=[s.source for s in structs], min_distance=min_distance)
     rows = batch_rows(model, batch, memory_budget, backend)
     base = _baseline(model, batch)
     blocks, targets, e0_rows = [], [], []
@@ -167,7 +167,8 @@ def batch_system(model, structs: List[Labelled], weights, *, device=None, memory
 
 
 def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, device=None, progress: bool = False,
-             memory_budget: int = 256 * 2**20, backend: str = "auto") -> LinearSystem:
+             memory_budget: int = 256 * 2**20, backend: str = "auto",
+             min_distance: float = DEFAULT_MIN_DISTANCE) -> LinearSystem:
     """Dense weighted system for all fitting structures of ``ds`` (``backend``: of the rows, ``torchace.backends``)."""
     weights = resolve_weights(weights)
     structs = fitting_structures(ds)
@@ -175,7 +176,8 @@ def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, devic
     bar = _Progress(sum(s.n_atoms for s in structs), progress)
     As, ys, Zs = [], [], []
     for b in structure_batches(structs, batch_atoms):
-        A, y, Z = batch_system(model, b, weights, device=device, memory_budget=memory_budget, backend=backend)
+        A, y, Z = batch_system(model, b, weights, device=device, memory_budget=memory_budget, backend=backend,
+                               min_distance=min_distance)
         As.append(A)
         ys.append(y)
         Zs.append(Z)
@@ -187,7 +189,8 @@ def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, devic
 def assemble_reduced(model, ds: Dataset, weights=None, *, method: str = "qr", batch_atoms: int = 2048,
                      device=None, progress: bool = False, memory_budget: int = 256 * 2**20,
                      on_batch: Optional[Callable[[int, Dict[str, torch.Tensor]], None]] = None,
-                     state: Optional[Dict[str, torch.Tensor]] = None, backend: str = "auto") -> LinearSystem:
+                     state: Optional[Dict[str, torch.Tensor]] = None, backend: str = "auto",
+                     min_distance: float = DEFAULT_MIN_DISTANCE) -> LinearSystem:
     """Memory-bounded assembly: the k×k equivalent system, one batch of rows in memory at a time.
 
     ``method="qr"`` keeps the (k+1)×(k+1) triangular factor of [A | y] (stable); ``"normal"`` accumulates
@@ -215,7 +218,8 @@ def assemble_reduced(model, ds: Dataset, weights=None, *, method: str = "qr", ba
         if nb < skip:
             bar.update(sum(s.n_atoms for s in b))
             continue
-        A, y, _ = batch_system(model, b, weights, device=device, memory_budget=memory_budget, backend=backend)
+        A, y, _ = batch_system(model, b, weights, device=device, memory_budget=memory_budget, backend=backend,
+                               min_distance=min_distance)
         A, y = A.to(torch.float64), y.to(torch.float64)
         if method == "qr":
             M = torch.cat([state["T"], torch.cat([A, y.unsqueeze(1)], dim=1)])

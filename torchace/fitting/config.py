@@ -38,6 +38,7 @@ class DataSection:
     test: Optional[Union[str, List[str]]] = None
     keys: Dict[str, str] = field(default_factory=dict)
     skip_bad: bool = False
+    min_distance: float = 0.01  # Å: closer pairs in a training structure are an error (file, frame, atoms)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class FitConfig:
         for k, v in data.keys.items():
             check_str("fit config", f"data.keys.{k}", v)
         check_bool("fit config", "data.skip_bad", data.skip_bad)
+        data.min_distance = check_float("fit config", "data.min_distance", data.min_distance, nonnegative=True)
         data.train = _resolve(data.train, base_dir)
         data.test = _resolve(data.test, base_dir) if data.test else None
         weights = d.get("weights")
@@ -145,7 +147,7 @@ class FitConfig:
                     keys=DataKeys(**self.data.keys), skip_bad=self.data.skip_bad, streaming=self.assembly.streaming,
                     batch_atoms=self.assembly.batch_atoms, device=self.assembly.device,
                     synthetic_dimers=self.synthetic_dimers, repulsion_restraint=self.repulsion_restraint,
-                    backend=self.assembly.backend)
+                    backend=self.assembly.backend, min_distance=self.data.min_distance)
 
     @classmethod
     def keys_help(cls) -> str:
@@ -202,12 +204,23 @@ class FitConfig:
         return _construct(solvers, "solver", self.solver)
 
 
+def _choices(module, what: str):
+    """The names a config may use: solver classes (subclasses of ``Solver``, not the base), prior constructors
+    (the public functions and classes of ``priors.__all__``)."""
+    if what == "solver":
+        return sorted(n for n in module.__all__ if isinstance(getattr(module, n), type)
+                      and issubclass(getattr(module, n), module.Solver) and getattr(module, n) is not module.Solver)
+    return sorted(n for n in module.__all__ if callable(getattr(module, n)) and n not in ("from_dict",
+                                                                                       "reset_basis_scale"))
+
+
 def _construct(module, what: str, spec: Dict[str, Any]):
     spec = dict(spec)
     name = spec.pop("name")
-    fn = getattr(module, name, None)
-    if fn is None or name.startswith("_"):
-        raise ValueError(f"fit config: unknown {what} {name!r}")
+    choices = _choices(module, what)
+    if name not in choices:
+        raise ValueError(f"fit config: unknown {what} {name!r}; choose one of {choices}")
+    fn = getattr(module, name)
     try:
         return fn(**spec)
     except TypeError as exc:

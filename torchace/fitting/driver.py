@@ -17,6 +17,7 @@ import torch
 
 from ..fieldcheck import check_float
 from ..model.backends import ROWS, select
+from ..structures.batch import DEFAULT_MIN_DISTANCE
 from .assembly import LinearSystem, assemble, assemble_reduced, fitting_structures
 from .data import Dataset, DataKeys, isolated_atom_energies, read_data
 from .weights import resolve_weights
@@ -154,7 +155,7 @@ def solve_system(system: LinearSystem, solver, *, gamma: Optional[torch.Tensor] 
 def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Optional[DataKeys] = None,
         skip_bad: bool = False, streaming: Optional[str] = None, batch_atoms: int = 2048, device=None,
         validation=None, progress: bool = False, compute_errors: bool = True, synthetic_dimers=False,
-        repulsion_restraint=False, backend: str = "auto") -> FitResult:
+        repulsion_restraint=False, backend: str = "auto", min_distance: float = DEFAULT_MIN_DISTANCE) -> FitResult:
     """Fit ``model`` in place to ``data`` (a path, list of paths, list of ``ase.Atoms`` or a ``Dataset``).
 
     ``weights``: ``{"default": {"E": 30, "F": 1, "V": 1}, "<config_type>": {...}}`` (ACEpotentials.jl
@@ -168,6 +169,8 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     ``repulsion_restraint``) to the training data (not to the error tables; see docs/repulsion.md).
     ``backend``: of the design rows, "auto" (the fastest for the model and device: the fused C++ kernel on
     CPU where it builds) or a name of ``torchace.backends``; ``result.info["backend"]`` records it.
+    ``min_distance`` (Å): a training structure with a closer pair is an error naming its file, frame and
+    atoms (implausible geometry; the calculator has the same argument).
     """
     from . import solvers as S
 
@@ -209,12 +212,12 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     t0 = time.perf_counter()
     if streaming is None:
         system = assemble(model, train, weights, batch_atoms=batch_atoms, device=dev, progress=progress,
-                          backend=backend)
+                          backend=backend, min_distance=min_distance)
     else:
         if fit_e0:
             raise ValueError("E0='fit' needs the dense design matrix (streaming=None); give E0 or isolated atoms")
         system = assemble_reduced(model, train, weights, method=streaming, batch_atoms=batch_atoms, device=dev,
-                                  progress=progress, backend=backend)
+                                  progress=progress, backend=backend, min_distance=min_distance)
     timings["assemble"] = time.perf_counter() - t0
     val = None
     if validation is not None:
