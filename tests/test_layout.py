@@ -1,0 +1,106 @@
+"""The package layout (issue "Architecture"): stages without import cycles (module- or function-level), no
+private names imported across modules, a small root, files of a few hundred lines, the public names after a
+plain ``import torchace``, and the old flat import paths as deprecated aliases."""
+import ast
+import importlib
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "torchace"
+
+
+def _modules():
+    mods = {}
+    for p in ROOT.rglob("*.py"):
+        rel = p.relative_to(ROOT.parent).with_suffix("")
+        name = ".".join(rel.parts)
+        mods[name[: -len(".__init__")] if name.endswith(".__init__") else name] = p
+    return mods
+
+
+def _imports(mods):
+    edges, private = {}, []
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        out = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = pkg.split(".")
+                    base = base[: len(base) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if not target.startswith("torchace"):
+                    continue
+                for a in node.names:
+                    full = f"{target}.{a.name}"
+                    out.add(full if full in mods else target)
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        private.append((m, target, a.name))
+            elif isinstance(node, ast.Import):
+                out.update(a.name for a in node.names if a.name.startswith("torchace"))
+        out.discard(m)
+        edges[m] = {t for t in out if t in mods}
+    return edges, private
+
+
+def test_no_import_cycles_and_no_private_imports():
+    mods = _modules()
+    edges, private = _imports(mods)
+    assert not private, private
+    # the root package imports everything (it is the public face); cycles are looked for below it
+    graph = {m: {t for t in ts if t != "torchace"} for m, ts in edges.items() if m != "torchace"}
+    state, stack = {}, []
+
+    def visit(v):
+        state[v] = 1
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if state.get(w) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(w):] + [w]))
+            if w not in state:
+                visit(w)
+        stack.pop()
+        state[v] = 2
+
+    for v in graph:
+        if v not in state:
+            visit(v)
+
+
+def test_small_root_and_short_files():
+    root_modules = [p.name for p in ROOT.glob("*.py") if p.name != "__init__.py"]
+    assert len(root_modules) <= 8, root_modules
+    long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 520}
+    assert not long, long
+
+
+def test_public_names_after_a_plain_import():
+    code = ("import torchace\n"
+            "for n in ['ace_model', 'fit', 'errors', 'evaluate', 'design_matrix_rows', 'load', 'export',\n"
+            "          'example_data']:\n"
+            "    assert callable(getattr(torchace, n)), n\n"
+            "assert torchace.priors.algebraic_smoothness and torchace.solvers.BLR\n"
+            "assert torchace.io.read_yace and torchace.io.write_yace\n"
+            "assert torchace.calculators.TorchACECalculator\n"
+            "assert torchace.backends.available()['reference'] is None\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+@pytest.mark.parametrize("old, attr", [("torchace.rows", "design_matrix_rows"), ("torchace.fused", "FusedEvaluator"),
+                                       ("torchace.serialization", "load"), ("torchace.repulsion", "ZBL"),
+                                       ("torchace.repulsion", "synthetic_dimers"), ("torchace.data", "read_data"),
+                                       ("torchace.data", "resolve_weights"), ("torchace.solvers", "QR"),
+                                       ("torchace.pace", "PACEModel")])
+def test_old_import_paths_are_deprecated_aliases(old, attr):
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        mod = importlib.import_module(old)
+    assert hasattr(mod, attr)
+    assert any(issubclass(x.category, DeprecationWarning) and "moved to" in str(x.message) for x in w)
