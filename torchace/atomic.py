@@ -46,6 +46,7 @@ class OutputPathError(ValueError):
 
 
 def _same(a: str, b: str) -> bool:
+    """The same file: the same resolved path (also for paths not created yet), or the same inode (hard links)."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
@@ -63,14 +64,11 @@ def check_outputs(inputs: Sequence[str], outputs: Dict[str, Optional[str]], who:
     outs = [(name, os.fspath(p)) for name, p in outputs.items() if p]
     for name, p in outs:
         for q in inputs:
-            if q and os.path.exists(q) and os.path.exists(p) and _same(p, q):
-                raise OutputPathError(f"{who}: output {name} {p!r} is the input {q!r}; choose another path")
-            if q and os.path.realpath(p) == os.path.realpath(q):
+            if q and _same(p, q):
                 raise OutputPathError(f"{who}: output {name} {p!r} is the input {q!r}; choose another path")
     for k, (name, p) in enumerate(outs):
         for name2, p2 in outs[k + 1:]:
-            if os.path.realpath(p) == os.path.realpath(p2) or (os.path.exists(p) and os.path.exists(p2)
-                                                                 and _same(p, p2)):
+            if _same(p, p2):
                 raise OutputPathError(f"{who}: outputs {name} and {name2} are the same file {p!r}")
     for name, p in outs:
         if os.path.isdir(p):

@@ -11,6 +11,7 @@ permutations of equal one-particle indices.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
@@ -27,8 +28,6 @@ DEFAULT_MAX_PRODUCTS = 1_000_000
 
 
 def max_products() -> int:
-    import os
-
     return int(os.environ.get("TORCHACE_MAX_PRODUCTS", DEFAULT_MAX_PRODUCTS))
 
 

@@ -1,6 +1,6 @@
 """Fused C++ CPU kernels for linear ACE: energy/forces/virials and design-matrix rows (optional accelerator).
 
-The eager and compiled analytic paths (``ACEModel._predict_analytic``, ``rows.batch_rows``) make ~20 passes
+The eager and compiled analytic paths (``ACEModel.analytic_forward``, ``torch_rows.torch_rows``) make ~20 passes
 over [n_a, E] arrays per step; these kernels do the same algebra (radials → harmonics → A → AA/B, then
 ∂E/∂A through a shared-prefix product DAG, or J = ∂B/∂A for rows, and ∂/∂r per edge; ACEpotentials.jl paper
 §II) one centre atom at a time with its edges in cache, as ML-PACE does, on torch's intra-op threads.
@@ -15,7 +15,7 @@ dictionary (plus ``CLOSEST_PAIR``); ``FusedEvaluator(model, committee=True)`` al
 ``COMMITTEE_ENERGY``, the structure energies of every member of ``model.committee`` ([n_members,
 n_structures], E0 included), from the same pass (the model is linear in its coefficients: one extra dot per
 atom and member; forces and virials stay those of ``model.coefficients``).  ``design_rows(model, batch)``
-returns what ``rows.batch_rows`` does.  Both are tested against the reference paths (``tests/test_fused.py``,
+returns what ``torch_rows.torch_rows`` does.  Both are tested against the reference paths (``tests/test_fused.py``,
 ``tests/test_fused_committee.py``).  Not differentiable (inference and rows only), CPU only; the ZBL
 baseline is not in the kernel (``FusedEvaluator`` refuses such models unless ``skip_baseline=True``: the
 ``fused`` backend, ``torchace.backends``, adds it in torch).
@@ -54,8 +54,7 @@ def _source() -> str:
 
 def _tagged_dir() -> str:
     cu = torch.version.cuda
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}_" + ("cpu" if cu is None else "cu" + cu.replace(".", ""))
-    return tag
+    return f"py{sys.version_info.major}{sys.version_info.minor}_" + ("cpu" if cu is None else "cu" + cu.replace(".", ""))
 
 
 def _is_built() -> bool:
@@ -65,7 +64,7 @@ def _is_built() -> bool:
 
         root = os.environ.get("TORCH_EXTENSIONS_DIR")
         if not root:  # torch's default: <cache>/torch_extensions/py<major><minor>_<cpu|cuXY>
-            root = os.path.join(get_default_build_root(), os.path.basename(_tagged_dir()))
+            root = os.path.join(get_default_build_root(), _tagged_dir())
         return os.path.exists(os.path.join(root, EXTENSION_NAME, EXTENSION_NAME + ".so"))
     except Exception:  # noqa: BLE001 — only decides whether to print a message
         return False
@@ -214,9 +213,7 @@ class FusedEvaluator(nn.Module):
         super().__init__()
         # once: a model's baseline and transforms do not change.  skip_baseline: the caller adds the ZBL
         # baseline itself (the fused backend does); otherwise a model with one is refused
-        why = supported(model, with_baseline=not skip_baseline)
-        if why is not None:
-            raise ValueError(f"FusedEvaluator: {why}; use the model itself")
+        _check_model(model, "FusedEvaluator", with_baseline=not skip_baseline)
         self.model = model
         self.committee = bool(committee)
         self.ext = load_extension()

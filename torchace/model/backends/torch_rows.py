@@ -20,6 +20,7 @@ import torch
 from torch.func import jvp, vmap
 
 from ... import keys as K
+from ...structures.geometry import edge_vectors
 
 _VOIGT_A, _VOIGT_B = K.VOIGT_ROWS, K.VOIGT_COLS
 
@@ -99,8 +100,8 @@ def torch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
         order = torch.argsort(ei[0], stable=True)
         i, j = ei[0][order], ei[1][order]
         sid = bidx[i]
-        vectors = model.edge_vectors(batch[K.POSITIONS], torch.stack([i, j]), batch[K.UNIT_SHIFTS][order],
-                                     batch[K.CELL], bidx)
+        vectors = edge_vectors(batch[K.POSITIONS], torch.stack([i, j]), batch[K.UNIT_SHIFTS][order],
+                               batch[K.CELL], bidx)
         zi, zj = species[i], species[j]
         A = model.atomic_basis(vectors, species, torch.stack([i, j]))
         B = model.site_basis(A)  # [N, nb]
