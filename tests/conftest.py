@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# without a GPU the Triton kernels run on CPU tensors under Triton's interpreter, which reads this variable
+# when Triton is imported: set it before anything imports Triton (tests/test_triton.py)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from torchace.testing import available_devices
 

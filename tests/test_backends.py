@@ -48,7 +48,8 @@ def test_every_backend_agrees_with_reference(name, task, dtype, device):
 def test_available_lists_every_backend_with_a_reason():
     a = available()
     assert set(a) == set(BACKENDS) and a["reference"] is None and a["analytic"] is None
-    assert "not implemented" in a["triton"]
+    # the triton backend runs on CUDA, and on CPU only under Triton's interpreter (set by conftest without a GPU)
+    assert a["triton"] is None or isinstance(a["triton"], str)
     assert a["fused"] is None or isinstance(a["fused"], str)
     m = torchace.ace_model(["Si"], 2, 6).train()
     assert "training" in available(m)["analytic"]
@@ -65,10 +66,9 @@ def test_auto_picks_the_fastest_supported_backend():
     m.eval()
     with pytest.raises(ValueError, match="unknown backend"):
         select(m, backend="numba")
-    with pytest.raises(ValueError, match="triton.*not implemented"):
-        select(m, backend="triton")
     if torch.cuda.is_available():
-        assert select(m.cuda()).name == "analytic"
+        want = "triton" if available(m, "cuda")["triton"] is None else "analytic"
+        assert select(m.cuda()).name == want
     else:
         with pytest.raises(ValueError, match="fused.*CPU"):
             select(m, device="cuda", backend="fused")

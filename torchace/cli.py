@@ -216,7 +216,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    ev.add_argument("--backend", default="auto", choices=["auto", "fused", "analytic", "reference"],
+    ev.add_argument("--backend", default="auto", choices=["auto", "fused", "triton", "analytic", "reference"],
                     help="evaluation backend (default auto: the fastest for the model and device; docs/architecture.md)")
     ev.add_argument("-o", "--output", help="write results as JSON (atomically)")
     from .fitting.config import FitConfig

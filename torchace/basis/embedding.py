@@ -102,14 +102,19 @@ class EdgeEmbedding(nn.Module):
         rinv = 1.0 / r.clamp_min(1e-300)
         return u * ((g_n * dR).sum(0) - lt * rinv) + ang * rinv
 
+    def solid_gradients(self, Y: torch.Tensor) -> torch.Tensor:
+        """∇S_lm [3, n_y, E]: gradients of the solid-harmonic extensions at r̂ (Σ_k D[c, lm, k] Y_k; standard
+        basis ``Y`` [n_y, E]), so that ∂Y_lm/∂v = (∇S_lm - l Y_lm u)/r."""
+        DY = torch.zeros((3 * self.n_y, Y.shape[1]), dtype=Y.dtype, device=Y.device).index_add_(
+            0, self.dsh_row, Y.index_select(0, self.dsh_col) * self.dsh_val.to(Y.dtype).unsqueeze(1))
+        return DY.view(3, self.n_y, -1)
+
     def dphi(self, saved: List[torch.Tensor]) -> torch.Tensor:
         """∂phi[a, e]/∂r_e[c] as [3, n_a, E]."""
         u, r, R, dR, Rsel, Ysel, Y = saved
         w = self.lm_sign * self.nl_scale[self.n_idx, self.l_idx]
         rinv = 1.0 / r.clamp_min(1e-300)
-        DY = torch.zeros((3 * self.n_y, Y.shape[1]), dtype=Y.dtype, device=Y.device).index_add_(
-            0, self.dsh_row, Y.index_select(0, self.dsh_col) * self.dsh_val.to(Y.dtype).unsqueeze(1))
-        dS = DY.view(3, self.n_y, -1).index_select(1, self.lm_std)  # ∂S_lm(u)/∂v_c [3, n_a, E]
+        dS = self.solid_gradients(Y).index_select(1, self.lm_std)  # ∂S_lm(u)/∂v_c [3, n_a, E]
         # ∂phi/∂v = R w (∂S - l Y u)/r + u R' Y w: one [3, n_a, E] product plus one broadcast add
         coef = Rsel * w.unsqueeze(1) * rinv
         l_a = self.l_std.to(Y.dtype).index_select(0, self.lm_std).unsqueeze(1)

@@ -3,9 +3,9 @@
 ``TorchACECalculator(model_or_path)`` gives energy, free_energy, per-atom energies, forces and, for cells
 periodic along all three axes, the stress (ASE convention: Voigt xx, yy, zz, yz, xz, xy, eV/Å³, σ = −W/V).
 Evaluation goes through a named backend (``torchace.backends``; ``backend="auto"``: the fused C++ kernel on
-CPU where it builds, the analytic torch path elsewhere; ``calc.backend`` says which).  With a committee
-(``model.committee``, a Bayesian fit) the energy is the mean model's, and ``energy_std`` (eV) comes with
-every call at almost no cost (the members' energies are dot products on the same basis); ``forces_std``
+CPU where it builds, the Triton kernels on CUDA, the analytic torch path elsewhere; ``calc.backend`` says
+which).  With a committee (``model.committee``, a Bayesian fit) the energy is the mean model's, and
+``energy_std`` (eV) comes with every call at almost no cost (the members' energies are dot products on the same basis); ``forces_std``
 ([N, 3], eV/Å) and ``stress_std`` (Voigt, eV/Å³) need design rows (a few evaluations' worth) and are
 computed when asked for (``calc.get_property("forces_std", atoms)``) or with ``uncertainty=True``.
 
@@ -34,6 +34,7 @@ from ..fitting.rows import batch_rows
 from ..model.backends import AUTO, EVALUATE, select
 from ..model.backends.fused import CLOSEST_PAIR, COMMITTEE_ENERGY
 from ..structures.batch import DEFAULT_MIN_DISTANCE, too_close, validate
+from ..structures.cell_list import cell_list_neighbours
 from ..structures.geometry import edge_vectors
 from ..structures.neighbours import neighbour_list
 
@@ -61,8 +62,8 @@ class TorchACECalculator(Calculator):
     modified).  ``skin`` (Å): neighbour-list skin; 0 rebuilds whenever an atom moved.  ``min_distance``
     (Å): closer pairs are an error (atoms on top of each other), as in ``torchace.evaluate``.
     ``backend``: "auto" (default: the fastest backend for the model and device, ``torchace.backends``) or
-    "fused", "analytic", "reference"; ``calc.backend`` is the one in use.  ``uncertainty`` (models with a
-    committee): None (default) gives ``energy_std`` on every call (nearly free) and ``forces_std`` /
+    "fused", "triton", "analytic", "reference"; ``calc.backend`` is the one in use.  ``uncertainty`` (models
+    with a committee): None (default) gives ``energy_std`` on every call (nearly free) and ``forces_std`` /
     ``stress_std`` when they are requested; True gives all three on every call (and requires a committee);
     False gives none unless requested.  ``compile``: the analytic backend through ``torch.compile``
     (``ACEModel.compiled_forward``; the first step compiles, docs/performance.md has the timings).
@@ -186,15 +187,22 @@ class TorchACECalculator(Calculator):
         validate(0, atoms, self._z_to_species)
         cell = atoms.cell.array.copy()
         pbc = atoms.get_pbc().copy()
-        i, j, S = neighbour_list(pos, cell, pbc, self.rcut + self.skin)
         nl = _NeighbourList()
         nl.positions = pos.copy()
         nl.cell = cell
         nl.pbc = pbc
         nl.numbers = atoms.numbers.copy()
         dev = self.device
-        nl.edge_index = torch.as_tensor(np.stack([i, j]), dtype=torch.long, device=dev)
-        nl.unit_shifts = torch.as_tensor(S, dtype=self.dtype, device=dev)
+        if dev.type == "cuda":  # the binned cell list on the GPU (no host round trip of the list)
+            i, j, S = cell_list_neighbours(torch.as_tensor(pos, dtype=torch.float64, device=dev),
+                                           torch.as_tensor(cell, dtype=torch.float64, device=dev), pbc,
+                                           self.rcut + self.skin)
+            nl.edge_index = torch.stack([i, j])
+            nl.unit_shifts = S.to(self.dtype)
+        else:  # numpy/vesin on the CPU: faster there for the small cells of MD (scripts/bench_neighbours.py)
+            i, j, S = neighbour_list(pos, cell, pbc, self.rcut + self.skin)
+            nl.edge_index = torch.as_tensor(np.stack([i, j]), dtype=torch.long, device=dev)
+            nl.unit_shifts = torch.as_tensor(S, dtype=self.dtype, device=dev)
         nl.species = torch.as_tensor([self._z_to_species[int(z)] for z in atoms.numbers], dtype=torch.long,
                                      device=dev)
         nl.batch = torch.zeros(len(atoms), dtype=torch.long, device=dev)

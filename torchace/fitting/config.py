@@ -46,7 +46,7 @@ class AssemblySection:
     streaming: Optional[str] = None
     batch_atoms: int = 2048
     device: str = "cpu"
-    backend: str = "auto"  # of the design rows (torchace.backends): auto, fused, analytic, reference
+    backend: str = "auto"  # of the design rows (torchace.backends): auto, fused, triton, analytic, reference
     fused: Optional[bool] = None  # deprecated: fused: true is backend: fused
 
 

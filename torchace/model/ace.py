@@ -319,17 +319,25 @@ class ACEModel(ModelState, nn.Module):
             if need_grad:
                 gA = self.product.grad(A, c_aa.detach())  # [N, n_a]
                 g_vec = self.embedding.vjp(gA.index_select(0, i).t().contiguous(), saved)
-        r = saved[1]  # |r_e|, from the embedding
-        if self.n_pair > 0 and vectors.shape[0] > 0:
+        e_p, g_p = self.pair_site_terms(saved[1], saved[0], i, zi, zj, n_atoms, need_grad)
+        return e + e_p, g_vec + g_p
+
+    def pair_site_terms(self, r: torch.Tensor, u: torch.Tensor, i: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor,
+                        n_atoms: int, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Site energies Σ_j c_{z_i z_j}·V(r_ij) [+ ½ Σ_j V_ZBL(r_ij)] and their per-edge ∂/∂r_e [3, E] (``r`` =
+        |r_e|, ``u`` [3, E] = r̂_e): the pair part of every hand-adjoint evaluator (analytic, triton)."""
+        e = torch.zeros(n_atoms, dtype=r.dtype, device=r.device)
+        g_vec = torch.zeros((3, r.shape[0]), dtype=r.dtype, device=r.device)
+        if self.n_pair > 0 and r.shape[0] > 0:
             with torch.no_grad():
                 V, dV = self.pair.with_grad(r, zi, zj)  # [n_pair, E]
             c_pair = self.coefficients[self.n_manybody:].view(self.nz, self.nz, self.n_pair)[zi, zj]  # [E, n_pair]
             e = e + pool((V * c_pair.t()).sum(0), i, n_atoms)
             if need_grad:
                 with torch.no_grad():
-                    g_vec = g_vec + saved[0] * (dV * c_pair.t()).sum(0)
-        if self.zbl is not None and vectors.shape[0] > 0:
-            ez, gz = self.baseline_site_terms(r, saved[0], i, zi, zj, n_atoms)
+                    g_vec = g_vec + u * (dV * c_pair.t()).sum(0)
+        if self.zbl is not None and r.shape[0] > 0:
+            ez, gz = self.baseline_site_terms(r, u, i, zi, zj, n_atoms)
             e = e + ez
             g_vec = g_vec + gz
         return e, g_vec

@@ -159,6 +159,15 @@ def product_dag(idx: torch.Tensor, n_a: int):
     return as_long(parent), as_long(last), child_start, as_long([number[k] for k in rows])
 
 
+def node_coefficients(model, coefficients: torch.Tensor, node_of_aa: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """Many-body coefficients [..., basis_size] → coefficients per DAG node [..., nz, n_nodes] (float64, CPU):
+    c·C folded onto the AA functions, then summed onto their nodes (an AA function may repeat a multiset)."""
+    lead = coefficients.shape[:-1]
+    c_mb = coefficients[..., : model.n_manybody].reshape(*lead, model.nz, model.n_b).to(torch.float64)
+    c_aa = model.coupling.transpose_apply(c_mb).cpu()
+    return torch.zeros(*lead, model.nz, n_nodes, dtype=torch.float64).index_add_(-1, node_of_aa.cpu(), c_aa)
+
+
 _DAGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -234,11 +243,7 @@ class FusedEvaluator(nn.Module):
             return self._consts
         f = dict(dtype=dtype, device="cpu")
         with torch.no_grad():
-            c_mb = c[: m.n_manybody].view(m.nz, m.n_b).to(torch.float64)
-            c_aa = m.coupling.transpose_apply(c_mb).cpu()
-            # coefficients per DAG node (an AA function may repeat a multiset: coefficients add up)
-            c_node = torch.zeros(m.nz, self.aa_parent.shape[0], dtype=torch.float64).index_add_(
-                1, self.node_of_aa, c_aa)
+            c_node = node_coefficients(m, c, self.node_of_aa, self.aa_parent.shape[0])
             c_pair = (c[m.n_manybody:].view(m.nz, m.nz, m.n_pair).to(torch.float64)
                       * m.pair.scale.to(torch.float64))
             consts = basis_args(m, dtype) + (self.aa_parent, self.aa_last, self.aa_children,
@@ -271,9 +276,7 @@ class FusedEvaluator(nn.Module):
         else:
             with torch.no_grad():
                 n = comm.shape[0]
-                c_mb = comm[:, : m.n_manybody].reshape(n, m.nz, m.n_b).to(torch.float64)
-                c_aa = m.coupling.transpose_apply(c_mb).cpu()  # [n, nz, n_aa]
-                c_node = torch.zeros(n, m.nz, n_nodes, dtype=torch.float64).index_add_(2, self.node_of_aa, c_aa)
+                c_node = node_coefficients(m, comm, self.node_of_aa, n_nodes)
                 c_pair = (comm[:, m.n_manybody:].reshape(n, m.nz, m.nz, m.n_pair).to(torch.float64)
                           * m.pair.scale.to(torch.float64))
                 consts = (c_node.to(**f).contiguous(), c_pair.to(**f).contiguous())

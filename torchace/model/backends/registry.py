@@ -5,7 +5,7 @@
 | `reference` | autograd of ``ACEModel.node_energies``     | forward-mode ∂φ/∂r (jvp)          | any      |
 | `analytic`  | hand adjoints in torch ops                 | analytic ∂φ/∂r, batched GEMM      | any      |
 | `fused`     | C++ kernel, one pass per centre atom       | C++ kernel                        | CPU      |
-| `triton`    | reserved for the GPU kernels               |                                  | CUDA     |
+| `triton`    | Triton kernels (A, product DAG, ∂E/∂r)     | analytic torch rows (GEMMs)       | CUDA     |
 
 ``select(model, device, backend="auto", task=...)`` returns the fastest backend that supports the model,
 the device and the task; every backend is tested against ``reference`` (``torchace.testing``).  To add a
@@ -22,6 +22,7 @@ from ... import keys as K
 from ...structures.geometry import edge_vectors
 from ..strain import edge_gradient_outputs
 from . import fused as fused_kernel
+from . import triton_backend
 from .torch_rows import torch_rows
 
 EVALUATE, ROWS = "evaluate", "rows"
@@ -107,10 +108,19 @@ class Fused(Backend):
 
 class Triton(Backend):
     name = "triton"
-    description = "Triton GPU kernels (planned: the GPU issue)"
+    description = ("Triton GPU kernels for A, the product DAG and ∂E/∂r (torchace.model.backends.triton_backend); "
+                   "design rows: the analytic torch rows (GEMM-bound)")
 
     def reason(self, model, device, task):
-        return "not implemented yet"
+        if task == EVALUATE and model.training:
+            return "not differentiable (training mode needs the reference backend)"
+        return triton_backend.unavailable(device)
+
+    def evaluator(self, model, committee=False):
+        return triton_backend.TritonEvaluator(model)
+
+    def rows(self, model, batch, memory_budget):
+        return torch_rows(model, batch, memory_budget, analytic=True)
 
 
 class _WithBaseline:
