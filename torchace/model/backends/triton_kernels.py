@@ -174,8 +174,9 @@ def edge_gradients(gA: torch.Tensor, i: torch.Tensor, R: torch.Tensor, dR: torch
 @triton.jit(do_not_specialize=["N", "k0", "k1"])
 def _level_forward_kernel(A_ptr, parent_ptr, last_ptr, val_ptr, N, k0, k1,
                           BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    k = k0 + tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    x = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    # atom blocks on grid axis 0 (axes 1 and 2 are limited to 65,535 programs)
+    x = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    k = k0 + tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     km = k < k1
     m = km[:, None] & (x < N)[None, :]
     p = tl.load(parent_ptr + k, mask=km, other=0).to(tl.int64)
@@ -216,8 +217,8 @@ def _segment_kernel(node_ptr, factor_idx_ptr, F_ptr, tgt_ptr, lo_ptr, hi_ptr, g_
                     N, n_nodes, S, n_items, CH: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_N: tl.constexpr):
     # out[tgt] += Σ_{q ∈ [lo, hi)} g[k_q] F[f(k_q)], k_q = node[q], for balanced items of ≤ CH terms; g of a
     # top-level node (k ≥ S, not stored) is its coefficient c_{z,k}.  Items of one target add atomically.
-    it = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
-    x = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    x = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    it = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     im = it < n_items
     xm = (x < N)[None, :]
     cbase = tl.load(z_ptr + x, mask=x < N, other=0).to(tl.int64) * n_nodes
@@ -246,7 +247,7 @@ def _segments(kernel_args, items, g, c_node, species, out, n, n_nodes, S, bn):
         return
     node, factor_idx, F = kernel_args
     bi = 16
-    _segment_kernel[(triton.cdiv(n_items, bi), triton.cdiv(n, bn))](
+    _segment_kernel[(triton.cdiv(n, bn), triton.cdiv(n_items, bi))](
         node, factor_idx, F, tgt, lo, hi, g, c_node, species, out, n, n_nodes, S, n_items,
         CH=SEGMENT, BLOCK_I=bi, BLOCK_N=bn)
 
@@ -270,7 +271,7 @@ def product_dag_levels(A: torch.Tensor, plan, c_node: torch.Tensor, species: tor
     bk, bn = 16, (64 if A.is_cuda else _block(n, 16, 256))
     gn = triton.cdiv(n, bn)
     for k0, k1, _ in plan.levels[1:-1]:
-        _level_forward_kernel[(triton.cdiv(k1 - k0, bk), gn)](A, plan.parent, plan.last, val, n, k0, k1,
+        _level_forward_kernel[(gn, triton.cdiv(k1 - k0, bk))](A, plan.parent, plan.last, val, n, k0, k1,
                                                              BLOCK_K=bk, BLOCK_N=bn)
     _dag_energy_kernel[(gn,)](val, A, plan.parent, plan.last, c_node, species, e, n, n_nodes, S,
                               BLOCK_K=32, BLOCK_N=bn)
