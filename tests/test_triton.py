@@ -144,3 +144,29 @@ def test_kernels_compile_for_nvidia_targets():
         pytest.skip("Triton's ptxas is not available here")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert r.stdout.count(": ok") == 2 * 2 * 6
+
+
+@pytest.mark.parametrize("budget", [None, 60_000])
+def test_committee_energies_from_the_same_pass(budget, device):
+    _runnable(device)
+    from torchace.model.backends.fused import COMMITTEE_ENERGY
+
+    m = _model("SiGe E0 zbl", device)
+    g = torch.Generator().manual_seed(5)
+    comm = m.coefficients.detach().cpu() + 0.05 * torch.randn(4, m.basis_size, generator=g, dtype=torch.float64)
+    m.committee = comm.to(device=device, dtype=m.coefficients.dtype)
+    inp = _inputs(m)
+    out = tb.TritonEvaluator(m, committee=True, memory_budget=budget)(*inp)
+    mean = {k: v.detach() for k, v in m.reference_forward(*inp).items()}
+    results_close(out, mean, 1e-12)  # forces and virials stay the mean model's
+    c0 = m.coefficients.detach().clone()
+    want = []
+    for c in comm:  # one full evaluation per member: the definition
+        with torch.no_grad():
+            m.coefficients.copy_(c)
+        want.append(m.reference_forward(*inp, False, False)[K.ENERGY].detach())
+    with torch.no_grad():
+        m.coefficients.copy_(c0)
+    got = out[COMMITTEE_ENERGY]
+    assert got.shape == (4, inp[6])
+    assert float((got - torch.stack(want)).abs().max() / torch.stack(want).abs().max()) <= 1e-12

@@ -117,7 +117,7 @@ class Triton(Backend):
         return triton_backend.unavailable(device)
 
     def evaluator(self, model, committee=False):
-        return triton_backend.TritonEvaluator(model)
+        return triton_backend.TritonEvaluator(model, committee=committee)
 
     def rows(self, model, batch, memory_budget):
         return torch_rows(model, batch, memory_budget, analytic=True)

@@ -10,6 +10,8 @@ envelopes are exactly zero, and removing them would need a data-dependent shape 
 With one chunk (the common case) a step has no host synchronisation; systems whose scratch exceeds the
 memory budget run in chunks of centre atoms (exact: a site energy depends only on its own edges).
 
+With ``committee=True`` (the calculator's default for a model with a committee) the members' structure
+energies come from the same pass (``COMMITTEE_ENERGY``), one extra energy pass over the stored DAG nodes each.
 Design rows on this backend are the ``analytic`` torch rows (batched GEMMs: cuBLAS-bound on a GPU).
 Not differentiable (inference and rows only).  On CPU tensors the kernels run only under Triton's
 interpreter (``TRITON_INTERPRET=1`` set before Triton is imported): that is how CI checks them.
@@ -26,7 +28,8 @@ from torch import nn
 
 from ...structures.geometry import edge_vectors
 from ..strain import edge_gradient_outputs
-from .fused import cached_dag, node_coefficients
+from ... import keys as K
+from .fused import COMMITTEE_ENERGY, cached_dag, node_coefficients
 
 INTERPRET_ENV = "TRITON_INTERPRET"
 # default scratch budget on CPU (interpreter) and fraction of free memory on CUDA per call
@@ -126,11 +129,16 @@ class TritonEvaluator(nn.Module):
     (``DAG_VARIANTS``).  Set ``profile = True`` to accumulate device-synchronised seconds per stage in
     ``timings`` (scripts/bench_gpu.py reports them)."""
 
-    def __init__(self, model, memory_budget: Optional[int] = None, dag: str = "levels"):
+    def __init__(self, model, memory_budget: Optional[int] = None, dag: str = "levels", committee: bool = False):
         super().__init__()
         if dag not in DAG_VARIANTS:
             raise ValueError(f"dag must be one of {DAG_VARIANTS}, got {dag!r}")
         self.model = model
+        # committee energies from the same pass (levels variant): E_k = E(c̄) + E_lin(c_k − c̄), one extra
+        # energy pass over the stored DAG nodes per member; forces and virials stay the mean model's
+        self.committee = bool(committee) and dag == "levels"
+        self._committee_key = None
+        self._committee_consts = None
         self.memory_budget = memory_budget
         self.dag = dag
         self.kernels = _kernels()
@@ -173,6 +181,29 @@ class TritonEvaluator(nn.Module):
         self._key = key
         return self._consts
 
+    def _members(self, dtype: torch.dtype, device: torch.device):
+        """(Δc_node [n, nz, n_nodes], Δc_pair [n, nz, nz, n_pair]) of the committee members relative to the mean
+        coefficients, or None without a committee (rebuilt when either changes)."""
+        m = self.model
+        comm = getattr(m, "committee", None) if self.committee else None
+        if comm is None:
+            return None
+        c = m.coefficients.detach()
+        key = (dtype, device, comm.data_ptr(), comm._version, tuple(comm.shape), c.data_ptr(), c._version,
+               m.coupling.vals._version)
+        if key != self._committee_key:
+            if comm.dim() != 2 or comm.shape[1] != m.basis_size:
+                raise ValueError(f"TritonEvaluator: model.committee must have shape (n_members, {m.basis_size}), "
+                                 f"got {tuple(comm.shape)}")
+            with torch.no_grad():
+                dc = comm.detach().to(torch.float64) - c.to(device=comm.device, dtype=torch.float64)
+                n = dc.shape[0]
+                f = dict(dtype=dtype, device=device)
+                c_node = node_coefficients(m, dc, self.node_of_aa, self.parent.shape[0]).to(**f).contiguous()
+                c_pair = dc[:, m.n_manybody:].reshape(n, m.nz, m.nz, m.n_pair).to(**f)
+            self._committee_key, self._committee_consts = key, (c_node, c_pair)
+        return self._committee_consts
+
     def _plan(self, device: torch.device) -> DagPlan:
         plan = self._plans.get(device)
         if plan is None:
@@ -195,6 +226,7 @@ class TritonEvaluator(nn.Module):
         n_atoms = species.shape[0]
         need_grad = bool(compute_forces or compute_virials)
         k = self._constants(dtype, device)
+        members = self._members(dtype, device)
         with torch.no_grad():
             t0 = [time.perf_counter()]
             positions = positions.detach()
@@ -213,27 +245,35 @@ class TritonEvaluator(nn.Module):
             n_chunks = max(1, -(-need // max(1, self._budget(device))))
             self._mark("edge vectors + sort", device, t0)
             if n_chunks == 1:
-                e, g_vec = self._site_terms(vectors, edge_index, species, start, 0, need_grad, k)
+                e, g_vec, de = self._site_terms(vectors, edge_index, species, start, 0, need_grad, k, members)
             else:
                 e = torch.empty(n_atoms, dtype=dtype, device=device)
                 g_vec = torch.empty((3, n_edges), dtype=dtype, device=device)
+                de = None if members is None else torch.empty((members[0].shape[0], n_atoms), dtype=dtype,
+                                                               device=device)
                 bounds = start.cpu()  # the one host synchronisation of a chunked call
                 step = -(-n_atoms // n_chunks)
                 for a0 in range(0, n_atoms, step):
                     a1 = min(a0 + step, n_atoms)
                     s0, s1 = int(bounds[a0]), int(bounds[a1])
-                    e_c, g_c = self._site_terms(vectors[s0:s1], edge_index[:, s0:s1], species, start[a0:a1 + 1] - s0,
-                                                a0, need_grad, k)
+                    e_c, g_c, de_c = self._site_terms(vectors[s0:s1], edge_index[:, s0:s1], species,
+                                                      start[a0:a1 + 1] - s0, a0, need_grad, k, members)
                     e[a0:a1] = e_c
                     g_vec[:, s0:s1] = g_c
+                    if de is not None:
+                        de[:, a0:a1] = de_c
             t0 = [time.perf_counter()]
             out = edge_gradient_outputs(e, g_vec, vectors, edge_index, positions, batch, n_structures,
                                         compute_forces, compute_virials)
+            if de is not None:  # members' structure energies: the mean's plus their site-energy differences
+                out[COMMITTEE_ENERGY] = out[K.ENERGY] + torch.zeros(
+                    (de.shape[0], n_structures), dtype=dtype, device=device).index_add_(1, batch, de)
             self._mark("force/virial scatter (torch)", device, t0)
             return out
 
-    def _site_terms(self, vectors, edge_index, species, start, a0: int, need_grad: bool, k):
-        """Site energies of atoms a0 … a0 + len(start) - 2 and ∂E/∂r [3, E] of their edges (``vectors``)."""
+    def _site_terms(self, vectors, edge_index, species, start, a0: int, need_grad: bool, k, members=None):
+        """Site energies of atoms a0 … a0 + len(start) - 2, ∂E/∂r [3, E] of their edges (``vectors``) and, with
+        ``members``, the members' site-energy differences from the mean [n_members, n] (else None)."""
         m = self.model
         emb = m.embedding
         kern = self.kernels
@@ -251,8 +291,16 @@ class TritonEvaluator(nn.Module):
         self._mark("edge features (torch)", dev, t0)
         A = kern.pool_atomic_basis(R, Y, k["n_idx"], k["lm"], k["w"], start, n)
         self._mark("A pooling", dev, t0)
+        de = None
         if self.dag == "levels":
-            e_mb, gA, _ = kern.product_dag_levels(A, self._plan(A.device), k["c_node"], sp.contiguous(), need_grad)
+            plan = self._plan(A.device)
+            e_mb, gA, val = kern.product_dag_levels(A, plan, k["c_node"], sp.contiguous(), need_grad)
+            if members is not None:
+                de = torch.stack([kern.dag_energy(val, A, plan, c, sp.contiguous()) for c in members[0]])
+                if m.n_pair > 0 and r.shape[0] > 0:
+                    V = m.pair.with_grad(r, zi, zj)[0]  # [n_pair, E]
+                    pair = (V.unsqueeze(0) * members[1][:, zi, zj].transpose(1, 2)).sum(1)  # [n_members, E]
+                    de = de.index_add_(1, i_local, pair)
         else:
             e_mb, gA, _ = kern.product_dag(A, k["parent"], k["last"], k["c_node"], sp.contiguous(), need_grad)
         e = k["E0"].index_select(0, sp) + e_mb
@@ -266,4 +314,4 @@ class TritonEvaluator(nn.Module):
         self._mark("dE/dr per edge", dev, t0)
         e_p, g_p = m.pair_site_terms(r, u, i_local, zi, zj, n, need_grad)
         self._mark("pair + ZBL (torch)", dev, t0)
-        return e + e_p, g_vec + g_p
+        return e + e_p, g_vec + g_p, de

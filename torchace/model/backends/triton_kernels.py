@@ -257,6 +257,19 @@ def _segments(kernel_args, items, g, c_node, species, out, n, n_nodes, S, bn):
 SEGMENT = 16
 
 
+def dag_energy(val: torch.Tensor, A: torch.Tensor, plan, c_node: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    """Σ_k c_{z_i,k} AA_k [N] for another coefficient table ``c_node`` [nz, n_nodes] on the node values ``val``
+    of ``product_dag_levels`` (committee members: one pass over the stored nodes each)."""
+    n = A.shape[1]
+    e = torch.empty(n, dtype=A.dtype, device=A.device)
+    if n == 0:
+        return e
+    bn = 64 if A.is_cuda else _block(n, 16, 256)
+    _dag_energy_kernel[(triton.cdiv(n, bn),)](val, A, plan.parent, plan.last, c_node, species, e, n,
+                                              plan.parent.shape[0], plan.n_stored, BLOCK_K=32, BLOCK_N=bn)
+    return e
+
+
 def product_dag_levels(A: torch.Tensor, plan, c_node: torch.Tensor, species: torch.Tensor, need_grad: bool):
     """``product_dag`` computed level by level (``plan``: triton_backend.DagPlan, on A's device); the top
     level (most nodes, all leaves) is never stored: its values are formed where they are used."""
@@ -264,17 +277,15 @@ def product_dag_levels(A: torch.Tensor, plan, c_node: torch.Tensor, species: tor
     n_nodes = plan.parent.shape[0]
     S = plan.n_stored
     val = torch.empty((S, n), dtype=A.dtype, device=A.device)
-    e = torch.empty(n, dtype=A.dtype, device=A.device)
     if n == 0:
-        return e, (torch.zeros_like(A) if need_grad else None), val
+        return A.new_empty(0), (torch.zeros_like(A) if need_grad else None), val
     val[0] = 1.0
     bk, bn = 16, (64 if A.is_cuda else _block(n, 16, 256))
     gn = triton.cdiv(n, bn)
     for k0, k1, _ in plan.levels[1:-1]:
         _level_forward_kernel[(gn, triton.cdiv(k1 - k0, bk))](A, plan.parent, plan.last, val, n, k0, k1,
                                                              BLOCK_K=bk, BLOCK_N=bn)
-    _dag_energy_kernel[(gn,)](val, A, plan.parent, plan.last, c_node, species, e, n, n_nodes, S,
-                              BLOCK_K=32, BLOCK_N=bn)
+    e = dag_energy(val, A, plan, c_node, species)
     if not need_grad:
         return e, None, val
     g = c_node[:, :S].index_select(0, species).t().contiguous()  # [S, N]: ∂E/∂node before the sweep
