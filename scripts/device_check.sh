@@ -2,7 +2,8 @@
 # The one prepared GPU-machine check: versions, the CUDA tests, scripts/bench_gpu.py and (if present)
 # scripts/bench_neighbours.py, each step timed, logged and summarised, inside a total time cap.
 #
-#   bash scripts/device_check.sh             # on the GPU machine, from the repository root
+#   bash scripts/device_wheels.sh            # here, once per checkout: wheels the GPU image lacks (ASE)
+#   bash scripts/device_check.sh             # on the GPU machine, from the repository root (carry .whl)
 #   bash scripts/device_check.sh --dry-run   # the same steps on a CPU: TRITON_INTERPRET=1, tiny sizes
 #
 # Output folder: $OUT (default ./device_out): log.txt (every command's output), summary.md (each step
@@ -26,7 +27,7 @@ DRY=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "device_check.sh: unknown argument $arg (use --dry-run)" >&2; exit 2 ;;
     esac
 done
@@ -41,7 +42,11 @@ STEPS="$OUT/.steps.tsv"
 : > "$LOG"
 : > "$STEPS"
 if [ -z "${PYTHON:-}" ]; then
-    if command -v python >/dev/null 2>&1; then PYTHON=python; else PYTHON=python3; fi
+    # the first interpreter that has torch (on the lent H200 image that is python3)
+    PYTHON=python3
+    for cand in python3 python; do
+        if command -v "$cand" >/dev/null 2>&1 && "$cand" -c "import torch" >/dev/null 2>&1; then PYTHON=$cand; break; fi
+    done
 fi
 TOTAL_S="${DEVICE_CHECK_TOTAL_S:-470}"
 T0=$(date +%s)
@@ -136,6 +141,12 @@ if missing:
     print("MISSING (nothing is downloaded here):", " ".join(missing))
     sys.exit(3)
 '
+# wheels carried in .whl (scripts/device_wheels.sh: ASE is not in the GPU image) go to /tmp/site, no network
+if [ "$DRY" -eq 0 ] && ls .whl/*.whl >/dev/null 2>&1; then
+    run_step wheels 120 -- "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 printf '%s\n' "$VERSIONS_PY" > "$OUT/versions.py"
 run_step versions 90 -- bash -c 'cd /tmp && "$0" "$1" 2>&1 | tee "$2"; exit ${PIPESTATUS[0]}' \
     "$PYTHON" "$OUT/versions.py" "$OUT/versions.txt"
