@@ -1,5 +1,6 @@
 """Every notebook (``notebooks/*.py``, jupytext percent format) runs top to bottom as a plain Python script in
 quick mode (``TORCHACE_QUICK=1``), each in its own subprocess and temporary working directory."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def test_notebooks_exist():
     names = [p.name for p in NOTEBOOKS]
-    for expected in ("01_fit_potential.py", "03_md_ase.py", "04_export.py"):
+    for expected in ("01_fit_potential.py", "03_md_ase.py", "04_export.py", "05_torchsim_md.py"):
         assert expected in names
     assert not list(NOTEBOOKS[0].parent.glob("*.ipynb")), "notebooks are kept as jupytext .py files only"
 
@@ -25,6 +26,8 @@ def test_notebook_runs(notebook, tmp_path):
     assert "format_name: percent" in text and "\n# %%\n" in text, f"{notebook.name}: not a jupytext percent file"
     if "# needs-shared-data:" in text and not SHARED_DATA.is_dir():
         pytest.skip(f"{notebook.name} reads the shared reference data, absent here ({SHARED_DATA})")
+    if "\nimport torch_sim" in text and importlib.util.find_spec("torch_sim") is None:
+        pytest.skip(f"{notebook.name} needs torch-sim-atomistic (pip install 'torchace[torchsim]')")
     env = dict(os.environ, TORCHACE_QUICK="1", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     proc = subprocess.run([sys.executable, str(notebook)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
