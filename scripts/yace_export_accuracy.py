@@ -5,7 +5,7 @@ tabulation steps (``delta_spline_bins``) and prints the relative errors of energ
 pyace (+ the pair table read by ``evaluate_pair_table``) against ``torchace.evaluate`` on rattled periodic
 SiGe cells (one cubic, one triclinic).  Needs ``pip install python-ace==0.4.0rc1``.
 
-    OMP_NUM_THREADS=1 python scripts/yace_export_accuracy.py [--elements Si Ge] [--totaldegree 8] [--steps 1e-3 5e-4 2e-4 1e-4] [--pair] [--fit FILE.xyz]
+    OMP_NUM_THREADS=1 python scripts/yace_export_accuracy.py [--elements Si Ge] [--totaldegree 8] [--steps 1e-3 5e-4 2e-4 1e-4] [--pair] [--fit FILE.xyz] [--full-grid]
 """
 from __future__ import annotations
 
@@ -79,6 +79,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=float, nargs="+", default=[1e-3, 5e-4, 2e-4, 1e-4])
     ap.add_argument("--pair", action="store_true", help="random pair coefficients too (pair table overlay)")
     ap.add_argument("--fit", metavar="XYZ", help="fit the model to this labelled file instead (smoothness prior p = 4)")
+    ap.add_argument("--full-grid", action="store_true", help="the original writer (write_yace(lean=False))")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     td = args.totaldegree[0] if len(args.totaldegree) == 1 else args.totaldegree
@@ -97,8 +98,10 @@ def main(argv=None):
     structures = cells(args.elements)
     with tempfile.TemporaryDirectory() as d:
         for step in args.steps:
-            info, errs, tw, tl, size = compare(model, os.path.join(d, "m.yace"), structures, delta_spline_bins=step)
-            print(f"delta_spline_bins {step:g} Å: nradbase {info['nradbase']} (radial fit {info['radial_error']:.1e}), "
+            info, errs, tw, tl, size = compare(model, os.path.join(d, "m.yace"), structures, delta_spline_bins=step,
+                                               lean=not args.full_grid)
+            print(f"delta_spline_bins {step:g} Å: {info['radbasename']} nradbase {info['nradbase']} (radial fit "
+                  f"{info['radial_error']:.1e}), nradmax {info['nradmax']}, lmax {info['lmax']}, "
                   f"rel. err E {errs['E']:.1e}  F {errs['F']:.1e}  stress {errs['S']:.1e};  "
                   f"write {tw:.1f} s, pyace load {tl:.1f} s, {size / 1e6:.2f} MB")
 

@@ -125,13 +125,16 @@ def test_unparsable_and_non_mapping_files(tmp_path):
         FitConfig.load(str(p))
 
 
-def test_solver_and_prior_arguments_checked_at_build(tmp_path):
-    cfg = FitConfig.load(str(_write(tmp_path, _with("solver", {"name": "QR", "lamda": 1.0}))))
-    with pytest.raises(ValueError, match="bad arguments for solver 'QR'"):
-        cfg.build_solver()
-    cfg = FitConfig.load(str(_write(tmp_path, _with("prior", {"name": "os", "p": 4}))))
-    with pytest.raises(ValueError, match="unknown prior 'os'"):
-        cfg.build_prior()
+def test_solver_and_prior_arguments_checked_at_load(tmp_path):
+    """Solver and prior arguments are checked when the config is loaded (before any data is read), naming the
+    file and the argument."""
+    with pytest.raises(ValueError, match=r"fit.yaml: .*bad arguments for solver 'QR': unknown argument\(s\) "
+                                         r"\['lamda'\]; its arguments are \['lam'"):
+        FitConfig.load(str(_write(tmp_path, _with("solver", {"name": "QR", "lamda": 1.0}))))
+    with pytest.raises(ValueError, match="fit.yaml: .*unknown prior 'os'"):
+        FitConfig.load(str(_write(tmp_path, _with("prior", {"name": "os", "p": 4}))))
+    with pytest.raises(ValueError, match="fit.yaml: .*solver 'QR': QR: 'lam' must be a finite number"):
+        FitConfig.load(str(_write(tmp_path, _with("solver", {"name": "QR", "lam": "0.1"}))))
 
 
 ACE_BAD = [

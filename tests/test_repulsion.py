@@ -235,7 +235,7 @@ def test_fit_options_append_dimers():
     assert aug[0]["label"] == pytest.approx(50.0 - 6.5)
     with pytest.raises(ValueError, match="E0='fit'"):
         torchace.fit(m, data, E0="fit", synthetic_dimers=True)
-    with pytest.raises(ValueError, match="bool or a dict"):
+    with pytest.raises(ValueError, match="repulsion_restraint must be true, false or a mapping"):
         torchace.fit(m, data, E0={"Si": -3.25, "Ge": -1.5}, repulsion_restraint="yes")
 
 

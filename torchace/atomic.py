@@ -13,9 +13,22 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 
 def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> None:
-    """Call ``write(tmp_path)``, then move the temporary file onto ``path`` (same directory, same filesystem)."""
+    """Call ``write(tmp_path)``, then move the temporary file onto ``path`` (same directory, same filesystem).
+
+    A directory at ``path``, a missing directory or an unwritable one raise ``OutputPathError`` naming ``path``
+    before anything is written; a failure while writing (full disk, file-size limit, an exception of
+    ``write``, Ctrl-C) removes the temporary file and leaves an existing file at ``path`` as it was (OS errors
+    are re-raised naming ``path``)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise OutputPathError(f"{path}: is a directory; give a file name")
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=suffix)
+    if not os.path.isdir(d):
+        raise OutputPathError(f"{path}: cannot be written: directory {d!r} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=suffix)
+    except OSError as exc:
+        raise OutputPathError(f"{path}: cannot be written ({exc.strerror})") from None
     os.close(fd)
     try:
         write(tmp)
@@ -25,9 +38,12 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> N
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputPathError):
+            raise OSError(exc.errno, f"{path}: cannot be written ({exc.strerror or exc}); an existing file "
+                                     "there is unchanged") from exc
         raise
 
 
@@ -36,9 +52,59 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as fh:
-            json.dump(obj, fh, allow_nan=False)
+            try:
+                json.dump(obj, fh, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"{path}: cannot be written as JSON: {exc}") from None
 
     atomic_write(path, write, ".json")
+
+
+def check_replaceable_text(path: str, marker: bytes, what: str) -> None:
+    """Refuse to replace an existing file at ``path`` unless its first 4 KiB contain ``marker`` (the header line
+    torchace writes into its text outputs: .yace, pair tables, LAMMPS include files)."""
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path):
+        raise OutputPathError(f"{path}: is a directory; give a file name")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputPathError(f"{path}: exists and cannot be read ({exc.strerror}); refusing to replace it") from None
+    if marker not in head:
+        link = f" (a link to {os.path.realpath(path)!r})" if os.path.islink(path) else ""
+        raise OutputPathError(f"{path}: exists{link} and is not a {what} written by torchace (training data or "
+                              "another file?); refusing to overwrite it: choose another path or delete the file")
+
+
+def check_replaceable(path: str, format_name: Optional[str], what: str, overwrite_hint: bool = True) -> None:
+    """Refuse to replace an existing file at ``path`` unless it is a ``what``: a JSON document whose first 4 KiB
+    hold the field ``"format": format_name``, or, with ``format_name=None``, a zip archive (TorchScript).
+    ``model.save("train.xyz")`` must not destroy the training data.  No file, or a dangling link, is fine."""
+    import re
+    import zipfile
+
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path):
+        raise OutputPathError(f"{path}: is a directory; give a file name")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+        ours = (zipfile.is_zipfile(path) if format_name is None else
+                re.search(rb'"format"\s*:\s*"' + re.escape(format_name.encode()) + rb'"', head) is not None)
+    except FileNotFoundError:  # a dangling link: os.replace replaces the link
+        return
+    except OSError as exc:
+        raise OutputPathError(f"{path}: exists and cannot be read ({exc.strerror}); refusing to replace it") from None
+    if not ours:
+        link = f" (a link to {os.path.realpath(path)!r})" if os.path.islink(path) else ""
+        raise OutputPathError(f"{path}: exists{link} and is not a {what} (training data or another file?); "
+                              "refusing to overwrite it: choose another path or delete the file"
+                              + (", or pass overwrite=True" if overwrite_hint else ""))
 
 
 class OutputPathError(ValueError):
@@ -53,6 +119,9 @@ def _same(a: str, b: str) -> bool:
         return os.path.samefile(a, b)  # hard links
     except OSError:
         return False
+
+
+same_file = _same
 
 
 def check_outputs(inputs: Sequence[str], outputs: Dict[str, Optional[str]], who: str) -> None:

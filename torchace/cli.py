@@ -1,4 +1,5 @@
-"""Command line: ``torchace evaluate`` (energies, forces, stresses and design-matrix rows of structures),
+"""Command line: ``torchace evaluate --model M`` (energies, forces, stresses, errors against the files' labels;
+design-matrix rows with ``--rows``),
 ``torchace fit CONFIG.yaml``, ``torchace export MODEL.json OUT --format torchscript|metatomic|yace`` and
 ``torchace lammps MODEL.json DATA --elements ...`` (a Python driver script for LAMMPS + fix external).
 
@@ -37,49 +38,30 @@ def _read(paths: List[str]):
 def cmd_evaluate(args) -> int:
     import torchace
     from . import keys as K
-    from .atomic import write_json_atomic
-    from .testing import randomize_coefficients
-
-    from .atomic import check_outputs
-
-    paths = args.structures or [str(resources.files("torchace").joinpath(DEFAULT_EXAMPLE))]
-    check_outputs(paths + ([args.model] if args.model else []), {"--output": args.output}, "torchace evaluate")
-    structs = _read(paths)
-    elements = args.elements or sorted({s for a in structs for s in a.get_chemical_symbols()})
-    dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
-    t0 = time.perf_counter()
-    if args.model:
-        model = torchace.load(args.model, dtype=dtype, device=args.device)
-    else:
-        model = torchace.ace_model(elements, args.order, args.totaldegree, wL=args.wL, rcut=args.rcut,
-                                   dtype=dtype).to(args.device)
-    t_build = time.perf_counter() - t0
-    if args.model:
-        coef_note = f"from {args.model}"
-    elif args.coefficients:
-        c = np.load(args.coefficients, allow_pickle=False)
-        model.coefficients = torch.as_tensor(c, dtype=dtype)
-        coef_note = f"from {args.coefficients}"
-    else:
-        randomize_coefficients(model, 0.01, seed=args.seed)
-        coef_note = f"random (seed {args.seed}, scale 0.01): no fit yet"
+    from .atomic import check_outputs, write_json_atomic
+    from .fitting.data import DataError, read_data
+    from .fitting.metrics import errors as error_table, format_table, predictions
+    from .io.model_file import ModelFileError
     from .model.backends import EVALUATE, ROWS, select
 
-    b_eval, b_rows = select(model, None, args.backend, EVALUATE).name, select(model, None, args.backend, ROWS).name
+    if not args.model:
+        raise SystemExit("torchace evaluate: --model is required (a model file from torchace fit or model.save); "
+                         "there is no random model any more")
+    paths = args.structures or [str(resources.files("torchace").joinpath(DEFAULT_EXAMPLE))]
+    check_outputs(paths + [args.model], {"--output": args.output}, "torchace evaluate")
+    dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
+    print(f"loading {args.model} ...", flush=True)
+    try:
+        model = torchace.load(args.model, dtype=dtype, device=args.device)
+    except ModelFileError as exc:
+        raise SystemExit(f"torchace evaluate: {exc}") from None
+    structs = _read(paths)
+    b_eval = select(model, None, args.backend, EVALUATE).name
+    print(f"torchace {torchace.__version__}: {model.extra_repr()}")
+    print(f"model {args.model}; device {args.device}, {args.dtype}; backend {b_eval}", flush=True)
     t0 = time.perf_counter()
     out = torchace.evaluate(model, structs, backend=b_eval)
     t_eval = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rows = torchace.design_matrix_rows(model, structs, backend=b_rows)
-    t_rows = time.perf_counter() - t0
-    c = model.coefficients.detach()
-    e0 = torch.tensor([model.reference_energy(a.numbers) for a in structs], dtype=c.dtype, device=c.device)
-    check_e = float((rows[K.ENERGY] @ c + e0 - out[K.ENERGY]).abs().max())
-    check_f = float((rows[K.FORCES] @ c - out[K.FORCES].reshape(-1)).abs().max())
-
-    print(f"torchace {torchace.__version__}: {model.extra_repr()}")
-    print(f"coefficients: {coef_note}; device {args.device}, {args.dtype}; model built in {t_build:.2f} s; "
-          f"backends: {b_eval} (evaluate), {b_rows} (rows)")
     print(f"{'#':>3} {'config_type':<16} {'atoms':>5} {'energy/eV':>14} {'max|F|/(eV/Å)':>14} {'pressure/GPa':>13}")
     n_atoms = out[K.N_ATOMS].tolist()
     f_split = torch.split(out[K.FORCES], n_atoms)
@@ -93,19 +75,39 @@ def cmd_evaluate(args) -> int:
                             forces=f_split[k].cpu().tolist(), virial=out[K.VIRIAL][k].cpu().tolist(),
                             stress=None if np.isnan(p) else out[K.STRESS][k].cpu().tolist()))
     n = sum(n_atoms)
-    print(f"evaluate: {t_eval * 1e3:.1f} ms ({t_eval / n * 1e6:.0f} µs/atom); design-matrix rows "
-          f"E {tuple(rows[K.ENERGY].shape)}, F {tuple(rows[K.FORCES].shape)}, V {tuple(rows[K.VIRIAL].shape)}: "
-          f"{t_rows * 1e3:.1f} ms ({t_rows / n * 1e6:.0f} µs/atom)")
-    print(f"consistency rows·c vs model: max |ΔE| = {check_e:.2e} eV, max |ΔF| = {check_f:.2e} eV/Å")
+    print(f"evaluate: {t_eval * 1e3:.1f} ms ({t_eval / max(n, 1) * 1e6:.0f} µs/atom)")
+    report = dict(model=args.model, config=model.config_dict(), basis_size=model.basis_size,
+                  backends=dict(evaluate=b_eval), structures=paths, results=records, timing_s=dict(evaluate=t_eval))
+    # errors against the files' own labels (energy / forces / virial as the data keys find them)
+    try:
+        ds = read_data(paths, elements=model.elements)
+    except DataError as exc:
+        print(f"no errors against labels: {' '.join(str(exc).split())[:200]}")
+    else:
+        print(f"errors against the labels of {len(ds)} structures ...", flush=True)
+        report["errors"] = error_table(model, ds, preds=predictions(model, ds))
+        print(format_table(report["errors"], "errors"))
+    status = 0
+    if args.rows:  # design-matrix rows only when asked (they cost several evaluations)
+        b_rows = select(model, None, args.backend, ROWS).name
+        t0 = time.perf_counter()
+        rows = torchace.design_matrix_rows(model, structs, backend=b_rows)
+        t_rows = time.perf_counter() - t0
+        c = model.coefficients.detach()
+        e0 = torch.tensor([model.reference_energy(a.numbers) for a in structs], dtype=c.dtype, device=c.device)
+        check_e = float((rows[K.ENERGY] @ c + e0 - out[K.ENERGY]).abs().max())
+        check_f = float((rows[K.FORCES] @ c - out[K.FORCES].reshape(-1)).abs().max())
+        print(f"design-matrix rows ({b_rows}): E {tuple(rows[K.ENERGY].shape)}, F {tuple(rows[K.FORCES].shape)}, "
+              f"V {tuple(rows[K.VIRIAL].shape)}: {t_rows * 1e3:.1f} ms ({t_rows / max(n, 1) * 1e6:.0f} µs/atom)")
+        print(f"consistency rows·c vs model: max |ΔE| = {check_e:.2e} eV, max |ΔF| = {check_f:.2e} eV/Å")
+        report.update(rows_backend=b_rows, consistency=dict(energy=check_e, forces=check_f))
+        report["timing_s"]["rows"] = t_rows
+        tol = 1e-8 if dtype == torch.float64 else 1e-2
+        status = 0 if max(check_e, check_f) < tol * max(1.0, float(out[K.ENERGY].abs().max())) else 1
     if args.output:
-        write_json_atomic(args.output, dict(model=model.config_dict(), basis_size=model.basis_size,
-                                             backends=dict(evaluate=b_eval, rows=b_rows),
-                                             structures=paths, results=records,
-                                             timing_s=dict(build=t_build, evaluate=t_eval, rows=t_rows),
-                                             consistency=dict(energy=check_e, forces=check_f)))
+        write_json_atomic(args.output, report)
         print(f"wrote {args.output}")
-    tol = 1e-8 if dtype == torch.float64 else 1e-2
-    return 0 if max(check_e, check_f) < tol * max(1.0, float(out[K.ENERGY].abs().max())) else 1
+    return status
 
 
 def cmd_fit(args) -> int:
@@ -134,6 +136,7 @@ def cmd_fit(args) -> int:
     train = read_data(cfg.data.train, keys=keys, elements=model.elements, skip_bad=cfg.data.skip_bad)
     print(f"training data: {len(train)} structures, {sum(s.n_atoms for s in train)} atoms "
           f"({', '.join(train.config_types)})", flush=True)
+    print("fitting (assembly of the design matrix, then the solver) ...", flush=True)
     res = torchace.fit(model, train, progress=not args.quiet, **cfg.fit_kwargs())
     print(f"design rows: {res.info['backend']} backend; solver {res.solver}: {res.hyperparameters}; E0 {res.E0}; "
           f"timings {', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
@@ -141,11 +144,13 @@ def cmd_fit(args) -> int:
     report = {"train": res.errors, "fit": res.to_dict()}
     if cfg.data.test:
         test = read_data(cfg.data.test, keys=keys, elements=model.elements, skip_bad=cfg.data.skip_bad)
+        print(f"evaluating the test set: {len(test)} structures, {sum(s.n_atoms for s in test)} atoms ...", flush=True)
         preds = predictions(model, test)
         report["test"] = error_table(model, test, preds=preds)
         print(format_table(report["test"], "test errors"))
         if cfg.output.parity:
-            parity_plot(model, test, cfg.output.parity, preds=preds)
+            names = ", ".join(os.path.basename(str(t)) for t in as_list(cfg.data.test))
+            parity_plot(model, test, cfg.output.parity, preds=preds, title=f"test set ({names})")
             print(f"wrote {cfg.output.parity}")
     model.save(cfg.output.model)
     print(f"wrote {cfg.output.model}")
@@ -168,6 +173,7 @@ def cmd_export(args) -> int:
     outputs = {"output": args.output}
     if args.format == "yace" and args.output.endswith(".yace"):
         outputs["pair table"] = args.output[: -len(".yace")] + "_pairpot.table"
+        outputs["LAMMPS include file"] = args.output[: -len(".yace")] + ".lammps"
     check_outputs([args.model], outputs, "torchace export")
     try:
         model = torchace.load(args.model)
@@ -192,6 +198,9 @@ def cmd_export(args) -> int:
     if info is not None:
         if info.get("pair_table"):
             print(f"wrote {info['pair_table']} (pair part as a LAMMPS pair table)")
+        if info.get("lammps_include"):
+            print(f"wrote {info['lammps_include']} (LAMMPS: include {info['lammps_include']}; atom types in the "
+                  f"order {' '.join(info.get('lammps_types', []))})")
         print("LAMMPS input:")
         for line in info.get("lammps", []):
             print(f"    {line}")
@@ -219,16 +228,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="torchace", description=__doc__)
     ap.add_argument("--debug", action="store_true", help="on an error, show the Python traceback (default: one line)")
     sub = ap.add_subparsers(dest="command", required=True)
-    ev = sub.add_parser("evaluate", help="evaluate a linear ACE model on structures (default: bundled Si examples)")
+    ev = sub.add_parser("evaluate", help="evaluate a model file on structures (default: the bundled Si examples), "
+                                         "with errors against the files' labels")
     ev.add_argument("structures", nargs="*", help="extended-XYZ (or any ASE-readable) files")
-    ev.add_argument("--model", help="a saved torchace model (.json); otherwise a new model is built")
-    ev.add_argument("--elements", nargs="+", help="model elements (default: those in the structures)")
-    ev.add_argument("--order", type=int, default=3)
-    ev.add_argument("--totaldegree", type=float, nargs="+", default=[12.0])
-    ev.add_argument("--wL", type=float, default=1.5)
-    ev.add_argument("--rcut", type=float, default=None)
-    ev.add_argument("--coefficients", help=".npy file with basis_size coefficients (default: random)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--model", help="a saved torchace model (.json), e.g. from torchace fit (required)")
+    ev.add_argument("--rows", action="store_true", help="also compute the design-matrix rows and check rows·c")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     ev.add_argument("--backend", default="auto", choices=["auto", "fused", "triton", "analytic", "reference"],
@@ -263,8 +267,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     lm.add_argument("--threads", type=int, default=1, help="torch threads (default; OMP_NUM_THREADS overrides)")
     args = ap.parse_args(argv)
     commands = {"export": cmd_export, "fit": cmd_fit, "evaluate": cmd_evaluate, "lammps": cmd_lammps}
-    if args.command == "evaluate" and len(args.totaldegree) == 1:
-        args.totaldegree = args.totaldegree[0]
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, OSError, KeyError, RuntimeError) as exc:

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
-from .basis.spec import totaldegree_per_order
+from .basis.spec import check_size, totaldegree_per_order
 from .fieldcheck import check_ace_fields
 
 
@@ -88,6 +88,7 @@ class ACEConfig:
             raise ValueError("at least one element is needed")
         nz = len(syms)
         degs = totaldegree_per_order(int(order), totaldegree)
+        check_size(nz, float(wL), degs, int(order))  # before any enumeration: l, radial degree, order
         if r0 is None:
             r0m = [[0.5 * (bond_length(a) + bond_length(b)) for b in syms] for a in syms]
         elif isinstance(r0, (int, float)):
@@ -109,6 +110,12 @@ class ACEConfig:
         rc = 2.5 * max(max(row) for row in r0m) if rcut is None else float(rcut)
         if not rc > 0:
             raise ValueError(f"rcut must be positive, got {rcut}")
+        for a in range(nz):
+            for b in range(a, nz):
+                if not r0m[a][b] < rc:
+                    raise ValueError(f"rcut = {rc:g} Å is not larger than r0 = {r0m[a][b]:g} Å of the pair "
+                                     f"{syms[a]}-{syms[b]} (its typical bond length): neighbours at bonding distance "
+                                     "would be outside the cutoff; raise rcut (default 2.5·max r0) or give r0")
         if E0 is None:
             e0 = [0.0] * nz
         elif isinstance(E0, dict):

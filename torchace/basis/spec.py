@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 NL = Tuple[int, int]  # one-particle index (n, l), n >= 1
 
@@ -21,14 +21,27 @@ NL = Tuple[int, int]  # one-particle index (n, l), n >= 1
 _LEVEL_TOL = 1e-9
 # the real spherical harmonics and their coupling go up to l = 12 (e3nn's implementation)
 MAX_L = 12
-# product (AA) multisets enumerated at most (the ACEpotentials.jl paper's largest bases have ~10^4-10^5);
-# larger requests are refused before the coupling work, which grows much faster.  Override with the
+# product (AA) multisets at most (the ACEpotentials.jl paper's largest bases have ~10^4-10^5; 3·10^5 products
+# take ~20 s to build and give ~10^6 basis functions, beyond any linear fit); larger requests are refused
+# before enumerating them (``estimate_products``: a count, milliseconds), not after.  Override with the
 # environment variable TORCHACE_MAX_PRODUCTS.
-DEFAULT_MAX_PRODUCTS = 1_000_000
+DEFAULT_MAX_PRODUCTS = 300_000
+# radial polynomial degree at most this (n/NZ <= totaldegree: the pair basis has ceil(totaldegree) polynomials,
+# the many-body radials totaldegree); typical fits use 10-30
+MAX_RADIAL_DEGREE = 1000
 
 
 def max_products() -> int:
-    return int(os.environ.get("TORCHACE_MAX_PRODUCTS", DEFAULT_MAX_PRODUCTS))
+    text = os.environ.get("TORCHACE_MAX_PRODUCTS")
+    if text is None:
+        return DEFAULT_MAX_PRODUCTS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"the environment variable TORCHACE_MAX_PRODUCTS must be a positive integer, got {text!r}")
+    return value
 
 
 def totaldegree_per_order(order: int, totaldegree) -> List[float]:
@@ -90,17 +103,64 @@ def one_particle_spec(nz: int, wL: float, degrees: Sequence[float]) -> List[NL]:
     return out
 
 
-def check_size(nz: int, wL: float, degrees: Sequence[float]) -> None:
+def check_size(nz: int, wL: float, degrees: Sequence[float], order: Optional[int] = None) -> None:
     """Refuse, before any enumeration, parameters whose harmonic degree exceeds ``MAX_L`` (a tiny wL or a
-    large totaldegree), with the numbers: l_max = (totaldegree − 1/NZ) / wL for the orders ≥ 2."""
+    large totaldegree), with the numbers: l_max = (totaldegree − 1/NZ) / wL for the orders ≥ 2; whose radial
+    degree exceeds ``MAX_RADIAL_DEGREE``; or whose correlation order exceeds what any product can hold (each
+    factor has level >= 1/NZ)."""
     if not (wL > 0 and math.isfinite(wL)):
         raise ValueError(f"wL must be a positive finite number, got {wL!r}")
+    dmax = max(degrees)
+    if dmax > MAX_RADIAL_DEGREE:
+        raise ValueError(f"totaldegree {dmax:g} asks for radial polynomials up to degree {math.floor(dmax):,} "
+                         f"({math.floor(dmax * nz):,} radial functions per l, a pair basis of {math.ceil(dmax):,} "
+                         f"per element pair); the radial basis is limited to degree {MAX_RADIAL_DEGREE}: lower "
+                         "totaldegree")
     if len(degrees) > 1:
         l_max = math.floor((max(degrees[1:]) - 1.0 / nz) / wL + _LEVEL_TOL)
         if l_max > MAX_L:
             raise ValueError(f"totaldegree {max(degrees[1:]):g} with wL = {wL:g} allows spherical harmonics up to "
                              f"l = {l_max}; they are implemented up to l = {MAX_L}: lower totaldegree or raise wL "
                              f"(wL >= {(max(degrees[1:]) - 1.0 / nz) / MAX_L:.3g} here)")
+    if order is not None:
+        if dmax * nz < 1.0 - _LEVEL_TOL:
+            raise ValueError(f"totaldegree {list(degrees)} leaves no basis functions: the smallest one-particle "
+                             f"level is 1/NZ = {1.0 / nz:g} (n = 1, l = 0)")
+        most = math.floor(dmax * nz + _LEVEL_TOL)  # factors of level >= 1/NZ that fit in the largest degree
+        if order > max(most, 1):
+            raise ValueError(f"order {order} is more than any product can have: each one-particle function has "
+                             f"level >= 1/NZ = {1.0 / nz:g}, so totaldegree {dmax:g} allows at most {most} "
+                             f"factor(s); lower order to {max(most, 1)} or less")
+
+
+def estimate_products(nz: int, wL: float, degrees: Sequence[float], onep: Sequence[NL], cap: int) -> int:
+    """A lower bound on the number of product functions, counted without enumerating them (multisets of
+    one-particle functions by level budget and parity of Σl, on a grid of 1/(16·NZ) with levels rounded up);
+    0 when a quick upper bound already shows that there are at most ``cap``."""
+    if sum(math.comb(len(onep) + nu - 1, nu) for nu in range(1, len(degrees) + 1)) <= cap:
+        return 0
+    import numpy as np
+
+    h = 1.0 / (16 * nz)
+    units = [math.ceil(level(nl, nz, wL) / h - 1e-6) for nl in onep]
+    nb = int(math.floor(max(degrees) / h + 1e-6)) + 1
+    order = len(degrees)
+    # dp[c, b, p]: multisets of c functions with Σ units = b and Σ l ≡ p (mod 2); float: counts can be huge
+    dp = np.zeros((order + 1, nb, 2))
+    dp[0, 0, 0] = 1.0
+    for u, (_, l) in zip(units, onep):
+        if u >= nb:
+            continue
+        for c in range(1, order + 1):  # ascending c: the same function may be used again (multisets)
+            shifted = dp[c - 1, : nb - u]
+            if l % 2:
+                shifted = shifted[:, ::-1]
+            dp[c, u:] += shifted
+    total = 0.0
+    for nu in range(1, order + 1):
+        budget = int(math.floor(degrees[nu - 1] / h + 1e-6))
+        total += dp[nu, : budget + 1, 0].sum() if nu > 1 else 0.0
+    return int(min(total, 1e18))
 
 
 def product_spec(nz: int, order: int, totaldegree, wL: float = 1.5) -> ProductSpec:
@@ -112,6 +172,12 @@ def product_spec(nz: int, order: int, totaldegree, wL: float = 1.5) -> ProductSp
     if not onep:
         raise ValueError(f"totaldegree {list(degrees)} leaves no basis functions: the smallest one-particle level is "
                          f"1/NZ = {1.0 / nz:g} (n = 1, l = 0)")
+    check_size(nz, wL, degrees, order)
+    n_est = estimate_products(nz, wL, degrees, onep, cap)
+    if n_est > cap:
+        raise ValueError(f"order {order}, totaldegree {list(degrees)} (wL {wL:g}, {nz} element(s)) has more than "
+                         f"{cap:,} product functions (at least {n_est:,}, counted); refusing before enumerating them "
+                         "(lower totaldegree or order; TORCHACE_MAX_PRODUCTS raises the limit)")
     levels = [level(nl, nz, wL) for nl in onep]
     min_level = min(levels)
     tuples: List[Tuple[NL, ...]] = []

@@ -29,6 +29,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .. import keys as K
+from ..fieldcheck import check_device, check_float
 from ..fitting.committee import committee_energies, member_predictions, spread
 from ..fitting.rows import batch_rows
 from ..model.backends import AUTO, EVALUATE, select
@@ -82,12 +83,11 @@ class TorchACECalculator(Calculator):
                  min_distance: float = DEFAULT_MIN_DISTANCE, uncertainty: Optional[bool] = None,
                  compile: bool = False, backend: str = AUTO, fused: Optional[bool] = None, **kwargs):
         super().__init__(**kwargs)
-        if not (skin >= 0 and np.isfinite(skin)):
-            raise ValueError(f"skin must be a finite number >= 0 (Å), got {skin!r}")
-        if not (min_distance >= 0 and np.isfinite(min_distance)):
-            raise ValueError(f"min_distance must be a finite number >= 0 (Å), got {min_distance!r}")
+        check_float("TorchACECalculator", "skin", skin, nonnegative=True)  # Å; True is not a number
+        check_float("TorchACECalculator", "min_distance", min_distance, nonnegative=True)
         if dtype not in (torch.float64, torch.float32):
             raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
+        check_device("TorchACECalculator", "device", str(device))  # 'gpu', or CUDA where there is none
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
             self.device = torch.device("cuda", torch.cuda.current_device())  # compare equal to tensors' devices
@@ -200,7 +200,10 @@ class TorchACECalculator(Calculator):
             nl.edge_index = torch.stack([i, j])
             nl.unit_shifts = S.to(self.dtype)
         else:  # numpy/vesin on the CPU: faster there for the small cells of MD (scripts/bench_neighbours.py)
-            i, j, S = neighbour_list(pos, cell, pbc, self.rcut + self.skin)
+            try:
+                i, j, S = neighbour_list(pos, cell, pbc, self.rcut + self.skin)
+            except ValueError as exc:  # a hopeless cell (or skin), refused before the search
+                raise ValueError(f"{exc} (the list's cutoff is rcut {self.rcut:g} Å + skin {self.skin:g} Å)") from None
             nl.edge_index = torch.as_tensor(np.stack([i, j]), dtype=torch.long, device=dev)
             nl.unit_shifts = torch.as_tensor(S, dtype=self.dtype, device=dev)
         nl.species = torch.as_tensor([self._z_to_species[int(z)] for z in atoms.numbers], dtype=torch.long,

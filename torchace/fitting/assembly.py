@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 
 from .. import keys as K
+from ..fieldcheck import check_int
 from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 from .data import ISOLATED_ATOM, DataError, Dataset, Labelled
 from .weights import resolve_weights, row_weights
@@ -41,6 +42,16 @@ class LinearSystem:
 def fitting_structures(ds: Dataset) -> List[Labelled]:
     """Structures that carry information for the fit (isolated atoms only define E0)."""
     return [s for s in ds if s.config_type != ISOLATED_ATOM]
+
+
+def _structures_to_fit(ds: Dataset, batch_atoms) -> List[Labelled]:
+    """The fitting structures, refusing none (only isolated atoms) and a batch size that is not an integer >= 1."""
+    check_int("assembly", "batch_atoms", batch_atoms, minimum=1)
+    structs = fitting_structures(ds)
+    if not structs:
+        raise ValueError(f"no structures to fit: the {len(ds)} structure(s) given are all isolated_atom "
+                         "structures (they define E0 only); add training structures")
+    return structs
 
 
 def structure_batches(structs: List[Labelled], batch_atoms: int) -> Iterator[List[Labelled]]:
@@ -98,18 +109,30 @@ def check_memory(structs: List[Labelled], k: int, *, device=None, dense: bool, i
 
 
 class _Progress:
+    """Progress on stderr: one updating line on a terminal; otherwise (a SLURM log, a pipe) plain lines, at
+    most one per 10 % of the work or per 30 s, so that logs stay readable."""
+
     def __init__(self, total: int, enabled: bool, label: str = "assembling"):
         self.total, self.done, self.enabled, self.label = total, 0, enabled, label
-        self.t0 = time.perf_counter()
+        self.t0 = self.t_last = time.perf_counter()
+        self.tty = enabled and sys.stderr.isatty()
+        self.next_fraction = 0.1
 
     def update(self, n: int) -> None:
         self.done += n
-        if self.enabled:
-            dt = time.perf_counter() - self.t0
-            sys.stderr.write(f"\r{self.label}: {self.done}/{self.total} atoms, {dt:.1f} s")
-            if self.done >= self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        line = f"{self.label}: {self.done}/{self.total} atoms, {now - self.t0:.1f} s"
+        finished = self.done >= self.total
+        if self.tty:
+            sys.stderr.write("\r" + line + ("\n" if finished else ""))
+        elif finished or self.done >= self.next_fraction * self.total or now - self.t_last >= 30.0:
+            sys.stderr.write(line + "\n")
+            self.t_last = now
+            while self.next_fraction * self.total <= self.done and self.next_fraction < 1.0:
+                self.next_fraction += 0.1
+        sys.stderr.flush()
 
 
 def _baseline(model, batch) -> Optional[Dict[str, torch.Tensor]]:
@@ -171,7 +194,7 @@ def assemble(model, ds: Dataset, weights=None, *, batch_atoms: int = 2048, devic
              min_distance: float = DEFAULT_MIN_DISTANCE) -> LinearSystem:
     """Dense weighted system for all fitting structures of ``ds`` (``backend``: of the rows, ``torchace.backends``)."""
     weights = resolve_weights(weights)
-    structs = fitting_structures(ds)
+    structs = _structures_to_fit(ds, batch_atoms)
     check_memory(structs, model.basis_size, device=device, dense=True)
     bar = _Progress(sum(s.n_atoms for s in structs), progress)
     As, ys, Zs = [], [], []
@@ -201,7 +224,10 @@ def assemble_reduced(model, ds: Dataset, weights=None, *, method: str = "qr", ba
     if method not in ("qr", "normal"):
         raise ValueError(f"method must be 'qr' or 'normal', got {method!r}")
     weights = resolve_weights(weights)
-    structs = fitting_structures(ds)
+    if state is not None and int(state.get("n_obs", 0)) > 0 and not fitting_structures(ds):
+        structs = []  # finishing accumulated rows (distributed.finish, a resumed checkpoint): nothing more to add
+    else:
+        structs = _structures_to_fit(ds, batch_atoms)
     check_memory(structs, model.basis_size, device=device, dense=False)
     k = model.basis_size
     dev = device or model.coefficients.device

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .assembly import LinearSystem, structure_batches, assemble_reduced, fitting_structures
-from ..atomic import atomic_write
+from ..atomic import atomic_write, check_outputs
 from .data import Dataset, read_data
 from .weights import resolve_weights
 
@@ -110,6 +110,10 @@ def save_checkpoint(path: str, state: Dict[str, torch.Tensor], fp: Dict[str, obj
 
 def load_checkpoint(path: str):
     """(state, fingerprint) from ``path``; :class:`CheckpointError` if it cannot be read."""
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: is not an assembly checkpoint (not an .npz archive: truncated, or an input "
+                              "file?); choose another checkpoint path, or, if it is a damaged checkpoint, delete it "
+                              "to restart the assembly")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -130,6 +134,17 @@ def _check(fp_saved: Dict[str, object], fp_now: Dict[str, object], path: str) ->
                                  f"delete it to restart")
 
 
+def _input_files(ds) -> list:
+    """The data files behind ``ds`` (a path, a list with paths, or a Dataset read from files)."""
+    if isinstance(ds, (str, os.PathLike)):
+        return [os.fspath(ds)]
+    if isinstance(ds, Dataset):
+        return sorted({s.source.rsplit(":frame ", 1)[0] for s in ds if ":frame " in s.source})
+    if isinstance(ds, (list, tuple)):
+        return [os.fspath(d) for d in ds if isinstance(d, (str, os.PathLike))]
+    return []
+
+
 def assemble_checkpointed(model, ds, weights=None, path: str = "assembly_checkpoint.npz", *, method: str = "qr",
                           batch_atoms: int = 2048, every: int = 1, device=None, progress: bool = False,
                           memory_budget: int = 256 * 2**20,
@@ -148,6 +163,7 @@ def assemble_checkpointed(model, ds, weights=None, path: str = "assembly_checkpo
     if int(every) < 1:
         raise ValueError(f"every must be >= 1, got {every!r}")
     every = int(every)
+    check_outputs(_input_files(ds), {"checkpoint": path}, "assemble_checkpointed")  # never onto the data
     ds = read_data(ds, elements=model.elements)
     weights = resolve_weights(weights)
     dev = torch.device(device) if device is not None else model.coefficients.device

@@ -24,10 +24,11 @@ from typing import Any, Dict, List, Optional, Union
 
 from ..config import ACEConfig
 from .data import DataKeys, example_data
-from ..fieldcheck import (check_ace_fields, check_bool, check_float, check_int, check_paths, check_str, strict_yaml,
-                          unique_keys)
+from ..fieldcheck import (check_ace_fields, check_bool, check_device, check_float, check_input_file, check_int,
+                          check_paths, check_str, strict_yaml, unique_keys)
 
 BUNDLED = "@bundled/"
+MAX_CONFIG_BYTES = 16 << 20  # a fit config is a few hundred bytes
 # the model section holds ``ace_model`` / ACEConfig arguments: the dataclass's field list, written once
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ACEConfig))
 
@@ -81,7 +82,9 @@ class FitConfig:
     repulsion_restraint: Any = False
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], base_dir: str = ".") -> "FitConfig":
+    def from_dict(cls, d: Dict[str, Any], base_dir: str = ".", source: Optional[str] = None) -> "FitConfig":
+        """The config of the mapping ``d``; relative paths against ``base_dir``; ``source``: the config file (an
+        input too: no output may be it)."""
         if not isinstance(d, dict):
             raise ValueError("the fit config must be a mapping with sections model, data, ...")
         _check_keys("config", d, {f.name for f in dataclasses.fields(cls)})
@@ -114,10 +117,14 @@ class FitConfig:
                 raise ValueError(f"fit config: '{sec}' must be a mapping with a 'name'")
             if v is not None:
                 check_str("fit config", f"{sec}.name", v["name"])
+                from . import priors, solvers
+
+                _construct(priors if sec == "prior" else solvers, sec, v)  # arguments checked now, before any work
         asm = _section("assembly", d.get("assembly", {}), AssemblySection)
         check_str("fit config", "assembly.streaming", asm.streaming, choices=("qr", "normal"), allow_none=True)
         asm.batch_atoms = check_int("fit config", "assembly.batch_atoms", asm.batch_atoms, minimum=1)
         check_str("fit config", "assembly.device", asm.device)
+        check_device("fit config", "assembly.device", asm.device)
         if asm.fused is not None:
             check_bool("fit config", "assembly.fused", asm.fused)
             if asm.fused:
@@ -132,10 +139,26 @@ class FitConfig:
             check_str("fit config", f"output.{k}", v, allow_none=True)
             if v:
                 setattr(out, k, v if os.path.isabs(v) else os.path.join(base_dir, v))
+        from ..atomic import OutputPathError, check_replaceable, same_file
+
+        inputs = [p for p in ([data.train] if isinstance(data.train, str) else data.train)
+                  + ([data.test] if isinstance(data.test, str) else list(data.test or []))]
+        for k in ("model", "errors", "parity"):
+            v = getattr(out, k)
+            for q in inputs + ([source] if source else []):
+                if v and same_file(v, q):
+                    raise OutputPathError(f"fit config: output.{k} {v!r} is the input {q!r}; choose another path")
+        try:  # model.save would refuse it after the fit: say so now
+            check_replaceable(out.model, "torchace-model", "torchace model file", overwrite_hint=False)
+        except OutputPathError as exc:
+            raise OutputPathError(f"fit config: output.model: {exc}") from None
+        from .repulsion import check_option
+
         for k in ("synthetic_dimers", "repulsion_restraint"):
-            v = d.get(k, False)
-            if not isinstance(v, (bool, dict)):
-                raise ValueError(f"fit config: '{k}' must be true, false or a mapping of arguments, got {v!r}")
+            try:
+                check_option(d.get(k, False), k)
+            except ValueError as exc:
+                raise ValueError(f"fit config: {exc}") from None
         return cls(model=model, data=data, weights=weights, E0=d.get("E0"),
                    prior=d.get("prior"), solver=d.get("solver"), assembly=asm, output=out,
                    synthetic_dimers=d.get("synthetic_dimers", False),
@@ -177,17 +200,21 @@ class FitConfig:
     def load(cls, path: str) -> "FitConfig":
         import json
 
-
+        check_input_file(path, "fit config", MAX_CONFIG_BYTES)  # not /dev/zero, a directory, gigabytes
         with open(path) as fh:
             text = fh.read()
         try:
             d = json.loads(text, object_pairs_hook=unique_keys) if path.endswith(".json") else strict_yaml(text)
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot parse: {exc}") from exc
+        except RecursionError:
+            raise ValueError(f"{path}: cannot parse: nested too deeply to be a fit config") from None
+        except Exception as exc:  # YAML's messages span lines: one line, for the CLI
+            raise ValueError(f"{path}: cannot parse: {' '.join(str(exc).split())}") from exc
         try:
-            return cls.from_dict(d, os.path.dirname(os.path.abspath(path)))
+            return cls.from_dict(d, os.path.dirname(os.path.abspath(path)), source=path)
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+            from ..atomic import OutputPathError
+
+            raise (OutputPathError if isinstance(exc, OutputPathError) else ValueError)(f"{path}: {exc}") from exc
 
     def build_prior(self):
         if self.prior is None:
@@ -221,10 +248,21 @@ def _construct(module, what: str, spec: Dict[str, Any]):
     if name not in choices:
         raise ValueError(f"fit config: unknown {what} {name!r}; choose one of {choices}")
     fn = getattr(module, name)
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        allowed = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+        unknown = sorted(set(map(str, spec)) - set(allowed))
+        if unknown:
+            raise ValueError(f"fit config: bad arguments for {what} {name!r}: unknown argument(s) {unknown}; "
+                             f"its arguments are {allowed}")
     try:
         return fn(**spec)
     except TypeError as exc:
         raise ValueError(f"fit config: bad arguments for {what} {name!r}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"fit config: {what} {name!r}: {exc}") from None
 
 
 def _model_section(m: Any) -> Dict[str, Any]:

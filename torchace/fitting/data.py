@@ -19,6 +19,7 @@ import numpy as np
 from ase import Atoms
 
 from .. import keys as K
+from ..fieldcheck import check_bool
 
 ENERGY_KEYS = ("energy", "dft_energy", "REF_energy", "free_energy")
 FORCE_KEYS = ("forces", "force", "dft_force", "dft_forces", "REF_forces", "REF_force")
@@ -179,12 +180,89 @@ def label(atoms: Atoms, source: str, keys: DataKeys, elements: Optional[Sequence
     return Labelled(atoms=atoms, energy=energy, forces=forces, virial=virial, config_type=ct, source=source)
 
 
+XYZ_SUFFIXES = (".xyz", ".extxyz")
+
+
+def _comment_keys(line: str) -> List[str]:
+    """The keys of the ``key=value`` pairs of an extended-XYZ comment line (quoted or braced values)."""
+    keys, token, quote, depth = [], "", None, 0
+    for ch in line.strip() + " ":
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+        elif ch.isspace() and depth <= 0:
+            if "=" in token:  # bare words (free text, flags) may repeat harmlessly
+                keys.append(token.split("=", 1)[0].strip())
+            token = ""
+            continue
+        token += ch
+    return keys
+
+
+def duplicate_comment_key(path: str) -> Optional[Tuple[int, str]]:
+    """(frame, key) of the first extended-XYZ comment line that gives a key twice (ASE keeps the last one
+    silently: ``energy=-40 energy=-41`` would be read as −41), else None.  A plain scan of the lines (one pass,
+    a few ms for 10^4 atoms); files that are not extended XYZ, or malformed ones, are left to ASE."""
+    name = os.fspath(path)
+    base, opener = name, open
+    for suffix, mod in ((".gz", "gzip"), (".bz2", "bz2"), (".xz", "lzma")):
+        if name.endswith(suffix):
+            base, opener = name[: -len(suffix)], __import__(mod).open
+    if not base.lower().endswith(XYZ_SUFFIXES):
+        return None
+    try:
+        with opener(name, "rt") as fh:
+            frame = 0
+            for count in fh:
+                if not count.strip():
+                    continue
+                n = int(count.split()[0])
+                keys = _comment_keys(fh.readline())
+                seen = set()
+                for k in keys:
+                    if k in seen:
+                        return frame, k
+                    seen.add(k)
+                for _ in range(n):
+                    fh.readline()
+                frame += 1
+    except (OSError, ValueError, EOFError, UnicodeDecodeError, IndexError):
+        return None
+    return None
+
+
+def as_keys(keys) -> DataKeys:
+    """``DataKeys``, or a dict of its fields (as in the fit config's ``data.keys``), or None (auto-detect)."""
+    if keys is None:
+        return DataKeys()
+    if isinstance(keys, DataKeys):
+        return keys
+    if isinstance(keys, dict):
+        import dataclasses
+
+        names = [f.name for f in dataclasses.fields(DataKeys)]
+        unknown = sorted(set(map(str, keys)) - set(names))
+        if unknown:
+            raise ValueError(f"keys: unknown field(s) {unknown}; DataKeys has {names}")
+        for k, v in keys.items():
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"keys: {k!r} must be a key name (a string), got {v!r}")
+        return DataKeys(**keys)
+    raise TypeError(f"keys must be a DataKeys or a dict of its fields, got {type(keys).__name__}")
+
+
 def read_data(data, *, keys: Optional[DataKeys] = None, elements: Optional[Sequence[str]] = None,
               skip_bad: bool = False, index: str = ":") -> Dataset:
     """Read a path, a list of paths, a list of ``ase.Atoms`` or a ``Dataset`` into a ``Dataset``."""
     if isinstance(data, Dataset):
         return data
-    keys = keys or DataKeys()
+    keys = as_keys(keys)
+    check_bool("read_data", "skip_bad", skip_bad)  # "no" would be True
     items: List[Tuple[Atoms, str]] = []
     if isinstance(data, Atoms):
         data = [data]
@@ -211,8 +289,14 @@ def read_data(data, *, keys: Optional[DataKeys] = None, elements: Optional[Seque
                     frames = read(d, index)
             except Exception as exc:
                 where = f"{d}:frame {len(frames)}" if index == ":" else f"{d}"
-                raise DataError(f"{where}: cannot be read: {exc}") from exc
+                raise DataError(f"{where}: cannot be read: {' '.join(str(exc).split())[:300]}") from exc
             frames = frames if isinstance(frames, list) else [frames]
+            dup = duplicate_comment_key(d)
+            if dup is not None:
+                raise DataError(f"{d}:frame {dup[0]}: key {dup[1]!r} is given twice in the comment line (ASE would "
+                                "keep the last value silently)")
+            if not frames:
+                raise DataError(f"{d}: contains no structures (an empty file?)")
             items += [(a, f"{d}:frame {i}") for i, a in enumerate(frames)]
         else:
             raise DataError(f"data item {k} is a {type(d).__name__}; expected a path or ase.Atoms")

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..fieldcheck import check_float
+from ..fieldcheck import check_device, check_float, check_int, check_str
 from ..model.backends import ROWS, select
 from ..structures.batch import DEFAULT_MIN_DISTANCE
 from .assembly import LinearSystem, assemble, assemble_reduced, fitting_structures
@@ -75,7 +75,11 @@ def _set_E0(model, ds: Dataset, E0) -> Dict[str, float]:
         unknown = set(E0) - set(syms)
         if unknown:
             raise ValueError(f"E0 given for {sorted(unknown)}, not in the model's elements {syms}")
-        values = {s: check_float("E0", s, E0.get(s, 0.0)) for s in syms}  # NaN/inf/bool refused
+        missing = [s for s in syms if s not in E0]
+        if missing:  # the others would silently be 0 eV
+            raise ValueError(f"E0 given for {sorted(E0)} but not for {missing}: give every element's isolated-atom "
+                             "energy (0 is allowed), E0='isolated' or E0='fit'")
+        values = {s: check_float("E0", s, E0[s]) for s in syms}  # NaN/inf/bool refused
     else:
         raise ValueError(f"E0 must be None, 'isolated', 'fit' or a dict, got {E0!r}")
     with torch.no_grad():
@@ -92,6 +96,31 @@ def _check_weights_match(weights, ds: Dataset) -> None:
     if unknown:
         raise ValueError(f"weights given for config_type(s) {unknown} that the training data do not contain "
                          f"(its config_types: {sorted(present)}); a typo?")
+
+
+def _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_distance, device) -> None:
+    """``fit``'s arguments, checked like the fit config's (the same checks), before any data is read."""
+    from . import solvers as S
+    from .assembly import available_bytes
+
+    if solver is not None and not isinstance(solver, S.Solver):
+        raise TypeError(f"solver must be a torchace.solvers object such as solvers.BLR() or solvers.QR(lam=1e-3), "
+                        f"got {solver!r}")
+    if prior is not None and not (hasattr(prior, "kind") and hasattr(prior, "to_dict")):
+        raise TypeError(f"prior must be a torchace.priors object such as priors.algebraic_smoothness(p=4), got "
+                        f"{prior!r}")
+    check_str("fit", "streaming", streaming, choices=("qr", "normal"), allow_none=True)
+    check_int("fit", "batch_atoms", batch_atoms, minimum=1)
+    check_float("fit", "min_distance", min_distance, nonnegative=True)
+    if device is not None:
+        check_device("fit", "device", str(device))
+    members = int(getattr(solver, "committee_size", 0) or 0)
+    avail = available_bytes(device)
+    need = 3 * members * model.basis_size * 8  # the samples, their noise and one working copy (float64)
+    if members and avail is not None and need > avail:
+        raise ValueError(f"{type(solver).__name__}: committee_size {members:,} × {model.basis_size:,} basis functions "
+                         f"needs {need / 2**30:.1f} GiB, more than the {avail / 2**30:.1f} GiB available; use a "
+                         "smaller committee (8-32 members are typical)")
 
 
 @dataclass
@@ -116,6 +145,13 @@ def solve_system(system: LinearSystem, solver, *, gamma: Optional[torch.Tensor] 
     if system.n_obs == 0:
         raise ValueError("the fit has no rows: every structure's labels have zero weight (or none are labelled); "
                          "check the weights and the data's energy/force/virial keys")
+    if not (bool(torch.isfinite(system.A).all()) and bool(torch.isfinite(system.y).all())):
+        raise ValueError("the weighted design matrix or targets hold inf/NaN (weights or labels too large for "
+                         "float64?); check the weights and the data's labels")
+    if not bool(system.A.any()):  # one pass over A, small next to assembling it
+        raise ValueError("every design-matrix entry is zero: no training structure has a neighbour within the "
+                         "model's cutoff (isolated atoms or far-apart molecules only, or rcut too small?); there is "
+                         "nothing to fit")
     A, y = system.A.to(torch.float64), system.y.to(torch.float64)
     if gamma is not None:
         gamma = gamma.to(device=A.device, dtype=torch.float64)
@@ -175,9 +211,11 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     from . import solvers as S
 
     t0 = time.perf_counter()
+    _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_distance, device)
+    resolved = resolve_weights(weights)  # types and values checked before the data are read
     ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
     _check_weights_match(weights, ds)
-    weights = resolve_weights(weights)
+    weights = resolved
     fit_e0 = isinstance(E0, str) and E0 == "fit"
     if fit_e0:
         e0 = {}
@@ -229,6 +267,9 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     sol = solve_system(system, solver, gamma=gamma, fit_e0=fit_e0, validation=val)
     res, c, committee = sol.result, sol.coefficients, sol.committee
     timings["solve"] = time.perf_counter() - t0
+    if not bool(torch.isfinite(c).all()):
+        raise ValueError(f"{type(solver).__name__} returned non-finite coefficients: the system is too ill-conditioned "
+                         "for it; regularise (solvers.QR(lam=...), solvers.BLR()) or check the data")
     if fit_e0:
         e0 = {s: float(v) for s, v in zip(model.elements, sol.E0.tolist())}
         with torch.no_grad():

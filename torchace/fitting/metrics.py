@@ -4,6 +4,8 @@ Units follow ACEpotentials.jl's tables: E in meV/atom, F in eV/Å per Cartesian 
 """
 from __future__ import annotations
 
+import os
+
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -114,20 +116,23 @@ def format_table(err: Dict[str, Dict[str, Optional[Dict[str, float]]]], title: s
     lines = []
     if title:
         lines.append(title)
-    head = f"{'config_type':<20} {'E rmse':>9} {'E mae':>9} {'F rmse':>9} {'F mae':>9} {'V rmse':>9} {'V mae':>9}"
-    lines += [head, f"{'':<20} {'meV/at':>9} {'meV/at':>9} {'eV/Å':>9} {'eV/Å':>9} {'meV/at':>9} {'meV/at':>9}",
-              "-" * len(head)]
+    # a quantity no group has (e.g. virials of molecules, or a fit without virial labels) gets no columns
+    quantities = [q for q in ("E", "F", "V") if any(d.get(q) is not None for d in err.values())] or ["E"]
+    units = {"E": "meV/at", "F": "eV/Å", "V": "meV/at"}
+    head = f"{'config_type':<20} " + " ".join(f"{q + ' ' + m:>9}" for q in quantities for m in ("rmse", "mae"))
+    lines += [head, f"{'':<20} " + " ".join(f"{units[q]:>9}" for q in quantities for _ in range(2)), "-" * len(head)]
     for g, d in err.items():
         cells = []
-        for q in ("E", "F", "V"):
-            s = d[q]
+        for q in quantities:
+            s = d.get(q)
             cells += ["-", "-"] if s is None else [f"{s['rmse']:.4g}", f"{s['mae']:.4g}"]
         lines.append(f"{g:<20} " + " ".join(f"{c:>9}" for c in cells))
     return "\n".join(lines)
 
 
-def parity_plot(model, data, path: str, *, preds=None, **read_kwargs) -> str:
-    """Energy-per-atom and force-component parity plots (PNG), written atomically.
+def parity_plot(model, data, path: str, *, preds=None, title: Optional[str] = None, **read_kwargs) -> str:
+    """Energy-per-atom and force-component parity plots (PNG), written atomically; each panel is titled with
+    the set (``title``, default: the data file's name) and its MAE / RMSE (meV/atom, eV/Å).
 
     ``preds`` (optional) must be aligned with all structures of ``data`` (as ``predictions`` returns)."""
     import matplotlib
@@ -141,17 +146,31 @@ def parity_plot(model, data, path: str, *, preds=None, **read_kwargs) -> str:
     preds = preds if preds is not None else predictions(model, ds)  # aligned with all of ds
     keep = [k for k, s in enumerate(ds) if s.config_type != ISOLATED_ATOM]
     structs, preds = [ds.structures[k] for k in keep], [preds[k] for k in keep]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 4.2))
+    if title is None:
+        title = os.path.basename(data) if isinstance(data, (str, os.PathLike)) else "data"
+    fig, ax = plt.subplots(1, 2, figsize=(9, 4.4))
+    all_e, all_f = [], []
     for ct in sorted({s.config_type for s in structs}):
         idx = [k for k, s in enumerate(structs) if s.config_type == ct]
         e = [(structs[k].energy / structs[k].n_atoms, preds[k][K.ENERGY] / structs[k].n_atoms)
              for k in idx if structs[k].energy is not None]
         if e:
             e = np.array(e)
+            all_e.append(e)
             ax[0].plot(e[:, 0], e[:, 1], ".", label=ct)
         f = [(structs[k].forces.ravel(), preds[k][K.FORCES].ravel()) for k in idx if structs[k].forces is not None]
         if f:
-            ax[1].plot(np.concatenate([a for a, _ in f]), np.concatenate([b for _, b in f]), ".", ms=2, label=ct)
+            f = np.stack([np.concatenate([a for a, _ in f]), np.concatenate([b for _, b in f])], axis=1)
+            all_f.append(f)
+            ax[1].plot(f[:, 0], f[:, 1], ".", ms=2, label=ct)
+    for a, pts, q, scale, unit in ((ax[0], all_e, "E", 1e3, "meV/atom"), (ax[1], all_f, "F", 1.0, "eV/Å")):
+        if pts:
+            d = np.concatenate(pts)
+            err = (d[:, 1] - d[:, 0]) * scale
+            a.set_title(f"{title}: {q} MAE {np.abs(err).mean():.3g}, RMSE {np.sqrt((err ** 2).mean()):.3g} {unit}",
+                        fontsize=9)
+        else:
+            a.set_title(f"{title}: no {q} labels", fontsize=9)
     for a, name in zip(ax, ("energy (eV/atom)", "force component (eV/Å)")):
         lo, hi = a.get_xlim()
         a.plot([lo, hi], [lo, hi], "k-", lw=0.5)

@@ -129,13 +129,26 @@ def dimer_curve(model, el1: str, el2: str, r) -> np.ndarray:
 
 
 def _option(value, name: str) -> Optional[dict]:
+    """``synthetic_dimers`` / ``repulsion_restraint`` of ``fit`` (and the fit config): False/None, True or a dict of
+    keyword arguments of ``synthetic_dimers`` / ``restraint_data``, whose names are checked here (a misspelt
+    argument is named, not a TypeError from inside the fit)."""
+    import inspect
+
     if value is False or value is None:
         return None
     if value is True:
         return {}
-    if isinstance(value, dict):
-        return dict(value)
-    raise ValueError(f"{name} must be a bool or a dict of keyword arguments, got {value!r}")
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be true, false or a mapping of keyword arguments, got {value!r}")
+    fn = synthetic_dimers if name == "synthetic_dimers" else restraint_data
+    allowed = [p for p in inspect.signature(fn).parameters if p != "model"]
+    unknown = sorted(set(map(str, value)) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: unknown argument(s) {unknown}; allowed: {allowed}")
+    return dict(value)
+
+
+check_option = _option  # the fit config checks its sections with the same function
 
 
 def augment(model, ds, weights: Dict[str, Dict[str, float]], *, synthetic_dimers=False, repulsion_restraint=False,

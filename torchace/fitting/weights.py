@@ -13,6 +13,9 @@ DEFAULT_WEIGHTS = {"default": {"E": 30.0, "F": 1.0, "V": 1.0}}
 def resolve_weights(weights: Optional[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, float]]:
     """Merge user weights over the defaults; per config_type dicts may give any of E, F, V."""
     out = {k: dict(v) for k, v in DEFAULT_WEIGHTS.items()}
+    if weights is not None and not isinstance(weights, dict):
+        raise ValueError(f"weights must be a dict config_type -> {{'E': .., 'F': .., 'V': ..}} ('default' for the "
+                         f"rest), got {type(weights).__name__}")
     weights = dict(weights or {})
     # "default" first, so that per-config_type entries inherit user defaults
     for ct, w in sorted(weights.items(), key=lambda kv: kv[0] != "default"):

@@ -9,6 +9,26 @@ from .torchscript import as_dtype, export_torchscript
 
 FORMATS = ("torchscript", "metatomic", "yace")
 
+
+class YaceExport(str):
+    """What ``export(..., format="yace")`` returns: the path as given (a ``str``, so existing callers keep
+    working) that also carries the export's files and LAMMPS input, file names absolute:
+
+    ``.yace``, ``.pair_table`` (None without a pair part), ``.lammps_include`` (the ``<stem>.lammps`` file for
+    LAMMPS ``include``), ``.lammps`` (its command lines), ``.elements``, ``.lammps_types`` (element per atom
+    type) and ``.info`` (``write_yace``'s full report)."""
+
+    def __new__(cls, path: str, info: Dict[str, Any]):
+        obj = super().__new__(cls, path)
+        obj.info = info
+        for key in ("yace", "pair_table", "lammps_include", "lammps", "elements", "lammps_types"):
+            setattr(obj, key, info.get(key))
+        return obj
+
+    def __reduce__(self):
+        return (YaceExport, (str(self), self.info))
+
+
 def export(model, path: str, format: str = "torchscript", *, metadata: Optional[Dict[str, Any]] = None,
            dtype=None, **kwargs) -> str:
     """Export ``model`` to ``path`` in ``format`` (``FORMATS``); returns the path.  Writes are atomic.
@@ -17,7 +37,9 @@ def export(model, path: str, format: str = "torchscript", *, metadata: Optional[
     ``metadata``: extra JSON-serialisable entries stored under ``"user"``.
     ``"metatomic"``: a metatomic ``AtomisticModel`` file (keyword arguments: ``name``, ``description``,
     ``authors``, ``devices``; ``metadata`` goes into its ``ModelMetadata.extra["user"]`` as JSON).
-    ``"yace"``: ``torchace.io.write_yace(model, path, **kwargs)``.
+    ``"yace"``: ``torchace.io.write_yace(model, path, **kwargs)`` (potential, pair table, ``<stem>.lammps``
+    include file); returns a ``YaceExport``: the path, with ``.lammps`` (input lines), ``.lammps_include``,
+    ``.yace``, ``.pair_table`` (absolute) and ``.info``.
     ``dtype``: export a copy converted to this dtype (default: the model's).
     """
     fmt = str(format).lower()
@@ -41,5 +63,5 @@ def export(model, path: str, format: str = "torchscript", *, metadata: Optional[
         model = copy.deepcopy(model).to(dt)
     if metadata is not None:
         kwargs["metadata"] = metadata
-    write_yace(model, path, **kwargs)
-    return path
+    info = write_yace(model, path, **kwargs)
+    return YaceExport(path, info) if isinstance(info, dict) else path

@@ -27,6 +27,7 @@ Requires ``metatomic-torch`` (``pip install "torchace[metatomic]"``); imported l
 # no ``from __future__ import annotations``: metatomic checks the real annotation types of ``forward``
 import copy
 import json
+import os
 from typing import Dict, List, Optional
 
 import torch
@@ -230,9 +231,11 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
 
 def export_metatomic(model, path: str, *, dtype: Optional[torch.dtype] = None, **kwargs) -> str:
     """Write ``model`` as a metatomic ``AtomisticModel`` file (``AtomisticModel.save``), atomically."""
-    from ..atomic import atomic_write
+    from ..atomic import atomic_write, check_replaceable
     from .torchscript import quiet_jit
 
+    # an existing archive is replaced (re-export); training data or a model file is not
+    check_replaceable(os.fspath(path), None, "metatomic model archive", overwrite_hint=False)
     am = atomistic_model(model, dtype=dtype, **kwargs)
 
     def write(tmp: str) -> None:

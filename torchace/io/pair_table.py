@@ -1,18 +1,24 @@
 """LAMMPS ``pair_style table`` file of a model's pair part (pair basis + ZBL baseline), written beside a .yace.
 
-ML-PACE has no pair potential of torchace's form: the pair sum U_ab(r) is tabulated for ``pair_style hybrid/overlay pace table``
-(docs/yace.md).
+ML-PACE has no pair potential of torchace's form: the pair sum U_ab(r) is tabulated for
+``pair_style hybrid/overlay pace table`` (docs/yace.md), one section per ordered element pair.  The table is
+torchace's pair energy on [rmin, rcut]; LAMMPS stops at a pair closer than the table's first point ("Pair
+distance < table inner cutoff"), so it continues down to ``rcore`` with a repulsive core: the model's own
+pair energy when it has a ZBL baseline, else ``repulsive_core`` (a ZBL-shaped wall, C² at rmin).
 """
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, check_replaceable_text
 
 DEFAULT_PAIR_POINTS = 20000     # pair-table points on [pair_rmin, rcut]
+DEFAULT_PAIR_RCORE = 0.1        # Å: the table's repulsive core reaches down to here
 
 
 def pair_energy_functions(model):
@@ -39,15 +45,61 @@ def pair_energy_functions(model):
     return {(a, b): make(a, b) for a in range(nz) for b in range(a, nz)}
 
 
-def _pair_keyword(elements, a, b):
+def pair_keyword(elements, a, b) -> str:
+    """Section name of the element pair (a, b) in the table file: ``A_B`` (both orders are written)."""
     return f"{elements[a]}_{elements[b]}"
 
 
-def write_pair_table(model, path: str, n_points: int = DEFAULT_PAIR_POINTS,
-                     rmin: Optional[float] = None) -> Optional[dict]:
-    """Write the pair part as a LAMMPS ``pair_style table`` file (one section ``A_B`` per element pair,
-    points uniform in r on [rmin, rcut], columns: index, r, E, F = −dE/dr).  Returns the LAMMPS
-    ``pair_coeff`` lines, or None (nothing written) when the model has no pair part."""
+def _u_and_derivatives(U, r: torch.Tensor, order: int = 1):
+    """U(r) and its first ``order`` r-derivatives (autograd, exact) as numpy arrays."""
+    rr = r.clone().requires_grad_(True)
+    e = U(rr)
+    out = [e.detach().numpy()]
+    g = e
+    for _ in range(order):
+        (g,) = torch.autograd.grad(g.sum(), rr, create_graph=order > 1)
+        out.append(g.detach().numpy())
+    return out
+
+
+def repulsive_core(U0: float, U1: float, U2: float, r_lo: float, z1: int, z2: int,
+                   r: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Steep repulsive extension of a pair energy below ``r_lo``, C² there: (E, dE/dr) at ``r`` (< r_lo).
+
+    E(r) = U0 + U1 (r − r_lo) + ½ U2 (r − r_lo)² + K q(r),  q = Z − (Z0 + Z1 (r − r_lo) + ½ Z2 (r − r_lo)²),
+    Z the bare ZBL energy of atomic numbers z1, z2 (torchace.model.zbl) and Z0, Z1, Z2 its value and first two
+    derivatives at r_lo: q, q′, q″ vanish at r_lo and, since Z‴ < 0, q > 0 and q′ < 0 below it, so E is the
+    pair energy's second-order expansion plus a ZBL-shaped wall.  K = max(1, twice the smallest K that makes
+    dE/dr < 0 for 0.01 r_lo ≤ r ≤ 0.9 r_lo): repulsive from 0.9 r_lo down, ≈ ZBL at short range."""
+    from ..model.zbl import zbl_unswitched
+
+    Z0, Z1, Z2 = (float(zbl_unswitched(r_lo, z1, z2, k)) for k in range(3))
+
+    def q(x):
+        d = x - r_lo
+        return (zbl_unswitched(x, z1, z2) - (Z0 + Z1 * d + 0.5 * Z2 * d * d),
+                zbl_unswitched(x, z1, z2, 1) - (Z1 + Z2 * d))
+
+    g = np.linspace(0.01, 0.9, 400) * r_lo                  # K does not depend on the evaluation points
+    need = (U1 + U2 * (g - r_lo)) / -q(g)[1]                # dE/dr < 0  ⟺  K > need
+    K = max(1.0, 2.0 * float(need.max()))
+    r = np.asarray(r, dtype=np.float64)
+    d = r - r_lo
+    qv, dqv = q(r)
+    return U0 + U1 * d + 0.5 * U2 * d * d + K * qv, U1 + U2 * d + K * dqv
+
+
+def write_pair_table(model, path: str, n_points: int = DEFAULT_PAIR_POINTS, rmin: Optional[float] = None,
+                     rcore: Optional[float] = DEFAULT_PAIR_RCORE) -> Optional[dict]:
+    """Write the pair part as a LAMMPS ``pair_style table`` file: one section ``A_B`` per ordered element pair
+    (mixed pairs twice, ``A_B`` and ``B_A``, same numbers), points uniform in r, columns index, r, E, F = −dE/dr.
+    Returns {"keywords": {(a, b): name}, "rmin", "rcore", "r_inner", "n_points", "core": "zbl"|"extension"|None},
+    or None (nothing written) when the model has no pair part and no ZBL baseline.
+
+    On [rmin, rcut] (``n_points`` points, rmin default 0.25·min r0) the table is torchace's pair energy.  Below,
+    down to ``rcore`` (default 0.1 Å; None: the table starts at rmin, and LAMMPS stops with "Pair distance <
+    table inner cutoff" for a closer pair) at the same spacing: with a ZBL baseline torchace's pair energy
+    itself (pair basis + ZBL), otherwise ``repulsive_core`` (C² at rmin, a ZBL-shaped wall below)."""
     funcs = pair_energy_functions(model)
     if funcs is None:
         return None
@@ -58,32 +110,62 @@ def write_pair_table(model, path: str, n_points: int = DEFAULT_PAIR_POINTS,
     rmin = float(rmin)
     if not 0.0 < rmin < model.rcut:
         raise ValueError(f"pair table rmin must lie in (0, rcut = {model.rcut}), got {rmin}")
-    r = torch.linspace(rmin, model.rcut, int(n_points), dtype=torch.float64)
-    lines = ["# torchace pair part (Σ_{i<j} U(r_ij)) for pair_style table; units metal (eV, Å)", ""]
-    coeffs = []
+    n_points = int(n_points)
+    h = (model.rcut - rmin) / (n_points - 1)
+    n_core = 0
+    if rcore is not None:
+        rcore = float(rcore)
+        if not 0.0 < rcore <= rmin:
+            raise ValueError(f"pair table rcore must lie in (0, rmin = {rmin}], got {rcore}")
+        n_core = int(math.ceil((rmin - rcore) / h - 1e-9))
+    r_all = rmin + h * np.arange(-n_core, n_points)
+    r_all[-1] = model.rcut
+    r_inner = float(r_all[0])
+    r_fit = torch.tensor(r_all[n_core:], dtype=torch.float64)
+    core = None if n_core == 0 else ("zbl" if model.zbl is not None else "extension")
+    lines = ["# torchace pair part (Σ_{i<j} U(r_ij)) for pair_style table; units metal (eV, Å)",
+             f"# exact torchace pair energy for {rmin!r} <= r <= {float(model.rcut)!r} Å"
+             + ("" if core is None else f"; below, down to {r_inner!r} Å: "
+                + ("torchace's pair energy with its ZBL baseline" if core == "zbl" else
+                   "a steep repulsive core continuous (C2) with it at the inner limit (not part of the model)")),
+             ""]
+    keywords = {}
+    numbers = model.config.numbers
     for (a, b), U in funcs.items():
-        rr = r.clone().requires_grad_(True)
-        e = U(rr)
-        (de,) = torch.autograd.grad(e.sum(), rr)
-        kw = _pair_keyword(elements, a, b)
-        lines.append(kw)
-        lines.append(f"N {len(r)} R {rmin!r} {model.rcut!r}")
-        lines.append("")
-        for q, (rq, eq, fq) in enumerate(zip(r.tolist(), e.detach().tolist(), (-de).tolist()), 1):
-            lines.append(f"{q} {rq!r} {eq!r} {fq!r}")
-        lines.append("")
-        coeffs.append((a, b, kw))
+        if core == "zbl":
+            e, de = _u_and_derivatives(U, torch.tensor(r_all, dtype=torch.float64))
+            deep = r_all < 0.9 * rmin
+            if np.any(de[deep] >= 0):
+                warnings.warn(f"pair {elements[a]}-{elements[b]}: the model's pair energy with its ZBL baseline is not "
+                              f"repulsive everywhere below {0.9 * rmin:.3g} Å (down to {r_all[0]:.3g} Å); the table "
+                              "reproduces it as it is")
+        else:
+            e, de = _u_and_derivatives(U, r_fit)
+            if core == "extension":
+                u0, u1, u2 = (float(x[0]) for x in _u_and_derivatives(U, r_fit[:1], order=2))
+                ec, dec = repulsive_core(u0, u1, u2, rmin, numbers[a], numbers[b], r_all[:n_core])
+                e, de = np.concatenate([ec, e]), np.concatenate([dec, de])
+        block = [f"N {len(r_all)} R {r_inner!r} {float(model.rcut)!r}", ""]
+        block += [f"{q} {rq!r} {eq!r} {fq!r}" for q, (rq, eq, fq) in enumerate(zip(r_all.tolist(), e.tolist(),
+                                                                                  (-de).tolist()), 1)]
+        for ab in [(a, b)] if a == b else [(a, b), (b, a)]:
+            kw = pair_keyword(elements, *ab)
+            lines += [kw] + block + [""]
+            keywords[ab] = kw
 
     def write(tmp):
         with open(tmp, "w") as fh:
             fh.write("\n".join(lines))
 
+    check_replaceable_text(path, b"torchace", "LAMMPS pair table")  # never replace a file torchace did not write
     atomic_write(path, write, ".table")
-    return {"keywords": coeffs, "rmin": rmin, "n_points": int(n_points)}
+    return {"keywords": keywords, "rmin": rmin, "rcore": rcore, "r_inner": r_inner,
+            "n_points": len(r_all), "core": core}
 
 
 def read_pair_table(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """{keyword: (r, E, F)} from a LAMMPS pair table file (``N n R rlo rhi`` or explicit r columns)."""
+    """{keyword: (r, E, F)} from a LAMMPS pair table file.  With ``N n R rlo rhi`` (or ``RSQ``) the distances
+    are LAMMPS's own, rlo + (rhi − rlo) i/(n − 1) (or the RSQ analogue), and the r column must agree with them."""
     out = {}
     with open(path) as fh:
         lines = [ln.split("#")[0].strip() for ln in fh]
@@ -104,7 +186,18 @@ def read_pair_table(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.nda
                 rows.append([float(x) for x in lines[i].split()[1:4]])
             i += 1
         arr = np.array(rows)
-        out[kw] = (arr[:, 0], arr[:, 1], arr[:, 2])
+        r = arr[:, 0]
+        for q, p in enumerate(params):
+            if p in ("R", "RSQ"):
+                try:
+                    lo, hi = float(params[q + 1]), float(params[q + 2])
+                except (IndexError, ValueError):
+                    raise ValueError(f"{path}: section {kw!r}: bad '{p} rlo rhi' in {' '.join(params)!r}") from None
+                t = np.arange(n) / (n - 1)
+                r = lo + (hi - lo) * t if p == "R" else np.sqrt(lo * lo + (hi * hi - lo * lo) * t)
+                if np.abs(r - arr[:, 0]).max() > 1e-9 * hi:
+                    raise ValueError(f"{path}: section {kw!r}: the r column disagrees with '{p} {lo} {hi}'")
+        out[kw] = (r, arr[:, 1], arr[:, 2])
     return out
 
 

@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, check_replaceable
 
 METADATA_FILE = "torchace_metadata.json"
 TS_FORMAT = "torchace-torchscript"
@@ -110,6 +110,8 @@ def as_dtype(dtype) -> Optional[torch.dtype]:
 
 
 def export_torchscript(model, path: str, metadata: Optional[Dict[str, Any]]) -> str:
+    # an existing TorchScript archive is replaced (re-export), anything else (training data, a model file) is not
+    check_replaceable(os.fspath(path), None, "TorchScript archive", overwrite_hint=False)
     meta = export_metadata(model)
     if metadata:
         meta["user"] = metadata

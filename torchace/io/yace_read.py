@@ -23,6 +23,7 @@ import re
 import numpy as np
 import yaml
 
+from ..fieldcheck import check_input_file
 from ..model.pace.embedding import EMBEDDINGS
 from ..model.pace.model import PACEModel, PACESpec
 from ..model.pace.radial import RADIAL_BASES
@@ -33,8 +34,14 @@ MAX_YACE_BYTES = 4 << 30
 _ALIAS = re.compile(r"^[^#\n]*?(?:^|[\s\[{,:-])([&*][A-Za-z0-9_][\w.-]*)", re.M)
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """Safe loader whose mappings accept sequence keys (``[0, 1]:``) as tuples and refuse a key given twice."""
+class YaceLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """PyYAML safe loader whose mappings accept sequence keys (``[0, 1]:``) as tuples and refuse a key given
+    twice: ``yaml.load(fh, Loader=YaceLoader)`` reads any .yace.  (Plain ``yaml.safe_load`` cannot: the
+    ``bonds`` keys of every ML-PACE file are sequences — yaml-cpp's reader requires them — and PyYAML's safe
+    constructor refuses unhashable keys.)"""
+
+
+_Loader = YaceLoader   # the earlier private name
 
 
 def _construct_mapping(loader, node):
@@ -50,7 +57,11 @@ def _construct_mapping(loader, node):
     return out
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+YaceLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+def _has_bool(v) -> bool:
+    return isinstance(v, bool) or (isinstance(v, list) and any(_has_bool(x) for x in v))
 
 
 class _Reader:
@@ -71,6 +82,8 @@ class _Reader:
 
     def num(self, d, key, where, default=...):
         v = self.get(d, key, where, default)
+        if isinstance(v, bool):  # float(True) == 1.0 would be a silent wrong value
+            self.fail(f"{where}.{key}", f"expected a number, got {v!r}")
         try:
             return float(v)
         except (TypeError, ValueError):
@@ -96,7 +109,7 @@ class _Reader:
             a = np.asarray(v, dtype=float).ravel()
         except (TypeError, ValueError):
             self.fail(f"{where}.{key}", "expected a list of numbers")
-        if not isinstance(v, list) or not np.all(np.isfinite(a)):
+        if not isinstance(v, list) or not np.all(np.isfinite(a)) or _has_bool(v):
             self.fail(f"{where}.{key}", "expected a list of finite numbers")
         if n is not None and a.size != n:
             self.fail(f"{where}.{key}", f"expected {n} values, got {a.size}")
@@ -106,12 +119,7 @@ class _Reader:
 def parse_yace(path) -> PACESpec:
     """Read and validate a .yace file into a ``PACESpec`` (plain numbers, no torch)."""
     rd = _Reader(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such .yace file")
-    size = os.path.getsize(path)
-    if size > MAX_YACE_BYTES:
-        raise ValueError(f"{path}: {size / 2**30:.1f} GiB is larger than any .yace file (limit "
-                         f"{MAX_YACE_BYTES / 2**30:.0f} GiB)")
+    check_input_file(path, ".yace file", MAX_YACE_BYTES)  # missing, a directory, /dev/zero, too large
     with open(path, "r", encoding="utf-8") as fh:
         text = fh.read()
     # ML-PACE files use no YAML anchors/aliases; refusing them rules out alias bombs (a few lines that expand
@@ -123,11 +131,11 @@ def parse_yace(path) -> PACESpec:
                          ".yace files and are refused")
     with open(path, "r", encoding="utf-8") as fh:
         try:
-            doc = yaml.load(fh, Loader=_Loader)
+            doc = yaml.load(fh, Loader=YaceLoader)
         except RecursionError:
             raise ValueError(f"{path}: nested too deeply to be a .yace file") from None
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from None
+            raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a YAML mapping with keys elements, embeddings, bonds, functions")
 
@@ -138,6 +146,8 @@ def parse_yace(path) -> PACESpec:
     for e in elements:
         if e not in atomic_numbers:
             rd.fail("elements", f"unknown element {e!r}")
+    if len(set(elements)) != len(elements):
+        rd.fail("elements", f"an element is listed twice: {elements}")
     nz = len(elements)
     E0 = rd.nums(doc, "E0", "", nz) if "E0" in doc else np.zeros(nz)
 

@@ -18,15 +18,16 @@ Mapping of a torchace model (docs/conventions.md):
 
 * Radials.  python-ace 0.4 / released ML-PACE read only their own parametric radial bases (plus the
   old ACE1.jl polynomial basis, which has no Agnesi transform; the spline radials of ACEpotentials.jl's
-  export need a patched ML-PACE).  The ``ChebPow`` base with λ = 1,
-  g_k(r) = (1 − T_k(2r/rcut − 1))/2, k = 1..K, spans exactly the polynomials of degree ≤ K in r that
-  vanish at rcut; torchace's radials P_k(x(r))·env(x(r)) are analytic on [0, rcut] and vanish there,
-  so their Chebyshev interpolants converge geometrically.  ``crad`` is fitted at Chebyshev points and
-  K chosen as the smallest multiple of 10 whose error in R and dR/dr is below ``radial_tol`` (80–110
-  for totaldegree 8–20).  torchace's radial index n = k·NZ + s_j + 1 (species interleaving) becomes
-  PACE's (μ_j = s_j, n = k + 1); the per-(n, l) basis scale of the priors is folded into c̃.
-  ML-PACE tabulates the radials as cubic Hermite splines with step ``deltaSplineBins``: that, not the
-  fit, dominates the error (docs/yace.md).
+  export need a patched ML-PACE).  torchace's radials are fitted in ``ChebExpCos`` (λ 2–3) or ``ChebPow``
+  (λ = 1) by ``yace_radial.fit_radial_coefficients`` (the smallest K meeting ``radial_tol``; ``lean=False``:
+  ``ChebPow``, K a multiple of 10, the original export).  torchace's radial index n = k·NZ + s_j + 1
+  (species interleaving) becomes PACE's (μ_j = s_j, n = k + 1); the per-(n, l) basis scale of the priors
+  is folded into c̃.  ML-PACE tabulates the radials as cubic Hermite splines with step
+  ``deltaSplineBins``: that, not the fit, dominates the error (docs/yace.md).
+* Channels.  ML-PACE evaluates nradbase + nradmax·(lmax + 1) radial splines per neighbour (maxima over the
+  bonds).  Lean (default): R_nl is written only for n ≤ the largest n a rank ≥ 2 function uses with that
+  (μ_i, μ_j, l) (zeros elsewhere), nradmax / lmax those of the used rectangle (``channel_usage``);
+  ``lean=False`` writes every radial degree for every l ≤ the model's max_l.
 * Products.  E_i − E0 = Σ_k (c·C)_{z_i k} AA_k with AA_k a product of e3nn real A's.  Each real Y_lm is
   a fixed combination of PACE's complex Y_l^μ within its l (fitted once from sample directions,
   residual checked), so each AA expands into complex monomials; monomials with the same multiset of
@@ -38,7 +39,11 @@ Mapping of a torchace model (docs/conventions.md):
   U_ab = Σ_k c_{abk} V_k(r; a, b) + Σ_k c_{bak} V_k(r; b, a) (+ the ZBL baseline) goes into a LAMMPS
   ``pair_style table`` file (``N``, ``R rlo rhi``, columns index r E F) to be overlaid,
   ``pair_style hybrid/overlay pace table spline N`` (the overlay ACE1pack / ACEpotentials.jl use for their pair part).
-  ``evaluate_pair_table`` is the reference reading of that file (cubic Hermite in E, −F).
+  ``evaluate_pair_table`` is the reference reading of that file (cubic Hermite in E, −F).  Below the
+  exact range the table has a repulsive core (``pair_table.write_pair_table``), so close pairs do not stop
+  LAMMPS.
+* LAMMPS input.  ``lammps_input`` builds the lines (absolute file names; the element of each atom type in
+  one ``variable`` line that every ``pair_coeff`` line reads), written as the include file ``<stem>.lammps``.
 """
 from __future__ import annotations
 
@@ -52,8 +57,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
-from .pair_table import DEFAULT_PAIR_POINTS, write_pair_table
+from ..atomic import atomic_write, check_replaceable_text
+from .pair_table import DEFAULT_PAIR_POINTS, DEFAULT_PAIR_RCORE, write_pair_table
+from .yace_radial import fit_radial_coefficients
 
 DEFAULT_DELTA_SPLINE_BINS = 5e-4   # Å, ML-PACE's radial tabulation step (docs/yace.md: error against it)
 _CONVENTION_TOL = 1e-10         # relative size of terms that must vanish exactly (Σμ ≠ 0, Im c̃)
@@ -113,71 +119,6 @@ def real_to_complex_matrices(sh, max_l: int, seed: int = 0) -> List[np.ndarray]:
                                f"of the complex ones (residual {res:.2e}): convention mismatch")
         out.append(W)
     return out
-
-
-# ---------------------------------------------------------------- radial functions
-
-
-def chebpow_basis(r: np.ndarray, rcut: float, nradbase: int) -> Tuple[np.ndarray, np.ndarray]:
-    """ML-PACE's ``ChebPow`` radial base with λ = 1 (``ace_radial.cpp``): g_k(r) = (1 − T_k(x))/2,
-    x = 1 − 2(1 − r/rcut)^λ = 2r/rcut − 1, k = 1..nradbase.  Returns (g [P, nradbase], dg/dr [P, nradbase])."""
-    x = 2.0 * np.asarray(r, dtype=np.float64) / rcut - 1.0
-    T = np.polynomial.chebyshev.chebvander(x, nradbase)[:, 1:]
-    # T_k'(x) = k U_{k-1}(x), with U from its own three-term recurrence (exact at x = ±1)
-    U = np.zeros((x.shape[0], nradbase))
-    U[:, 0] = 1.0
-    if nradbase > 1:
-        U[:, 1] = 2.0 * x
-    for k in range(2, nradbase):
-        U[:, k] = 2.0 * x * U[:, k - 1] - U[:, k - 2]
-    dT = U * np.arange(1, nradbase + 1)
-    return 0.5 - 0.5 * T, -0.5 * dT * (2.0 / rcut)
-
-
-def _torchace_radials(model, r: np.ndarray, a: int, b: int) -> Tuple[np.ndarray, np.ndarray]:
-    """torchace's many-body radials P_k(x_ab(r))·env for centre a, neighbour b, and their r-derivatives
-    (autograd, exact): ([P, n_poly], [P, n_poly])."""
-    radials = model.embedding.radials
-    nz = model.nz
-    rr = torch.tensor(np.asarray(r, dtype=np.float64), requires_grad=True)
-    R = radials(rr, torch.full(rr.shape, a, dtype=torch.long), torch.full(rr.shape, b, dtype=torch.long))[:, b::nz]
-    ders = [torch.autograd.grad(R[:, k].sum(), rr, retain_graph=True)[0].numpy() for k in range(R.shape[1])]
-    return R.detach().numpy(), np.stack(ders, -1)
-
-
-def fit_radial_coefficients(model, nradbase: Optional[int] = None, tol: float = 1e-11,
-                            max_nradbase: int = 160) -> Tuple[int, Dict[Tuple[int, int], np.ndarray], float]:
-    """crad[(μ_i, μ_j)] [n_poly, nradbase] with Σ_k crad[n, k] g_k(r) ≈ R_n^{μ_i μ_j}(r) on [0, rcut].
-
-    Least squares at Chebyshev points (the g_k span exactly the polynomials in r of degree ≤ nradbase
-    that vanish at rcut, so this is Chebyshev interpolation; torchace's radials are analytic on
-    [0, rcut], so the error falls geometrically).  Without ``nradbase`` the smallest multiple of 10 is
-    taken whose error in R and in dR/dr, relative to each function's maximum on a fine grid, is below
-    ``tol``.  Returns (nradbase, crad, achieved error)."""
-    rc = model.rcut
-    nz = model.nz
-    r_check = np.linspace(0.0, rc, 6001)
-    targets = {(a, b): _torchace_radials(model, r_check, a, b) for a in range(nz) for b in range(nz)}
-    candidates = [int(nradbase)] if nradbase is not None else list(range(20, max_nradbase + 1, 10))
-    for N in candidates:
-        P = 4 * N + 40
-        r_fit = 0.5 * rc * (1.0 + np.cos(np.pi * (np.arange(P) + 0.5) / P))
-        G_fit, _ = chebpow_basis(r_fit, rc, N)
-        G_chk, dG_chk = chebpow_basis(r_check, rc, N)
-        crad, err = {}, 0.0
-        for (a, b), (R_chk, dR_chk) in targets.items():
-            R_fit, _ = _torchace_radials(model, r_fit, a, b)
-            M, *_ = np.linalg.lstsq(G_fit, R_fit, rcond=None)   # [N, n_poly]
-            scale = np.abs(R_chk).max(0)
-            dscale = np.abs(dR_chk).max(0)
-            e = np.abs(G_chk @ M - R_chk).max(0) / np.where(scale > 0, scale, 1.0)
-            de = np.abs(dG_chk @ M - dR_chk).max(0) / np.where(dscale > 0, dscale, 1.0)
-            err = max(err, float(e.max()), float(de.max()))
-            crad[(a, b)] = M.T.copy()
-        if err <= tol or nradbase is not None:
-            return N, crad, err
-    raise RuntimeError(f"radial functions not reproduced to {tol:g} with up to {max_nradbase} ChebPow functions "
-                       f"(reached {err:.2e}); pass a larger tolerance or nradbase")
 
 
 # ---------------------------------------------------------------- C-tilde coefficients
@@ -278,11 +219,31 @@ def ctilde_functions(model) -> List[List[dict]]:
 
 
 def _f(x: float) -> str:
-    return repr(float(x))
+    """A float as YAML 1.1 (PyYAML) and yaml-cpp read it: Python's repr with a '.' in the mantissa
+    (PyYAML resolves ``1e-05`` as a string, ``1.0e-05`` as a float)."""
+    t = repr(float(x))
+    if "e" in t and "." not in t:
+        m, e = t.split("e")
+        t = f"{m}.0e{e}"
+    return t
 
 
 def _flow(xs, fmt=str) -> str:
     return "[" + ", ".join(fmt(x) for x in xs) + "]"
+
+
+def channel_usage(funcs: List[List[dict]], nz: int) -> Dict[Tuple[int, int], Dict[int, int]]:
+    """{(μ_i, μ_j): {l: largest n}} of the (n, l) channels R^{μ_i μ_j}_{nl} that the rank ≥ 2 functions use
+    (rank-1 functions use the radial base g_k itself, not R_nl)."""
+    use: Dict[Tuple[int, int], Dict[int, int]] = {(a, b): {} for a in range(nz) for b in range(nz)}
+    for z, fz in enumerate(funcs):
+        for f in fz:
+            if f["rank"] < 2:
+                continue
+            for mu, n, l in zip(f["mus"], f["ns"], f["ls"]):
+                d = use[(z, mu)]
+                d[l] = max(d.get(l, 0), n)
+    return use
 
 
 def _rank1_in_radial_base(funcs: List[List[dict]], crad: Dict[Tuple[int, int], np.ndarray], nradbase: int) -> None:
@@ -307,19 +268,74 @@ def _rank1_in_radial_base(funcs: List[List[dict]], crad: Dict[Tuple[int, int], n
         fz[:] = rank1 + rest
 
 
-def write_yace(model, path: str, *, nradbase: Optional[int] = None, radial_tol: float = 1e-11,
+def _lammps_arg(path: str) -> str:
+    path = os.path.abspath(path)
+    return f'"{path}"' if any(c.isspace() for c in path) else path
+
+
+def lammps_input(elements: List[str], yace: str, table: Optional[dict], table_path: Optional[str], rcut: float,
+                 types: Optional[List[str]] = None) -> Tuple[List[str], List[str]]:
+    """(commands, comments) of the LAMMPS input for an export; file names absolute.
+
+    The element of LAMMPS atom type t is the index variable ``torchace_type<t>`` (default ``types``, i.e.
+    the model's element order): the ``pace`` line and every ``table`` line read the element names from these
+    variables, so a different type order is one edit of the variable lines (or ``lmp -var torchace_type1 Ge
+    ...``) and cannot leave the two parts inconsistent; the table has a section for every ordered element pair."""
+    types = list(elements if types is None else types)
+    bad = [t for t in types if t not in elements]
+    if bad or not types:
+        raise ValueError(f"lammps_types {types}: each atom type needs one of the model's elements {elements}")
+    var = [f"${{torchace_type{t + 1}}}" for t in range(len(types))]
+    defs = [f"variable torchace_type{t + 1} index {e}" for t, e in enumerate(types)]
+    order = ", ".join(f"type {t + 1} = {e}" for t, e in enumerate(types))
+    comments = [f"# LAMMPS input (units metal: eV, Å) for the torchace model exported to {os.path.abspath(yace)}",
+                f"# Atom types: {order} (variables torchace_type1..{len(types)}).  For another type order change "
+                "only the",
+                "# variable lines (or run lmp -var torchace_type1 Ge ...): every pair_coeff line follows them.  "
+                "Do not write",
+                "# element names into single pair_coeff lines by hand; more types: re-export with lammps_types."]
+    if table is None:
+        cmds = ["pair_style pace", *defs, f"pair_coeff * * {_lammps_arg(yace)} " + " ".join(var)]
+        return cmds, comments + ["# The model has no pair part and no ZBL baseline: ML-PACE alone is the whole model."]
+    comments += [
+        "# The model is ML-PACE's many-body part + E0 (.yace) PLUS the pair part (pair basis, ZBL) in the table:",
+        "# keep pair_style hybrid/overlay; 'pair_style pace' alone silently drops the pair part.",
+        "# Per-atom energies (compute pe/atom): the table gives each atom of a pair half of the pair energy, torchace",
+        "# gives atom i its own block U_{z_i z_j} of a mixed pair (docs/yace.md); totals, forces and stresses agree.",
+        f"# Table: torchace's pair energy for {table['rmin']:g} <= r <= {rcut:g} Å"
+        + ("" if table["core"] is None else
+           f"; {table['r_inner']:g} <= r < {table['rmin']:g} Å: "
+           + ("torchace's pair energy with its ZBL baseline" if table["core"] == "zbl"
+              else "a steep repulsive core (not part of the model)")) + "."]
+    cmds = [f"pair_style hybrid/overlay pace table spline {table['n_points']}", *defs,
+            f"pair_coeff * * pace {_lammps_arg(yace)} " + " ".join(var)]
+    for t in range(len(types)):
+        for u in range(t, len(types)):
+            cmds.append(f"pair_coeff {t + 1} {u + 1} table {_lammps_arg(table_path)} {var[t]}_{var[u]} {_f(rcut)}")
+    return cmds, comments
+
+
+def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] = None, radial_tol: float = 1e-11,
                delta_spline_bins: float = DEFAULT_DELTA_SPLINE_BINS, pair_table: Optional[str] = None,
                pair_points: int = DEFAULT_PAIR_POINTS, pair_rmin: Optional[float] = None,
-               metadata: Optional[dict] = None) -> dict:
-    """Write ``model`` as an ML-PACE ``.yace`` (many-body part and E0) and, if the model has a pair part
-    or a ZBL baseline, a LAMMPS pair table beside it (``pair_table``, default ``<path without .yace>_pairpot.table``).
+               pair_rcore: Optional[float] = DEFAULT_PAIR_RCORE, lammps_include=True,
+               lammps_types: Optional[List[str]] = None, metadata: Optional[dict] = None) -> dict:
+    """Write ``model`` as an ML-PACE ``.yace`` (many-body part and E0), if the model has a pair part or a ZBL
+    baseline a LAMMPS pair table beside it (``pair_table``, default ``<stem>_pairpot.table``), and the LAMMPS
+    input lines as an include file (``lammps_include``: True = ``<stem>.lammps``, a path, or False).
 
-    Radials: ``ChebPow`` (λ = 1) base of ``nradbase`` functions (default: the smallest reproducing
-    torchace's radials and their derivatives to ``radial_tol`` relative), combined by ``radcoefficients``.
-    ``delta_spline_bins`` (Å) is the node spacing of ML-PACE's own cubic-Hermite tabulation of the
-    radials (its error dominates; docs/yace.md).  ``metadata`` (JSON-serialisable) is stored as a
-    ``# metadata: {...}`` comment line (ML-PACE ignores comments).  Returns {"yace", "pair_table" (or None), "nradbase",
-    "radial_error", "lammps": [input lines]}.
+    ``lean`` (default): only the (n, l) channels the functions use (nradmax, lmax of the used rectangle, unused
+    channels inside it zero) and the smallest radial base meeting ``radial_tol`` (``yace_radial``);
+    ``lean=False``: the original full grid (nradmax = all radial degrees, lmax = the model's) and ``ChebPow``.
+    ``delta_spline_bins`` (Å) is the node spacing of ML-PACE's own cubic-Hermite tabulation of the radials (its
+    error dominates; docs/yace.md).  ``pair_points``, ``pair_rmin``, ``pair_rcore``: ``write_pair_table``.
+    ``lammps_types``: element per LAMMPS atom type (default: the model's elements in order).  ``metadata``
+    (JSON-serialisable) is stored as a ``# metadata: {...}`` comment line (ML-PACE ignores comments).
+
+    Returns {"yace", "pair_table" (or None), "lammps_include" (or None), all absolute; "lammps": the input lines;
+    "elements", "lammps_types", "nradbase", "radbasename", "radial_error", "nradmax", "lmax",
+    "channels_used", "splines_per_neighbour" (ML-PACE evaluates nradbase + nradmax·(lmax + 1) splines per
+    neighbour), "pair": write_pair_table's report or None}.
     """
     from ..model.ace import ACEModel
 
@@ -338,6 +354,16 @@ def write_yace(model, path: str, *, nradbase: Optional[int] = None, radial_tol: 
         raise ValueError(f"delta_spline_bins must be in (0, 0.1) Å, got {delta_spline_bins}")
     if not torch.isfinite(model.coefficients.detach()).all():
         raise ValueError("model coefficients are not finite: nothing to export")
+    stem = path[: -len(".yace")]
+    include = stem + ".lammps" if lammps_include is True else (os.fspath(lammps_include) if lammps_include else None)
+    if include is not None and os.path.abspath(include) in (os.path.abspath(path),
+                                                            os.path.abspath(pair_table or stem + "_pairpot.table")):
+        raise ValueError(f"{include}: the LAMMPS include file must differ from the potential and the table")
+    # never replace a file that torchace did not write (the training data, say) — before any work
+    for out, what in ((path, "ML-PACE .yace"), (pair_table or stem + "_pairpot.table", "LAMMPS pair table"),
+                      (include, "LAMMPS include file")):
+        if out is not None:
+            check_replaceable_text(out, b"torchace", what)
     p0 = model.coefficients
     if p0.dtype != torch.float64:
         # ML-PACE works in double precision.  Rebuild the basis in float64 from the config (buffers such as
@@ -353,17 +379,29 @@ def write_yace(model, path: str, *, nradbase: Optional[int] = None, radial_tol: 
         model = copy.deepcopy(model).to("cpu")   # never move the caller's model
     nz = model.nz
     elements = model.elements
+    if lammps_types is not None:
+        lammps_input(elements, path, None, None, model.rcut, list(lammps_types))   # validate before writing
     n_poly = model.embedding.radials.n_poly
-    lmax = int(model.embedding.max_l)
-    N, crad, rad_err = fit_radial_coefficients(model, nradbase, radial_tol)
+    fit = fit_radial_coefficients(model, nradbase, radial_tol, lean=lean)
+    N, crad = fit.nradbase, fit.crad
     funcs = ctilde_functions(model)
+    usage = channel_usage(funcs, nz)
     _rank1_in_radial_base(funcs, crad, N)
     E0 = model.E0.detach().cpu().tolist()
+    if lean:
+        nradmax = max([1] + [n for d in usage.values() for n in d.values()])
+        lmax = max([0] + [l for d in usage.values() for l in d])
+    else:
+        nradmax, lmax = n_poly, int(model.embedding.max_l)
+    used = sum(n for d in usage.values() for n in d.values())
 
     out: List[str] = ["# ML-PACE C-tilde potential written by torchace.io.write_yace (many-body part and E0; "
                       "the pair part, if any, is in a LAMMPS pair table, see docs/yace.md)"]
     if metadata is not None:
         out.append("# metadata: " + meta_json)
+    out.append(f"# {'lean' if lean else 'full-grid'} export: radial base {fit.radbasename} (lambda {fit.lam:g}, "
+               f"{N} functions, fit error {fit.error:.1e}), nradmax {nradmax}, lmax {lmax}, {used} of "
+               f"{nz * nz * nradmax * (lmax + 1)} (n, l) channels used")
     out.append(f"elements: {_flow(elements)}")
     out.append(f"E0: {_flow(E0, _f)}")
     out.append(f"deltaSplineBins: {_f(delta_spline_bins)}")
@@ -372,12 +410,19 @@ def write_yace(model, path: str, *, nradbase: Optional[int] = None, radial_tol: 
         out.append(f"  {z}: {{ndensity: 1, FS_parameters: [1, 1], npoti: FinnisSinclairShiftedScaled, "
                    "rho_core_cutoff: 100000, drho_core_cutoff: 250}")
     out.append("bonds:")
+    zeros = _flow([0] * N)
     for (a, b), M in crad.items():
-        # crad[n][l][k]: the same combination for every l (torchace's radials do not depend on l)
-        rc = "[" + ", ".join("[" + ", ".join([_flow(M[n], _f)] * (lmax + 1)) + "]" for n in range(n_poly)) + "]"
-        out.append(f"  [{a}, {b}]: {{nradmax: {n_poly}, lmax: {lmax}, nradbasemax: {N}, radbasename: ChebPow, "
-                   f"radparameters: [1], radcoefficients: {rc}, prehc: 0, lambdahc: 0, rcut: {_f(model.rcut)}, "
-                   "dcut: 0.01, rcut_in: 0, dcut_in: 0, inner_cutoff_type: distance}")
+        # crad[n][l][k]: torchace's radials do not depend on l; lean: zero where the functions use no R_nl
+        nl_max = usage[(a, b)]
+        rows = []
+        for n in range(nradmax):
+            row = _flow(M[n], _f) if n < n_poly else zeros
+            rows.append("[" + ", ".join(row if (not lean or n < nl_max.get(l, 0)) else zeros
+                                        for l in range(lmax + 1)) + "]")
+        out.append(f"  [{a}, {b}]: {{nradmax: {nradmax}, lmax: {lmax}, nradbasemax: {N}, radbasename: {fit.radbasename}, "
+                   f"radparameters: [{_f(fit.lam)}], radcoefficients: [{', '.join(rows)}], prehc: 0, lambdahc: 0, "
+                   f"rcut: {_f(model.rcut)}, dcut: {'0' if fit.radbasename == 'ChebExpCos' else '0.01'}, "
+                   "rcut_in: 0, dcut_in: 0, inner_cutoff_type: distance}")
     out.append("functions:")
     for z in range(nz):
         if not funcs[z]:
@@ -398,17 +443,21 @@ def write_yace(model, path: str, *, nradbase: Optional[int] = None, radial_tol: 
     atomic_write(path, write, ".yace")
 
     if pair_table is None:
-        pair_table = path[: -len(".yace")] + "_pairpot.table"
-    info = write_pair_table(model, pair_table, pair_points, pair_rmin)
-    base = os.path.basename(path)
-    if info is None:
-        lammps = ["pair_style pace", f"pair_coeff * * {base} " + " ".join(elements)]
-        table_path = None
-    else:
-        tname = os.path.basename(pair_table)
-        lammps = [f"pair_style hybrid/overlay pace table spline {info['n_points']}",
-                  f"pair_coeff * * pace {base} " + " ".join(elements)]
-        for a, b, kw in info["keywords"]:
-            lammps.append(f"pair_coeff {a + 1} {b + 1} table {tname} {kw} {_f(model.rcut)}")
-        table_path = pair_table
-    return {"yace": path, "pair_table": table_path, "nradbase": N, "radial_error": rad_err, "lammps": lammps}
+        pair_table = stem + "_pairpot.table"
+    table = write_pair_table(model, pair_table, pair_points, pair_rmin, pair_rcore)
+    table_path = None if table is None else os.path.abspath(pair_table)
+    cmds, comments = lammps_input(elements, path, table, table_path, model.rcut,
+                                  None if lammps_types is None else list(lammps_types))
+    if include is not None:
+        body = "\n".join(comments + cmds) + "\n"
+
+        def write_include(tmp):
+            with open(tmp, "w") as fh:
+                fh.write(body)
+
+        atomic_write(include, write_include, ".lammps")
+        include = os.path.abspath(include)
+    return {"yace": os.path.abspath(path), "pair_table": table_path, "lammps_include": include, "lammps": cmds,
+            "elements": list(elements), "lammps_types": list(elements if lammps_types is None else lammps_types),
+            "nradbase": N, "radbasename": fit.radbasename, "radial_error": fit.error, "nradmax": nradmax,
+            "lmax": lmax, "channels_used": used, "splines_per_neighbour": N + nradmax * (lmax + 1), "pair": table}

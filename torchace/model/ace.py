@@ -86,9 +86,18 @@ class ACEModel(ModelState, nn.Module):
     # ``model.coefficients = tensor`` copies into the parameter (shape-checked) instead of replacing it
     def __setattr__(self, name, value):
         if name == "coefficients" and "coefficients" in self._parameters and not isinstance(value, nn.Parameter):
-            value = torch.as_tensor(value)
+            try:
+                value = torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"coefficients must be {self.basis_size} numbers (a tensor, array or list), got "
+                                 f"{type(value).__name__}") from None
             if value.shape != (self.basis_size,):
                 raise ValueError(f"coefficients must have shape ({self.basis_size},), got {tuple(value.shape)}")
+            if not value.is_floating_point() and value.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"coefficients must be real numbers, got dtype {value.dtype}")
+            if not bool(torch.isfinite(value).all()):  # one O(K) pass; NaN would make every energy NaN
+                bad = torch.nonzero(~torch.isfinite(value)).flatten()[:5].tolist()
+                raise ValueError(f"coefficients must be finite; non-finite at index {bad}")
             with torch.no_grad():
                 self._parameters["coefficients"].copy_(value)
             return
@@ -376,6 +385,8 @@ def ace_model(elements, order: int, totaldegree, *, dtype: torch.dtype = torch.f
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise TypeError(f"ace_model: unknown option(s) {unknown}; the model fields are {fields} (and dtype)")
+    if dtype not in (torch.float64, torch.float32):
+        raise ValueError(f"ace_model: dtype must be torch.float64 or torch.float32, got {dtype!r}")
     cfg = ACEConfig.build(elements, order, totaldegree, **options)
     # inference mode by default; .train() makes forces differentiable (create_graph) for force losses
     return ACEModel(cfg, dtype=dtype).eval()

@@ -6,12 +6,13 @@ rename).  ``torchace.io.model_file`` reads files (strict JSON) and calls ``from_
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, Optional
 
 import torch
 
 from .. import keys as K
-from ..atomic import write_json_atomic
+from ..atomic import check_replaceable, write_json_atomic
 from ..config import ACEConfig
 
 FORMAT = "torchace-model"
@@ -30,6 +31,10 @@ def _finite_list(t: torch.Tensor, what: str) -> Any:
     return x.tolist()
 
 
+# the fields of the document (``to_dict``); anything else is refused (a typo, or a file of another program)
+FIELDS = ("format", "format_version", "torchace_version", "units", "config", "basis_size", "coefficients",
+          "nl_scale", "pair_scale", "prior", "committee", "metadata")
+
 # config fields a model file must carry (a missing one would load with a default that changes the model);
 # pure2b / pure were added later and default to False for files written before them
 REQUIRED_CONFIG = ("elements", "order", "totaldegree", "wL", "rcut", "r0", "E0", "pair", "zbl", "zbl_inner",
@@ -43,15 +48,27 @@ def _has_bool(x: Any) -> bool:
     return isinstance(x, list) and any(_has_bool(v) for v in x)
 
 
+def _json_type(v: Any) -> str:
+    """The JSON name of a parsed value's type, for messages about a file."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true/false"
+    return {str: "a string", dict: "an object", list: "a list"}.get(type(v), "a number")
+
+
 def _tensor(d: Dict[str, Any], key: str, shape, path: str) -> torch.Tensor:
     if key in d and _has_bool(d[key]):
         raise ModelFileError(f"{path}: field {key!r} holds true/false where numbers belong")
+    if key in d and not isinstance(d[key], list):
+        raise ModelFileError(f"{path}: field {key!r} must be a list of numbers, got {_json_type(d[key])}")
     try:
         t = torch.tensor(d[key], dtype=torch.float64)
     except KeyError:
         raise ModelFileError(f"{path}: missing field {key!r}") from None
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: field {key!r} is not a numeric array: {exc}") from None
+    except (TypeError, ValueError, RuntimeError):
+        raise ModelFileError(f"{path}: field {key!r} must be a (nested) list of numbers of shape {tuple(shape)}; "
+                             "it holds other values or rows of unequal length") from None
     if tuple(t.shape) != tuple(shape):
         raise ModelFileError(f"{path}: field {key!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
     if not torch.isfinite(t).all():
@@ -80,15 +97,34 @@ class ModelState:
             "metadata": metadata or getattr(self, "metadata", None) or {},
         }
 
-    def save(self, path: str, metadata: Optional[Dict[str, Any]] = None) -> None:
-        """Write the model as one JSON file (docs/model_file.md); atomic, loads without executing code."""
-        write_json_atomic(path, self.to_dict(metadata))
+    def save(self, path: str, metadata: Optional[Dict[str, Any]] = None, *, overwrite: bool = False) -> None:
+        """Write the model as one JSON file (docs/model_file.md); atomic, loads without executing code.
+
+        An existing file at ``path`` is replaced only if it is a torchace model file (re-saving a model), or with
+        ``overwrite=True``: saving onto training data or any other file by mistake raises ``OutputPathError``
+        and leaves it as it was."""
+        if not overwrite:
+            check_replaceable(path, FORMAT, "torchace model file")
+        doc = self.to_dict(metadata)
+        try:
+            json.dumps(doc["metadata"], allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"cannot save {path}: 'metadata' must hold JSON values (numbers, strings, lists, "
+                             f"mappings): {exc}") from None
+        write_json_atomic(path, doc)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], path: str = "<dict>", dtype: torch.dtype = torch.float64):
         """Rebuild a model from ``to_dict``'s document; ``path`` names the source in error messages."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ModelFileError(f"{path}: not a torchace model file (field 'format' must be {FORMAT!r})")
+        unknown = sorted(set(d) - set(FIELDS))
+        if unknown:
+            raise ModelFileError(f"{path}: unknown field(s) {unknown[:10]} (a model file has {list(FIELDS)}; "
+                                 "free-form information belongs in 'metadata')")
+        for key in ("prior", "metadata"):
+            if d.get(key) is not None and not isinstance(d[key], dict):
+                raise ModelFileError(f"{path}: field {key!r} must be a mapping or null, got {_json_type(d[key])}")
         v = d.get("format_version")
         if v != FORMAT_VERSION:
             raise ModelFileError(f"{path}: format_version {v!r} is not supported (this torchace reads {FORMAT_VERSION})")
@@ -105,8 +141,10 @@ class ModelState:
             raise ModelFileError(f"{path}: 'config' is missing {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: invalid 'config': {exc}") from None
+        if not isinstance(d.get("basis_size"), int) or isinstance(d.get("basis_size"), bool):
+            raise ModelFileError(f"{path}: field 'basis_size' must be an integer, got {_json_type(d.get('basis_size'))}")
         model = cls(cfg, dtype=dtype).eval()
-        if isinstance(d.get("basis_size"), bool) or d.get("basis_size") != model.basis_size:
+        if d.get("basis_size") != model.basis_size:
             raise ModelFileError(f"{path}: basis_size {d.get('basis_size')!r} does not match the rebuilt model "
                                  f"({model.basis_size}); the file is corrupt or from an incompatible version")
         model.coefficients = _tensor(d, "coefficients", (model.basis_size,), path).to(dtype)

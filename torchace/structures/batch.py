@@ -6,6 +6,7 @@ names the structure (its index in the list, and ``info['config_type']``/``info['
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from ase import Atoms
 
 from .. import keys as K
+from ..fieldcheck import check_float, short_repr
 from .neighbours import neighbour_list
 
 DEFAULT_MIN_DISTANCE = 0.01  # Å; closer pairs are "atoms on top of each other"
@@ -28,7 +30,13 @@ def _label(k: int, atoms: Atoms, name: Optional[str] = None) -> str:
 def as_list(structures: Union[Atoms, Sequence[Atoms]]) -> List[Atoms]:
     if isinstance(structures, Atoms):
         return [structures]
-    out = list(structures)
+    if isinstance(structures, (str, bytes, os.PathLike)):
+        raise TypeError(f"structures is a file name ({os.fspath(structures)!r}), not ase.Atoms: read it with "
+                        "ase.io.read(path, ':') (torchace.fit and read_data take file names)")
+    try:
+        out = list(structures)
+    except TypeError:
+        raise TypeError(f"structures must be an ase.Atoms or a list of them, got {short_repr(structures, 60)}") from None
     for k, a in enumerate(out):
         if not isinstance(a, Atoms):
             raise TypeError(f"structure {k} is a {type(a).__name__}, expected ase.Atoms")
@@ -76,6 +84,7 @@ def collate(structures, elements_z: Sequence[int], rcut: float, *, dtype=torch.f
     atoms_list = as_list(structures)
     if not atoms_list:
         raise ValueError("no structures given")
+    check_float("argument", "min_distance", min_distance, nonnegative=True)  # NaN would switch the check off
     if names is not None and len(names) != len(atoms_list):
         raise ValueError(f"collate: {len(names)} names for {len(atoms_list)} structures")
     z_to_species = {int(z): s for s, z in enumerate(elements_z)}

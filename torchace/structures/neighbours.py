@@ -12,6 +12,8 @@ flow through them.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from ase.neighborlist import primitive_neighbor_list
@@ -24,17 +26,35 @@ DENSE_MAX_PAIRS = 4_000_000
 MAX_PAIRS = 300_000_000
 
 
-def check_pair_count(n_atoms: int, cell: np.ndarray, pbc, rcut: float) -> None:
+def check_pair_count(n_atoms: int, cell: np.ndarray, pbc, rcut: float, positions: np.ndarray = None) -> None:
     """Refuse, before any neighbour search, a periodic structure whose number of pairs within rcut would
-    be ≈ N²/V · (4/3)π rcut³ > ``MAX_PAIRS`` (ASE's search loops over all the images such a cell needs)."""
-    if not np.asarray(pbc, dtype=bool).all():
+    be ≈ N²/V · (4/3)π rcut³ > ``MAX_PAIRS`` (ASE's search loops over all the images such a cell needs).
+
+    Periodic along some axes only (slabs, wires; needs ``positions``): V is the measure of the periodic lattice
+    (the length of its vector, or the area of its two) times the extent of the atoms along the open directions
+    plus rcut, so a 2-D cell with a tiny in-plane vector is refused as well; open boundaries have at most
+    N² pairs and are not checked."""
+    pbc = np.asarray(pbc, dtype=bool)
+    if not pbc.any():
         return
-    vol = abs(float(np.linalg.det(cell)))
+    if pbc.all():
+        vol = abs(float(np.linalg.det(cell)))
+        shape = "periodic cell"
+    else:
+        if positions is None:
+            return
+        P = np.asarray(cell, dtype=np.float64)[pbc]  # [k, 3] periodic lattice vectors
+        measure = float(np.sqrt(max(np.linalg.det(P @ P.T), 0.0)))
+        Q = np.linalg.qr(P.T, mode="complete")[0][:, len(P):]  # orthonormal basis of the open directions
+        span = np.ptp(np.asarray(positions) @ Q, axis=0) if len(positions) else np.zeros(Q.shape[1])
+        vol = measure * float(np.prod(span + rcut))
+        what = "length" if len(P) == 1 else "area"
+        shape = f"cell periodic along axes {np.flatnonzero(pbc).tolist()} only (lattice {what} {measure:.3g})"
     est = n_atoms * n_atoms / max(vol, 1e-300) * (4.0 / 3.0) * np.pi * rcut ** 3
     if est > MAX_PAIRS:
-        raise ValueError(f"{n_atoms} atoms in a periodic cell of volume {vol:.3g} Å³ would have about {est:.3g} "
+        raise ValueError(f"{n_atoms} atoms in a {shape} of volume {vol:.3g} Å³ would have about {est:.3g} "
                          f"neighbour pairs within rcut = {rcut:g} Å (limit {MAX_PAIRS:.0e}): a collapsed or nearly "
-                         "flat cell?")
+                         "flat cell, or a cutoff far larger than the cell?")
 
 
 def _image_range(positions: np.ndarray, cell: np.ndarray, rcut: float) -> np.ndarray:
@@ -66,6 +86,41 @@ def dense_neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: flo
     return i.cpu().numpy(), j.cpu().numpy(), S[m].to(torch.int64).cpu().numpy()
 
 
+# a periodic cell whose lattice vectors are this far from orthogonal (Π|a_i| / volume) is Minkowski-reduced first
+MAX_SKEW = 10.0
+
+
+def _reduction(cell: np.ndarray, pbc: np.ndarray):
+    """The integer matrix ``op`` (reduced cell = op @ cell, same lattice) of a strongly skewed periodic cell, or
+    None.  [[a, 0, 0], [10^6·a, a, 0], [0, 0, a]] is a cubic lattice, but searching it as given visits 10^6 cell
+    images per atom (a minute, or never); its reduced basis has the cube's images.  Shifts found with the reduced
+    cell are mapped back, S = S_reduced @ op, so the list is the same set of pairs."""
+    # plain Python on the 3×3 numbers: this runs at every neighbour-list build (µs, not numpy's tens of µs)
+    rows = [r for r, p in zip(cell.tolist(), pbc.tolist()) if p]
+    norms = [math.sqrt(x * x + y * y + z * z) for x, y, z in rows]
+    if len(rows) == 1:
+        measure = norms[0]
+    else:
+        (a1, a2, a3), (b1, b2, b3) = rows[0], rows[1]
+        cx, cy, cz = a2 * b3 - a3 * b2, a3 * b1 - a1 * b3, a1 * b2 - a2 * b1
+        if len(rows) == 2:
+            measure = math.sqrt(cx * cx + cy * cy + cz * cz)
+        else:
+            measure = abs(cx * rows[2][0] + cy * rows[2][1] + cz * rows[2][2])
+    if not measure > 0 or math.prod(norms) <= MAX_SKEW * measure:
+        return None
+    from ase.geometry import minkowski_reduce
+
+    try:
+        _, op = minkowski_reduce(cell, pbc=pbc)
+    except Exception:  # noqa: BLE001 — the reduction is an optimisation; the unreduced search still works
+        return None
+    op = np.asarray(op, dtype=np.int64)
+    if not np.array_equal(op[~pbc], np.eye(3, dtype=np.int64)[~pbc]):  # open axes must stay as they are
+        return None
+    return op
+
+
 def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
     """Return ``(i, j, shifts)``: centre, neighbour and integer cell shifts [E, 3] (int64)."""
     pbc = np.asarray(pbc, dtype=bool)
@@ -73,7 +128,15 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
     cell = np.asarray(cell, dtype=np.float64)
     if len(positions) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
-    check_pair_count(len(positions), cell, pbc, rcut)
+    check_pair_count(len(positions), cell, pbc, rcut, positions)
+    op = _reduction(cell, pbc) if pbc.any() else None
+    if op is not None:
+        i, j, S = _neighbour_list(positions, op.astype(np.float64) @ cell, pbc, rcut)
+        return i, j, S @ op
+    return _neighbour_list(positions, cell, pbc, rcut)
+
+
+def _neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, rcut: float):
     if pbc.all() or not pbc.any():
         n_img = int(np.prod(2 * _image_range(positions, cell, rcut) + 1)) if pbc.all() else 1
         if len(positions) ** 2 * n_img <= DENSE_MAX_PAIRS:
@@ -123,6 +186,7 @@ def ase_neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float
                 if np.linalg.norm(n) < 1e-12:
                     n = np.eye(3)[ax]
                 cell[ax] = n / np.linalg.norm(n) * (np.max(span) + rcut + 1.0)
+    # bins beyond a few per atom only cost time (ASE allows 10^6: two atoms 10^12 Å apart took seconds)
     i, j, S = primitive_neighbor_list("ijS", pbc, cell, positions, float(rcut), self_interaction=False,
-                                      use_scaled_positions=False)
+                                      use_scaled_positions=False, max_nbins=max(1000, 4 * len(positions)))
     return i.astype(np.int64), j.astype(np.int64), S.astype(np.int64)

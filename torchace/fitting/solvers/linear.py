@@ -195,11 +195,9 @@ class RRQR(Solver):
         m, k = A.shape
         use_scipy = self.backend == "scipy"
         if self.backend == "auto":
-            try:
-                import scipy.linalg  # noqa: F401
-                use_scipy = True
-            except ImportError:
-                use_scipy = False
+            import importlib.util
+
+            use_scipy = importlib.util.find_spec("scipy") is not None
         if use_scipy:
             import scipy.linalg
             Q, R, piv = scipy.linalg.qr(A.detach().cpu().numpy(), mode="economic", pivoting=True)
