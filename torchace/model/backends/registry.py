@@ -57,6 +57,8 @@ class Reference(Backend):
     description = "autograd of the site energies (the readable definition); design rows by forward-mode AD"
 
     def reason(self, model, device, task):
+        if task == ROWS and getattr(model, "nonlinear", False):
+            return "a nonlinear model has no design-matrix rows"
         return None
 
     def evaluator(self, model, committee=False):
@@ -71,6 +73,8 @@ class Analytic(Backend):
     description = "hand-written adjoints in torch ops (eval mode, any device)"
 
     def reason(self, model, device, task):
+        if task == ROWS and getattr(model, "nonlinear", False):
+            return "a nonlinear model has no design-matrix rows"
         if task == EVALUATE and model.training:
             return "training mode needs differentiable forces (the reference backend)"
         return None
@@ -87,6 +91,8 @@ class Fused(Backend):
     description = "C++ CPU kernel: one pass per centre atom, shared-prefix product DAG (torchace.model.backends.fused)"
 
     def reason(self, model, device, task):
+        if getattr(model, "nonlinear", False):
+            return "linear models only (the nonlinear model runs on reference/analytic)"
         if device.type != "cpu":
             return "a CPU kernel"
         if task == EVALUATE and model.training:
@@ -112,6 +118,8 @@ class Triton(Backend):
                    "design rows: the analytic torch rows (GEMM-bound)")
 
     def reason(self, model, device, task):
+        if getattr(model, "nonlinear", False):
+            return "linear models only (the nonlinear model runs on reference/analytic)"
         if task == EVALUATE and model.training:
             return "not differentiable (training mode needs the reference backend)"
         return triton_backend.unavailable(device)

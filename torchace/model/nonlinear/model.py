@@ -1,0 +1,335 @@
+"""Nonlinear ACE on the linear model's basis: E_i = E0(z_i) + F_{z_i}(ρ_1, …, ρ_P) + Σ_j c_{z_i z_j}·V(r_ij)
+[+ ½ Σ_j V_ZBL(r_ij)], ρ_p,i = c_p[z_i]·B_i (docs/nonlinear.md).
+
+B_i are the linear model's invariants (``ACEModel``: same spec, coupling, purification and prior rescaling,
+held by composition as ``model.linear``, whose own coefficients stay zero and frozen), F is ML-PACE's
+``FinnisSinclairShiftedScaled`` embedding or a small MLP (``embedding``), and the many-body radials are
+optionally learnable (``radials``).  With one density, no embedding and fixed radials the site energies are
+computed by the same operations as ``ACEModel.node_energies`` / ``ACEModel._site_terms`` (bit for bit).
+
+Forces F = −∂E/∂x and virials W = −∂E/∂ε: ``reference_forward`` by autograd through the symmetric strain
+(``strain.strained_geometry`` / ``autograd_outputs``; in training mode with ``create_graph``), and
+``analytic_forward`` with hand-written adjoints (eval mode): ∂E/∂A = Σ_p ∂F/∂ρ_p · ∂ρ_p/∂A, i.e. the linear
+model's adjoint with the coefficients c_eff = Σ_p F'_p c_p.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ...basis.embedding import pool
+from ...config import ACEConfig
+from ...structures.geometry import edge_vectors
+from ..ace import ACEModel, ace_model as linear_ace_model
+from ..strain import autograd_outputs, edge_gradient_outputs, strained_geometry
+from .embedding import EMBEDDINGS, FS, MLP, FSEmbedding, MLPEmbedding, check_fs_parameters, default_fs_parameters
+from .radials import LearnableRadials
+from .state import NonlinearState
+
+
+class NonlinearACEModel(NonlinearState, nn.Module):
+    """``NonlinearACEModel(config, densities=1, embedding=None, ...)``; see ``nonlinear_ace_model`` and
+    ``from_linear`` for the usual constructors.
+
+    Parameters: ``density_coefficients`` [P, NZ, n_b], ``pair_coefficients`` [NZ, NZ, n_pair], the embedding's
+    (``embedding_fn``: FS weights if ``learnable_fs``; the MLP's W, b, w) and the radial weights
+    ``radials.weights`` [NZ, NZ, n_poly, max_l + 1, n_poly] when ``learnable_radials``."""
+
+    nonlinear = True  # the marker the backend registry can test (no design rows; reference and analytic only)
+
+    def __init__(self, config: ACEConfig, densities: int = 1, embedding: Optional[str] = None, fs_parameters=None,
+                 learnable_radials: bool = False, learnable_fs: bool = False, mlp_hidden: int = 16, seed: int = 0,
+                 dtype: torch.dtype = torch.float64):
+        super().__init__()
+        if isinstance(densities, bool) or not isinstance(densities, int) or densities < 1:
+            raise ValueError(f"densities must be a positive integer, got {densities!r}")
+        if embedding not in (None,) + EMBEDDINGS:
+            raise ValueError(f"embedding must be None, 'fs' or 'mlp', got {embedding!r}")
+        if embedding is None and densities != 1:
+            raise ValueError(f"embedding=None is the linear model F = ρ_1: it takes densities=1, got {densities}; "
+                             "use embedding='fs' or 'mlp' for more densities")
+        if embedding != FS and (fs_parameters is not None or learnable_fs):
+            raise ValueError(f"fs_parameters / learnable_fs belong to embedding='fs', not {embedding!r}")
+        for name, flag in (("learnable_radials", learnable_radials), ("learnable_fs", learnable_fs)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        if learnable_radials and (config.pure or config.pure2b):
+            raise ValueError("learnable_radials with pure/pure2b: purification linearises products of the fixed "
+                             "polynomial radials, so it would not remove the self-interaction of learned radials; "
+                             "use fixed radials (learnable_radials=False) with purified bases")
+        lin = ACEModel(config, dtype=torch.float64)
+        lin.coefficients.requires_grad_(False)  # the basis only: its coefficients stay zero
+        self.linear = lin
+        self.config = config
+        self.nz, self.n_b, self.n_pair, self.rcut = lin.nz, lin.n_b, lin.n_pair, lin.rcut
+        self.spec, self.nl_of_b = lin.spec, lin.nl_of_b
+        self.densities = densities
+        self.embedding_name = embedding
+        self.density_coefficients = nn.Parameter(torch.zeros(densities, self.nz, self.n_b, dtype=torch.float64))
+        self.pair_coefficients = nn.Parameter(torch.zeros(self.nz, self.nz, self.n_pair, dtype=torch.float64))
+        if embedding == FS:
+            fs = check_fs_parameters(default_fs_parameters(densities) if fs_parameters is None else fs_parameters,
+                                     self.nz, densities)
+            self.embedding_fn = FSEmbedding(fs, learnable=learnable_fs)
+        elif embedding == MLP:
+            self.embedding_fn = MLPEmbedding(self.nz, densities, mlp_hidden, seed)
+        else:
+            self.embedding_fn = None
+        self.radials = LearnableRadials(lin.embedding, self.nz) if learnable_radials else None
+        self.committee = None   # no committees for nonlinear models (yet)
+        self.prior_info = None  # JSON description of the prior the basis was rescaled with
+        self.metadata = {}
+        self.analytic = True    # ``forward`` in eval mode without a graph: ``analytic_forward``
+        self.to(dtype)
+
+    # ---- what the rest of torchace reads from a model ----
+
+    @property
+    def elements(self):
+        return list(self.config.elements)
+
+    @property
+    def E0(self) -> torch.Tensor:
+        return self.linear.E0
+
+    @property
+    def zbl(self):
+        return self.linear.zbl
+
+    @property
+    def embedding(self):
+        """The one-particle basis (``EdgeEmbedding``, its ``nl_scale``): what the priors read."""
+        return self.linear.embedding
+
+    @property
+    def learnable_radials(self) -> bool:
+        return self.radials is not None
+
+    @property
+    def coefficients(self) -> torch.Tensor:
+        """The linear-in-B coefficients, flat: [density_coefficients | pair_coefficients] (for device, dtype and
+        an L2 penalty; a copy, not a parameter)."""
+        return torch.cat([self.density_coefficients.reshape(-1), self.pair_coefficients.reshape(-1)])
+
+    def config_dict(self) -> dict:
+        return self.linear.config_dict()
+
+    def reference_energy(self, numbers) -> float:
+        return self.linear.reference_energy(numbers)
+
+    def set_basis_scale(self, nl_scale: Optional[torch.Tensor] = None, pair_scale: Optional[torch.Tensor] = None) -> None:
+        """The prior's rescaling of the one-particle and pair bases (``ACEModel.set_basis_scale``); with learnable
+        radials the scale multiplies the polynomials inside the radial sum (``radials``)."""
+        self.linear.set_basis_scale(nl_scale, pair_scale)
+
+    def linear_model(self) -> ACEModel:
+        """The linear ACEModel of density 1 and the pair part (this model's values when F = ρ_1, fixed radials)."""
+        lin = copy.deepcopy(self.linear)
+        with torch.no_grad():
+            lin.coefficients = torch.cat([self.density_coefficients[0].reshape(-1), self.pair_coefficients.reshape(-1)])
+        lin.coefficients.requires_grad_(True)
+        lin.prior_info, lin.metadata = copy.deepcopy(self.prior_info), copy.deepcopy(self.metadata)
+        return lin.train(self.training)
+
+    # ---- the site energies (reference path) ----
+
+    def site_densities(self, vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """ρ [N, P], ρ_p,i = c_p[z_i]·B_i (B with the learned radials when they are learnable)."""
+        lin = self.linear
+        if self.radials is None:
+            A = lin.atomic_basis(vectors, species, edge_index)
+        else:
+            i, j = edge_index[0], edge_index[1]
+            A = pool(self.radials(lin.embedding, vectors, species[i], species[j]), i, species.shape[0])
+        AA = lin.product(A)
+        rho = [(AA * lin.coupling.transpose_apply(self.density_coefficients[p])[species]).sum(-1)
+               for p in range(self.densities)]
+        return torch.stack(rho, dim=-1)
+
+    def node_energies(self, vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        lin = self.linear
+        rho = self.site_densities(vectors, species, edge_index)
+        e_mb = rho[:, 0] if self.embedding_fn is None else self.embedding_fn(rho, species)
+        e = lin.E0[species] + e_mb
+        if self.n_pair > 0 and vectors.shape[0] > 0:
+            i, j = edge_index[0], edge_index[1]
+            V = lin.pair_features(vectors, species, edge_index)
+            e = e + pool((V * self.pair_coefficients[species[i], species[j]]).sum(-1), i, species.shape[0])
+        if lin.zbl is not None:
+            e = e + lin.baseline_node_energies(vectors, species, edge_index)
+        return e
+
+    # ---- evaluation: the ACEModel.forward interface ----
+
+    def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
+                compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
+        """As ``ACEModel.forward``: ``analytic_forward`` in eval mode when no graph through the outputs can be
+        needed, ``reference_forward`` otherwise (training: forces differentiable in every parameter)."""
+        if self.analytic and not self.training and not positions.requires_grad and not cell.requires_grad:
+            return self.analytic_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                                         compute_forces, compute_virials)
+        return self.reference_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                                      compute_forces, compute_virials)
+
+    def reference_forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                          edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
+                          compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
+        """E from ``node_energies``, F = −∂E/∂x and W = −∂E/∂ε by autograd (``create_graph`` in training mode)."""
+        positions, strain, pos, cel = strained_geometry(positions, cell, batch, n_structures, compute_forces,
+                                                        compute_virials)
+        vectors = edge_vectors(pos, edge_index, unit_shifts, cel, batch)
+        e_node = self.node_energies(vectors, species, edge_index)
+        energy = torch.zeros(n_structures, dtype=e_node.dtype, device=e_node.device).index_add_(0, batch, e_node)
+        return autograd_outputs(energy, e_node, positions, strain, compute_forces, compute_virials, self.training)
+
+    def analytic_forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                         edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
+                         compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
+        """Energy, forces and virial with hand-written adjoints (eval mode; the outputs carry no graph)."""
+        vectors = edge_vectors(positions, edge_index, unit_shifts, cell, batch)
+        inside = (vectors * vectors).sum(-1) < self.rcut * self.rcut  # skin edges contribute exactly zero
+        if not bool(inside.all()):
+            keep = torch.nonzero(inside).squeeze(1)
+            vectors, edge_index = vectors.index_select(0, keep), edge_index.index_select(1, keep)
+        i, j = edge_index[0], edge_index[1]
+        with torch.no_grad():
+            e, g_vec = self.site_terms(vectors, i, species[i], species[j], species, compute_forces or compute_virials)
+        return edge_gradient_outputs(e, g_vec, vectors, edge_index, positions, batch, n_structures, compute_forces,
+                                     compute_virials)
+
+    def site_terms(self, vectors: torch.Tensor, i: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor,
+                   species: torch.Tensor, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Site energies of the atoms ``species`` and ∂E/∂r_e [3, E] of their edges (centres ``i``)."""
+        lin = self.linear
+        emb = lin.embedding
+        n_atoms = species.shape[0]
+        if self.radials is None:
+            phi, saved = emb.with_grad(vectors, zi, zj)
+        else:
+            phi, saved = self.radials.with_grad(emb, vectors, zi, zj)
+        A = pool(phi.t().contiguous(), i, n_atoms)
+        AA = lin.product(A)
+        c_aa = [lin.coupling.transpose_apply(self.density_coefficients[p])[species] for p in range(self.densities)]
+        rho = [(AA * c).sum(-1) for c in c_aa]
+        if self.embedding_fn is None:
+            F, dF = rho[0], None
+        else:
+            F, dF = self.embedding_fn.value_and_grad(torch.stack(rho, dim=-1), species)
+        e = lin.E0[species] + F
+        g_vec = torch.zeros((3, vectors.shape[0]), dtype=vectors.dtype, device=vectors.device)
+        if need_grad:
+            c_eff = c_aa[0]  # ∂E/∂AA = Σ_p F'_p c_p (C-transposed): the linear adjoint with these coefficients
+            if dF is not None:
+                c_eff = dF[:, :1] * c_aa[0]
+                for p in range(1, self.densities):
+                    c_eff = c_eff + dF[:, p:p + 1] * c_aa[p]
+            gA = lin.product.grad(A, c_eff).index_select(0, i).t().contiguous()
+            g_vec = emb.vjp(gA, saved) if self.radials is None else self.radials.vjp(emb, gA, saved)
+        e_p, g_p = self.pair_site_terms(saved[1], saved[0], i, zi, zj, n_atoms, need_grad)
+        return e + e_p, g_vec + g_p
+
+    def pair_site_terms(self, r: torch.Tensor, u: torch.Tensor, i: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor,
+                        n_atoms: int, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Σ_j c_{z_i z_j}·V(r_ij) [+ ½ Σ_j V_ZBL] and their ∂/∂r_e [3, E] (as ``ACEModel.pair_site_terms``)."""
+        lin = self.linear
+        e = torch.zeros(n_atoms, dtype=r.dtype, device=r.device)
+        g_vec = torch.zeros((3, r.shape[0]), dtype=r.dtype, device=r.device)
+        if self.n_pair > 0 and r.shape[0] > 0:
+            V, dV = lin.pair.with_grad(r, zi, zj)  # [n_pair, E]
+            c_pair = self.pair_coefficients[zi, zj]  # [E, n_pair]
+            e = e + pool((V * c_pair.t()).sum(0), i, n_atoms)
+            if need_grad:
+                g_vec = g_vec + u * (dV * c_pair.t()).sum(0)
+        if lin.zbl is not None and r.shape[0] > 0:
+            ez, gz = lin.baseline_site_terms(r, u, i, zi, zj, n_atoms)
+            e, g_vec = e + ez, g_vec + gz
+        return e, g_vec
+
+    def randomize_densities(self, scale: float, seed: int = 0, first: int = 1) -> None:
+        """Densities ``first`` … P − 1 ← N(0, scale²) (seeded); density 0 and the rest are left alone."""
+        g = torch.Generator().manual_seed(int(seed))
+        c = torch.randn(self.density_coefficients[first:].shape, generator=g, dtype=torch.float64) * float(scale)
+        with torch.no_grad():
+            self.density_coefficients[first:] = c.to(self.density_coefficients)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"elements={c.elements}, order={c.order}, totaldegree={c.totaldegree}, densities={self.densities}, "
+                f"embedding={self.embedding_name}, learnable_radials={self.learnable_radials}, n_b={self.n_b}, "
+                f"n_pair={self.n_pair}")
+
+
+OPTIONS = ("densities", "embedding", "fs_parameters", "learnable_radials", "learnable_fs", "mlp_hidden", "seed")
+
+
+def nonlinear_ace_model(elements, order: int, totaldegree, *, densities: int = 2, embedding: Optional[str] = FS,
+                        fs_parameters=None, learnable_radials: bool = True, learnable_fs: bool = False,
+                        mlp_hidden: int = 16, init_scale: float = 0.0, seed: int = 0,
+                        dtype: torch.dtype = torch.float64, **options) -> NonlinearACEModel:
+    """A nonlinear ACE model on the basis of ``torchace.ace_model(elements, order, totaldegree, **options)``
+    (``options``: the other ``ACEConfig`` fields).  Defaults: two densities with pacemaker's FS embedding
+    [1, 1, 1, 0.5] (F = ρ_1 + f(ρ_2; 1/2)) and learnable radials; every coefficient starts at zero, the
+    densities 2 … P at N(0, init_scale²) (seeded) if ``init_scale`` > 0."""
+    fields = [f.name for f in dataclasses.fields(ACEConfig)][3:]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise TypeError(f"nonlinear_ace_model: unknown option(s) {unknown}; the model fields are {fields}, "
+                        f"and {list(OPTIONS)}, init_scale, dtype")
+    cfg = ACEConfig.build(elements, order, totaldegree, **options)
+    model = NonlinearACEModel(cfg, densities=densities, embedding=embedding, fs_parameters=fs_parameters,
+                              learnable_radials=learnable_radials, learnable_fs=learnable_fs, mlp_hidden=mlp_hidden,
+                              seed=seed, dtype=dtype)
+    if init_scale:
+        model.randomize_densities(init_scale, seed)
+    return model.eval()
+
+
+def from_linear(model: ACEModel, densities: int = 2, embedding: Optional[str] = FS, fs_parameters=None,
+                learnable_radials: bool = True, learnable_fs: bool = False, mlp_hidden: int = 16,
+                init_scale: float = 0.0, seed: int = 0) -> NonlinearACEModel:
+    """Warm start from a (fitted) linear model: same config, E0, basis scale (prior) and prior description;
+    density 1 = its many-body coefficients, the pair part = its pair coefficients, the other densities zero
+    (or N(0, init_scale²)), radials at the identity.  With zero extra densities and an embedding with
+    F(ρ_1, 0, …) = ρ_1 (FS with a_1 = m_1 = 1, or the MLP at initialisation) the new model *is* the linear one.
+    A committee is not carried over."""
+    if not isinstance(model, ACEModel):
+        raise TypeError(f"from_linear needs an ACEModel, got {type(model).__name__}")
+    cfg = dataclasses.replace(model.config, E0=[float(v) for v in model.E0.tolist()])
+    dev, dtype = model.coefficients.device, model.coefficients.dtype
+    nl = NonlinearACEModel(cfg, densities=densities, embedding=embedding, fs_parameters=fs_parameters,
+                           learnable_radials=learnable_radials, learnable_fs=learnable_fs, mlp_hidden=mlp_hidden,
+                           seed=seed, dtype=dtype).to(dev)
+    nl.set_basis_scale(model.embedding.nl_scale, model.pair.scale)
+    c = model.coefficients.detach()
+    with torch.no_grad():
+        nl.density_coefficients[0] = c[: model.n_manybody].view(nl.nz, nl.n_b)
+        nl.pair_coefficients.copy_(c[model.n_manybody:].view(nl.nz, nl.nz, nl.n_pair))
+    if init_scale:
+        nl.randomize_densities(init_scale, seed)
+    nl.prior_info = copy.deepcopy(model.prior_info)
+    nl.metadata = copy.deepcopy(model.metadata)
+    return nl.train(model.training)
+
+
+def ace_model(elements, order: int, totaldegree, *, densities: int = 1, embedding: Optional[str] = None,
+              learnable_radials: bool = False, dtype: torch.dtype = torch.float64, **options):
+    """``torchace.ace_model`` with the nonlinear options: the linear ``ACEModel`` for the defaults (one density,
+    no embedding, fixed radials), else ``nonlinear_ace_model`` (embedding 'fs' when densities > 1 and none is
+    given).  ``options``: the ``ACEConfig`` fields, and for nonlinear models fs_parameters, learnable_fs,
+    mlp_hidden, init_scale, seed."""
+    if densities == 1 and embedding is None and learnable_radials is False:
+        return linear_ace_model(elements, order, totaldegree, dtype=dtype, **options)
+    if embedding is None and densities != 1:
+        embedding = FS
+    return nonlinear_ace_model(elements, order, totaldegree, densities=densities, embedding=embedding,
+                               learnable_radials=learnable_radials, dtype=dtype, **options)
+
+
+# the linear builder's documentation (every ACEConfig option and its default) stays the first thing users read
+ace_model.__doc__ = (linear_ace_model.__doc__ or "") + "\n\n    Nonlinear options (docs/nonlinear.md):" \
+    + (ace_model.__doc__ or "").split("``torchace.ace_model`` with the nonlinear options:", 1)[-1]

@@ -1,0 +1,120 @@
+"""Learnable radials R_nl(r; z_i, z_j) = Σ_k W[z_i, z_j, n, l, k] s_{k,l} P_k(x) env(x) (pacemaker's ``crad``).
+
+P_k(x)·env(x) are the linear model's many-body radial polynomials (``ManyBodyRadials``: Agnesi transform per
+element pair, Jacobi(4,4) orthonormal P_k, envelope (1 − x)²(1 + x)²), taken species-resolved from its output
+(the interleaved rows of other neighbour species are exact zeros, so summing them out is exact).  n is the
+radial index within a neighbour-species block, n − 1 = 0 … n_poly − 1 (the polynomial degree of the linear
+function it starts from); k = 0 … n_poly − 1; l = 0 … max_l.  The one-particle function a with interleaved
+index n_a = k_a·NZ + s_a + 1 (docs/conventions.md) is φ_a = δ(s_a = z_j) R_{k_a + 1, l_a} Y_{l_a m_a}.
+
+s_{k,l} = ``nl_scale[k·NZ + z_j, l]`` is the prior's one-particle scale (``ACEModel.set_basis_scale``) applied
+to the polynomial P_k inside the sum, so the learned radial is expanded in the rescaled polynomial basis and
+plain L2 on W is the regularity prior on it.  With W = identity (W[..., n, l, k] = δ_{n−1, k}, the
+initialisation) φ_a is the linear model's one-particle function, rescaled as there.
+
+``forward``: φ [E, n_a] by autograd-friendly torch ops (the reference path); ``with_grad`` / ``vjp``: the
+same φ feature-major with its analytic r-derivatives (the analytic path), as ``EdgeEmbedding`` does.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+from ...basis.embedding import EdgeEmbedding
+
+
+class LearnableRadials(nn.Module):
+    def __init__(self, embedding: EdgeEmbedding, nz: int):
+        super().__init__()
+        self.nz = int(nz)
+        self.n_poly = int(embedding.radials.n_poly)
+        self.max_l = int(embedding.max_l)
+        n_l = self.max_l + 1
+        eye = torch.eye(self.n_poly, dtype=torch.float64)
+        self.weights = nn.Parameter(eye.view(1, 1, self.n_poly, 1, self.n_poly)
+                                    .repeat(self.nz, self.nz, 1, n_l, 1).contiguous())
+        # the (n, l) pairs some one-particle function uses (u), and which one each function a uses
+        k_a = torch.div(embedding.n_idx, self.nz, rounding_mode="floor")
+        key = k_a * n_l + embedding.l_idx
+        used, u_of_a = torch.unique(key, return_inverse=True)
+        self.register_buffer("u_n", torch.div(used, n_l, rounding_mode="floor"))  # n − 1 of u
+        self.register_buffer("u_l", used % n_l)
+        self.register_buffer("u_of_a", u_of_a)
+        self.register_buffer("s_of_a", embedding.n_idx % self.nz)  # neighbour species of a
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(self.weights.shape)
+
+    def effective_weights(self, nl_scale: torch.Tensor) -> torch.Tensor:
+        """W_u[z_i, z_j, u, k] · s[k·NZ + z_j, l_u]: [NZ, NZ, n_u, n_poly]."""
+        W = self.weights[:, :, self.u_n, self.u_l, :]  # [NZ, NZ, n_u, n_poly]
+        rows = torch.arange(self.n_poly, device=nl_scale.device).unsqueeze(0) * self.nz \
+            + torch.arange(self.nz, device=nl_scale.device).unsqueeze(1)  # [NZ(z_j), n_poly]
+        s = nl_scale[rows][:, :, self.u_l].transpose(1, 2)  # [NZ(z_j), n_u, n_poly]
+        return W * s.unsqueeze(0).to(W.dtype)
+
+    def _contract(self, P: torch.Tensor, Weff: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
+        """R_u [E, n_u] = Σ_k P[e, k] Weff[z_i, z_j, u, k], one GEMM per element pair."""
+        if self.nz == 1:
+            return P @ Weff[0, 0].t()
+        pid = zi * self.nz + zj
+        parts, sels = [], []
+        for b in range(self.nz * self.nz):
+            sel = torch.nonzero(pid == b).squeeze(1)
+            parts.append(P.index_select(0, sel) @ Weff[b // self.nz, b % self.nz].t())
+            sels.append(sel)
+        order = torch.cat(sels)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.shape[0], device=order.device)
+        return torch.cat(parts).index_select(0, inverse)
+
+    def radial_polynomials(self, radials, r: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
+        """P_k(x)·env(x) [E, n_poly] from ``ManyBodyRadials`` (interleaved rows of other species are zeros)."""
+        R = radials(r, zi, zj)  # [E, n_poly·NZ], column k·NZ + s
+        return R.view(r.shape[0], self.n_poly, self.nz).sum(-1)
+
+    def forward(self, embedding: EdgeEmbedding, vectors: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
+        """φ [E, n_a] (the reference path: autograd through everything, W included)."""
+        r = torch.linalg.norm(vectors, dim=-1)
+        P = self.radial_polynomials(embedding.radials, r, zi, zj)
+        R_u = self._contract(P, self.effective_weights(embedding.nl_scale), zi, zj)
+        mask = (zj.unsqueeze(1) == self.s_of_a.unsqueeze(0)).to(R_u.dtype)
+        Y = embedding.sh(vectors)
+        return R_u.index_select(1, self.u_of_a) * mask * Y.index_select(1, embedding.lm_idx)
+
+    # ---- analytic path (feature-major [F, E], as EdgeEmbedding.with_grad / vjp) ----
+
+    def with_grad(self, embedding: EdgeEmbedding, vectors: torch.Tensor, zi: torch.Tensor,
+                  zj: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """φ [n_a, E] and what ``vjp`` needs: [u, r, Rsel, dRsel, Ysel, Y] (Y in the standard real basis)."""
+        r = torch.linalg.norm(vectors, dim=-1)
+        n_e = r.shape[0]
+        R, dR = embedding.radials.with_grad(r, zi, zj)  # [n_poly·NZ, E]
+        P = R.reshape(self.n_poly, self.nz, n_e).sum(1).t()
+        dP = dR.reshape(self.n_poly, self.nz, n_e).sum(1).t()
+        Weff = self.effective_weights(embedding.nl_scale)
+        mask = (zj.unsqueeze(0) == self.s_of_a.unsqueeze(1)).to(P.dtype)  # [n_a, E]
+        Rsel = self._contract(P, Weff, zi, zj).t().index_select(0, self.u_of_a) * mask
+        dRsel = self._contract(dP, Weff, zi, zj).t().index_select(0, self.u_of_a) * mask
+        Y, _ = embedding.sph(vectors, False)
+        Ysel = Y.index_select(0, embedding.lm_std) * embedding.lm_sign.to(Y.dtype).unsqueeze(1)
+        u = (vectors / r.clamp_min(1e-300).unsqueeze(-1)).t()
+        return Rsel * Ysel, [u, r, Rsel, dRsel, Ysel, Y]
+
+    @staticmethod
+    def vjp(embedding: EdgeEmbedding, g: torch.Tensor, saved: List[torch.Tensor]) -> torch.Tensor:
+        """Σ_a g[a, e] ∂φ[a, e]/∂r_e → [3, E] (radial part with the learned dR/dr; angular part as
+        ``EdgeEmbedding.vjp``: ∂Y/∂v = (∇S − l Y u)/r with the sparse solid-harmonic gradients)."""
+        u, r, Rsel, dRsel, Ysel, Y = saved
+        radial = (g * Ysel * dRsel).sum(0)
+        sign = embedding.lm_sign.to(Y.dtype).unsqueeze(1)
+        g_lm = torch.zeros_like(Y).index_add_(0, embedding.lm_std, g * Rsel * sign)
+        terms = (g_lm.index_select(0, embedding.dsh_col_t) * Y.index_select(0, embedding.dsh_col)
+                 * embedding.dsh_val.to(Y.dtype).unsqueeze(1))
+        ang = torch.zeros((3, Y.shape[1]), dtype=Y.dtype, device=Y.device).index_add_(0, embedding.dsh_dir, terms)
+        lt = (embedding.l_std.to(Y.dtype).unsqueeze(1) * g_lm * Y).sum(0)
+        rinv = 1.0 / r.clamp_min(1e-300)
+        return u * (radial - lt * rinv) + ang * rinv
