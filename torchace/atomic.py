@@ -60,9 +60,9 @@ def write_json_atomic(path: str, obj: Any) -> None:
     atomic_write(path, write, ".json")
 
 
-def check_replaceable_text(path: str, marker: bytes, what: str) -> None:
-    """Refuse to replace an existing file at ``path`` unless its first 4 KiB contain ``marker`` (the header line
-    torchace writes into its text outputs: .yace, pair tables, LAMMPS include files)."""
+def _refuse_replacing(path: str, ours: Callable[[bytes], bool], what: str) -> None:
+    """Raise ``OutputPathError`` if a file exists at ``path`` and ``ours(first 4 KiB)`` is false (the one
+    "never replace a file of another kind" check; no file, or a dangling link, is fine)."""
     if not os.path.lexists(path):
         return
     if os.path.isdir(path):
@@ -70,14 +70,22 @@ def check_replaceable_text(path: str, marker: bytes, what: str) -> None:
     try:
         with open(path, "rb") as fh:
             head = fh.read(4096)
-    except FileNotFoundError:
+        mine = ours(head)
+    except FileNotFoundError:  # a dangling link: os.replace replaces the link
         return
     except OSError as exc:
         raise OutputPathError(f"{path}: exists and cannot be read ({exc.strerror}); refusing to replace it") from None
-    if marker not in head:
+    if not mine:
         link = f" (a link to {os.path.realpath(path)!r})" if os.path.islink(path) else ""
-        raise OutputPathError(f"{path}: exists{link} and is not a {what} written by torchace (training data or "
-                              "another file?); refusing to overwrite it: choose another path or delete the file")
+        raise OutputPathError(f"{path}: exists{link} and is not a {what}")
+
+
+def check_replaceable_text(path: str, marker: bytes, what: str) -> None:
+    """Refuse to replace an existing file at ``path`` unless its first 4 KiB contain ``marker`` (the header line
+    torchace writes into its text outputs: .yace, pair tables, LAMMPS include files)."""
+    _refuse_replacing(path, lambda head: marker in head,
+                      f"{what} written by torchace (training data or another file?); refusing to overwrite it: "
+                      "choose another path or delete the file")
 
 
 def check_replaceable(path: str, format_name: Optional[str], what: str, overwrite_hint: bool = True) -> None:
@@ -87,24 +95,13 @@ def check_replaceable(path: str, format_name: Optional[str], what: str, overwrit
     import re
     import zipfile
 
-    if not os.path.lexists(path):
-        return
-    if os.path.isdir(path):
-        raise OutputPathError(f"{path}: is a directory; give a file name")
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-        ours = (zipfile.is_zipfile(path) if format_name is None else
-                re.search(rb'"format"\s*:\s*"' + re.escape(format_name.encode()) + rb'"', head) is not None)
-    except FileNotFoundError:  # a dangling link: os.replace replaces the link
-        return
-    except OSError as exc:
-        raise OutputPathError(f"{path}: exists and cannot be read ({exc.strerror}); refusing to replace it") from None
-    if not ours:
-        link = f" (a link to {os.path.realpath(path)!r})" if os.path.islink(path) else ""
-        raise OutputPathError(f"{path}: exists{link} and is not a {what} (training data or another file?); "
-                              "refusing to overwrite it: choose another path or delete the file"
-                              + (", or pass overwrite=True" if overwrite_hint else ""))
+    if format_name is None:
+        ours = lambda head: zipfile.is_zipfile(path)  # noqa: E731
+    else:
+        pattern = rb'"format"\s*:\s*"' + re.escape(format_name.encode()) + rb'"'
+        ours = lambda head: re.search(pattern, head) is not None  # noqa: E731
+    _refuse_replacing(path, ours, f"{what} (training data or another file?); refusing to overwrite it: choose another "
+                      "path or delete the file" + (", or pass overwrite=True" if overwrite_hint else ""))
 
 
 class OutputPathError(ValueError):

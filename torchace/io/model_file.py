@@ -6,14 +6,12 @@ is executed and no pickle is involved.  The document itself is defined in ``torc
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, Optional
 
 import torch
 
-from ..fieldcheck import check_input_file, unique_keys
 from ..model.ace import ACEModel
-from ..model.state import FORMAT, FORMAT_VERSION, UNITS, ModelFileError
+from ..model.state import FORMAT, FORMAT_VERSION, UNITS, ModelFileError, read_document
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "UNITS", "ModelFileError", "model_to_dict", "model_from_dict", "save", "load"]
 
@@ -38,35 +36,8 @@ def save(model, path: str, metadata: Optional[Dict[str, Any]] = None, *, overwri
     model.save(path, metadata, overwrite=overwrite)
 
 
-# model files larger than this are refused before reading (a K = 10^5 model with a 32-member committee is
-# ~70 MB); nesting deeper than Python's JSON recursion limit is refused as corrupt
-MAX_FILE_BYTES = 4 << 30
-
-
 def load(path: str, dtype: torch.dtype = torch.float64, device=None):
     """Load a model saved by ``model.save(path)``; JSON only, nothing is executed."""
-    try:
-        check_input_file(path, "torchace model file", MAX_FILE_BYTES)  # not /dev/zero, a FIFO or a directory
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such file") from None
-    except (ValueError, TypeError) as exc:
-        raise ModelFileError(str(exc) if isinstance(exc, ValueError) else f"{path!r}: not a file name") from None
-    try:
-        with open(path, "r") as fh:
-            d = json.load(fh, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"non-finite number {c}")),
-                          object_pairs_hook=unique_keys)
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        import zipfile
-
-        what = "a zip archive (a TorchScript export? load it with TorchACECalculator(path, backend='torchscript'))" \
-            if zipfile.is_zipfile(path) else "a binary file (a pickle or torch.save file? torchace never loads those: " \
-            "they can run code)"
-        raise ModelFileError(f"{path}: {what}, not a JSON model file") from None
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: not valid JSON (truncated or corrupt?): {exc}") from None
-    except RecursionError:
-        raise ModelFileError(f"{path}: nested too deeply to be a torchace model file") from None
+    d = read_document(path)
     model = _model_class(d).from_dict(d, path, dtype)
     return model.to(device) if device is not None else model

@@ -14,6 +14,7 @@ import torch
 from .. import keys as K
 from ..atomic import check_replaceable, write_json_atomic
 from ..config import ACEConfig
+from ..fieldcheck import check_input_file, unique_keys
 
 FORMAT = "torchace-model"
 FORMAT_VERSION = 1
@@ -24,7 +25,8 @@ class ModelFileError(ValueError):
     """A model file that cannot be loaded; the message names the file and the field."""
 
 
-def _finite_list(t: torch.Tensor, what: str) -> Any:
+def finite_list(t: torch.Tensor, what: str) -> Any:
+    """A tensor as nested lists of float64 for a model file; non-finite values refused."""
     x = t.detach().to("cpu", torch.float64)
     if not torch.isfinite(x).all():
         raise ValueError(f"cannot save: {what} contains non-finite values")
@@ -41,14 +43,14 @@ REQUIRED_CONFIG = ("elements", "order", "totaldegree", "wL", "rcut", "r0", "E0",
                    "zbl_outer")
 
 
-def _has_bool(x: Any) -> bool:
+def has_bool(x: Any) -> bool:
     """Whether a (nested) list holds a JSON true/false (torch.tensor would read it as 1.0/0.0)."""
     if isinstance(x, bool):
         return True
-    return isinstance(x, list) and any(_has_bool(v) for v in x)
+    return isinstance(x, list) and any(has_bool(v) for v in x)
 
 
-def _json_type(v: Any) -> str:
+def json_type(v: Any) -> str:
     """The JSON name of a parsed value's type, for messages about a file."""
     if v is None:
         return "null"
@@ -57,23 +59,74 @@ def _json_type(v: Any) -> str:
     return {str: "a string", dict: "an object", list: "a list"}.get(type(v), "a number")
 
 
-def _tensor(d: Dict[str, Any], key: str, shape, path: str) -> torch.Tensor:
-    if key in d and _has_bool(d[key]):
-        raise ModelFileError(f"{path}: field {key!r} holds true/false where numbers belong")
+def tensor_field(d: Dict[str, Any], key: str, shape, path: str, where: str = "") -> torch.Tensor:
+    """Field ``key`` of a model-file mapping ``d`` as a float64 tensor of exactly ``shape`` (``where``: the
+    mapping's prefix in messages, e.g. "embedding."); a ``ModelFileError`` names the file and the field."""
+    name = where + key
+    if key in d and has_bool(d[key]):
+        raise ModelFileError(f"{path}: field {name!r} holds true/false where numbers belong")
     if key in d and not isinstance(d[key], list):
-        raise ModelFileError(f"{path}: field {key!r} must be a list of numbers, got {_json_type(d[key])}")
+        raise ModelFileError(f"{path}: field {name!r} must be a list of numbers, got {json_type(d[key])}")
     try:
         t = torch.tensor(d[key], dtype=torch.float64)
     except KeyError:
-        raise ModelFileError(f"{path}: missing field {key!r}") from None
+        raise ModelFileError(f"{path}: missing field {name!r}") from None
     except (TypeError, ValueError, RuntimeError):
-        raise ModelFileError(f"{path}: field {key!r} must be a (nested) list of numbers of shape {tuple(shape)}; "
+        raise ModelFileError(f"{path}: field {name!r} must be a (nested) list of numbers of shape {tuple(shape)}; "
                              "it holds other values or rows of unequal length") from None
     if tuple(t.shape) != tuple(shape):
-        raise ModelFileError(f"{path}: field {key!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        raise ModelFileError(f"{path}: field {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
     if not torch.isfinite(t).all():
-        raise ModelFileError(f"{path}: field {key!r} contains non-finite values")
+        raise ModelFileError(f"{path}: field {name!r} contains non-finite values")
     return t
+
+
+# model files larger than this are refused before reading (a K = 10^5 model with a 32-member committee is
+# ~70 MB); nesting deeper than Python's JSON recursion limit is refused as corrupt
+MAX_FILE_BYTES = 4 << 30
+
+
+def read_document(path: str) -> Dict[str, Any]:
+    """The JSON document of a model file (linear or nonlinear): strict JSON (no NaN/Infinity, no duplicate
+    keys), size-limited, never a pickle or an archive; errors are ``ModelFileError`` naming the file."""
+    try:
+        check_input_file(path, "torchace model file", MAX_FILE_BYTES)  # not /dev/zero, a FIFO or a directory
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such file") from None
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(str(exc) if isinstance(exc, ValueError) else f"{path!r}: not a file name") from None
+    def refuse(c):
+        raise ValueError(f"non-finite number {c}")
+
+    try:
+        with open(path, "r") as fh:
+            return json.load(fh, parse_constant=refuse, object_pairs_hook=unique_keys)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        import zipfile
+
+        what = "a zip archive (a TorchScript export? load it with TorchACECalculator(path, backend='torchscript'))" \
+            if zipfile.is_zipfile(path) else "a binary file (a pickle or torch.save file? torchace never loads those: " \
+            "they can run code)"
+        raise ModelFileError(f"{path}: {what}, not a JSON model file") from None
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: not valid JSON (truncated or corrupt?): {exc}") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: nested too deeply to be a torchace model file") from None
+
+
+def write_document(path: str, doc: Dict[str, Any], format_name: str, what: str, overwrite: bool) -> None:
+    """Write a model-file document atomically; an existing file is replaced only if it is a ``what`` (its
+    ``format`` is ``format_name``) or with ``overwrite``, and 'metadata' must hold JSON values."""
+    if not overwrite:
+        check_replaceable(path, format_name, what)
+    try:
+        json.dumps(doc["metadata"], allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot save {path}: 'metadata' must hold JSON values (numbers, strings, lists, "
+                         f"mappings): {exc}") from None
+    write_json_atomic(path, doc)
 
 
 class ModelState:
@@ -88,12 +141,12 @@ class ModelState:
             "units": UNITS,
             "config": self.config_dict(),  # E0 from the model's buffer (a fit may have set it)
             "basis_size": self.basis_size,
-            "coefficients": _finite_list(self.coefficients, "coefficients"),
-            "nl_scale": _finite_list(self.embedding.nl_scale, "nl_scale"),
-            "pair_scale": _finite_list(self.pair.scale, "pair_scale"),
+            "coefficients": finite_list(self.coefficients, "coefficients"),
+            "nl_scale": finite_list(self.embedding.nl_scale, "nl_scale"),
+            "pair_scale": finite_list(self.pair.scale, "pair_scale"),
             "prior": getattr(self, "prior_info", None),
             "committee": None if getattr(self, "committee", None) is None
-            else _finite_list(self.committee, "committee"),
+            else finite_list(self.committee, "committee"),
             "metadata": metadata or getattr(self, "metadata", None) or {},
         }
 
@@ -103,15 +156,7 @@ class ModelState:
         An existing file at ``path`` is replaced only if it is a torchace model file (re-saving a model), or with
         ``overwrite=True``: saving onto training data or any other file by mistake raises ``OutputPathError``
         and leaves it as it was."""
-        if not overwrite:
-            check_replaceable(path, FORMAT, "torchace model file")
-        doc = self.to_dict(metadata)
-        try:
-            json.dumps(doc["metadata"], allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"cannot save {path}: 'metadata' must hold JSON values (numbers, strings, lists, "
-                             f"mappings): {exc}") from None
-        write_json_atomic(path, doc)
+        write_document(path, self.to_dict(metadata), FORMAT, "torchace model file", overwrite)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], path: str = "<dict>", dtype: torch.dtype = torch.float64):
@@ -124,7 +169,7 @@ class ModelState:
                                  "free-form information belongs in 'metadata')")
         for key in ("prior", "metadata"):
             if d.get(key) is not None and not isinstance(d[key], dict):
-                raise ModelFileError(f"{path}: field {key!r} must be a mapping or null, got {_json_type(d[key])}")
+                raise ModelFileError(f"{path}: field {key!r} must be a mapping or null, got {json_type(d[key])}")
         v = d.get("format_version")
         if v != FORMAT_VERSION:
             raise ModelFileError(f"{path}: format_version {v!r} is not supported (this torchace reads {FORMAT_VERSION})")
@@ -142,16 +187,16 @@ class ModelState:
         except (TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: invalid 'config': {exc}") from None
         if not isinstance(d.get("basis_size"), int) or isinstance(d.get("basis_size"), bool):
-            raise ModelFileError(f"{path}: field 'basis_size' must be an integer, got {_json_type(d.get('basis_size'))}")
+            raise ModelFileError(f"{path}: field 'basis_size' must be an integer, got {json_type(d.get('basis_size'))}")
         model = cls(cfg, dtype=dtype).eval()
         if d.get("basis_size") != model.basis_size:
             raise ModelFileError(f"{path}: basis_size {d.get('basis_size')!r} does not match the rebuilt model "
                                  f"({model.basis_size}); the file is corrupt or from an incompatible version")
-        model.coefficients = _tensor(d, "coefficients", (model.basis_size,), path).to(dtype)
-        model.set_basis_scale(_tensor(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path),
-                              _tensor(d, "pair_scale", tuple(model.pair.scale.shape), path))
+        model.coefficients = tensor_field(d, "coefficients", (model.basis_size,), path).to(dtype)
+        model.set_basis_scale(tensor_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path),
+                              tensor_field(d, "pair_scale", tuple(model.pair.scale.shape), path))
         if d.get("committee") is not None:
-            if _has_bool(d["committee"]):
+            if has_bool(d["committee"]):
                 raise ModelFileError(f"{path}: field 'committee' holds true/false where numbers belong")
             try:
                 c = torch.tensor(d["committee"], dtype=torch.float64)

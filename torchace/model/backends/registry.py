@@ -9,7 +9,8 @@
 
 ``select(model, device, backend="auto", task=...)`` returns the fastest backend that supports the model,
 the device and the task; every backend is tested against ``reference`` (``torchace.testing``).  To add a
-backend: subclass ``Backend``, implement ``reason`` / ``evaluator`` / ``rows``, add it to ``BACKENDS`` and to
+backend: subclass ``Backend``, implement ``own_reason`` / ``evaluator`` / ``rows`` (and set
+``supports_nonlinear``), add it to ``BACKENDS`` and to
 ``AUTO_ORDER`` at the place its speed earns (docs/architecture.md).
 """
 from __future__ import annotations
@@ -35,9 +36,20 @@ AUTO_ORDER = {"cpu": ("fused", "analytic", "reference"), "cuda": ("triton", "ana
 class Backend:
     name = ""
     description = ""
+    # whether the backend evaluates the nonlinear model (NonlinearACEModel: no design rows on any backend)
+    supports_nonlinear = False
 
     def reason(self, model, device: torch.device, task: str) -> Optional[str]:
-        """None if this backend can run ``task`` for ``model`` on ``device``, else why not."""
+        """None if this backend can run ``task`` for ``model`` on ``device``, else why not: the model-family
+        rules shared by every backend, then the backend's own (``own_reason``)."""
+        if getattr(model, "nonlinear", False):
+            if not self.supports_nonlinear:
+                return "linear models only (the nonlinear model runs on reference/analytic)"
+            if task == ROWS:
+                return "a nonlinear model has no design-matrix rows"
+        return self.own_reason(model, device, task)
+
+    def own_reason(self, model, device: torch.device, task: str) -> Optional[str]:
         raise NotImplementedError
 
     def evaluator(self, model, committee: bool = False) -> Callable[..., Dict[str, torch.Tensor]]:
@@ -55,10 +67,9 @@ class Backend:
 class Reference(Backend):
     name = "reference"
     description = "autograd of the site energies (the readable definition); design rows by forward-mode AD"
+    supports_nonlinear = True
 
-    def reason(self, model, device, task):
-        if task == ROWS and getattr(model, "nonlinear", False):
-            return "a nonlinear model has no design-matrix rows"
+    def own_reason(self, model, device, task):
         return None
 
     def evaluator(self, model, committee=False):
@@ -71,10 +82,9 @@ class Reference(Backend):
 class Analytic(Backend):
     name = "analytic"
     description = "hand-written adjoints in torch ops (eval mode, any device)"
+    supports_nonlinear = True
 
-    def reason(self, model, device, task):
-        if task == ROWS and getattr(model, "nonlinear", False):
-            return "a nonlinear model has no design-matrix rows"
+    def own_reason(self, model, device, task):
         if task == EVALUATE and model.training:
             return "training mode needs differentiable forces (the reference backend)"
         return None
@@ -90,9 +100,7 @@ class Fused(Backend):
     name = "fused"
     description = "C++ CPU kernel: one pass per centre atom, shared-prefix product DAG (torchace.model.backends.fused)"
 
-    def reason(self, model, device, task):
-        if getattr(model, "nonlinear", False):
-            return "linear models only (the nonlinear model runs on reference/analytic)"
+    def own_reason(self, model, device, task):
         if device.type != "cpu":
             return "a CPU kernel"
         if task == EVALUATE and model.training:
@@ -117,9 +125,7 @@ class Triton(Backend):
     description = ("Triton GPU kernels for A, the product DAG and ∂E/∂r (torchace.model.backends.triton_backend); "
                    "design rows: the analytic torch rows (GEMM-bound)")
 
-    def reason(self, model, device, task):
-        if getattr(model, "nonlinear", False):
-            return "linear models only (the nonlinear model runs on reference/analytic)"
+    def own_reason(self, model, device, task):
         if task == EVALUATE and model.training:
             return "not differentiable (training mode needs the reference backend)"
         return triton_backend.unavailable(device)

@@ -8,7 +8,8 @@ import torch
 from .embedding import EMBEDDINGS, FSEmbedding, MLPEmbedding, fs_shifted_scaled
 from .model import NonlinearACEModel, ace_model, from_linear, nonlinear_ace_model
 from .radials import LearnableRadials
-from .state import FORMAT, FORMAT_VERSION, read_document
+from ..state import read_document
+from .state import FORMAT, FORMAT_VERSION
 
 __all__ = ["NonlinearACEModel", "nonlinear_ace_model", "ace_model", "from_linear", "load", "FSEmbedding", "MLPEmbedding",
            "LearnableRadials", "fs_shifted_scaled", "EMBEDDINGS", "FORMAT", "FORMAT_VERSION"]
