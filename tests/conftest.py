@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,3 +46,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+SI_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acedata" / "Si_tiny.xyz"
+
+
+@pytest.fixture(scope="module")
+def si_fitted():
+    """Si_tiny fit (order 2, totaldegree 8, rcut 5.5, QR) when the shared data exist, else small random coefficients."""
+    import torchace
+    from torchace.fitting import solvers
+    from torchace.testing import randomize_coefficients
+
+    m = torchace.ace_model(["Si"], 2, 8, rcut=5.5)
+    if SI_TINY.exists():
+        torchace.fit(m, str(SI_TINY), solver=solvers.QR(lam=1e-3), compute_errors=False)
+    else:
+        randomize_coefficients(m, 0.005, seed=4)
+    return m

@@ -1,5 +1,4 @@
 """ASE calculator: agreement with evaluate, ASE conventions, neighbour-list reuse, committees, MD, relaxation."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from torchace.calculators.ase import TorchACECalculator
 from torchace.structures.neighbours import neighbour_list
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk
 
-SI_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acedata" / "Si_tiny.xyz"
 VOIGT_IDX = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])  # xx, yy, zz, yz, xz, xy
 
 
@@ -32,17 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def si_small():
     m = torchace.ace_model(["Si"], 2, 8, rcut=5.5)
     randomize_coefficients(m, 0.01, seed=3)
-    return m
-
-
-@pytest.fixture(scope="module")
-def si_fitted():
-    """Si_tiny fit (order 2, totaldegree 8, rcut 5.5, QR) when the shared data exist, else small random coefficients."""
-    m = torchace.ace_model(["Si"], 2, 8, rcut=5.5)
-    if SI_TINY.exists():
-        torchace.fit(m, str(SI_TINY), solver=solvers.QR(lam=1e-3), compute_errors=False)
-    else:
-        randomize_coefficients(m, 0.005, seed=4)
     return m
 
 

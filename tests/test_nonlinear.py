@@ -17,7 +17,8 @@ from torchace.model.nonlinear import FSEmbedding, NonlinearACEModel, from_linear
     nonlinear_ace_model
 from torchace.model.state import ModelFileError
 from torchace.structures.batch import collate
-from torchace.testing import random_cluster, random_rotation, randomize_coefficients, rattled_bulk, strained
+from torchace.testing import (fd_forces, fd_virial, random_cluster, random_rotation, randomize_coefficients,
+                              rattled_bulk)
 
 OUT = (K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL)
 
@@ -244,23 +245,10 @@ def test_forces_and_virial_match_finite_differences(zoo, cells, which):
     ana = run(model, [at], "analytic_forward")
     r = rel(ana, ref)
     assert max(r.values()) <= 1e-12, r
-    h = 1e-4
-    F = np.zeros((len(at), 3))
-    for a in range(len(at)):
-        for d in range(3):
-            ap, am = at.copy(), at.copy()
-            ap.positions[a, d] += h
-            am.positions[a, d] -= h
-            F[a, d] = -(energy(model, [ap]) - energy(model, [am])) / (2 * h)
+    F = fd_forces(model, at, h=1e-4)  # the test kit's central differences (torchace.evaluate of the model)
     f = ref[K.FORCES].detach().numpy()
     assert np.abs(f - F).max() <= 1e-6 * max(1.0, np.abs(f).max()), np.abs(f - F).max()
-    W = np.zeros((3, 3))
-    for a in range(3):
-        for c in range(a, 3):
-            eps = np.zeros((3, 3))
-            eps[a, c] = eps[c, a] = 0.5 if a != c else 1.0
-            vals = [energy(model, [strained(at, s * eps)]) for s in (h, -h)]
-            W[a, c] = W[c, a] = -(vals[0] - vals[1]) / (2 * h)
+    W = fd_virial(model, at, h=1e-4)
     w = ref[K.VIRIAL][0].detach().numpy()
     assert np.abs(w - W).max() <= 1e-6 * max(1.0, np.abs(w).max()), np.abs(w - W).max()
 

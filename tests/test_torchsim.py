@@ -1,7 +1,6 @@
 """TorchSim model interface (torchace.calculators.torchsim): batched energies, forces and stresses equal to the
 ASE calculator's, batched NVE against ASE's velocity Verlet, NVT, FIRE relaxations (positions; positions and
 cell), torch_sim's own interface validator, bad input."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ from ase.build import bulk
 
 import torchace
 from torchace.calculators.ase import TorchACECalculator
-from torchace.fitting import solvers
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk
 
 ts = pytest.importorskip("torch_sim")
@@ -19,7 +17,6 @@ from torchace.calculators.torchsim import TorchACEModel  # noqa: E402  (needs to
 from torch_sim.units import MetalUnits  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SI_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acedata" / "Si_tiny.xyz"
 FS = float(MetalUnits.time) * 1e-3   # 1 fs in torch_sim's internal time unit (= ASE's: units.fs)
 KB = float(MetalUnits.temperature)   # eV/K
 
@@ -27,17 +24,6 @@ KB = float(MetalUnits.temperature)   # eV/K
 def _rel(a, b):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
-
-
-@pytest.fixture(scope="module")
-def si_fitted():
-    """Si_tiny fit (order 2, totaldegree 8, rcut 5.5, QR) when the shared data exist, else small random coefficients."""
-    m = torchace.ace_model(["Si"], 2, 8, rcut=5.5)
-    if SI_TINY.exists():
-        torchace.fit(m, str(SI_TINY), solver=solvers.QR(lam=1e-3), compute_errors=False)
-    else:
-        randomize_coefficients(m, 0.005, seed=4)
-    return m
 
 
 def _triclinic(symbols=("Si", "Si"), seed=1):

@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk
 
 import torchace
 from torchace.io import read_yace, write_yace
 from torchace.io.yace_write import complex_sph, real_to_complex_matrices
 from torchace.io.pair_table import evaluate_pair_table
 from torchace.model.ace import ace_model
+from torchace.testing import rattled_sige_cells
 
 
 def _pyace():
@@ -28,20 +28,6 @@ def _pyace():
 TOL = 1e-8
 # r0 per ordered pair, deliberately not symmetric: U_ab must combine the (a, b) and (b, a) pair blocks
 R0 = [[2.4, 2.3], [2.35, 2.5]]
-
-
-def _cells():
-    rng = np.random.default_rng(7)
-    cubic = bulk("Si", "diamond", a=5.5, cubic=True)                      # 8 atoms
-    tric = bulk("Si", "diamond", a=5.5) * (2, 2, 1)                       # 8 atoms, fcc primitive vectors
-    tric.set_cell(tric.cell.array @ np.array([[1.0, 0.05, 0.0], [0.0, 1.0, 0.04], [0.03, 0.0, 0.97]]),
-                  scale_atoms=True)
-    out = []
-    for at in (cubic, tric):
-        at.numbers[rng.permutation(len(at))[: len(at) // 2]] = 32
-        at.positions += rng.normal(scale=0.15, size=at.positions.shape)
-        out.append(at)
-    return out
 
 
 def _voigt(s):
@@ -93,13 +79,13 @@ def test_manybody_matches_pyace(sige_model, tmp_path):
     info = write_yace(sige_model, str(tmp_path / "sige.yace"))
     assert info["pair_table"] is None               # no pair coefficients, no baseline: no table
     assert info["lammps"][0] == "pair_style pace"
-    _compare(sige_model, info, _cells(), with_table=False)
+    _compare(sige_model, info, rattled_sige_cells(), with_table=False)
 
 
 def test_round_trip_through_read_yace(sige_model, tmp_path):
     info = write_yace(sige_model, str(tmp_path / "rt.yace"))
     back = read_yace(info["yace"])
-    structures = _cells()
+    structures = rattled_sige_cells()
     a = torchace.evaluate(sige_model, structures)
     b = torchace.evaluate(back, structures)
     # no spline tabulation on this path: only the ChebPow fit of the radials (radial_tol = 1e-11) remains
@@ -115,7 +101,7 @@ def test_order4_single_element_matches_pyace(tmp_path):
     c[model.n_manybody:] = 0.0
     model.coefficients = c
     info = write_yace(model, str(tmp_path / "si4.yace"))
-    cells = _cells()
+    cells = rattled_sige_cells()
     for at in cells:
         at.numbers[:] = 14
     _compare(model, info, cells, with_table=False)
@@ -129,7 +115,7 @@ def test_pair_table_and_total(tmp_path):
     info = write_yace(model, str(tmp_path / "full.yace"))
     assert info["pair_table"] is not None
     assert info["lammps"][0].startswith("pair_style hybrid/overlay pace table")
-    structures = _cells()
+    structures = rattled_sige_cells()
     _compare(model, info, structures)                          # pyace + table = torchace
 
     # the table alone against torchace's pair energy (many-body coefficients and E0 zeroed)
@@ -145,7 +131,7 @@ def test_zbl_baseline_goes_into_the_table(tmp_path):
     model = ace_model(["Si", "Ge"], order=2, totaldegree=5, zbl=True)
     model.coefficients = 0.1 * torch.randn(model.basis_size, dtype=torch.float64)
     info = write_yace(model, str(tmp_path / "zbl.yace"))
-    cells = _cells()
+    cells = rattled_sige_cells()
     for at in cells:                     # bring a pair inside the ZBL range (r < r0)
         at.positions[1] = at.positions[0] + np.array([1.2, 0.9, 0.8])
     _compare(model, info, cells)
@@ -185,7 +171,7 @@ def test_export_entry_point_metadata_and_float32(sige_model, tmp_path):
         head = [next(fh) for _ in range(2)]
     assert head[1].startswith("# metadata: ") and '"fit": "test"' in head[1]
     back = read_yace(path)
-    structures = _cells()[:1]
+    structures = rattled_sige_cells()[:1]
     a = torchace.evaluate(sige_model, structures)
     b = torchace.evaluate(back, structures)
     # float32 coefficients: agreement to float32 rounding of c, not better
@@ -213,4 +199,4 @@ def test_purified_model_exports(tmp_path, purify):
     model = ace_model(["Si", "Ge"], 3, 6, **{purify: True})
     randomize_coefficients(model, 0.3, seed=1)
     info = torchace.io.write_yace(model, str(tmp_path / f"{purify}.yace"))
-    _compare(model, info, _cells())
+    _compare(model, info, rattled_sige_cells())

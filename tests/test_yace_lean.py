@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from ase.build import bulk
 
 import torchace
 from torchace.io import write_yace
 from torchace.io.pair_table import pair_energy_functions, read_pair_table, repulsive_core
 from torchace.io.yace_read import YaceLoader, parse_yace
+from torchace.testing import rattled_sige_cells
 from torchace.io.yace_write import ctilde_functions, channel_usage
 from torchace.model.ace import ace_model
 
@@ -28,20 +28,6 @@ R0 = [[2.4, 2.3], [2.35, 2.5]]   # not symmetric: U_ab combines the (a, b) and (
 
 def _pyace():
     return pytest.importorskip("pyace")
-
-
-def _cells(seed=7):
-    rng = np.random.default_rng(seed)
-    cubic = bulk("Si", "diamond", a=5.5, cubic=True)
-    tric = bulk("Si", "diamond", a=5.5) * (2, 2, 1)
-    tric.set_cell(tric.cell.array @ np.array([[1.0, 0.05, 0.0], [0.0, 1.0, 0.04], [0.03, 0.0, 0.97]]),
-                  scale_atoms=True)
-    out = []
-    for at in (cubic, tric):
-        at.numbers[rng.permutation(len(at))[: len(at) // 2]] = 32
-        at.positions += rng.normal(scale=0.15, size=at.positions.shape)
-        out.append(at)
-    return out
 
 
 def _rel(a, b):
@@ -104,8 +90,8 @@ def test_lean_and_full_grid_match_pyace(full_model, tmp_path):
     assert lean["splines_per_neighbour"] < full["splines_per_neighbour"]
     assert lean["channels_used"] == full["channels_used"]
     assert lean["radial_error"] <= 1e-11 and full["radial_error"] <= 1e-11
-    _check_against_torchace(full_model, lean, _cells())
-    _check_against_torchace(full_model, full, _cells())
+    _check_against_torchace(full_model, lean, rattled_sige_cells())
+    _check_against_torchace(full_model, full, rattled_sige_cells())
 
 
 def test_lean_writes_exactly_the_used_channels(full_model, tmp_path):
@@ -145,7 +131,7 @@ def test_lean_round_trip_through_read_yace(full_model, tmp_path):
     pair_only.coefficients = c
     with torch.no_grad():
         pair_only.E0.copy_(full_model.E0)
-    structures = _cells()
+    structures = rattled_sige_cells()
     a = torchace.evaluate(pair_only, structures)
     b = torchace.evaluate(torchace.io.read_yace(info["yace"]), structures)
     for k in ("energy", "forces", "stress"):
@@ -319,10 +305,10 @@ def test_close_pair_is_evaluated(full_model, tmp_path):
     from torchace.io.pair_table import evaluate_pair_table
 
     info = write_yace(full_model, str(tmp_path / "m.yace"))
-    at = _cells()[0]
+    at = rattled_sige_cells()[0]
     at.positions[1] = at.positions[0] + np.array([0.3, 0.2, 0.26])
     p = evaluate_pair_table(info["pair_table"], at, full_model.elements)
-    p0 = evaluate_pair_table(info["pair_table"], _cells()[0], full_model.elements)
+    p0 = evaluate_pair_table(info["pair_table"], rattled_sige_cells()[0], full_model.elements)
     assert np.isfinite(p["energy"]) and p["energy"] > p0["energy"] + 100.0
     info_old = write_yace(full_model, str(tmp_path / "old.yace"), pair_rcore=None)
     assert info_old["pair"]["r_inner"] == info_old["pair"]["rmin"]
@@ -392,7 +378,7 @@ def test_per_atom_energies(tmp_path):
             pair[1, 0] = pair[0, 1]
         model.coefficients = c
         info = write_yace(model, str(tmp_path / f"m{symmetric}.yace"))
-        at = _cells()[0]
+        at = rattled_sige_cells()[0]
         (_, _, _, ea), = _pyace_plus_table(info, model, [at])
         tab = read_pair_table(info["pair_table"])
         i, j, d = neighbor_list("ijd", at, model.rcut)

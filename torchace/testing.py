@@ -43,6 +43,22 @@ def rattled_bulk(symbols: Sequence[str], a: float = 5.43, reps=(1, 1, 1), rattle
     return at
 
 
+def rattled_sige_cells(seed: int = 7) -> List[Atoms]:
+    """A cubic and a triclinic 8-atom SiGe diamond cell (half the sites Ge, rattled 0.15 Å): the structures the
+    .yace export checks use."""
+    rng = np.random.default_rng(seed)
+    cubic = bulk("Si", "diamond", a=5.5, cubic=True)
+    tric = bulk("Si", "diamond", a=5.5) * (2, 2, 1)  # fcc primitive vectors
+    tric.set_cell(tric.cell.array @ np.array([[1.0, 0.05, 0.0], [0.0, 1.0, 0.04], [0.03, 0.0, 0.97]]),
+                  scale_atoms=True)
+    out = []
+    for at in (cubic, tric):
+        at.numbers[rng.permutation(len(at))[: len(at) // 2]] = 32
+        at.positions += rng.normal(scale=0.15, size=at.positions.shape)
+        out.append(at)
+    return out
+
+
 def random_cluster(symbols: Sequence[str], n: int, radius: float, seed: int = 0, min_dist: float = 1.5) -> Atoms:
     """Non-periodic cluster of ``n`` atoms in a ball, no pair closer than ``min_dist``."""
     rng = np.random.default_rng(seed)
