@@ -27,7 +27,7 @@ from torchace.atomic import atomic_write
 from torchace.fitting.data import read_data
 from torchace.fitting.weights import resolve_weights
 from torchace.fitting.distributed import assemble_distributed
-from torchace.fitting.driver import _set_E0
+from torchace.fitting.driver import set_E0
 
 
 def _solver(name: str, lam: float):
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         E0 = None
         if args.E0:
             E0 = {kv.split(":")[0]: float(kv.split(":")[1]) for kv in args.E0}
-        _set_E0(model, ds, E0)
+        set_E0(model, ds, E0)
         model.to(device)
         weights = resolve_weights(json.loads(args.weights) if args.weights else None)
         t0 = time.perf_counter()

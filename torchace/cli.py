@@ -1,6 +1,6 @@
 """Command line: ``torchace evaluate --model M`` (energies, forces, stresses, errors against the files' labels;
 design-matrix rows with ``--rows``),
-``torchace fit CONFIG.yaml``, ``torchace export MODEL.json OUT --format torchscript|metatomic|yace`` and
+``torchace fit CONFIG.yaml``, ``torchace train CONFIG.yaml`` (gradient training of a nonlinear model), ``torchace export MODEL.json OUT --format torchscript|metatomic|yace`` and
 ``torchace lammps MODEL.json DATA --elements ...`` (a Python driver script for LAMMPS + fix external).
 
 Thin wrapper: all logic lives in the library.  Outputs are written atomically (temp file + rename), and
@@ -55,6 +55,8 @@ def cmd_evaluate(args) -> int:
         model = torchace.load(args.model, dtype=dtype, device=args.device)
     except ModelFileError as exc:
         raise SystemExit(f"torchace evaluate: {exc}") from None
+    if args.rows and getattr(model, "nonlinear", False):  # before the evaluation, not after it
+        raise SystemExit("torchace evaluate: --rows: a nonlinear model has no design-matrix rows")
     structs = _read(paths)
     b_eval = select(model, None, args.backend, EVALUATE).name
     print(f"torchace {torchace.__version__}: {model.extra_repr()}")
@@ -76,7 +78,8 @@ def cmd_evaluate(args) -> int:
                             stress=None if np.isnan(p) else out[K.STRESS][k].cpu().tolist()))
     n = sum(n_atoms)
     print(f"evaluate: {t_eval * 1e3:.1f} ms ({t_eval / max(n, 1) * 1e6:.0f} µs/atom)")
-    report = dict(model=args.model, config=model.config_dict(), basis_size=model.basis_size,
+    # a nonlinear model has no one coefficient vector (basis_size None; docs/nonlinear.md)
+    report = dict(model=args.model, config=model.config_dict(), basis_size=getattr(model, "basis_size", None),
                   backends=dict(evaluate=b_eval), structures=paths, results=records, timing_s=dict(evaluate=t_eval))
     # errors against the files' own labels (energy / forces / virial as the data keys find them)
     try:
@@ -157,6 +160,44 @@ def cmd_fit(args) -> int:
     if cfg.output.errors:
         write_json_atomic(cfg.output.errors, report)
         print(f"wrote {cfg.output.errors}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    import torchace
+    from .atomic import check_outputs, write_json_atomic
+    from .fitting.data import DataKeys, read_data
+    from .fitting.metrics import errors as error_table, format_table, predictions
+    from .fitting.train_config import TrainConfig
+
+    cfg = TrainConfig.load(args.config)
+    as_list = lambda x: [] if not x else ([x] if isinstance(x, str) else list(x))  # noqa: E731
+    val = [] if isinstance(cfg.validation, float) else as_list(cfg.validation)
+    check_outputs([args.config] + as_list(cfg.fit.data.train) + as_list(cfg.fit.data.test) + val
+                  + as_list(cfg.model_from),
+                  {"output.model": cfg.fit.output.model, "output.errors": cfg.fit.output.errors,
+                   "output.history": cfg.history, "output.checkpoint": cfg.checkpoint}, "torchace train")
+    model = cfg.build_model()
+    print(f"torchace {torchace.__version__} train: {model.extra_repr()}", flush=True)
+    res = torchace.train(model, cfg.fit.data.train, progress=not args.quiet, **cfg.train_kwargs())
+    print(f"{res.stopped}; chosen epoch {res.chosen_epoch}; timings "
+          f"{', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
+    print(res.table())
+    report = {"train": res.errors, "validation": res.validation_errors,
+              "training": {k: v for k, v in res.to_dict().items() if k not in ("errors", "validation_errors", "history")}}
+    if cfg.fit.data.test:
+        keys = DataKeys(**cfg.fit.data.keys)
+        test = read_data(cfg.fit.data.test, keys=keys, elements=model.elements, skip_bad=cfg.fit.data.skip_bad)
+        report["test"] = error_table(model, test, preds=predictions(model, test))
+        print(format_table(report["test"], "test errors"))
+    model.save(cfg.fit.output.model)
+    print(f"wrote {cfg.fit.output.model}")
+    if cfg.fit.output.errors:
+        write_json_atomic(cfg.fit.output.errors, report)
+        print(f"wrote {cfg.fit.output.errors}")
+    if cfg.history:
+        write_json_atomic(cfg.history, res.history)
+        print(f"wrote {cfg.history}")
     return 0
 
 
@@ -244,6 +285,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         epilog=FitConfig.keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ft.add_argument("config", nargs="?", help="fit configuration (keys below; docs/fitting.md)")
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from .fitting.train_config import KEYS_HELP
+
+    tr = sub.add_parser("train", help="train a nonlinear ACE model from a YAML/JSON config (docs/training.md)",
+                        epilog=KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("config", help="train configuration (fit config keys plus 'training'; docs/training.md)")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress lines")
     ex = sub.add_parser("export", help="export a saved model (.json) for other programs (docs/export.md)")
     ex.add_argument("model", help="model file written by model.save / torchace fit (.json)")
     ex.add_argument("output", help="output file (written atomically)")
@@ -266,7 +313,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     lm.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin (Å)")
     lm.add_argument("--threads", type=int, default=1, help="torch threads (default; OMP_NUM_THREADS overrides)")
     args = ap.parse_args(argv)
-    commands = {"export": cmd_export, "fit": cmd_fit, "evaluate": cmd_evaluate, "lammps": cmd_lammps}
+    commands = {"export": cmd_export, "fit": cmd_fit, "train": cmd_train, "evaluate": cmd_evaluate, "lammps": cmd_lammps}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, OSError, KeyError, RuntimeError) as exc:

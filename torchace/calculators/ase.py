@@ -4,7 +4,8 @@
 periodic along all three axes, the stress (ASE convention: Voigt xx, yy, zz, yz, xz, xy, eV/Å³, σ = −W/V).
 Evaluation goes through a named backend (``torchace.backends``; ``backend="auto"``: the fused C++ kernel on
 CPU where it builds, the Triton kernels on CUDA, the analytic torch path elsewhere; ``calc.backend`` says
-which).  With a committee (``model.committee``, a Bayesian fit) the energy is the mean model's, and
+which).  With a committee (``model.committee``: a Bayesian fit, or ``fit_committee`` of a nonlinear model,
+whose members vary the parameters its energy is linear in) the energy is the mean model's, and
 ``energy_std`` (eV) comes with every call at almost no cost (the members' energies are dot products on the same basis); ``forces_std``
 ([N, 3], eV/Å) and ``stress_std`` (Voigt, eV/Å³) need design rows (a few evaluations' worth) and are
 computed when asked for (``calc.get_property("forces_std", atoms)``) or with ``uncertainty=True``.
@@ -34,6 +35,7 @@ from ..fitting.committee import committee_energies, member_predictions, spread
 from ..fitting.rows import batch_rows
 from ..model.backends import AUTO, EVALUATE, select
 from ..model.backends.fused import CLOSEST_PAIR, COMMITTEE_ENERGY
+from ..fitting.nonlinear_committee import committee_linear_model
 from ..structures.batch import DEFAULT_MIN_DISTANCE, too_close, validate
 from ..structures.cell_list import cell_list_neighbours
 from ..structures.geometry import edge_vectors
@@ -126,6 +128,12 @@ class TorchACECalculator(Calculator):
         self.atomic_numbers = [int(z) for z in numbers]
         self._z_to_species = {z: s for s, z in enumerate(self.atomic_numbers)}
         self._committee = None if comm is None else comm.detach().to(self.device, self.dtype)
+        # the linear model whose design rows and coefficients the committee refers to: the model itself, or for
+        # a nonlinear model the linear model of the parameters its energy is linear in (a snapshot, with the
+        # learned radials; torchace.fitting.nonlinear_committee)
+        self._rows_model = self.model
+        if self._committee is not None and getattr(self.model, "nonlinear", False):
+            self._rows_model = committee_linear_model(self.model)
         if uncertainty and self._committee is None:
             raise ValueError("uncertainty=True needs a model with a committee (fit with solvers.BLR(committee_size=n) "
                              "or ARD); TorchScript exports carry none")
@@ -276,7 +284,8 @@ class TorchACECalculator(Calculator):
                 if COMMITTEE_ENERGY in out:
                     members = out[COMMITTEE_ENERGY].detach()[:, 0]
                 else:
-                    members = committee_energies(self.model, self._committee, out[K.ENERGY].detach(), args)[:, 0]
+                    members = committee_energies(self._rows_model, self._committee, out[K.ENERGY].detach(),
+                                                 args)[:, 0]
                 res["energy_std"] = float(spread(members))
             if self.uncertainty is True or any(p in FORCE_STD_PROPERTIES for p in properties):
                 res.update(self._force_spread(args, periodic, vol))
@@ -289,7 +298,7 @@ class TorchACECalculator(Calculator):
                     K.UNIT_SHIFTS: unit_shifts, K.CELL: cell,
                     K.N_ATOMS: torch.tensor([positions.shape[0]], device=positions.device)}
         backend = self.backend if self.backend in ("fused", "analytic", "reference") else AUTO
-        rows = batch_rows(self.model, nl_batch, backend=backend)
+        rows = batch_rows(self._rows_model, nl_batch, backend=backend)
         p = member_predictions(self._committee, rows, torch.zeros(1, dtype=positions.dtype, device=positions.device))
         out = {"forces_std": spread(p[K.FORCES]).to("cpu", torch.float64).numpy()}
         if periodic:

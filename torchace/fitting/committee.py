@@ -12,26 +12,35 @@ samples of the posterior N(mean, Σ) (ACEfit.jl's committee).  The model is line
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
 from .. import keys as K
+from ..model.backends import AUTO
 from ..model.evaluate import evaluate_batch
 from ..structures.batch import collate
 from ..structures.geometry import edge_vectors
 from .rows import batch_rows
 
 
-def member_predictions(committee: torch.Tensor, rows: Dict[str, torch.Tensor],
-                       energy_offset: torch.Tensor) -> Dict[str, torch.Tensor]:
+def member_predictions(committee: torch.Tensor, rows: Dict[str, torch.Tensor], energy_offset: torch.Tensor,
+                       force_offset: Optional[torch.Tensor] = None,
+                       virial_offset: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """Per-member energy [n, S] (+ ``energy_offset`` [S]: Σ E0 and the baseline), forces [n, ΣN, 3] and Voigt
-    virial [n, S, 6] from design rows (``torchace.design_matrix_rows`` layout) and a committee [n, K]."""
+    virial [n, S, 6] from design rows (``torchace.design_matrix_rows`` layout) and a committee [n, K].
+    ``force_offset`` [ΣN, 3] / ``virial_offset`` [S, 6]: the parts of the mean model's forces / virials that
+    are not rows × coefficients (a nonlinear model's remainder; None: nothing is added)."""
     C = committee.to(rows[K.ENERGY])
     n = C.shape[0]
-    return {K.ENERGY: C @ rows[K.ENERGY].T + energy_offset.to(C),
-            K.FORCES: (C @ rows[K.FORCES].T).view(n, -1, 3),
-            K.VIRIAL: torch.einsum("nk,svk->nsv", C, rows[K.VIRIAL])}
+    out = {K.ENERGY: C @ rows[K.ENERGY].T + energy_offset.to(C),
+           K.FORCES: (C @ rows[K.FORCES].T).view(n, -1, 3),
+           K.VIRIAL: torch.einsum("nk,svk->nsv", C, rows[K.VIRIAL])}
+    if force_offset is not None:
+        out[K.FORCES] = out[K.FORCES] + force_offset.to(C).view(1, -1, 3)
+    if virial_offset is not None:
+        out[K.VIRIAL] = out[K.VIRIAL] + virial_offset.to(C).view(1, -1, 6)
+    return out
 
 
 def spread(members: torch.Tensor) -> torch.Tensor:
@@ -69,18 +78,32 @@ def committee_energies(model, committee: torch.Tensor, mean_energy: torch.Tensor
     return mean_energy.to(e) + dc @ e.T
 
 
-def committee_predictions(model, structures) -> Dict[str, torch.Tensor]:
+def committee_predictions(model, structures, *, rows_model=None, backend: str = AUTO) -> Dict[str, torch.Tensor]:
     """Per-member energy [n, S], forces [n, ΣN, 3] and Voigt virial [n, S, 6] of ``structures`` (E0 and the
-    baseline included in energies)."""
+    baseline included in energies).
+
+    ``rows_model``: the linear model whose design rows and ``coefficients`` c̄ the committee refers to, when it
+    is not ``model`` itself (a nonlinear model's ``committee_linear_model``,
+    ``torchace.fitting.nonlinear_committee``); the members are then ``model``'s outputs + rows·(c_k − c̄) for
+    energies, forces and virials.  ``backend``: of the rows."""
     comm = getattr(model, "committee", None)
     if comm is None:
         raise ValueError("the model has no committee: fit it with solvers.BLR(committee_size=n) or ARD(...)")
-    p = model.coefficients
+    if rows_model is None and getattr(model, "nonlinear", False):
+        raise ValueError("a nonlinear model's committee predictions: torchace.fitting.nonlinear_committee."
+                         "committee_predictions / uncertainty")
+    rm = model if rows_model is None else rows_model
+    p = rm.coefficients.detach()
     batch = collate(structures, model.config.numbers, model.rcut, dtype=p.dtype, device=p.device)
-    rows = batch_rows(model, batch)
-    mean = evaluate_batch(model, batch, forces=False, virials=False)[K.ENERGY]
-    offset = mean - rows[K.ENERGY] @ p.detach().to(rows[K.ENERGY])
-    return member_predictions(comm, rows, offset)
+    rows = batch_rows(rm, batch, backend=backend)
+    full = rows_model is not None
+    mean = evaluate_batch(model, batch, forces=full, virials=full)
+    c = p.to(rows[K.ENERGY])
+    offset = mean[K.ENERGY] - rows[K.ENERGY] @ c
+    if not full:
+        return member_predictions(comm, rows, offset)
+    return member_predictions(comm, rows, offset, mean[K.FORCES].reshape(-1) - rows[K.FORCES] @ c,
+                              K.to_voigt(mean[K.VIRIAL]) - rows[K.VIRIAL] @ c)
 
 
 def uncertainty(model, structures) -> Dict[str, torch.Tensor]:

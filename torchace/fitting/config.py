@@ -82,9 +82,11 @@ class FitConfig:
     repulsion_restraint: Any = False
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], base_dir: str = ".", source: Optional[str] = None) -> "FitConfig":
+    def from_dict(cls, d: Dict[str, Any], base_dir: str = ".", source: Optional[str] = None,
+                  model_format: str = "torchace-model") -> "FitConfig":
         """The config of the mapping ``d``; relative paths against ``base_dir``; ``source``: the config file (an
-        input too: no output may be it)."""
+        input too: no output may be it); ``model_format``: the model file format output.model will be written in
+        (an existing file there must be one)."""
         if not isinstance(d, dict):
             raise ValueError("the fit config must be a mapping with sections model, data, ...")
         _check_keys("config", d, {f.name for f in dataclasses.fields(cls)})
@@ -105,8 +107,8 @@ class FitConfig:
             check_str("fit config", f"data.keys.{k}", v)
         check_bool("fit config", "data.skip_bad", data.skip_bad)
         data.min_distance = check_float("fit config", "data.min_distance", data.min_distance, nonnegative=True)
-        data.train = _resolve(data.train, base_dir)
-        data.test = _resolve(data.test, base_dir) if data.test else None
+        data.train = resolve_path(data.train, base_dir)
+        data.test = resolve_path(data.test, base_dir) if data.test else None
         weights = d.get("weights")
         if weights is not None:
             _check_weights(weights)
@@ -149,7 +151,7 @@ class FitConfig:
                 if v and same_file(v, q):
                     raise OutputPathError(f"fit config: output.{k} {v!r} is the input {q!r}; choose another path")
         try:  # model.save would refuse it after the fit: say so now
-            check_replaceable(out.model, "torchace-model", "torchace model file", overwrite_hint=False)
+            check_replaceable(out.model, model_format, "torchace model file", overwrite_hint=False)
         except OutputPathError as exc:
             raise OutputPathError(f"fit config: output.model: {exc}") from None
         from .repulsion import check_option
@@ -317,9 +319,9 @@ def _section(name: str, d: Any, cls):
     return cls(**d)
 
 
-def _resolve(p, base_dir: str):
+def resolve_path(p, base_dir: str):
     if isinstance(p, (list, tuple)):
-        return [_resolve(x, base_dir) for x in p]
+        return [resolve_path(x, base_dir) for x in p]
     if p.startswith(BUNDLED):
         return example_data(p[len(BUNDLED):])
     return p if os.path.isabs(p) else os.path.join(base_dir, p)

@@ -58,7 +58,7 @@ class FitResult:
         return clean(self.__dict__)
 
 
-def _set_E0(model, ds: Dataset, E0) -> Dict[str, float]:
+def set_E0(model, ds: Dataset, E0) -> Dict[str, float]:
     syms = model.elements
     if E0 is None or E0 == "isolated":
         found = isolated_atom_energies(ds)
@@ -87,7 +87,7 @@ def _set_E0(model, ds: Dataset, E0) -> Dict[str, float]:
     return values
 
 
-def _check_weights_match(weights, ds: Dataset) -> None:
+def check_weights_match(weights, ds: Dataset) -> None:
     """Weights for a config_type the data do not contain are a typo, not a no-op: refuse them."""
     from .repulsion import RESTRAINT, SYNTHETIC_DIMER
 
@@ -214,7 +214,7 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_distance, device)
     resolved = resolve_weights(weights)  # types and values checked before the data are read
     ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
-    _check_weights_match(weights, ds)
+    check_weights_match(weights, ds)
     weights = resolved
     fit_e0 = isinstance(E0, str) and E0 == "fit"
     if fit_e0:
@@ -222,7 +222,7 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
         with torch.no_grad():
             model.E0.zero_()
     else:
-        e0 = _set_E0(model, ds, E0)
+        e0 = set_E0(model, ds, E0)
     from .repulsion import augment, augmentation_report
 
     train, weights, extra = augment(model, ds, weights, synthetic_dimers=synthetic_dimers,

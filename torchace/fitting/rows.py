@@ -38,6 +38,9 @@ def design_matrix_rows(model, structures, *, min_distance: float = DEFAULT_MIN_D
     ZBL baseline, if the model has one, is added on top and has no columns either).  ``backend``: "auto"
     (the fastest that supports the model and device: ``torchace.backends.select``) or a backend name.
     """
+    if getattr(model, "nonlinear", False):
+        raise ValueError("a nonlinear model has no design-matrix rows (its energy is not linear in its parameters); "
+                         "rows exist for the linear ACEModel, e.g. model.linear_model()")
     dev, dtype = model_device_dtype(model)
     batch = collate(structures, model.config.numbers, model.rcut, dtype=dtype, device=device or dev,
                     min_distance=min_distance)

@@ -1,4 +1,5 @@
-"""Export a linear ACE model as a metatomic ``AtomisticModel`` (LAMMPS ``pair_style metatomic``, i-PI, ASE).
+"""Export a linear or nonlinear ACE model as a metatomic ``AtomisticModel`` (LAMMPS ``pair_style metatomic``,
+i-PI, ASE).
 
 metatomic (metatensor's atomistic-model interface) hands the model a list of ``System`` objects: atomic
 types (= atomic numbers), positions, cell, pbc and the neighbour lists the model asked for.  We ask for
@@ -8,6 +9,9 @@ its values the pair vectors r_ij = x_j − x_i + S·cell, the same convention as
 
     E_i = E0(z_i) + c_{z_i}·B_i + Σ_j c_{z_i z_j}·V(r_ij) [+ ½ Σ_j V_ZBL(r_ij)]        (ACEpotentials.jl §II)
 
+and for a ``NonlinearACEModel`` its ``node_energies`` (E0 + F(ρ_1 … ρ_P) + pair [+ ZBL], docs/nonlinear.md),
+evaluated by the scriptable copy ``torchace.io.nonlinear_script.ScriptableNonlinear``.
+
 The engine differentiates the energy itself.  The pair vectors carry autograd links to the positions
 and the cell (metatomic's ``register_autograd_neighbors``, done by the engines' neighbour lists), so
 forces F = −∂E/∂x and the virial from the engine's strain derivative come out of the energy without any
@@ -15,7 +19,7 @@ force code here; the model never reads positions or cell directly, which also ma
 atoms (pairs without cell shifts) work.
 
 Outputs: ``energy`` (per system or per atom; ``selected_atoms`` restricts which site energies count,
-as LAMMPS asks for its local atoms only) and, for a model with a committee (Bayesian fit,
+as LAMMPS asks for its local atoms only) and, for a linear model with a committee (Bayesian fit,
 ``model.committee`` [n, K]), ``energy_ensemble`` (one property per member: the energy with that member's
 coefficients) and ``energy_uncertainty`` (the members' sample standard deviation).  The committee path
 builds the per-site features [B_i | Σ_j V(r_ij) per neighbour element] once and contracts them with all
@@ -46,25 +50,25 @@ except ImportError as exc:  # optional dependency; torchace.export imports this 
 
 
 class MetatomicACE(torch.nn.Module):
-    """metatomic ``ModelInterface`` around an ``ACEModel`` (see the module docstring)."""
+    """metatomic ``ModelInterface`` around an evaluator with ``node_energies(vectors, species, edge_index)``: an
+    ``ACEModel``, or a nonlinear model's ``ScriptableNonlinear`` (see the module docstring).  ``committee``
+    (linear models only): the members' coefficients [n, basis_size], or None (no ensemble outputs; the
+    committee code is then not compiled)."""
 
-    def __init__(self, model, committee: Optional[torch.Tensor]):
+    def __init__(self, model, numbers: List[int], committee: Optional[torch.Tensor]):
         super().__init__()
         self.ace = model
         self.nz = int(model.nz)
         self.n_b = int(model.n_b)
         self.n_pair = int(model.n_pair)
-        self.n_manybody = int(model.n_manybody)
+        self.n_manybody = self.nz * self.n_b
         self.nl = NeighborListOptions(cutoff=float(model.rcut), full_list=True, strict=True)
-        numbers = [int(z) for z in model.config.numbers]
+        numbers = [int(z) for z in numbers]
         # atomic number -> element index (-1: not in the model; metatomic rejects such types first)
         lookup = torch.full((max(numbers) + 1,), -1, dtype=torch.long)
         lookup[torch.tensor(numbers)] = torch.arange(len(numbers))
         self.register_buffer("species_of_type", lookup)
-        dtype = model.coefficients.dtype
-        self.has_committee = committee is not None
-        self.register_buffer("committee", (committee if committee is not None
-                                           else torch.zeros(0, model.basis_size)).to(dtype))
+        self.register_buffer("committee", None if committee is None else committee.detach().clone())
 
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [self.nl]
@@ -83,11 +87,13 @@ class MetatomicACE(torch.nn.Module):
                                  edge_index: torch.Tensor) -> torch.Tensor:
         """E_i for every committee member, [N, n_members]."""
         B, P = self._site_features(vectors, species, edge_index)
-        m = self.committee.shape[0]
-        c_mb = self.committee[:, : self.n_manybody].reshape(m, self.nz, self.n_b)[:, species]  # [m, N, n_b]
+        committee = self.committee
+        assert committee is not None
+        m = committee.shape[0]
+        c_mb = committee[:, : self.n_manybody].reshape(m, self.nz, self.n_b)[:, species]  # [m, N, n_b]
         e = torch.einsum("nb,mnb->nm", B, c_mb)
         if self.n_pair > 0:
-            c_p = self.committee[:, self.n_manybody:].reshape(m, self.nz, self.nz, self.n_pair)[:, species]
+            c_p = committee[:, self.n_manybody:].reshape(m, self.nz, self.nz, self.n_pair)[:, species]
             e = e + torch.einsum("nsp,mnsp->nm", P, c_p)
         base = self.ace.E0[species] + self.ace.baseline_node_energies(vectors, species, edge_index)
         return e + base.unsqueeze(1)
@@ -133,28 +139,35 @@ class MetatomicACE(torch.nn.Module):
             e = self.ace.node_energies(vectors, species, edge_index).unsqueeze(1)
             results["energy"] = self._pack(e, outputs["energy"], keep, sys_of_atom, atom_in_sys,
                                            len(systems), "energy", dtype)
-        want_ens = "energy_ensemble" in outputs
-        want_unc = "energy_uncertainty" in outputs
-        if want_ens or want_unc:
-            if not self.has_committee:
+        if "energy_ensemble" in outputs or "energy_uncertainty" in outputs:
+            if self.committee is None:  # static in TorchScript: without a committee nothing below is compiled
                 raise ValueError("this torchace model has no committee: outputs 'energy_ensemble' and "
                                  "'energy_uncertainty' are not available")
-            e_m = self._committee_site_energies(vectors, species, edge_index)
-            if want_ens:
-                results["energy_ensemble"] = self._pack(e_m, outputs["energy_ensemble"], keep, sys_of_atom,
-                                                        atom_in_sys, len(systems), "energy", dtype)
-            if want_unc:
-                per_atom = outputs["energy_uncertainty"].sample_kind == "atom"
-                if per_atom:
-                    u = e_m.std(dim=1, keepdim=True)
-                else:
-                    tot = torch.zeros((len(systems), e_m.shape[1]), dtype=dtype, device=device)
-                    tot = tot.index_add(0, sys_of_atom[keep], e_m[keep])
-                    u = tot.std(dim=1, keepdim=True)
-                results["energy_uncertainty"] = self._pack(u, outputs["energy_uncertainty"], keep, sys_of_atom,
-                                                           atom_in_sys, len(systems), "energy", dtype,
-                                                           already_summed=not per_atom)
+            else:
+                self._committee_outputs(results, outputs, vectors, species, edge_index, keep, sys_of_atom,
+                                        atom_in_sys, len(systems), dtype)
         return results
+
+    def _committee_outputs(self, results: Dict[str, TensorMap], outputs: Dict[str, ModelOutput],
+                           vectors: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, keep: torch.Tensor,
+                           sys_of_atom: torch.Tensor, atom_in_sys: torch.Tensor, n_systems: int,
+                           dtype: torch.dtype) -> None:
+        """``energy_ensemble`` / ``energy_uncertainty`` into ``results``."""
+        e_m = self._committee_site_energies(vectors, species, edge_index)
+        if "energy_ensemble" in outputs:
+            results["energy_ensemble"] = self._pack(e_m, outputs["energy_ensemble"], keep, sys_of_atom,
+                                                    atom_in_sys, n_systems, "energy", dtype)
+        if "energy_uncertainty" in outputs:
+            per_atom = outputs["energy_uncertainty"].sample_kind == "atom"
+            if per_atom:
+                u = e_m.std(dim=1, keepdim=True)
+            else:
+                tot = torch.zeros((n_systems, e_m.shape[1]), dtype=dtype, device=e_m.device)
+                tot = tot.index_add(0, sys_of_atom[keep], e_m[keep])
+                u = tot.std(dim=1, keepdim=True)
+            results["energy_uncertainty"] = self._pack(u, outputs["energy_uncertainty"], keep, sys_of_atom,
+                                                       atom_in_sys, n_systems, "energy", dtype,
+                                                       already_summed=not per_atom)
 
     def _pack(self, values: torch.Tensor, output: ModelOutput, keep: torch.Tensor, sys_of_atom: torch.Tensor,
               atom_in_sys: torch.Tensor, n_systems: int, name: str, dtype: torch.dtype,
@@ -195,9 +208,18 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
         raise ValueError(f"metatomic export needs float32 or float64, got {dt}")
     comm = getattr(m, "committee", None)
     m.committee = None  # carried by the wrapper (as the dtype of the model), not by ACEModel
-    module = MetatomicACE(m, None if comm is None else comm.detach().to(dt)).eval()
+    nonlinear = bool(getattr(m, "nonlinear", False))
+    kind = "nonlinear" if nonlinear else "linear"
+    if nonlinear:  # a nonlinear model's committee is not exported (ScriptableNonlinear warns): energy only
+        from .nonlinear_script import ScriptableNonlinear
+
+        evaluator = ScriptableNonlinear(m, committee=comm).eval()
+        comm = None
+    else:
+        evaluator = m
+    module = MetatomicACE(evaluator, m.config.numbers, None if comm is None else comm.detach().to(dt)).eval()
     outputs = {"energy": ModelOutput(unit="eV", sample_kind="atom",
-                                     description="linear ACE energy (site energies per atom)")}
+                                     description=f"{kind} ACE energy (site energies per atom)")}
     if comm is not None:
         outputs[ENSEMBLE] = ModelOutput(unit="eV", sample_kind="atom",
                                         description=f"energies of the {int(comm.shape[0])} committee members")
@@ -212,6 +234,8 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
     extra = {"torchace_version": str(__version__), "torchace_config": json.dumps(meta["config"]),
              "torchace_E0": json.dumps(meta["E0"]), "basis_size": str(meta["basis_size"]),
              "committee_size": str(0 if comm is None else int(comm.shape[0]))}
+    if nonlinear:
+        extra["torchace_nonlinear"] = json.dumps(meta["nonlinear"])
     if metadata:
         try:
             extra["user"] = json.dumps(metadata, allow_nan=False)
@@ -219,8 +243,8 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
             raise ValueError(f"cannot export: metadata is not plain JSON: {exc}") from None
     cfg = m.config
     meta_obj = ModelMetadata(
-        name=name or f"torchace linear ACE ({'-'.join(cfg.elements)}, order {cfg.order})",
-        description=description or (f"linear Atomic Cluster Expansion (ACEpotentials.jl ace1_model basis), "
+        name=name or f"torchace {kind} ACE ({'-'.join(cfg.elements)}, order {cfg.order})",
+        description=description or (f"{kind} Atomic Cluster Expansion (ACEpotentials.jl ace1_model basis), "
                                     f"{m.extra_repr()}"),
         authors=list(authors or []),
         references={"architecture": ["Drautz, Phys. Rev. B 99, 014104 (2019)",

@@ -37,7 +37,14 @@ def save(model, path: str, metadata: Optional[Dict[str, Any]] = None, *, overwri
 
 
 def load(path: str, dtype: torch.dtype = torch.float64, device=None):
-    """Load a model saved by ``model.save(path)``; JSON only, nothing is executed."""
+    """Load a model saved by ``model.save(path)`` (JSON), or an ML-PACE ``.yace`` potential (``read_yace``: a
+    ``PACEModel``, linear or nonlinear, e.g. written by pacemaker); nothing is executed."""
+    import os
+
+    if os.fspath(path).endswith(".yace"):
+        from .yace_read import read_yace
+
+        return read_yace(path, dtype=dtype, device=device)
     d = read_document(path)
     model = _model_class(d).from_dict(d, path, dtype)
     return model.to(device) if device is not None else model

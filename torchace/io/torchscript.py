@@ -6,6 +6,8 @@ document, ``extra/torchace_metadata.json`` (``_extra_files``), with the elements
 symbols), rcut, units, dtype, the torchace/torch versions, the model config and the calling convention
 of ``forward``; ``read_metadata(path)`` reads it with ``zipfile`` alone, ``load_torchscript(path)``
 returns (module, metadata).  Writes are atomic (temporary file in the target directory + ``os.replace``).
+A ``NonlinearACEModel`` is exported through its scriptable copy (``torchace.io.nonlinear_script``; same
+``forward`` contract, metadata with a ``"nonlinear"`` entry; docs/export.md, "Nonlinear models").
 
 ``format="metatomic"``: a metatomic ``AtomisticModel`` (``torchace.export_metatomic``; needs the optional
 ``metatomic-torch`` package) for LAMMPS ``pair_style metatomic``, i-PI and ASE (``metatomic-ase``).
@@ -58,8 +60,10 @@ def export_metadata(model) -> Dict[str, Any]:
     from ..keys import VERSION as __version__
     from .model_file import UNITS
 
-    comm = getattr(model, "committee", None)
-    return {
+    nonlinear = bool(getattr(model, "nonlinear", False))
+    # what the export carries: a nonlinear model's committee is not exported (torchace.io.nonlinear_script)
+    comm = None if nonlinear else getattr(model, "committee", None)
+    meta = {
         "format": TS_FORMAT,
         "format_version": TS_FORMAT_VERSION,
         "torchace_version": __version__,
@@ -71,12 +75,18 @@ def export_metadata(model) -> Dict[str, Any]:
         "E0": {sym: float(e) for sym, e in zip(model.config.elements, model.E0.detach().cpu().tolist())},
         "units": dict(UNITS),
         "dtype": str(model.coefficients.dtype).replace("torch.", ""),
-        "basis_size": int(model.basis_size),
+        # a nonlinear model: the size of the linear basis its densities and pair part are expanded in
+        "basis_size": int(model.linear.basis_size if nonlinear else model.basis_size),
         "committee_size": 0 if comm is None else int(comm.shape[0]),
         "config": model.config_dict(),
         "model_metadata": getattr(model, "metadata", None) or {},
         "forward": FORWARD_SIGNATURE,
     }
+    if nonlinear:  # linear exports keep their metadata exactly as before
+        meta["nonlinear"] = {"densities": int(model.densities), "embedding": model.embedding_name,
+                             "learnable_radials": bool(model.learnable_radials),
+                             "n_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad))}
+    return meta
 
 
 def _atomic_write(path: str, write) -> None:
@@ -93,8 +103,14 @@ def quiet_jit():
 
 
 def script_model(model) -> torch.jit.ScriptModule:
-    """A TorchScript copy of ``model`` in eval mode (the model itself is not modified)."""
-    m = copy.deepcopy(model).eval()
+    """A TorchScript copy of ``model`` in eval mode (the model itself is not modified); a ``NonlinearACEModel``
+    through its scriptable form (``torchace.io.nonlinear_script``)."""
+    if getattr(model, "nonlinear", False):
+        from .nonlinear_script import ScriptableNonlinear
+
+        m = ScriptableNonlinear(model).eval()
+    else:
+        m = copy.deepcopy(model).eval()
     with quiet_jit():
         return torch.jit.script(m)
 

@@ -18,6 +18,10 @@ relative to each function's maximum, is checked on a fine grid.  The Agnesi tran
 ``fit_radial_coefficients(lean=True)`` takes the smallest K (any integer) of the candidate bases
 ``LEAN_BASES`` that meets ``tol`` on [``RADIAL_CHECK_RMIN``, rcut]; ``lean=False`` is the original choice
 (``ChebPow``, K a multiple of 10, checked on [0, rcut]).
+
+Learned radials (``NonlinearACEModel``, ``radial_weights`` = W·s [NZ, NZ, n_poly, max_l + 1, n_poly]): the
+fitted functions are R_nl = Σ_k (W·s)[μ_i, μ_j, n, l, k] P_k·env themselves, one per (n, l), and ``tol`` is
+checked on them (relative to each R_nl's maximum); crad is then [n_poly, max_l + 1, K].
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ _K_MIN = 8
 
 class RadialFit(NamedTuple):
     nradbase: int
-    crad: Dict[Tuple[int, int], np.ndarray]     # (μ_i, μ_j) -> [n_poly, nradbase]
+    crad: Dict[Tuple[int, int], np.ndarray]     # (μ_i, μ_j) -> [n_poly, nradbase] ([n_poly, n_l, nradbase])
     error: float
     radbasename: str
     lam: float
@@ -107,6 +111,19 @@ def torchace_radials(model, r: np.ndarray, a: int, b: int) -> Tuple[np.ndarray, 
     return R.detach().numpy(), np.stack(ders, -1)
 
 
+def radial_targets(model, r: np.ndarray, a: int, b: int, radial_weights: Optional[np.ndarray] = None
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """The functions the export fits for centre a, neighbour b and their r-derivatives: torchace's P_k·env
+    ([P, n_poly], ``torchace_radials``), or with ``radial_weights`` (W·s) the learned R_nl, column
+    n·(max_l + 1) + l ([P, n_poly·(max_l + 1)])."""
+    R, dR = torchace_radials(model, r, a, b)
+    if radial_weights is None:
+        return R, dR
+    Wab = np.asarray(radial_weights[a, b], dtype=np.float64)
+    Wab = Wab.reshape(Wab.shape[0] * Wab.shape[1], Wab.shape[2])     # [(n, l), k]
+    return R @ Wab.T, dR @ Wab.T
+
+
 def _errors(G, dG, M, R, dR):
     scale = np.abs(R).max(0)
     dscale = np.abs(dR).max(0)
@@ -115,7 +132,7 @@ def _errors(G, dG, M, R, dR):
     return max(float(e.max()), float(de.max()))
 
 
-def _fitter(model, name, lam, kmax, targets, r_check):
+def _fitter(model, name, lam, kmax, targets, r_check, radial_weights=None):
     """fit(K) -> (crad, error) for K ≤ ``kmax`` functions of one base (base values computed once for kmax:
     g_k does not depend on K)."""
     rc = model.rcut
@@ -124,22 +141,23 @@ def _fitter(model, name, lam, kmax, targets, r_check):
     G_chk, dG_chk = radial_base(name, lam, r_check, rc, kmax)
     # least squares for every K from one QR: the QR of the leading K columns is the leading block
     Q, Rq = np.linalg.qr(G_fit)
-    proj = {ab: Q.T @ torchace_radials(model, r_fit, *ab)[0] for ab in targets}     # [kmax, n_poly]
+    proj = {ab: Q.T @ radial_targets(model, r_fit, *ab, radial_weights)[0] for ab in targets}  # [kmax, n_f]
 
     def fit(K):
         crad, err = {}, 0.0
         for ab, (R_chk, dR_chk) in targets.items():
-            M = np.linalg.solve(Rq[:K, :K], proj[ab][:K])                         # [K, n_poly]
+            M = np.linalg.solve(Rq[:K, :K], proj[ab][:K])                         # [K, n_f]
             err = max(err, _errors(G_chk[:, :K], dG_chk[:, :K], M, R_chk, dR_chk))
-            crad[ab] = M.T.copy()
+            crad[ab] = M.T.copy() if radial_weights is None else M.T.reshape(radial_weights.shape[2:4] + (K,))
         return crad, err
 
     return fit
 
 
 def fit_radial_coefficients(model, nradbase: Optional[int] = None, tol: float = 1e-11, max_nradbase: int = 160,
-                            lean: bool = True) -> RadialFit:
-    """crad[(μ_i, μ_j)] [n_poly, nradbase] with Σ_k crad[n, k] g_k(r) ≈ R_n^{μ_i μ_j}(r).
+                            lean: bool = True, radial_weights: Optional[np.ndarray] = None) -> RadialFit:
+    """crad[(μ_i, μ_j)] [n_poly, nradbase] with Σ_k crad[n, k] g_k(r) ≈ R_n^{μ_i μ_j}(r); with
+    ``radial_weights`` (learned radials, W·s) crad[(μ_i, μ_j)] [n_poly, max_l + 1, nradbase] ≈ R_nl.
 
     ``lean``: the smallest K (and base of ``LEAN_BASES``) whose error in R and dR/dr, relative to each
     function's maximum on [``RADIAL_CHECK_RMIN``, rcut], is below ``tol``.  ``lean=False``: ``ChebPow``
@@ -148,12 +166,12 @@ def fit_radial_coefficients(model, nradbase: Optional[int] = None, tol: float = 
     rc = model.rcut
     nz = model.nz
     r_check = np.linspace(RADIAL_CHECK_RMIN if lean else 0.0, rc, 6001)
-    targets = {(a, b): torchace_radials(model, r_check, a, b) for a in range(nz) for b in range(nz)}
+    targets = {(a, b): radial_targets(model, r_check, a, b, radial_weights) for a in range(nz) for b in range(nz)}
     bases = LEAN_BASES if lean else (("ChebPow", 1.0),)
     if nradbase is not None:
         best = None
         for name, lam in bases:
-            crad, err = _fitter(model, name, lam, int(nradbase), targets, r_check)(int(nradbase))
+            crad, err = _fitter(model, name, lam, int(nradbase), targets, r_check, radial_weights)(int(nradbase))
             if best is None or err < best.error:
                 best = RadialFit(int(nradbase), crad, err, name, lam)
         return best
@@ -166,7 +184,7 @@ def fit_radial_coefficients(model, nradbase: Optional[int] = None, tol: float = 
             coarse = list(range(20, hi + 1, 10))
         if not coarse:
             continue
-        fit = _fitter(model, name, lam, hi, targets, r_check)
+        fit = _fitter(model, name, lam, hi, targets, r_check, radial_weights)
         found = None
         for K in coarse:
             crad, err = fit(K)

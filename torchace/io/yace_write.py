@@ -12,7 +12,9 @@ of an atom of species μ_i is
 
 with ML-PACE's complex spherical harmonics (√(4π) × orthonormal, Condon–Shortley phase; m < 0 filled
 from A_{l,−m} = (−1)^m conj A_{lm}), a linear embedding (``FinnisSinclairShiftedScaled`` with parameters
-[1, 1] is F(ρ) = ρ) and no hard-core repulsion (prehc = 0).
+[1, 1] is F(ρ) = ρ) and no hard-core repulsion (prehc = 0).  A ``NonlinearACEModel`` (embedding None or
+"fs") is written with P densities (c̃ per density), its FS parameters and, with learned radials,
+l-dependent crad (``yace_nonlinear``).
 
 Mapping of a torchace model (docs/conventions.md):
 
@@ -59,6 +61,7 @@ import torch
 
 from ..atomic import atomic_write, check_replaceable_text
 from .pair_table import DEFAULT_PAIR_POINTS, DEFAULT_PAIR_RCORE, write_pair_table
+from .yace_nonlinear import check_exportable, embedding_line, is_nonlinear, nonlinear_parts
 from .yace_radial import fit_radial_coefficients
 
 DEFAULT_DELTA_SPLINE_BINS = 5e-4   # Å, ML-PACE's radial tabulation step (docs/yace.md: error against it)
@@ -124,8 +127,12 @@ def real_to_complex_matrices(sh, max_l: int, seed: int = 0) -> List[np.ndarray]:
 # ---------------------------------------------------------------- C-tilde coefficients
 
 
-def ctilde_functions(model) -> List[List[dict]]:
-    """Per centre element: the C-tilde functions {mus, ns, ls, ms_combs, ctildes} of the many-body energy."""
+def ctilde_functions(model, coefficients: Optional[torch.Tensor] = None, fold_scale: bool = True) -> List[List[dict]]:
+    """Per centre element: the C-tilde functions {mus, ns, ls, ms_combs, ctildes} of the many-body energy.
+
+    ``coefficients`` [P, NZ, n_b]: the B coefficients of P densities (default: the linear model's c, P = 1);
+    ``ctildes`` then holds P numbers per m-combination (ML-PACE's order, m-combination major).
+    ``fold_scale``: fold the per-(n, l) basis scale into c̃ (False when it is inside learned radials)."""
     nz = model.nz
     n_y = model.embedding.n_y
     cols = model.embedding.cols.cpu().numpy()
@@ -133,8 +140,10 @@ def ctilde_functions(model) -> List[List[dict]]:
     idx = model.product.idx.cpu().numpy()
     nl_scale = model.embedding.nl_scale.detach().cpu().numpy()
     with torch.no_grad():
-        c_mb = model.coefficients.detach()[: model.n_manybody].view(nz, model.n_b)
-        c_aa = model.coupling.transpose_apply(c_mb).cpu().numpy()   # [NZ, n_aa]
+        if coefficients is None:
+            coefficients = model.coefficients.detach()[: model.n_manybody].view(1, nz, model.n_b)
+        c_aa = np.stack([model.coupling.transpose_apply(c).cpu().numpy() for c in coefficients.detach()])  # [P, NZ, n_aa]
+    P = c_aa.shape[0]
     W = real_to_complex_matrices(model.embedding.sh, model.embedding.max_l)
 
     # one-particle function a -> (μ_j, n (1-based, PACE), l, real m index 0..2l) and its (n, l) scale
@@ -143,7 +152,7 @@ def ctilde_functions(model) -> List[List[dict]]:
     l_t = np.floor(np.sqrt(lm)).astype(np.int64)
     m_t = lm - l_t * l_t
     factor_of = [((int(n) % nz), int(n) // nz + 1, int(l), int(m)) for n, l, m in zip(n_t, l_t, m_t)]
-    scale_of = nl_scale[n_t, l_t]
+    scale_of = nl_scale[n_t, l_t] if fold_scale else np.ones(n_t.shape)
 
     # group AA rows by the multiset of (μ_j, n, l): one PACE function per group and centre element
     groups: Dict[tuple, List[Tuple[int, Tuple[int, ...]]]] = defaultdict(list)
@@ -159,13 +168,13 @@ def ctilde_functions(model) -> List[List[dict]]:
     for key, rows in groups.items():
         ls = [g[2] for g in key]
         dims = [2 * l + 1 for l in ls]
-        T = np.zeros((nz,) + tuple(dims), dtype=np.complex128)
+        T = np.zeros((P, nz) + tuple(dims), dtype=np.complex128)
         for k, ms in rows:
             scale = float(np.prod([scale_of[a] for a in idx[k] if a != n_a]))
             t = np.ones((), dtype=np.complex128)
             for l, m in zip(ls, ms):
                 t = np.multiply.outer(t, W[l][:, m])
-            T += c_aa[:, k].reshape((nz,) + (1,) * len(ls)) * scale * t
+            T += c_aa[:, :, k].reshape((P, nz) + (1,) * len(ls)) * scale * t
         # runs of equal (μ, n, l): permuting their μ's gives the same monomial
         runs = []
         start = 0
@@ -180,36 +189,36 @@ def ctilde_functions(model) -> List[List[dict]]:
                 mu[s:e] = sorted(mu[s:e])
             return tuple(mu)
 
-        tmax = np.abs(T).max() if T.size else 0.0
+        tmax = np.abs(T).reshape(P, -1).max(1)           # per density
         for z in range(nz):
-            if tmax == 0.0:
+            if not np.any(tmax > 0.0):
                 continue
-            acc: Dict[tuple, complex] = defaultdict(complex)
-            bad = 0.0
-            for pos in zip(*np.nonzero(T[z])):
+            acc: Dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(P, dtype=np.complex128))
+            bad = np.zeros(P)
+            for pos in zip(*np.nonzero(np.any(T[:, z] != 0, axis=0))):
                 mu = tuple(int(p) - l for p, l in zip(pos, ls))
-                acc[canon(mu)] += T[z][pos]
-            merged: Dict[tuple, float] = {}
+                acc[canon(mu)] += T[(slice(None), z) + pos]
+            merged: Dict[tuple, np.ndarray] = {}
             for mu, v in acc.items():
                 if sum(mu) != 0:
                     # must cancel once permutations of equal factors are collected (rotation invariance)
-                    bad = max(bad, abs(v))
+                    bad = np.maximum(bad, np.abs(v))
                     continue
-                if abs(v.imag) > _CONVENTION_TOL * tmax:
+                if np.any(np.abs(v.imag) > _CONVENTION_TOL * tmax):
                     raise RuntimeError(f"complex C-tilde coefficient {v} for (μ,n,l) {key}, m {mu}: "
                                        "convention mismatch")
                 neg = canon(tuple(-x for x in mu))
                 rep = max(mu, neg)
                 merged[rep] = merged.get(rep, 0.0) + v.real
-            if bad > _CONVENTION_TOL * tmax:
-                raise RuntimeError(f"non-invariant complex monomials (Σm ≠ 0, size {bad:.2e}) for {key}: "
+            if np.any(bad > _CONVENTION_TOL * tmax):
+                raise RuntimeError(f"non-invariant complex monomials (Σm ≠ 0, size {bad.max():.2e}) for {key}: "
                                    "convention mismatch")
             ms_combs, ctildes = [], []
             for mu in sorted(merged):
-                v = merged[mu]
-                if abs(v) > _DROP_TOL * tmax:
+                keep = np.abs(merged[mu]) > _DROP_TOL * tmax   # per density: rounding noise of an exact zero
+                if keep.any():
                     ms_combs.extend(mu)
-                    ctildes.append(v)
+                    ctildes.extend(float(v) if k else 0.0 for v, k in zip(merged[mu], keep))
             if ctildes:
                 funcs[z].append({"mu0": z, "rank": len(key), "mus": [g[0] for g in key], "ns": [g[1] for g in key],
                                  "ls": ls, "ms_combs": ms_combs, "ctildes": ctildes})
@@ -246,9 +255,11 @@ def channel_usage(funcs: List[List[dict]], nz: int) -> Dict[Tuple[int, int], Dic
     return use
 
 
-def _rank1_in_radial_base(funcs: List[List[dict]], crad: Dict[Tuple[int, int], np.ndarray], nradbase: int) -> None:
+def _rank1_in_radial_base(funcs: List[List[dict]], crad: Dict[Tuple[int, int], np.ndarray], nradbase: int,
+                          P: int = 1) -> None:
     """ML-PACE's rank-1 functions use the radial base g_k itself (A_rank1 = Σ_j g_k(r_ij) Y00), not the
-    combinations R_n = Σ_k crad[n, k] g_k: re-express Σ_n c_n A_{n00} on the g_k (in place)."""
+    combinations R_n = Σ_k crad[n, k] g_k (crad[n, l = 0, k] for learned radials): re-express Σ_n c_n A_{n00}
+    on the g_k, for each of the P densities (in place)."""
     for z, fz in enumerate(funcs):
         acc: Dict[int, np.ndarray] = {}
         rest = []
@@ -257,14 +268,15 @@ def _rank1_in_radial_base(funcs: List[List[dict]], crad: Dict[Tuple[int, int], n
                 rest.append(f)
                 continue
             b, n = f["mus"][0], f["ns"][0]
-            acc.setdefault(b, np.zeros(nradbase))
-            acc[b] += f["ctildes"][0] * crad[(z, b)][n - 1]
+            M = crad[(z, b)]
+            acc.setdefault(b, np.zeros((P, nradbase)))
+            acc[b] += np.asarray(f["ctildes"])[:, None] * (M[n - 1] if M.ndim == 2 else M[n - 1, 0])
         rank1 = []
         for b in sorted(acc):
             for k in range(nradbase):
-                if acc[b][k] != 0.0:
+                if np.any(acc[b][:, k] != 0.0):
                     rank1.append({"mu0": z, "rank": 1, "mus": [b], "ns": [k + 1], "ls": [0], "ms_combs": [0],
-                                  "ctildes": [float(acc[b][k])]})
+                                  "ctildes": [float(v) for v in acc[b][:, k]]})
         fz[:] = rank1 + rest
 
 
@@ -320,7 +332,9 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
                pair_points: int = DEFAULT_PAIR_POINTS, pair_rmin: Optional[float] = None,
                pair_rcore: Optional[float] = DEFAULT_PAIR_RCORE, lammps_include=True,
                lammps_types: Optional[List[str]] = None, metadata: Optional[dict] = None) -> dict:
-    """Write ``model`` as an ML-PACE ``.yace`` (many-body part and E0), if the model has a pair part or a ZBL
+    """Write ``model`` (an ``ACEModel``, or a ``NonlinearACEModel`` with embedding None or "fs": ndensity P,
+    its FS parameters, learned radials fitted as R_nl; the MLP embedding is refused with a ValueError) as an
+    ML-PACE ``.yace`` (many-body part and E0), if the model has a pair part or a ZBL
     baseline a LAMMPS pair table beside it (``pair_table``, default ``<stem>_pairpot.table``), and the LAMMPS
     input lines as an include file (``lammps_include``: True = ``<stem>.lammps``, a path, or False).
 
@@ -335,12 +349,15 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
     Returns {"yace", "pair_table" (or None), "lammps_include" (or None), all absolute; "lammps": the input lines;
     "elements", "lammps_types", "nradbase", "radbasename", "radial_error", "nradmax", "lmax",
     "channels_used", "splines_per_neighbour" (ML-PACE evaluates nradbase + nradmax·(lmax + 1) splines per
-    neighbour), "pair": write_pair_table's report or None}.
+    neighbour), "pair": write_pair_table's report or None, "ndensity", "fs_parameters" ([NZ][2P])}.
     """
     from ..model.ace import ACEModel
 
-    if not isinstance(model, ACEModel):
-        raise TypeError(f"write_yace expects a torchace ACEModel, got {type(model).__name__}")
+    nonlinear = is_nonlinear(model)   # a NonlinearACEModel: torchace/io/yace_nonlinear.py
+    if nonlinear:
+        check_exportable(model)
+    elif not isinstance(model, ACEModel):
+        raise TypeError(f"write_yace expects a torchace ACEModel or NonlinearACEModel, got {type(model).__name__}")
     path = os.fspath(path)
     if not path.endswith(".yace"):
         raise ValueError(f"{path}: a .yace file name must end in '.yace' (ML-PACE chooses the reader by extension)")
@@ -365,7 +382,10 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
         if out is not None:
             check_replaceable_text(out, b"torchace", what)
     p0 = model.coefficients
-    if p0.dtype != torch.float64:
+    if nonlinear:
+        parts = nonlinear_parts(model)
+        model = parts.basis
+    elif p0.dtype != torch.float64:
         # ML-PACE works in double precision.  Rebuild the basis in float64 from the config (buffers such as
         # y(rcut) rounded to float32 would leave a ~1e-7 step at rcut) and carry over what a fit sets.
         m64 = ACEModel(model.config, dtype=torch.float64)
@@ -382,11 +402,13 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
     if lammps_types is not None:
         lammps_input(elements, path, None, None, model.rcut, list(lammps_types))   # validate before writing
     n_poly = model.embedding.radials.n_poly
-    fit = fit_radial_coefficients(model, nradbase, radial_tol, lean=lean)
+    c_mb, fs, W = (parts.coefficients, parts.fs_parameters, parts.radial_weights) if nonlinear else (None, None, None)
+    P = 1 if c_mb is None else int(c_mb.shape[0])
+    fit = fit_radial_coefficients(model, nradbase, radial_tol, lean=lean, radial_weights=W)
     N, crad = fit.nradbase, fit.crad
-    funcs = ctilde_functions(model)
+    funcs = ctilde_functions(model, c_mb, fold_scale=W is None)
     usage = channel_usage(funcs, nz)
-    _rank1_in_radial_base(funcs, crad, N)
+    _rank1_in_radial_base(funcs, crad, N, P)
     E0 = model.E0.detach().cpu().tolist()
     if lean:
         nradmax = max([1] + [n for d in usage.values() for n in d.values()])
@@ -402,23 +424,27 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
     out.append(f"# {'lean' if lean else 'full-grid'} export: radial base {fit.radbasename} (lambda {fit.lam:g}, "
                f"{N} functions, fit error {fit.error:.1e}), nradmax {nradmax}, lmax {lmax}, {used} of "
                f"{nz * nz * nradmax * (lmax + 1)} (n, l) channels used")
+    if nonlinear:
+        out.append(f"# nonlinear torchace model: {P} densities, embedding "
+                   f"{'FinnisSinclairShiftedScaled' if fs is not None else 'none (F = rho_1)'}, "
+                   f"{'learned' if W is not None else 'fixed'} radials (docs/yace.md)")
     out.append(f"elements: {_flow(elements)}")
     out.append(f"E0: {_flow(E0, _f)}")
     out.append(f"deltaSplineBins: {_f(delta_spline_bins)}")
     out.append("embeddings:")
     for z in range(nz):
-        out.append(f"  {z}: {{ndensity: 1, FS_parameters: [1, 1], npoti: FinnisSinclairShiftedScaled, "
-                   "rho_core_cutoff: 100000, drho_core_cutoff: 250}")
+        out.append(embedding_line(z, P, fs, _f))
     out.append("bonds:")
     zeros = _flow([0] * N)
     for (a, b), M in crad.items():
-        # crad[n][l][k]: torchace's radials do not depend on l; lean: zero where the functions use no R_nl
+        # crad[n][l][k]: torchace's fixed radials do not depend on l (learned ones do: M [n, l, k]); lean: zero
+        # where the functions use no R_nl
         nl_max = usage[(a, b)]
         rows = []
         for n in range(nradmax):
-            row = _flow(M[n], _f) if n < n_poly else zeros
-            rows.append("[" + ", ".join(row if (not lean or n < nl_max.get(l, 0)) else zeros
-                                        for l in range(lmax + 1)) + "]")
+            cells = [_flow(M[n] if M.ndim == 2 else M[n, l], _f)
+                     if n < n_poly and (not lean or n < nl_max.get(l, 0)) else zeros for l in range(lmax + 1)]
+            rows.append("[" + ", ".join(cells) + "]")
         out.append(f"  [{a}, {b}]: {{nradmax: {nradmax}, lmax: {lmax}, nradbasemax: {N}, radbasename: {fit.radbasename}, "
                    f"radparameters: [{_f(fit.lam)}], radcoefficients: [{', '.join(rows)}], prehc: 0, lambdahc: 0, "
                    f"rcut: {_f(model.rcut)}, dcut: {'0' if fit.radbasename == 'ChebExpCos' else '0.01'}, "
@@ -427,11 +453,11 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
     for z in range(nz):
         if not funcs[z]:
             # ML-PACE wants a list per element; a zero rank-1 function stands for "no many-body energy"
-            funcs[z] = [{"mu0": z, "rank": 1, "mus": [0], "ns": [1], "ls": [0], "ms_combs": [0], "ctildes": [0.0]}]
+            funcs[z] = [{"mu0": z, "rank": 1, "mus": [0], "ns": [1], "ls": [0], "ms_combs": [0], "ctildes": [0.0] * P}]
         out.append(f"  {z}:")
         for f in funcs[z]:
-            nms = len(f["ctildes"])
-            out.append(f"    - {{mu0: {z}, rank: {f['rank']}, ndensity: 1, num_ms_combs: {nms}, mus: {_flow(f['mus'])}, "
+            nms = len(f["ctildes"]) // P
+            out.append(f"    - {{mu0: {z}, rank: {f['rank']}, ndensity: {P}, num_ms_combs: {nms}, mus: {_flow(f['mus'])}, "
                        f"ns: {_flow(f['ns'])}, ls: {_flow(f['ls'])}, ms_combs: {_flow(f['ms_combs'])}, "
                        f"ctildes: {_flow(f['ctildes'], _f)}}}")
     text = "\n".join(out) + "\n"
@@ -444,7 +470,7 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
 
     if pair_table is None:
         pair_table = stem + "_pairpot.table"
-    table = write_pair_table(model, pair_table, pair_points, pair_rmin, pair_rcore)
+    table = write_pair_table(parts.pair_model if nonlinear else model, pair_table, pair_points, pair_rmin, pair_rcore)
     table_path = None if table is None else os.path.abspath(pair_table)
     cmds, comments = lammps_input(elements, path, table, table_path, model.rcut,
                                   None if lammps_types is None else list(lammps_types))
@@ -460,4 +486,5 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
     return {"yace": os.path.abspath(path), "pair_table": table_path, "lammps_include": include, "lammps": cmds,
             "elements": list(elements), "lammps_types": list(elements if lammps_types is None else lammps_types),
             "nradbase": N, "radbasename": fit.radbasename, "radial_error": fit.error, "nradmax": nradmax,
-            "lmax": lmax, "channels_used": used, "splines_per_neighbour": N + nradmax * (lmax + 1), "pair": table}
+            "lmax": lmax, "channels_used": used, "splines_per_neighbour": N + nradmax * (lmax + 1), "pair": table,
+            "ndensity": P, "fs_parameters": fs if fs is not None else [[1.0, 1.0]] * nz}

@@ -9,7 +9,8 @@ computed by the same operations as ``ACEModel.node_energies`` / ``ACEModel._site
 
 Forces F = −∂E/∂x and virials W = −∂E/∂ε: ``reference_forward`` by autograd through the symmetric strain
 (``strain.strained_geometry`` / ``autograd_outputs``; in training mode with ``create_graph``), and
-``analytic_forward`` with hand-written adjoints (eval mode): ∂E/∂A = Σ_p ∂F/∂ρ_p · ∂ρ_p/∂A, i.e. the linear
+``analytic_forward`` with hand-written adjoints (in training mode recorded by autograd, so that a force loss
+needs one backward pass, not the reference path's double backward): ∂E/∂A = Σ_p ∂F/∂ρ_p · ∂ρ_p/∂A, i.e. the linear
 model's adjoint with the coefficients c_eff = Σ_p F'_p c_p.
 """
 from __future__ import annotations
@@ -170,9 +171,11 @@ class NonlinearACEModel(NonlinearState, nn.Module):
                 compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
         """As ``ACEModel.forward``: ``analytic_forward`` in eval mode when no graph through the outputs can be
         needed, ``reference_forward`` otherwise (training: forces differentiable in every parameter)."""
-        if self.analytic and not self.training and not positions.requires_grad and not cell.requires_grad:
+        if self.analytic and not positions.requires_grad and not cell.requires_grad:
+            # training: the same hand adjoints, recorded by autograd (one backward pass gives the parameter
+            # gradient of a force/virial loss; no double backward through the reference path)
             return self.analytic_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                                         compute_forces, compute_virials)
+                                         compute_forces, compute_virials, create_graph=self.training)
         return self.reference_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
                                       compute_forces, compute_virials)
 
@@ -189,15 +192,17 @@ class NonlinearACEModel(NonlinearState, nn.Module):
 
     def analytic_forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
                          edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                         compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
-        """Energy, forces and virial with hand-written adjoints (eval mode; the outputs carry no graph)."""
+                         compute_forces: bool = True, compute_virials: bool = True,
+                         create_graph: bool = False) -> Dict[str, torch.Tensor]:
+        """Energy, forces and virial with hand-written adjoints; ``create_graph``: recorded by autograd, so the
+        outputs (forces and virials included) are differentiable in every parameter (training), else no graph."""
         vectors = edge_vectors(positions, edge_index, unit_shifts, cell, batch)
         inside = (vectors * vectors).sum(-1) < self.rcut * self.rcut  # skin edges contribute exactly zero
         if not bool(inside.all()):
             keep = torch.nonzero(inside).squeeze(1)
             vectors, edge_index = vectors.index_select(0, keep), edge_index.index_select(1, keep)
         i, j = edge_index[0], edge_index[1]
-        with torch.no_grad():
+        with torch.set_grad_enabled(create_graph):
             e, g_vec = self.site_terms(vectors, i, species[i], species[j], species, compute_forces or compute_virials)
         return edge_gradient_outputs(e, g_vec, vectors, edge_index, positions, batch, n_structures, compute_forces,
                                      compute_virials)

@@ -12,14 +12,16 @@ import torch
 
 from ... import keys as K
 from ...config import ACEConfig
-from ..state import REQUIRED_CONFIG, UNITS, ModelFileError, finite_list, tensor_field, write_document
+from ..state import REQUIRED_CONFIG, UNITS, ModelFileError, finite_list, json_type, tensor_field, write_document
+from .embedding import IDENTITY_TOL
 
 FORMAT = "torchace-nonlinear-model"
 FORMAT_VERSION = 1
 FIELDS = ("format", "format_version", "torchace_version", "units", "config", "densities", "embedding",
           "learnable_radials", "density_coefficients", "pair_coefficients", "radial_weights", "nl_scale",
-          "pair_scale", "prior", "metadata")
-OPTIONAL = ("torchace_version", "prior", "metadata")
+          "pair_scale", "prior", "committee", "metadata")
+# committee: added later (torchace.fitting.nonlinear_committee); files written before it load without one
+OPTIONAL = ("torchace_version", "prior", "committee", "metadata")
 
 
 def _embedding_doc(model) -> Optional[Dict[str, Any]]:
@@ -30,6 +32,29 @@ def _embedding_doc(model) -> Optional[Dict[str, Any]]:
         return {"name": "fs", "fs_parameters": f.fs_parameters(), "learnable": bool(f.learnable)}
     return {"name": "mlp", "hidden": f.hidden, "W": finite_list(f.W, "embedding.W"),
             "b": finite_list(f.b, "embedding.b"), "w": finite_list(f.w, "embedding.w")}
+
+
+def _committee_doc(model):
+    """[n][K] samples of the linear coefficients θ (torchace.fitting.nonlinear_committee), or None."""
+    c = getattr(model, "committee", None)
+    return None if c is None else finite_list(c, "committee")
+
+
+def _read_committee(d: Dict[str, Any], model, path: str) -> Optional[torch.Tensor]:
+    """The ``committee`` field: null, or a finite [n][K] array with n ≥ 1 and K = NZ·n_b + NZ²·n_pair."""
+    c = d.get("committee")
+    if c is None:
+        return None
+    k = model.nz * model.n_b + model.nz * model.nz * model.n_pair
+    if not isinstance(c, list) or not c or not isinstance(c[0], list):
+        raise ModelFileError(f"{path}: field 'committee' must be null or a [n][{k}] list of numbers (n ≥ 1), got "
+                             f"{json_type(c) if not isinstance(c, list) else 'a list of ' + str(len(c))}")
+    f = model.embedding_fn  # the committee samples the coefficients E is linear in: there must be some
+    if f is not None and (f.name != "fs" or not bool(
+            (((f.exponents - 1.0).abs() < IDENTITY_TOL) & (f.weights.detach() != 0)).any(dim=1).all())):
+        raise ModelFileError(f"{path}: field 'committee' must be null for this embedding: it needs, for every "
+                             "element, an FS density with exponent m_p = 1 and weight a_p ≠ 0")
+    return tensor_field(d, "committee", (len(c), k), path)
 
 
 class NonlinearState:
@@ -51,6 +76,7 @@ class NonlinearState:
             "nl_scale": finite_list(self.embedding.nl_scale, "nl_scale"),
             "pair_scale": finite_list(self.linear.pair.scale, "pair_scale"),
             "prior": getattr(self, "prior_info", None),
+            "committee": _committee_doc(self),
             "metadata": metadata or getattr(self, "metadata", None) or {},
         }
 
@@ -127,6 +153,9 @@ class NonlinearState:
             if f is not None and f.name == "mlp":
                 for key in ("W", "b", "w"):
                     getattr(f, key).copy_(tensor_field(emb, key, tuple(getattr(f, key).shape), path, "embedding."))
+        committee = _read_committee(d, model, path)
         model.prior_info = d.get("prior")
         model.metadata = d.get("metadata") or {}
-        return model.to(dtype).eval()
+        model = model.to(dtype).eval()
+        model.committee = None if committee is None else committee.to(dtype)
+        return model

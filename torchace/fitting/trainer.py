@@ -1,0 +1,500 @@
+"""``torchace.train``: gradient training of a (nonlinear) ACE model on the weighted E/F/V loss of ``torchace.fit``
+(docs/training.md, issue 16 part 2).
+
+    L(θ) = ( Σ_s [ (wE/√N)² (E_s − Ê_s)² + wF² ‖F_s − F̂_s‖² + (wV/√N)² ‖W_s − Ŵ_s‖²_Voigt ] + λ² R(θ) ) / n_rows
+    R(θ) = Σ_p ‖Γ ⊙ c_p‖² + ‖Γ_pair ⊙ c_pair‖² + ‖W − I‖²
+
+with the rows, weights and 1/√N scaling of the linear fit (``training.make_batches`` / ``weights.row_weights``).
+The prior is the same rescaling as in the fit: a *basis* prior rescales the one-particle basis inside the model
+(``prior.apply``; Γ = 1 then, and the learnable radials are expanded in the rescaled polynomials), a *column*
+prior is Γ (c = Γ⁻¹c′, so ‖c′‖² = ‖Γc‖²).  With one density, no embedding and fixed radials L is exactly
+``(‖Ac − y‖² + λ²‖Γc‖²)/n_rows`` of the fit's design matrix, whose minimiser is ``solvers.QR(lam=λ)`` with
+that prior (tests/test_trainer.py).
+
+Warm start (``init="linear"``): ``torchace.fit`` of density 1 and the pair part (BLR by default, E0 as in the
+fit), radials at the identity, the other densities at zero (or N(0, init_scale²)).  Optimisers: Adam on
+mini-batches (``batch_size`` structures, batch order shuffled per epoch from ``seed``), full-batch L-BFGS
+(strong Wolfe; one iteration per epoch), or Adam then L-BFGS.  Early stopping on a validation set; the model
+returned holds the parameters of the epoch with the lowest validation loss (training loss without one).
+Checkpoints (``checkpoint=path``) are written atomically after every epoch and resumed from when present.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..fieldcheck import check_device, check_float, check_int, check_str
+from .assembly import fitting_structures
+from .data import Dataset, read_data
+from .metrics import errors as error_table
+from .metrics import format_table
+from .training import make_batches, residuals
+from .train_scaling import CachedClosure, ScaledParameters, curvature_scale
+from .train_state import TrainCheckpoint, fingerprint
+from .weights import resolve_weights
+
+log = logging.getLogger("torchace")
+
+OPTIMIZERS = ("adam", "lbfgs", "adam+lbfgs")
+INITS = ("linear", "model")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: ``history`` (one dict per epoch: epoch, phase, train/val loss and RMSEs, seconds),
+    ``chosen_epoch`` (the epoch whose parameters the model holds), ``errors`` (training-set error table of the
+    returned model, as ``FitResult.errors``), ``validation_errors``, ``init`` (the warm-start fit's summary),
+    ``hyperparameters``, ``timings``, ``stopped`` (why training ended)."""
+
+    history: List[Dict[str, Any]]
+    chosen_epoch: int
+    errors: Dict[str, Any]
+    validation_errors: Optional[Dict[str, Any]]
+    hyperparameters: Dict[str, Any]
+    init: Optional[Dict[str, Any]]
+    n_parameters: int
+    stopped: str
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        out = format_table(self.errors, f"training errors (epoch {self.chosen_epoch})")
+        if self.validation_errors:
+            out += "\n" + format_table(self.validation_errors, "validation errors")
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
+
+
+def trainable(model) -> List[torch.nn.Parameter]:
+    """The parameters ``train`` optimises, in a fixed order (named_parameters order)."""
+    return [p for _, p in model.named_parameters() if p.requires_grad]
+
+
+class Penalty:
+    """λ² R(θ): L2 of the density and pair coefficients (Γ-weighted for a column prior) and of W − I."""
+
+    def __init__(self, model, lam: float, gamma: Optional[torch.Tensor]):
+        self.lam2 = float(lam) ** 2
+        n_mb = model.nz * model.n_b
+        dev, dt = model.density_coefficients.device, model.density_coefficients.dtype
+        if gamma is None:
+            self.g_mb = self.g_pair = None
+        else:
+            gamma = gamma.to(device=dev, dtype=dt)
+            self.g_mb = gamma[:n_mb].view(model.nz, model.n_b)
+            self.g_pair = gamma[n_mb:].view(model.nz, model.nz, model.n_pair)
+        self.eye = None
+        if model.radials is not None:
+            n = model.radials.n_poly
+            self.eye = torch.eye(n, dtype=dt, device=dev).view(1, 1, n, 1, n)
+
+    def diagonal(self, model) -> List[Optional[torch.Tensor]]:
+        """½ ∂²(λ²R)/∂θ² for each of ``trainable(model)`` (None: not penalised)."""
+        out = []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name == "density_coefficients":
+                g = torch.ones_like(p) if self.g_mb is None else (self.g_mb ** 2).expand_as(p)
+            elif name == "pair_coefficients":
+                g = torch.ones_like(p) if self.g_pair is None else self.g_pair ** 2
+            elif name == "radials.weights":
+                g = torch.ones_like(p)
+            else:
+                out.append(None)
+                continue
+            out.append(self.lam2 * g)
+        return out
+
+    def __call__(self, model) -> torch.Tensor:
+        c, cp = model.density_coefficients, model.pair_coefficients
+        if self.g_mb is not None:
+            c, cp = c * self.g_mb, cp * self.g_pair
+        r = (c * c).sum() + (cp * cp).sum()
+        if self.eye is not None:
+            d = model.radials.weights - self.eye
+            r = r + (d * d).sum()
+        return self.lam2 * r
+
+
+def total_loss(model, batches, penalty, backward: bool) -> float:
+    """Σ rss / n_rows + penalty / n_rows over all batches; with ``backward`` the gradient is accumulated."""
+    n_rows = max(sum(b["n_rows"] for b in batches), 1)
+    total = 0.0
+    for b in batches:
+        loss = residuals(model, b)[1] / n_rows
+        if backward:
+            loss.backward()
+        total += float(loss.detach())
+    pen = penalty(model) / n_rows
+    if backward:
+        pen.backward()
+    return total + float(pen.detach())
+
+
+def batch_metrics(model, batches, penalty) -> Dict[str, float]:
+    """Loss and RMSEs (E, V meV/atom; F eV/Å; None without such labels) on ``batches``, in eval mode (no graph)."""
+    model.eval()
+    se = {"E": [0.0, 0], "F": [0.0, 0], "V": [0.0, 0]}
+    rss, n_rows = 0.0, 0
+    with torch.no_grad():
+        for b in batches:
+            err, r = residuals(model, b)
+            rss, n_rows = rss + float(r), n_rows + b["n_rows"]
+            for key in se:
+                if key in err and bool(err["m" + key].any()):
+                    sel = err[key][err["m" + key]]
+                    se[key][0] += float((sel ** 2).sum())
+                    se[key][1] += sel.numel()
+        pen = float(penalty(model))
+    out = {"loss": (rss + pen) / max(n_rows, 1)}
+    for key, (s, m) in se.items():
+        out[key] = math.sqrt(s / m) * (1e3 if key != "F" else 1.0) if m else None  # None: no such labels
+    return out
+
+
+def _refit_linear(model, train_structs, weights, solver, lam, gamma, batches, val_batches, penalty):
+    """Variable projection's last step: the parameters the model is linear in (identity-branch densities and
+    the pair part, ``nonlinear_committee``) re-solved exactly at the trained radials and other densities, with
+    the warm start's solver (default BLR; ``solvers.QR(lam)`` with a column prior Γ); kept only if the
+    validation loss (training loss without validation) goes down."""
+    from .nonlinear_committee import committee_system, fully_linear, linear_coefficients, \
+        set_linear_coefficients
+    from . import solvers as S
+    from .driver import solve_system
+
+    if model.embedding_fn is not None and model.embedding_name != "fs":
+        return {"result": "skipped (the MLP embedding has no linear part)", "before": float("nan"),
+                "after": float("nan")}
+    score = lambda: batch_metrics(model, val_batches or batches, penalty)["loss"]  # noqa: E731
+    before = score()
+    theta0 = linear_coefficients(model).detach().clone()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    dev, dt = model.density_coefficients.device, model.density_coefficients.dtype
+    system = committee_system(model.to(torch.float64), Dataset(list(train_structs)), weights)
+    sv = solver if solver is not None else (S.QR(lam=lam) if gamma is not None else S.BLR())
+    sol = solve_system(system, sv, gamma=gamma)
+    set_linear_coefficients(model, sol.coefficients)
+    model.to(device=dev, dtype=dt)
+    after = score()
+    kept = after < before and bool(torch.isfinite(sol.coefficients).all())
+    if not kept:
+        model.load_state_dict(state)
+    return {"result": ("kept" if kept else "discarded (no better)") + f" ({type(sv).__name__}"
+            + (", fully linear model" if fully_linear(model) else "") + ")", "before": before,
+            "after": after, "change": float((sol.coefficients.to(theta0) - theta0).norm() / theta0.norm().clamp_min(1e-300))}
+
+
+def _split(ds: Dataset, fraction: float, seed: int):
+    structs = fitting_structures(ds)
+    n_val = int(round(fraction * len(structs)))
+    if n_val < 1 or n_val >= len(structs):
+        raise ValueError(f"train: validation={fraction} leaves {n_val} of {len(structs)} structures for validation; "
+                         "give a fraction that leaves at least one structure on each side")
+    perm = np.random.default_rng(seed).permutation(len(structs))
+    val = set(perm[:n_val].tolist())
+    return ([s for k, s in enumerate(structs) if k not in val], [s for k, s in enumerate(structs) if k in val])
+
+
+def _check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype, init_scale, seed,
+                     committee_size):
+    check_str("train", "optimizer", optimizer, choices=OPTIMIZERS)
+    check_str("train", "init", init, choices=INITS)
+    if optimizer == "adam+lbfgs":
+        if not (isinstance(epochs, (list, tuple)) and len(epochs) == 2):
+            if isinstance(epochs, bool) or not isinstance(epochs, int):
+                raise ValueError(f"train: epochs must be an integer or, for adam+lbfgs, a pair [adam, lbfgs], "
+                                 f"got {epochs!r}")
+            epochs = (epochs // 2, epochs - epochs // 2)
+        epochs = tuple(check_int("train", "epochs", e, minimum=0) for e in epochs)
+    else:
+        epochs = check_int("train", "epochs", epochs, minimum=0)
+    check_int("train", "batch_size", batch_size, minimum=1)
+    if lr is not None:
+        check_float("train", "lr", lr, positive=True)
+    check_float("train", "lam", lam, nonnegative=True)
+    check_int("train", "patience", patience, minimum=1)
+    check_float("train", "init_scale", init_scale, nonnegative=True)
+    check_int("train", "seed", seed, minimum=0)
+    check_int("train", "committee_size", committee_size, minimum=0)
+    if device is not None:
+        check_device("train", "device", str(device))
+    if isinstance(dtype, str):
+        check_str("train", "dtype", dtype, choices=tuple(DTYPES))
+        dtype = DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise ValueError(f"train: dtype must be torch.float64 or torch.float32, got {dtype!r}")
+    return epochs, dtype
+
+
+def _phases(optimizer, epochs):
+    if optimizer == "adam+lbfgs":
+        return ["adam"] * epochs[0] + ["lbfgs"] * epochs[1]
+    return [optimizer] * epochs
+
+
+def _progress_line(rec, n_epochs, has_val) -> str:
+    v = rec["val"] if has_val else rec["train"]
+    tag = "val" if has_val else "train"
+    return (f"epoch {rec['epoch']:>4}/{n_epochs} {rec['phase']:<5} train loss {rec['train']['loss']:.6g}"
+            + (f"  val loss {rec['val']['loss']:.6g}" if has_val else "")
+            + "".join(f" {k} {v[k]:.4g} {u}" if v[k] is not None else "" for k, u in
+                      (("E", "meV/atom"), ("F", "eV/Å"), ("V", "meV/atom"))).replace(" E", f"  {tag} RMSE E", 1)
+            + f"  {rec['seconds']:.1f} s")
+
+
+def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear", solver=None, epochs=40,
+          batch_size: int = 8, optimizer: str = "lbfgs", lr: Optional[float] = None, lam: float = 1e-3,
+          init_scale: float = 0.0, patience: int = 10, device=None, dtype=torch.float64, validation=None,
+          checkpoint: Optional[str] = None, progress: bool = True, seed: int = 0, keys=None, skip_bad: bool = False,
+          min_distance: Optional[float] = None, compute_errors: bool = True, precondition: bool = False,
+          refit_linear: bool = True, committee_size: int = 0) -> TrainResult:
+    """Train ``model`` (a ``NonlinearACEModel``; an ``ACEModel`` is trained as its one-density equivalent and
+    written back) in place on ``data`` (paths, ``ase.Atoms`` list or ``Dataset``); see the module docstring.
+
+    ``weights``, ``prior``, ``E0``, ``keys``, ``skip_bad``: as ``torchace.fit``.  ``init``: "linear" (warm start
+    from ``torchace.fit`` with ``solver``, default BLR) or "model" (the model's current parameters; E0 'fit'
+    then needs init="linear").  ``epochs``: epochs (Adam: one pass over the batches; L-BFGS: one iteration on
+    the full loss); for "adam+lbfgs" an integer (split in half) or [adam, lbfgs].  ``lr``: Adam 1e-3, L-BFGS 1.
+    ``lam``: λ of the penalty (``solvers.QR(lam)``'s convention).  ``validation``: None, a fraction of the
+    training structures (seeded split) or data; early stopping after ``patience`` epochs without improvement.
+    ``checkpoint``: a path written after every epoch and resumed from (same inputs, or an error).
+    ``precondition``: optimise u with θ = d ⊙ u, d from the Gauss–Newton diagonal (``train_scaling``); False:
+    the raw parameters (the default: on the ill-conditioned ACE least-squares problems measured so far the
+    Jacobi-scaled L-BFGS converged more slowly, docs/training.md).  ``refit_linear``: after training, re-solve
+    the parameters the model is linear in at the trained radials and densities (kept if the validation loss
+    improves).  ``committee_size`` > 0: a committee of that many BLR posterior samples of the linear part at
+    the trained model (``torchace.fitting.nonlinear_committee.fit_committee``; the calculator's uncertainties).
+    """
+    from ..model.ace import ACEModel
+    from ..model.nonlinear import NonlinearACEModel, from_linear
+
+    epochs, dtype = _check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype,
+                                     init_scale, seed, committee_size)
+    if isinstance(model, ACEModel):
+        nl = from_linear(model, densities=1, embedding=None, learnable_radials=False)
+        res = train(nl, data, weights=weights, prior=prior, E0=E0, init=init, solver=solver, epochs=epochs,
+                    batch_size=batch_size, optimizer=optimizer, lr=lr, lam=lam, patience=patience, device=device,
+                    dtype=dtype, validation=validation, checkpoint=checkpoint, progress=progress, seed=seed,
+                    keys=keys, skip_bad=skip_bad, min_distance=min_distance, compute_errors=compute_errors,
+                    precondition=precondition, refit_linear=refit_linear, committee_size=committee_size)
+        lin = nl.linear_model()
+        with torch.no_grad():
+            model.to(lin.coefficients.device, lin.coefficients.dtype)
+            model.coefficients = lin.coefficients.detach().clone()
+            model.E0.copy_(lin.E0)
+            model.set_basis_scale(lin.embedding.nl_scale, lin.pair.scale)
+        model.prior_info, model.metadata = nl.prior_info, nl.metadata
+        return res
+    if not isinstance(model, NonlinearACEModel):
+        raise TypeError(f"train needs a NonlinearACEModel or ACEModel, got {type(model).__name__}")
+    if prior is not None and not (hasattr(prior, "kind") and hasattr(prior, "to_dict")):
+        raise TypeError(f"prior must be a torchace.priors object, got {prior!r}")
+    if init == "model" and isinstance(E0, str) and E0 == "fit":
+        raise ValueError("train: E0='fit' is determined by the linear warm start; use init='linear' or give E0")
+    if checkpoint is not None:
+        from ..atomic import check_outputs
+
+        check_outputs([p for p in ([data] if isinstance(data, str) else (data if isinstance(data, list) else []))
+                       if isinstance(p, str)], {"checkpoint": checkpoint}, "train")
+    from .driver import check_weights_match, set_E0, fit
+
+    t_start = time.perf_counter()
+    timings: Dict[str, float] = {}
+    resolved = resolve_weights(weights)
+    ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
+    check_weights_match(weights, ds)
+    if isinstance(validation, float) and not isinstance(validation, bool):
+        if not 0.0 < validation < 1.0:
+            raise ValueError(f"train: validation must be a fraction in (0, 1), data, or None; got {validation}")
+        train_structs, val_structs = _split(ds, validation, seed)
+    elif validation is None:
+        train_structs, val_structs = fitting_structures(ds), []
+    else:
+        train_structs = fitting_structures(ds)
+        val_structs = fitting_structures(read_data(validation, keys=keys, elements=model.elements, skip_bad=skip_bad))
+    if not train_structs:
+        raise ValueError("train: no training structures (only isolated atoms?)")
+    timings["read"] = time.perf_counter() - t_start
+
+    # the prior: a basis prior rescales the basis (as in fit), a column prior is Γ in the penalty
+    gamma = None
+    from .priors import reset_basis_scale
+
+    fp = fingerprint(model, train_structs, val_structs, resolved, dict(
+        prior=None if prior is None else prior.to_dict(), E0=E0 if not isinstance(E0, dict) else dict(E0),
+        init=init, optimizer=optimizer, lr=lr, lam=lam, init_scale=init_scale, batch_size=batch_size, seed=seed,
+        dtype=str(dtype), solver=None if solver is None else repr(solver), precondition=precondition))
+    ckpt = TrainCheckpoint(checkpoint, fp) if checkpoint is not None else None
+    saved = ckpt.load() if ckpt is not None else None
+
+    init_info = None
+    t0 = time.perf_counter()
+    if prior is not None and prior.kind == "basis":
+        prior.apply(model)
+    else:
+        reset_basis_scale(model)
+        if prior is not None:
+            gamma = prior.column_scale(model.linear).to(torch.float64)
+    model.prior_info = prior.to_dict() if prior is not None else None
+    if saved is not None:
+        init_info = saved["init"]
+    elif init == "linear":
+        lin = model.linear_model()
+        fitting_ids = {id(s) for s in fitting_structures(ds)}
+        keep = Dataset(list(train_structs) + [s for s in ds if id(s) not in fitting_ids])  # + isolated atoms
+        fres = fit(lin, keep, weights=weights, prior=prior, solver=solver, E0=E0, device=device,
+                   compute_errors=False, **({} if min_distance is None else {"min_distance": min_distance}))
+        init_info = {"solver": fres.solver, "hyperparameters": fres.to_dict()["hyperparameters"], "E0": fres.E0,
+                     "seconds": sum(fres.timings.values())}
+        c = lin.coefficients.detach().to(model.density_coefficients)
+        with torch.no_grad():
+            model.linear.E0.copy_(lin.E0.to(model.linear.E0))
+            model.density_coefficients.zero_()
+            model.density_coefficients[0] = c[: model.nz * model.n_b].view(model.nz, model.n_b)
+            model.pair_coefficients.copy_(c[model.nz * model.n_b:].view_as(model.pair_coefficients))
+            if model.radials is not None:
+                n = model.radials.n_poly
+                model.radials.weights.copy_(torch.eye(n, dtype=model.radials.weights.dtype).view(1, 1, n, 1, n)
+                                            .expand_as(model.radials.weights))
+        if init_scale and model.densities > 1:
+            model.randomize_densities(init_scale, seed)
+    else:
+        set_E0(model.linear, ds, E0)
+    timings["init"] = time.perf_counter() - t0
+
+    if device is not None:
+        model.to(device)
+    dev = model.density_coefficients.device
+    model.to(dtype)
+    params = trainable(model)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+    penalty = Penalty(model, lam, gamma)
+    batches = make_batches(model, train_structs, resolved, batch_size, dev, dtype)
+    val_batches = make_batches(model, val_structs, resolved, batch_size, dev, dtype) if val_structs else []
+    n_rows = sum(b["n_rows"] for b in batches)
+    if n_rows == 0:
+        raise ValueError("train: every training label has zero weight; check the weights and the data's keys")
+
+    phases = _phases(optimizer, epochs)
+    n_epochs = len(phases)
+    history = saved["history"] if saved is not None else []
+    best = saved["best"] if saved is not None else None
+    start = len(history)
+    opt_adam = opt_lbfgs = None
+
+    t0 = time.perf_counter()
+    if saved is not None and saved.get("scales") is not None:
+        scales = saved["scales"]
+    else:  # θ = d ⊙ u with unit curvature in u (train_scaling.py); fixed for the whole run
+        scales = curvature_scale(model, params, batches, penalty, seed=seed) if precondition \
+            else [torch.ones_like(p) for p in params]
+    timings["precondition"] = time.perf_counter() - t0
+    scaled = ScaledParameters(params, scales)
+
+    def make_opt(phase):
+        if phase == "adam":
+            return torch.optim.Adam(scaled.u, lr=lr or 1e-3)
+        # max_eval: torch derives it from max_iter (1 here), which would leave the line search no evaluations
+        return torch.optim.LBFGS(scaled.u, lr=lr or 1.0, max_iter=1, max_eval=26, history_size=20, tolerance_grad=0.0,
+                                 tolerance_change=0.0,
+                                 line_search_fn="strong_wolfe")
+
+    if saved is not None and saved.get("optimizer") is not None and 0 < start <= n_epochs \
+            and saved.get("phase") == phases[start - 1]:  # the next epoch continues the saved optimiser
+        opt = make_opt(phases[start - 1])
+        opt.load_state_dict(saved["optimizer"])
+        opt_adam, opt_lbfgs = (opt, None) if phases[start - 1] == "adam" else (None, opt)
+    closure = CachedClosure(model, scaled, lambda: total_loss(model, batches, penalty, backward=True))
+    stopped = "epochs"
+    has_val = bool(val_batches)
+    t_train = time.perf_counter()
+    for epoch in range(start, n_epochs + 1):  # epoch 0 is the starting point
+        t0 = time.perf_counter()
+        phase = "init" if epoch == 0 else phases[epoch - 1]
+        opt = None
+        if phase == "adam":
+            opt_adam = opt_adam or make_opt("adam")
+            opt = opt_adam
+            model.train()
+            order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+            for k in order.tolist():
+                scaled.zero_model_grads()
+                b = batches[k]
+                loss = residuals(model, b)[1] / b["n_rows"] + penalty(model) / n_rows
+                loss.backward()
+                scaled.grads_to_u()
+                opt.step()
+                scaled.push()
+        elif phase == "lbfgs":
+            opt_lbfgs = opt_lbfgs or make_opt("lbfgs")
+            opt = opt_lbfgs
+            opt.step(closure)
+            scaled.push()
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise FloatingPointError(f"train: parameters became non-finite at epoch {epoch} ({phase}); lower lr or "
+                                     "raise lam")
+        tr = batch_metrics(model, batches, penalty)
+        va = batch_metrics(model, val_batches, penalty) if has_val else None
+        rec = {"epoch": epoch, "phase": phase, "train": tr, "val": va, "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        score = (va or tr)["loss"]
+        if best is None or score < best["score"]:
+            best = {"score": score, "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        if progress:
+            sys.stderr.write(_progress_line(rec, n_epochs, has_val) + "\n")
+            sys.stderr.flush()
+        if ckpt is not None:
+            ckpt.save({"model": model.state_dict(), "optimizer": None if opt is None else opt.state_dict(),
+                       "scales": scales,
+                       "phase": phase, "history": history, "best": best, "init": init_info})
+        if has_val and epoch - best["epoch"] >= patience:
+            stopped = f"early stop: no better validation loss for {patience} epochs"
+            break
+    timings["train"] = time.perf_counter() - t_train
+    model.load_state_dict(best["state"])
+    model.eval()
+    refit = None
+    if refit_linear and (model.densities > 1 or model.radials is not None):
+        t0 = time.perf_counter()
+        refit = _refit_linear(model, train_structs, weights, solver, lam, gamma, batches, val_batches, penalty)
+        timings["refit_linear"] = time.perf_counter() - t0
+        if progress:
+            sys.stderr.write(f"refit of the linear part at the trained radials/densities: {refit['result']} "
+                             f"({'val' if has_val else 'train'} loss {refit['before']:.6g} -> {refit['after']:.6g})\n")
+    committee = None
+    if committee_size:
+        from .nonlinear_committee import fit_committee
+
+        t0 = time.perf_counter()
+        committee = fit_committee(model, Dataset(list(train_structs)), weights=weights,
+                                  committee_size=committee_size, seed=seed)
+        timings["committee"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    errs = error_table(model, Dataset(list(train_structs))) if compute_errors else {}
+    verrs = error_table(model, Dataset(list(val_structs))) if (compute_errors and val_structs) else None
+    timings["errors"] = time.perf_counter() - t0
+    hyper = {"optimizer": optimizer, "epochs": list(epochs) if isinstance(epochs, tuple) else epochs,
+             "batch_size": batch_size, "lr": lr or (1e-3 if optimizer == "adam" else 1.0), "lam": lam,
+             "init": init, "init_scale": init_scale, "patience": patience, "seed": seed, "dtype": str(dtype),
+             "device": str(dev), "n_train": len(train_structs), "n_validation": len(val_structs),
+             "lbfgs_evaluations": closure.evaluations, "refit_linear": refit,
+             "committee_size": committee_size, "committee": committee}
+    result = TrainResult(history=history, chosen_epoch=best["epoch"], errors=errs, validation_errors=verrs,
+                         hyperparameters=hyper, init=init_info, n_parameters=sum(p.numel() for p in params),
+                         stopped=stopped, timings=timings)
+    model.metadata = dict(model.metadata or {}, training={k: v for k, v in result.to_dict().items()
+                                                          if k not in ("history", "errors", "validation_errors")})
+    return result
