@@ -67,7 +67,7 @@ def test_linear_limit_equals_qr_fit(si_data, prior):
     batches = make_batches(nl, ds.structures, resolve_weights(W), 8, "cpu", torch.float64)
     gamma = None if prior is None or prior.kind == "basis" else prior.column_scale(lin)
     pen = Penalty(nl, lam, gamma)
-    from torchace.fitting.trainer import total_loss
+    from torchace.fitting.training import total_loss
 
     def grad_norm():
         nl.train()
@@ -85,9 +85,9 @@ def test_linear_limit_equals_qr_fit(si_data, prior):
         nl.pair_coefficients.copy_(c_ref[nl.n_b:].view_as(nl.pair_coefficients))
     assert grad_norm() < 1e-9 * g0
     # and the trained loss is the QR minimum to optimiser tolerance
-    from torchace.fitting.trainer import batch_metrics
+    from torchace.fitting.training import loss_metrics
 
-    l_qr = batch_metrics(nl, batches, pen)["loss"]
+    l_qr = loss_metrics(nl, batches, pen)["loss"]
     assert l_qr * (1 - 1e-12) <= res.history[res.chosen_epoch]["train"]["loss"] <= l_qr * (1 + 1e-4)
 
 

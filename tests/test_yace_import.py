@@ -10,7 +10,6 @@ reference's spline error below the tolerances.
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np

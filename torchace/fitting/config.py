@@ -200,23 +200,7 @@ class FitConfig:
 
     @classmethod
     def load(cls, path: str) -> "FitConfig":
-        import json
-
-        check_input_file(path, "fit config", MAX_CONFIG_BYTES)  # not /dev/zero, a directory, gigabytes
-        with open(path) as fh:
-            text = fh.read()
-        try:
-            d = json.loads(text, object_pairs_hook=unique_keys) if path.endswith(".json") else strict_yaml(text)
-        except RecursionError:
-            raise ValueError(f"{path}: cannot parse: nested too deeply to be a fit config") from None
-        except Exception as exc:  # YAML's messages span lines: one line, for the CLI
-            raise ValueError(f"{path}: cannot parse: {' '.join(str(exc).split())}") from exc
-        try:
-            return cls.from_dict(d, os.path.dirname(os.path.abspath(path)), source=path)
-        except ValueError as exc:
-            from ..atomic import OutputPathError
-
-            raise (OutputPathError if isinstance(exc, OutputPathError) else ValueError)(f"{path}: {exc}") from exc
+        return load_config(cls, path, "fit config")
 
     def build_prior(self):
         if self.prior is None:
@@ -231,6 +215,28 @@ class FitConfig:
         from . import solvers
 
         return _construct(solvers, "solver", self.solver)
+
+
+def load_config(cls, path: str, what: str):
+    """``cls.from_dict`` of the YAML/JSON file ``path`` (strict parsing, size-checked, relative paths against its
+    directory); every error names ``path`` (``what``: "fit config", "train config", for the messages)."""
+    import json
+
+    check_input_file(path, what, MAX_CONFIG_BYTES)  # not /dev/zero, a directory, gigabytes
+    with open(path) as fh:
+        text = fh.read()
+    try:
+        d = json.loads(text, object_pairs_hook=unique_keys) if path.endswith(".json") else strict_yaml(text)
+    except RecursionError:
+        raise ValueError(f"{path}: cannot parse: nested too deeply to be a {what}") from None
+    except Exception as exc:  # YAML's messages span lines: one line, for the CLI
+        raise ValueError(f"{path}: cannot parse: {' '.join(str(exc).split())}") from exc
+    try:
+        return cls.from_dict(d, os.path.dirname(os.path.abspath(path)), source=path)
+    except ValueError as exc:
+        from ..atomic import OutputPathError
+
+        raise (OutputPathError if isinstance(exc, OutputPathError) else ValueError)(f"{path}: {exc}") from exc
 
 
 def _choices(module, what: str):

@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
-from ..fieldcheck import check_bool, check_device, check_float, check_int, check_str, strict_yaml, unique_keys
-from .config import MAX_CONFIG_BYTES, FitConfig
+from ..fieldcheck import check_bool, check_device, check_float, check_int, check_str
+from .config import FitConfig, load_config
 
 # the nonlinear options of the model section (``torchace.ace_model`` keywords beyond ACEConfig)
 MODEL_OPTIONS = ("densities", "embedding", "fs_parameters", "learnable_radials", "learnable_fs", "mlp_hidden",
@@ -132,25 +132,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
-        import json
-
-        from ..fieldcheck import check_input_file
-
-        check_input_file(path, "train config", MAX_CONFIG_BYTES)
-        with open(path) as fh:
-            text = fh.read()
-        try:
-            d = json.loads(text, object_pairs_hook=unique_keys) if path.endswith(".json") else strict_yaml(text)
-        except RecursionError:
-            raise ValueError(f"{path}: cannot parse: nested too deeply to be a train config") from None
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot parse: {' '.join(str(exc).split())}") from exc
-        try:
-            return cls.from_dict(d, os.path.dirname(os.path.abspath(path)), source=path)
-        except ValueError as exc:
-            from ..atomic import OutputPathError
-
-            raise (OutputPathError if isinstance(exc, OutputPathError) else ValueError)(f"{path}: {exc}") from exc
+        return load_config(cls, path, "train config")
 
     def build_model(self):
         """The model to train: loaded from ``model.from``, else ``torchace.ace_model`` with the nonlinear options

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from .assembly import fitting_structures
 from .data import Dataset, read_data
 from .metrics import errors as error_table
 from .metrics import format_table
-from .training import make_batches, residuals
+from .training import loss_metrics, make_batches, residuals, total_loss
 from .train_scaling import CachedClosure, ScaledParameters, curvature_scale
 from .train_state import TrainCheckpoint, fingerprint
 from .weights import resolve_weights
@@ -127,42 +126,6 @@ class Penalty:
         return self.lam2 * r
 
 
-def total_loss(model, batches, penalty, backward: bool) -> float:
-    """Σ rss / n_rows + penalty / n_rows over all batches; with ``backward`` the gradient is accumulated."""
-    n_rows = max(sum(b["n_rows"] for b in batches), 1)
-    total = 0.0
-    for b in batches:
-        loss = residuals(model, b)[1] / n_rows
-        if backward:
-            loss.backward()
-        total += float(loss.detach())
-    pen = penalty(model) / n_rows
-    if backward:
-        pen.backward()
-    return total + float(pen.detach())
-
-
-def batch_metrics(model, batches, penalty) -> Dict[str, float]:
-    """Loss and RMSEs (E, V meV/atom; F eV/Å; None without such labels) on ``batches``, in eval mode (no graph)."""
-    model.eval()
-    se = {"E": [0.0, 0], "F": [0.0, 0], "V": [0.0, 0]}
-    rss, n_rows = 0.0, 0
-    with torch.no_grad():
-        for b in batches:
-            err, r = residuals(model, b)
-            rss, n_rows = rss + float(r), n_rows + b["n_rows"]
-            for key in se:
-                if key in err and bool(err["m" + key].any()):
-                    sel = err[key][err["m" + key]]
-                    se[key][0] += float((sel ** 2).sum())
-                    se[key][1] += sel.numel()
-        pen = float(penalty(model))
-    out = {"loss": (rss + pen) / max(n_rows, 1)}
-    for key, (s, m) in se.items():
-        out[key] = math.sqrt(s / m) * (1e3 if key != "F" else 1.0) if m else None  # None: no such labels
-    return out
-
-
 def _refit_linear(model, train_structs, weights, solver, lam, gamma, batches, val_batches, penalty):
     """Variable projection's last step: the parameters the model is linear in (identity-branch densities and
     the pair part, ``nonlinear_committee``) re-solved exactly at the trained radials and other densities, with
@@ -176,7 +139,7 @@ def _refit_linear(model, train_structs, weights, solver, lam, gamma, batches, va
     if model.embedding_fn is not None and model.embedding_name != "fs":
         return {"result": "skipped (the MLP embedding has no linear part)", "before": float("nan"),
                 "after": float("nan")}
-    score = lambda: batch_metrics(model, val_batches or batches, penalty)["loss"]  # noqa: E731
+    score = lambda: loss_metrics(model, val_batches or batches, penalty)["loss"]  # noqa: E731
     before = score()
     theta0 = linear_coefficients(model).detach().clone()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -445,8 +408,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
         if not all(bool(torch.isfinite(p).all()) for p in params):
             raise FloatingPointError(f"train: parameters became non-finite at epoch {epoch} ({phase}); lower lr or "
                                      "raise lam")
-        tr = batch_metrics(model, batches, penalty)
-        va = batch_metrics(model, val_batches, penalty) if has_val else None
+        tr = loss_metrics(model, batches, penalty)
+        va = loss_metrics(model, val_batches, penalty) if has_val else None
         rec = {"epoch": epoch, "phase": phase, "train": tr, "val": va, "seconds": time.perf_counter() - t0}
         history.append(rec)
         score = (va or tr)["loss"]

@@ -65,38 +65,52 @@ def penalty(model, lam):
     return lam * lam * (model.coefficients ** 2).sum()
 
 
-def full_loss_and_grad(model, batches, lam, backward=True):
-    """L(c) over all batches (train mode) and, with ``backward``, its gradient accumulated in ``.grad``."""
-    model.train()
-    n_rows = sum(b["n_rows"] for b in batches)
+def total_loss(model, batches, penalty_fn, backward: bool) -> float:
+    """Σ rss / n_rows + penalty_fn(model) / n_rows over all batches (the full loss); with ``backward`` its
+    gradient is accumulated in the parameters' ``.grad``."""
+    n_rows = max(sum(b["n_rows"] for b in batches), 1)
     total = 0.0
-    if backward:
-        model.coefficients.grad = None
     for b in batches:
         loss = residuals(model, b)[1] / n_rows
         if backward:
             loss.backward()
         total += float(loss.detach())
-    loss = penalty(model, lam) / n_rows
+    pen = penalty_fn(model) / n_rows
     if backward:
-        loss.backward()
-    return total + float(loss.detach())
+        pen.backward()
+    return total + float(pen.detach())
 
 
-def metrics(model, batches, lam):
-    """Loss (no gradient) and RMSEs: E, V meV/atom, F eV/Å (only labelled, non-zero-weight rows)."""
+def full_loss_and_grad(model, batches, lam, backward=True):
+    """L(c) over all batches (train mode) and, with ``backward``, its gradient accumulated in ``.grad``."""
+    model.train()
+    if backward:
+        model.coefficients.grad = None
+    return total_loss(model, batches, lambda m: penalty(m, lam), backward)
+
+
+def loss_metrics(model, batches, penalty_fn, missing=None):
+    """Loss and RMSEs (E, V meV/atom; F eV/Å; ``missing`` without such labels) on ``batches``, in eval mode
+    without a graph (only labelled, non-zero-weight rows)."""
     model.eval()
     se = {"E": [0.0, 0], "F": [0.0, 0], "V": [0.0, 0]}
     rss, n_rows = 0.0, 0
-    for b in batches:
-        err, r = residuals(model, b)
-        rss, n_rows = rss + float(r.detach()), n_rows + b["n_rows"]
-        for key in se:
-            if key in err and bool(err["m" + key].any()):
-                sel = err[key][err["m" + key]].detach()
-                se[key][0] += float((sel ** 2).sum())
-                se[key][1] += sel.numel()
-    out = {"loss": (rss + float(penalty(model, lam).detach())) / max(n_rows, 1)}
+    with torch.no_grad():
+        for b in batches:
+            err, r = residuals(model, b)
+            rss, n_rows = rss + float(r), n_rows + b["n_rows"]
+            for key in se:
+                if key in err and bool(err["m" + key].any()):
+                    sel = err[key][err["m" + key]]
+                    se[key][0] += float((sel ** 2).sum())
+                    se[key][1] += sel.numel()
+        pen = float(penalty_fn(model))
+    out = {"loss": (rss + pen) / max(n_rows, 1)}
     for key, (s, m) in se.items():
-        out[key] = math.sqrt(s / m) * (1e3 if key != "F" else 1.0) if m else float("nan")
+        out[key] = math.sqrt(s / m) * (1e3 if key != "F" else 1.0) if m else missing
     return out
+
+
+def metrics(model, batches, lam):
+    """``loss_metrics`` with the ridge penalty λ²‖c‖² (NaN for labels the batches do not have)."""
+    return loss_metrics(model, batches, lambda m: penalty(m, lam), float("nan"))
