@@ -20,6 +20,7 @@ import torch
 import yaml
 
 import torchace
+from torchace import keys as K
 from torchace.config import ACEConfig
 from torchace.io import read_yace, write_yace
 from torchace.io.pair_table import evaluate_pair_table
@@ -27,7 +28,7 @@ from torchace.io.yace_read import YaceLoader, parse_yace
 from torchace.model.nonlinear import NonlinearACEModel, nonlinear_ace_model
 from torchace.structures import collate
 from torchace.structures.geometry import edge_vectors
-from torchace.testing import rattled_sige_cells
+from torchace.testing import max_rel, rattled_sige_cells
 
 TOL = 1e-8
 R0 = [[2.4, 2.3], [2.35, 2.5]]   # not symmetric: U_ab combines the (a, b) and (b, a) pair blocks
@@ -52,15 +53,6 @@ def one_blas_thread():
 
 def _pyace():
     return pytest.importorskip("pyace")
-
-
-def _rel(a, b):
-    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
-
-
-def _voigt(s):
-    s = np.asarray(s)
-    return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
 
 
 def _si_cells():
@@ -108,8 +100,8 @@ def _compare(model, info, structures):
             p = evaluate_pair_table(info["pair_table"], at, model.elements)
             e, f, st = e + p["energy"], f + p["forces"], st + p["stress"]
         e_ref = float(ref["energy"][s])
-        errs = (abs(e - e_ref) / abs(e_ref), _rel(f, ref["forces"][off:off + n].numpy()),
-                _rel(st, _voigt(ref["stress"][s].numpy())))
+        errs = (abs(e - e_ref) / abs(e_ref), max_rel(f, ref["forces"][off:off + n].numpy()),
+                max_rel(st, K.to_voigt(ref["stress"][s].numpy())))
         off += n
         assert max(errs) <= TOL, (s, errs)
         worst = np.maximum(worst, errs)
@@ -206,8 +198,8 @@ def test_read_back_with_torchace_reader(sige_p3, tmp_path):
         n = len(at)
         p = evaluate_pair_table(info["pair_table"], at, sige_p3.elements)
         assert abs(float(b["energy"][s]) + p["energy"] - float(a["energy"][s])) <= 1e-10 * abs(float(a["energy"][s]))
-        assert _rel(b["forces"][off:off + n].numpy() + p["forces"], a["forces"][off:off + n].numpy()) <= 1e-10
-        assert _rel(_voigt(b["stress"][s].numpy()) + p["stress"], _voigt(a["stress"][s].numpy())) <= 1e-10
+        assert max_rel(b["forces"][off:off + n].numpy() + p["forces"], a["forces"][off:off + n].numpy()) <= 1e-10
+        assert max_rel(K.to_voigt(b["stress"][s].numpy()) + p["stress"], K.to_voigt(a["stress"][s].numpy())) <= 1e-10
         off += n
 
 
@@ -270,6 +262,6 @@ def test_pacemaker_written_nonlinear_file_reads_back(tmp_path):
         at.calc = calc
         e = at.get_potential_energy()
         assert abs(float(out["energy"][s]) - e) <= TOL * abs(e)
-        assert _rel(out["forces"][off:off + n].numpy(), at.get_forces()) <= TOL
-        assert _rel(_voigt(out["stress"][s].numpy()), at.get_stress()) <= TOL
+        assert max_rel(out["forces"][off:off + n].numpy(), at.get_forces()) <= TOL
+        assert max_rel(K.to_voigt(out["stress"][s].numpy()), at.get_stress()) <= TOL
         off += n
