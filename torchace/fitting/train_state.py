@@ -18,7 +18,6 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..atomic import atomic_write
-from .assembly import fitting_structures
 from .checkpoint import CheckpointError, CheckpointMismatch, data_hash
 from .data import Dataset
 
@@ -46,7 +45,7 @@ def fingerprint(model, train_structs, val_structs, weights, options: Dict[str, A
         "model_config": json.dumps(model.config_dict(), sort_keys=True, default=str),
         "model_options": json.dumps(opts, sort_keys=True),
         "model_state": state_hash(model),
-        "train_data": data_hash(Dataset(list(train_structs))) + f" ({len(fitting_structures(Dataset(list(train_structs))))})",
+        "train_data": data_hash(Dataset(list(train_structs))) + f" ({len(train_structs)})",  # fitting structures
         "validation_data": data_hash(Dataset(list(val_structs))) + f" ({len(val_structs)})",
         "weights": json.dumps(weights, sort_keys=True),
     } | {f"option {k}": json.dumps(v, sort_keys=True, default=str) for k, v in options.items()}
