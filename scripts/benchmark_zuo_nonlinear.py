@@ -25,6 +25,7 @@ import torchace
 from torchace.atomic import write_json_atomic
 from torchace.fitting.data import read_data
 from torchace.fitting.metrics import errors
+from torchace.fitting.trainer import OPTIMIZERS
 from torchace.model.nonlinear import from_linear
 
 SIZES = {"sm": [20, 16, 12], "lge": [25, 21, 17]}
@@ -45,7 +46,7 @@ def run(el, args):
     t0 = time.perf_counter()
     res = torchace.train(nl, train_path, weights=weights, E0="fit", init="linear", optimizer=args.optimizer,
                          epochs=args.epochs if len(args.epochs) > 1 else args.epochs[0], lr=args.lr, lam=args.lam,
-                         init_scale=args.init_scale, validation=args.validation, patience=args.patience,
+                         init_scale=args.init_scale, init_split=args.init_split, validation=args.validation, patience=args.patience,
                          batch_size=args.batch_size, seed=args.seed, progress=True, compute_errors=False,
                          checkpoint=args.checkpoint and f"{args.checkpoint}_{el}.pt")
     t_nl = time.perf_counter() - t0
@@ -107,11 +108,12 @@ def main(argv=None):
     ap.add_argument("--data", default=os.path.join(here, "..", "..", "shared", "data", "zuo2020"))
     ap.add_argument("--densities", type=int, default=2)
     ap.add_argument("--fixed-radials", action="store_true")
-    ap.add_argument("--optimizer", default="lbfgs", choices=["adam", "lbfgs", "adam+lbfgs"])
-    ap.add_argument("--epochs", type=int, nargs="+", default=[40])
+    ap.add_argument("--optimizer", default="auto", choices=list(OPTIMIZERS))
+    ap.add_argument("--epochs", type=int, nargs="+", default=[20])
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--lam", type=float, default=1e-3)
+    ap.add_argument("--lam", type=float, default=None, help="default: the BLR warm start's √(σ²/σ_p²)")
     ap.add_argument("--init-scale", type=float, default=0.0)
+    ap.add_argument("--init-split", type=float, default=0.1)
     ap.add_argument("--validation", type=float, default=0.1)
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=8)

@@ -8,7 +8,7 @@ weights:  {default: {E: 30, F: 1, V: 0}}
 E0:       fit
 prior:    null                                     # as in the fit config
 solver:   {name: BLR}                              # of the linear warm start (init: linear)
-training: {init: linear, optimizer: lbfgs, epochs: 40, lam: 1.0e-3, patience: 10, device: cpu}
+training: {init: linear, optimizer: auto, epochs: 20, lam: null, patience: 10, device: cpu}
 output:   {model: model_nl.json, errors: errors.json, history: history.json, checkpoint: train.pt}
 ```
 
@@ -36,8 +36,9 @@ KEYS_HELP = """train config keys: everything of the fit config (model, data, wei
   model:      densities [2], embedding [fs], fs_parameters [[1, 1, 1, 0.5]], learnable_radials [true],
               learnable_fs [false], mlp_hidden [16], seed [0]; or only {from: model.json}
   data:       validation [none]: a fraction of data.train (seeded split) or file(s)
-  training:   init [linear], optimizer [lbfgs | adam | adam+lbfgs], epochs [40; [adam, lbfgs] for adam+lbfgs],
-              batch_size [8], lr [adam 1e-3, lbfgs 1], lam [1e-3], init_scale [0], patience [10], seed [0],
+  training:   init [linear], optimizer [auto (gn; lbfgs for the MLP) | gn | lbfgs | adam | gn+lbfgs | adam+lbfgs],
+              epochs [20; [first, lbfgs] for the paired optimisers], batch_size [8], lr [adam 1e-3, lbfgs 1],
+              lam [null: the BLR warm start's; else 1e-3], init_scale [0], init_split [0.1], patience [10], seed [0],
               device [cpu], dtype [float64], committee_size [0] (BLR posterior samples of the linear part)
   output:     history [none] (JSON of every epoch), checkpoint [none] (resumed from when present)"""
 
@@ -45,12 +46,13 @@ KEYS_HELP = """train config keys: everything of the fit config (model, data, wei
 @dataclass
 class TrainingSection:
     init: str = "linear"
-    optimizer: str = "lbfgs"
-    epochs: Union[int, List[int]] = 40
+    optimizer: str = "auto"
+    epochs: Union[int, List[int]] = 20
     batch_size: int = 8
     lr: Optional[float] = None
-    lam: float = 1e-3
+    lam: Optional[float] = None
     init_scale: float = 0.0
+    init_split: float = 0.1
     patience: int = 10
     seed: int = 0
     device: str = "cpu"
@@ -160,7 +162,7 @@ class TrainConfig:
         t = self.training
         return dict(weights=self.fit.weights, prior=self.fit.build_prior(), solver=self.fit.build_solver(),
                     E0=self.fit.E0, init=t.init, optimizer=t.optimizer, epochs=t.epochs, batch_size=t.batch_size,
-                    lr=t.lr, lam=t.lam, init_scale=t.init_scale, patience=t.patience, seed=t.seed, device=t.device,
+                    lr=t.lr, lam=t.lam, init_scale=t.init_scale, init_split=t.init_split, patience=t.patience, seed=t.seed, device=t.device,
                     dtype=t.dtype, committee_size=t.committee_size, validation=self.validation,
                     checkpoint=self.checkpoint,
                     keys=DataKeys(**self.fit.data.keys), skip_bad=self.fit.data.skip_bad,
@@ -186,13 +188,14 @@ def _model_keys():
 
 
 def _check_training(t: TrainingSection) -> None:
-    from .trainer import DTYPES, INITS, OPTIMIZERS
+    from .trainer import DTYPES, INITS, OPTIMIZERS, PAIRED
 
     check_str("train config", "training.init", t.init, choices=INITS)
     check_str("train config", "training.optimizer", t.optimizer, choices=OPTIMIZERS)
     if isinstance(t.epochs, list):
-        if t.optimizer != "adam+lbfgs" or len(t.epochs) != 2:
-            raise ValueError("train config: training.epochs is a list [adam, lbfgs] only with optimizer adam+lbfgs")
+        if t.optimizer not in PAIRED or len(t.epochs) != 2:
+            raise ValueError(f"train config: training.epochs is a list [first, lbfgs] only with optimizer "
+                             f"{' or '.join(PAIRED)}")
         for e in t.epochs:
             check_int("train config", "training.epochs", e, minimum=0)
     else:
@@ -200,8 +203,12 @@ def _check_training(t: TrainingSection) -> None:
     check_int("train config", "training.batch_size", t.batch_size, minimum=1)
     if t.lr is not None:
         t.lr = check_float("train config", "training.lr", t.lr, positive=True)
-    t.lam = check_float("train config", "training.lam", t.lam, nonnegative=True)
+    if t.lam is not None:
+        t.lam = check_float("train config", "training.lam", t.lam, nonnegative=True)
     t.init_scale = check_float("train config", "training.init_scale", t.init_scale, nonnegative=True)
+    t.init_split = check_float("train config", "training.init_split", t.init_split, nonnegative=True)
+    if t.init_split >= 1.0:
+        raise ValueError(f"train config: training.init_split must be in [0, 1), got {t.init_split}")
     check_int("train config", "training.patience", t.patience, minimum=1)
     check_int("train config", "training.seed", t.seed, minimum=0)
     check_str("train config", "training.device", t.device)

@@ -12,9 +12,12 @@ prior is Γ (c = Γ⁻¹c′, so ‖c′‖² = ‖Γc‖²).  With one density,
 that prior (tests/test_trainer.py).
 
 Warm start (``init="linear"``): ``torchace.fit`` of density 1 and the pair part (BLR by default, E0 as in the
-fit), radials at the identity, the other densities at zero (or N(0, init_scale²)).  Optimisers: Adam on
-mini-batches (``batch_size`` structures, batch order shuffled per epoch from ``seed``), full-batch L-BFGS
-(strong Wolfe; one iteration per epoch), or Adam then L-BFGS.  Early stopping on a validation set; the model
+fit), radials at the identity, the other densities at zero (or N(0, init_scale²)); epoch 0 is that model, and
+the first step starts from ``NonlinearACEModel.split_densities(init_split)`` (off the saddle).  λ: given, or
+the BLR warm start's √(σ²/σ_p²).  Optimisers: Levenberg–Marquardt on the density and pair coefficients
+(``gauss_newton``; "auto" for separable embeddings), Adam on mini-batches (``batch_size`` structures, batch
+order shuffled per epoch from ``seed``), full-batch L-BFGS (strong Wolfe; one iteration per epoch), or Gauss–
+Newton / Adam then L-BFGS.  Early stopping on a validation set; the model
 returned holds the parameters of the epoch with the lowest validation loss (training loss without one).
 Checkpoints (``checkpoint=path``) are written atomically after every epoch and resumed from when present.
 """
@@ -35,14 +38,16 @@ from .assembly import fitting_structures
 from .data import Dataset, read_data
 from .metrics import errors as error_table
 from .metrics import format_table
-from .training import loss_metrics, make_batches, residuals, total_loss
+from .training import Penalty, loss_metrics, make_batches, residuals, total_loss
 from .train_scaling import CachedClosure, ScaledParameters, curvature_scale
 from .train_state import TrainCheckpoint, fingerprint
 from .weights import resolve_weights
+from .gauss_newton import GaussNewton, embedding_derivatives
 
 log = logging.getLogger("torchace")
 
-OPTIMIZERS = ("adam", "lbfgs", "adam+lbfgs")
+OPTIMIZERS = ("auto", "gn", "lbfgs", "adam", "gn+lbfgs", "adam+lbfgs")
+PAIRED = ("gn+lbfgs", "adam+lbfgs")  # two phases: epochs [first, second]
 INITS = ("linear", "model")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -77,53 +82,6 @@ class TrainResult:
 def trainable(model) -> List[torch.nn.Parameter]:
     """The parameters ``train`` optimises, in a fixed order (named_parameters order)."""
     return [p for _, p in model.named_parameters() if p.requires_grad]
-
-
-class Penalty:
-    """λ² R(θ): L2 of the density and pair coefficients (Γ-weighted for a column prior) and of W − I."""
-
-    def __init__(self, model, lam: float, gamma: Optional[torch.Tensor]):
-        self.lam2 = float(lam) ** 2
-        n_mb = model.nz * model.n_b
-        dev, dt = model.density_coefficients.device, model.density_coefficients.dtype
-        if gamma is None:
-            self.g_mb = self.g_pair = None
-        else:
-            gamma = gamma.to(device=dev, dtype=dt)
-            self.g_mb = gamma[:n_mb].view(model.nz, model.n_b)
-            self.g_pair = gamma[n_mb:].view(model.nz, model.nz, model.n_pair)
-        self.eye = None
-        if model.radials is not None:
-            n = model.radials.n_poly
-            self.eye = torch.eye(n, dtype=dt, device=dev).view(1, 1, n, 1, n)
-
-    def diagonal(self, model) -> List[Optional[torch.Tensor]]:
-        """½ ∂²(λ²R)/∂θ² for each of ``trainable(model)`` (None: not penalised)."""
-        out = []
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            if name == "density_coefficients":
-                g = torch.ones_like(p) if self.g_mb is None else (self.g_mb ** 2).expand_as(p)
-            elif name == "pair_coefficients":
-                g = torch.ones_like(p) if self.g_pair is None else self.g_pair ** 2
-            elif name == "radials.weights":
-                g = torch.ones_like(p)
-            else:
-                out.append(None)
-                continue
-            out.append(self.lam2 * g)
-        return out
-
-    def __call__(self, model) -> torch.Tensor:
-        c, cp = model.density_coefficients, model.pair_coefficients
-        if self.g_mb is not None:
-            c, cp = c * self.g_mb, cp * self.g_pair
-        r = (c * c).sum() + (cp * cp).sum()
-        if self.eye is not None:
-            d = model.radials.weights - self.eye
-            r = r + (d * d).sum()
-        return self.lam2 * r
 
 
 def _refit_linear(model, train_structs, weights, solver, lam, gamma, batches, val_batches, penalty):
@@ -169,15 +127,15 @@ def _split(ds: Dataset, fraction: float, seed: int):
     return ([s for k, s in enumerate(structs) if k not in val], [s for k, s in enumerate(structs) if k in val])
 
 
-def _check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype, init_scale, seed,
+def _check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype, init_scale, init_split, seed,
                      committee_size):
     check_str("train", "optimizer", optimizer, choices=OPTIMIZERS)
     check_str("train", "init", init, choices=INITS)
-    if optimizer == "adam+lbfgs":
+    if optimizer in PAIRED:
         if not (isinstance(epochs, (list, tuple)) and len(epochs) == 2):
             if isinstance(epochs, bool) or not isinstance(epochs, int):
-                raise ValueError(f"train: epochs must be an integer or, for adam+lbfgs, a pair [adam, lbfgs], "
-                                 f"got {epochs!r}")
+                raise ValueError(f"train: epochs must be an integer or, for {optimizer}, a pair "
+                                 f"[{optimizer.replace('+', ', ')}], got {epochs!r}")
             epochs = (epochs // 2, epochs - epochs // 2)
         epochs = tuple(check_int("train", "epochs", e, minimum=0) for e in epochs)
     else:
@@ -185,9 +143,14 @@ def _check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, dev
     check_int("train", "batch_size", batch_size, minimum=1)
     if lr is not None:
         check_float("train", "lr", lr, positive=True)
-    check_float("train", "lam", lam, nonnegative=True)
+    if lam is not None:
+        check_float("train", "lam", lam, nonnegative=True)
     check_int("train", "patience", patience, minimum=1)
     check_float("train", "init_scale", init_scale, nonnegative=True)
+    check_float("train", "init_split", init_split, nonnegative=True)
+    if init_split >= 1.0:
+        raise ValueError(f"train: init_split is the share of the linear fit moved to densities 2 … P, in [0, 1); "
+                         f"got {init_split}")
     check_int("train", "seed", seed, minimum=0)
     check_int("train", "committee_size", committee_size, minimum=0)
     if device is not None:
@@ -201,9 +164,29 @@ def _check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, dev
 
 
 def _phases(optimizer, epochs):
-    if optimizer == "adam+lbfgs":
-        return ["adam"] * epochs[0] + ["lbfgs"] * epochs[1]
+    if optimizer in PAIRED:
+        first, second = optimizer.split("+")
+        return [first] * epochs[0] + [second] * epochs[1]
     return [optimizer] * epochs
+
+
+def resolve_optimizer(model, optimizer: str) -> str:
+    """"auto": Gauss–Newton for the separable embeddings (none, FS), which it handles exactly and which
+    first-order methods barely move (docs/training.md), L-BFGS for the MLP; the others as given."""
+    if optimizer != "auto":
+        if optimizer.startswith("gn"):
+            embedding_derivatives(model)  # refuses the MLP with the reason
+        return optimizer
+    return "lbfgs" if model.embedding_fn is not None and model.embedding_fn.name != "fs" else "gn"
+
+
+def _lam_from_init(init_info) -> Optional[float]:
+    """λ = √(σ²/σ_p²) of a BLR warm start (its ridge equivalent: the regularisation the linear fit chose)."""
+    h = (init_info or {}).get("hyperparameters") or {}
+    nv, pv = h.get("noise_var"), h.get("prior_var")
+    if isinstance(nv, (int, float)) and isinstance(pv, (int, float)) and nv > 0 and pv > 0:
+        return float((nv / pv) ** 0.5)
+    return None
 
 
 def _progress_line(rec, n_epochs, has_val) -> str:
@@ -217,8 +200,9 @@ def _progress_line(rec, n_epochs, has_val) -> str:
 
 
 def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear", solver=None, epochs=40,
-          batch_size: int = 8, optimizer: str = "lbfgs", lr: Optional[float] = None, lam: float = 1e-3,
-          init_scale: float = 0.0, patience: int = 10, device=None, dtype=torch.float64, validation=None,
+          batch_size: int = 8, optimizer: str = "auto", lr: Optional[float] = None, lam: Optional[float] = None,
+          init_scale: float = 0.0, init_split: float = 0.1, patience: int = 10, device=None, dtype=torch.float64,
+          validation=None,
           checkpoint: Optional[str] = None, progress: bool = True, seed: int = 0, keys=None, skip_bad: bool = False,
           min_distance: Optional[float] = None, compute_errors: bool = True, precondition: bool = False,
           refit_linear: bool = True, committee_size: int = 0) -> TrainResult:
@@ -227,9 +211,13 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
 
     ``weights``, ``prior``, ``E0``, ``keys``, ``skip_bad``: as ``torchace.fit``.  ``init``: "linear" (warm start
     from ``torchace.fit`` with ``solver``, default BLR) or "model" (the model's current parameters; E0 'fit'
-    then needs init="linear").  ``epochs``: epochs (Adam: one pass over the batches; L-BFGS: one iteration on
-    the full loss); for "adam+lbfgs" an integer (split in half) or [adam, lbfgs].  ``lr``: Adam 1e-3, L-BFGS 1.
-    ``lam``: λ of the penalty (``solvers.QR(lam)``'s convention).  ``validation``: None, a fraction of the
+    then needs init="linear").  ``optimizer``: "auto" ("gn" for embedding None / FS, "lbfgs" for the MLP),
+    "gn" (one Levenberg–Marquardt iteration per epoch on the density and pair coefficients; the radials stay),
+    "lbfgs", "adam", "gn+lbfgs", "adam+lbfgs".  ``epochs``: epochs (Adam: one pass over the batches; L-BFGS /
+    GN: one iteration on the full loss); for the paired optimisers an integer (split in half) or [first,
+    lbfgs].  ``lr``: Adam 1e-3, L-BFGS 1.  ``lam``: λ of the penalty (``solvers.QR(lam)``'s convention); None:
+    √(noise_var/prior_var) of the BLR warm start, else 1e-3.  ``init_split``: the share κ of the linear fit
+    moved to densities 2 … P before the first step.  ``validation``: None, a fraction of the
     training structures (seeded split) or data; early stopping after ``patience`` epochs without improvement.
     ``checkpoint``: a path written after every epoch and resumed from (same inputs, or an error).
     ``precondition``: optimise u with θ = d ⊙ u, d from the Gauss–Newton diagonal (``train_scaling``); False:
@@ -243,11 +231,12 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     from ..model.nonlinear import NonlinearACEModel, from_linear
 
     epochs, dtype = _check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype,
-                                     init_scale, seed, committee_size)
+                                     init_scale, init_split, seed, committee_size)
     if isinstance(model, ACEModel):
         nl = from_linear(model, densities=1, embedding=None, learnable_radials=False)
         res = train(nl, data, weights=weights, prior=prior, E0=E0, init=init, solver=solver, epochs=epochs,
-                    batch_size=batch_size, optimizer=optimizer, lr=lr, lam=lam, patience=patience, device=device,
+                    batch_size=batch_size, optimizer=optimizer, lr=lr, lam=lam, init_split=init_split,
+                    patience=patience, device=device,
                     dtype=dtype, validation=validation, checkpoint=checkpoint, progress=progress, seed=seed,
                     keys=keys, skip_bad=skip_bad, min_distance=min_distance, compute_errors=compute_errors,
                     precondition=precondition, refit_linear=refit_linear, committee_size=committee_size)
@@ -261,6 +250,7 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
         return res
     if not isinstance(model, NonlinearACEModel):
         raise TypeError(f"train needs a NonlinearACEModel or ACEModel, got {type(model).__name__}")
+    optimizer = resolve_optimizer(model, optimizer)
     if prior is not None and not (hasattr(prior, "kind") and hasattr(prior, "to_dict")):
         raise TypeError(f"prior must be a torchace.priors object, got {prior!r}")
     if init == "model" and isinstance(E0, str) and E0 == "fit":
@@ -296,7 +286,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
 
     fp = fingerprint(model, train_structs, val_structs, resolved, dict(
         prior=None if prior is None else prior.to_dict(), E0=E0 if not isinstance(E0, dict) else dict(E0),
-        init=init, optimizer=optimizer, lr=lr, lam=lam, init_scale=init_scale, batch_size=batch_size, seed=seed,
+        init=init, optimizer=optimizer, lr=lr, lam=lam, init_scale=init_scale, init_split=init_split,
+        batch_size=batch_size, seed=seed,
         dtype=str(dtype), solver=None if solver is None else repr(solver), precondition=precondition))
     ckpt = TrainCheckpoint(checkpoint, fp) if checkpoint is not None else None
     saved = ckpt.load() if ckpt is not None else None
@@ -335,6 +326,9 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     else:
         set_E0(model.linear, ds, E0)
     timings["init"] = time.perf_counter() - t0
+    lam_given = lam
+    if lam is None:  # the regularisation the BLR warm start chose, else the fixed default
+        lam = _lam_from_init(init_info) or 1e-3
 
     if device is not None:
         model.to(device)
@@ -355,7 +349,7 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     history = saved["history"] if saved is not None else []
     best = saved["best"] if saved is not None else None
     start = len(history)
-    opt_adam = opt_lbfgs = None
+    opt_adam = opt_lbfgs = opt_gn = None
 
     t0 = time.perf_counter()
     if saved is not None and saved.get("scales") is not None:
@@ -367,6 +361,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     scaled = ScaledParameters(params, scales)
 
     def make_opt(phase):
+        if phase == "gn":
+            return GaussNewton(model, batches, penalty)
         if phase == "adam":
             return torch.optim.Adam(scaled.u, lr=lr or 1e-3)
         # max_eval: torch derives it from max_iter (1 here), which would leave the line search no evaluations
@@ -378,7 +374,7 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
             and saved.get("phase") == phases[start - 1]:  # the next epoch continues the saved optimiser
         opt = make_opt(phases[start - 1])
         opt.load_state_dict(saved["optimizer"])
-        opt_adam, opt_lbfgs = (opt, None) if phases[start - 1] == "adam" else (None, opt)
+        opt_adam, opt_lbfgs, opt_gn = [opt if phases[start - 1] == ph else None for ph in ("adam", "lbfgs", "gn")]
     closure = CachedClosure(model, scaled, lambda: total_loss(model, batches, penalty, backward=True))
     stopped = "epochs"
     has_val = bool(val_batches)
@@ -386,7 +382,11 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     for epoch in range(start, n_epochs + 1):  # epoch 0 is the starting point
         t0 = time.perf_counter()
         phase = "init" if epoch == 0 else phases[epoch - 1]
-        opt = None
+        opt, step_info = None, None
+        if epoch == 1 and init == "linear" and not init_scale:
+            # epoch 0 is the linear warm start itself; training starts off its saddle (split_densities)
+            model.split_densities(init_split)
+            scaled.pull()
         if phase == "adam":
             opt_adam = opt_adam or make_opt("adam")
             opt = opt_adam
@@ -400,6 +400,11 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
                 scaled.grads_to_u()
                 opt.step()
                 scaled.push()
+        elif phase == "gn":
+            opt_gn = opt_gn or make_opt("gn")
+            opt = opt_gn
+            step_info = opt.step()
+            scaled.pull()
         elif phase == "lbfgs":
             opt_lbfgs = opt_lbfgs or make_opt("lbfgs")
             opt = opt_lbfgs
@@ -411,6 +416,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
         tr = loss_metrics(model, batches, penalty)
         va = loss_metrics(model, val_batches, penalty) if has_val else None
         rec = {"epoch": epoch, "phase": phase, "train": tr, "val": va, "seconds": time.perf_counter() - t0}
+        if step_info is not None:
+            rec["gn"] = step_info
         history.append(rec)
         score = (va or tr)["loss"]
         if best is None or score < best["score"]:
@@ -451,9 +458,12 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     timings["errors"] = time.perf_counter() - t0
     hyper = {"optimizer": optimizer, "epochs": list(epochs) if isinstance(epochs, tuple) else epochs,
              "batch_size": batch_size, "lr": lr or (1e-3 if optimizer == "adam" else 1.0), "lam": lam,
+             "lam_from": "given" if lam_given is not None else ("BLR warm start" if _lam_from_init(init_info)
+                                                                 else "default 1e-3"), "init_split": init_split,
              "init": init, "init_scale": init_scale, "patience": patience, "seed": seed, "dtype": str(dtype),
              "device": str(dev), "n_train": len(train_structs), "n_validation": len(val_structs),
-             "lbfgs_evaluations": closure.evaluations, "refit_linear": refit,
+             "lbfgs_evaluations": closure.evaluations,
+             "gn_evaluations": opt_gn.evaluations if opt_gn is not None else 0, "refit_linear": refit,
              "committee_size": committee_size, "committee": committee}
     result = TrainResult(history=history, chosen_epoch=best["epoch"], errors=errs, validation_errors=verrs,
                          hyperparameters=hyper, init=init_info, n_parameters=sum(p.numel() for p in params),

@@ -8,6 +8,7 @@ solution of the same weights — training and fitting are one problem.
 from __future__ import annotations
 
 import math
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -59,6 +60,53 @@ def residuals(model, batch):
         rss = rss + ((batch["wV"][:, None] * dV) ** 2).sum()
         err.update(V=dV / batch["n"][:, None], mV=batch["wV"] != 0)
     return err, rss
+
+
+class Penalty:
+    """λ² R(θ): L2 of the density and pair coefficients (Γ-weighted for a column prior) and of W − I."""
+
+    def __init__(self, model, lam: float, gamma: Optional[torch.Tensor]):
+        self.lam2 = float(lam) ** 2
+        n_mb = model.nz * model.n_b
+        dev, dt = model.density_coefficients.device, model.density_coefficients.dtype
+        if gamma is None:
+            self.g_mb = self.g_pair = None
+        else:
+            gamma = gamma.to(device=dev, dtype=dt)
+            self.g_mb = gamma[:n_mb].view(model.nz, model.n_b)
+            self.g_pair = gamma[n_mb:].view(model.nz, model.nz, model.n_pair)
+        self.eye = None
+        if model.radials is not None:
+            n = model.radials.n_poly
+            self.eye = torch.eye(n, dtype=dt, device=dev).view(1, 1, n, 1, n)
+
+    def diagonal(self, model) -> List[Optional[torch.Tensor]]:
+        """½ ∂²(λ²R)/∂θ² for each of ``trainable(model)`` (None: not penalised)."""
+        out = []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name == "density_coefficients":
+                g = torch.ones_like(p) if self.g_mb is None else (self.g_mb ** 2).expand_as(p)
+            elif name == "pair_coefficients":
+                g = torch.ones_like(p) if self.g_pair is None else self.g_pair ** 2
+            elif name == "radials.weights":
+                g = torch.ones_like(p)
+            else:
+                out.append(None)
+                continue
+            out.append(self.lam2 * g)
+        return out
+
+    def __call__(self, model) -> torch.Tensor:
+        c, cp = model.density_coefficients, model.pair_coefficients
+        if self.g_mb is not None:
+            c, cp = c * self.g_mb, cp * self.g_pair
+        r = (c * c).sum() + (cp * cp).sum()
+        if self.eye is not None:
+            d = model.radials.weights - self.eye
+            r = r + (d * d).sum()
+        return self.lam2 * r
 
 
 def penalty(model, lam):

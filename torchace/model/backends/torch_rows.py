@@ -14,7 +14,7 @@ xz, xy.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch.func import jvp, vmap
@@ -80,11 +80,18 @@ def jacobian_pattern(model):
 
 
 def torch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 * 2**20,
-               analytic: bool = True) -> Dict[str, torch.Tensor]:
+               analytic: bool = True, densities: Optional[Tuple[torch.Tensor, Callable]] = None
+               ) -> Dict[str, torch.Tensor]:
     """Design-matrix rows of a collated batch in torch ops, any device (``torchace.design_matrix_rows``).
 
     ``analytic``: ∂φ/∂r from the analytic radials and harmonics (``EdgeEmbedding.dphi``); False: from
     forward-mode AD of the reference embedding (the slower reference the analytic path is tested against).
+
+    ``densities`` = (c [P, NZ, n_b], embedding derivatives ``(ρ [N, P], species) → (F', F'') [N, P]``): the
+    Jacobian of E = Σ_i F(ρ_i), ρ_ip = c_p[z_i]·B_i, for a separable F (Σ_p f_p(ρ_p)) with respect to every c_p
+    instead of the rows of Σ_i B_i: ∂E/∂c_p = Σ_i F'_p B_i and, per edge, ∂/∂r_e (F'_p B_i) = F'_p G_e +
+    F''_p (G_e·c_p) B_i (the Gauss–Newton rows of ``torchace.fitting.gauss_newton``).  Many-body columns are
+    then [P, NZ, n_b] flat (``density_coefficients``' layout), followed by the pair columns as usual.
 
     Per atom i the Jacobian J_i = ∂B/∂A (over the A-columns in use) is assembled from the leave-one-out
     products; the per-edge derivatives G_e = J_i · ∂φ_e/∂r_e are then one batched matrix product per
@@ -105,14 +112,25 @@ def torch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
         zi, zj = species[i], species[j]
         A = model.atomic_basis(vectors, species, torch.stack([i, j]))
         B = model.site_basis(A)  # [N, nb]
-        e_mb = zeros(n_s * nz, 1, nb).index_add_(0, bidx * nz + species, B.unsqueeze(1))
+        n_p = 1
+        if densities is not None:
+            c_dens, d_embed = densities
+            n_p = int(c_dens.shape[0])
+            c_site = c_dens.to(B).permute(1, 0, 2)[species]  # [N, P, nb]
+            s_site, t_site = d_embed(torch.einsum("nb,npb->np", B, c_site), species)  # F', F'' [N, P]
+            e_mb = zeros(n_s * n_p * nz, 1, nb)
+            for p in range(n_p):
+                e_mb.index_add_(0, (bidx * n_p + p) * nz + species, (s_site[:, p:p + 1] * B).unsqueeze(1))
+        else:
+            e_mb = zeros(n_s * nz, 1, nb).index_add_(0, bidx * nz + species, B.unsqueeze(1))
+        nzp = n_p * nz  # many-body column blocks: (density, centre element)
 
         tgt, src, val = jacobian_pattern(model)
         n_used = model.embedding.n_a
         deg = torch.bincount(i, minlength=n_atoms)
         start = torch.cumsum(deg, 0) - deg
         slot = torch.arange(i.numel(), device=dev) - start[i]
-        f_mb, v_mb = zeros((n_atoms + 1) * nz, 3, nb), zeros(n_s * nz, 6, nb)  # + a spare atom for padding
+        f_mb, v_mb = zeros((n_atoms + 1) * nzp, 3, nb), zeros(n_s * nzp, 6, nb)  # + a spare atom for padding
         max_deg = int(deg.max()) if n_atoms else 0
         per_atom = (model.product.idx.shape[1] * model.product.n_aa + n_used * nb
                     + 3 * max(max_deg, 1) * (2 * n_used + 2 * nb))
@@ -138,19 +156,26 @@ def torch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
             # reductions over slots (a sum and one bmm per atom), never [E, 6, nb] per-edge temporaries
             G = torch.bmm(D.view(na, md * 3, n_used), J).view(na, md, 3, nb)
             atoms = torch.arange(a0, a1, device=dev)
-            blk_i = atoms * nz + species[a0:a1]
-            f_mb.index_add_(0, blk_i, G.sum(1))  # +∂/∂r_e at the centre
             jpad = torch.full((na, md), n_atoms, dtype=torch.long, device=dev)  # empty slots → a spare row
             jpad[il, sk] = j[sl]
-            f_mb.index_add_(0, (jpad * nz + species[a0:a1].unsqueeze(1)).view(-1), G.view(na * md, 3, nb), alpha=-1)
             rpad = zeros(na, md, 3)
             rpad[il, sk] = vectors[sl]
-            W = torch.bmm(rpad.transpose(1, 2), G.view(na, md, 3 * nb)).view(na, 3, 3, nb)  # Σ_e r_a G_b
-            Wv = -0.5 * (W[:, _VOIGT_A, _VOIGT_B] + W[:, _VOIGT_B, _VOIGT_A])  # [na, 6, nb]
-            v_mb.index_add_(0, bidx[a0:a1] * nz + species[a0:a1], Wv)
-        energy = [_columns(e_mb, n_s, nz)]
-        forces = [_columns(f_mb[: n_atoms * nz], n_atoms, nz)]
-        virial = [_columns(v_mb, n_s, nz)]
+            for p in range(n_p):
+                Gp = G
+                if densities is not None:  # F'_p G_e + F''_p (G_e·c_p) B_i
+                    g_rho = torch.einsum("nmcb,nb->nmc", G, c_site[a0:a1, p])
+                    Gp = torch.addcmul((s_site[a0:a1, p].view(na, 1, 1, 1) * G),
+                                       (t_site[a0:a1, p].view(na, 1, 1) * g_rho).unsqueeze(-1),
+                                       B[a0:a1].view(na, 1, 1, nb))
+                blk = p * nz + species[a0:a1]
+                f_mb.index_add_(0, atoms * nzp + blk, Gp.sum(1))  # +∂/∂r_e at the centre
+                f_mb.index_add_(0, (jpad * nzp + blk.unsqueeze(1)).view(-1), Gp.reshape(na * md, 3, nb), alpha=-1)
+                W = torch.bmm(rpad.transpose(1, 2), Gp.reshape(na, md, 3 * nb)).view(na, 3, 3, nb)  # Σ_e r_a G_b
+                Wv = -0.5 * (W[:, _VOIGT_A, _VOIGT_B] + W[:, _VOIGT_B, _VOIGT_A])  # [na, 6, nb]
+                v_mb.index_add_(0, bidx[a0:a1] * nzp + blk, Wv)
+        energy = [_columns(e_mb, n_s, nzp)]
+        forces = [_columns(f_mb[: n_atoms * nzp], n_atoms, nzp)]
+        virial = [_columns(v_mb, n_s, nzp)]
 
         if npair > 0:  # pair blocks per ordered (centre, neighbour) element pair
             if analytic:

@@ -27,7 +27,8 @@ from ...config import ACEConfig
 from ...structures.geometry import edge_vectors
 from ..ace import ACEModel, ace_model as linear_ace_model
 from ..strain import autograd_outputs, edge_gradient_outputs, strained_geometry
-from .embedding import EMBEDDINGS, FS, MLP, FSEmbedding, MLPEmbedding, check_fs_parameters, default_fs_parameters
+from .embedding import (EMBEDDINGS, FS, MLP, FSEmbedding, MLPEmbedding, check_fs_parameters, default_fs_parameters,
+                        fs_shifted_scaled)
 from .radials import LearnableRadials
 from .state import NonlinearState
 
@@ -261,6 +262,21 @@ class NonlinearACEModel(NonlinearState, nn.Module):
         c = torch.randn(self.density_coefficients[first:].shape, generator=g, dtype=torch.float64) * float(scale)
         with torch.no_grad():
             self.density_coefficients[first:] = c.to(self.density_coefficients)
+
+    def split_densities(self, kappa: float) -> None:
+        """Move the share κ of density 1 to densities 2 … P (FS only): c_p = κ c_1 (p ≥ 2), c_1 ← (1 − κ Σ_p a_p
+        f'_p(0)) c_1, which leaves the energies unchanged to first order in ρ.  The training's warm start has
+        densities 2 … P at zero, a saddle of the loss (their gradient is f'_p(0) times density 1's, which
+        vanishes at the linear optimum); this is where training starts instead."""
+        f = self.embedding_fn
+        if not kappa or self.densities == 1 or f is None or f.name != FS:
+            return
+        m = f.exponents[:, 1:]
+        slope = (f.weights.detach()[:, 1:] * fs_shifted_scaled(torch.zeros_like(m), m)[1]).sum(1)  # [NZ]
+        with torch.no_grad():
+            c = self.density_coefficients[0].clone()
+            self.density_coefficients[1:] = float(kappa) * c
+            self.density_coefficients[0] = c * (1.0 - float(kappa) * slope.to(c)).unsqueeze(1)
 
     def extra_repr(self) -> str:
         c = self.config
