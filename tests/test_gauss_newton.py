@@ -197,3 +197,15 @@ def test_gn_resume_gives_the_uninterrupted_model(tmp_path):
     assert r_res.history[-1]["gn"]["mu"] == r_whole.history[-1]["gn"]["mu"]
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14), k
+
+
+def test_a_normal_matrix_too_large_is_refused_before_the_warm_start(monkeypatch):
+    import torchace.fitting.gauss_newton as G
+
+    monkeypatch.setattr(G, "available_bytes", lambda device=None: 1000)
+    calls = []
+    monkeypatch.setattr(torchace.fitting.driver, "fit", lambda *a, **k: calls.append(1))
+    nl = from_linear(torchace.ace_model(["Si"], 2, 4), densities=2, embedding="fs")
+    with pytest.raises(MemoryError, match="normal matrix.*optimizer='lbfgs'"):
+        torchace.train(nl, _labelled(["Si"], n=2), weights=W, E0=E0, epochs=2, progress=False)
+    assert not calls

@@ -19,7 +19,7 @@ Gauss–Newton step is exact in θ at fixed W, and W is trained by the first-ord
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -27,10 +27,11 @@ from .. import keys as K
 from ..model.backends.torch_rows import torch_rows
 from ..model.evaluate import model_inputs
 from ..model.nonlinear.embedding import FS, fs_shifted_scaled
+from .assembly import available_bytes
 from .nonlinear_committee import committee_linear_model
 from .training import loss_metrics
 
-__all__ = ["embedding_derivatives", "normal_equations", "GaussNewton"]
+__all__ = ["embedding_derivatives", "normal_equations", "check_memory", "GaussNewton"]
 
 
 def embedding_derivatives(model) -> Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
@@ -96,6 +97,17 @@ def normal_equations(model, batches: List[Dict]) -> Tuple[torch.Tensor, torch.Te
     return H, g, rss
 
 
+def check_memory(model, device=None) -> None:
+    """Refuse (MemoryError, before any work) a θ whose K × K normal matrix does not fit on ``device``."""
+    k = model.density_coefficients.numel() + model.pair_coefficients.numel()
+    dev = device if device is not None else model.density_coefficients.device
+    need, avail = 4 * k * k * 8, available_bytes(dev)  # JᵀJ, the damped copy, its factor, a temporary
+    if avail is not None and need > avail:
+        raise MemoryError(f"Gauss–Newton on {k} coefficients needs {need / 2**30:.1f} GiB for its {k} × {k} "
+                          f"normal matrix, more than the {avail / 2**30:.1f} GiB available on {dev}; use "
+                          "optimizer='lbfgs' (or fewer densities / a smaller basis)")
+
+
 class GaussNewton:
     """Levenberg–Marquardt on θ = [density_coefficients | pair_coefficients] of ``model`` for the loss
     ``loss_metrics(model, batches, penalty)`` (``penalty``: ``trainer.Penalty``); ``step()`` is one iteration."""
@@ -104,7 +116,9 @@ class GaussNewton:
         self.model, self.batches, self.penalty = model, batches, penalty
         self.mu, self.max_tries = float(mu), int(max_tries)
         self.n_rows = max(sum(b["n_rows"] for b in batches), 1)
+        check_memory(model)
         self.evaluations = 0
+        self.metrics: Optional[Dict] = None  # loss_metrics at the accepted point of the last step (None: none)
 
     def _penalty_diagonal(self) -> torch.Tensor:
         m, pen = self.model, self.penalty
@@ -115,7 +129,8 @@ class GaussNewton:
 
     def loss(self) -> float:
         self.evaluations += 1
-        return loss_metrics(self.model, self.batches, self.penalty)["loss"]
+        self.metrics = loss_metrics(self.model, self.batches, self.penalty)
+        return self.metrics["loss"]
 
     def state_dict(self) -> Dict:
         return {"mu": self.mu}
@@ -127,6 +142,7 @@ class GaussNewton:
         """One LM iteration: the normal equations at θ, then damped solves until the loss goes down (at most
         ``max_tries``; θ is left unchanged if none does)."""
         model = self.model
+        self.metrics = None
         theta = _theta(model)
         theta64 = theta.to(torch.float64)
         H, g, rss = normal_equations(model, self.batches)
@@ -151,4 +167,5 @@ class GaussNewton:
                         "step": float(delta.norm() / theta64.norm().clamp_min(1e-300))}
             self.mu *= 4.0
         _set_theta(model, theta)
+        self.metrics = None
         return {"before": before, "after": before, "mu": self.mu, "tries": self.max_tries, "step": 0.0}

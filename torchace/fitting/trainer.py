@@ -43,6 +43,7 @@ from .train_scaling import CachedClosure, ScaledParameters, curvature_scale
 from .train_state import TrainCheckpoint, fingerprint
 from .weights import resolve_weights
 from .gauss_newton import GaussNewton, embedding_derivatives
+from .gauss_newton import check_memory as check_gn_memory
 
 log = logging.getLogger("torchace")
 
@@ -251,6 +252,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     if not isinstance(model, NonlinearACEModel):
         raise TypeError(f"train needs a NonlinearACEModel or ACEModel, got {type(model).__name__}")
     optimizer = resolve_optimizer(model, optimizer)
+    if "gn" in _phases(optimizer, epochs):
+        check_gn_memory(model, device)
     if prior is not None and not (hasattr(prior, "kind") and hasattr(prior, "to_dict")):
         raise TypeError(f"prior must be a torchace.priors object, got {prior!r}")
     if init == "model" and isinstance(E0, str) and E0 == "fit":
@@ -413,7 +416,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
         if not all(bool(torch.isfinite(p).all()) for p in params):
             raise FloatingPointError(f"train: parameters became non-finite at epoch {epoch} ({phase}); lower lr or "
                                      "raise lam")
-        tr = loss_metrics(model, batches, penalty)
+        # an accepted Gauss–Newton step has just evaluated these (same parameters, same function)
+        tr = opt_gn.metrics if phase == "gn" and opt_gn.metrics is not None else loss_metrics(model, batches, penalty)
         va = loss_metrics(model, val_batches, penalty) if has_val else None
         rec = {"epoch": epoch, "phase": phase, "train": tr, "val": va, "seconds": time.perf_counter() - t0}
         if step_info is not None:
