@@ -2,10 +2,8 @@
 the exact Jacobian of E, F and the virial in every density and pair coefficient (against autograd of the
 reference path), one undamped step of the linear model is the solvers.QR(lam) fit, the LM iteration only goes
 down, the symmetry-breaking split keeps the energies to first order, and the MLP is refused."""
-import numpy as np
 import pytest
 import torch
-from ase.calculators.singlepoint import SinglePointCalculator
 
 import torchace
 from torchace import keys as K
@@ -21,7 +19,7 @@ from torchace.model.backends.torch_rows import torch_rows
 from torchace.model.evaluate import model_inputs
 from torchace.model.nonlinear import NonlinearACEModel, from_linear
 from torchace.structures.batch import collate
-from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk
+from torchace.testing import model_labelled, random_cluster, randomize_coefficients, rattled_bulk
 
 W = {"default": {"E": 30, "F": 1, "V": 1}}
 E0 = {"Si": 0.0}
@@ -36,15 +34,7 @@ def _labelled(els, n=6, seed=0, noise=0.01, nonlinear=False):
         true = from_linear(true, densities=2, embedding="fs", learnable_radials=False).eval()
         with torch.no_grad():
             true.density_coefficients[1] = 3.0 * true.density_coefficients[0]
-    g = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        at = rattled_bulk(els, seed=seed + k) if k % 2 else random_cluster(els, 6, 3.0, seed=seed + k)
-        o = torchace.evaluate(true, at)
-        at.calc = SinglePointCalculator(at, energy=float(o[K.ENERGY][0]),
-                                        forces=o[K.FORCES].numpy() + noise * g.standard_normal((len(at), 3)))
-        out.append(at)
-    return out
+    return model_labelled(true, els, n, seed, noise)
 
 
 def _with(model, theta, fn):
@@ -82,7 +72,7 @@ def test_rows_are_the_jacobian(variant):
     batch = collate([a, random_cluster(els, 5, 3.0, seed=2)], nl.config.numbers, nl.rcut, dtype=torch.float64)
     basis = committee_linear_model(nl) if nl.radials is not None else nl.linear
     rows = torch_rows(basis, batch, densities=(nl.density_coefficients.detach(), embedding_derivatives(nl)))
-    theta = torch.cat([nl.density_coefficients.detach().reshape(-1), nl.pair_coefficients.detach().reshape(-1)])
+    theta = nl.coefficients.detach()
 
     def outputs(t):
         def run():
@@ -113,7 +103,7 @@ def test_one_undamped_step_is_the_qr_fit():
     cond = float(torch.linalg.cond(H + lam ** 2 * torch.eye(H.shape[0], dtype=H.dtype)))
     gn = GaussNewton(nl, batches, Penalty(nl, lam, None), mu=0.0)
     info = gn.step()
-    c = torch.cat([nl.density_coefficients.detach().reshape(-1), nl.pair_coefficients.detach().reshape(-1)])
+    c = nl.coefficients.detach()
     ref = lin.coefficients.detach()
     # the normal equations' rounding bound: cond(JᵀJ + λ²) · ε (QR itself is accurate to cond(J) · ε)
     err = float((c - ref).norm() / ref.norm())

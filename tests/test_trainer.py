@@ -9,7 +9,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 import torchace
@@ -21,7 +20,7 @@ from torchace.fitting.trainer import Penalty, trainable
 from torchace.fitting.training import make_batches
 from torchace.fitting.weights import resolve_weights
 from torchace.model.nonlinear import NonlinearACEModel, from_linear
-from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk
+from torchace.testing import model_labelled, randomize_coefficients
 
 W = {"default": {"E": 30, "F": 1, "V": 1}}
 E0 = {"Si": 0.0}
@@ -30,15 +29,7 @@ E0 = {"Si": 0.0}
 def _labelled(els, n=6, seed=0, noise=0.01, order=2, td=4):
     true = torchace.ace_model(els, order, td)
     randomize_coefficients(true, 0.05, seed=3)
-    g = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        at = rattled_bulk(els, seed=seed + k) if k % 2 else random_cluster(els, 6, 3.0, seed=seed + k)
-        o = torchace.evaluate(true, at)
-        at.calc = SinglePointCalculator(at, energy=float(o[K.ENERGY][0]),
-                                        forces=o[K.FORCES].numpy() + noise * g.standard_normal((len(at), 3)))
-        out.append(at)
-    return out
+    return model_labelled(true, els, n, seed, noise)
 
 
 @pytest.fixture(scope="module")

@@ -121,6 +121,25 @@ def labelled_dataset(n: int = 6, seed: int = 0):
     return read_data(structs)
 
 
+def model_labelled(model, symbols: Sequence[str], n: int = 6, seed: int = 0, noise: float = 0.01) -> List[Atoms]:
+    """``n`` structures (clusters and rattled crystals, alternating) labelled with ``model``'s energies and its
+    forces plus N(0, noise²) (seeded): data a model of that form can fit to the noise."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from . import keys as K
+    from .model.evaluate import evaluate
+
+    g = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        at = rattled_bulk(symbols, seed=seed + k) if k % 2 else random_cluster(symbols, 6, 3.0, seed=seed + k)
+        o = evaluate(model, at)
+        at.calc = SinglePointCalculator(at, energy=float(o[K.ENERGY][0]),
+                                        forces=o[K.FORCES].numpy() + noise * g.standard_normal((len(at), 3)))
+        out.append(at)
+    return out
+
+
 def fd_virial(model, atoms: Atoms, h: float = 1e-5) -> np.ndarray:
     """Central finite differences W = -dE/dε for symmetric strains (cell and positions deformed), [3, 3]."""
     W = np.zeros((3, 3))

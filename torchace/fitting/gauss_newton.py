@@ -56,10 +56,6 @@ def embedding_derivatives(model) -> Callable[[torch.Tensor, torch.Tensor], Tuple
     return deriv
 
 
-def _theta(model) -> torch.Tensor:
-    return torch.cat([model.density_coefficients.detach().reshape(-1), model.pair_coefficients.detach().reshape(-1)])
-
-
 def _set_theta(model, theta: torch.Tensor) -> None:
     n = model.density_coefficients.numel()
     with torch.no_grad():
@@ -121,11 +117,11 @@ class GaussNewton:
         self.metrics: Optional[Dict] = None  # loss_metrics at the accepted point of the last step (None: none)
 
     def _penalty_diagonal(self) -> torch.Tensor:
-        m, pen = self.model, self.penalty
-        gm = torch.ones_like(m.density_coefficients) if pen.g_mb is None else (pen.g_mb ** 2).expand_as(
-            m.density_coefficients)
-        gp = torch.ones_like(m.pair_coefficients) if pen.g_pair is None else pen.g_pair ** 2
-        return pen.lam2 * torch.cat([gm.reshape(-1), gp.reshape(-1)]).detach().to(torch.float64)
+        """λ²Γ² on θ: the penalty's diagonal of the density and pair coefficients."""
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        d = dict(zip(names, self.penalty.diagonal(self.model)))
+        return torch.cat([d["density_coefficients"].reshape(-1), d["pair_coefficients"].reshape(-1)]).detach().to(
+            torch.float64)
 
     def loss(self) -> float:
         self.evaluations += 1
@@ -143,7 +139,7 @@ class GaussNewton:
         ``max_tries``; θ is left unchanged if none does)."""
         model = self.model
         self.metrics = None
-        theta = _theta(model)
+        theta = model.coefficients.detach()  # [density_coefficients | pair_coefficients], flat
         theta64 = theta.to(torch.float64)
         H, g, rss = normal_equations(model, self.batches)
         d_pen = self._penalty_diagonal()

@@ -329,9 +329,10 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     else:
         set_E0(model.linear, ds, E0)
     timings["init"] = time.perf_counter() - t0
-    lam_given = lam
+    lam_from = "given"
     if lam is None:  # the regularisation the BLR warm start chose, else the fixed default
-        lam = _lam_from_init(init_info) or 1e-3
+        lam = _lam_from_init(init_info)
+        lam, lam_from = (lam, "BLR warm start") if lam is not None else (1e-3, "default 1e-3")
 
     if device is not None:
         model.to(device)
@@ -462,8 +463,7 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     timings["errors"] = time.perf_counter() - t0
     hyper = {"optimizer": optimizer, "epochs": list(epochs) if isinstance(epochs, tuple) else epochs,
              "batch_size": batch_size, "lr": lr or (1e-3 if optimizer == "adam" else 1.0), "lam": lam,
-             "lam_from": "given" if lam_given is not None else ("BLR warm start" if _lam_from_init(init_info)
-                                                                 else "default 1e-3"), "init_split": init_split,
+             "lam_from": lam_from, "init_split": init_split,
              "init": init, "init_scale": init_scale, "patience": patience, "seed": seed, "dtype": str(dtype),
              "device": str(dev), "n_train": len(train_structs), "n_validation": len(val_structs),
              "lbfgs_evaluations": closure.evaluations,
