@@ -10,11 +10,13 @@ from torchace import keys as K
 from torchace.fitting import solvers
 from torchace.fitting.data import read_data
 from torchace.fitting.driver import set_E0
-from torchace.fitting.gauss_newton import GaussNewton, embedding_derivatives, normal_equations
+from torchace.fitting.gauss_newton import GaussNewton, embedding_derivatives, fused_rows_reason, normal_equations
 from torchace.fitting.nonlinear_committee import committee_linear_model
 from torchace.fitting.trainer import Penalty, resolve_optimizer
 from torchace.fitting.training import loss_metrics, make_batches
 from torchace.fitting.weights import resolve_weights
+from torchace.model.backends import fused
+from torchace.model.backends.fused_nonlinear import DENSITIES, nonlinear_forward
 from torchace.model.backends.torch_rows import torch_rows
 from torchace.model.evaluate import model_inputs
 from torchace.model.nonlinear import NonlinearACEModel, from_linear
@@ -86,6 +88,13 @@ def test_rows_are_the_jacobian(variant):
     Jr = torch.cat([rows[K.ENERGY], rows[K.FORCES], rows[K.VIRIAL].reshape(-1, theta.numel())])
     assert Jr.shape == J.shape
     assert float((J - Jr).abs().max()) < 1e-10 * float(J.abs().max())
+    if fused.available():  # the fused kernel's rows (what normal_equations uses on CPU): the same Jacobian
+        assert fused_rows_reason(nl, "cpu") is None
+        out = nonlinear_forward(nl, *model_inputs(nl, batch), True, True, with_densities=True)
+        w, t = embedding_derivatives(nl)(out[DENSITIES], batch[K.SPECIES])
+        fr = fused.design_rows(basis, batch, densities=(nl.density_coefficients.detach(), w, t))
+        Jf = torch.cat([fr[K.ENERGY], fr[K.FORCES], fr[K.VIRIAL].reshape(-1, theta.numel())])
+        assert float((J - Jf).abs().max()) < 1e-10 * float(J.abs().max())
 
 
 def test_one_undamped_step_is_the_qr_fit():

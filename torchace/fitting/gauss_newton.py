@@ -24,6 +24,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import keys as K
+from ..model.backends import fused
+from ..model.backends.fused_nonlinear import DENSITIES, nonlinear_forward, nonlinear_supported
 from ..model.backends.torch_rows import torch_rows
 from ..model.evaluate import model_inputs
 from ..model.nonlinear.embedding import FS, fs_shifted_scaled
@@ -63,9 +65,18 @@ def _set_theta(model, theta: torch.Tensor) -> None:
         model.pair_coefficients.copy_(theta[n:].view_as(model.pair_coefficients))
 
 
+def fused_rows_reason(model, device) -> Optional[str]:
+    """None if the Gauss–Newton rows of ``model`` run on the fused C++ kernel (CPU), else why not (they then run
+    in torch ops, ``torch_rows``)."""
+    if torch.device(device).type != "cpu":
+        return "the fused kernel is CPU-only"
+    return nonlinear_supported(model)
+
+
 def normal_equations(model, batches: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor, float]:
     """(JᵀJ [K, K], Jᵀr [K], rss) over ``batches`` (``training.make_batches``), K = θ's size, in float64; r the
-    weighted residuals (prediction − label), J = ∂r/∂θ."""
+    weighted residuals (prediction − label), J = ∂r/∂θ; the rows from the fused kernel on CPU
+    (``fused_rows_reason``), else ``torch_rows``."""
     was_training = model.training
     model.eval()
     basis = committee_linear_model(model) if model.radials is not None else model.linear
@@ -75,11 +86,17 @@ def normal_equations(model, batches: List[Dict]) -> Tuple[torch.Tensor, torch.Te
     H = torch.zeros(k, k, dtype=torch.float64, device=c.device)
     g = torch.zeros(k, dtype=torch.float64, device=c.device)
     rss = 0.0
+    fast = fused_rows_reason(model, c.device) is None
     with torch.no_grad():
         for b in batches:
             virials = bool((b["wV"] != 0).any())
-            out = model(*model_inputs(model, b), True, virials)
-            rows = torch_rows(basis, b, analytic=True, densities=(c, deriv))
+            if fast:  # the fused kernel: outputs and densities ρ, then the rows with f'_p(ρ), f''_p(ρ)
+                out = nonlinear_forward(model, *model_inputs(model, b), True, virials, with_densities=True)
+                w, t = deriv(out[DENSITIES], b[K.SPECIES])
+                rows = fused.design_rows(basis, b, densities=(c, w, t))
+            else:
+                out = model(*model_inputs(model, b), True, virials)
+                rows = torch_rows(basis, b, analytic=True, densities=(c, deriv))
             J = [rows[K.ENERGY] * b["wE"][:, None], (rows[K.FORCES].view(-1, 3, k) * b["wF"][:, None, None]).view(-1, k)]
             r = [(out[K.ENERGY] - b["E"]) * b["wE"], ((out[K.FORCES] - b["F"]) * b["wF"][:, None]).reshape(-1)]
             if virials:

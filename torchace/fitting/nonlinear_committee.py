@@ -43,7 +43,6 @@ from .solvers import BLR, Solver
 from .weights import resolve_weights, row_weights
 from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 from ..model.backends import AUTO
-from ..model.backends.torch_rows import torch_rows
 from ..model.evaluate import evaluate_batch, model_inputs
 from ..model.nonlinear.embedding import FS, IDENTITY_TOL
 from ..model.nonlinear.radials import LearnableRadials
@@ -60,8 +59,9 @@ class LearnedBasis(nn.Module):
     ``EdgeEmbedding``'s interface (``forward`` [E, n_a]; ``with_grad`` / ``vjp`` / ``dphi`` feature-major), so an
     ``ACEModel`` holding it evaluates and differentiates the linear model on the learned radials.
 
-    It has no fixed ``radials``: the fused C++ and Triton kernels, which read the polynomial radials directly,
-    refuse it (``radials`` raises); use the ``analytic`` or ``reference`` backend (``linear_rows`` does)."""
+    It has no fixed ``radials`` (``radials`` raises): the fused C++ kernel reads ``base`` and ``learned``
+    (``fused.fixed_embedding``: the learned radials as a mixing of the polynomial radials); the Triton kernels,
+    which read the polynomial radials directly, refuse it (use ``analytic``, ``reference`` or ``fused``)."""
 
     def __init__(self, base: EdgeEmbedding, learned: LearnableRadials):
         super().__init__()
@@ -180,13 +180,8 @@ def committee_linear_model(model):
 
 def linear_rows(lin, batch: Dict[str, torch.Tensor], backend: str = AUTO,
                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Dict[str, torch.Tensor]:
-    """Design rows (``torchace.design_matrix_rows`` layout) of a ``committee_linear_model`` on a collated batch:
-    the registry's backends with fixed radials; the torch rows (analytic, or ``reference``: forward-mode AD)
-    with learned ones."""
-    if isinstance(lin.embedding, LearnedBasis):
-        if backend not in (AUTO, "analytic", "reference"):
-            raise ValueError(f"backend {backend!r}: the learned radials have rows on 'analytic' or 'reference' only")
-        return torch_rows(lin, batch, memory_budget, analytic=backend != "reference")
+    """Design rows (``torchace.design_matrix_rows`` layout) of a ``committee_linear_model`` on a collated batch,
+    through the registry's backends (the fused kernel reads learned radials too: ``fused.fixed_embedding``)."""
     return batch_rows(lin, batch, memory_budget, backend)
 
 

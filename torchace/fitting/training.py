@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import keys as K
+from ..model.backends import AUTO, EVALUATE, select
 from ..model.evaluate import model_inputs
 from ..structures.batch import collate
 from .weights import row_weights
@@ -46,10 +47,11 @@ def make_batches(model, structs, weights, batch_size, device, dtype):
     return batches
 
 
-def residuals(model, batch):
-    """Model predictions minus labels on one batch: (unweighted errors dict, weighted squared sum)."""
+def residuals(model, batch, forward=None):
+    """Model predictions minus labels on one batch: (unweighted errors dict, weighted squared sum);
+    ``forward``: the evaluation (default: the model's own forward, differentiable in training mode)."""
     virials = bool((batch["wV"] != 0).any())
-    out = model(*model_inputs(model, batch), True, virials)
+    out = (forward or model)(*model_inputs(model, batch), True, virials)
     dE = out[K.ENERGY] - batch["E"]
     dF = out[K.FORCES] - batch["F"]
     rss = ((batch["wE"] * dE) ** 2).sum() + ((batch["wF"][:, None] * dF) ** 2).sum()
@@ -139,13 +141,17 @@ def full_loss_and_grad(model, batches, lam, backward=True):
 
 def loss_metrics(model, batches, penalty_fn, missing=None):
     """Loss and RMSEs (E, V meV/atom; F eV/Å; ``missing`` without such labels) on ``batches``, in eval mode
-    without a graph (only labelled, non-zero-weight rows)."""
+    without a graph (only labelled, non-zero-weight rows), on the fastest backend for the model and device
+    (``torchace.backends.select``: the fused kernel on CPU)."""
     model.eval()
     se = {"E": [0.0, 0], "F": [0.0, 0], "V": [0.0, 0]}
     rss, n_rows = 0.0, 0
+    forward = None
+    if batches:
+        forward = select(model, batches[0][K.POSITIONS].device, AUTO, EVALUATE).evaluator(model)
     with torch.no_grad():
         for b in batches:
-            err, r = residuals(model, b)
+            err, r = residuals(model, b, forward)
             rss, n_rows = rss + float(r), n_rows + b["n_rows"]
             for key in se:
                 if key in err and bool(err["m" + key].any()):

@@ -114,7 +114,7 @@ def supported(model, with_baseline: bool = True) -> Optional[str]:
     with the torch pair formula, and which design rows do not contain)."""
     if with_baseline and model.zbl is not None:
         return "the ZBL baseline is not in the fused kernel"
-    mb, pr = model.embedding.radials.transform, model.pair.transform
+    mb, pr = fixed_embedding(model)[0].radials.transform, model.pair.transform
     for name, t in (("many-body", mb), ("pair", pr)):
         if t.p != int(t.p) or t.q != int(t.q):
             return f"non-integer Agnesi exponents of the {name} transform"
@@ -182,19 +182,38 @@ def cached_dag(model):
     return dag
 
 
-def basis_args(model, dtype: torch.dtype) -> tuple:
-    """The basis constants both kernels take (``BASIS_ARGS`` in ace_cpu.cpp), as CPU tensors of ``dtype``."""
-    emb, rad, pair, sph = model.embedding, model.embedding.radials, model.pair, model.embedding.sph
+def fixed_embedding(model):
+    """(the fixed one-particle basis ``EdgeEmbedding``, the learned radials or None) of ``model``: its own
+    embedding, or a learned basis (``learned`` over ``base``, the nonlinear model's ``LearnedBasis``)."""
+    emb = model.embedding
+    learned = getattr(emb, "learned", None)
+    return (emb.base, learned) if learned is not None else (emb, None)
+
+
+def basis_args(model, dtype: torch.dtype, radials=None) -> tuple:
+    """The basis constants both kernels take (``BASIS_ARGS`` in ace_cpu.cpp), as CPU tensors of ``dtype``.
+
+    ``radials`` (``LearnableRadials``; default: those of a learned embedding, see ``fixed_embedding``): the
+    kernel's radials are then R_u = Σ_k W_eff[z_i, z_j, u, k] P_k env (the prior scale inside W_eff) and the
+    one-particle function a reads row u(a)·nz + s(a) with weight ±1 (the sign of the real-harmonic basis)."""
+    emb, learned = fixed_embedding(model)
+    radials = radials if radials is not None else learned
+    rad, pair, sph = emb.radials, model.pair, emb.sph
     mbt, prt = rad.transform, pair.transform
     f = dict(dtype=dtype, device="cpu")
     with torch.no_grad():
-        w = emb.lm_sign * emb.nl_scale[emb.n_idx, emb.l_idx]
         t = lambda x: x.detach().to(**f).contiguous()  # noqa: E731
+        if radials is None:
+            w, a_rho, mix = emb.lm_sign * emb.nl_scale[emb.n_idx, emb.l_idx], emb.n_idx, torch.zeros(0, **f)
+        else:
+            w = emb.lm_sign.to(torch.float64)
+            a_rho = radials.u_of_a * int(model.nz) + radials.s_of_a
+            mix = t(radials.effective_weights(emb.nl_scale))
         return (float(model.rcut), int(model.nz), t(mbt.r0), t(mbt.y_cut), int(mbt.p), int(mbt.q),
                 agnesi_a(mbt.p, mbt.q), t(rad.coef[: rad.n_poly]), int(emb.max_l), t(sph.norm), t(sph.rec_a),
-                t(sph.rec_b), t(sph.qmm), emb.n_idx.cpu().contiguous(), emb.lm_std.cpu().contiguous(), t(w),
+                t(sph.rec_b), t(sph.qmm), a_rho.cpu().contiguous(), emb.lm_std.cpu().contiguous(), t(w),
                 t(prt.y_cut), int(prt.p), int(prt.q), agnesi_a(prt.p, prt.q), t(pair.coef[: max(model.n_pair, 1)]),
-                int(model.n_pair))
+                int(model.n_pair), mix)
 
 
 def _check_model(model, who: str, with_baseline: bool = True) -> None:
@@ -291,10 +310,10 @@ class FusedEvaluator(nn.Module):
         need_grad = bool(compute_forces or compute_virials)
         with torch.no_grad():
             extra, with_committee = self._committee_constants(dtype)
-            energy, site, forces, virial, closest, energy_extra = self.ext.site_energy_forces(
+            energy, site, forces, virial, closest, energy_extra, _ = self.ext.site_energy_forces(
                 positions.contiguous(), species.contiguous(), batch.contiguous(), edge_index.contiguous(),
                 unit_shifts.to(dtype).contiguous(), cell.to(dtype).contiguous(), int(n_structures), need_grad,
-                bool(compute_virials), *self._constants(dtype), *extra)
+                bool(compute_virials), *self._constants(dtype), *extra, torch.zeros(0, dtype=dtype))
         out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: site, CLOSEST_PAIR: closest}
         if with_committee:
             out[COMMITTEE_ENERGY] = energy_extra
@@ -305,11 +324,14 @@ class FusedEvaluator(nn.Module):
         return out
 
 
-def design_rows(model, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def design_rows(model, batch: Dict[str, torch.Tensor], densities=None) -> Dict[str, torch.Tensor]:
     """``rows.batch_rows(model, batch)`` through the fused C++ kernel (same layout and values).
 
     Per centre atom: B = C·AA into the energy row, J = ∂B/∂A from the leave-one-out products, ∂φ/∂r of its
     edges, and G = ∂φᵀ·J in one GEMM, scattered into force and virial rows; the pair blocks per edge.
+    ``densities`` = (c [P, NZ, n_b], f' [N, P], f'' [N, P]): the Gauss–Newton rows of a separable embedding
+    (``torch_rows.torch_rows(..., densities=…)``, with the embedding's derivatives already evaluated).
+    A learned one-particle basis (``fixed_embedding``) is evaluated with its learned radials.
     """
     pos = batch[K.POSITIONS]
     _check_device(pos, "fused.design_rows")
@@ -320,11 +342,14 @@ def design_rows(model, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
     tgt, src, val = jacobian_pattern(model)
     cp = model.coupling
     with torch.no_grad():
+        dens = ([torch.zeros(0, **f)] * 3 if densities is None
+                else [x.detach().to(**f).contiguous() for x in densities])
         e, fr, v = ext.design_rows(
             pos.contiguous(), batch[K.SPECIES].contiguous(), batch[K.BATCH].contiguous(),
             batch[K.EDGE_INDEX].contiguous(), batch[K.UNIT_SHIFTS].to(dtype).contiguous(),
             batch[K.CELL].to(dtype).contiguous(), int(batch[K.N_ATOMS].shape[0]), *basis_args(model, dtype),
             int(model.n_b), model.product.idx.cpu().contiguous(), cp.rows.cpu().contiguous(),
             cp.cols.cpu().contiguous(), cp.vals.detach().to(**f).contiguous(), tgt.cpu().contiguous(),
-            src.cpu().contiguous(), val.detach().to(**f).contiguous(), model.pair.scale.detach().to(**f).contiguous())
+            src.cpu().contiguous(), val.detach().to(**f).contiguous(), model.pair.scale.detach().to(**f).contiguous(),
+            *dens)
     return {K.ENERGY: e, K.FORCES: fr, K.VIRIAL: v}

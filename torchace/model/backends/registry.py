@@ -23,6 +23,7 @@ from ... import keys as K
 from ...structures.geometry import edge_vectors
 from ..strain import edge_gradient_outputs
 from . import fused as fused_kernel
+from . import fused_nonlinear
 from . import triton_backend
 from .torch_rows import torch_rows
 
@@ -44,7 +45,7 @@ class Backend:
         rules shared by every backend, then the backend's own (``own_reason``)."""
         if getattr(model, "nonlinear", False):
             if not self.supports_nonlinear:
-                return "linear models only (the nonlinear model runs on reference/analytic)"
+                return "linear models only (the nonlinear model runs on reference/analytic/fused)"
             if task == ROWS:
                 return "a nonlinear model has no design-matrix rows"
         return self.own_reason(model, device, task)
@@ -99,12 +100,15 @@ class Analytic(Backend):
 class Fused(Backend):
     name = "fused"
     description = "C++ CPU kernel: one pass per centre atom, shared-prefix product DAG (torchace.model.backends.fused)"
+    supports_nonlinear = True  # two passes of the same kernel (fused_nonlinear)
 
     def own_reason(self, model, device, task):
         if device.type != "cpu":
             return "a CPU kernel"
         if task == EVALUATE and model.training:
             return "not differentiable (training mode needs the reference backend)"
+        if getattr(model, "nonlinear", False):
+            return fused_nonlinear.nonlinear_supported(model)
         why = fused_kernel.supported(model, with_baseline=False)  # the baseline is added here (_WithBaseline)
         if why is not None:
             return why
@@ -113,6 +117,8 @@ class Fused(Backend):
         return None
 
     def evaluator(self, model, committee=False):
+        if getattr(model, "nonlinear", False):
+            return lambda *args: fused_nonlinear.nonlinear_forward(model, *args)
         ev = fused_kernel.FusedEvaluator(model, committee=committee, skip_baseline=model.zbl is not None)
         return ev if model.zbl is None else _WithBaseline(model, ev)
 

@@ -250,11 +250,14 @@ struct HarmonicRows {
 // ---- model constants and the per-atom edge workspace shared by both kernels ----
 
 // Basis constants (pointers into tensors the caller keeps alive for the call)
+// mb_mix: the learned radials of a nonlinear model, [nz(z_i), nz(z_j), n_u, n_poly] with the prior scale folded
+// in, R_u = Σ_k mix[z_i, z_j, u, k] P_k env (rows ρ = u·nz + s; a_rho and a_w then index these rows); empty:
+// the fixed radials R_k = P_k env (rows ρ = k·nz + s)
 template <typename T>
 struct Basis {
-  int nz, n_poly, n_rho, n_a, n_pair, L, ny;
+  int nz, n_poly, n_u, n_rho, n_a, n_pair, L, ny;
   T rcut;
-  const T *r0, *ycm, *cm, *aw, *ycp, *cp;
+  const T *r0, *ycm, *cm, *aw, *ycp, *cp, *mix;
   const int64_t *arho, *alm;
   int mb_p, mb_q, pr_p, pr_q;
   T mb_a, pr_a;
@@ -264,16 +267,23 @@ struct Basis {
         const torch::Tensor& sh_rec_a, const torch::Tensor& sh_rec_b, const torch::Tensor& sh_qmm,
         const torch::Tensor& a_rho, const torch::Tensor& a_lm, const torch::Tensor& a_w,
         const torch::Tensor& pr_ycut, int64_t pr_p_, int64_t pr_q_, double pr_a_, const torch::Tensor& pr_coef,
-        int64_t n_pair_)
-      : nz(static_cast<int>(nz_)), n_poly(static_cast<int>(mb_coef.size(0))), n_rho(n_poly * nz),
+        int64_t n_pair_, const torch::Tensor& mb_mix)
+      : nz(static_cast<int>(nz_)), n_poly(static_cast<int>(mb_coef.size(0))),
+        n_u(mb_mix.numel() > 0 ? static_cast<int>(mb_mix.size(2)) : n_poly), n_rho(n_u * nz),
         n_a(static_cast<int>(a_rho.size(0))), n_pair(static_cast<int>(n_pair_)), L(static_cast<int>(max_l)),
         ny((L + 1) * (L + 1)), rcut(static_cast<T>(rcut_)), r0(mb_r0.data_ptr<T>()), ycm(mb_ycut.data_ptr<T>()),
         cm(mb_coef.data_ptr<T>()), aw(a_w.data_ptr<T>()), ycp(pr_ycut.data_ptr<T>()), cp(pr_coef.data_ptr<T>()),
+        mix(mb_mix.numel() > 0 ? mb_mix.data_ptr<T>() : nullptr),
         arho(a_rho.data_ptr<int64_t>()), alm(a_lm.data_ptr<int64_t>()), mb_p(static_cast<int>(mb_p_)),
         mb_q(static_cast<int>(mb_q_)), pr_p(static_cast<int>(pr_p_)), pr_q(static_cast<int>(pr_q_)),
         mb_a(static_cast<T>(mb_a_)), pr_a(static_cast<T>(pr_a_)),
         harm(L, sh_norm.data_ptr<T>(), sh_rec_a.data_ptr<T>(), sh_rec_b.data_ptr<T>(), sh_qmm.data_ptr<T>()) {
     TORCH_CHECK(pr_coef.size(0) >= std::max(n_pair, 1), "fused kernel: too few pair recurrence coefficients");
+    TORCH_CHECK(mb_mix.numel() == 0 || (mb_mix.dim() == 4 && mb_mix.size(0) == nz && mb_mix.size(1) == nz &&
+                                        mb_mix.size(3) == n_poly && mb_mix.is_contiguous()),
+                "fused kernel: mb_mix must be empty or a contiguous [nz, nz, n_u, n_poly] tensor");
+    for (int64_t a = 0; a < n_a; ++a)
+      TORCH_CHECK(arho[a] >= 0 && arho[a] < n_rho, "fused kernel: a_rho out of range");
   }
 };
 
@@ -316,6 +326,7 @@ struct AtomEdges {
   T *Pk, *dPk, *R, *dR, *Y, *G, *hw, *PP, *dPP;
   std::vector<int64_t> nbr, zz, zjv;
   int m = 0;
+  int64_t zc = 0;  // the centre atom's species
   T best_r2 = std::numeric_limits<T>::infinity();  // the closest pair seen (atoms on top of each other)
   int64_t best_e = -1;
 
@@ -343,6 +354,7 @@ struct AtomEdges {
     const T* cell_i = st.cl + 9 * st.bt[i];
     const int64_t* sp = st.sp;
     const int64_t zi = sp[i];
+    zc = zi;
     m = 0;
     for (int64_t t = st.start[i]; t < st.start[i + 1]; ++t) {
       const int64_t e = st.order[t];
@@ -402,6 +414,33 @@ struct AtomEdges {
     const T* __restrict env = row(ENV);
     const T* __restrict denv = row(DENV);
     const T* __restrict dx = row(DX);
+    if (b.mix != nullptr) {  // learned radials: R_u = env Σ_k W_uk P_k, dR_u = dx env Σ_k W_uk P'_k + denv Σ_k W_uk P_k
+      for (int u = 0; u < b.n_u; ++u) {
+        for (int s = 0; s < nz; ++s) {
+          const T* __restrict wk = b.mix + ((zc * nz + s) * b.n_u + u) * b.n_poly;
+          T* __restrict out = R + (u * nz + s) * M;
+          T* __restrict dout = dR + (u * nz + s) * M;
+          IVDEP for (int e = 0; e < m; ++e) out[e] = dout[e] = T(0);
+          for (int k = 0; k < b.n_poly; ++k) {
+            const T c = wk[k];
+            if (c == T(0)) continue;
+            const T* __restrict p = Pk + k * M;
+            const T* __restrict dp = dPk + k * M;
+            IVDEP for (int e = 0; e < m; ++e) {
+              out[e] += c * p[e];
+              dout[e] += c * dp[e];
+            }
+          }
+          IVDEP for (int e = 0; e < m; ++e) {
+            const T on = (nz == 1 || zjv[e] == s) ? T(1) : T(0);
+            const T q = out[e], dq = dout[e];
+            out[e] = on * q * env[e];
+            dout[e] = on * (dq * dx[e] * env[e] + q * denv[e]);
+          }
+        }
+      }
+      return;
+    }
     for (int k = 0; k < b.n_poly; ++k) {
       const T* __restrict p = Pk + k * M;
       const T* __restrict dp = dPk + k * M;
@@ -465,7 +504,11 @@ std::vector<torch::Tensor> site_energy_forces_impl(
     const torch::Tensor& c_aa, const torch::Tensor& E0, const torch::Tensor& c_pair,
     // extra coefficient sets (energies only): node coefficients [n_sets, nz, n_nodes], pair coefficients
     // [n_sets, nz, nz, n_pair] (pair scale folded in); n_sets = 0 costs nothing
-    const torch::Tensor& c_node_extra, const torch::Tensor& c_pair_extra) {
+    const torch::Tensor& c_node_extra, const torch::Tensor& c_pair_extra,
+    // site_mix [N, n_sets] or empty: the forces and virials are those of the per-atom many-body coefficients
+    // Σ_q site_mix[i, q] c_node_extra[q, z_i] (a nonlinear model's ∂E_i/∂ρ_q, ρ_q from an earlier call's
+    // site_extra) instead of c_aa's; the energies stay c_aa's
+    const torch::Tensor& site_mix) {
   const int64_t N = species.size(0);
   const int n_a = bs.n_a, ny = bs.ny, n_pair = bs.n_pair, nz = bs.nz;
   const int n_nodes = static_cast<int>(aa_parent.size(0));
@@ -484,10 +527,16 @@ std::vector<torch::Tensor> site_energy_forces_impl(
               "fused kernel: c_pair_extra must be [n_sets, nz, nz, n_pair]");
   const T* cnx = c_node_extra.data_ptr<T>();
   const T* cpx = c_pair_extra.data_ptr<T>();
+  const bool mixed = site_mix.numel() > 0;
+  TORCH_CHECK(!mixed || (site_mix.dim() == 2 && site_mix.size(0) == N && site_mix.size(1) == n_sets),
+              "fused kernel: site_mix must be empty or [N, n_sets]");
+  const T* smix = mixed ? site_mix.data_ptr<T>() : nullptr;
 
   const Structures<T> st(positions, species, batch, edge_index, unit_shifts, cell);
   auto opts = positions.options();
   torch::Tensor energy_extra = torch::zeros({n_sets, n_structures}, opts);
+  torch::Tensor site_extra = torch::zeros({n_sets, N}, opts);  // per atom: c_q·AA + pair_q (no E0)
+  T* psx = site_extra.data_ptr<T>();
   torch::Tensor site = torch::zeros({N}, opts);
   torch::Tensor energy = torch::zeros({n_structures}, opts);
   torch::Tensor forces = torch::zeros({need_grad ? N : 0, 3}, opts);
@@ -503,12 +552,13 @@ std::vector<torch::Tensor> site_energy_forces_impl(
     AtomEdges<T> w;
     std::vector<T> rows, A, gA, AA, gAA, f, vir, en;
     std::vector<T> psum, enx;  // extra sets: pair basis sums ψ [nz][n_pair] of one atom, energies [n_sets][S]
+    std::vector<T> cmix;       // the per-atom coefficients of site_mix
     Worker(const Basis<T>& bs, int M, bool grad, int n_nodes, int64_t N, int64_t S, bool need_grad, bool need_virial,
            int n_sets)
         : w(bs, M, grad), rows(5 * w.M + static_cast<size_t>(bs.ny) * w.M, T(0)), A(bs.n_a + 1), gA(bs.n_a + 1),
           AA(n_nodes), gAA(n_nodes), f(need_grad ? 3 * N : 0, T(0)), vir(need_virial ? 9 * S : 0, T(0)),
           en(S, T(0)), psum(n_sets > 0 ? static_cast<size_t>(bs.nz) * bs.n_pair : 0, T(0)),
-          enx(static_cast<size_t>(n_sets) * S, T(0)) {}
+          enx(static_cast<size_t>(n_sets) * S, T(0)), cmix(n_nodes, T(0)) {}
   };
   const int n_threads = std::max(1, at::get_num_threads());
   // one workspace per call of the parallel body, never indexed by thread id: the OpenMP runtime that runs the
@@ -590,7 +640,7 @@ std::vector<torch::Tensor> site_energy_forces_impl(
         }
       }
       // site energy and ∂E/∂A through the product DAG (one multiply per node; reverse sweep for ∂E/∂A)
-      const T* c = caa + zi * n_nodes;
+      const T* c = caa + zi * n_nodes;  // the energy's coefficients (site_mix: replaced for the adjoint)
       AA[0] = T(1);
       for (int k = 1; k < n_nodes; ++k) AA[k] = AA[par[k]] * A[lst[k]];
       const T e_mb = dot(n_nodes - 1, c + 1, AA.data() + 1);
@@ -607,8 +657,20 @@ std::vector<torch::Tensor> site_energy_forces_impl(
           e_q += dot(nz * n_pair, cpq, psum);
         }
         pex[static_cast<int64_t>(q) * n_structures + st.bt[i]] += e0[zi] + e_q;
+        psx[static_cast<int64_t>(q) * N + i] = e_q;
       }
       if (!need_grad || m == 0) continue;
+      if (mixed) {  // the adjoint of this atom's own coefficients
+        std::fill(wk.cmix.begin(), wk.cmix.end(), T(0));
+        for (int q = 0; q < n_sets; ++q) {
+          const T wq = smix[i * n_sets + q];
+          if (wq == T(0)) continue;
+          const T* __restrict cq = cnx + (static_cast<int64_t>(q) * nz + zi) * n_nodes;
+          T* __restrict cm = wk.cmix.data();
+          IVDEP for (int k = 0; k < n_nodes; ++k) cm[k] += wq * cq[k];
+        }
+        c = wk.cmix.data();
+      }
       std::fill(gA.begin(), gA.end(), T(0));
       for (int p = n_nodes - 1; p >= 0; --p) {  // children (> p) are final when p is reached
         const T ap = AA[p];
@@ -697,7 +759,7 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   }
   torch::Tensor closest = torch::tensor({static_cast<double>(std::sqrt(best_r2)), static_cast<double>(best_e)},
                                         torch::kFloat64);
-  return {energy, site, forces, virial, closest, energy_extra};
+  return {energy, site, forces, virial, closest, energy_extra, site_extra};
 }
 
 // Voigt order xx, yy, zz, yz, xz, xy
@@ -715,14 +777,26 @@ std::vector<torch::Tensor> design_rows_impl(
     // product basis idx [n_aa, ν] (n_a = padding), coupling COO (b, k, value), Jacobian pattern (a·n_b + b,
     // t·n_aa + k, value): J[a, b] = Σ C_bk Π_{s≠t} A[idx[k, s]] over idx[k, t] = a
     const torch::Tensor& aa_idx, const torch::Tensor& c_rows, const torch::Tensor& c_cols, const torch::Tensor& c_vals,
-    const torch::Tensor& j_tgt, const torch::Tensor& j_src, const torch::Tensor& j_val, const torch::Tensor& pair_scale) {
+    const torch::Tensor& j_tgt, const torch::Tensor& j_src, const torch::Tensor& j_val, const torch::Tensor& pair_scale,
+    // densities (Gauss–Newton rows of a nonlinear model, E = Σ_i Σ_p f_p(ρ_ip), ρ_ip = c_p[z_i]·B_i), or all
+    // empty: c [P, nz, n_b], f'_p and f''_p per atom [N, P].  Many-body columns are then (p, z) blocks,
+    // ∂E/∂c_p = Σ_i f'_p B_i and per edge ∂/∂r_e (f'_p B_i) = f'_p G_e + f''_p (G_e·c_p) B_i
+    const torch::Tensor& dens_c, const torch::Tensor& dens_w, const torch::Tensor& dens_t) {
   const int64_t N = species.size(0);
   const int n_a = bs.n_a, ny = bs.ny, n_pair = bs.n_pair, nz = bs.nz;
   const int nb_ = static_cast<int>(n_b);
   const int n_aa = static_cast<int>(aa_idx.size(0));
   const int nu = static_cast<int>(aa_idx.size(1));
-  const int64_t K = static_cast<int64_t>(nz) * nb_ + static_cast<int64_t>(nz) * nz * n_pair;
-  const int64_t off_pair = static_cast<int64_t>(nz) * nb_;
+  const bool dens = dens_c.numel() > 0;
+  const int P = dens ? static_cast<int>(dens_c.size(0)) : 1;
+  TORCH_CHECK(!dens || (dens_c.dim() == 3 && dens_c.size(1) == nz && dens_c.size(2) == n_b && dens_w.dim() == 2 &&
+                        dens_w.size(0) == N && dens_w.size(1) == P && dens_t.sizes() == dens_w.sizes()),
+              "fused kernel: densities need c [P, nz, n_b], f' and f'' [N, P]");
+  const T* dc = dens ? dens_c.data_ptr<T>() : nullptr;
+  const T* dw = dens ? dens_w.data_ptr<T>() : nullptr;
+  const T* dt = dens ? dens_t.data_ptr<T>() : nullptr;
+  const int64_t K = static_cast<int64_t>(P) * nz * nb_ + static_cast<int64_t>(nz) * nz * n_pair;
+  const int64_t off_pair = static_cast<int64_t>(P) * nz * nb_;
   const int64_t* idx = aa_idx.data_ptr<int64_t>();
   const int64_t* crow = c_rows.data_ptr<int64_t>();
   const int64_t* ccol = c_cols.data_ptr<int64_t>();
@@ -748,14 +822,14 @@ std::vector<torch::Tensor> design_rows_impl(
   struct Worker {
     AtomEdges<T> w;
     torch::Tensor dphi_t, J_t, G_t;  // ∂φ/∂r [n_a][3·M], J [n_a][n_b], G [3·M][n_b]
-    std::vector<T> dY, A, loo, AA, Bv, Fc, Wc, pre;
+    std::vector<T> dY, A, loo, AA, Bv, Fc, Wc, pre, hb;
     torch::Tensor e_own, f_own, v_own;
     T *pe, *pf, *pv;
-    Worker(const Basis<T>& bs, int M_, int nb_, int nu, int n_aa, const torch::TensorOptions& opts)
+    Worker(const Basis<T>& bs, int M_, int nb_, int nu, int n_aa, int P, const torch::TensorOptions& opts)
         : w(bs, M_, true), dphi_t(torch::zeros({bs.n_a, 3 * w.M}, opts)), J_t(torch::zeros({bs.n_a, nb_}, opts)),
           G_t(torch::zeros({3 * w.M, nb_}, opts)), dY(static_cast<size_t>(3) * bs.ny * w.M, T(0)), A(bs.n_a + 1),
-          loo(static_cast<size_t>(nu) * n_aa), AA(n_aa), Bv(nb_), Fc(3 * static_cast<size_t>(nb_)),
-          Wc(9 * static_cast<size_t>(nb_)), pre(nu + 1) {}
+          loo(static_cast<size_t>(nu) * n_aa), AA(n_aa), Bv(nb_), Fc(3 * static_cast<size_t>(P) * nb_),
+          Wc(9 * static_cast<size_t>(P) * nb_), pre(nu + 1), hb(nb_) {}
   };
   constexpr double kRowsThreadBytes = 1 << 30;
   const double per_thread = static_cast<double>(sizeof(T)) * K * (3.0 * N + 7.0 * n_structures);
@@ -774,7 +848,7 @@ std::vector<torch::Tensor> design_rows_impl(
       std::lock_guard<std::mutex> lock(slot_mutex);
       slot = next_slot++;
     }
-    auto own = std::make_unique<Worker>(bs, st.M, nb_, nu, n_aa, opts);
+    auto own = std::make_unique<Worker>(bs, st.M, nb_, nu, n_aa, P, opts);
     {
       Worker& k = *own;
       if (slot == 0) {
@@ -831,8 +905,16 @@ std::vector<torch::Tensor> design_rows_impl(
       }
       std::fill(Bv.begin(), Bv.end(), T(0));
       for (int64_t q = 0; q < n_c; ++q) Bv[crow[q]] += cval[q] * AA[ccol[q]];
-      T* erow = pe + s * K + zi * nb_;
-      for (int bb = 0; bb < nb_; ++bb) erow[bb] += Bv[bb];
+      if (!dens) {
+        T* erow = pe + s * K + zi * nb_;
+        for (int bb = 0; bb < nb_; ++bb) erow[bb] += Bv[bb];
+      } else {
+        for (int p = 0; p < P; ++p) {
+          T* erow = pe + s * K + (static_cast<int64_t>(p) * nz + zi) * nb_;
+          const T wp = dw[i * P + p];
+          for (int bb = 0; bb < nb_; ++bb) erow[bb] += wp * Bv[bb];
+        }
+      }
       if (m > 0) {
         std::fill(Jm, Jm + static_cast<size_t>(n_a) * nb_, T(0));
         for (int64_t q = 0; q < n_j; ++q) Jm[jt[q]] += jv[q] * loo[js[q]];
@@ -874,7 +956,47 @@ std::vector<torch::Tensor> design_rows_impl(
         at::mm_out(G_t, dphi_t.t(), J_t);
         std::fill(Fc.begin(), Fc.end(), T(0));
         std::fill(Wc.begin(), Wc.end(), T(0));
-        for (int e = 0; e < m; ++e) {
+        if (dens) {  // per density p: h = f'_p G_e + f''_p (G_e·c_p) B into the (p, z_i) block
+          T* __restrict h = wk.hb.data();
+          for (int e = 0; e < m; ++e) {
+            const int64_t j = st.ej[w.nbr[e]];
+            const T v[3] = {w.row(w.VX)[e], w.row(w.VY)[e], w.row(w.VZ)[e]};
+            for (int c = 0; c < 3; ++c) {
+              const T* __restrict g = Gm + (static_cast<size_t>(c) * M + e) * nb_;
+              for (int p = 0; p < P; ++p) {
+                const T wp = dw[i * P + p], tp = dt[i * P + p];
+                const T sg = tp != T(0) ? tp * dot(nb_, g, dc + (static_cast<int64_t>(p) * nz + zi) * nb_) : T(0);
+                IVDEP for (int bb = 0; bb < nb_; ++bb) h[bb] = wp * g[bb] + sg * Bv[bb];
+                T* __restrict fj = pf + (3 * j + c) * K + (static_cast<int64_t>(p) * nz + zi) * nb_;
+                T* __restrict fc = Fc.data() + (static_cast<size_t>(p) * 3 + c) * nb_;
+                IVDEP for (int bb = 0; bb < nb_; ++bb) {
+                  fc[bb] += h[bb];
+                  fj[bb] -= h[bb];
+                }
+                for (int a2 = 0; a2 < 3; ++a2) {
+                  T* __restrict wc = Wc.data() + ((static_cast<size_t>(p) * 3 + a2) * 3 + c) * nb_;
+                  const T va = v[a2];
+                  IVDEP for (int bb = 0; bb < nb_; ++bb) wc[bb] += va * h[bb];
+                }
+              }
+            }
+          }
+          for (int p = 0; p < P; ++p) {
+            const int64_t col = (static_cast<int64_t>(p) * nz + zi) * nb_;
+            for (int c = 0; c < 3; ++c) {
+              T* __restrict fi = pf + (3 * i + c) * K + col;
+              const T* __restrict fc = Fc.data() + (static_cast<size_t>(p) * 3 + c) * nb_;
+              IVDEP for (int bb = 0; bb < nb_; ++bb) fi[bb] += fc[bb];
+            }
+            for (int q = 0; q < 6; ++q) {
+              T* __restrict vr = pv + (s * 6 + q) * K + col;
+              const T* __restrict wab = Wc.data() + ((static_cast<size_t>(p) * 3 + VA[q]) * 3 + VB[q]) * nb_;
+              const T* __restrict wba = Wc.data() + ((static_cast<size_t>(p) * 3 + VB[q]) * 3 + VA[q]) * nb_;
+              IVDEP for (int bb = 0; bb < nb_; ++bb) vr[bb] -= T(0.5) * (wab[bb] + wba[bb]);
+            }
+          }
+        }
+        for (int e = 0; e < m && !dens; ++e) {
           const int64_t j = st.ej[w.nbr[e]];
           const T v[3] = {w.row(w.VX)[e], w.row(w.VY)[e], w.row(w.VZ)[e]};
           for (int c = 0; c < 3; ++c) {
@@ -892,12 +1014,12 @@ std::vector<torch::Tensor> design_rows_impl(
             }
           }
         }
-        for (int c = 0; c < 3; ++c) {
+        for (int c = 0; c < 3 && !dens; ++c) {
           T* __restrict fi = pf + (3 * i + c) * K + zi * nb_;
           const T* __restrict fc = Fc.data() + c * nb_;
           IVDEP for (int bb = 0; bb < nb_; ++bb) fi[bb] += fc[bb];
         }
-        for (int q = 0; q < 6; ++q) {  // -½ (r_a G_b + r_b G_a)
+        for (int q = 0; q < 6 && !dens; ++q) {  // -½ (r_a G_b + r_b G_a)
           T* __restrict vr = pv + (s * 6 + q) * K + zi * nb_;
           const T* __restrict wab = Wc.data() + (VA[q] * 3 + VB[q]) * nb_;
           const T* __restrict wba = Wc.data() + (VB[q] * 3 + VA[q]) * nb_;
@@ -952,10 +1074,10 @@ std::vector<torch::Tensor> design_rows_impl(
   double rcut, int64_t nz, torch::Tensor mb_r0, torch::Tensor mb_ycut, int64_t mb_p, int64_t mb_q, double mb_a,   \
       torch::Tensor mb_coef, int64_t max_l, torch::Tensor sh_norm, torch::Tensor sh_rec_a, torch::Tensor sh_rec_b, \
       torch::Tensor sh_qmm, torch::Tensor a_rho, torch::Tensor a_lm, torch::Tensor a_w, torch::Tensor pr_ycut,       \
-      int64_t pr_p, int64_t pr_q, double pr_a, torch::Tensor pr_coef, int64_t n_pair
+      int64_t pr_p, int64_t pr_q, double pr_a, torch::Tensor pr_coef, int64_t n_pair, torch::Tensor mb_mix
 #define BASIS_CALL                                                                                            \
   rcut, nz, mb_r0, mb_ycut, mb_p, mb_q, mb_a, mb_coef, max_l, sh_norm, sh_rec_a, sh_rec_b, sh_qmm, a_rho, a_lm, \
-      a_w, pr_ycut, pr_p, pr_q, pr_a, pr_coef, n_pair
+      a_w, pr_ycut, pr_p, pr_q, pr_a, pr_coef, n_pair, mb_mix
 
 static void check_inputs(const torch::Tensor& positions, std::initializer_list<const torch::Tensor*> floats,
                          std::initializer_list<const torch::Tensor*> ints) {
@@ -975,10 +1097,10 @@ std::vector<torch::Tensor> site_energy_forces(torch::Tensor positions, torch::Te
                                               torch::Tensor aa_parent, torch::Tensor aa_last,
                                               torch::Tensor aa_children, torch::Tensor c_aa, torch::Tensor E0,
                                               torch::Tensor c_pair, torch::Tensor c_node_extra,
-                                              torch::Tensor c_pair_extra) {
+                                              torch::Tensor c_pair_extra, torch::Tensor site_mix) {
   check_inputs(positions,
                {&unit_shifts, &cell, &mb_r0, &mb_ycut, &mb_coef, &sh_norm, &sh_rec_a, &sh_rec_b, &sh_qmm, &a_w, &c_aa,
-                &E0, &pr_ycut, &pr_coef, &c_pair, &c_node_extra, &c_pair_extra},
+                &E0, &pr_ycut, &pr_coef, &c_pair, &c_node_extra, &c_pair_extra, &site_mix, &mb_mix},
                {&species, &batch, &edge_index, &a_rho, &a_lm, &aa_parent, &aa_last, &aa_children});
   TORCH_CHECK(c_pair.size(2) == n_pair, "fused kernel: c_pair must be [nz, nz, n_pair]");
   std::vector<torch::Tensor> out;
@@ -986,7 +1108,7 @@ std::vector<torch::Tensor> site_energy_forces(torch::Tensor positions, torch::Te
     const Basis<scalar_t> bs(BASIS_CALL);
     out = site_energy_forces_impl<scalar_t>(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
                                             need_grad, need_virial, bs, aa_parent, aa_last, aa_children, c_aa, E0,
-                                            c_pair, c_node_extra, c_pair_extra);
+                                            c_pair, c_node_extra, c_pair_extra, site_mix);
   });
   return out;
 }
@@ -996,16 +1118,18 @@ std::vector<torch::Tensor> design_rows(torch::Tensor positions, torch::Tensor sp
                                        int64_t n_structures, BASIS_ARGS, int64_t n_b, torch::Tensor aa_idx,
                                        torch::Tensor c_rows, torch::Tensor c_cols, torch::Tensor c_vals,
                                        torch::Tensor j_tgt, torch::Tensor j_src, torch::Tensor j_val,
-                                       torch::Tensor pair_scale) {
+                                       torch::Tensor pair_scale, torch::Tensor dens_c, torch::Tensor dens_w,
+                                       torch::Tensor dens_t) {
   check_inputs(positions,
                {&unit_shifts, &cell, &mb_r0, &mb_ycut, &mb_coef, &sh_norm, &sh_rec_a, &sh_rec_b, &sh_qmm, &a_w,
-                &pr_ycut, &pr_coef, &c_vals, &j_val, &pair_scale},
+                &pr_ycut, &pr_coef, &c_vals, &j_val, &pair_scale, &mb_mix, &dens_c, &dens_w, &dens_t},
                {&species, &batch, &edge_index, &a_rho, &a_lm, &aa_idx, &c_rows, &c_cols, &j_tgt, &j_src});
   std::vector<torch::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "design_rows", [&] {
     const Basis<scalar_t> bs(BASIS_CALL);
     out = design_rows_impl<scalar_t>(positions, species, batch, edge_index, unit_shifts, cell, n_structures, bs, n_b,
-                                     aa_idx, c_rows, c_cols, c_vals, j_tgt, j_src, j_val, pair_scale);
+                                     aa_idx, c_rows, c_cols, c_vals, j_tgt, j_src, j_val, pair_scale, dens_c, dens_w,
+                                     dens_t);
   });
   return out;
 }

@@ -1,0 +1,81 @@
+"""The nonlinear ACE model (``NonlinearACEModel``, docs/nonlinear.md) on the fused C++ CPU kernel.
+
+E_i = E0 + F(ρ_i1, …, ρ_iP) + pair_i, ρ_ip = c_p[z_i]·B_i, and ∂E_i/∂A = Σ_p ∂F/∂ρ_p ∂ρ_p/∂A is the linear
+adjoint with the per-atom coefficients c_eff,i = Σ_p F'_p(ρ_i) c_p (ACEpotentials.jl paper §II; the analytic
+path's ``site_terms`` does the same in torch ops).  Two passes of ``fused.py``'s kernel: the first gives the
+densities ρ_ip (the kernel's extra coefficient sets, per atom) and E0 + pair_i; F and F' come from the model's
+own embedding (one formula, ``embedding.py``); the second gives the forces and virials of c_eff (the kernel's
+``site_mix``).  Learned radials enter the kernel as a mixing of its polynomial radials (``fused.basis_args``).
+Eval mode without a graph only (no autograd through the kernel), CPU only; the ZBL baseline is not in it.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from ... import keys as K
+from . import fused
+
+DENSITIES = "densities"  # extra output of nonlinear_forward(..., with_densities=True): ρ [N, P]
+
+
+def nonlinear_supported(model) -> Optional[str]:
+    """None if the nonlinear ``model`` can be evaluated on the fused kernel, else the reason."""
+    if model.zbl is not None:
+        return "the ZBL baseline is not in the fused kernel"
+    why = fused.supported(model.linear, with_baseline=False)
+    if why is not None:
+        return why
+    if not fused.available():
+        return fused.build_error() or "the C++ extension could not be built"
+    return None
+
+
+def nonlinear_forward(model, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                      edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
+                      compute_forces: bool = True, compute_virials: bool = True,
+                      with_densities: bool = False) -> Dict[str, torch.Tensor]:
+    """``NonlinearACEModel.forward``'s dictionary (energy, node_energy, forces?, virial?) of ``model`` through
+    the fused kernel; ``with_densities``: also ``DENSITIES`` ρ [N, P] (what the Gauss–Newton rows need next)."""
+    if positions.device.type != "cpu":
+        raise ValueError("the fused kernel runs on CPU tensors; use the model itself on other devices")
+    lin = model.linear
+    ext = fused.load_extension()
+    dtype = positions.dtype
+    f = dict(dtype=dtype, device="cpu")
+    parent, last, children, node_of_aa = fused.cached_dag(lin)
+    n_nodes, n_p = parent.shape[0], model.densities
+    with torch.no_grad():
+        c = model.density_coefficients.detach().reshape(n_p, -1)
+        c_node = fused.node_coefficients(lin, c, node_of_aa, n_nodes).to(**f).contiguous()  # [P, nz, n_nodes]
+        c_pair = (model.pair_coefficients.detach().to(torch.float64) * lin.pair.scale.to(torch.float64)).to(**f)
+        zeros_mb = torch.zeros(lin.nz, n_nodes, **f)
+        zeros_pair = torch.zeros(n_p, lin.nz, lin.nz, lin.n_pair, **f)
+        geometry = (positions.contiguous(), species.contiguous(), batch.contiguous(), edge_index.contiguous(),
+                    unit_shifts.to(dtype).contiguous(), cell.to(dtype).contiguous(), int(n_structures))
+        consts = fused.basis_args(lin, dtype, radials=model.radials) + (parent, last, children)
+        tail = (lin.E0.detach().to(**f).contiguous(), c_pair.contiguous(), c_node, zeros_pair)
+        # pass 1: E0 + pair per atom (the main coefficient set is zero) and the densities (the extra sets)
+        _, base, _, _, _, _, rho = ext.site_energy_forces(*geometry, False, False, *consts, zeros_mb, *tail,
+                                                          torch.zeros(0, **f))
+        rho = rho.t().contiguous()  # [N, P]
+        emb = model.embedding_fn
+        if emb is None:
+            F, dF = rho[:, 0], torch.ones_like(rho)
+        else:
+            F, dF = emb.value_and_grad(rho, species)
+        site = base + F
+        out: Dict[str, torch.Tensor] = {
+            K.ENERGY: torch.zeros(int(n_structures), **f).index_add_(0, batch, site), K.NODE_ENERGY: site}
+        if with_densities:
+            out[DENSITIES] = rho
+        if compute_forces or compute_virials:
+            # pass 2: the forces and virials of the pair part and of the per-atom coefficients Σ_p F'_p c_p
+            _, _, forces, virial, _, _, _ = ext.site_energy_forces(*geometry, True, bool(compute_virials), *consts,
+                                                                   zeros_mb, *tail, dF.detach().to(**f).contiguous())
+            if compute_forces:
+                out[K.FORCES] = forces
+            if compute_virials:
+                out[K.VIRIAL] = virial
+    return out
