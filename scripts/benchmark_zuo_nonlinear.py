@@ -109,7 +109,7 @@ def main(argv=None):
     ap.add_argument("--densities", type=int, default=2)
     ap.add_argument("--fixed-radials", action="store_true")
     ap.add_argument("--optimizer", default="auto", choices=list(OPTIMIZERS))
-    ap.add_argument("--epochs", type=int, nargs="+", default=[20])
+    ap.add_argument("--epochs", type=int, nargs="+", default=[100])
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--lam", type=float, default=None, help="default: the BLR warm start's √(σ²/σ_p²)")
     ap.add_argument("--init-scale", type=float, default=0.0)

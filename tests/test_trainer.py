@@ -263,3 +263,20 @@ def test_train_on_every_device_and_dtype(si_data, device, dtype):
     assert p.device.type == torch.device(device).type and p.dtype == getattr(torch, dtype)
     assert all(np.isfinite(h["train"]["loss"]) for h in res.history)
     assert res.history[res.chosen_epoch]["train"]["loss"] <= res.history[0]["train"]["loss"]
+
+
+def test_config_defaults_mirror_train():
+    """The `training:` section's defaults are torchace.train's (one set of defaults for the API and the CLI)."""
+    import dataclasses
+    import inspect
+
+    from torchace.fitting.train_config import TrainingSection
+
+    sig = inspect.signature(torchace.train).parameters
+    for f in dataclasses.fields(TrainingSection):
+        want = sig[f.name].default
+        if f.name == "device":
+            want = "cpu" if want is None else want  # None: the model's device (CPU for a new model)
+        if f.name == "dtype":
+            want = str(want).replace("torch.", "")
+        assert f.default == want, (f.name, f.default, want)

@@ -3,8 +3,10 @@
 
 The energy of a ``NonlinearACEModel`` with a separable embedding (FS, or none) is E = Σ_i Σ_p f_p(ρ_ip) + pair,
 ρ_ip = c_p[z_i]·B_i: at fixed radials every residual is a smooth function of θ = [c_1 … c_P | c_pair] whose
-Jacobian J is the linear design matrix with per-site weights (``torch_rows(..., densities=…)``:
-∂E/∂c_p = Σ_i f'_p B_i, edge derivatives f'_p G_e + f''_p (G_e·c_p) B_i).  One step solves
+Jacobian J is the linear design matrix with per-site weights (∂E/∂c_p = Σ_i f'_p B_i, edge derivatives
+f'_p G_e + f''_p (G_e·c_p) B_i): on CPU from the fused C++ kernel (``fused.design_rows(..., densities=…)``, after
+``fused_nonlinear.nonlinear_forward`` gave the residuals and ρ), elsewhere ``torch_rows(..., densities=…)``.
+One step solves
 
     (JᵀJ + λ²Γ² + μ diag(JᵀJ)) δ = −(Jᵀr + λ²Γ²θ)
 

@@ -8,7 +8,7 @@ weights:  {default: {E: 30, F: 1, V: 0}}
 E0:       fit
 prior:    null                                     # as in the fit config
 solver:   {name: BLR}                              # of the linear warm start (init: linear)
-training: {init: linear, optimizer: auto, epochs: 20, lam: null, patience: 10, device: cpu}
+training: {init: linear, optimizer: auto, epochs: 100, lam: null, patience: 10, device: cpu}
 output:   {model: model_nl.json, errors: errors.json, history: history.json, checkpoint: train.pt}
 ```
 
@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from ..fieldcheck import check_bool, check_device, check_float, check_int, check_str
 from .config import FitConfig, load_config
+from .training import DEFAULT_EPOCHS
 
 # the nonlinear options of the model section (``torchace.ace_model`` keywords beyond ACEConfig)
 MODEL_OPTIONS = ("densities", "embedding", "fs_parameters", "learnable_radials", "learnable_fs", "mlp_hidden",
@@ -37,7 +38,7 @@ KEYS_HELP = """train config keys: everything of the fit config (model, data, wei
               learnable_fs [false], mlp_hidden [16], seed [0]; or only {from: model.json}
   data:       validation [none]: a fraction of data.train (seeded split) or file(s)
   training:   init [linear], optimizer [auto (gn; lbfgs for the MLP) | gn | lbfgs | adam | gn+lbfgs | adam+lbfgs],
-              epochs [20; [first, lbfgs] for the paired optimisers], batch_size [8], lr [adam 1e-3, lbfgs 1],
+              epochs [100; [first, lbfgs] for the paired optimisers], batch_size [8], lr [adam 1e-3, lbfgs 1],
               lam [null: the BLR warm start's; else 1e-3], init_scale [0], init_split [0.1], patience [10], seed [0],
               device [cpu], dtype [float64], committee_size [0] (BLR posterior samples of the linear part)
   output:     history [none] (JSON of every epoch), checkpoint [none] (resumed from when present)"""
@@ -47,7 +48,7 @@ KEYS_HELP = """train config keys: everything of the fit config (model, data, wei
 class TrainingSection:
     init: str = "linear"
     optimizer: str = "auto"
-    epochs: Union[int, List[int]] = 20
+    epochs: Union[int, List[int]] = DEFAULT_EPOCHS
     batch_size: int = 8
     lr: Optional[float] = None
     lam: Optional[float] = None

@@ -38,7 +38,7 @@ from .assembly import fitting_structures
 from .data import Dataset, read_data
 from .metrics import errors as error_table
 from .metrics import format_table
-from .training import Penalty, loss_metrics, make_batches, residuals, total_loss
+from .training import DEFAULT_EPOCHS, Penalty, loss_metrics, make_batches, residuals, total_loss
 from .train_scaling import CachedClosure, ScaledParameters, curvature_scale
 from .train_state import TrainCheckpoint, fingerprint
 from .weights import resolve_weights
@@ -200,7 +200,7 @@ def _progress_line(rec, n_epochs, has_val) -> str:
             + f"  {rec['seconds']:.1f} s")
 
 
-def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear", solver=None, epochs=40,
+def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear", solver=None, epochs=DEFAULT_EPOCHS,
           batch_size: int = 8, optimizer: str = "auto", lr: Optional[float] = None, lam: Optional[float] = None,
           init_scale: float = 0.0, init_split: float = 0.1, patience: int = 10, device=None, dtype=torch.float64,
           validation=None,

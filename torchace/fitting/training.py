@@ -19,6 +19,10 @@ from ..model.evaluate import model_inputs
 from ..structures.batch import collate
 from .weights import row_weights
 
+# the training's default epoch budget (early stopping on the validation loss ends most runs sooner): Gauss–Newton
+# needed ~60 epochs on Zuo Cu before the validation loss stopped improving (docs/benchmarks.md)
+DEFAULT_EPOCHS = 100
+
 
 def make_batches(model, structs, weights, batch_size, device, dtype):
     """Collate ``structs`` (Labelled) into batches with targets and per-row weights; missing labels weigh 0."""

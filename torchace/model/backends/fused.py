@@ -33,6 +33,8 @@ from torch import nn
 
 from ... import keys as K
 from ...basis.radial import agnesi_a
+from ...structures.geometry import edge_vectors
+from ..strain import edge_gradient_outputs
 from .torch_rows import jacobian_pattern
 
 # extra output: [distance (Å), edge index] of the closest pair in the list (-1 without edges), so that
@@ -322,6 +324,25 @@ class FusedEvaluator(nn.Module):
         if compute_virials:
             out[K.VIRIAL] = virial
         return out
+
+
+def add_baseline(model, out: Dict[str, torch.Tensor], positions: torch.Tensor, species: torch.Tensor,
+                 batch: torch.Tensor, edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor,
+                 n_structures: int, compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
+    """Add the ZBL baseline of ``model`` (``baseline_site_terms``: the analytic pair formula in torch, a small
+    fraction of a step) to the kernel's outputs ``out`` in place; returns the baseline's own outputs."""
+    with torch.no_grad():
+        vec = edge_vectors(positions, edge_index, unit_shifts.to(positions.dtype), cell.to(positions.dtype), batch)
+        r = torch.linalg.norm(vec, dim=-1)
+        i, j = edge_index[0], edge_index[1]
+        e, g = model.baseline_site_terms(r, (vec / r.clamp_min(1e-300).unsqueeze(-1)).t(), i, species[i],
+                                         species[j], species.shape[0])
+        base = edge_gradient_outputs(e, g, vec, edge_index, positions, batch, n_structures, compute_forces,
+                                     compute_virials)
+    for key in (K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL):
+        if key in out:
+            out[key] = out[key] + base[key]
+    return base
 
 
 def design_rows(model, batch: Dict[str, torch.Tensor], densities=None) -> Dict[str, torch.Tensor]:

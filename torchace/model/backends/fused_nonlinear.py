@@ -6,7 +6,8 @@ path's ``site_terms`` does the same in torch ops).  Two passes of ``fused.py``'s
 densities ρ_ip (the kernel's extra coefficient sets, per atom) and E0 + pair_i; F and F' come from the model's
 own embedding (one formula, ``embedding.py``); the second gives the forces and virials of c_eff (the kernel's
 ``site_mix``).  Learned radials enter the kernel as a mixing of its polynomial radials (``fused.basis_args``).
-Eval mode without a graph only (no autograd through the kernel), CPU only; the ZBL baseline is not in it.
+Eval mode without a graph only (no autograd through the kernel), CPU only; a ZBL baseline is added in torch
+(``fused.add_baseline``).
 """
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ DENSITIES = "densities"  # extra output of nonlinear_forward(..., with_densities
 
 def nonlinear_supported(model) -> Optional[str]:
     """None if the nonlinear ``model`` can be evaluated on the fused kernel, else the reason."""
-    if model.zbl is not None:
-        return "the ZBL baseline is not in the fused kernel"
     why = fused.supported(model.linear, with_baseline=False)
     if why is not None:
         return why
@@ -78,4 +77,7 @@ def nonlinear_forward(model, positions: torch.Tensor, species: torch.Tensor, bat
                 out[K.FORCES] = forces
             if compute_virials:
                 out[K.VIRIAL] = virial
+    if lin.zbl is not None:
+        fused.add_baseline(lin, out, positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+                           compute_forces, compute_virials)
     return out

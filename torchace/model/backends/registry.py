@@ -15,13 +15,12 @@ backend: subclass ``Backend``, implement ``own_reason`` / ``evaluator`` / ``rows
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict, Optional
 
 import torch
 
 from ... import keys as K
-from ...structures.geometry import edge_vectors
-from ..strain import edge_gradient_outputs
 from . import fused as fused_kernel
 from . import fused_nonlinear
 from . import triton_backend
@@ -117,8 +116,8 @@ class Fused(Backend):
         return None
 
     def evaluator(self, model, committee=False):
-        if getattr(model, "nonlinear", False):
-            return lambda *args: fused_nonlinear.nonlinear_forward(model, *args)
+        if getattr(model, "nonlinear", False):  # the ZBL baseline is added inside
+            return functools.partial(fused_nonlinear.nonlinear_forward, model)
         ev = fused_kernel.FusedEvaluator(model, committee=committee, skip_baseline=model.zbl is not None)
         return ev if model.zbl is None else _WithBaseline(model, ev)
 
@@ -154,18 +153,8 @@ class _WithBaseline:
                  compute_forces: bool = True, compute_virials: bool = True):
         out = self.ev(positions, species, batch, edge_index, unit_shifts, cell, n_structures, compute_forces,
                       compute_virials)
-        m = self.model
-        with torch.no_grad():
-            vec = edge_vectors(positions, edge_index, unit_shifts.to(positions.dtype), cell.to(positions.dtype), batch)
-            r = torch.linalg.norm(vec, dim=-1)
-            i, j = edge_index[0], edge_index[1]
-            e, g = m.baseline_site_terms(r, (vec / r.clamp_min(1e-300).unsqueeze(-1)).t(), i, species[i],
-                                         species[j], species.shape[0])
-            base = edge_gradient_outputs(e, g, vec, edge_index, positions, batch, n_structures, compute_forces,
-                                         compute_virials)
-        for key in (K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL):
-            if key in out:
-                out[key] = out[key] + base[key]
+        base = fused_kernel.add_baseline(self.model, out, positions, species, batch, edge_index, unit_shifts, cell,
+                                         n_structures, compute_forces, compute_virials)
         if fused_kernel.COMMITTEE_ENERGY in out:
             out[fused_kernel.COMMITTEE_ENERGY] = out[fused_kernel.COMMITTEE_ENERGY] + base[K.ENERGY]
         return out
