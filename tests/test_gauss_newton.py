@@ -10,7 +10,8 @@ from torchace import keys as K
 from torchace.fitting import solvers
 from torchace.fitting.data import read_data
 from torchace.fitting.driver import set_E0
-from torchace.fitting.gauss_newton import GaussNewton, embedding_derivatives, fused_rows_reason, normal_equations
+from torchace.fitting.gauss_newton import (GaussNewton, embedding_derivatives, fused_rows_reason, get_theta,
+                                            normal_equations, radial_scale, radial_step_reason)
 from torchace.fitting.nonlinear_committee import committee_linear_model
 from torchace.fitting.trainer import Penalty, resolve_optimizer
 from torchace.fitting.training import loss_metrics, make_batches
@@ -208,3 +209,56 @@ def test_a_normal_matrix_too_large_is_refused_before_the_warm_start(monkeypatch)
     with pytest.raises(MemoryError, match="normal matrix.*optimizer='lbfgs'"):
         torchace.train(nl, _labelled(["Si"], n=2), weights=W, E0=E0, epochs=2, progress=False)
     assert not calls
+
+
+@pytest.mark.skipif(not fused.available(), reason="fused C++ kernel not buildable here")
+@pytest.mark.parametrize("els", [["Si"], ["Si", "C"]])
+def test_radial_rows_are_the_jacobian_in_W(els):
+    """The fused kernel's rows in the used radial weights W[:, :, n, l, :] (Hessian of the site energy in A, the raw
+    polynomial A-basis, the prior scale) = the autograd Jacobian of E, F and the virial (reference path)."""
+    lin = torchace.ace_model(els, 3, 6)
+    randomize_coefficients(lin, 0.3, seed=1)
+    with torch.no_grad():  # a prior's rescaling: inside the learned radial sum
+        lin.embedding.nl_scale.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(4))
+    nl = from_linear(lin, densities=2, embedding="fs", learnable_radials=True, init_scale=0.3, seed=1).eval()
+    with torch.no_grad():
+        nl.radials.weights.add_(0.05 * torch.randn(nl.radials.weights.shape, dtype=torch.float64,
+                                                  generator=torch.Generator().manual_seed(2)))
+    assert radial_step_reason(nl, "cpu") is None
+    batch = collate([rattled_bulk(els, seed=1), random_cluster(els, 5, 3.0, seed=2)], nl.config.numbers, nl.rcut,
+                    dtype=torch.float64)
+    out = nonlinear_forward(nl, *model_inputs(nl, batch), True, True, with_densities=True)
+    w, t = embedding_derivatives(nl)(out[DENSITIES], batch[K.SPECIES])
+    rows = fused.design_rows(committee_linear_model(nl), batch, densities=(nl.density_coefficients.detach(), w, t),
+                             radial_columns=True)
+    R = nl.radials
+    n_w = R.nz * R.nz * R.u_n.shape[0] * R.n_poly
+    theta = get_theta(nl, True)
+    assert theta.numel() == nl.coefficients.numel() + n_w
+    W0 = R.weights.detach().clone()
+
+    def outputs(tw):
+        W = W0.clone()
+        W[:, :, R.u_n, R.u_l, :] = tw.view(R.nz, R.nz, -1, R.n_poly)
+        del R.weights
+        R.weights = W
+        try:
+            o = nl.reference_forward(*model_inputs(nl, batch), True, True)
+            return torch.cat([o[K.ENERGY], o[K.FORCES].reshape(-1), K.to_voigt(o[K.VIRIAL]).reshape(-1)])
+        finally:
+            del R.weights
+            R.weights = torch.nn.Parameter(W0.clone())
+
+    nl.train()  # create_graph through the forces
+    J = torch.autograd.functional.jacobian(outputs, theta[-n_w:])
+    nl.eval()
+    # the kernel's columns are ∂/∂W_eff; radial_scale is the chain rule to W
+    Jr = torch.cat([rows[K.ENERGY], rows[K.FORCES], rows[K.VIRIAL].reshape(-1, rows[K.ENERGY].shape[1])])[:, -n_w:]
+    Jr = Jr * radial_scale(nl)
+    assert float(J.abs().max()) > 0
+    assert float((J - Jr).abs().max()) < 1e-10 * float(J.abs().max()), float((J - Jr).abs().max() / J.abs().max())
+    # the Gauss–Newton normal equations in [c | pair | W] agree with these rows
+    ds = read_data(_labelled(els, n=2), elements=els)
+    batches = make_batches(nl, ds.structures, resolve_weights(W), 4, "cpu", torch.float64)
+    H = normal_equations(nl, batches, radials=True)[0]
+    assert H.shape == (theta.numel(), theta.numel()) and float(H[-n_w:, -n_w:].diagonal().max()) > 0

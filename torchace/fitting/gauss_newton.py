@@ -16,8 +16,12 @@ does not.  This is the fit's normal-equations problem iterated: for one density,
 radials the first undamped step from any θ lands on the ``solvers.QR(lam)`` solution.  First-order methods
 stall on these problems (the normal matrix's condition number is 1e7–1e9), Gauss–Newton does not.
 
-The learnable radials W are not in θ: the rows are those of the basis at the current W (``LearnedBasis``), so a
-Gauss–Newton step is exact in θ at fixed W, and W is trained by the first-order phases.
+Learned radials: on the fused kernel θ also holds the used entries of W (``get_theta``; W[:, :, n, l, :] for the
+(n, l) pairs some one-particle function uses; the penalty pulls W to the identity).  Their rows need the Hessian
+of the site energy in A: ∂E_i/∂W = Σ_a g_a Ψ_ak and per edge Σ_a (H ∂φ_e)_a Ψ_ak + g_a ∂ψ_ak/∂r_e (g = ∂E_i/∂A,
+Ψ_ak the A-basis of the raw polynomial P_k, H = Σ_k c̃_k ∂²AA_k + Σ_p f''_p ∇ρ_p ∇ρ_pᵀ), computed per atom in the
+kernel (``fused.design_rows(..., radial_columns=True)``).  Elsewhere (torch rows) W stays fixed during the
+Gauss–Newton epochs (``radial_step_reason``) and is trained by the first-order phases.
 """
 from __future__ import annotations
 
@@ -60,11 +64,60 @@ def embedding_derivatives(model) -> Callable[[torch.Tensor, torch.Tensor], Tuple
     return deriv
 
 
-def _set_theta(model, theta: torch.Tensor) -> None:
+def radial_step_reason(model, device) -> Optional[str]:
+    """None if the Gauss–Newton step also moves the learned radial weights W (their rows come from the fused
+    kernel), else why not (W then stays where it is during the Gauss–Newton epochs)."""
+    if model.radials is None:
+        return "fixed radials"
+    return fused_rows_reason(model, device)
+
+
+def _w_index(model):
+    """(u_n, u_l): the (n, l) pairs of W some one-particle function uses; θ holds W[:, :, u_n, u_l, :]."""
+    return model.radials.u_n, model.radials.u_l
+
+
+def get_theta(model, radials: bool) -> torch.Tensor:
+    """θ = [density_coefficients | pair_coefficients (| the used W entries [NZ, NZ, n_u, n_poly])], flat."""
+    theta = model.coefficients.detach()
+    if not radials:
+        return theta
+    u_n, u_l = _w_index(model)
+    return torch.cat([theta, model.radials.weights.detach()[:, :, u_n, u_l, :].reshape(-1).to(theta)])
+
+
+def theta_reference(model, radials: bool) -> torch.Tensor:
+    """The penalty's centre in θ: 0 for the coefficients, the identity for W (``Penalty``: λ²‖W − I‖²)."""
+    k = model.density_coefficients.numel() + model.pair_coefficients.numel()
+    ref = torch.zeros(k, dtype=torch.float64, device=model.density_coefficients.device)
+    if not radials:
+        return ref
+    R = model.radials
+    eye = (R.u_n.unsqueeze(1) == torch.arange(R.n_poly, device=R.u_n.device).unsqueeze(0)).to(ref)  # [n_u, n_poly]
+    return torch.cat([ref, eye.expand(R.nz, R.nz, -1, -1).reshape(-1)])
+
+
+def _set_theta(model, theta: torch.Tensor, radials: bool = False) -> None:
     n = model.density_coefficients.numel()
+    n_pair = model.pair_coefficients.numel()
     with torch.no_grad():
         model.density_coefficients.copy_(theta[:n].view_as(model.density_coefficients))
-        model.pair_coefficients.copy_(theta[n:].view_as(model.pair_coefficients))
+        model.pair_coefficients.copy_(theta[n:n + n_pair].view_as(model.pair_coefficients))
+        if radials:
+            R = model.radials
+            u_n, u_l = _w_index(model)
+            R.weights[:, :, u_n, u_l, :] = theta[n + n_pair:].view(R.nz, R.nz, -1, R.n_poly).to(R.weights)
+
+
+def radial_scale(model) -> torch.Tensor:
+    """∂W_eff/∂W per θ column of W (the prior scale s[k·NZ + z_j, l_u]: ``LearnableRadials.effective_weights``)."""
+    R = model.radials
+    with torch.no_grad():
+        ones = torch.ones(R.nz, R.nz, R.u_n.shape[0], R.n_poly, dtype=torch.float64, device=R.weights.device)
+        rows = torch.arange(R.n_poly, device=R.u_n.device).unsqueeze(0) * R.nz \
+            + torch.arange(R.nz, device=R.u_n.device).unsqueeze(1)
+        s = model.embedding.nl_scale.detach().to(torch.float64)[rows][:, :, R.u_l].transpose(1, 2)  # [NZ(z_j), n_u, k]
+        return (ones * s.unsqueeze(0)).reshape(-1)
 
 
 def fused_rows_reason(model, device) -> Optional[str]:
@@ -75,27 +128,35 @@ def fused_rows_reason(model, device) -> Optional[str]:
     return nonlinear_supported(model)
 
 
-def normal_equations(model, batches: List[Dict]) -> Tuple[torch.Tensor, torch.Tensor, float]:
+def normal_equations(model, batches: List[Dict], radials: bool = False) -> Tuple[torch.Tensor, torch.Tensor, float]:
     """(JᵀJ [K, K], Jᵀr [K], rss) over ``batches`` (``training.make_batches``), K = θ's size, in float64; r the
     weighted residuals (prediction − label), J = ∂r/∂θ; the rows from the fused kernel on CPU
-    (``fused_rows_reason``), else ``torch_rows``."""
+    (``fused_rows_reason``), else ``torch_rows``.  ``radials``: θ includes the used W entries (``get_theta``;
+    fused kernel only, ``radial_step_reason``)."""
     was_training = model.training
     model.eval()
     basis = committee_linear_model(model) if model.radials is not None else model.linear
     deriv = embedding_derivatives(model)
     c = model.density_coefficients.detach()
-    k = c.numel() + model.pair_coefficients.numel()
+    k = get_theta(model, radials).numel()
     H = torch.zeros(k, k, dtype=torch.float64, device=c.device)
     g = torch.zeros(k, dtype=torch.float64, device=c.device)
     rss = 0.0
     fast = fused_rows_reason(model, c.device) is None
+    if radials and not fast:
+        raise ValueError(f"Gauss–Newton rows in W: {radial_step_reason(model, c.device)}")
+    w_scale = radial_scale(model) if radials else None
     with torch.no_grad():
         for b in batches:
             virials = bool((b["wV"] != 0).any())
             if fast:  # the fused kernel: outputs and densities ρ, then the rows with f'_p(ρ), f''_p(ρ)
                 out = nonlinear_forward(model, *model_inputs(model, b), True, virials, with_densities=True)
                 w, t = deriv(out[DENSITIES], b[K.SPECIES])
-                rows = fused.design_rows(basis, b, densities=(c, w, t))
+                rows = fused.design_rows(basis, b, densities=(c, w, t), radial_columns=radials)
+                if radials:  # the kernel's columns are ∂/∂W_eff: chain rule to W
+                    n_w = w_scale.numel()
+                    for key in (K.ENERGY, K.FORCES, K.VIRIAL):
+                        rows[key][..., -n_w:] *= w_scale.to(rows[key])
             else:
                 out = model(*model_inputs(model, b), True, virials)
                 rows = torch_rows(basis, b, analytic=True, densities=(c, deriv))
@@ -112,9 +173,9 @@ def normal_equations(model, batches: List[Dict]) -> Tuple[torch.Tensor, torch.Te
     return H, g, rss
 
 
-def check_memory(model, device=None) -> None:
+def check_memory(model, device=None, radials: bool = False) -> None:
     """Refuse (MemoryError, before any work) a θ whose K × K normal matrix does not fit on ``device``."""
-    k = model.density_coefficients.numel() + model.pair_coefficients.numel()
+    k = get_theta(model, radials).numel()
     dev = device if device is not None else model.density_coefficients.device
     need, avail = 4 * k * k * 8, available_bytes(dev)  # JᵀJ, the damped copy, its factor, a temporary
     if avail is not None and need > avail:
@@ -124,23 +185,35 @@ def check_memory(model, device=None) -> None:
 
 
 class GaussNewton:
-    """Levenberg–Marquardt on θ = [density_coefficients | pair_coefficients] of ``model`` for the loss
-    ``loss_metrics(model, batches, penalty)`` (``penalty``: ``trainer.Penalty``); ``step()`` is one iteration."""
+    """Levenberg–Marquardt on θ = [density_coefficients | pair_coefficients (| the used radial weights)] of
+    ``model`` for the loss ``loss_metrics(model, batches, penalty)`` (``penalty``: ``trainer.Penalty``);
+    ``step()`` is one iteration.  ``radials``: None (default) puts W into θ where its rows can be computed
+    (``radial_step_reason``; ``self.radials_reason`` says why not otherwise), True requires it, False leaves W."""
 
-    def __init__(self, model, batches: List[Dict], penalty, mu: float = 1e-3, max_tries: int = 8):
+    def __init__(self, model, batches: List[Dict], penalty, mu: float = 1e-3, max_tries: int = 8,
+                 radials: Optional[bool] = None):
         self.model, self.batches, self.penalty = model, batches, penalty
         self.mu, self.max_tries = float(mu), int(max_tries)
         self.n_rows = max(sum(b["n_rows"] for b in batches), 1)
-        check_memory(model)
+        # radials None: W is in θ whenever its rows can be computed (learned radials, fused kernel)
+        why = radial_step_reason(model, model.density_coefficients.device)
+        if radials and why is not None:
+            raise ValueError(f"Gauss–Newton in W: {why}")
+        self.radials = why is None if radials is None else bool(radials)
+        self.radials_reason = None if self.radials else (why or "radials=False")
+        check_memory(model, radials=self.radials)
         self.evaluations = 0
         self.metrics: Optional[Dict] = None  # loss_metrics at the accepted point of the last step (None: none)
 
     def _penalty_diagonal(self) -> torch.Tensor:
-        """λ²Γ² on θ: the penalty's diagonal of the density and pair coefficients."""
+        """λ²Γ² on θ: the penalty's diagonal of the density and pair coefficients (and of the used W entries)."""
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         d = dict(zip(names, self.penalty.diagonal(self.model)))
-        return torch.cat([d["density_coefficients"].reshape(-1), d["pair_coefficients"].reshape(-1)]).detach().to(
-            torch.float64)
+        parts = [d["density_coefficients"].reshape(-1), d["pair_coefficients"].reshape(-1)]
+        if self.radials:
+            u_n, u_l = _w_index(self.model)
+            parts.append(d["radials.weights"][:, :, u_n, u_l, :].reshape(-1))
+        return torch.cat([p.detach().to(torch.float64) for p in parts])
 
     def loss(self) -> float:
         self.evaluations += 1
@@ -158,13 +231,13 @@ class GaussNewton:
         ``max_tries``; θ is left unchanged if none does)."""
         model = self.model
         self.metrics = None
-        theta = model.coefficients.detach()  # [density_coefficients | pair_coefficients], flat
+        theta = get_theta(model, self.radials)  # [density_coefficients | pair_coefficients (| W used)], flat
         theta64 = theta.to(torch.float64)
-        H, g, rss = normal_equations(model, self.batches)
+        H, g, rss = normal_equations(model, self.batches, self.radials)
         d_pen = self._penalty_diagonal()
         with torch.no_grad():
             before = (rss + float(self.penalty(model))) / self.n_rows
-        grad = g + d_pen * theta64
+        grad = g + d_pen * (theta64 - theta_reference(model, self.radials))
         Hd = H.diagonal().clamp_min(1e-300)
         A0 = H + torch.diag(d_pen)
         for t in range(self.max_tries):
@@ -174,13 +247,13 @@ class GaussNewton:
                 self.mu *= 4.0
                 continue
             delta = -torch.cholesky_solve(grad.unsqueeze(1), L).squeeze(1)
-            _set_theta(model, (theta64 + delta).to(theta))
+            _set_theta(model, (theta64 + delta).to(theta), self.radials)
             after = self.loss()
             if after < before:
                 self.mu = max(self.mu / 3.0, 1e-12)
                 return {"before": before, "after": after, "mu": self.mu, "tries": t + 1,
                         "step": float(delta.norm() / theta64.norm().clamp_min(1e-300))}
             self.mu *= 4.0
-        _set_theta(model, theta)
+        _set_theta(model, theta, self.radials)
         self.metrics = None
         return {"before": before, "after": before, "mu": self.mu, "tries": self.max_tries, "step": 0.0}

@@ -42,7 +42,7 @@ from .training import DEFAULT_EPOCHS, Penalty, loss_metrics, make_batches, resid
 from .train_scaling import CachedClosure, ScaledParameters, curvature_scale
 from .train_state import TrainCheckpoint, fingerprint
 from .weights import resolve_weights
-from .gauss_newton import GaussNewton, embedding_derivatives
+from .gauss_newton import GaussNewton, embedding_derivatives, radial_step_reason
 from .gauss_newton import check_memory as check_gn_memory
 
 log = logging.getLogger("torchace")
@@ -213,7 +213,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     ``weights``, ``prior``, ``E0``, ``keys``, ``skip_bad``: as ``torchace.fit``.  ``init``: "linear" (warm start
     from ``torchace.fit`` with ``solver``, default BLR) or "model" (the model's current parameters; E0 'fit'
     then needs init="linear").  ``optimizer``: "auto" ("gn" for embedding None / FS, "lbfgs" for the MLP),
-    "gn" (one Levenberg–Marquardt iteration per epoch on the density and pair coefficients; the radials stay),
+    "gn" (one Levenberg–Marquardt iteration per epoch on the density and pair coefficients and, on the fused
+    CPU kernel, the learned radial weights; elsewhere the radials stay),
     "lbfgs", "adam", "gn+lbfgs", "adam+lbfgs".  ``epochs``: epochs (Adam: one pass over the batches; L-BFGS /
     GN: one iteration on the full loss); for the paired optimisers an integer (split in half) or [first,
     lbfgs].  ``lr``: Adam 1e-3, L-BFGS 1.  ``lam``: λ of the penalty (``solvers.QR(lam)``'s convention); None:
@@ -253,7 +254,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
         raise TypeError(f"train needs a NonlinearACEModel or ACEModel, got {type(model).__name__}")
     optimizer = resolve_optimizer(model, optimizer)
     if "gn" in _phases(optimizer, epochs):
-        check_gn_memory(model, device)
+        gn_dev = device if device is not None else model.density_coefficients.device
+        check_gn_memory(model, device, radials=radial_step_reason(model, gn_dev) is None)
     if prior is not None and not (hasattr(prior, "kind") and hasattr(prior, "to_dict")):
         raise TypeError(f"prior must be a torchace.priors object, got {prior!r}")
     if init == "model" and isinstance(E0, str) and E0 == "fit":
@@ -467,7 +469,9 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
              "init": init, "init_scale": init_scale, "patience": patience, "seed": seed, "dtype": str(dtype),
              "device": str(dev), "n_train": len(train_structs), "n_validation": len(val_structs),
              "lbfgs_evaluations": closure.evaluations,
-             "gn_evaluations": opt_gn.evaluations if opt_gn is not None else 0, "refit_linear": refit,
+             "gn_evaluations": opt_gn.evaluations if opt_gn is not None else 0,
+             "gn_radials": opt_gn.radials if opt_gn is not None else None,
+             "gn_radials_reason": opt_gn.radials_reason if opt_gn is not None else None, "refit_linear": refit,
              "committee_size": committee_size, "committee": committee}
     result = TrainResult(history=history, chosen_epoch=best["epoch"], errors=errs, validation_errors=verrs,
                          hyperparameters=hyper, init=init_info, n_parameters=sum(p.numel() for p in params),

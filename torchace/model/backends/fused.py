@@ -345,14 +345,17 @@ def add_baseline(model, out: Dict[str, torch.Tensor], positions: torch.Tensor, s
     return base
 
 
-def design_rows(model, batch: Dict[str, torch.Tensor], densities=None) -> Dict[str, torch.Tensor]:
+def design_rows(model, batch: Dict[str, torch.Tensor], densities=None, radial_columns: bool = False
+                ) -> Dict[str, torch.Tensor]:
     """``rows.batch_rows(model, batch)`` through the fused C++ kernel (same layout and values).
 
     Per centre atom: B = C·AA into the energy row, J = ∂B/∂A from the leave-one-out products, ∂φ/∂r of its
     edges, and G = ∂φᵀ·J in one GEMM, scattered into force and virial rows; the pair blocks per edge.
     ``densities`` = (c [P, NZ, n_b], f' [N, P], f'' [N, P]): the Gauss–Newton rows of a separable embedding
     (``torch_rows.torch_rows(..., densities=…)``, with the embedding's derivatives already evaluated).
-    A learned one-particle basis (``fixed_embedding``) is evaluated with its learned radials.
+    A learned one-particle basis (``fixed_embedding``) is evaluated with its learned radials; with ``densities``
+    and ``radial_columns`` the rows also hold ∂/∂W_eff[z_i, z_j, u, k] of its radial weights (the prior scale
+    folded in: ``LearnableRadials.effective_weights``) after the pair block, [NZ, NZ, n_u, n_poly] flat.
     """
     pos = batch[K.POSITIONS]
     _check_device(pos, "fused.design_rows")
@@ -362,6 +365,8 @@ def design_rows(model, batch: Dict[str, torch.Tensor], densities=None) -> Dict[s
     f = dict(dtype=dtype, device="cpu")
     tgt, src, val = jacobian_pattern(model)
     cp = model.coupling
+    if radial_columns and (densities is None or fixed_embedding(model)[1] is None):
+        raise ValueError("fused.design_rows: radial_columns need densities and a learned one-particle basis")
     with torch.no_grad():
         dens = ([torch.zeros(0, **f)] * 3 if densities is None
                 else [x.detach().to(**f).contiguous() for x in densities])
@@ -372,5 +377,5 @@ def design_rows(model, batch: Dict[str, torch.Tensor], densities=None) -> Dict[s
             int(model.n_b), model.product.idx.cpu().contiguous(), cp.rows.cpu().contiguous(),
             cp.cols.cpu().contiguous(), cp.vals.detach().to(**f).contiguous(), tgt.cpu().contiguous(),
             src.cpu().contiguous(), val.detach().to(**f).contiguous(), model.pair.scale.detach().to(**f).contiguous(),
-            *dens)
+            *dens, bool(radial_columns))
     return {K.ENERGY: e, K.FORCES: fr, K.VIRIAL: v}

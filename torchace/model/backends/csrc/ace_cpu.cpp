@@ -781,7 +781,12 @@ std::vector<torch::Tensor> design_rows_impl(
     // densities (Gauss–Newton rows of a nonlinear model, E = Σ_i Σ_p f_p(ρ_ip), ρ_ip = c_p[z_i]·B_i), or all
     // empty: c [P, nz, n_b], f'_p and f''_p per atom [N, P].  Many-body columns are then (p, z) blocks,
     // ∂E/∂c_p = Σ_i f'_p B_i and per edge ∂/∂r_e (f'_p B_i) = f'_p G_e + f''_p (G_e·c_p) B_i
-    const torch::Tensor& dens_c, const torch::Tensor& dens_w, const torch::Tensor& dens_t) {
+    const torch::Tensor& dens_c, const torch::Tensor& dens_w, const torch::Tensor& dens_t,
+    // radial_columns (with densities and learned radials, mb_mix): also the columns ∂/∂W_eff[z_i, z_j, u, k] of the
+    // learned radials, [nz, nz, n_u, n_poly] after the pair block.  Per atom: ∂E_i/∂W = Σ_a g_a Ψ_ak (g = ∂E_i/∂A,
+    // Ψ_ak the A-basis of the raw polynomial P_k) and, per edge, ∂/∂r_e of it = Σ_a (H ∂φ_e)_a Ψ_ak + g_a ∂ψ_ak/∂r_e
+    // with H = ∂²E_i/∂A² = Σ_k c̃_k ∂²AA_k + Σ_p f''_p ∇ρ_p ∇ρ_pᵀ (c̃ = Cᵀ Σ_p f'_p c_p)
+    bool radial_columns) {
   const int64_t N = species.size(0);
   const int n_a = bs.n_a, ny = bs.ny, n_pair = bs.n_pair, nz = bs.nz;
   const int nb_ = static_cast<int>(n_b);
@@ -795,8 +800,14 @@ std::vector<torch::Tensor> design_rows_impl(
   const T* dc = dens ? dens_c.data_ptr<T>() : nullptr;
   const T* dw = dens ? dens_w.data_ptr<T>() : nullptr;
   const T* dt = dens ? dens_t.data_ptr<T>() : nullptr;
-  const int64_t K = static_cast<int64_t>(P) * nz * nb_ + static_cast<int64_t>(nz) * nz * n_pair;
+  const bool wcols = radial_columns;
+  TORCH_CHECK(!wcols || (dens && bs.mix != nullptr), "fused kernel: radial columns need densities and learned radials");
+  const int n_poly = bs.n_poly, n_u = bs.n_u;
+  const int n_wb = wcols ? nz * n_u * n_poly : 0;  // radial columns of one centre species
+  const int64_t K = static_cast<int64_t>(P) * nz * nb_ + static_cast<int64_t>(nz) * nz * n_pair +
+                    static_cast<int64_t>(nz) * n_wb;
   const int64_t off_pair = static_cast<int64_t>(P) * nz * nb_;
+  const int64_t off_w = off_pair + static_cast<int64_t>(nz) * nz * n_pair;
   const int64_t* idx = aa_idx.data_ptr<int64_t>();
   const int64_t* crow = c_rows.data_ptr<int64_t>();
   const int64_t* ccol = c_cols.data_ptr<int64_t>();
@@ -823,13 +834,37 @@ std::vector<torch::Tensor> design_rows_impl(
     AtomEdges<T> w;
     torch::Tensor dphi_t, J_t, G_t;  // ∂φ/∂r [n_a][3·M], J [n_a][n_b], G [3·M][n_b]
     std::vector<T> dY, A, loo, AA, Bv, Fc, Wc, pre, hb;
+    // radial columns: H [n_a][n_a], H·∂φ [n_a][3M], T [n_wb][3M] and its transpose, raw radial rows, Ψ, adjoints
+    torch::Tensor H_t, HV_t, T_t, Tt_t, Vm_t, FW_t;
+    std::vector<T> PE, dPE, Psi, Jc, gAv, ceffB, caa, Yg, dYg, Fw, Ww;
     torch::Tensor e_own, f_own, v_own;
     T *pe, *pf, *pv;
-    Worker(const Basis<T>& bs, int M_, int nb_, int nu, int n_aa, int P, const torch::TensorOptions& opts)
+    Worker(const Basis<T>& bs, int M_, int nb_, int nu, int n_aa, int P, int n_wb, const torch::TensorOptions& opts)
         : w(bs, M_, true), dphi_t(torch::zeros({bs.n_a, 3 * w.M}, opts)), J_t(torch::zeros({bs.n_a, nb_}, opts)),
           G_t(torch::zeros({3 * w.M, nb_}, opts)), dY(static_cast<size_t>(3) * bs.ny * w.M, T(0)), A(bs.n_a + 1),
           loo(static_cast<size_t>(nu) * n_aa), AA(n_aa), Bv(nb_), Fc(3 * static_cast<size_t>(P) * nb_),
-          Wc(9 * static_cast<size_t>(P) * nb_), pre(nu + 1), hb(nb_) {}
+          Wc(9 * static_cast<size_t>(P) * nb_), pre(nu + 1), hb(nb_) {
+      if (n_wb > 0) {
+        const int na = bs.n_a, M3 = 3 * w.M;
+        H_t = torch::zeros({na, na}, opts);
+        HV_t = torch::zeros({na, M3}, opts);
+        T_t = torch::zeros({n_wb, M3}, opts);
+        Tt_t = torch::zeros({M3, n_wb}, opts);
+        Vm_t = torch::zeros({4, w.M}, opts);  // [1; r_x; r_y; r_z] per edge: centre sums and virial moments
+        FW_t = torch::zeros({3, 4, n_wb}, opts);
+        PE.assign(static_cast<size_t>(bs.n_poly) * w.M, T(0));
+        dPE.assign(static_cast<size_t>(bs.n_poly) * w.M, T(0));
+        Psi.assign(static_cast<size_t>(na) * bs.n_poly, T(0));
+        Jc.assign(static_cast<size_t>(P) * na, T(0));
+        gAv.assign(na, T(0));
+        ceffB.assign(nb_, T(0));
+        caa.assign(n_aa, T(0));
+        Yg.assign(static_cast<size_t>(bs.n_u) * w.M, T(0));
+        dYg.assign(static_cast<size_t>(3) * bs.n_u * w.M, T(0));
+        Fw.assign(static_cast<size_t>(3) * n_wb, T(0));
+        Ww.assign(static_cast<size_t>(9) * n_wb, T(0));
+      }
+    }
   };
   constexpr double kRowsThreadBytes = 1 << 30;
   const double per_thread = static_cast<double>(sizeof(T)) * K * (3.0 * N + 7.0 * n_structures);
@@ -842,13 +877,207 @@ std::vector<torch::Tensor> design_rows_impl(
   int next_slot = 0;
   std::vector<std::pair<int64_t, std::unique_ptr<Worker>>> workers;
   const int64_t grain = n_threads == 1 ? std::max<int64_t>(N, 1) : std::max<int64_t>(4, N / (8 * n_threads) + 1);
+  // the radial columns of atom i (after its J, ∂φ/∂r and ∂Y are in the workspace; see radial_columns above)
+  auto radial_columns_of_atom = [&](Worker& wk, int64_t i, int64_t zi, int64_t s) {
+    AtomEdges<T>& w = wk.w;
+    const int M = w.M, m = w.m, M3 = 3 * M;
+    const T* Jm = wk.J_t.template data_ptr<T>();
+    const std::vector<T>& A = wk.A;
+    T* Jc = wk.Jc.data();
+    T* gA = wk.gAv.data();
+    // adjoints: ∇ρ_p = J c_p, g = Σ_p f'_p ∇ρ_p; c̃ = Cᵀ Σ_p f'_p c_p
+    std::fill(wk.ceffB.begin(), wk.ceffB.end(), T(0));
+    for (int p = 0; p < P; ++p) {
+      const T* cp = dc + (static_cast<int64_t>(p) * nz + zi) * nb_;
+      const T wp = dw[i * P + p];
+      for (int a = 0; a < n_a; ++a) Jc[p * n_a + a] = dot(nb_, Jm + static_cast<size_t>(a) * nb_, cp);
+      for (int bb = 0; bb < nb_; ++bb) wk.ceffB[bb] += wp * cp[bb];
+    }
+    for (int a = 0; a < n_a; ++a) {
+      T g = T(0);
+      for (int p = 0; p < P; ++p) g += dw[i * P + p] * Jc[p * n_a + a];
+      gA[a] = g;
+    }
+    std::fill(wk.caa.begin(), wk.caa.end(), T(0));
+    for (int64_t q = 0; q < n_c; ++q) wk.caa[ccol[q]] += cval[q] * wk.ceffB[crow[q]];
+    // H = Σ_k c̃_k ∂²AA_k/∂A² (ordered pairs t ≠ t' of the product's factors) + Σ_p f''_p ∇ρ_p ∇ρ_pᵀ
+    T* H = wk.H_t.template data_ptr<T>();
+    std::fill(H, H + static_cast<size_t>(n_a) * n_a, T(0));
+    for (int k = 0; k < n_aa; ++k) {
+      const T c = wk.caa[k];
+      if (c == T(0)) continue;
+      const int64_t* ix = idx + k * nu;
+      for (int t = 0; t < nu; ++t) {
+        const int64_t a = ix[t];
+        if (a == n_a) continue;
+        for (int t2 = 0; t2 < nu; ++t2) {
+          const int64_t b = ix[t2];
+          if (t2 == t || b == n_a) continue;
+          T prod = c;
+          for (int q = 0; q < nu; ++q)
+            if (q != t && q != t2) prod *= A[ix[q]];
+          H[a * n_a + b] += prod;
+        }
+      }
+    }
+    for (int p = 0; p < P; ++p) {
+      const T tp = dt[i * P + p];
+      if (tp == T(0)) continue;
+      const T* jp = Jc + p * n_a;
+      for (int a = 0; a < n_a; ++a) {
+        const T f = tp * jp[a];
+        T* __restrict hr = H + static_cast<size_t>(a) * n_a;
+        IVDEP for (int b = 0; b < n_a; ++b) hr[b] += f * jp[b];
+      }
+    }
+    at::mm_out(wk.HV_t, wk.H_t, wk.dphi_t);  // H ∂φ/∂r for every edge and direction: [n_a][3M]
+    const T* HV = wk.HV_t.template data_ptr<T>();
+    // raw radial rows P_k env and their r-derivatives; Ψ_ak = w_a Σ_{e: z_j = s_a} P_k env Y_a
+    const T* env = w.row(w.ENV);
+    const T* denv = w.row(w.DENV);
+    const T* dx = w.row(w.DX);
+    for (int k = 0; k < n_poly; ++k) {
+      const T* __restrict p = w.Pk + k * M;
+      const T* __restrict dp = w.dPk + k * M;
+      T* __restrict pe_ = wk.PE.data() + k * M;
+      T* __restrict dpe = wk.dPE.data() + k * M;
+      IVDEP for (int e = 0; e < m; ++e) {
+        pe_[e] = p[e] * env[e];
+        dpe[e] = dp[e] * dx[e] * env[e] + p[e] * denv[e];
+      }
+    }
+    std::fill(wk.Yg.begin(), wk.Yg.end(), T(0));
+    std::fill(wk.dYg.begin(), wk.dYg.end(), T(0));
+    for (int a = 0; a < n_a; ++a) {
+      const int64_t sa = bs.arho[a] % nz, ua = bs.arho[a] / nz;
+      const T wa = bs.aw[a];
+      const T* __restrict yrow = w.Y + bs.alm[a] * M;
+      for (int k = 0; k < n_poly; ++k) {
+        const T* __restrict pe_ = wk.PE.data() + k * M;
+        T acc = T(0);
+        if (nz == 1) {
+          for (int e = 0; e < m; ++e) acc += pe_[e] * yrow[e];
+        } else {
+          for (int e = 0; e < m; ++e)
+            if (w.zjv[e] == sa) acc += pe_[e] * yrow[e];
+        }
+        wk.Psi[static_cast<size_t>(a) * n_poly + k] = wa * acc;
+      }
+      const T ga = gA[a] * wa;  // Yg_u = Σ_{a ∈ u, s_a = z_j} g_a w_a Y_a, dYg the same with ∇Y
+      if (ga == T(0)) continue;
+      T* __restrict yg = wk.Yg.data() + ua * M;
+      for (int e = 0; e < m; ++e)
+        if (nz == 1 || w.zjv[e] == sa) yg[e] += ga * yrow[e];
+      for (int c = 0; c < 3; ++c) {
+        const T* __restrict dy = wk.dY.data() + (c * ny + bs.alm[a]) * M;
+        T* __restrict dyg = wk.dYg.data() + (c * n_u + ua) * M;
+        for (int e = 0; e < m; ++e)
+          if (nz == 1 || w.zjv[e] == sa) dyg[e] += ga * dy[e];
+      }
+    }
+    // energy row: ∂E_i/∂W_eff[z_i, s, u, k] = Σ_{a ∈ (u, s)} g_a Ψ_ak
+    T* erow = wk.pe + s * K + off_w + zi * n_wb;
+    for (int a = 0; a < n_a; ++a) {
+      const int64_t col0 = ((bs.arho[a] % nz) * n_u + bs.arho[a] / nz) * n_poly;
+      for (int k = 0; k < n_poly; ++k) erow[col0 + k] += gA[a] * wk.Psi[static_cast<size_t>(a) * n_poly + k];
+    }
+    // T[col][(c, e)] = Σ_{a ∈ col} (H ∂φ_e)_a Ψ_ak + (∂ψ_ak/∂r_e) g_a
+    T* Tm = wk.T_t.template data_ptr<T>();
+    std::fill(Tm, Tm + static_cast<size_t>(n_wb) * M3, T(0));
+    for (int a = 0; a < n_a; ++a) {
+      const int64_t col0 = ((bs.arho[a] % nz) * n_u + bs.arho[a] / nz) * n_poly;
+      const T* __restrict hv = HV + static_cast<size_t>(a) * M3;
+      for (int k = 0; k < n_poly; ++k) {
+        const T coef = wk.Psi[static_cast<size_t>(a) * n_poly + k];
+        if (coef == T(0)) continue;
+        T* __restrict tr = Tm + static_cast<size_t>(col0 + k) * M3;
+        IVDEP for (int ce = 0; ce < M3; ++ce) tr[ce] += coef * hv[ce];
+      }
+    }
+    const T* uu[3] = {w.row(w.UX), w.row(w.UY), w.row(w.UZ)};
+    for (int u = 0; u < n_u; ++u) {
+      const T* __restrict yg = wk.Yg.data() + u * M;
+      for (int k = 0; k < n_poly; ++k) {
+        const T* __restrict pe_ = wk.PE.data() + k * M;
+        const T* __restrict dpe = wk.dPE.data() + k * M;
+        for (int c = 0; c < 3; ++c) {
+          const T* __restrict dyg = wk.dYg.data() + (c * n_u + u) * M;
+          const T* __restrict uc = uu[c];
+          if (nz == 1) {
+            T* __restrict tr = Tm + static_cast<size_t>(u * n_poly + k) * M3 + c * M;
+            IVDEP for (int e = 0; e < m; ++e) tr[e] += dpe[e] * uc[e] * yg[e] + pe_[e] * dyg[e];
+          } else {
+            for (int e = 0; e < m; ++e) {
+              const int64_t col = (w.zjv[e] * n_u + u) * n_poly + k;
+              Tm[static_cast<size_t>(col) * M3 + c * M + e] += dpe[e] * uc[e] * yg[e] + pe_[e] * dyg[e];
+            }
+          }
+        }
+      }
+    }
+    // scatter: − at the neighbour; the centre's sum and the virial moments Σ_e r_e ⊗ T_e as GEMMs
+    {  // Tt = Tᵀ [(c, e)][col], in 16 × 16 tiles (only the m edges in use)
+      T* Tt = wk.Tt_t.template data_ptr<T>();
+      constexpr int B = 16;
+      for (int c = 0; c < 3; ++c)
+        for (int q0 = 0; q0 < n_wb; q0 += B)
+          for (int e0 = 0; e0 < m; e0 += B) {
+            const int q1 = std::min(q0 + B, n_wb), e1 = std::min(e0 + B, m);
+            for (int q = q0; q < q1; ++q) {
+              const T* __restrict src = Tm + static_cast<size_t>(q) * M3 + c * M;
+              for (int e = e0; e < e1; ++e) Tt[static_cast<size_t>(c * M + e) * n_wb + q] = src[e];
+            }
+          }
+    }
+    const T* Tr = wk.Tt_t.template data_ptr<T>();
+    for (int e = 0; e < m; ++e) {
+      const int64_t j = st.ej[w.nbr[e]];
+      for (int c = 0; c < 3; ++c) {
+        const T* __restrict g = Tr + static_cast<size_t>(c * M + e) * n_wb;
+        T* __restrict fj = wk.pf + (3 * j + c) * K + off_w + zi * n_wb;
+        IVDEP for (int q = 0; q < n_wb; ++q) fj[q] -= g[q];
+      }
+    }
+    {
+      T* Vm = wk.Vm_t.template data_ptr<T>();
+      std::fill(Vm, Vm + 4 * static_cast<size_t>(M), T(0));
+      for (int e = 0; e < m; ++e) {
+        Vm[e] = T(1);
+        Vm[M + e] = w.row(w.VX)[e];
+        Vm[2 * M + e] = w.row(w.VY)[e];
+        Vm[3 * M + e] = w.row(w.VZ)[e];
+      }
+      // FW [(c, 0..3)][col] = [1; r] · T_c for c = x, y, z in one GEMM over the edge rows of Tt viewed [3, M, n_wb]:
+      // row 0 the centre's sum, rows 1–3 Σ_e r_a T_{c, e}
+      at::matmul_out(wk.FW_t, wk.Vm_t, wk.Tt_t.view({3, M, n_wb}));
+      const T* FWm = wk.FW_t.template data_ptr<T>();
+      for (int c = 0; c < 3; ++c) {
+        const T* f = FWm + static_cast<size_t>(c) * 4 * n_wb;
+        std::copy(f, f + n_wb, wk.Fw.data() + static_cast<size_t>(c) * n_wb);
+        for (int a2 = 0; a2 < 3; ++a2)
+          std::copy(f + static_cast<size_t>(a2 + 1) * n_wb, f + static_cast<size_t>(a2 + 2) * n_wb,
+                    wk.Ww.data() + static_cast<size_t>(a2 * 3 + c) * n_wb);
+      }
+    }
+    for (int c = 0; c < 3; ++c) {
+      T* __restrict fi = wk.pf + (3 * i + c) * K + off_w + zi * n_wb;
+      const T* __restrict fc = wk.Fw.data() + static_cast<size_t>(c) * n_wb;
+      IVDEP for (int q = 0; q < n_wb; ++q) fi[q] += fc[q];
+    }
+    for (int q6 = 0; q6 < 6; ++q6) {
+      T* __restrict vr = wk.pv + (s * 6 + q6) * K + off_w + zi * n_wb;
+      const T* __restrict wab = wk.Ww.data() + static_cast<size_t>(VA[q6] * 3 + VB[q6]) * n_wb;
+      const T* __restrict wba = wk.Ww.data() + static_cast<size_t>(VB[q6] * 3 + VA[q6]) * n_wb;
+      IVDEP for (int q = 0; q < n_wb; ++q) vr[q] -= T(0.5) * (wab[q] + wba[q]);
+    }
+  };
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     int slot;
     {
       std::lock_guard<std::mutex> lock(slot_mutex);
       slot = next_slot++;
     }
-    auto own = std::make_unique<Worker>(bs, st.M, nb_, nu, n_aa, P, opts);
+    auto own = std::make_unique<Worker>(bs, st.M, nb_, nu, n_aa, P, n_wb, opts);
     {
       Worker& k = *own;
       if (slot == 0) {
@@ -1026,6 +1255,7 @@ std::vector<torch::Tensor> design_rows_impl(
           IVDEP for (int bb = 0; bb < nb_; ++bb) vr[bb] -= T(0.5) * (wab[bb] + wba[bb]);
         }
       }
+      if (wcols && m > 0) radial_columns_of_atom(wk, i, zi, s);
       // pair rows: V_k = P_k(x) penv scale_k per (zi, zj) block; ∂V_k/∂r_e = u dV_k
       if (n_pair > 0 && m > 0) {
         w.pair();
@@ -1119,7 +1349,7 @@ std::vector<torch::Tensor> design_rows(torch::Tensor positions, torch::Tensor sp
                                        torch::Tensor c_rows, torch::Tensor c_cols, torch::Tensor c_vals,
                                        torch::Tensor j_tgt, torch::Tensor j_src, torch::Tensor j_val,
                                        torch::Tensor pair_scale, torch::Tensor dens_c, torch::Tensor dens_w,
-                                       torch::Tensor dens_t) {
+                                       torch::Tensor dens_t, bool radial_columns) {
   check_inputs(positions,
                {&unit_shifts, &cell, &mb_r0, &mb_ycut, &mb_coef, &sh_norm, &sh_rec_a, &sh_rec_b, &sh_qmm, &a_w,
                 &pr_ycut, &pr_coef, &c_vals, &j_val, &pair_scale, &mb_mix, &dens_c, &dens_w, &dens_t},
@@ -1129,7 +1359,7 @@ std::vector<torch::Tensor> design_rows(torch::Tensor positions, torch::Tensor sp
     const Basis<scalar_t> bs(BASIS_CALL);
     out = design_rows_impl<scalar_t>(positions, species, batch, edge_index, unit_shifts, cell, n_structures, bs, n_b,
                                      aa_idx, c_rows, c_cols, c_vals, j_tgt, j_src, j_val, pair_scale, dens_c, dens_w,
-                                     dens_t);
+                                     dens_t, radial_columns);
   });
   return out;
 }
