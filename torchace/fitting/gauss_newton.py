@@ -93,7 +93,7 @@ def theta_reference(model, radials: bool) -> torch.Tensor:
     if not radials:
         return ref
     R = model.radials
-    eye = (R.u_n.unsqueeze(1) == torch.arange(R.n_poly, device=R.u_n.device).unsqueeze(0)).to(ref)  # [n_u, n_poly]
+    eye = torch.eye(R.n_poly, dtype=ref.dtype, device=ref.device)[R.u_n]  # W[..., n, l, k] = δ_{n−1, k}: [n_u, n_poly]
     return torch.cat([ref, eye.expand(R.nz, R.nz, -1, -1).reshape(-1)])
 
 
@@ -112,12 +112,8 @@ def _set_theta(model, theta: torch.Tensor, radials: bool = False) -> None:
 def radial_scale(model) -> torch.Tensor:
     """∂W_eff/∂W per θ column of W (the prior scale s[k·NZ + z_j, l_u]: ``LearnableRadials.effective_weights``)."""
     R = model.radials
-    with torch.no_grad():
-        ones = torch.ones(R.nz, R.nz, R.u_n.shape[0], R.n_poly, dtype=torch.float64, device=R.weights.device)
-        rows = torch.arange(R.n_poly, device=R.u_n.device).unsqueeze(0) * R.nz \
-            + torch.arange(R.nz, device=R.u_n.device).unsqueeze(1)
-        s = model.embedding.nl_scale.detach().to(torch.float64)[rows][:, :, R.u_l].transpose(1, 2)  # [NZ(z_j), n_u, k]
-        return (ones * s.unsqueeze(0)).reshape(-1)
+    s = R.scale(model.embedding.nl_scale.detach().to(torch.float64))  # [NZ(z_j), n_u, n_poly]
+    return s.unsqueeze(0).expand(R.nz, -1, -1, -1).reshape(-1)
 
 
 def fused_rows_reason(model, device) -> Optional[str]:
@@ -173,10 +169,13 @@ def normal_equations(model, batches: List[Dict], radials: bool = False) -> Tuple
     return H, g, rss
 
 
-def check_memory(model, device=None, radials: bool = False) -> None:
-    """Refuse (MemoryError, before any work) a θ whose K × K normal matrix does not fit on ``device``."""
-    k = get_theta(model, radials).numel()
+def check_memory(model, device=None, radials: Optional[bool] = None) -> None:
+    """Refuse (MemoryError, before any work) a θ whose K × K normal matrix does not fit on ``device``;
+    ``radials`` None: W in θ as ``GaussNewton`` decides it (``radial_step_reason``)."""
     dev = device if device is not None else model.density_coefficients.device
+    if radials is None:
+        radials = radial_step_reason(model, dev) is None
+    k = get_theta(model, radials).numel()
     need, avail = 4 * k * k * 8, available_bytes(dev)  # JᵀJ, the damped copy, its factor, a temporary
     if avail is not None and need > avail:
         raise MemoryError(f"Gauss–Newton on {k} coefficients needs {need / 2**30:.1f} GiB for its {k} × {k} "

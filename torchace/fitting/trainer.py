@@ -42,7 +42,7 @@ from .training import DEFAULT_EPOCHS, Penalty, loss_metrics, make_batches, resid
 from .train_scaling import CachedClosure, ScaledParameters, curvature_scale
 from .train_state import TrainCheckpoint, fingerprint
 from .weights import resolve_weights
-from .gauss_newton import GaussNewton, embedding_derivatives, radial_step_reason
+from .gauss_newton import GaussNewton, embedding_derivatives
 from .gauss_newton import check_memory as check_gn_memory
 
 log = logging.getLogger("torchace")
@@ -254,8 +254,7 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
         raise TypeError(f"train needs a NonlinearACEModel or ACEModel, got {type(model).__name__}")
     optimizer = resolve_optimizer(model, optimizer)
     if "gn" in _phases(optimizer, epochs):
-        gn_dev = device if device is not None else model.density_coefficients.device
-        check_gn_memory(model, device, radials=radial_step_reason(model, gn_dev) is None)
+        check_gn_memory(model, device)
     if prior is not None and not (hasattr(prior, "kind") and hasattr(prior, "to_dict")):
         raise TypeError(f"prior must be a torchace.priors object, got {prior!r}")
     if init == "model" and isinstance(E0, str) and E0 == "fit":

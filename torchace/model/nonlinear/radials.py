@@ -48,13 +48,16 @@ class LearnableRadials(nn.Module):
     def shape(self) -> Tuple[int, ...]:
         return tuple(self.weights.shape)
 
+    def scale(self, nl_scale: torch.Tensor) -> torch.Tensor:
+        """The prior's scale of each used weight, s[k·NZ + z_j, l_u]: [NZ(z_j), n_u, n_poly] (= ∂W_eff/∂W)."""
+        rows = torch.arange(self.n_poly, device=nl_scale.device).unsqueeze(0) * self.nz \
+            + torch.arange(self.nz, device=nl_scale.device).unsqueeze(1)  # [NZ(z_j), n_poly]
+        return nl_scale[rows][:, :, self.u_l].transpose(1, 2)
+
     def effective_weights(self, nl_scale: torch.Tensor) -> torch.Tensor:
         """W_u[z_i, z_j, u, k] · s[k·NZ + z_j, l_u]: [NZ, NZ, n_u, n_poly]."""
         W = self.weights[:, :, self.u_n, self.u_l, :]  # [NZ, NZ, n_u, n_poly]
-        rows = torch.arange(self.n_poly, device=nl_scale.device).unsqueeze(0) * self.nz \
-            + torch.arange(self.nz, device=nl_scale.device).unsqueeze(1)  # [NZ(z_j), n_poly]
-        s = nl_scale[rows][:, :, self.u_l].transpose(1, 2)  # [NZ(z_j), n_u, n_poly]
-        return W * s.unsqueeze(0).to(W.dtype)
+        return W * self.scale(nl_scale).unsqueeze(0).to(W.dtype)
 
     def _contract(self, P: torch.Tensor, Weff: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
         """R_u [E, n_u] = Σ_k P[e, k] Weff[z_i, z_j, u, k], one GEMM per element pair."""

@@ -836,7 +836,7 @@ std::vector<torch::Tensor> design_rows_impl(
     std::vector<T> dY, A, loo, AA, Bv, Fc, Wc, pre, hb;
     // radial columns: H [n_a][n_a], H·∂φ [n_a][3M], T [n_wb][3M] and its transpose, raw radial rows, Ψ, adjoints
     torch::Tensor H_t, HV_t, T_t, Tt_t, Vm_t, FW_t;
-    std::vector<T> PE, dPE, Psi, Jc, gAv, ceffB, caa, Yg, dYg, Fw, Ww;
+    std::vector<T> PE, dPE, Psi, Jc, gAv, ceffB, caa, Yg, dYg;
     torch::Tensor e_own, f_own, v_own;
     T *pe, *pf, *pv;
     Worker(const Basis<T>& bs, int M_, int nb_, int nu, int n_aa, int P, int n_wb, const torch::TensorOptions& opts)
@@ -861,8 +861,6 @@ std::vector<torch::Tensor> design_rows_impl(
         caa.assign(n_aa, T(0));
         Yg.assign(static_cast<size_t>(bs.n_u) * w.M, T(0));
         dYg.assign(static_cast<size_t>(3) * bs.n_u * w.M, T(0));
-        Fw.assign(static_cast<size_t>(3) * n_wb, T(0));
-        Ww.assign(static_cast<size_t>(9) * n_wb, T(0));
       }
     }
   };
@@ -1050,24 +1048,18 @@ std::vector<torch::Tensor> design_rows_impl(
       // FW [(c, 0..3)][col] = [1; r] · T_c for c = x, y, z in one GEMM over the edge rows of Tt viewed [3, M, n_wb]:
       // row 0 the centre's sum, rows 1–3 Σ_e r_a T_{c, e}
       at::matmul_out(wk.FW_t, wk.Vm_t, wk.Tt_t.view({3, M, n_wb}));
-      const T* FWm = wk.FW_t.template data_ptr<T>();
-      for (int c = 0; c < 3; ++c) {
-        const T* f = FWm + static_cast<size_t>(c) * 4 * n_wb;
-        std::copy(f, f + n_wb, wk.Fw.data() + static_cast<size_t>(c) * n_wb);
-        for (int a2 = 0; a2 < 3; ++a2)
-          std::copy(f + static_cast<size_t>(a2 + 1) * n_wb, f + static_cast<size_t>(a2 + 2) * n_wb,
-                    wk.Ww.data() + static_cast<size_t>(a2 * 3 + c) * n_wb);
-      }
     }
+    const T* FW = wk.FW_t.template data_ptr<T>();
+    auto fw = [&](int c, int row) { return FW + (static_cast<size_t>(c) * 4 + row) * n_wb; };  // row 0 or 1 + a
     for (int c = 0; c < 3; ++c) {
       T* __restrict fi = wk.pf + (3 * i + c) * K + off_w + zi * n_wb;
-      const T* __restrict fc = wk.Fw.data() + static_cast<size_t>(c) * n_wb;
+      const T* __restrict fc = fw(c, 0);
       IVDEP for (int q = 0; q < n_wb; ++q) fi[q] += fc[q];
     }
-    for (int q6 = 0; q6 < 6; ++q6) {
+    for (int q6 = 0; q6 < 6; ++q6) {  // −½ (Σ r_a T_b + Σ r_b T_a)
       T* __restrict vr = wk.pv + (s * 6 + q6) * K + off_w + zi * n_wb;
-      const T* __restrict wab = wk.Ww.data() + static_cast<size_t>(VA[q6] * 3 + VB[q6]) * n_wb;
-      const T* __restrict wba = wk.Ww.data() + static_cast<size_t>(VB[q6] * 3 + VA[q6]) * n_wb;
+      const T* __restrict wab = fw(VB[q6], 1 + VA[q6]);
+      const T* __restrict wba = fw(VA[q6], 1 + VB[q6]);
       IVDEP for (int q = 0; q < n_wb; ++q) vr[q] -= T(0.5) * (wab[q] + wba[q]);
     }
   };
