@@ -63,7 +63,7 @@ def train(model, train_b, val_b, *, optimizer="adam", lr=1e-3, epochs=100, lam=0
             else:
                 opt.step(lambda: torch.tensor(full_loss_and_grad(model, train_b, lam)))
         tr = metrics(model, train_b, lam)
-        va = metrics(model, val_b, lam) if val_b else tr
+        va = metrics(model, val_b, 0.0) if val_b else tr  # held-out misfit: the penalty is θ's, not the data's
         rec = {"epoch": epoch, "train": tr, "val": va, "time": time.perf_counter() - t0}
         history.append(rec)
         if verbose:

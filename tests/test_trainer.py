@@ -132,6 +132,19 @@ def test_validation_chooses_the_best_epoch(si_data):
     assert len(res.history) <= 6
 
 
+def test_validation_loss_is_the_held_out_misfit(si_data):
+    """The validation score is the weighted misfit of the held-out rows alone: the same at epoch 0 (the BLR warm
+    start, which does not depend on λ) for any λ, while the training loss (the objective) carries λ²‖θ‖²."""
+    hist = {}
+    for lam in (1e-3, 10.0):
+        nl = from_linear(torchace.ace_model(["Si"], 2, 4), densities=2, embedding="fs", learnable_radials=True)
+        hist[lam] = torchace.train(nl, si_data, weights=W, E0=E0, epochs=0, lam=lam, validation=0.34,
+                                   progress=False, refit_linear=False).history[0]
+    assert hist[10.0]["train"]["loss"] > 2 * hist[1e-3]["train"]["loss"]
+    assert hist[10.0]["val"]["loss"] == pytest.approx(hist[1e-3]["val"]["loss"], rel=1e-12)
+    assert hist[1e-3]["val"]["loss"] > 0
+
+
 def _train_script(tmp_path, data_path, ckpt, out):
     return textwrap.dedent(f"""
         import sys, torch, torchace

@@ -98,7 +98,8 @@ def _refit_linear(model, train_structs, weights, solver, lam, gamma, batches, va
     if model.embedding_fn is not None and model.embedding_name != "fs":
         return {"result": "skipped (the MLP embedding has no linear part)", "before": float("nan"),
                 "after": float("nan")}
-    score = lambda: loss_metrics(model, val_batches or batches, penalty)["loss"]  # noqa: E731
+    def score():  # the held-out misfit (no penalty) with a validation split, else the training objective
+        return (loss_metrics(model, val_batches) if val_batches else loss_metrics(model, batches, penalty))["loss"]
     before = score()
     theta0 = linear_coefficients(model).detach().clone()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -420,7 +421,7 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
                                      "raise lam")
         # an accepted Gauss–Newton step has just evaluated these (same parameters, same function)
         tr = opt_gn.metrics if phase == "gn" and opt_gn.metrics is not None else loss_metrics(model, batches, penalty)
-        va = loss_metrics(model, val_batches, penalty) if has_val else None
+        va = loss_metrics(model, val_batches) if has_val else None  # held-out misfit: no penalty
         rec = {"epoch": epoch, "phase": phase, "train": tr, "val": va, "seconds": time.perf_counter() - t0}
         if step_info is not None:
             rec["gn"] = step_info

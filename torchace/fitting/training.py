@@ -143,10 +143,13 @@ def full_loss_and_grad(model, batches, lam, backward=True):
     return total_loss(model, batches, lambda m: penalty(m, lam), backward)
 
 
-def loss_metrics(model, batches, penalty_fn, missing=None):
+def loss_metrics(model, batches, penalty_fn=None, missing=None):
     """Loss and RMSEs (E, V meV/atom; F eV/Å; ``missing`` without such labels) on ``batches``, in eval mode
     without a graph (only labelled, non-zero-weight rows), on the fastest backend for the model and device
-    (``torchace.backends.select``: the fused kernel on CPU)."""
+    (``torchace.backends.select``: the fused kernel on CPU).  ``penalty_fn`` None: the loss is the weighted misfit
+    alone, as for held-out data (the penalty is a property of θ, not of the data: added to a validation split's
+    misfit over its own, ~10× fewer, rows it would weigh 10× more than in training and pick small θ, not a
+    better fit)."""
     model.eval()
     se = {"E": [0.0, 0], "F": [0.0, 0], "V": [0.0, 0]}
     rss, n_rows = 0.0, 0
@@ -162,7 +165,7 @@ def loss_metrics(model, batches, penalty_fn, missing=None):
                     sel = err[key][err["m" + key]]
                     se[key][0] += float((sel ** 2).sum())
                     se[key][1] += sel.numel()
-        pen = float(penalty_fn(model))
+        pen = float(penalty_fn(model)) if penalty_fn is not None else 0.0
     out = {"loss": (rss + pen) / max(n_rows, 1)}
     for key, (s, m) in se.items():
         out[key] = math.sqrt(s / m) * (1e3 if key != "F" else 1.0) if m else missing

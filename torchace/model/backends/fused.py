@@ -170,6 +170,13 @@ def node_coefficients(model, coefficients: torch.Tensor, node_of_aa: torch.Tenso
     return torch.zeros(*lead, model.nz, n_nodes, dtype=torch.float64).index_add_(-1, node_of_aa.cpu(), c_aa)
 
 
+def pair_constants(model, c_pair: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Pair coefficients [..., nz, nz, n_pair] × the pair part's prior scale: the kernel's pair constants (CPU,
+    ``dtype``), for the mean model, its committee and the nonlinear model alike."""
+    c = c_pair.detach().to(torch.float64) * model.pair.scale.detach().to(torch.float64)
+    return c.to(dtype=dtype, device="cpu").contiguous()
+
+
 _DAGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -265,11 +272,9 @@ class FusedEvaluator(nn.Module):
         f = dict(dtype=dtype, device="cpu")
         with torch.no_grad():
             c_node = node_coefficients(m, c, self.node_of_aa, self.aa_parent.shape[0])
-            c_pair = (c[m.n_manybody:].view(m.nz, m.nz, m.n_pair).to(torch.float64)
-                      * m.pair.scale.to(torch.float64))
+            c_pair = pair_constants(m, c[m.n_manybody:].view(m.nz, m.nz, m.n_pair), dtype)
             consts = basis_args(m, dtype) + (self.aa_parent, self.aa_last, self.aa_children,
-                                             c_node.to(**f).contiguous(), m.E0.detach().to(**f).contiguous(),
-                                             c_pair.to(**f).contiguous())
+                                             c_node.to(**f).contiguous(), m.E0.detach().to(**f).contiguous(), c_pair)
         self._cache_key, self._consts = key, consts
         return consts
 
@@ -298,9 +303,8 @@ class FusedEvaluator(nn.Module):
             with torch.no_grad():
                 n = comm.shape[0]
                 c_node = node_coefficients(m, comm, self.node_of_aa, n_nodes)
-                c_pair = (comm[:, m.n_manybody:].reshape(n, m.nz, m.nz, m.n_pair).to(torch.float64)
-                          * m.pair.scale.to(torch.float64))
-                consts = (c_node.to(**f).contiguous(), c_pair.to(**f).contiguous())
+                consts = (c_node.to(**f).contiguous(),
+                          pair_constants(m, comm[:, m.n_manybody:].reshape(n, m.nz, m.nz, m.n_pair), dtype))
         self._committee_key, self._committee_consts = key, consts
         return consts, comm is not None
 

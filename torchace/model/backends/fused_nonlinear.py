@@ -48,13 +48,13 @@ def nonlinear_forward(model, positions: torch.Tensor, species: torch.Tensor, bat
     with torch.no_grad():
         c = model.density_coefficients.detach().reshape(n_p, -1)
         c_node = fused.node_coefficients(lin, c, node_of_aa, n_nodes).to(**f).contiguous()  # [P, nz, n_nodes]
-        c_pair = (model.pair_coefficients.detach().to(torch.float64) * lin.pair.scale.to(torch.float64)).to(**f)
+        c_pair = fused.pair_constants(lin, model.pair_coefficients, dtype)
         zeros_mb = torch.zeros(lin.nz, n_nodes, **f)
         zeros_pair = torch.zeros(n_p, lin.nz, lin.nz, lin.n_pair, **f)
         geometry = (positions.contiguous(), species.contiguous(), batch.contiguous(), edge_index.contiguous(),
                     unit_shifts.to(dtype).contiguous(), cell.to(dtype).contiguous(), int(n_structures))
         consts = fused.basis_args(lin, dtype, radials=model.radials) + (parent, last, children)
-        tail = (lin.E0.detach().to(**f).contiguous(), c_pair.contiguous(), c_node, zeros_pair)
+        tail = (lin.E0.detach().to(**f).contiguous(), c_pair, c_node, zeros_pair)
         # pass 1: E0 + pair per atom (the main coefficient set is zero) and the densities (the extra sets)
         _, base, _, _, _, _, rho = ext.site_energy_forces(*geometry, False, False, *consts, zeros_mb, *tail,
                                                           torch.zeros(0, **f))
