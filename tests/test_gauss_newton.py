@@ -10,8 +10,8 @@ from torchace import keys as K
 from torchace.fitting import solvers
 from torchace.fitting.data import read_data
 from torchace.fitting.driver import set_E0
-from torchace.fitting.gauss_newton import (GaussNewton, embedding_derivatives, fused_rows_reason, get_theta,
-                                            normal_equations, radial_scale, radial_step_reason)
+from torchace.fitting.gauss_newton import (GaussNewton, add_gram, embedding_derivatives, fused_rows_reason,
+                                            get_theta, normal_equations, radial_scale, radial_step_reason)
 from torchace.fitting.nonlinear_committee import committee_linear_model
 from torchace.fitting.trainer import Penalty, resolve_optimizer
 from torchace.fitting.training import loss_metrics, make_batches
@@ -262,3 +262,14 @@ def test_radial_rows_are_the_jacobian_in_W(els):
     batches = make_batches(nl, ds.structures, resolve_weights(W), 4, "cpu", torch.float64)
     H = normal_equations(nl, batches, radials=True)[0]
     assert H.shape == (theta.numel(), theta.numel()) and float(H[-n_w:, -n_w:].diagonal().max()) > 0
+
+
+def test_block_upper_gram_is_jtj():
+    """normal_equations accumulates JᵀJ on the upper block triangle (half the flops) and mirrors it."""
+    J = torch.randn(50, 23, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    H = torch.zeros(23, 23, dtype=torch.float64)
+    for part in (J[:20], J[20:]):
+        add_gram(H, part, block=7)  # blocks 7, 7, 7, 2: diagonal and off-diagonal blocks, a ragged edge
+    full = torch.triu(H) + torch.triu(H, 1).t()
+    assert torch.allclose(full, J.t() @ J, rtol=1e-13, atol=1e-12)
+    assert float(torch.tril(H, -7).abs().max()) == 0.0  # the lower block triangle was not computed

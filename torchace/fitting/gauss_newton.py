@@ -124,6 +124,14 @@ def fused_rows_reason(model, device) -> Optional[str]:
     return nonlinear_supported(model)
 
 
+def add_gram(H: torch.Tensor, J: torch.Tensor, block: int = 256) -> None:
+    """H += JᵀJ on the upper block triangle only (column blocks of ``block``): about half the GEMM flops of the
+    full product; ``normal_equations`` mirrors the upper triangle at the end."""
+    k = J.shape[1]
+    for i in range(0, k, block):
+        H[i:i + block, i:].addmm_(J[:, i:i + block].t(), J[:, i:])
+
+
 def normal_equations(model, batches: List[Dict], radials: bool = False) -> Tuple[torch.Tensor, torch.Tensor, float]:
     """(JᵀJ [K, K], Jᵀr [K], rss) over ``batches`` (``training.make_batches``), K = θ's size, in float64; r the
     weighted residuals (prediction − label), J = ∂r/∂θ; the rows from the fused kernel on CPU
@@ -162,11 +170,11 @@ def normal_equations(model, batches: List[Dict], radials: bool = False) -> Tuple
                 J.append((rows[K.VIRIAL] * b["wV"][:, None, None]).reshape(-1, k))
                 r.append(((K.to_voigt(out[K.VIRIAL]) - b["V"]) * b["wV"][:, None]).reshape(-1))
             J, r = torch.cat(J).to(torch.float64), torch.cat(r).to(torch.float64)
-            H.addmm_(J.t(), J)
+            add_gram(H, J)
             g.addmv_(J.t(), r)
             rss += float(r @ r)
     model.train(was_training)
-    return H, g, rss
+    return torch.triu(H) + torch.triu(H, 1).t(), g, rss
 
 
 def check_memory(model, device=None, radials: Optional[bool] = None) -> None:
