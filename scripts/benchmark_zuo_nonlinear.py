@@ -64,7 +64,10 @@ def run(el, args):
         "epochs_run": len(n_train), "chosen_epoch": res.chosen_epoch, "stopped": res.stopped,
         "hyperparameters": res.hyperparameters,
         "history": [{"epoch": h["epoch"], "phase": h["phase"], "train_loss": h["train"]["loss"],
-                     "val_loss": h["val"]["loss"] if h["val"] else None} for h in res.history],
+                     "val_loss": h["val"]["loss"] if h["val"] else None,
+                     "val_rmse_E": h["val"]["E"] if h["val"] else None,
+                     "val_rmse_F": h["val"]["F"] if h["val"] else None, "seconds": h["seconds"]}
+                    for h in res.history],
     }
     if args.save_model:
         nl.save(f"{args.save_model}_{el}.json", overwrite=True)
