@@ -92,9 +92,8 @@ def theta_reference(model, radials: bool) -> torch.Tensor:
     ref = torch.zeros(k, dtype=torch.float64, device=model.density_coefficients.device)
     if not radials:
         return ref
-    R = model.radials
-    eye = torch.eye(R.n_poly, dtype=ref.dtype, device=ref.device)[R.u_n]  # W[..., n, l, k] = δ_{n−1, k}: [n_u, n_poly]
-    return torch.cat([ref, eye.expand(R.nz, R.nz, -1, -1).reshape(-1)])
+    u_n, u_l = _w_index(model)  # the entries get_theta takes, of W = identity
+    return torch.cat([ref, model.radials.identity()[:, :, u_n, u_l, :].reshape(-1).to(ref)])
 
 
 def _set_theta(model, theta: torch.Tensor, radials: bool = False) -> None:

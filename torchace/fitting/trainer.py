@@ -323,9 +323,7 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
             model.density_coefficients[0] = c[: model.nz * model.n_b].view(model.nz, model.n_b)
             model.pair_coefficients.copy_(c[model.nz * model.n_b:].view_as(model.pair_coefficients))
             if model.radials is not None:
-                n = model.radials.n_poly
-                model.radials.weights.copy_(torch.eye(n, dtype=model.radials.weights.dtype).view(1, 1, n, 1, n)
-                                            .expand_as(model.radials.weights))
+                model.radials.weights.copy_(model.radials.identity())
         if init_scale and model.densities > 1:
             model.randomize_densities(init_scale, seed)
     else:

@@ -81,10 +81,7 @@ class Penalty:
             gamma = gamma.to(device=dev, dtype=dt)
             self.g_mb = gamma[:n_mb].view(model.nz, model.n_b)
             self.g_pair = gamma[n_mb:].view(model.nz, model.nz, model.n_pair)
-        self.eye = None
-        if model.radials is not None:
-            n = model.radials.n_poly
-            self.eye = torch.eye(n, dtype=dt, device=dev).view(1, 1, n, 1, n)
+        self.eye = model.radials.identity().to(device=dev, dtype=dt) if model.radials is not None else None
 
     def diagonal(self, model) -> List[Optional[torch.Tensor]]:
         """½ ∂²(λ²R)/∂θ² for each of ``trainable(model)`` (None: not penalised)."""

@@ -25,6 +25,12 @@ from torch import nn
 from ...basis.embedding import EdgeEmbedding
 
 
+def identity_weights(nz: int, n_poly: int, n_l: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """[nz, nz, n_poly, n_l, n_poly] with W[..., n, l, k] = δ_{n−1, k} (each R_nl its own polynomial)."""
+    eye = torch.eye(n_poly, dtype=dtype, device=device)
+    return eye.view(1, 1, n_poly, 1, n_poly).repeat(nz, nz, 1, n_l, 1).contiguous()
+
+
 class LearnableRadials(nn.Module):
     def __init__(self, embedding: EdgeEmbedding, nz: int):
         super().__init__()
@@ -32,9 +38,7 @@ class LearnableRadials(nn.Module):
         self.n_poly = int(embedding.radials.n_poly)
         self.max_l = int(embedding.max_l)
         n_l = self.max_l + 1
-        eye = torch.eye(self.n_poly, dtype=torch.float64)
-        self.weights = nn.Parameter(eye.view(1, 1, self.n_poly, 1, self.n_poly)
-                                    .repeat(self.nz, self.nz, 1, n_l, 1).contiguous())
+        self.weights = nn.Parameter(identity_weights(self.nz, self.n_poly, n_l, torch.float64, "cpu"))
         # the (n, l) pairs some one-particle function uses (u), and which one each function a uses
         k_a = torch.div(embedding.n_idx, self.nz, rounding_mode="floor")
         key = k_a * n_l + embedding.l_idx
@@ -43,6 +47,12 @@ class LearnableRadials(nn.Module):
         self.register_buffer("u_l", used % n_l)
         self.register_buffer("u_of_a", u_of_a)
         self.register_buffer("s_of_a", embedding.n_idx % self.nz)  # neighbour species of a
+
+    def identity(self) -> torch.Tensor:
+        """W = identity (W[..., n, l, k] = δ_{n−1, k}: the linear model's radials), in the weights' shape,
+        dtype and device: the initialisation, the warm start and the penalty's centre."""
+        W = self.weights
+        return identity_weights(self.nz, self.n_poly, self.max_l + 1, W.dtype, W.device)
 
     @property
     def shape(self) -> Tuple[int, ...]:
