@@ -354,7 +354,8 @@ def design_rows(model, batch: Dict[str, torch.Tensor], densities=None, radial_co
     """``rows.batch_rows(model, batch)`` through the fused C++ kernel (same layout and values).
 
     Per centre atom: B = C·AA into the energy row, J = ∂B/∂A from the leave-one-out products, ∂φ/∂r of its
-    edges, and G = ∂φᵀ·J in one GEMM, scattered into force and virial rows; the pair blocks per edge.
+    edges, and G = ∂φᵀ·J from J's entries (one ∂φ-row axpy each), scattered into force and virial rows; the pair
+    blocks per edge.
     ``densities`` = (c [P, NZ, n_b], f' [N, P], f'' [N, P]): the Gauss–Newton rows of a separable embedding
     (``torch_rows.torch_rows(..., densities=…)``, with the embedding's derivatives already evaluated).
     A learned one-particle basis (``fixed_embedding``) is evaluated with its learned radials; with ``densities``

@@ -18,7 +18,8 @@
 //   Returns (energy [S], site energies [N], forces [N, 3] or [0, 3], virials [S, 3, 3] or [0, 3, 3],
 //   closest pair [distance, edge], energies of the extra sets [n_sets, S]).
 // design_rows (torchace/model/backends/torch_rows.py): B = C·AA, J = ∂B/∂A from leave-one-out products, ∂φ/∂r per edge and
-//   G = ∂φᵀ·J in one GEMM per atom, scattered into force and virial rows; pair rows per edge.
+//   G = ∂φᵀ·J from the entries of the sparse J (one ∂φ-row axpy each), scattered into force and virial rows;
+//   pair rows per edge.
 // Every formula mirrors the Python reference paths; tests/test_fused.py compares them.  site_energy_forces
 // and design_rows run their atoms on torch's intra-op threads (at::parallel_for).
 #include <torch/extension.h>
@@ -762,13 +763,35 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   return {energy, site, forces, virial, closest, energy_extra, site_extra};
 }
 
+// dst[j][r] = src[r][j0 + j] for r < n_rows, j < n_cols (row strides ls, ld), in 16 × 16 tiles
+template <typename T>
+void transpose_block(int n_rows, int ls, const T* __restrict src, int j0, int n_cols, T* __restrict dst, int ld) {
+  constexpr int B = 16;
+  for (int r0 = 0; r0 < n_rows; r0 += B)
+    for (int c0 = 0; c0 < n_cols; c0 += B) {
+      const int r1 = std::min(r0 + B, n_rows), c1 = std::min(c0 + B, n_cols);
+      for (int j = c0; j < c1; ++j) {
+        T* __restrict d = dst + static_cast<size_t>(j) * ld;
+        for (int r = r0; r < r1; ++r) d[r] = src[static_cast<size_t>(r) * ls + j0 + j];
+      }
+    }
+}
+
+// y[0..n) += a x[0..n)
+template <typename T>
+inline void axpy(int n, T a, const T* __restrict x, T* __restrict y) {
+  IVDEP for (int q = 0; q < n; ++q) y[q] += a * x[q];
+}
+
 // Voigt order xx, yy, zz, yz, xz, xy
 constexpr int VA[6] = {0, 1, 2, 1, 0, 0};
 constexpr int VB[6] = {0, 1, 2, 2, 2, 1};
 
 // Design-matrix rows (torchace.rows.batch_rows): energy [S, K], forces [3N, K] (= -∂/∂x of the energy
 // rows), virial [S, 6, K] for K = nz·n_b (block of the centre's species) + nz²·n_pair (block zi·nz + zj).
-// Per atom: B = C·AA, J = ∂B/∂A from the leave-one-out products, ∂φ/∂r per edge, G = ∂φᵀ·J (one GEMM).
+// Per atom: B = C·AA, J = ∂B/∂A from the leave-one-out products, ∂φ/∂r per edge, G = ∂φᵀ·J.  J has a few
+// percent of its n_a × n_b entries (each AA_k has ≤ ν factors and one B row), so G is formed from J's pattern
+// (one ∂φ-row axpy per entry, ~20× fewer flops than the dense GEMM), as is H·∂φ for the radial columns.
 template <typename T>
 std::vector<torch::Tensor> design_rows_impl(
     const torch::Tensor& positions, const torch::Tensor& species, const torch::Tensor& batch,
@@ -832,28 +855,34 @@ std::vector<torch::Tensor> design_rows_impl(
   // others into private row buffers summed at the end — used only while those fit in kRowsThreadBytes
   struct Worker {
     AtomEdges<T> w;
-    torch::Tensor dphi_t, J_t, G_t;  // ∂φ/∂r [n_a][3·M], J [n_a][n_b], G [3·M][n_b]
+    // ∂φ/∂r [n_a][3·M], the values of J's entries (jacobian pattern order), Gᵀ [n_b][3·M], G [3·M][n_b]
+    std::vector<T> dphi, jval, Gt, G;
     std::vector<T> dY, A, loo, AA, Bv, Fc, Wc, pre, hb;
-    // radial columns: H [n_a][n_a], H·∂φ [n_a][3M], T [n_wb][3M] and its transpose, raw radial rows, Ψ, adjoints
-    torch::Tensor H_t, HV_t, T_t, Tt_t, Vm_t, FW_t;
-    std::vector<T> PE, dPE, Psi, Jc, gAv, ceffB, caa, Yg, dYg;
+    // radial columns: H [n_a][n_a] (the product part), H·∂φ [n_a][3M] and its transpose [3M][n_a], Jc_pᵀ∂φ [3M],
+    // Tᵀ [3M][n_wb], raw radial rows per edge [e][k], Ψ, adjoints
+    std::vector<T> H, HV, HVt, sp;
+    torch::Tensor Tt_t, Vm_t, FW_t;
+    std::vector<T> PEt, dPEt, Psi, Jc, gAv, ceffB, caa, Yg, dYg;
     torch::Tensor e_own, f_own, v_own;
     T *pe, *pf, *pv;
-    Worker(const Basis<T>& bs, int M_, int nb_, int nu, int n_aa, int P, int n_wb, const torch::TensorOptions& opts)
-        : w(bs, M_, true), dphi_t(torch::zeros({bs.n_a, 3 * w.M}, opts)), J_t(torch::zeros({bs.n_a, nb_}, opts)),
-          G_t(torch::zeros({3 * w.M, nb_}, opts)), dY(static_cast<size_t>(3) * bs.ny * w.M, T(0)), A(bs.n_a + 1),
+    Worker(const Basis<T>& bs, int M_, int nb_, int nu, int n_aa, int n_j, int P, int n_wb,
+           const torch::TensorOptions& opts)
+        : w(bs, M_, true), dphi(static_cast<size_t>(bs.n_a) * 3 * w.M, T(0)), jval(n_j, T(0)),
+          Gt(static_cast<size_t>(nb_) * 3 * w.M, T(0)), G(static_cast<size_t>(3) * w.M * nb_, T(0)),
+          dY(static_cast<size_t>(3) * bs.ny * w.M, T(0)), A(bs.n_a + 1),
           loo(static_cast<size_t>(nu) * n_aa), AA(n_aa), Bv(nb_), Fc(3 * static_cast<size_t>(P) * nb_),
           Wc(9 * static_cast<size_t>(P) * nb_), pre(nu + 1), hb(nb_) {
       if (n_wb > 0) {
         const int na = bs.n_a, M3 = 3 * w.M;
-        H_t = torch::zeros({na, na}, opts);
-        HV_t = torch::zeros({na, M3}, opts);
-        T_t = torch::zeros({n_wb, M3}, opts);
+        H.assign(static_cast<size_t>(na) * na, T(0));
+        HV.assign(static_cast<size_t>(na) * M3, T(0));
+        HVt.assign(static_cast<size_t>(M3) * na, T(0));
+        sp.assign(M3, T(0));
         Tt_t = torch::zeros({M3, n_wb}, opts);
         Vm_t = torch::zeros({4, w.M}, opts);  // [1; r_x; r_y; r_z] per edge: centre sums and virial moments
         FW_t = torch::zeros({3, 4, n_wb}, opts);
-        PE.assign(static_cast<size_t>(bs.n_poly) * w.M, T(0));
-        dPE.assign(static_cast<size_t>(bs.n_poly) * w.M, T(0));
+        PEt.assign(static_cast<size_t>(bs.n_poly) * w.M, T(0));
+        dPEt.assign(static_cast<size_t>(bs.n_poly) * w.M, T(0));
         Psi.assign(static_cast<size_t>(na) * bs.n_poly, T(0));
         Jc.assign(static_cast<size_t>(P) * na, T(0));
         gAv.assign(na, T(0));
@@ -875,20 +904,47 @@ std::vector<torch::Tensor> design_rows_impl(
   int next_slot = 0;
   std::vector<std::pair<int64_t, std::unique_ptr<Worker>>> workers;
   const int64_t grain = n_threads == 1 ? std::max<int64_t>(N, 1) : std::max<int64_t>(4, N / (8 * n_threads) + 1);
+  // J's entries q: row a and column b (jt = a·n_b + b)
+  std::vector<int> j_a(n_j), j_b(n_j);
+  for (int64_t q = 0; q < n_j; ++q) {
+    j_a[q] = static_cast<int>(jt[q] / nb_);
+    j_b[q] = static_cast<int>(jt[q] % nb_);
+  }
+  // radial columns: the first column of atomic basis function a's block, (s_a·n_u + u_a)·n_poly, and the pattern of
+  // the product part of H (pairs of factors of one AA_k) as rows a → columns b
+  std::vector<int> a_col0(n_a, 0), h_ptr(n_a + 1, 0), h_col;
+  if (wcols) {
+    for (int a = 0; a < n_a; ++a) a_col0[a] = static_cast<int>(((bs.arho[a] % nz) * n_u + bs.arho[a] / nz) * n_poly);
+    std::vector<char> seen(static_cast<size_t>(n_a) * n_a, 0);
+    for (int k = 0; k < n_aa; ++k)
+      for (int t = 0; t < nu; ++t)
+        for (int t2 = 0; t2 < nu; ++t2) {
+          const int64_t a = idx[k * nu + t], b = idx[k * nu + t2];
+          if (t != t2 && a != n_a && b != n_a) seen[a * n_a + b] = 1;
+        }
+    for (int a = 0; a < n_a; ++a) {
+      for (int b = 0; b < n_a; ++b)
+        if (seen[static_cast<size_t>(a) * n_a + b]) h_col.push_back(b);
+      h_ptr[a + 1] = static_cast<int>(h_col.size());
+    }
+  }
   // the radial columns of atom i (after its J, ∂φ/∂r and ∂Y are in the workspace; see radial_columns above)
   auto radial_columns_of_atom = [&](Worker& wk, int64_t i, int64_t zi, int64_t s) {
     AtomEdges<T>& w = wk.w;
     const int M = w.M, m = w.m, M3 = 3 * M;
-    const T* Jm = wk.J_t.template data_ptr<T>();
+    const T* jvl = wk.jval.data();
+    const T* dphi = wk.dphi.data();
     const std::vector<T>& A = wk.A;
     T* Jc = wk.Jc.data();
     T* gA = wk.gAv.data();
-    // adjoints: ∇ρ_p = J c_p, g = Σ_p f'_p ∇ρ_p; c̃ = Cᵀ Σ_p f'_p c_p
+    // adjoints: ∇ρ_p = J c_p (from J's entries), g = Σ_p f'_p ∇ρ_p; c̃ = Cᵀ Σ_p f'_p c_p
     std::fill(wk.ceffB.begin(), wk.ceffB.end(), T(0));
+    std::fill(wk.Jc.begin(), wk.Jc.end(), T(0));
     for (int p = 0; p < P; ++p) {
       const T* cp = dc + (static_cast<int64_t>(p) * nz + zi) * nb_;
       const T wp = dw[i * P + p];
-      for (int a = 0; a < n_a; ++a) Jc[p * n_a + a] = dot(nb_, Jm + static_cast<size_t>(a) * nb_, cp);
+      T* jc = Jc + p * n_a;
+      for (int64_t q = 0; q < n_j; ++q) jc[j_a[q]] += jvl[q] * cp[j_b[q]];
       for (int bb = 0; bb < nb_; ++bb) wk.ceffB[bb] += wp * cp[bb];
     }
     for (int a = 0; a < n_a; ++a) {
@@ -898,8 +954,9 @@ std::vector<torch::Tensor> design_rows_impl(
     }
     std::fill(wk.caa.begin(), wk.caa.end(), T(0));
     for (int64_t q = 0; q < n_c; ++q) wk.caa[ccol[q]] += cval[q] * wk.ceffB[crow[q]];
-    // H = Σ_k c̃_k ∂²AA_k/∂A² (ordered pairs t ≠ t' of the product's factors) + Σ_p f''_p ∇ρ_p ∇ρ_pᵀ
-    T* H = wk.H_t.template data_ptr<T>();
+    // H = Σ_k c̃_k ∂²AA_k/∂A² (ordered pairs t ≠ t' of the product's factors; dense scratch read on its pattern
+    // h_ptr/h_col) + Σ_p f''_p ∇ρ_p ∇ρ_pᵀ (rank P, applied as such)
+    T* H = wk.H.data();
     std::fill(H, H + static_cast<size_t>(n_a) * n_a, T(0));
     for (int k = 0; k < n_aa; ++k) {
       const T c = wk.caa[k];
@@ -918,30 +975,46 @@ std::vector<torch::Tensor> design_rows_impl(
         }
       }
     }
+    // H ∂φ/∂r on the m edges in use, [n_a][3M]
+    T* HV = wk.HV.data();
+    for (int a = 0; a < n_a; ++a) {
+      T* hv = HV + static_cast<size_t>(a) * M3;
+      for (int c = 0; c < 3; ++c) std::fill_n(hv + c * M, m, T(0));
+      const T* hr = H + static_cast<size_t>(a) * n_a;
+      for (int q = h_ptr[a]; q < h_ptr[a + 1]; ++q) {
+        const T v = hr[h_col[q]];
+        if (v == T(0)) continue;
+        const T* src = dphi + static_cast<size_t>(h_col[q]) * M3;
+        for (int c = 0; c < 3; ++c) axpy(m, v, src + c * M, hv + c * M);
+      }
+    }
     for (int p = 0; p < P; ++p) {
       const T tp = dt[i * P + p];
       if (tp == T(0)) continue;
       const T* jp = Jc + p * n_a;
-      for (int a = 0; a < n_a; ++a) {
-        const T f = tp * jp[a];
-        T* __restrict hr = H + static_cast<size_t>(a) * n_a;
-        IVDEP for (int b = 0; b < n_a; ++b) hr[b] += f * jp[b];
-      }
+      T* sp = wk.sp.data();  // ∇ρ_pᵀ ∂φ
+      for (int c = 0; c < 3; ++c) std::fill_n(sp + c * M, m, T(0));
+      for (int a = 0; a < n_a; ++a)
+        if (jp[a] != T(0))
+          for (int c = 0; c < 3; ++c) axpy(m, jp[a], dphi + static_cast<size_t>(a) * M3 + c * M, sp + c * M);
+      for (int a = 0; a < n_a; ++a)
+        if (jp[a] != T(0))
+          for (int c = 0; c < 3; ++c) axpy(m, tp * jp[a], sp + c * M, HV + static_cast<size_t>(a) * M3 + c * M);
     }
-    at::mm_out(wk.HV_t, wk.H_t, wk.dphi_t);  // H ∂φ/∂r for every edge and direction: [n_a][3M]
-    const T* HV = wk.HV_t.template data_ptr<T>();
-    // raw radial rows P_k env and their r-derivatives; Ψ_ak = w_a Σ_{e: z_j = s_a} P_k env Y_a
+    T* HVt = wk.HVt.data();  // (H ∂φ)ᵀ [(c, e)][a]
+    for (int c = 0; c < 3; ++c) transpose_block(n_a, M3, HV, c * M, m, HVt + static_cast<size_t>(c) * M * n_a, n_a);
+    // raw radial rows P_k env and their r-derivatives, per edge [e][k]; Ψ_ak = w_a Σ_{e: z_j = s_a} P_k env Y_a
     const T* env = w.row(w.ENV);
     const T* denv = w.row(w.DENV);
     const T* dx = w.row(w.DX);
+    T* PEt = wk.PEt.data();
+    T* dPEt = wk.dPEt.data();
     for (int k = 0; k < n_poly; ++k) {
       const T* __restrict p = w.Pk + k * M;
       const T* __restrict dp = w.dPk + k * M;
-      T* __restrict pe_ = wk.PE.data() + k * M;
-      T* __restrict dpe = wk.dPE.data() + k * M;
-      IVDEP for (int e = 0; e < m; ++e) {
-        pe_[e] = p[e] * env[e];
-        dpe[e] = dp[e] * dx[e] * env[e] + p[e] * denv[e];
+      for (int e = 0; e < m; ++e) {
+        PEt[static_cast<size_t>(e) * n_poly + k] = p[e] * env[e];
+        dPEt[static_cast<size_t>(e) * n_poly + k] = dp[e] * dx[e] * env[e] + p[e] * denv[e];
       }
     }
     std::fill(wk.Yg.begin(), wk.Yg.end(), T(0));
@@ -950,17 +1023,10 @@ std::vector<torch::Tensor> design_rows_impl(
       const int64_t sa = bs.arho[a] % nz, ua = bs.arho[a] / nz;
       const T wa = bs.aw[a];
       const T* __restrict yrow = w.Y + bs.alm[a] * M;
-      for (int k = 0; k < n_poly; ++k) {
-        const T* __restrict pe_ = wk.PE.data() + k * M;
-        T acc = T(0);
-        if (nz == 1) {
-          for (int e = 0; e < m; ++e) acc += pe_[e] * yrow[e];
-        } else {
-          for (int e = 0; e < m; ++e)
-            if (w.zjv[e] == sa) acc += pe_[e] * yrow[e];
-        }
-        wk.Psi[static_cast<size_t>(a) * n_poly + k] = wa * acc;
-      }
+      T* __restrict psi = wk.Psi.data() + static_cast<size_t>(a) * n_poly;
+      std::fill_n(psi, n_poly, T(0));
+      for (int e = 0; e < m; ++e)
+        if (nz == 1 || w.zjv[e] == sa) axpy(n_poly, wa * yrow[e], PEt + static_cast<size_t>(e) * n_poly, psi);
       const T ga = gA[a] * wa;  // Yg_u = Σ_{a ∈ u, s_a = z_j} g_a w_a Y_a, dYg the same with ∇Y
       if (ga == T(0)) continue;
       T* __restrict yg = wk.Yg.data() + ua * M;
@@ -975,57 +1041,29 @@ std::vector<torch::Tensor> design_rows_impl(
     }
     // energy row: ∂E_i/∂W_eff[z_i, s, u, k] = Σ_{a ∈ (u, s)} g_a Ψ_ak
     T* erow = wk.pe + s * K + off_w + zi * n_wb;
-    for (int a = 0; a < n_a; ++a) {
-      const int64_t col0 = ((bs.arho[a] % nz) * n_u + bs.arho[a] / nz) * n_poly;
-      for (int k = 0; k < n_poly; ++k) erow[col0 + k] += gA[a] * wk.Psi[static_cast<size_t>(a) * n_poly + k];
-    }
-    // T[col][(c, e)] = Σ_{a ∈ col} (H ∂φ_e)_a Ψ_ak + (∂ψ_ak/∂r_e) g_a
-    T* Tm = wk.T_t.template data_ptr<T>();
-    std::fill(Tm, Tm + static_cast<size_t>(n_wb) * M3, T(0));
-    for (int a = 0; a < n_a; ++a) {
-      const int64_t col0 = ((bs.arho[a] % nz) * n_u + bs.arho[a] / nz) * n_poly;
-      const T* __restrict hv = HV + static_cast<size_t>(a) * M3;
-      for (int k = 0; k < n_poly; ++k) {
-        const T coef = wk.Psi[static_cast<size_t>(a) * n_poly + k];
-        if (coef == T(0)) continue;
-        T* __restrict tr = Tm + static_cast<size_t>(col0 + k) * M3;
-        IVDEP for (int ce = 0; ce < M3; ++ce) tr[ce] += coef * hv[ce];
-      }
-    }
+    for (int a = 0; a < n_a; ++a) axpy(n_poly, gA[a], wk.Psi.data() + static_cast<size_t>(a) * n_poly, erow + a_col0[a]);
+    // Tᵀ[(c, e)][col] = Σ_{a ∈ col} (H ∂φ_e)_a Ψ_ak + (∂ψ_ak/∂r_e) g_a, one row (c, e) at a time
+    T* Tt = wk.Tt_t.template data_ptr<T>();
     const T* uu[3] = {w.row(w.UX), w.row(w.UY), w.row(w.UZ)};
-    for (int u = 0; u < n_u; ++u) {
-      const T* __restrict yg = wk.Yg.data() + u * M;
-      for (int k = 0; k < n_poly; ++k) {
-        const T* __restrict pe_ = wk.PE.data() + k * M;
-        const T* __restrict dpe = wk.dPE.data() + k * M;
-        for (int c = 0; c < 3; ++c) {
-          const T* __restrict dyg = wk.dYg.data() + (c * n_u + u) * M;
-          const T* __restrict uc = uu[c];
-          if (nz == 1) {
-            T* __restrict tr = Tm + static_cast<size_t>(u * n_poly + k) * M3 + c * M;
-            IVDEP for (int e = 0; e < m; ++e) tr[e] += dpe[e] * uc[e] * yg[e] + pe_[e] * dyg[e];
-          } else {
-            for (int e = 0; e < m; ++e) {
-              const int64_t col = (w.zjv[e] * n_u + u) * n_poly + k;
-              Tm[static_cast<size_t>(col) * M3 + c * M + e] += dpe[e] * uc[e] * yg[e] + pe_[e] * dyg[e];
-            }
-          }
+    for (int c = 0; c < 3; ++c) {
+      const T* uc = uu[c];
+      for (int e = 0; e < m; ++e) {
+        const size_t ce = static_cast<size_t>(c) * M + e;
+        T* __restrict row = Tt + ce * n_wb;
+        std::fill_n(row, n_wb, T(0));
+        const T* hvt = HVt + ce * n_a;
+        for (int a = 0; a < n_a; ++a)
+          if (hvt[a] != T(0)) axpy(n_poly, hvt[a], wk.Psi.data() + static_cast<size_t>(a) * n_poly, row + a_col0[a]);
+        T* rz = row + (nz == 1 ? 0 : w.zjv[e] * n_u * n_poly);
+        const T* __restrict pe_ = PEt + static_cast<size_t>(e) * n_poly;
+        const T* __restrict dpe = dPEt + static_cast<size_t>(e) * n_poly;
+        for (int u = 0; u < n_u; ++u) {
+          const T al = uc[e] * wk.Yg[static_cast<size_t>(u) * M + e];
+          const T be = wk.dYg[(static_cast<size_t>(c) * n_u + u) * M + e];
+          T* __restrict r = rz + u * n_poly;
+          IVDEP for (int k = 0; k < n_poly; ++k) r[k] += al * dpe[k] + be * pe_[k];
         }
       }
-    }
-    // scatter: − at the neighbour; the centre's sum and the virial moments Σ_e r_e ⊗ T_e as GEMMs
-    {  // Tt = Tᵀ [(c, e)][col], in 16 × 16 tiles (only the m edges in use)
-      T* Tt = wk.Tt_t.template data_ptr<T>();
-      constexpr int B = 16;
-      for (int c = 0; c < 3; ++c)
-        for (int q0 = 0; q0 < n_wb; q0 += B)
-          for (int e0 = 0; e0 < m; e0 += B) {
-            const int q1 = std::min(q0 + B, n_wb), e1 = std::min(e0 + B, m);
-            for (int q = q0; q < q1; ++q) {
-              const T* __restrict src = Tm + static_cast<size_t>(q) * M3 + c * M;
-              for (int e = e0; e < e1; ++e) Tt[static_cast<size_t>(c * M + e) * n_wb + q] = src[e];
-            }
-          }
     }
     const T* Tr = wk.Tt_t.template data_ptr<T>();
     for (int e = 0; e < m; ++e) {
@@ -1069,7 +1107,7 @@ std::vector<torch::Tensor> design_rows_impl(
       std::lock_guard<std::mutex> lock(slot_mutex);
       slot = next_slot++;
     }
-    auto own = std::make_unique<Worker>(bs, st.M, nb_, nu, n_aa, P, n_wb, opts);
+    auto own = std::make_unique<Worker>(bs, st.M, nb_, nu, n_aa, static_cast<int>(n_j), P, n_wb, opts);
     {
       Worker& k = *own;
       if (slot == 0) {
@@ -1091,12 +1129,9 @@ std::vector<torch::Tensor> design_rows_impl(
     T* pe = wk.pe;
     T* pf = wk.pf;
     T* pv = wk.pv;
-    torch::Tensor& dphi_t = wk.dphi_t;
-    torch::Tensor& J_t = wk.J_t;
-    torch::Tensor& G_t = wk.G_t;
-    T* dphi = dphi_t.data_ptr<T>();
-    T* Jm = J_t.data_ptr<T>();
-    T* Gm = G_t.data_ptr<T>();
+    T* dphi = wk.dphi.data();
+    T* jvl = wk.jval.data();
+    T* Gm = wk.G.data();
     std::vector<T>& dY = wk.dY;
     std::vector<T>& A = wk.A;
     std::vector<T>& loo = wk.loo;
@@ -1137,8 +1172,7 @@ std::vector<torch::Tensor> design_rows_impl(
         }
       }
       if (m > 0) {
-        std::fill(Jm, Jm + static_cast<size_t>(n_a) * nb_, T(0));
-        for (int64_t q = 0; q < n_j; ++q) Jm[jt[q]] += jv[q] * loo[js[q]];
+        for (int64_t q = 0; q < n_j; ++q) jvl[q] = jv[q] * loo[js[q]];
         // ∇Y_lm = (G_lm - u (u·G_lm)) / r, then ∂φ_a/∂r = w_a (R'_ρ Y_lm u + R_ρ ∇Y_lm)
         const T* rr = w.row(w.RR);
         const T* uu[3] = {w.row(w.UX), w.row(w.UY), w.row(w.UZ)};
@@ -1173,8 +1207,22 @@ std::vector<torch::Tensor> design_rows_impl(
             for (int e = m; e < M; ++e) out[e] = T(0);
           }
         }
-        // G [(c, e), b] = Σ_a ∂φ_a/∂r_c(e) J[a, b]: one GEMM per atom
-        at::mm_out(G_t, dphi_t.t(), J_t);
+        // G [(c, e), b] = Σ_a ∂φ_a/∂r_c(e) J[a, b] from J's entries: Gᵀ[b] += J_q ∂φ[a_q] on the m edges in use,
+        // then transposed
+        {
+          const int M3 = 3 * M;
+          T* Gt = wk.Gt.data();
+          for (int bb = 0; bb < nb_; ++bb)
+            for (int c = 0; c < 3; ++c) std::fill_n(Gt + static_cast<size_t>(bb) * M3 + c * M, m, T(0));
+          for (int64_t q = 0; q < n_j; ++q) {
+            const T v = jvl[q];
+            if (v == T(0)) continue;
+            const T* src = dphi + static_cast<size_t>(j_a[q]) * M3;
+            T* dst = Gt + static_cast<size_t>(j_b[q]) * M3;
+            for (int c = 0; c < 3; ++c) axpy(m, v, src + c * M, dst + c * M);
+          }
+          for (int c = 0; c < 3; ++c) transpose_block(nb_, M3, Gt, c * M, m, Gm + static_cast<size_t>(c) * M * nb_, nb_);
+        }
         std::fill(Fc.begin(), Fc.end(), T(0));
         std::fill(Wc.begin(), Wc.end(), T(0));
         if (dens) {  // per density p: h = f'_p G_e + f''_p (G_e·c_p) B into the (p, z_i) block
