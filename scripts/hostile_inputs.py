@@ -48,6 +48,17 @@ CLASSES = {
     5: "ill-posed fits reported",
     6: "errors name the file and frame; no internal messages; CLI one line",
     7: "concurrency and loading",
+    # round 3 (issue 26): one class per finding of the review; cases in scripts/hostile_cases/round3_*.py
+    8: "the C++ kernel's build never hangs",
+    9: "no stale answers after the model changes",
+    10: "no file replaced that torchace did not write",
+    11: "generated scripts and input lines quote what a file name says",
+    12: "files read with limits; meaningless values refused",
+    13: "resource limits that match the machine",
+    14: "documented bases build",
+    15: "read-back keeps the whole model",
+    16: "training lifecycle",
+    17: "LAMMPS driver misuse",
 }
 OUTCOMES = ("clear error", "correct", "unhelpful error", "wrong/silent", "data loss", "hang/OOM")
 INTERNAL = ("min() arg", "non-empty list of Tensors", "has no attribute", "object is not", "NoneType", "index out of range",
@@ -1895,7 +1906,25 @@ def markdown(results: List[dict], before: Optional[dict] = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_case_modules() -> None:
+    """Register the cases of ``scripts/hostile_cases/*.py`` (each module imports ``case``, ``Ctx`` and the
+    helpers from this module, which is registered as ``hostile_inputs`` also when run as a script)."""
+    import glob
+    import importlib.util
+
+    sys.modules.setdefault("hostile_inputs", sys.modules[__name__])
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile_cases", "*.py"))):
+        name = "hostile_cases_" + os.path.splitext(os.path.basename(path))[0]
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+
+
 def main(argv=None) -> int:
+    load_case_modules()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="only the ~10 cases marked quick")
     ap.add_argument("-k", help="only cases whose id or input contains this text")
