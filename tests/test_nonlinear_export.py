@@ -3,7 +3,6 @@ export (metatomic-ase calculator and metatomic.torch), the ASE calculator and `t
 embedding (None, FS, MLP) with fixed and learned radials: the same energies, site energies, forces and
 virials/stresses as torchace.evaluate (float64: 1e-12 relative; float32 exports to single precision)."""
 import copy
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,8 +15,8 @@ import torchace
 from torchace import keys as K
 from torchace.io.torchscript import load_torchscript, read_metadata
 from torchace.model.nonlinear import nonlinear_ace_model
-from torchace.testing import (fd_virial, labelled_dataset, max_rel, random_cluster, rattled_bulk, rattled_sige_cells,
-                              results_close)
+from torchace.testing import (fd_virial, has_module, labelled_dataset, max_rel, random_cluster, rattled_bulk,
+                              rattled_sige_cells, results_close)
 
 RTOL = 1e-12
 KEYS = (K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL)
@@ -162,7 +161,7 @@ def test_float32_torchscript_export(tmp_path):
 # ---- metatomic ----
 
 # optional: without them the TorchScript, calculator and CLI tests still run
-HAVE_METATOMIC = all(importlib.util.find_spec(n) is not None for n in ("metatomic.torch", "metatomic_ase"))
+HAVE_METATOMIC = all(has_module(n) for n in ("metatomic.torch", "metatomic_ase"))
 needs_metatomic = pytest.mark.skipif(not HAVE_METATOMIC, reason="needs metatomic-torch and metatomic-ase")
 
 

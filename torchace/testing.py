@@ -18,6 +18,17 @@ from .model.evaluate import evaluate
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
+def has_module(name: str) -> bool:
+    """Whether ``import name`` would find the module.  ``importlib.util.find_spec("a.b")`` imports ``a`` and
+    raises ModuleNotFoundError when ``a`` is absent (a test file's skip condition must not crash collection)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # parent package missing, or a module with __spec__ None
+        return False
+
+
 def available_devices() -> List[str]:
     devs = ["cpu"]
     if torch.cuda.is_available():

@@ -5,7 +5,8 @@ over [n_a, E] arrays per step; these kernels do the same algebra (radials → ha
 ∂E/∂A through a shared-prefix product DAG, or J = ∂B/∂A for rows, and ∂/∂r per edge; ACEpotentials.jl paper
 §II) one centre atom at a time with its edges in cache, as ML-PACE does, on torch's intra-op threads.
 Source: ``torchace/model/backends/csrc/ace_cpu.cpp``, compiled on first use with ``torch.utils.cpp_extension.load`` (a C++
-compiler and ninja are needed; ≈ 30 s, cached afterwards in ``TORCH_EXTENSIONS_DIR``).  Without them
+compiler and ninja are needed; ≈ 30 s, cached afterwards in a directory of its own per environment,
+``build_directory()``, under a lock that a killed build never leaves held).  Without them
 ``available()`` is False and callers keep the Python paths.  Compiler flags: ``-O3 -march=native`` (the
 build is for this machine; ``TORCHACE_FUSED_CFLAGS`` overrides them, e.g. when the extension cache is
 shared between different CPUs).
@@ -54,26 +55,125 @@ def _source() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "ace_cpu.cpp")
 
 
-def _tagged_dir() -> str:
-    cu = torch.version.cuda
-    return f"py{sys.version_info.major}{sys.version_info.minor}_" + ("cpu" if cu is None else "cu" + cu.replace(".", ""))
+# seconds a process waits for another one building the kernel in the same cache directory before it gives
+# up naming the lock (TORCHACE_BUILD_WAIT overrides); the lock is an flock, so a killed builder never holds it
+BUILD_WAIT = 900.0
+_BUILT_MARK = "torchace_built.json"
 
 
-def _is_built() -> bool:
-    """Whether a compiled extension is already in torch's extension cache (then loading takes a second)."""
-    try:
-        from torch.utils.cpp_extension import get_default_build_root
+def _flags() -> list:
+    return os.environ.get("TORCHACE_FUSED_CFLAGS", "-O3 -march=native").split()
 
-        root = os.environ.get("TORCH_EXTENSIONS_DIR")
-        if not root:  # torch's default: <cache>/torch_extensions/py<major><minor>_<cpu|cuXY>
-            root = os.path.join(get_default_build_root(), _tagged_dir())
-        return os.path.exists(os.path.join(root, EXTENSION_NAME, EXTENSION_NAME + ".so"))
-    except Exception:  # noqa: BLE001 — only decides whether to print a message
+
+def build_key() -> Dict[str, str]:
+    """What the compiled kernel depends on: torch (version, CUDA, C++ ABI), the interpreter and its environment
+    (``sys.prefix``: two venvs never share, and so never rebuild over, one build), the compiler flags and the
+    source.  Its hash names the build directory."""
+    import hashlib
+    import platform
+
+    with open(_source(), "rb") as fh:
+        src = hashlib.sha256(fh.read()).hexdigest()
+    return {"torch": torch.__version__, "cuda": str(torch.version.cuda),
+            "cxx11_abi": str(torch.compiled_with_cxx11_abi()), "python": sys.version.split()[0],
+            "prefix": os.path.realpath(sys.prefix), "machine": platform.machine(),
+            "flags": " ".join(_flags()), "source_sha256": src}
+
+
+def build_directory() -> str:
+    """The kernel's own build directory for this environment: ``<root>/torchace_ace_cpu-<hash of build_key()>``,
+    root = ``$TORCHACE_EXTENSIONS_DIR``, else ``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torchace/extensions``
+    (``$XDG_CACHE_HOME`` respected).  Not torch's shared per-user folder, whose ``build.ninja`` embeds one
+    venv's paths so that two environments rebuild over each other."""
+    import hashlib
+    import json
+
+    root = os.environ.get("TORCHACE_EXTENSIONS_DIR") or os.environ.get("TORCH_EXTENSIONS_DIR")
+    if not root:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(cache, "torchace", "extensions")
+    digest = hashlib.sha256(json.dumps(build_key(), sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(root, f"{EXTENSION_NAME}-{digest}")
+
+
+class _BuildLock:
+    """An exclusive ``flock`` on ``<build dir>/build.lock`` held while the kernel is built or loaded.
+
+    The operating system releases it when its holder exits, however it exits (Ctrl-C, SIGKILL, a scheduler's limit): a
+    killed build never blocks a later run, unlike torch's own ``lock`` file (created with O_EXCL and removed
+    only by its creator), which a later process would wait on for ever.  So, once this lock is held, a torch
+    ``lock`` file left in the directory is stale and is removed.  The wait is bounded (``TORCHACE_BUILD_WAIT``
+    seconds, default ``BUILD_WAIT``) and announced in one line."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = os.path.join(directory, "build.lock")
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+        import time
+
+        wait = float(os.environ.get("TORCHACE_BUILD_WAIT", BUILD_WAIT))
+        os.makedirs(self.directory, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        t0, told = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() - t0 > wait:
+                    os.close(self.fd)
+                    self.fd = None
+                    raise RuntimeError(
+                        f"waited {wait:.0f} s for another process building the kernel (lock {self.path} is held); "
+                        "if no torchace process is running, delete the directory "
+                        f"{self.directory} and retry (TORCHACE_BUILD_WAIT sets the wait)") from None
+                if not told:
+                    print(f"torchace: waiting for another process building the fused C++ kernel (lock {self.path}; "
+                          f"at most {wait:.0f} s)...", file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(0.2)
+        stale = os.path.join(self.directory, "lock")  # torch's FileBaton of a build that was killed
+        if os.path.exists(stale):
+            os.unlink(stale)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
         return False
 
 
+def _is_built(directory: str) -> bool:
+    """Whether this environment's kernel was built and loaded before (then loading takes a second)."""
+    import json
+
+    try:
+        with open(os.path.join(directory, _BUILT_MARK)) as fh:
+            return json.load(fh) == build_key()
+    except (OSError, ValueError):
+        return False
+
+
+def _mark_built(directory: str) -> None:
+    from ...atomic import write_json_atomic
+
+    try:
+        write_json_atomic(os.path.join(directory, _BUILT_MARK), build_key())
+    except OSError:  # only decides whether the next build prints its message
+        pass
+
+
 def load_extension(verbose: bool = False):
-    """Compile (first call; cached on disk) and import the C++ extension; raises RuntimeError if impossible."""
+    """Compile (first call in this environment; cached on disk, ``build_directory()``) and import the C++
+    extension; raises RuntimeError if impossible.  A build prints one line; so does a wait for another
+    process's build (bounded: ``_BuildLock``)."""
     global _EXT, _ERROR
     with _LOCK:
         if _EXT is not None:
@@ -83,13 +183,27 @@ def load_extension(verbose: bool = False):
         try:
             from torch.utils.cpp_extension import load
 
-            flags = os.environ.get("TORCHACE_FUSED_CFLAGS", "-O3 -march=native").split()
-            if not verbose and not _is_built():
-                print("torchace: building the fused C++ CPU kernel (first use on this machine, about a minute; "
-                      "cached afterwards)...", file=sys.stderr, flush=True)
-            # OpenMP: ATen's inline parallel_for only runs in parallel in translation units built with it
-            _EXT = load(name=EXTENSION_NAME, sources=[_source()], extra_cflags=flags + ["-fopenmp"],
-                        extra_ldflags=["-fopenmp"], verbose=verbose)
+            directory = build_directory()
+            with _BuildLock(directory):
+                built = _is_built(directory)
+                if not verbose and not built:
+                    print(f"torchace: building the fused C++ CPU kernel in {directory} (first use in this environment, "
+                          "about a minute; cached afterwards)...", file=sys.stderr, flush=True)
+                # OpenMP: ATen's inline parallel_for only runs in parallel in translation units built with it
+                kw = dict(name=EXTENSION_NAME, sources=[_source()], extra_cflags=_flags() + ["-fopenmp"],
+                          extra_ldflags=["-fopenmp"], build_directory=directory, verbose=verbose)
+                try:
+                    _EXT = load(**kw)
+                except ImportError:
+                    # a library left half-written by a killed link: ninja sees it as up to date; build afresh
+                    for name in os.listdir(directory):
+                        if name not in ("build.lock",):
+                            full = os.path.join(directory, name)
+                            if os.path.isfile(full) or os.path.islink(full):
+                                os.unlink(full)
+                    _EXT = load(**kw)
+                if not built:
+                    _mark_built(directory)
         except Exception as exc:  # no compiler / ninja / headers: the Python paths remain
             _ERROR = f"torchace's fused C++ kernel could not be built ({type(exc).__name__}: {exc})"
             raise RuntimeError(_ERROR) from exc
