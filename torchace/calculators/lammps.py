@@ -473,9 +473,9 @@ def _check_masses(lmp, elements_by_type: Sequence[str]) -> List[int]:
             missing.append(t)
         elif abs(m[t] - ref) > MASS_TOLERANCE * ref:
             like = sorted({e for e in elements_by_type if abs(m[t] - _element_mass(e)) <= MASS_TOLERANCE * m[t]})
-            hint = f" ({' or '.join(like)} has about that mass)" if like else ""
+            hint = f"; that is {' or '.join(like)}'s mass" if like else ""
             raise LammpsMisuseError(
-                f"LAMMPS type {t} has mass {m[t]:.5g}, but elements_by_type makes it {el} (mass {ref:.5g}){hint}: "
+                f"LAMMPS type {t} has mass {m[t]:.5g}, but elements_by_type makes it {el} (mass {ref:.5g}{hint}): "
                 "give elements_by_type in the data file's type order (type 1 first), or attach(..., "
                 "check_masses=False) for deliberate masses (isotopes)")
     return missing
