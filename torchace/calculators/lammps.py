@@ -264,7 +264,7 @@ class LammpsDriver:
         if self.error is not None:
             exc, self.error = self.error, None
             self.lmp.command("timer timeout off")
-            if isinstance(exc, KeyboardInterrupt):
+            if isinstance(exc, (KeyboardInterrupt, LammpsMisuseError)):  # lost atoms: says what happened
                 raise exc
             raise RuntimeError(f"torchace fix external callback failed: {type(exc).__name__}: {exc}") from exc
 
