@@ -169,6 +169,18 @@ def test_cli_lammps_refuses_newline_injection(tmp_path, sige, capsys):
     assert not (tmp_path / "PWNED").exists()
 
 
+def test_cli_lammps_refuses_a_non_element_before_writing(tmp_path, sige):
+    from torchace.cli import main
+
+    sige.save(str(tmp_path / "m.json"))
+    write_data(str(tmp_path / "a.data"), sige64(), {"Si": 1, "Ge": 2})
+    with pytest.raises(SystemExit) as e:
+        main(["lammps", str(tmp_path / "m.json"), str(tmp_path / "a.data"), "--elements", "Si",
+              "Ge\nshell touch PWNED", "-o", str(tmp_path / "run.py")])
+    assert "LAMMPS type 2" in str(e.value.code) and "not an element symbol" in str(e.value.code)
+    assert not (tmp_path / "run.py").exists()
+
+
 def test_generated_script_with_hostile_names_runs(tmp_path, sige, lmp_api):
     """A model path that would break out of a docstring or a string literal and a data path with every
     character LAMMPS treats specially: the script is valid Python holding exactly these names, runs, reads

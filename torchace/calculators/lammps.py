@@ -583,8 +583,13 @@ def driver_script(model_path: str, data_file: str, elements_by_type: Sequence[st
     metal``; type t is ``elements_by_type[t - 1]``) and runs NVT MD with the torchace model ``model_path``
     through fix external.  ``torchace lammps MODEL DATA --elements ...`` prints or writes it.  A data file name
     that no LAMMPS line can hold (a newline, non-ASCII, ...) raises ``LammpsWordError``."""
-    if not elements_by_type:
+    from ase.data import atomic_numbers
+
+    if isinstance(elements_by_type, str) or not elements_by_type:
         raise ValueError("elements_by_type: give the element of each LAMMPS atom type, type 1 first")
+    for t, el in enumerate(elements_by_type, start=1):
+        if el not in atomic_numbers:
+            raise ValueError(f"LAMMPS type {t}: {el!r} is not an element symbol")
     lammps_word(data_file, "LAMMPS data file name")  # the script's read_data line: refused before anything is written
     return SCRIPT.format(model=os.fspath(model_path), data=os.fspath(data_file), elements=list(elements_by_type),
                          steps=int(steps), timestep=float(timestep), temperature=float(temperature),
