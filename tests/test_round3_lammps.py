@@ -307,6 +307,11 @@ def test_deliberate_masses_with_check_masses_false(tmp_path, sige, lmp_api):
     lmp_api.attach(lmp, sige, ["Si", "Ge"], backend="analytic", check_masses=False)
     assert lmp.numpy.extract_atom("mass")[1] == 2 * 28.0855
     lmp.close()
+    # without the check, types without a mass still get their element's
+    lmp, _ = start(lmp_api, tmp_path, sige, ["Si", "Ge"])
+    lmp_api.attach(lmp, sige, ["Si", "Ge"], backend="analytic", check_masses=False)
+    assert np.allclose(lmp.numpy.extract_atom("mass")[1:], [28.085, 72.63], rtol=1e-3)
+    lmp.close()
 
 
 @pytest.mark.parametrize("second_fix_id", ["torchace", "other"])

