@@ -205,6 +205,7 @@ def cmd_export(args) -> int:
     import torchace
     from .atomic import check_outputs
     from .io.export import FORMATS
+    from .io.lammps_words import lammps_word
     from .io.model_file import ModelFileError
 
     if args.format not in FORMATS:  # argparse checks too; keeps the message for programmatic callers
@@ -240,8 +241,8 @@ def cmd_export(args) -> int:
         if info.get("pair_table"):
             print(f"wrote {info['pair_table']} (pair part as a LAMMPS pair table)")
         if info.get("lammps_include"):
-            print(f"wrote {info['lammps_include']} (LAMMPS: include {info['lammps_include']}; atom types in the "
-                  f"order {' '.join(info.get('lammps_types', []))})")
+            print(f"wrote {info['lammps_include']} (LAMMPS: include {lammps_word(info['lammps_include'])}; atom "
+                  f"types in the order {' '.join(info.get('lammps_types', []))})")
         print("LAMMPS input:")
         for line in info.get("lammps", []):
             print(f"    {line}")

@@ -24,10 +24,20 @@ MPI rank (the full system is evaluated by torchace; LAMMPS's domain decompositio
 provided: per-atom virials (``compute stress/atom`` does not see the torchace part).
 
 An exception inside the callback cannot pass through LAMMPS's C code: the driver stores it, writes NaN
-forces, stops the run (``force_timeout``) and re-raises it from ``driver.run`` / ``command`` / ``check``.
+forces, stops the run (``force_timeout``) and re-raises it from ``driver.run`` / ``command`` / ``check``
+(before an error LAMMPS raised as its consequence, e.g. "Lost atoms").
 
-``lammps_input_lines`` writes the LAMMPS lines (pair_style zero with the model cutoff, masses, the fix),
-``driver_script`` a complete runnable Python driver (``torchace lammps MODEL DATA --elements ...``).
+Misuse refused (docs/lammps.md): a type whose mass (from the data file or a ``mass`` command) is not its
+element's (``elements_by_type`` in another order than the data file's types; ``check_masses=False`` for
+deliberate masses such as isotopes); types without a mass get their element's; a second ``attach`` on the same
+LAMMPS instance while the first driver's fix exists (its energy would be added twice; ``driver.detach()``
+first); atoms lost from the box (named as such, with their count; ``lost_atoms="ignore"`` evaluates the atoms
+that are left, with LAMMPS's ``thermo_modify lost ignore``).
+
+``lammps_input_lines`` writes the LAMMPS lines (pair_style zero with the model cutoff, the fix; masses only if
+asked), ``driver_script`` a complete runnable Python driver (``torchace lammps MODEL DATA --elements ...``):
+every file name in a LAMMPS line goes through ``torchace.io.lammps_words.lammps_word`` (quoted, or refused
+before anything is written), every value in the generated Python through ``repr``.
 """
 from __future__ import annotations
 
@@ -36,23 +46,26 @@ import glob
 import importlib
 import logging
 import os
+import re
 import sys
 import time
+import weakref
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .. import keys as K
+from ..io.lammps_words import lammps_word
 from ..model.backends import AUTO, EVALUATE, select
 from ..model.backends.fused import CLOSEST_PAIR
 from ..structures.batch import DEFAULT_MIN_DISTANCE
 from ..structures.geometry import edge_vectors
 from ..structures.neighbours import neighbour_list
 
-__all__ = ["LammpsDriver", "attach", "lammps_input_lines", "fix_lines", "driver_script", "write_driver_script",
-           "import_lammps", "new_lammps", "preload_mpi", "check_lammps", "box_cell", "MPI_LIBRARY", "FIX_ID",
-           "DEFAULT_SKIN"]
+__all__ = ["LammpsDriver", "LammpsMisuseError", "attach", "lammps_input_lines", "fix_lines", "driver_script",
+           "write_driver_script", "import_lammps", "new_lammps", "preload_mpi", "check_lammps", "check_fix_id",
+           "box_cell", "MPI_LIBRARY", "FIX_ID", "DEFAULT_SKIN"]
 log = logging.getLogger("torchace")
 
 MPI_LIBRARY = "libmpi.so.12"       # the MPICH ABI the lammps wheel's liblammps.so links against
@@ -60,6 +73,14 @@ FIX_ID = "torchace"                # default ID of the fix external
 DEFAULT_SKIN = 0.5                 # Å, neighbour-list skin of the driver
 QUIET = ["-log", "none", "-screen", "none"]
 LAMMPS_VOIGT = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))  # LAMMPS virial order xx yy zz xy xz yz
+MASS_TOLERANCE = 0.05              # relative: a type's mass further from its element's is refused
+LOST_ATOMS = ("error", "ignore")
+# the driver attached to each LAMMPS instance: a second fix external would add the model's energy again
+_ATTACHED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+class LammpsMisuseError(ValueError):
+    """The LAMMPS instance and the driver's arguments do not fit (masses, a second attach, lost atoms)."""
 
 
 # ---- loading LAMMPS ----
@@ -183,7 +204,11 @@ class LammpsDriver:
     ``skin`` (Å): neighbour-list skin (0 rebuilds whenever an atom moved).  ``fix_id``: the fix external;
     created (``fix ID all external pf/callback 1 1`` + ``fix_modify ID energy yes virial yes``) when it does
     not exist yet.  ``per_atom_energy``: pass the site energies (``compute pe/atom``).  ``min_distance`` (Å):
-    closer pairs stop the run with an error.
+    closer pairs stop the run with an error.  ``check_masses``: refuse a type whose mass is more than 5 % off
+    its element's (the data file's type order differs from ``elements_by_type``); False for deliberate masses
+    (isotopes).  Types without a mass get their element's.  ``lost_atoms``: "error" (default) stops the run when
+    LAMMPS lost atoms from the box; "ignore" evaluates the atoms that are left (with LAMMPS's
+    ``thermo_modify lost ignore``).  One driver per LAMMPS instance: ``detach()`` removes it (and its fix).
 
     Statistics: ``n_calls``, ``n_neighbour_list_builds``, ``n_wrapped`` (calls that kept the list across atoms
     wrapped into the box), ``timings`` (seconds: callback total, neighbour lists, evaluation), ``energy`` /
@@ -192,11 +217,16 @@ class LammpsDriver:
 
     def __init__(self, lmp, model, elements_by_type: Sequence[str], *, backend: str = AUTO,
                  skin: float = DEFAULT_SKIN, fix_id: str = FIX_ID, per_atom_energy: bool = True, device="cpu",
-                 dtype: torch.dtype = torch.float64, min_distance: float = DEFAULT_MIN_DISTANCE):
+                 dtype: torch.dtype = torch.float64, min_distance: float = DEFAULT_MIN_DISTANCE,
+                 check_masses: bool = True, lost_atoms: str = "error"):
         if not (skin >= 0 and np.isfinite(skin)):
             raise ValueError(f"skin must be a finite number >= 0 (Å), got {skin!r}")
+        if lost_atoms not in LOST_ATOMS:
+            raise ValueError(f"lost_atoms must be one of {LOST_ATOMS}, got {lost_atoms!r}")
+        check_fix_id(fix_id)
         check_lammps(lmp)
-        self.lmp, self.fix_id, self.skin = lmp, str(fix_id), float(skin)
+        _check_not_attached(lmp)
+        self.lmp, self.fix_id, self.skin, self.lost_atoms = lmp, fix_id, float(skin), lost_atoms
         self.per_atom_energy, self.min_distance = bool(per_atom_energy), float(min_distance)
         self.device, self.dtype = torch.device(device), dtype
         self.model = _load_model(model, self.device, dtype)
@@ -207,7 +237,7 @@ class LammpsDriver:
         if ntypes != len(self.elements_by_type):
             raise ValueError(f"LAMMPS has {ntypes} atom types, elements_by_type names {len(self.elements_by_type)}: "
                              f"{self.elements_by_type}")
-        _check_masses(lmp, self.elements_by_type)
+        missing = _check_masses(lmp, self.elements_by_type, bool(check_masses))
         b = select(self.model, self.device, backend, EVALUATE)
         self.backend = b.name
         self._forward = b.evaluator(self.model)
@@ -218,9 +248,12 @@ class LammpsDriver:
         self.virial: Optional[np.ndarray] = None
         self.forces: Optional[np.ndarray] = None
         self.error: Optional[BaseException] = None
+        self._n_lost = 0
+        _set_masses(lmp, self.elements_by_type, missing)
         if not lmp.has_id("fix", self.fix_id):
             lmp.commands_list(fix_lines(self.fix_id))
         lmp.set_fix_external_callback(self.fix_id, self._callback, None)
+        _ATTACHED[lmp] = self
         log.info("LammpsDriver: backend %s on %s, fix %s, skin %g Å", self.backend, self.device, self.fix_id,
                  self.skin)
 
@@ -231,14 +264,27 @@ class LammpsDriver:
         if self.error is not None:
             exc, self.error = self.error, None
             self.lmp.command("timer timeout off")
-            if isinstance(exc, KeyboardInterrupt):
+            if isinstance(exc, (KeyboardInterrupt, LammpsMisuseError)):  # lost atoms: says what happened
                 raise exc
             raise RuntimeError(f"torchace fix external callback failed: {type(exc).__name__}: {exc}") from exc
 
     def command(self, cmd: str) -> None:
-        """``lmp.command(cmd)``, then ``check()``."""
-        self.lmp.command(cmd)
+        """``lmp.command(cmd)``, then ``check()``; an error of the callback is raised before the error LAMMPS
+        raised as its consequence (e.g. "Lost atoms" at the next thermo output), which becomes its context."""
+        try:
+            self.lmp.command(cmd)
+        except Exception:
+            if self.error is None:
+                raise
+            self.check()
         self.check()
+
+    def detach(self) -> None:
+        """Remove the fix (``unfix``) and this driver from the LAMMPS instance; another ``attach`` may follow."""
+        if self.lmp.has_id("fix", self.fix_id):
+            self.lmp.command(f"unfix {self.fix_id}")
+        if _ATTACHED.get(self.lmp) is self:
+            del _ATTACHED[self.lmp]
 
     def run(self, steps: int, *options: str) -> None:
         """``run steps [options]`` (e.g. ``"pre no post no"``), then ``check()``."""
@@ -264,9 +310,9 @@ class LammpsDriver:
     def _compute(self, nlocal: int, tag, x, fext) -> None:
         lmp = self.lmp
         natoms = int(lmp.get_natoms())
-        if nlocal != natoms:
-            raise RuntimeError(f"{nlocal} of {natoms} atoms are local: the torchace driver runs on one MPI rank")
         tags = np.array(tag[:nlocal]).reshape(-1)
+        if nlocal != natoms:  # one MPI rank (check_lammps): every atom is local unless LAMMPS lost some
+            self._lost(nlocal, natoms, tags)
         out, positions, nl = self._evaluate(x[:nlocal], tags)
         self._check_distances(out, positions, nl, tags)
         forces = out[K.FORCES].detach().to("cpu", torch.float64).numpy()
@@ -281,6 +327,23 @@ class LammpsDriver:
             lmp.numpy.fix_external_set_energy_peratom(self.fix_id, np.ascontiguousarray(e_node))
         self.energy, self.virial, self.forces = energy, W, forces
         self.n_calls += 1
+
+    def _lost(self, nlocal: int, natoms: int, tags) -> None:
+        if nlocal > natoms:
+            raise RuntimeError(f"LAMMPS holds {nlocal} atoms but counts {natoms}")
+        n = natoms - nlocal
+        gone = "" if self._nl is None else f" (IDs {np.setdiff1d(self._nl.tags, tags)[:5].tolist()})"
+        if self.lost_atoms == "ignore":
+            if n != self._n_lost:
+                log.warning("torchace fix external: LAMMPS lost %d of %d atoms%s; evaluating the %d left "
+                            "(lost_atoms='ignore')", n, natoms, gone, nlocal)
+                self._n_lost = n
+            return
+        raise LammpsMisuseError(
+            f"LAMMPS lost {n} of {natoms} atoms{gone}: they left the box through a non-periodic boundary or "
+            "moved too far in one step (too large a timestep, atoms too close, exploding forces); reduce the "
+            "timestep or fix the structure, or to go on without them use 'thermo_modify lost ignore' and "
+            "attach(..., lost_atoms='ignore')")
 
     def _evaluate(self, x, tags):
         """(outputs, positions tensor, neighbour list) of the owned atoms at positions ``x`` [n, 3]."""
@@ -375,40 +438,82 @@ def check_lammps(lmp) -> None:
                          "use threads (torch.set_num_threads) instead")
 
 
-def _check_masses(lmp, elements_by_type: Sequence[str]) -> None:
-    """Warn when a type's mass is far from its element's (a data file whose types are in another order)."""
+def check_fix_id(fix_id) -> None:
+    """LAMMPS IDs are letters, digits and underscores; anything else would change the generated lines."""
+    if not isinstance(fix_id, str) or not re.fullmatch(r"[A-Za-z0-9_]+", fix_id):
+        raise ValueError(f"fix_id {fix_id!r}: a LAMMPS fix ID is letters, digits and underscores only")
+
+
+def _check_not_attached(lmp) -> None:
+    prev = _ATTACHED.get(lmp)
+    if prev is not None and lmp.has_id("fix", prev.fix_id):
+        raise LammpsMisuseError(
+            f"torchace is already attached to this LAMMPS instance (fix {prev.fix_id}): a second driver would add "
+            "the model's energy and forces again; use the driver that attach returned, or call its detach() first")
+
+
+def _element_mass(el: str) -> float:
     from ase.data import atomic_masses, atomic_numbers
 
-    try:
-        m = np.asarray(lmp.numpy.extract_atom("mass"), dtype=np.float64).reshape(-1)
-    except Exception:  # masses not set yet (set later by lammps_input_lines' mass lines)
-        return
+    return float(atomic_masses[atomic_numbers[el]])
+
+
+def _check_masses(lmp, elements_by_type: Sequence[str], check: bool = True) -> List[int]:
+    """Refuse (``check``) a type whose mass (data file ``Masses``, ``mass`` command) is more than MASS_TOLERANCE
+    off its element's: the data file's types are in another order than ``elements_by_type``.  Returns the types
+    without a mass (LAMMPS keeps 0 until one is set; atom styles with per-atom masses have no type masses)."""
+    m = lmp.numpy.extract_atom("mass")
+    if m is None:
+        return []
+    m = np.asarray(m, dtype=np.float64).reshape(-1)
+    missing = []
     for t, el in enumerate(elements_by_type, start=1):
-        ref = float(atomic_masses[atomic_numbers[el]])
-        if t < len(m) and m[t] > 0 and abs(m[t] - ref) > 0.05 * ref:
-            log.warning("LAMMPS type %d has mass %.4g, %s has %.4g: is elements_by_type in the data file's type "
-                        "order?", t, m[t], el, ref)
+        ref = _element_mass(el)
+        if t >= len(m) or not m[t] > 0:
+            missing.append(t)
+        elif check and abs(m[t] - ref) > MASS_TOLERANCE * ref:
+            like = sorted({e for e in elements_by_type if abs(m[t] - _element_mass(e)) <= MASS_TOLERANCE * m[t]})
+            hint = f"; that is {' or '.join(like)}'s mass" if like else ""
+            raise LammpsMisuseError(
+                f"LAMMPS type {t} has mass {m[t]:.5g}, but elements_by_type makes it {el} (mass {ref:.5g}{hint}): "
+                "give elements_by_type in the data file's type order (type 1 first), or attach(..., "
+                "check_masses=False) for deliberate masses (isotopes)")
+    return missing
+
+
+def _set_masses(lmp, elements_by_type: Sequence[str], types: Sequence[int]) -> None:
+    """The element's mass for each type that has none yet."""
+    for t in types:
+        el = elements_by_type[t - 1]
+        lmp.command(f"mass {t} {_element_mass(el)!r}")
+        log.info("LAMMPS type %d had no mass: %s's", t, el)
 
 
 def attach(lmp, model, elements_by_type: Sequence[str], backend: str = AUTO, skin: float = DEFAULT_SKIN,
            **kwargs) -> LammpsDriver:
     """``LammpsDriver(lmp, model, elements_by_type, backend=..., skin=..., **kwargs)``: register torchace as
-    the ``fix external`` of ``lmp`` (creating the fix if needed) and return the driver."""
+    the ``fix external`` of ``lmp`` (creating the fix if needed) and return the driver.  The masses of the
+    data file are checked against ``elements_by_type`` (types without one get their element's); a second
+    ``attach`` on the same ``lmp`` is refused until the first driver's ``detach()``."""
     return LammpsDriver(lmp, model, elements_by_type, backend=backend, skin=skin, **kwargs)
 
 
 # ---- input lines and driver scripts ----
 
 def fix_lines(fix_id: str = FIX_ID) -> List[str]:
+    check_fix_id(fix_id)
     return [f"fix {fix_id} all external pf/callback 1 1", f"fix_modify {fix_id} energy yes virial yes"]
 
 
 def lammps_input_lines(model_or_path: Union[str, os.PathLike, object], elements_by_type: Sequence[str], *,
-                       fix_id: str = FIX_ID, pair_cutoff: Optional[float] = None, masses: bool = True) -> List[str]:
+                       fix_id: str = FIX_ID, pair_cutoff: Optional[float] = None, masses: bool = False) -> List[str]:
     """The LAMMPS lines (after the box exists, before ``attach``) for torchace through fix external:
     ``pair_style zero`` with the model cutoff (``pair_cutoff``; LAMMPS's own neighbour lists, ghost atoms,
-    ``compute rdf``), ``pair_coeff * *``, one ``mass`` per type (``masses``) and the fix with its
-    ``fix_modify ... energy yes virial yes``."""
+    ``compute rdf``), ``pair_coeff * *`` and the fix with its ``fix_modify ... energy yes virial yes``.
+
+    The masses stay those of the data file, so that ``attach`` can check them against ``elements_by_type``
+    (and gives types without one their element's).  ``masses=True`` adds one ``mass`` line per type from
+    ``elements_by_type``: it overrides the data file's masses, and with them that check."""
     if pair_cutoff is None:
         model = model_or_path
         if isinstance(model_or_path, (str, os.PathLike)):
@@ -427,13 +532,14 @@ def lammps_input_lines(model_or_path: Union[str, os.PathLike, object], elements_
     return lines + fix_lines(fix_id)
 
 
+# Values enter the generated Python only through repr() (in code, never in the docstring or a comment: a
+# file name may hold quotes or newlines), and LAMMPS lines only through lammps_word.
 SCRIPT = '''#!/usr/bin/env python
-"""LAMMPS MD with the torchace model {model!r} through fix external (written by `torchace lammps`).
+"""LAMMPS MD with the torchace model MODEL (below) through fix external (written by `torchace lammps`).
 
-    python {name}
-
-LAMMPS integrates (NVT, Nosé-Hoover, {steps} steps of {timestep} ps at {temperature} K) and writes the log and
-thermo output; torchace computes energies, forces, virial and per-atom energies (docs/lammps.md).
+Run this file with python.  LAMMPS integrates (NVT, Nosé-Hoover, {steps} steps of {timestep} ps at
+{temperature} K) and writes the log and thermo output; torchace computes energies, forces, virial and
+per-atom energies (docs/lammps.md).
 Serial: one MPI rank; torch threads: TORCH_THREADS below (or OMP_NUM_THREADS).
 """
 import os
@@ -441,6 +547,7 @@ import os
 import torch
 
 from torchace.calculators.lammps import attach, lammps_input_lines, new_lammps
+from torchace.io.lammps_words import lammps_word
 
 MODEL = {model!r}
 DATA = {data!r}
@@ -449,7 +556,8 @@ TORCH_THREADS = int(os.environ.get("OMP_NUM_THREADS", "{threads}"))
 
 torch.set_num_threads(TORCH_THREADS)
 lmp = new_lammps(["-log", {log!r}])
-lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map array", f"read_data {{DATA}}"])
+lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map array",
+                   "read_data " + lammps_word(DATA, "LAMMPS data file name")])
 lmp.commands_list(lammps_input_lines(MODEL, ELEMENTS_BY_TYPE))
 driver = attach(lmp, MODEL, ELEMENTS_BY_TYPE, backend={backend!r}, skin={skin!r})
 lmp.commands_list([
@@ -471,16 +579,23 @@ lmp.close()
 def driver_script(model_path: str, data_file: str, elements_by_type: Sequence[str], *, steps: int = 1000,
                   timestep: float = 0.001, temperature: float = 300.0, thermo: int = 100,
                   backend: str = AUTO, skin: float = DEFAULT_SKIN, seed: int = 12345, threads: int = 1,
-                  log_file: str = "log.lammps", name: str = "run_lammps.py") -> str:
+                  log_file: str = "log.lammps") -> str:
     """The text of a runnable Python script: LAMMPS reads ``data_file`` (``atom_style atomic``, ``units
     metal``; type t is ``elements_by_type[t - 1]``) and runs NVT MD with the torchace model ``model_path``
-    through fix external.  ``torchace lammps MODEL DATA --elements ...`` prints or writes it."""
-    if not elements_by_type:
+    through fix external.  ``torchace lammps MODEL DATA --elements ...`` prints or writes it.  A data file name
+    that no LAMMPS line can hold (a newline, non-ASCII, ...) raises ``LammpsWordError``."""
+    from ase.data import atomic_numbers
+
+    if isinstance(elements_by_type, str) or not elements_by_type:
         raise ValueError("elements_by_type: give the element of each LAMMPS atom type, type 1 first")
+    for t, el in enumerate(elements_by_type, start=1):
+        if el not in atomic_numbers:
+            raise ValueError(f"LAMMPS type {t}: {el!r} is not an element symbol")
+    lammps_word(data_file, "LAMMPS data file name")  # the script's read_data line: refused before anything is written
     return SCRIPT.format(model=os.fspath(model_path), data=os.fspath(data_file), elements=list(elements_by_type),
                          steps=int(steps), timestep=float(timestep), temperature=float(temperature),
                          tdamp=100 * float(timestep), thermo=int(thermo), backend=backend, skin=float(skin),
-                         seed=int(seed), threads=int(threads), log=log_file, name=name)
+                         seed=int(seed), threads=int(threads), log=os.fspath(log_file))
 
 
 def write_driver_script(path: Optional[str], model_path: str, data_file: str, elements_by_type: Sequence[str],
@@ -490,8 +605,7 @@ def write_driver_script(path: Optional[str], model_path: str, data_file: str, el
         raise FileNotFoundError(f"{model_path}: no such model file")
     if not os.path.isfile(data_file):
         raise FileNotFoundError(f"{data_file}: no such LAMMPS data file")
-    name = "run_lammps.py" if path in (None, "-") else os.path.basename(path)
-    text = driver_script(model_path, data_file, elements_by_type, name=name, **kwargs)
+    text = driver_script(model_path, data_file, elements_by_type, **kwargs)
     if path in (None, "-"):
         sys.stdout.write(text)
         return {"script": text}

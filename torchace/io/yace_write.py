@@ -44,7 +44,8 @@ Mapping of a torchace model (docs/conventions.md):
   ``evaluate_pair_table`` is the reference reading of that file (cubic Hermite in E, −F).  Below the
   exact range the table has a repulsive core (``pair_table.write_pair_table``), so close pairs do not stop
   LAMMPS.
-* LAMMPS input.  ``lammps_input`` builds the lines (absolute file names; the element of each atom type in
+* LAMMPS input.  ``lammps_input`` builds the lines (absolute file names quoted by ``lammps_words.lammps_word``:
+  names LAMMPS cannot read back are refused before anything is written; the element of each atom type in
   one ``variable`` line that every ``pair_coeff`` line reads), written as the include file ``<stem>.lammps``.
 """
 from __future__ import annotations
@@ -60,6 +61,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write, check_replaceable_text
+from .lammps_words import lammps_word
 from .pair_table import DEFAULT_PAIR_POINTS, DEFAULT_PAIR_RCORE, write_pair_table
 from .yace_nonlinear import check_exportable, embedding_line, is_nonlinear, nonlinear_parts
 from .yace_radial import fit_radial_coefficients
@@ -280,11 +282,6 @@ def _rank1_in_radial_base(funcs: List[List[dict]], crad: Dict[Tuple[int, int], n
         fz[:] = rank1 + rest
 
 
-def _lammps_arg(path: str) -> str:
-    path = os.path.abspath(path)
-    return f'"{path}"' if any(c.isspace() for c in path) else path
-
-
 def lammps_input(elements: List[str], yace: str, table: Optional[dict], table_path: Optional[str], rcut: float,
                  types: Optional[List[str]] = None) -> Tuple[List[str], List[str]]:
     """(commands, comments) of the LAMMPS input for an export; file names absolute.
@@ -300,14 +297,16 @@ def lammps_input(elements: List[str], yace: str, table: Optional[dict], table_pa
     var = [f"${{torchace_type{t + 1}}}" for t in range(len(types))]
     defs = [f"variable torchace_type{t + 1} index {e}" for t, e in enumerate(types)]
     order = ", ".join(f"type {t + 1} = {e}" for t, e in enumerate(types))
-    comments = [f"# LAMMPS input (units metal: eV, Å) for the torchace model exported to {os.path.abspath(yace)}",
+    yace_word = lammps_word(os.path.abspath(yace), "ML-PACE .yace file name")
+    table_word = None if table_path is None else lammps_word(os.path.abspath(table_path), "LAMMPS pair table name")
+    comments = [f"# LAMMPS input (units metal: eV, Å) for the torchace model exported to {yace_word}",
                 f"# Atom types: {order} (variables torchace_type1..{len(types)}).  For another type order change "
                 "only the",
                 "# variable lines (or run lmp -var torchace_type1 Ge ...): every pair_coeff line follows them.  "
                 "Do not write",
                 "# element names into single pair_coeff lines by hand; more types: re-export with lammps_types."]
     if table is None:
-        cmds = ["pair_style pace", *defs, f"pair_coeff * * {_lammps_arg(yace)} " + " ".join(var)]
+        cmds = ["pair_style pace", *defs, f"pair_coeff * * {yace_word} " + " ".join(var)]
         return cmds, comments + ["# The model has no pair part and no ZBL baseline: ML-PACE alone is the whole model."]
     comments += [
         "# The model is ML-PACE's many-body part + E0 (.yace) PLUS the pair part (pair basis, ZBL) in the table:",
@@ -320,10 +319,10 @@ def lammps_input(elements: List[str], yace: str, table: Optional[dict], table_pa
            + ("torchace's pair energy with its ZBL baseline" if table["core"] == "zbl"
               else "a steep repulsive core (not part of the model)")) + "."]
     cmds = [f"pair_style hybrid/overlay pace table spline {table['n_points']}", *defs,
-            f"pair_coeff * * pace {_lammps_arg(yace)} " + " ".join(var)]
+            f"pair_coeff * * pace {yace_word} " + " ".join(var)]
     for t in range(len(types)):
         for u in range(t, len(types)):
-            cmds.append(f"pair_coeff {t + 1} {u + 1} table {_lammps_arg(table_path)} {var[t]}_{var[u]} {_f(rcut)}")
+            cmds.append(f"pair_coeff {t + 1} {u + 1} table {table_word} {var[t]}_{var[u]} {_f(rcut)}")
     return cmds, comments
 
 
@@ -376,6 +375,11 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
     if include is not None and os.path.abspath(include) in (os.path.abspath(path),
                                                             os.path.abspath(pair_table or stem + "_pairpot.table")):
         raise ValueError(f"{include}: the LAMMPS include file must differ from the potential and the table")
+    # the LAMMPS lines name these files: refuse names no LAMMPS quoting can hold before anything is written
+    for out, what in ((path, "ML-PACE .yace file name"), (include, "LAMMPS include file name"),
+                      (pair_table or stem + "_pairpot.table", "LAMMPS pair table name")):
+        if out is not None:
+            lammps_word(os.path.abspath(out), what)
     # never replace a file that torchace did not write (the training data, say) — before any work
     for out, what in ((path, "ML-PACE .yace"), (pair_table or stem + "_pairpot.table", "LAMMPS pair table"),
                       (include, "LAMMPS include file")):
