@@ -101,7 +101,7 @@ def check_weights_match(weights, ds: Dataset) -> None:
 def _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_distance, device) -> None:
     """``fit``'s arguments, checked like the fit config's (the same checks), before any data is read."""
     from . import solvers as S
-    from .assembly import available_bytes
+    from ..resources import available_bytes
 
     if solver is not None and not isinstance(solver, S.Solver):
         raise TypeError(f"solver must be a torchace.solvers object such as solvers.BLR() or solvers.QR(lam=1e-3), "
