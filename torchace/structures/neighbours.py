@@ -64,6 +64,10 @@ def completed_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     return out
 
 
+def _cross(u, v):
+    return [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]]
+
+
 def face_spacings(C: np.ndarray) -> np.ndarray:
     """Distances between opposite faces of the cell C (V / |b × c| per axis), Å."""
     vol = abs(float(np.linalg.det(C)))
@@ -130,8 +134,16 @@ def check_pair_count(positions, cell: np.ndarray, pbc, rcut: float, device=None,
     cell = np.asarray(cell, dtype=np.float64)
     n = len(positions)
     # cheap upper bound: N² times the images within rcut of a point along every periodic axis of the given cell
+    # (plain Python on the 3×3 numbers for a fully periodic cell: this runs at every neighbour-list build)
     bound = float(n) * n
-    if pbc.any():
+    if pbc.all():
+        rows = cell.tolist()
+        crosses = [_cross(rows[(a + 1) % 3], rows[(a + 2) % 3]) for a in range(3)]
+        vol = abs(sum(x * y for x, y in zip(rows[0], crosses[0])))
+        for c in crosses:
+            norm = math.sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2])
+            bound *= 2.0 * rcut * norm / vol + 1.0 if vol > 0 else math.inf
+    elif pbc.any():
         try:
             h = face_spacings(completed_cell(cell, pbc))
         except ValueError:
@@ -140,6 +152,7 @@ def check_pair_count(positions, cell: np.ndarray, pbc, rcut: float, device=None,
             bound *= float(np.prod(np.where(pbc, 2.0 * rcut / h + 1.0, 1.0)))
     if not bound > _CHEAP_PAIRS:  # (NaN: a singular cell, refused by the caller)
         return
+    h = face_spacings(completed_cell(cell, pbc)) if pbc.any() else None
     est = estimate_pairs(positions, cell, pbc, rcut)
     if est <= _CHEAP_PAIRS:
         return
