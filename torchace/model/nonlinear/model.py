@@ -30,7 +30,7 @@ from ..strain import autograd_outputs, edge_gradient_outputs, strained_geometry
 from .embedding import (EMBEDDINGS, FS, MLP, FSEmbedding, MLPEmbedding, check_fs_parameters, default_fs_parameters,
                         fs_shifted_scaled)
 from .radials import LearnableRadials
-from .size import check_evaluation, check_model_size
+from .size import check_model_size
 from .state import NonlinearState
 
 
@@ -179,8 +179,6 @@ class NonlinearACEModel(NonlinearState, nn.Module):
                 compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
         """As ``ACEModel.forward``: ``analytic_forward`` in eval mode when no graph through the outputs can be
         needed, ``reference_forward`` otherwise (training: forces differentiable in every parameter)."""
-        check_evaluation(positions.shape[0], self.n_b, self.densities, self.embedding_name,
-                         self.embedding_fn.hidden if self.embedding_name == MLP else 0, positions.device)
         if self.analytic and not positions.requires_grad and not cell.requires_grad:
             # training: the same hand adjoints, recorded by autograd (one backward pass gives the parameter
             # gradient of a force/virial loss; no double backward through the reference path)

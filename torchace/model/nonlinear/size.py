@@ -53,11 +53,10 @@ def check_model_size(nz: int, n_b: int, n_pair: int, densities: int, embedding: 
                "use fewer densities (1-8 are usual) or a narrower MLP (mlp_hidden 8-64)", device)
 
 
-def check_evaluation(n_atoms: int, n_b: int, densities: int, embedding: Optional[str], hidden: int,
-                     device=None) -> None:
-    """Refuse an evaluation of ``n_atoms`` atoms whose per-atom activations would not fit (no cost below
-    ``torchace.resources.SMALL_BYTES``)."""
-    per_atom = bytes_per_atom(n_b, densities, embedding, hidden)
+def check_evaluation(n_atoms: int, densities: int, embedding: Optional[str], hidden: int, device=None) -> None:
+    """Refuse an evaluation of ``n_atoms`` atoms whose per-atom embedding activations would not fit (called by
+    the embeddings, so every evaluation path has it; no cost below ``torchace.resources.SMALL_BYTES``)."""
+    per_atom = bytes_per_atom(0, densities, embedding, hidden)
     check_fits(n_atoms * per_atom, f"evaluating {n_atoms:,} atoms with {densities:,} densities"
                + (f" and MLP width {hidden:,}" if embedding == "mlp" else "")
                + f" ({per_atom / 2**20:.3g} MiB of activations per atom)",
