@@ -301,3 +301,13 @@ def test_synthetic_dimers_are_not_close_contacts():
     with warnings.catch_warnings():
         warnings.simplefilter("error", CloseContactWarning)
         _fit(_frames(), synthetic_dimers=True)
+
+
+def test_reference_evaluation_refused_per_edge(monkeypatch):
+    # the neighbour list (4e5 pairs, ~64 MB) fits in 256 MiB, autograd's reference evaluation (~1.5 kB a pair) not
+    a = _flat_unwrapped(n=24, hz=1e-2)
+    m = _model()
+    monkeypatch.setattr(resources, "available_bytes", lambda device=None: 256 * 2**20)
+    msg = _timed(lambda: torchace.evaluate(m, a, backend="reference", min_distance=0.0))
+    assert "reference (autograd) evaluation of" in msg and "neighbour pairs" in msg and "backend='auto'" in msg
+    assert np.isfinite(float(torchace.evaluate(m, a, min_distance=0.0)["energy"][0]))  # auto: the fused kernel
