@@ -21,21 +21,40 @@ import numpy as np
 from ase.data import chemical_symbols, covalent_radii
 
 from ..fieldcheck import check_bool, check_float
-from ..structures.neighbours import sparse_neighbour_list
+from ..structures.neighbours import estimate_pairs, sparse_neighbour_list
 from .data import DataError, Labelled
 
 DEFAULT_CLOSE_CONTACT = 0.5
 # at most this many structures are named in one message (the count says how many more)
 SHOWN = 3
+# pairs within the short cutoff per atom beyond which a structure is not searched here (a real one has ~0)
+MAX_PAIRS_PER_ATOM = 100
 
 
 class CloseContactWarning(UserWarning):
     """A training structure with atoms far closer than their covalent radii allow."""
 
 
+def _searchable(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> bool:
+    """Whether the short-range search is meaningful: finite numbers, a non-degenerate periodic cell and a sane
+    number of pairs.  Other structures are refused later, by name, where the model's neighbour list is built
+    (``torchace.structures.batch.collate``); this check neither duplicates nor pre-empts those errors."""
+    if not (np.isfinite(pos).all() and np.isfinite(cell).all()):
+        return False
+    if pbc.any():
+        if np.linalg.matrix_rank(cell[pbc], tol=1e-8) < int(pbc.sum()) or (pbc.all() and abs(np.linalg.det(cell)) < 1e-8):
+            return False
+        try:
+            if estimate_pairs(pos, cell, pbc, cutoff) > MAX_PAIRS_PER_ATOM * len(pos) + 1000:
+                return False  # a collapsed or nearly flat cell: the pair check refuses it with the numbers
+        except ValueError:
+            return False
+    return True
+
+
 def close_contact(s: Labelled, factor: float):
     """(i, j, d, threshold) of the closest pair of ``s`` relative to its threshold, or None if none is closer than
-    ``factor`` × the sum of the covalent radii."""
+    ``factor`` × the sum of the covalent radii (or the structure is refused elsewhere: ``_searchable``)."""
     atoms = s.atoms
     if len(atoms) == 0:
         return None
@@ -43,7 +62,13 @@ def close_contact(s: Labelled, factor: float):
     cutoff = factor * 2.0 * float(radii.max())
     pos = atoms.get_positions()
     cell = atoms.cell.array
-    i, j, S = sparse_neighbour_list(pos, cell, atoms.get_pbc(), cutoff)
+    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    if not _searchable(pos, cell, pbc, cutoff):
+        return None
+    try:
+        i, j, S = sparse_neighbour_list(pos, cell, pbc, cutoff)
+    except ValueError:
+        return None
     if not len(i):
         return None
     d = np.linalg.norm(pos[j] - pos[i] + S @ cell, axis=1)
