@@ -9,6 +9,11 @@ Periodic and open boundaries, triclinic cells, unwrapped positions, and cells sm
 The list is built once per geometry in float64 on the CPU; the differentiable displacement vectors
 are recomputed from positions, cell and the integer shifts inside the model, so forces and virials
 flow through them.
+
+Before any search, ``check_pair_count`` estimates the pairs (``estimate_pairs``: per-axis image counts from the
+atoms' coordinates in the reduced cell, within a factor 2 of the count for every cell shape tested) and refuses
+a structure whose list would not fit in the memory available (``torchace.resources``): collapsed, tiny or nearly
+flat periodic cells, or a cutoff far larger than the cell.
 """
 from __future__ import annotations
 
