@@ -311,3 +311,14 @@ def test_reference_evaluation_refused_per_edge(monkeypatch):
     msg = _timed(lambda: torchace.evaluate(m, a, backend="reference", min_distance=0.0))
     assert "reference (autograd) evaluation of" in msg and "neighbour pairs" in msg and "backend='auto'" in msg
     assert np.isfinite(float(torchace.evaluate(m, a, min_distance=0.0)["energy"][0]))  # auto: the fused kernel
+
+
+def test_close_contact_options_reach_train_from_its_config(tmp_path):
+    from torchace.fitting.train_config import TrainConfig
+
+    d = {"model": {"elements": ["Si"], "order": 2, "totaldegree": 5, "densities": 2},
+         "data": {"train": "train.xyz", "close_contact": 0.3, "close_contact_error": True}, "E0": {"Si": -5.0}}
+    kw = TrainConfig.from_dict(d, str(tmp_path)).train_kwargs()
+    assert kw["close_contact"] == 0.3 and kw["close_contact_error"] is True
+    with pytest.raises(ValueError, match="close_contact"):
+        torchace.train(torchace.ace_model(["Si"], 2, 5, densities=2), _frames(), close_contact=-1.0)
