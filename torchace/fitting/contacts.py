@@ -21,7 +21,7 @@ import numpy as np
 from ase.data import chemical_symbols, covalent_radii
 
 from ..fieldcheck import check_bool, check_float
-from ..structures.neighbours import estimate_pairs, sparse_neighbour_list
+from ..structures.neighbours import estimate_pairs, pair_bound, sparse_neighbour_list
 from .data import DataError, Labelled
 
 DEFAULT_CLOSE_CONTACT = 0.5
@@ -44,8 +44,9 @@ def _searchable(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: floa
     if pbc.any():
         if np.linalg.matrix_rank(cell[pbc], tol=1e-8) < int(pbc.sum()) or (pbc.all() and abs(np.linalg.det(cell)) < 1e-8):
             return False
+        sane = MAX_PAIRS_PER_ATOM * len(pos) + 1000
         try:
-            if estimate_pairs(pos, cell, pbc, cutoff) > MAX_PAIRS_PER_ATOM * len(pos) + 1000:
+            if pair_bound(len(pos), cell, pbc, cutoff) > sane and estimate_pairs(pos, cell, pbc, cutoff) > sane:
                 return False  # a collapsed or nearly flat cell: the pair check refuses it with the numbers
         except ValueError:
             return False

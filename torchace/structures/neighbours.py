@@ -130,16 +130,11 @@ def estimate_pairs(positions, cell: np.ndarray, pbc, rcut: float) -> float:
     return est
 
 
-def check_pair_count(positions, cell: np.ndarray, pbc, rcut: float, device=None, search: str = "ase") -> None:
-    """Refuse, before any neighbour search, a structure whose pairs within rcut would not fit in the memory
-    available on ``device`` (``BYTES_PER_PAIR[search]`` each; ``torchace.resources``) or exceed ``MAX_PAIRS``: a
-    collapsed, tiny or nearly flat periodic cell, or a cutoff far larger than the cell.  ``positions`` [N, 3]
-    (numpy or torch); the estimate is ``estimate_pairs``, made only when a cheap upper bound is large."""
+def pair_bound(n: int, cell: np.ndarray, pbc, rcut: float) -> float:
+    """A cheap upper bound of the pairs within rcut: N² times the images within rcut of a point along every periodic
+    axis of the given cell (plain Python on the 3×3 numbers for a fully periodic cell: µs, at every neighbour-list
+    build).  inf or NaN for a singular periodic cell."""
     pbc = np.asarray(pbc, dtype=bool)
-    cell = np.asarray(cell, dtype=np.float64)
-    n = len(positions)
-    # cheap upper bound: N² times the images within rcut of a point along every periodic axis of the given cell
-    # (plain Python on the 3×3 numbers for a fully periodic cell: this runs at every neighbour-list build)
     bound = float(n) * n
     if pbc.all():
         rows = cell.tolist()
@@ -152,10 +147,21 @@ def check_pair_count(positions, cell: np.ndarray, pbc, rcut: float, device=None,
         try:
             h = face_spacings(completed_cell(cell, pbc))
         except ValueError:
-            return  # parallel periodic vectors: the caller's own checks say so
+            return 0.0  # parallel periodic vectors: the caller's own checks say so
         with np.errstate(divide="ignore", invalid="ignore"):
             bound *= float(np.prod(np.where(pbc, 2.0 * rcut / h + 1.0, 1.0)))
-    if not bound > _CHEAP_PAIRS:  # (NaN: a singular cell, refused by the caller)
+    return bound
+
+
+def check_pair_count(positions, cell: np.ndarray, pbc, rcut: float, device=None, search: str = "ase") -> None:
+    """Refuse, before any neighbour search, a structure whose pairs within rcut would not fit in the memory
+    available on ``device`` (``BYTES_PER_PAIR[search]`` each; ``torchace.resources``) or exceed ``MAX_PAIRS``: a
+    collapsed, tiny or nearly flat periodic cell, or a cutoff far larger than the cell.  ``positions`` [N, 3]
+    (numpy or torch); the estimate is ``estimate_pairs``, made only when a cheap upper bound is large."""
+    pbc = np.asarray(pbc, dtype=bool)
+    cell = np.asarray(cell, dtype=np.float64)
+    n = len(positions)
+    if not pair_bound(n, cell, pbc, rcut) > _CHEAP_PAIRS:  # (NaN: a singular cell, refused by the caller)
         return
     h = face_spacings(completed_cell(cell, pbc)) if pbc.any() else None
     est = estimate_pairs(positions, cell, pbc, rcut)
