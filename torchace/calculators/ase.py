@@ -211,7 +211,7 @@ class TorchACECalculator(Calculator):
             try:
                 i, j, S = neighbour_list(pos, cell, pbc, self.rcut + self.skin)
             except ValueError as exc:  # a hopeless cell (or skin), refused before the search
-                raise ValueError(f"{exc} (the list's cutoff is rcut {self.rcut:g} Å + skin {self.skin:g} Å)") from None
+                raise type(exc)(f"{exc} (the list's cutoff is rcut {self.rcut:g} Å + skin {self.skin:g} Å)") from None
             nl.edge_index = torch.as_tensor(np.stack([i, j]), dtype=torch.long, device=dev)
             nl.unit_shifts = torch.as_tensor(S, dtype=self.dtype, device=dev)
         nl.species = torch.as_tensor([self._z_to_species[int(z)] for z in atoms.numbers], dtype=torch.long,

@@ -19,6 +19,7 @@ import torch
 
 from .. import keys as K
 from ..fieldcheck import check_int
+from ..resources import available_bytes
 from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 from .data import ISOLATED_ATOM, DataError, Dataset, Labelled
 from .weights import resolve_weights, row_weights
@@ -64,22 +65,6 @@ def structure_batches(structs: List[Labelled], batch_atoms: int) -> Iterator[Lis
         n += s.n_atoms
     if cur:
         yield cur
-
-
-def available_bytes(device=None) -> Optional[int]:
-    """Memory that can still be allocated on ``device`` (CUDA: free device memory; CPU: MemAvailable of
-    /proc/meminfo); None where it cannot be known (then nothing is checked)."""
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if dev.type == "cuda":
-        return int(torch.cuda.mem_get_info(dev)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def check_memory(structs: List[Labelled], k: int, *, device=None, dense: bool, itemsize: int = 8) -> None:

@@ -40,6 +40,9 @@ class DataSection:
     keys: Dict[str, str] = field(default_factory=dict)
     skip_bad: bool = False
     min_distance: float = 0.01  # Å: closer pairs in a training structure are an error (file, frame, atoms)
+    # pairs closer than this fraction of their covalent radii's sum: a warning (file, frame, atoms); 0: off
+    close_contact: float = 0.5
+    close_contact_error: bool = False  # the close contacts are an error instead
 
 
 @dataclass
@@ -107,6 +110,8 @@ class FitConfig:
             check_str("fit config", f"data.keys.{k}", v)
         check_bool("fit config", "data.skip_bad", data.skip_bad)
         data.min_distance = check_float("fit config", "data.min_distance", data.min_distance, nonnegative=True)
+        data.close_contact = check_float("fit config", "data.close_contact", data.close_contact, nonnegative=True)
+        check_bool("fit config", "data.close_contact_error", data.close_contact_error)
         data.train = resolve_path(data.train, base_dir)
         data.test = resolve_path(data.test, base_dir) if data.test else None
         weights = d.get("weights")
@@ -172,7 +177,8 @@ class FitConfig:
                     keys=DataKeys(**self.data.keys), skip_bad=self.data.skip_bad, streaming=self.assembly.streaming,
                     batch_atoms=self.assembly.batch_atoms, device=self.assembly.device,
                     synthetic_dimers=self.synthetic_dimers, repulsion_restraint=self.repulsion_restraint,
-                    backend=self.assembly.backend, min_distance=self.data.min_distance)
+                    backend=self.assembly.backend, min_distance=self.data.min_distance,
+                    close_contact=self.data.close_contact, close_contact_error=self.data.close_contact_error)
 
     @classmethod
     def keys_help(cls) -> str:

@@ -15,10 +15,11 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..fieldcheck import check_device, check_float, check_int, check_str
+from ..fieldcheck import check_bool, check_device, check_float, check_int, check_str
 from ..model.backends import ROWS, select
 from ..structures.batch import DEFAULT_MIN_DISTANCE
 from .assembly import LinearSystem, assemble, assemble_reduced, fitting_structures
+from .contacts import DEFAULT_CLOSE_CONTACT, check_close_contacts
 from .data import Dataset, DataKeys, isolated_atom_energies, read_data
 from .weights import resolve_weights
 from .metrics import errors as error_table
@@ -98,10 +99,11 @@ def check_weights_match(weights, ds: Dataset) -> None:
                          f"(its config_types: {sorted(present)}); a typo?")
 
 
-def _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_distance, device) -> None:
+def _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_distance, device, close_contact=0.0,
+                         close_contact_error=False) -> None:
     """``fit``'s arguments, checked like the fit config's (the same checks), before any data is read."""
     from . import solvers as S
-    from .assembly import available_bytes
+    from ..resources import available_bytes
 
     if solver is not None and not isinstance(solver, S.Solver):
         raise TypeError(f"solver must be a torchace.solvers object such as solvers.BLR() or solvers.QR(lam=1e-3), "
@@ -112,6 +114,8 @@ def _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_dista
     check_str("fit", "streaming", streaming, choices=("qr", "normal"), allow_none=True)
     check_int("fit", "batch_atoms", batch_atoms, minimum=1)
     check_float("fit", "min_distance", min_distance, nonnegative=True)
+    check_float("fit", "close_contact", close_contact, nonnegative=True)
+    check_bool("fit", "close_contact_error", close_contact_error)
     if device is not None:
         check_device("fit", "device", str(device))
     members = int(getattr(solver, "committee_size", 0) or 0)
@@ -191,7 +195,8 @@ def solve_system(system: LinearSystem, solver, *, gamma: Optional[torch.Tensor] 
 def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Optional[DataKeys] = None,
         skip_bad: bool = False, streaming: Optional[str] = None, batch_atoms: int = 2048, device=None,
         validation=None, progress: bool = False, compute_errors: bool = True, synthetic_dimers=False,
-        repulsion_restraint=False, backend: str = "auto", min_distance: float = DEFAULT_MIN_DISTANCE) -> FitResult:
+        repulsion_restraint=False, backend: str = "auto", min_distance: float = DEFAULT_MIN_DISTANCE,
+        close_contact: float = DEFAULT_CLOSE_CONTACT, close_contact_error: bool = False) -> FitResult:
     """Fit ``model`` in place to ``data`` (a path, list of paths, list of ``ase.Atoms`` or a ``Dataset``).
 
     ``weights``: ``{"default": {"E": 30, "F": 1, "V": 1}, "<config_type>": {...}}`` (ACEpotentials.jl
@@ -206,15 +211,19 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     ``backend``: of the design rows, "auto" (the fastest for the model and device: the fused C++ kernel on
     CPU where it builds) or a name of ``torchace.backends``; ``result.info["backend"]`` records it.
     ``min_distance`` (Å): a training structure with a closer pair is an error naming its file, frame and
-    atoms (implausible geometry; the calculator has the same argument).
+    atoms (implausible geometry; the calculator has the same argument).  ``close_contact``: a training structure
+    with a pair closer than this fraction of the sum of their covalent radii gets a warning naming its file, frame
+    and atoms (``close_contact_error``: an error; 0: not checked; ``torchace.fitting.contacts``).
     """
     from . import solvers as S
 
     t0 = time.perf_counter()
-    _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_distance, device)
+    _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_distance, device, close_contact,
+                         close_contact_error)
     resolved = resolve_weights(weights)  # types and values checked before the data are read
     ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
     check_weights_match(weights, ds)
+    check_close_contacts(fitting_structures(ds), close_contact, close_contact_error)  # before synthetic data
     weights = resolved
     fit_e0 = isinstance(E0, str) and E0 == "fit"
     if fit_e0:

@@ -35,7 +35,7 @@ from ..model.backends.fused_nonlinear import DENSITIES, nonlinear_forward, nonli
 from ..model.backends.torch_rows import torch_rows
 from ..model.evaluate import model_inputs
 from ..model.nonlinear.embedding import FS, fs_shifted_scaled
-from .assembly import available_bytes
+from ..resources import available_bytes
 from .nonlinear_committee import committee_linear_model
 from .training import loss_metrics
 

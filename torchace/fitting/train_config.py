@@ -167,7 +167,8 @@ class TrainConfig:
                     dtype=t.dtype, committee_size=t.committee_size, validation=self.validation,
                     checkpoint=self.checkpoint,
                     keys=DataKeys(**self.fit.data.keys), skip_bad=self.fit.data.skip_bad,
-                    min_distance=self.fit.data.min_distance)
+                    min_distance=self.fit.data.min_distance, close_contact=self.fit.data.close_contact,
+                    close_contact_error=self.fit.data.close_contact_error)
 
 
 def _output_format(opts: Dict[str, Any], model_from: Optional[str]) -> str:

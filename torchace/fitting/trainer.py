@@ -33,8 +33,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..fieldcheck import check_device, check_float, check_int, check_str
+from ..fieldcheck import check_bool, check_device, check_float, check_int, check_str
 from .assembly import fitting_structures
+from .contacts import DEFAULT_CLOSE_CONTACT, check_close_contacts
 from .data import Dataset, read_data
 from .metrics import errors as error_table
 from .metrics import format_table
@@ -207,11 +208,13 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
           validation=None,
           checkpoint: Optional[str] = None, progress: bool = True, seed: int = 0, keys=None, skip_bad: bool = False,
           min_distance: Optional[float] = None, compute_errors: bool = True, precondition: bool = False,
-          refit_linear: bool = True, committee_size: int = 0) -> TrainResult:
+          refit_linear: bool = True, committee_size: int = 0, close_contact: float = DEFAULT_CLOSE_CONTACT,
+          close_contact_error: bool = False) -> TrainResult:
     """Train ``model`` (a ``NonlinearACEModel``; an ``ACEModel`` is trained as its one-density equivalent and
     written back) in place on ``data`` (paths, ``ase.Atoms`` list or ``Dataset``); see the module docstring.
 
-    ``weights``, ``prior``, ``E0``, ``keys``, ``skip_bad``: as ``torchace.fit``.  ``init``: "linear" (warm start
+    ``weights``, ``prior``, ``E0``, ``keys``, ``skip_bad``, ``close_contact``, ``close_contact_error``: as
+    ``torchace.fit``.  ``init``: "linear" (warm start
     from ``torchace.fit`` with ``solver``, default BLR) or "model" (the model's current parameters; E0 'fit'
     then needs init="linear").  ``optimizer``: "auto" ("gn" for embedding None / FS, "lbfgs" for the MLP),
     "gn" (one Levenberg–Marquardt iteration per epoch on the density and pair coefficients and, on the fused
@@ -235,6 +238,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
 
     epochs, dtype = _check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype,
                                      init_scale, init_split, seed, committee_size)
+    check_float("train", "close_contact", close_contact, nonnegative=True)
+    check_bool("train", "close_contact_error", close_contact_error)
     if isinstance(model, ACEModel):
         nl = from_linear(model, densities=1, embedding=None, learnable_radials=False)
         res = train(nl, data, weights=weights, prior=prior, E0=E0, init=init, solver=solver, epochs=epochs,
@@ -242,7 +247,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
                     patience=patience, device=device,
                     dtype=dtype, validation=validation, checkpoint=checkpoint, progress=progress, seed=seed,
                     keys=keys, skip_bad=skip_bad, min_distance=min_distance, compute_errors=compute_errors,
-                    precondition=precondition, refit_linear=refit_linear, committee_size=committee_size)
+                    precondition=precondition, refit_linear=refit_linear, committee_size=committee_size,
+                    close_contact=close_contact, close_contact_error=close_contact_error)
         lin = nl.linear_model()
         with torch.no_grad():
             model.to(lin.coefficients.device, lin.coefficients.dtype)
@@ -272,6 +278,7 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     resolved = resolve_weights(weights)
     ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
     check_weights_match(weights, ds)
+    check_close_contacts(fitting_structures(ds), close_contact, close_contact_error)
     if isinstance(validation, float) and not isinstance(validation, bool):
         if not 0.0 < validation < 1.0:
             raise ValueError(f"train: validation must be a fraction in (0, 1), data, or None; got {validation}")
@@ -313,7 +320,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
         fitting_ids = {id(s) for s in fitting_structures(ds)}
         keep = Dataset(list(train_structs) + [s for s in ds if id(s) not in fitting_ids])  # + isolated atoms
         fres = fit(lin, keep, weights=weights, prior=prior, solver=solver, E0=E0, device=device,
-                   compute_errors=False, **({} if min_distance is None else {"min_distance": min_distance}))
+                   compute_errors=False, close_contact=0.0,  # checked above, once
+                   **({} if min_distance is None else {"min_distance": min_distance}))
         init_info = {"solver": fres.solver, "hyperparameters": fres.to_dict()["hyperparameters"], "E0": fres.E0,
                      "seconds": sum(fres.timings.values())}
         c = lin.coefficients.detach().to(model.density_coefficients)

@@ -10,8 +10,14 @@ from typing import Dict, Optional
 import torch
 
 from .. import keys as K
+from ..resources import check_fits
 from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 from .backends import AUTO, EVALUATE, select
+
+# bytes per edge that autograd's reference evaluation keeps (the one-particle basis φ [E, n_a], its inputs and the
+# saved tensors of the backward pass), measured 1.4 kB at n_a = 12 and 6.7 kB at n_a = 75; the other backends
+# stream edges (fused) or work in chunks of ``edge_chunk`` edges (analytic, triton)
+REFERENCE_EDGE_BYTES = (400, 90)  # constant + per one-particle function
 
 
 def model_inputs(model, batch: Dict[str, torch.Tensor]):
@@ -52,7 +58,16 @@ def evaluate(model, structures, *, forces: bool = True, virials: bool = True,
 def evaluate_batch(model, batch: Dict[str, torch.Tensor], *, forces: bool = True, virials: bool = True,
                    module: Optional[torch.nn.Module] = None, backend: str = AUTO) -> Dict[str, torch.Tensor]:
     """``evaluate`` on an already collated batch (``torchace.structures.collate``)."""
-    fn = module if module is not None else select(model, batch[K.POSITIONS].device, backend, EVALUATE).evaluator(model)
+    device = batch[K.POSITIONS].device
+    b = None if module is not None else select(model, device, backend, EVALUATE)
+    if b is not None and b.name == "reference":
+        n_edges, n_a = int(batch[K.EDGE_INDEX].shape[1]), int(model.embedding.n_a)
+        per_edge = REFERENCE_EDGE_BYTES[0] + REFERENCE_EDGE_BYTES[1] * n_a
+        check_fits(n_edges * per_edge, f"the reference (autograd) evaluation of {n_edges:,} neighbour pairs "
+                   f"(~{per_edge:,} bytes a pair for {n_a} one-particle functions)",
+                   "use backend='auto' (fused or analytic: bounded memory; a model in training mode gets 'reference', "
+                   "model.eval() does not) or evaluate fewer structures at a time", device)
+    fn = module if module is not None else b.evaluator(model)
     out = fn(*model_inputs(model, batch), forces, virials)
     res = {k: v.detach() for k, v in out.items()}
     res[K.N_ATOMS] = batch[K.N_ATOMS]

@@ -99,7 +99,7 @@ def collate(structures, elements_z: Sequence[int], rcut: float, *, dtype=torch.f
         try:
             i, j, S = neighbour_list(pos, cell, pbc, rcut)
         except ValueError as exc:  # a hopeless cell, refused before the search
-            raise ValueError(f"{_label(k, atoms, name)}: {exc}") from None
+            raise type(exc)(f"{_label(k, atoms, name)}: {exc}") from None  # ResourceLimitError stays one
         if len(i):
             d = np.linalg.norm(pos[j] - pos[i] + S @ cell, axis=1)
             close = np.flatnonzero(d < min_distance)

@@ -36,7 +36,8 @@ from typing import Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .neighbours import MAX_PAIRS, check_pair_count
+from ..resources import ResourceLimitError
+from .neighbours import MAX_PAIRS, check_pair_count, completed_cell
 
 # candidate pairs (before the distance filter) materialised at once: about 100 bytes each
 MAX_CANDIDATES = 2 ** 24
@@ -48,34 +49,6 @@ MAX_BINS_PER_AXIS = 2 ** 20
 _SLACK = 1e-8
 
 Tensor = torch.Tensor
-
-
-def _completed_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
-    """The cell with open axes replaced by unit vectors orthogonal to the periodic ones (and each other)."""
-    per = np.flatnonzero(pbc)
-    out = np.eye(3)
-    if len(per) == 3:
-        return cell.copy()
-    if len(per) == 2:
-        n = np.cross(cell[per[0]], cell[per[1]])
-        norm = np.linalg.norm(n)
-        if not norm > 1e-12 * max(np.linalg.norm(cell[per[0]]) * np.linalg.norm(cell[per[1]]), 1e-300):
-            raise ValueError(f"cell vectors {per[0]} and {per[1]} (periodic) are parallel or zero: {cell.tolist()}")
-        out[per] = cell[per]
-        out[np.flatnonzero(~pbc)[0]] = n / norm
-    elif len(per) == 1:
-        a = cell[per[0]]
-        if not np.linalg.norm(a) > 0:
-            raise ValueError(f"cell vector {per[0]} is periodic but zero: {cell.tolist()}")
-        u = a / np.linalg.norm(a)
-        helper = np.eye(3)[int(np.argmin(np.abs(u)))]
-        v = np.cross(u, helper)
-        v /= np.linalg.norm(v)
-        w = np.cross(u, v)
-        open_axes = np.flatnonzero(~pbc)
-        out[per[0]] = a
-        out[open_axes[0]], out[open_axes[1]] = v, w
-    return out
 
 
 def _empty(device) -> Tuple[Tensor, Tensor, Tensor]:
@@ -117,9 +90,9 @@ def cell_list_neighbours(positions: Tensor, cell: Tensor, pbc: Union[Sequence[bo
     n_atoms = x.shape[0]
     if n_atoms == 0:
         return _empty(device)
-    check_pair_count(n_atoms, cell_np, pbc_np, rcut)
+    check_pair_count(x, cell_np, pbc_np, rcut, device, search="cell_list")
 
-    C = _completed_cell(cell_np, pbc_np)
+    C = completed_cell(cell_np, pbc_np)
     vol = abs(float(np.linalg.det(C)))
     if not vol > 0:
         raise ValueError(f"periodic cell is singular (volume {vol:g} Å³): {cell_np.tolist()}")
@@ -153,7 +126,7 @@ def cell_list_neighbours(positions: Tensor, cell: Tensor, pbc: Union[Sequence[bo
             scale.append(1.0 / width)
     n_offsets = int(np.prod([2 * kk + 1 for kk in k]))
     if n_atoms * n_offsets > MAX_PAIRS:
-        raise ValueError(f"{n_atoms} atoms × {n_offsets} bin offsets (cell spacings {spacing.round(4).tolist()} Å, "
+        raise ResourceLimitError(f"{n_atoms} atoms × {n_offsets} bin offsets (cell spacings {spacing.round(4).tolist()} Å, "
                          f"rcut = {rcut:g} Å) exceed {MAX_PAIRS:.0e} searches: a collapsed or nearly flat cell?")
 
     nb_t = torch.tensor(nb, dtype=torch.int64, device=device)

@@ -9,6 +9,11 @@ Periodic and open boundaries, triclinic cells, unwrapped positions, and cells sm
 The list is built once per geometry in float64 on the CPU; the differentiable displacement vectors
 are recomputed from positions, cell and the integer shifts inside the model, so forces and virials
 flow through them.
+
+Before any search, ``check_pair_count`` estimates the pairs (``estimate_pairs``: per-axis image counts from the
+atoms' coordinates in the reduced cell, within a factor 2 of the count for every cell shape tested) and refuses
+a structure whose list would not fit in the memory available (``torchace.resources``): collapsed, tiny or nearly
+flat periodic cells, or a cutoff far larger than the cell.
 """
 from __future__ import annotations
 
@@ -18,43 +23,167 @@ import numpy as np
 import torch
 from ase.neighborlist import primitive_neighbor_list
 
+from ..resources import ResourceLimitError, check_fits
+
 
 # dense path when atoms² × images stays below this (pairs tested at once per structure)
 DENSE_MAX_PAIRS = 4_000_000
-# a structure whose expected neighbour pairs exceed this is refused before the list is built (~12 GB of edge
-# data: a collapsed or nearly flat periodic cell, not a material)
+# a structure whose expected neighbour pairs exceed this is refused whatever the memory (minutes of search, not a
+# material: a collapsed or nearly flat periodic cell)
 MAX_PAIRS = 300_000_000
+# bytes per neighbour pair held at once while a list is built and collated (the (i, j, S) arrays, the search's own
+# temporaries, the distance check and the batch tensors), measured at 10^6 pairs and more: vesin's list (and the
+# dense path, whose candidates are bounded anyway) ~130, ASE's binned search ~520, the torch cell list ~290
+BYTES_PER_PAIR = {"vesin": 160, "ase": 560, "cell_list": 320}
+# below this many pairs (by the cheap upper bound) nothing more is estimated: the check costs ~1 µs then
+_CHEAP_PAIRS = 1_000_000
 
 
-def check_pair_count(n_atoms: int, cell: np.ndarray, pbc, rcut: float, positions: np.ndarray = None) -> None:
-    """Refuse, before any neighbour search, a periodic structure whose number of pairs within rcut would
-    be ≈ N²/V · (4/3)π rcut³ > ``MAX_PAIRS`` (ASE's search loops over all the images such a cell needs).
+def completed_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """The cell with open axes replaced by unit vectors orthogonal to the periodic ones (and each other), so that
+    a fractional coordinate along an open axis is a length (Å).  Raises ValueError for parallel or zero
+    periodic vectors."""
+    per = np.flatnonzero(pbc)
+    out = np.eye(3)
+    if len(per) == 3:
+        return cell.copy()
+    if len(per) == 2:
+        n = np.cross(cell[per[0]], cell[per[1]])
+        norm = np.linalg.norm(n)
+        if not norm > 1e-12 * max(np.linalg.norm(cell[per[0]]) * np.linalg.norm(cell[per[1]]), 1e-300):
+            raise ValueError(f"cell vectors {per[0]} and {per[1]} (periodic) are parallel or zero: {cell.tolist()}")
+        out[per] = cell[per]
+        out[np.flatnonzero(~pbc)[0]] = n / norm
+    elif len(per) == 1:
+        a = cell[per[0]]
+        if not np.linalg.norm(a) > 0:
+            raise ValueError(f"cell vector {per[0]} is periodic but zero: {cell.tolist()}")
+        u = a / np.linalg.norm(a)
+        helper = np.eye(3)[int(np.argmin(np.abs(u)))]
+        v = np.cross(u, helper)
+        v /= np.linalg.norm(v)
+        w = np.cross(u, v)
+        open_axes = np.flatnonzero(~pbc)
+        out[per[0]] = a
+        out[open_axes[0]], out[open_axes[1]] = v, w
+    return out
 
-    Periodic along some axes only (slabs, wires; needs ``positions``): V is the measure of the periodic lattice
-    (the length of its vector, or the area of its two) times the extent of the atoms along the open directions
-    plus rcut, so a 2-D cell with a tiny in-plane vector is refused as well; open boundaries have at most
-    N² pairs and are not checked."""
+
+def _cross(u, v):
+    return [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]]
+
+
+def face_spacings(C: np.ndarray) -> np.ndarray:
+    """Distances between opposite faces of the cell C (V / |b × c| per axis), Å."""
+    vol = abs(float(np.linalg.det(C)))
+    return np.array([vol / np.linalg.norm(np.cross(C[(a + 1) % 3], C[(a + 2) % 3])) for a in range(3)])
+
+
+def _axis_images(t: torch.Tensor, window: float, periodic: bool) -> float:
+    """Σ_i #{(j, n): |t_j + n − t_i| < window} over the 1-D coordinates t (fractional along a periodic axis, then
+    n runs over all integers; a length along an open axis, n = 0): a sort and binary searches, O(N log N), on the
+    device of t."""
+    s = torch.sort(t).values
+    if not periodic:
+        return float((torch.searchsorted(s, t + window, right=True) - torch.searchsorted(s, t - window)).sum())
+
+    def upto(y):  # #{(j, n): s_j + n <= y}, up to a constant that cancels
+        fl = torch.floor(y)
+        return len(s) * fl + torch.searchsorted(s, y - fl, right=True)
+
+    return float((upto(t + window) - upto(t - window)).sum())
+
+
+def estimate_pairs(positions, cell: np.ndarray, pbc, rcut: float) -> float:
+    """About how many (i, j, S) pairs lie within ``rcut``, for any cell shape, before any search.
+
+    Per axis a of the (reduced) cell, with spacing h_a between its faces, m_a is the mean over atom pairs of the
+    number of images of j within rcut of i along the face normal (|Δf_a + n|·h_a < rcut), counted exactly from the
+    atoms' coordinates (so atoms bunched in a flat cell count as bunched); the estimate is N² · Π m_a times the
+    ratio of the ball to the box |x·n_a| < rcut.  It is N²·(4/3)πr³/V for uniformly spread atoms and for cells
+    much smaller than rcut, and N²·2r/h for atoms on one line of images of a flat cell.  ``positions``: numpy or
+    torch [N, 3] (a torch tensor is used on its device)."""
     pbc = np.asarray(pbc, dtype=bool)
-    if not pbc.any():
-        return
+    cell = np.asarray(cell, dtype=np.float64)
+    x = positions.detach().to(torch.float64) if isinstance(positions, torch.Tensor) \
+        else torch.from_numpy(np.ascontiguousarray(positions, dtype=np.float64))
+    n = x.shape[0]
+    if n == 0:
+        return 0.0
+    if pbc.any():
+        op = _reduction(cell, pbc)
+        if op is not None:
+            cell = op.astype(np.float64) @ cell
+    C = completed_cell(cell, pbc)
+    vol = abs(float(np.linalg.det(C)))
+    if not vol > 0:
+        return 0.0  # a singular cell is refused by the caller's own checks
+    h = np.where(pbc, face_spacings(C), 1.0)
+    f = x @ torch.as_tensor(np.linalg.inv(C), dtype=torch.float64, device=x.device)
+    normals = np.stack([np.cross(C[(a + 1) % 3], C[(a + 2) % 3]) for a in range(3)])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    ratio = (np.pi / 6.0) * abs(float(np.linalg.det(normals)))  # ball / box (2r)³/|det N|
+    est = float(n) * n * ratio
+    for a in range(3):
+        t = f[:, a] - torch.floor(f[:, a]) if pbc[a] else f[:, a].contiguous()
+        est *= _axis_images(t, rcut / h[a], bool(pbc[a])) / (float(n) * n)
+    return est
+
+
+def pair_bound(n: int, cell: np.ndarray, pbc, rcut: float) -> float:
+    """A cheap upper bound of the pairs within rcut: N² times the images within rcut of a point along every periodic
+    axis of the given cell (plain Python on the 3×3 numbers for a fully periodic cell: µs, at every neighbour-list
+    build).  inf or NaN for a singular periodic cell."""
+    pbc = np.asarray(pbc, dtype=bool)
+    bound = float(n) * n
     if pbc.all():
-        vol = abs(float(np.linalg.det(cell)))
-        shape = "periodic cell"
-    else:
-        if positions is None:
-            return
-        P = np.asarray(cell, dtype=np.float64)[pbc]  # [k, 3] periodic lattice vectors
+        rows = cell.tolist()
+        crosses = [_cross(rows[(a + 1) % 3], rows[(a + 2) % 3]) for a in range(3)]
+        vol = abs(sum(x * y for x, y in zip(rows[0], crosses[0])))
+        for c in crosses:
+            norm = math.sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2])
+            bound *= 2.0 * rcut * norm / vol + 1.0 if vol > 0 else math.inf
+    elif pbc.any():
+        try:
+            h = face_spacings(completed_cell(cell, pbc))
+        except ValueError:
+            return 0.0  # parallel periodic vectors: the caller's own checks say so
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bound *= float(np.prod(np.where(pbc, 2.0 * rcut / h + 1.0, 1.0)))
+    return bound
+
+
+def check_pair_count(positions, cell: np.ndarray, pbc, rcut: float, device=None, search: str = "ase") -> None:
+    """Refuse, before any neighbour search, a structure whose pairs within rcut would not fit in the memory
+    available on ``device`` (``BYTES_PER_PAIR[search]`` each; ``torchace.resources``) or exceed ``MAX_PAIRS``: a
+    collapsed, tiny or nearly flat periodic cell, or a cutoff far larger than the cell.  ``positions`` [N, 3]
+    (numpy or torch); the estimate is ``estimate_pairs``, made only when a cheap upper bound is large."""
+    pbc = np.asarray(pbc, dtype=bool)
+    cell = np.asarray(cell, dtype=np.float64)
+    n = len(positions)
+    if not pair_bound(n, cell, pbc, rcut) > _CHEAP_PAIRS:  # (NaN: a singular cell, refused by the caller)
+        return
+    h = face_spacings(completed_cell(cell, pbc)) if pbc.any() else None
+    est = estimate_pairs(positions, cell, pbc, rcut)
+    if est <= _CHEAP_PAIRS:
+        return
+    if pbc.any():
+        P = cell[pbc]  # the periodic lattice vectors: their volume, area or length
         measure = float(np.sqrt(max(np.linalg.det(P @ P.T), 0.0)))
-        Q = np.linalg.qr(P.T, mode="complete")[0][:, len(P):]  # orthonormal basis of the open directions
-        span = np.ptp(np.asarray(positions) @ Q, axis=0) if len(positions) else np.zeros(Q.shape[1])
-        vol = measure * float(np.prod(span + rcut))
-        what = "length" if len(P) == 1 else "area"
-        shape = f"cell periodic along axes {np.flatnonzero(pbc).tolist()} only (lattice {what} {measure:.3g})"
-    est = n_atoms * n_atoms / max(vol, 1e-300) * (4.0 / 3.0) * np.pi * rcut ** 3
+        unit, what = [("Å", "length"), ("Å²", "area"), ("Å³", "volume")][len(P) - 1]
+        spacings = ", ".join(f"{v:.3g}" for v, p in zip(h, pbc) if p)
+        shape = ("periodic cell" if pbc.all() else f"cell periodic along axes {np.flatnonzero(pbc).tolist()} only") \
+            + f" (lattice {what} {measure:.3g} {unit}, face spacings {spacings} Å)"
+    else:
+        shape = "structure with open boundaries"
+    pairs = f"{n} atoms in a {shape} would have about {est:.3g} neighbour pairs within rcut = {rcut:g} Å"
+    advice = ("a collapsed or nearly flat cell, or a cutoff far larger than the cell? Check the cell and pbc "
+              "(a periodic axis much shorter than rcut repeats every atom thousands of times)")
     if est > MAX_PAIRS:
-        raise ValueError(f"{n_atoms} atoms in a {shape} of volume {vol:.3g} Å³ would have about {est:.3g} "
-                         f"neighbour pairs within rcut = {rcut:g} Å (limit {MAX_PAIRS:.0e}): a collapsed or nearly "
-                         "flat cell, or a cutoff far larger than the cell?")
+        raise ResourceLimitError(f"{pairs}, more than the limit of {MAX_PAIRS:.0e} pairs; {advice}")
+    per_pair = BYTES_PER_PAIR[search]
+    check_fits(est * per_pair, f"{pairs}; the list (~{per_pair} bytes a pair)",
+               advice + ", or use a machine with more memory", device)
 
 
 def _image_range(positions: np.ndarray, cell: np.ndarray, rcut: float) -> np.ndarray:
@@ -128,12 +257,30 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
     cell = np.asarray(cell, dtype=np.float64)
     if len(positions) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
-    check_pair_count(len(positions), cell, pbc, rcut, positions)
+    fast = (pbc.all() or not pbc.any()) and _vesin() is not None
+    check_pair_count(positions, cell, pbc, rcut, search="vesin" if fast else "ase")
     op = _reduction(cell, pbc) if pbc.any() else None
     if op is not None:
         i, j, S = _neighbour_list(positions, op.astype(np.float64) @ cell, pbc, rcut)
         return i, j, S @ op
     return _neighbour_list(positions, cell, pbc, rcut)
+
+
+def sparse_neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
+    """``neighbour_list`` without the dense all-pairs path: vesin's cell list where it applies, else ASE's.  For a
+    short cutoff (an Å or two: few pairs, many structures) this is several times faster than the dense path."""
+    pbc = np.asarray(pbc, dtype=bool)
+    positions = np.asarray(positions, dtype=np.float64)
+    cell = np.asarray(cell, dtype=np.float64)
+    if len(positions) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
+    fast = (pbc.all() or not pbc.any()) and _vesin() is not None
+    check_pair_count(positions, cell, pbc, rcut, search="vesin" if fast else "ase")
+    op = _reduction(cell, pbc) if pbc.any() else None
+    reduced = op.astype(np.float64) @ cell if op is not None else cell
+    search = vesin_neighbour_list if fast else ase_neighbour_list
+    i, j, S = search(positions, reduced, pbc, rcut)
+    return (i, j, S @ op) if op is not None else (i, j, S)
 
 
 def _neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, rcut: float):

@@ -29,6 +29,8 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
+from .size import check_evaluation
+
 FS, MLP = "fs", "mlp"
 EMBEDDINGS = (FS, MLP)
 # |m − 1| below this: f = ρ exactly (ML-PACE's test in FexpShiftedScaled)
@@ -110,10 +112,12 @@ class FSEmbedding(nn.Module):
         return torch.stack([w, m], dim=-1).reshape(w.shape[0], -1).tolist()
 
     def forward(self, rho: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        check_evaluation(rho.shape[0], self.densities, FS, 0, rho.device)
         f, _ = fs_shifted_scaled(rho, self.exponents[species])
         return (self.weights[species] * f).sum(-1)
 
     def value_and_grad(self, rho: torch.Tensor, species: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        check_evaluation(rho.shape[0], self.densities, FS, 0, rho.device)
         f, df = fs_shifted_scaled(rho, self.exponents[species])
         w = self.weights[species]
         return (w * f).sum(-1), w * df
@@ -143,11 +147,13 @@ class MLPEmbedding(nn.Module):
         return int(self.W.shape[1])
 
     def forward(self, rho: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        check_evaluation(rho.shape[0], self.densities, MLP, self.hidden, rho.device)
         b = self.b[species]
         t = torch.tanh(torch.einsum("nhp,np->nh", self.W[species], rho) + b)
         return rho[:, 0] + (self.w[species] * (t - torch.tanh(b))).sum(-1)
 
     def value_and_grad(self, rho: torch.Tensor, species: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        check_evaluation(rho.shape[0], self.densities, MLP, self.hidden, rho.device)
         W, b, w = self.W[species], self.b[species], self.w[species]
         t = torch.tanh(torch.einsum("nhp,np->nh", W, rho) + b)
         value = rho[:, 0] + (w * (t - torch.tanh(b))).sum(-1)

@@ -30,6 +30,7 @@ from ..strain import autograd_outputs, edge_gradient_outputs, strained_geometry
 from .embedding import (EMBEDDINGS, FS, MLP, FSEmbedding, MLPEmbedding, check_fs_parameters, default_fs_parameters,
                         fs_shifted_scaled)
 from .radials import LearnableRadials
+from .size import check_model_size
 from .state import NonlinearState
 
 
@@ -65,6 +66,12 @@ class NonlinearACEModel(NonlinearState, nn.Module):
                              "use fixed radials (learnable_radials=False) with purified bases")
         lin = ACEModel(config, dtype=torch.float64)
         lin.coefficients.requires_grad_(False)  # the basis only: its coefficients stay zero
+        # sizes checked against the memory before any parameter is allocated (an invalid mlp_hidden is
+        # refused below by MLPEmbedding with its own message)
+        hidden = mlp_hidden if embedding == MLP and isinstance(mlp_hidden, int) and mlp_hidden >= 1 else 0
+        n_l, n_poly = lin.embedding.max_l + 1, lin.embedding.radials.n_poly
+        check_model_size(lin.nz, lin.n_b, lin.n_pair, densities, embedding, hidden,
+                         lin.nz * lin.nz * n_poly * n_l * n_poly if learnable_radials else 0)
         self.linear = lin
         self.config = config
         self.nz, self.n_b, self.n_pair, self.rcut = lin.nz, lin.n_b, lin.n_pair, lin.rcut
