@@ -128,7 +128,10 @@ def _read_cache_entry(path: str, key: str, nu: int):
                 return None, f"it holds {stored_key!r}, not {key!r}"
             ms, coeffs = f["ms"], f["coeffs"]
     except (OSError, ValueError, KeyError, EOFError, TypeError, MemoryError, zipfile.BadZipFile) as exc:
-        return None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+        msg = " ".join(str(exc).split())
+        if msg.startswith(path):  # the input rule's message: the path is in the warning already
+            return None, msg[len(path):].lstrip(": ")[:200]
+        return None, f"{type(exc).__name__}: {msg[:200]}"
     if ms.dtype != np.int64 or coeffs.dtype != np.float64 or ms.ndim != 2 or coeffs.ndim != 2 \
             or ms.shape[1] != nu or coeffs.shape[1] != ms.shape[0]:
         return None, f"arrays of shapes {ms.shape} {ms.dtype} / {coeffs.shape} {coeffs.dtype}"
