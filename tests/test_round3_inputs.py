@@ -567,3 +567,21 @@ def test_yace_reading_memory_is_linear_in_the_file_size(tmp_path, yace_text):
         tracemalloc.stop()
     assert len(doc["functions"][0]) >= 1500
     assert peak < 20 * size, (peak, size)
+
+
+def test_save_onto_a_fifo_does_not_hang(tmp_path):
+    """``model.save`` reads the head of an existing file to see whether torchace wrote it: a FIFO there is
+    refused, not opened (the read would block for ever)."""
+    os.mkfifo(tmp_path / "out.json")
+    code = f"""
+    import sys; sys.path.insert(0, {ROOT!r})
+    import torchace
+    try:
+        torchace.ace_model(["Si"], 2, 5).save("out.json")
+        print("RESULT|SAVED|")
+    except Exception as exc:
+        print("RESULT|" + type(exc).__name__ + "|" + str(exc))
+    """
+    r = run_child(code, tmp_path, timeout=120)
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT|")]
+    assert line and line[0].startswith("RESULT|OutputPathError|out.json: exists and is not a regular file"), r.stdout
