@@ -156,8 +156,18 @@ def test_open_input_checks_the_descriptor_it_opened(tmp_path, monkeypatch):
     fifo = tmp_path / "swap.json"
     os.mkfifo(fifo)
     monkeypatch.setattr(inputs, "check_input_file", lambda *a, **k: 0)  # as if the check saw a regular file
-    with pytest.raises(InputFileError, match=r"swap\.json: is not a regular file \(a FIFO"):
-        open_input(str(fifo), "model file", 1 << 20)
+
+    def hung(signum, frame):
+        raise TimeoutError("open_input blocked on a FIFO")
+
+    old = signal.signal(signal.SIGALRM, hung)  # a blocking open would hang the test: interrupt it instead
+    signal.alarm(20)
+    try:
+        with pytest.raises(InputFileError, match=r"swap\.json: is not a regular file \(a FIFO"):
+            open_input(str(fifo), "model file", 1 << 20)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_size_limits_and_decompression_bombs(tmp_path, monkeypatch):
