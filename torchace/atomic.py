@@ -67,6 +67,8 @@ def _refuse_replacing(path: str, ours: Callable[[bytes], bool], what: str) -> No
         return
     if os.path.isdir(path):
         raise OutputPathError(f"{path}: is a directory; give a file name")
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block the read below for ever
+        raise OutputPathError(f"{path}: exists and is not a regular file (a FIFO or a device); refusing to replace it")
     try:
         with open(path, "rb") as fh:
             head = fh.read(4096)

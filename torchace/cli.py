@@ -24,14 +24,14 @@ DEFAULT_FIT = "data/default_fit.yaml"
 
 
 def _read(paths: List[str]):
-    from ase.io import read
+    from .fitting.data import DataError, read_structures
 
     structs = []
     for p in paths:
-        try:
-            structs += read(p, ":")
-        except Exception as exc:  # name the file; ASE's own message says the line
-            raise SystemExit(f"torchace: cannot read {p}: {exc}") from exc
+        try:  # the input rule (regular files, size limit) and the frame that cannot be parsed
+            structs += read_structures(p)
+        except DataError as exc:
+            raise SystemExit(f"torchace: {exc}") from None
     return structs
 
 

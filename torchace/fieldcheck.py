@@ -224,27 +224,8 @@ def strict_yaml(text: str, max_nodes: int = MAX_YAML_NODES):
         loader.dispose()
 
 
-def check_input_file(path: str, what: str, max_bytes: int) -> int:
-    """Refuse, before reading, an input that is missing, not a regular file (a directory, ``/dev/zero``, a FIFO:
-    reading would never end) or larger than ``max_bytes``; returns its size.  Raises ``FileNotFoundError`` /
-    ``ValueError`` naming the file."""
-    import os
-    import stat
-
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such {what}") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot be read as a {what} ({exc.strerror})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"{path}: is a directory, not a {what}")
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path}: is not a regular file (a device or pipe?), not a {what}")
-    if st.st_size > max_bytes:
-        raise ValueError(f"{path}: {st.st_size / 2**20:,.0f} MiB is larger than any {what} (limit "
-                         f"{max_bytes / 2**20:,.0f} MiB)")
-    return st.st_size
+# the input rule for files (regular files only, size limits) lives in torchace.inputs; re-exported for callers
+from .inputs import check_input_file  # noqa: E402,F401
 
 
 def check_device(where: str, key: str, device: str) -> None:

@@ -7,14 +7,15 @@ are exact for e3nn's real spherical harmonics.  Because AA is a product over a *
 coefficients are summed over permutations of m within groups of equal (n, l) (the monomial
 coefficients), and a linearly independent set is selected by an SVD (the "rpi" construction of
 ACE1.jl / EquivariantModels.jl).  Rows are orthonormal as symmetric tensors.  Everything is computed
-once in float64 and cached in memory and, if ``TORCHACE_CACHE`` names a directory, on disk (.npz,
-never pickle).
+once in float64 and cached in memory and, if ``TORCHACE_CACHE`` names a directory, on disk (.npz with a
+format version, its key and a SHA-256 of the arrays; never unpickled; a damaged or foreign entry is recomputed).
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
 import os
+import warnings
 from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple
 
@@ -74,12 +75,85 @@ def _groups(nl_tuple: Sequence[Tuple[int, int]]) -> Tuple[int, ...]:
     return tuple(pattern)
 
 
+CACHE_FORMAT = "torchace-coupling"
+CACHE_VERSION = 2
+# an entry is the coupling of one (l_1..l_ν) tuple: kilobytes to a few MB for ν ≤ 6
+MAX_CACHE_ENTRY_BYTES = 256 << 20
+_CACHE_MEMBERS = {"format", "version", "key", "checksum", "ms", "coeffs"}
+
+
 def _disk_cache_path(key: str):
+    """The cache file of ``key`` under ``TORCHACE_CACHE`` (None: no disk cache, or it cannot be created)."""
     root = os.environ.get("TORCHACE_CACHE")
     if not root:
         return None
-    os.makedirs(root, exist_ok=True)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        warnings.warn(f"TORCHACE_CACHE={root}: cannot be used as the coupling-coefficient cache directory "
+                      f"({exc.strerror or exc}); computing without it")
+        return None
     return os.path.join(root, "coupling_" + hashlib.sha1(key.encode()).hexdigest()[:20] + ".npz")
+
+
+def _checksum(key: str, ms: np.ndarray, coeffs: np.ndarray) -> str:
+    """SHA-256 of an entry's key, shapes, dtypes and bytes (what the payload must be to be used)."""
+    h = hashlib.sha256(f"{key}|{ms.dtype.str}{ms.shape}|{coeffs.dtype.str}{coeffs.shape}".encode())
+    h.update(np.ascontiguousarray(ms).tobytes())
+    h.update(np.ascontiguousarray(coeffs).tobytes())
+    return h.hexdigest()
+
+
+def _read_cache_entry(path: str, key: str, nu: int):
+    """(ms, coeffs) of a cache entry, or a reason why it cannot be used (damaged, truncated, of another version
+    or another key, wrong shapes or dtypes, checksum mismatch).  Never unpickles (``allow_pickle=False``),
+    checks the input rule (a regular file of bounded size) and the members' sizes before numpy reads them."""
+    import zipfile
+
+    from ..inputs import check_input_file
+
+    try:
+        check_input_file(path, "coupling-coefficient cache entry", MAX_CACHE_ENTRY_BYTES)
+        with zipfile.ZipFile(path) as z:  # declared sizes, before anything is allocated
+            infos = z.infolist()
+            if {i.filename[:-4] for i in infos} != _CACHE_MEMBERS or \
+                    sum(i.file_size for i in infos) > MAX_CACHE_ENTRY_BYTES:
+                return None, "not an entry of this torchace's format"
+        with np.load(path, allow_pickle=False) as f:
+            fmt, version, stored_key, checksum = (str(f["format"]), int(f["version"]), str(f["key"]),
+                                                  str(f["checksum"]))
+            if fmt != CACHE_FORMAT or version != CACHE_VERSION:
+                return None, f"format {fmt!r} version {version}, not {CACHE_FORMAT!r} version {CACHE_VERSION}"
+            if stored_key != key:
+                return None, f"it holds {stored_key!r}, not {key!r}"
+            ms, coeffs = f["ms"], f["coeffs"]
+    except (OSError, ValueError, KeyError, EOFError, TypeError, MemoryError, zipfile.BadZipFile) as exc:
+        msg = " ".join(str(exc).split())
+        if msg.startswith(path):  # the input rule's message: the path is in the warning already
+            return None, msg[len(path):].lstrip(": ")[:200]
+        return None, f"{type(exc).__name__}: {msg[:200]}"
+    if ms.dtype != np.int64 or coeffs.dtype != np.float64 or ms.ndim != 2 or coeffs.ndim != 2 \
+            or ms.shape[1] != nu or coeffs.shape[1] != ms.shape[0]:
+        return None, f"arrays of shapes {ms.shape} {ms.dtype} / {coeffs.shape} {coeffs.dtype}"
+    if _checksum(key, ms, coeffs) != checksum:
+        return None, "checksum mismatch (the arrays were altered or damaged)"
+    return (ms, coeffs), None
+
+
+def _write_cache_entry(path: str, key: str, ms: np.ndarray, coeffs: np.ndarray) -> None:
+    tmp = path + f".tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, format=np.array(CACHE_FORMAT), version=np.array(CACHE_VERSION), key=np.array(key),
+                     checksum=np.array(_checksum(key, ms, coeffs)), ms=ms, coeffs=coeffs)
+        os.replace(tmp, path)  # atomic: a reader sees the old entry or the whole new one
+    except OSError as exc:
+        warnings.warn(f"{path}: cannot write the coupling-coefficient cache entry ({exc.strerror or exc}); "
+                      "continuing without it")
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 @lru_cache(maxsize=None)
@@ -88,12 +162,21 @@ def symmetric_coupling(ls: Tuple[int, ...], pattern: Tuple[int, ...]) -> Tuple[n
 
     Returns ``(ms, coeffs)``: ``ms`` [n_mono, ν] canonical m-indices (0-based, sorted within groups)
     and ``coeffs`` [n_inv, n_mono] with B_q = Σ_k coeffs[q, k] Π_t A_{n_t l_t ms[k, t]}.
+
+    With ``TORCHACE_CACHE`` set, entries are read from / written to that directory; an entry that fails its
+    integrity check (format, version, key, shapes, checksum) is ignored with a warning and recomputed.
     """
-    key = f"v1|{ls}|{pattern}"
+    key = f"v{CACHE_VERSION}|{ls}|{pattern}"
     path = _disk_cache_path(key)
-    if path is not None and os.path.exists(path):
-        with np.load(path, allow_pickle=False) as f:
-            return f["ms"], f["coeffs"]
+    if path is not None and os.path.lexists(path):
+        entry, reason = _read_cache_entry(path, key, len(ls))
+        if entry is not None:
+            return entry
+        warnings.warn(f"{path}: ignoring a damaged or foreign coupling-coefficient cache entry ({reason}); "
+                      f"recomputing it (to clear the cache, delete the files coupling_*.npz in "
+                      f"{os.path.dirname(path)})")
+        if not os.path.isfile(path) or os.path.islink(path):
+            path = None  # never write through a link or onto a FIFO/device/directory: compute without caching
     U = generalised_cg(ls)
     nu = len(ls)
     if U.shape[0] == 0:
@@ -126,10 +209,7 @@ def symmetric_coupling(ls: Tuple[int, ...], pattern: Tuple[int, ...]) -> Tuple[n
         keep = np.flatnonzero(np.abs(coeffs).max(axis=0) > 1e-14) if rank else np.zeros(0, dtype=np.int64)
         ms, coeffs = uniq[keep].astype(np.int64), coeffs[:, keep]
     if path is not None:
-        tmp = path + f".tmp{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, ms=ms, coeffs=coeffs)
-        os.replace(tmp, path)
+        _write_cache_entry(path, key, ms, coeffs)
     return ms, coeffs
 
 

@@ -108,8 +108,18 @@ def save_checkpoint(path: str, state: Dict[str, torch.Tensor], fp: Dict[str, obj
     atomic_write(path, write, ".npz")
 
 
+# the QR state is [K, K] float64: 2^38 bytes is K ≈ 190 000, beyond any basis torchace assembles
+MAX_CHECKPOINT_BYTES = 1 << 38
+
+
 def load_checkpoint(path: str):
     """(state, fingerprint) from ``path``; :class:`CheckpointError` if it cannot be read."""
+    from ..inputs import check_input_file
+
+    try:  # the input rule: a FIFO or device would block np.load for ever
+        check_input_file(path, "assembly checkpoint", MAX_CHECKPOINT_BYTES)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{exc}; choose another checkpoint path") from None
     if os.path.isfile(path) and not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: is not an assembly checkpoint (not an .npz archive: truncated, or an input "
                               "file?); choose another checkpoint path, or, if it is a damaged checkpoint, delete it "

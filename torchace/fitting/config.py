@@ -24,8 +24,9 @@ from typing import Any, Dict, List, Optional, Union
 
 from ..config import ACEConfig
 from .data import DataKeys, example_data
-from ..fieldcheck import (check_ace_fields, check_bool, check_device, check_float, check_input_file, check_int,
+from ..fieldcheck import (check_ace_fields, check_bool, check_device, check_float, check_int,
                           check_paths, check_str, strict_yaml, unique_keys)
+from ..inputs import open_input
 
 BUNDLED = "@bundled/"
 MAX_CONFIG_BYTES = 16 << 20  # a fit config is a few hundred bytes
@@ -228,8 +229,7 @@ def load_config(cls, path: str, what: str):
     directory); every error names ``path`` (``what``: "fit config", "train config", for the messages)."""
     import json
 
-    check_input_file(path, what, MAX_CONFIG_BYTES)  # not /dev/zero, a directory, gigabytes
-    with open(path) as fh:
+    with open_input(path, what, MAX_CONFIG_BYTES) as fh:  # not /dev/zero, a FIFO, a directory, gigabytes
         text = fh.read()
     try:
         d = json.loads(text, object_pairs_hook=unique_keys) if path.endswith(".json") else strict_yaml(text)

@@ -236,6 +236,43 @@ def duplicate_comment_key(path: str) -> Optional[Tuple[int, str]]:
     return None
 
 
+# a structure file larger than this (decompressed) is refused before ASE reads it: ASE holds every frame in
+# memory, several times the text's size; larger data sets can be given as several files
+MAX_DATA_BYTES = 4 << 30
+
+
+def read_structures(path, index: str = ":") -> List[Atoms]:
+    """The frames of one structure file (any format ASE reads) under the input rule (``torchace.inputs``: a
+    regular file, FIFOs and devices refused, at most ``MAX_DATA_BYTES`` decompressed); a ``DataError`` names the
+    file, and the frame that cannot be parsed."""
+    from ase.io import iread, read
+
+    from ..inputs import check_decompressed_size
+
+    try:
+        check_decompressed_size(path, "structure file", MAX_DATA_BYTES)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(str(exc)) from None
+    frames = []
+    try:
+        if index == ":":  # frame by frame, so that a parse error names its frame
+            for a in iread(path, index):
+                frames.append(a)
+        else:
+            frames = read(path, index)
+    except Exception as exc:
+        where = f"{path}:frame {len(frames)}" if index == ":" else f"{path}"
+        raise DataError(f"{where}: cannot be read: {' '.join(str(exc).split())[:300]}") from exc
+    frames = frames if isinstance(frames, list) else [frames]
+    dup = duplicate_comment_key(path)
+    if dup is not None:
+        raise DataError(f"{path}:frame {dup[0]}: key {dup[1]!r} is given twice in the comment line (ASE would "
+                        "keep the last value silently)")
+    return frames
+
+
 def as_keys(keys) -> DataKeys:
     """``DataKeys``, or a dict of its fields (as in the fit config's ``data.keys``), or None (auto-detect)."""
     if keys is None:
@@ -274,27 +311,7 @@ def read_data(data, *, keys: Optional[DataKeys] = None, elements: Optional[Seque
         elif isinstance(d, Labelled):
             items.append((d.atoms, d.source))
         elif isinstance(d, (str, os.PathLike)):
-            from ase.io import read
-
-            if not os.path.exists(d):
-                raise DataError(f"{d}: no such file")
-            frames = []
-            try:
-                if index == ":":  # frame by frame, so that a parse error names its frame
-                    from ase.io import iread
-
-                    for a in iread(d, index):
-                        frames.append(a)
-                else:
-                    frames = read(d, index)
-            except Exception as exc:
-                where = f"{d}:frame {len(frames)}" if index == ":" else f"{d}"
-                raise DataError(f"{where}: cannot be read: {' '.join(str(exc).split())[:300]}") from exc
-            frames = frames if isinstance(frames, list) else [frames]
-            dup = duplicate_comment_key(d)
-            if dup is not None:
-                raise DataError(f"{d}:frame {dup[0]}: key {dup[1]!r} is given twice in the comment line (ASE would "
-                                "keep the last value silently)")
+            frames = read_structures(d, index)
             if not frames:
                 raise DataError(f"{d}: contains no structures (an empty file?)")
             items += [(a, f"{d}:frame {i}") for i, a in enumerate(frames)]

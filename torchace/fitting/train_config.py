@@ -178,7 +178,10 @@ def _output_format(opts: Dict[str, Any], model_from: Optional[str]) -> str:
     linear = (opts.get("densities", 2) == 1 and opts.get("embedding") is None
               and not opts.get("learnable_radials", True))
     if model_from is not None:
-        with open(model_from, "rb") as fh:
+        from ..inputs import open_input
+        from ..model.state import MAX_FILE_BYTES
+
+        with open_input(model_from, "torchace model file", MAX_FILE_BYTES, "rb") as fh:  # never blocks on a FIFO
             linear = b'"torchace-model"' in fh.read(4096)
     return "torchace-model" if linear else FORMAT
 

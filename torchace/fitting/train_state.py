@@ -51,6 +51,10 @@ def fingerprint(model, train_structs, val_structs, weights, options: Dict[str, A
     } | {f"option {k}": json.dumps(v, sort_keys=True, default=str) for k, v in options.items()}
 
 
+# a training checkpoint holds the model's parameters and the optimiser's state: a few times the model file
+MAX_CHECKPOINT_BYTES = 16 << 30
+
+
 class TrainCheckpoint:
     """``save(state)`` / ``load()`` of one checkpoint file with the fingerprint ``fp``."""
 
@@ -62,6 +66,12 @@ class TrainCheckpoint:
         """The saved state, None if there is no file; ``CheckpointError`` / ``CheckpointMismatch`` otherwise."""
         if not os.path.exists(self.path):
             return None
+        from ..inputs import check_input_file
+
+        try:  # the input rule: a FIFO or device would block torch.load for ever
+            check_input_file(self.path, "training checkpoint", MAX_CHECKPOINT_BYTES)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{exc}; choose another checkpoint path") from None
         try:
             doc = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated, not a torch file, or holding objects other than plain data

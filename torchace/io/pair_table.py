@@ -163,11 +163,17 @@ def write_pair_table(model, path: str, n_points: int = DEFAULT_PAIR_POINTS, rmin
             "n_points": len(r_all), "core": core}
 
 
+# torchace writes a few thousand points per pair: a few hundred kB per element pair
+MAX_TABLE_BYTES = 256 << 20
+
+
 def read_pair_table(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """{keyword: (r, E, F)} from a LAMMPS pair table file.  With ``N n R rlo rhi`` (or ``RSQ``) the distances
     are LAMMPS's own, rlo + (rhi − rlo) i/(n − 1) (or the RSQ analogue), and the r column must agree with them."""
+    from ..inputs import open_input
+
     out = {}
-    with open(path) as fh:
+    with open_input(path, "LAMMPS pair table", MAX_TABLE_BYTES) as fh:  # the input rule: no FIFO, no /dev/zero
         lines = [ln.split("#")[0].strip() for ln in fh]
     i = 0
     while i < len(lines):

@@ -144,9 +144,19 @@ def export_torchscript(model, path: str, metadata: Optional[Dict[str, Any]]) -> 
     return path
 
 
+# an export holds the model's constants (coupling, coefficients): tens of MB for large models
+MAX_ARCHIVE_BYTES = 4 << 30
+
+
 def _check_exists(path: str) -> None:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
+    """The input rule (``torchace.inputs``): a missing file, a FIFO, a device or a directory is refused before
+    ``zipfile`` or ``torch.jit.load`` opens it (a FIFO would block them for ever)."""
+    from ..inputs import check_input_file
+
+    try:
+        check_input_file(path, "TorchScript export", MAX_ARCHIVE_BYTES)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
 
 
 def read_metadata(path: str) -> Dict[str, Any]:

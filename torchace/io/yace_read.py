@@ -18,27 +18,43 @@ Not supported (clear error): ACE.jl radial bases, ``Tabulated`` radials, the "zb
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 import yaml
 
-from ..fieldcheck import check_input_file
+from ..inputs import check_dimension, open_input
 from ..model.pace.embedding import EMBEDDINGS
 from ..model.pace.model import PACEModel, PACESpec
 from ..model.pace.radial import RADIAL_BASES
 
 INNER_CUTOFF_TYPES = ("density", "distance")
-MAX_YACE_BYTES = 4 << 30
-# an anchor (&a) or alias (*a) outside comments
-_ALIAS = re.compile(r"^[^#\n]*?(?:^|[\s\[{,:-])([&*][A-Za-z0-9_][\w.-]*)", re.M)
+# the largest ML-PACE potentials are tens of MB; reading keeps about 10 bytes of Python objects per byte of text
+MAX_YACE_BYTES = 256 << 20
+# declared sizes (the values a few-kB file could declare to make the reader allocate without bound): far above
+# any ML-PACE basis (lmax <= 10, nradmax / nradbasemax <= 30 in pacemaker; torchace's lean export uses
+# nradbasemax <= 110), far below what would exhaust memory
+MAX_LMAX = 24
+MAX_NRAD = 512
+MAX_NDENSITY = 64
+MAX_CRAD_VALUES = 1 << 24    # the [NZ, NZ, nradmax, lmax + 1, nradbasemax] table: 128 MiB of float64
+MAX_SPLINE_BINS = 10 ** 7    # rcut / deltaSplineBins: the size of ML-PACE's spline tables (LAMMPS reads the file)
+MAX_NESTING = 32             # a .yace nests 5 levels deep
 
 
 class YaceLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
     """PyYAML safe loader whose mappings accept sequence keys (``[0, 1]:``) as tuples and refuse a key given
-    twice: ``yaml.load(fh, Loader=YaceLoader)`` reads any .yace.  (Plain ``yaml.safe_load`` cannot: the
-    ``bonds`` keys of every ML-PACE file are sequences — yaml-cpp's reader requires them — and PyYAML's safe
-    constructor refuses unhashable keys.)"""
+    twice and any alias (``*a``): ``yaml.load(fh, Loader=YaceLoader)`` reads any .yace.  (Plain
+    ``yaml.safe_load`` cannot: the ``bonds`` keys of every ML-PACE file are sequences — yaml-cpp's reader
+    requires them — and PyYAML's safe constructor refuses unhashable keys.)  ``parse_yace`` itself reads the
+    file with ``yace_document`` (streaming, linear memory)."""
+
+    def construct_object(self, node, deep=False):
+        # a node constructed twice is an alias (or a merge key's copy of one): ML-PACE files use none, and an
+        # alias bomb expands exponentially when its value is traversed
+        if node in self.constructed_objects:
+            raise yaml.constructor.ConstructorError(None, None, "YAML aliases are not used by .yace files and "
+                                                    "are refused", node.start_mark)
+        return super().construct_object(node, deep)
 
 
 _Loader = YaceLoader   # the earlier private name
@@ -58,6 +74,93 @@ def _construct_mapping(loader, node):
 
 
 YaceLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+_REFUSED_TAGS = {"tag:yaml.org,2002:merge": "merge keys (<<)", "tag:yaml.org,2002:binary": "binary values"}
+
+
+def yace_document(path, fh):
+    """The YAML document of a .yace file, built from the parser's events (PyYAML's C parser, its safe resolver
+    and scalar constructors): memory is the document's own values (a few times the text's size), never a node
+    tree (~80 bytes of nodes per byte), and nothing is ever shared, so nothing can expand.  Refused, naming the
+    line: anchors and aliases (``&a``, ``*a``, however spelled or placed: the events carry them), explicit tags,
+    merge keys, mapping keys that are mappings, a key given twice, several documents, nesting deeper than
+    ``MAX_NESTING``."""
+    from yaml import events as ev
+
+    loader = YaceLoader(fh)
+    scalar_node = yaml.ScalarNode
+    constructors = loader.yaml_constructors
+    cache = {}  # plain scalars repeat (0, 1, [0, 0]'s indices): construct each text once
+    stack = []  # [container, key (or _NO_KEY), line] per open mapping / sequence
+    root, n_docs = _NO_KEY, 0
+
+    def refuse(event, what):
+        raise ValueError(f"{path}: line {event.start_mark.line + 1}: {what}")
+
+    def add(value, event):
+        nonlocal root
+        if not stack:
+            root = value
+            return
+        top = stack[-1]
+        if isinstance(top[0], list):
+            top[0].append(value)
+        elif top[1] is _NO_KEY:
+            key = tuple(value) if isinstance(value, list) else value
+            try:
+                hash(key)
+            except TypeError:
+                refuse(event, f"a mapping key must be a number, a name or a list of numbers, got {type(value).__name__}")
+            if key in top[0]:
+                refuse(event, f"duplicate key {key!r}")
+            top[1] = key
+        else:
+            top[0][top[1]] = value
+            top[1] = _NO_KEY
+
+    try:
+        while True:
+            e = loader.get_event()
+            t = type(e)
+            if t is ev.ScalarEvent or t is ev.SequenceStartEvent or t is ev.MappingStartEvent:
+                if e.anchor is not None:
+                    refuse(e, f"YAML anchors/aliases ('&{e.anchor}') are not used by .yace files and are refused")
+                if e.tag is not None and e.tag != "!":
+                    refuse(e, f"YAML tags ({e.tag!r}) are not used by .yace files and are refused")
+            if t is ev.ScalarEvent:
+                key = (e.value, e.implicit[0])
+                value = cache.get(key, _NO_KEY)
+                if value is _NO_KEY:
+                    tag = loader.resolve(scalar_node, e.value, e.implicit)
+                    if tag in _REFUSED_TAGS:
+                        refuse(e, f"YAML {_REFUSED_TAGS[tag]} are not used by .yace files and are refused")
+                    value = constructors[tag](loader, scalar_node(tag, e.value))
+                    if len(cache) < 100_000 and len(e.value) < 32:
+                        cache[key] = value
+                add(value, e)
+            elif t is ev.SequenceStartEvent or t is ev.MappingStartEvent:
+                if len(stack) >= MAX_NESTING:
+                    refuse(e, "nested too deeply to be a .yace file")
+                stack.append([[] if t is ev.SequenceStartEvent else {}, _NO_KEY, e])
+            elif t is ev.SequenceEndEvent or t is ev.MappingEndEvent:
+                container, _, start = stack.pop()
+                add(container, start)
+            elif t is ev.AliasEvent:
+                refuse(e, f"YAML anchors/aliases ('*{e.anchor}') are not used by .yace files and are refused")
+            elif t is ev.DocumentStartEvent:
+                n_docs += 1
+                if n_docs > 1:
+                    refuse(e, "a second YAML document: a .yace file holds one")
+            elif t is ev.StreamEndEvent:
+                break
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    finally:
+        loader.dispose()
+    return None if root is _NO_KEY else root
+
+
+_NO_KEY = object()
 
 
 def _has_bool(v) -> bool:
@@ -85,14 +188,26 @@ class _Reader:
         if isinstance(v, bool):  # float(True) == 1.0 would be a silent wrong value
             self.fail(f"{where}.{key}", f"expected a number, got {v!r}")
         try:
-            return float(v)
-        except (TypeError, ValueError):
+            x = float(v)
+        except (TypeError, ValueError, OverflowError):
             self.fail(f"{where}.{key}", f"expected a number, got {v!r}")
+        if not np.isfinite(x):  # .nan / .inf would evaluate to NaN or inf energies
+            self.fail(f"{where}.{key}", f"expected a finite number, got {v!r}")
+        return x
 
-    def int_(self, d, key, where, default=...):
+    def bounded(self, x, key, where, lo=None, hi=None, lo_open=False, why=""):
+        """``x`` within [lo, hi] (``lo_open``: > lo), else an error naming the field: values no potential has."""
+        if (lo is not None and (x <= lo if lo_open else x < lo)) or (hi is not None and x > hi):
+            rng = f"{'>' if lo_open else '≥'} {lo:g}" if hi is None else f"in [{lo:g}, {hi:g}]"
+            self.fail(f"{where}.{key}", f"must be {rng}, got {x:g}" + (f" ({why})" if why else ""))
+        return x
+
+    def int_(self, d, key, where, default=..., limit=None):
         v = self.get(d, key, where, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or int(v) != v:
             self.fail(f"{where}.{key}", f"expected an integer, got {v!r}")
+        if limit is not None:  # a declared size: refused before anything of that size is allocated
+            check_dimension(self.path, f"{where}.{key}" if where else key, int(v), limit, ".yace potential")
         return int(v)
 
     def ints(self, d, key, where, n=None):
@@ -119,23 +234,9 @@ class _Reader:
 def parse_yace(path) -> PACESpec:
     """Read and validate a .yace file into a ``PACESpec`` (plain numbers, no torch)."""
     rd = _Reader(path)
-    check_input_file(path, ".yace file", MAX_YACE_BYTES)  # missing, a directory, /dev/zero, too large
-    with open(path, "r", encoding="utf-8") as fh:
-        text = fh.read()
-    # ML-PACE files use no YAML anchors/aliases; refusing them rules out alias bombs (a few lines that expand
-    # to billions of nodes when traversed)
-    m = _ALIAS.search(text)
-    if m:
-        line = text.count("\n", 0, m.start()) + 1
-        raise ValueError(f"{path}: line {line}: YAML anchors/aliases ({m.group(0).strip()!r}) are not used by "
-                         ".yace files and are refused")
-    with open(path, "r", encoding="utf-8") as fh:
-        try:
-            doc = yaml.load(fh, Loader=YaceLoader)
-        except RecursionError:
-            raise ValueError(f"{path}: nested too deeply to be a .yace file") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    # the input rule (torchace.inputs): a regular file (not /dev/zero, a FIFO, a directory), not too large
+    with open_input(path, ".yace file", MAX_YACE_BYTES, "rb") as fh:  # libyaml decodes (UTF-8/16)
+        doc = yace_document(path, fh)
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a YAML mapping with keys elements, embeddings, bonds, functions")
 
@@ -161,7 +262,7 @@ def parse_yace(path) -> PACESpec:
         if mu not in emb:
             rd.fail(w, f"missing (element {elements[mu]})")
         e = emb[mu]
-        P = rd.int_(e, "ndensity", w)
+        P = rd.int_(e, "ndensity", w, limit=MAX_NDENSITY)
         if P < 1:
             rd.fail(f"{w}.ndensity", f"must be ≥ 1, got {P}")
         kind = rd.get(e, "npoti", w)
@@ -170,7 +271,11 @@ def parse_yace(path) -> PACESpec:
         ndensity.append(P)
         npoti.append(kind)
         fs.append(list(rd.nums(e, "FS_parameters", w, 2 * P)))
-        rho_cut.append([rd.num(e, "rho_core_cutoff", w), rd.num(e, "drho_core_cutoff", w)])
+        if any(not m > 0 for m in fs[-1][1::2]):  # F(ρ) = ρ^m: m ≤ 0 is no embedding (complex or infinite values)
+            rd.fail(f"{w}.FS_parameters", f"the exponents m_p (every second value) must be > 0, got {[float(m) for m in fs[-1][1::2]]}")
+        # ρ_core_cut < 0 would switch every density off (E = E0 for every structure, silently)
+        rho_cut.append([rd.bounded(rd.num(e, "rho_core_cutoff", w), "rho_core_cutoff", w, 0.0),
+                        rd.bounded(rd.num(e, "drho_core_cutoff", w), "drho_core_cutoff", w, 0.0)])
     extra = [k for k in emb if k not in range(nz)]
     if extra:
         rd.fail("embeddings", f"element indices {extra} beyond the {nz} elements")
@@ -197,9 +302,12 @@ def parse_yace(path) -> PACESpec:
             if name not in RADIAL_BASES:
                 rd.fail(f"{w}.radbasename", f"radial basis {name!r} not supported "
                                             f"(supported: {', '.join(RADIAL_BASES)})")
-            lmax = max(lmax, rd.int_(b, "lmax", w))
-            nradmax = max(nradmax, rd.int_(b, "nradmax", w))
-            nradbase = max(nradbase, rd.int_(b, "nradbasemax", w))
+            lmax = max(lmax, rd.int_(b, "lmax", w, limit=MAX_LMAX))
+            nradmax = max(nradmax, rd.int_(b, "nradmax", w, limit=MAX_NRAD))
+            nradbase = max(nradbase, rd.int_(b, "nradbasemax", w, limit=MAX_NRAD))
+            for key in ("lmax", "nradmax", "nradbasemax"):
+                if b[key] < 0:
+                    rd.fail(f"{w}.{key}", f"must be ≥ 0, got {b[key]}")
             t = b.get("inner_cutoff_type", "density") if isinstance(b, dict) else None
             if t not in INNER_CUTOFF_TYPES:
                 rd.fail(f"{w}.inner_cutoff_type", f"{t!r} not supported (supported: {', '.join(INNER_CUTOFF_TYPES)})")
@@ -207,6 +315,9 @@ def parse_yace(path) -> PACESpec:
                 rd.fail(f"{w}.inner_cutoff_type", f"{t!r} differs from another bond's {inner!r} "
                                                   "(ML-PACE applies one type to all bonds)")
             inner = t
+    n_crad = nz * nz * nradmax * (lmax + 1) * nradbase
+    check_dimension(str(path), "bonds (nz² · nradmax · (lmax+1) · nradbasemax)", n_crad, MAX_CRAD_VALUES,
+                    ".yace potential")  # before the table is allocated
     bond = np.zeros((nz, nz, 7))
     crad = np.zeros((nz, nz, nradmax, lmax + 1, nradbase))
     radbasename = [[None] * nz for _ in range(nz)]
@@ -216,9 +327,14 @@ def parse_yace(path) -> PACESpec:
         lam = rd.nums(b, "radparameters", w)
         if lam.size < 1:
             rd.fail(f"{w}.radparameters", "expected at least one value (λ)")
+        if b["radbasename"] in ("ChebExpCos", "ChebPow"):  # λ = 0: 0/0 in the radial variable (NaN energies)
+            rd.bounded(float(lam[0]), "radparameters", w, 0.0, lo_open=True, why=f"λ of {b['radbasename']}")
         rc = rd.num(b, "rcut", w)
         if not rc > 0:
             rd.fail(f"{w}.rcut", f"must be > 0, got {rc}")
+        rd.bounded(rd.num(b, "dcut", w), "dcut", w, 0.0, rc, why="the outer smoothing width, within rcut")
+        rd.bounded(rd.num(b, "rcut_in", w, 0.0), "rcut_in", w, 0.0, rc, why="the inner cutoff, within rcut")
+        rd.bounded(rd.num(b, "dcut_in", w, 0.0), "dcut_in", w, 0.0)
         if "prehc" in b or "core-repulsion" not in b:
             pre, lamhc = rd.num(b, "prehc", w), rd.num(b, "lambdahc", w)
         else:
@@ -231,11 +347,21 @@ def parse_yace(path) -> PACESpec:
             arr = np.asarray(cr, dtype=float)
         except (TypeError, ValueError):
             rd.fail(f"{w}.radcoefficients", "expected a nested list of numbers")
+        if not np.isfinite(arr).all():
+            rd.fail(f"{w}.radcoefficients", "expected finite numbers (.nan / .inf give NaN energies)")
         if arr.shape != (nr, lb + 1, kb) and not (nr == 0 and arr.size == 0):
             rd.fail(f"{w}.radcoefficients", f"expected shape [nradmax={nr}][lmax+1={lb + 1}][nradbasemax={kb}], "
                                             f"got {list(arr.shape)}")
         if arr.size:
             crad[a, c, :nr, : lb + 1, :kb] = arr
+
+    if "deltaSplineBins" in doc:  # unused here (radials are evaluated analytically); LAMMPS tabulates with it
+        delta = rd.bounded(rd.num(doc, "deltaSplineBins", ""), "deltaSplineBins", "", 0.0, lo_open=True)
+        bins = float(bond[:, :, 1].max()) / delta
+        if bins > MAX_SPLINE_BINS:
+            rd.fail("deltaSplineBins", f"{delta:g} makes {bins:.3g} spline bins per radial function of rcut "
+                                       f"{float(bond[:, :, 1].max()):g} (limit {MAX_SPLINE_BINS:.0e}): ML-PACE would "
+                                       "allocate without bound; 0.001 is usual")
 
     # ---- functions
     funcs_doc = rd.get(doc, "functions", "")

@@ -14,7 +14,8 @@ import torch
 from .. import keys as K
 from ..atomic import check_replaceable, write_json_atomic
 from ..config import ACEConfig
-from ..fieldcheck import check_input_file, unique_keys
+from ..fieldcheck import unique_keys
+from ..inputs import open_input
 
 FORMAT = "torchace-model"
 FORMAT_VERSION = 1
@@ -59,9 +60,14 @@ def json_type(v: Any) -> str:
     return {str: "a string", dict: "an object", list: "a list"}.get(type(v), "a number")
 
 
-def tensor_field(d: Dict[str, Any], key: str, shape, path: str, where: str = "") -> torch.Tensor:
+# larger magnitudes are no model parameter: products of two of them overflow float64 (an energy of inf)
+MAX_ABS_VALUE = 1e100
+
+
+def tensor_field(d: Dict[str, Any], key: str, shape, path: str, where: str = "", positive: bool = False) -> torch.Tensor:
     """Field ``key`` of a model-file mapping ``d`` as a float64 tensor of exactly ``shape`` (``where``: the
-    mapping's prefix in messages, e.g. "embedding."); a ``ModelFileError`` names the file and the field."""
+    mapping's prefix in messages, e.g. "embedding."); a ``ModelFileError`` names the file and the field.
+    Values must be finite and below ``MAX_ABS_VALUE`` in magnitude (and > 0 with ``positive``: scale factors)."""
     name = where + key
     if key in d and has_bool(d[key]):
         raise ModelFileError(f"{path}: field {name!r} holds true/false where numbers belong")
@@ -78,28 +84,48 @@ def tensor_field(d: Dict[str, Any], key: str, shape, path: str, where: str = "")
         raise ModelFileError(f"{path}: field {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
     if not torch.isfinite(t).all():
         raise ModelFileError(f"{path}: field {name!r} contains non-finite values")
+    if t.numel() and float(t.abs().max()) > MAX_ABS_VALUE:
+        raise ModelFileError(f"{path}: field {name!r} contains values of magnitude {float(t.abs().max()):.3g}, beyond "
+                             f"{MAX_ABS_VALUE:.0e}: no model has such parameters (energies would overflow to inf)")
+    if positive and t.numel() and not bool((t > 0).all()):
+        raise ModelFileError(f"{path}: field {name!r} must hold positive scale factors, got {float(t.min()):.6g} "
+                             "(a zero or negative scale switches basis functions off or flips them: a corrupt file)")
     return t
 
 
+def check_config(d: Dict[str, Any], path: str) -> None:
+    """The ``config`` of a model-file document: present, complete, and with a cutoff a model can have (files
+    written by ``save`` hold the resolved cutoff; 0 or a missing value would silently become a default)."""
+    if not isinstance(d.get("config"), dict):
+        raise ModelFileError(f"{path}: missing field 'config' (a mapping of the model's ACEConfig fields)")
+    missing = [k for k in REQUIRED_CONFIG if k not in d["config"]]
+    if missing:
+        raise ModelFileError(f"{path}: 'config' is missing the field(s) {missing}")
+    rcut = d["config"]["rcut"]
+    if isinstance(rcut, bool) or not isinstance(rcut, (int, float)) or not rcut > 0 or rcut != rcut:
+        raise ModelFileError(f"{path}: field 'config.rcut' must be the model's positive cutoff in Å, got {rcut!r}")
+
+
 # model files larger than this are refused before reading (a K = 10^5 model with a 32-member committee is
-# ~70 MB); nesting deeper than Python's JSON recursion limit is refused as corrupt
-MAX_FILE_BYTES = 4 << 30
+# ~70 MB; parsing takes a few times the file's size in memory); nesting deeper than Python's JSON recursion limit is refused as corrupt
+MAX_FILE_BYTES = 1 << 30
 
 
 def read_document(path: str) -> Dict[str, Any]:
     """The JSON document of a model file (linear or nonlinear): strict JSON (no NaN/Infinity, no duplicate
     keys), size-limited, never a pickle or an archive; errors are ``ModelFileError`` naming the file."""
-    try:
-        check_input_file(path, "torchace model file", MAX_FILE_BYTES)  # not /dev/zero, a FIFO or a directory
+    try:  # the input rule (torchace.inputs): not /dev/zero, a FIFO or a directory, not gigabytes
+        fh = open_input(path, "torchace model file", MAX_FILE_BYTES)
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such file") from None
     except (ValueError, TypeError) as exc:
         raise ModelFileError(str(exc) if isinstance(exc, ValueError) else f"{path!r}: not a file name") from None
+
     def refuse(c):
         raise ValueError(f"non-finite number {c}")
 
     try:
-        with open(path, "r") as fh:
+        with fh:
             return json.load(fh, parse_constant=refuse, object_pairs_hook=unique_keys)
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such file") from None
@@ -173,11 +199,7 @@ class ModelState:
         v = d.get("format_version")
         if v != FORMAT_VERSION:
             raise ModelFileError(f"{path}: format_version {v!r} is not supported (this torchace reads {FORMAT_VERSION})")
-        if not isinstance(d.get("config"), dict):
-            raise ModelFileError(f"{path}: missing field 'config' (a mapping of the model's ACEConfig fields)")
-        missing = [k for k in REQUIRED_CONFIG if k not in d["config"]]
-        if missing:
-            raise ModelFileError(f"{path}: 'config' is missing the field(s) {missing}")
+        check_config(d, path)
         if d.get("units") != UNITS:
             raise ModelFileError(f"{path}: field 'units' must be {UNITS}, got {d.get('units')!r}")
         try:
@@ -193,8 +215,8 @@ class ModelState:
             raise ModelFileError(f"{path}: basis_size {d.get('basis_size')!r} does not match the rebuilt model "
                                  f"({model.basis_size}); the file is corrupt or from an incompatible version")
         model.coefficients = tensor_field(d, "coefficients", (model.basis_size,), path).to(dtype)
-        model.set_basis_scale(tensor_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path),
-                              tensor_field(d, "pair_scale", tuple(model.pair.scale.shape), path))
+        model.set_basis_scale(tensor_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path, positive=True),
+                              tensor_field(d, "pair_scale", tuple(model.pair.scale.shape), path, positive=True))
         if d.get("committee") is not None:
             if has_bool(d["committee"]):
                 raise ModelFileError(f"{path}: field 'committee' holds true/false where numbers belong")
@@ -204,6 +226,7 @@ class ModelState:
                 raise ModelFileError(f"{path}: field 'committee' is not a numeric array: {exc}") from None
             if c.ndim != 2 or c.shape[1] != model.basis_size or not torch.isfinite(c).all():
                 raise ModelFileError(f"{path}: field 'committee' must be a finite [n, {model.basis_size}] array")
+            c = tensor_field(d, "committee", tuple(c.shape), path)  # the magnitude bound
             model.committee = c.to(dtype)
         model.prior_info = d.get("prior")
         model.metadata = d.get("metadata") or {}

@@ -12,7 +12,7 @@ import torch
 
 from ... import keys as K
 from ...config import ACEConfig
-from ..state import REQUIRED_CONFIG, UNITS, ModelFileError, finite_list, json_type, tensor_field, write_document
+from ..state import UNITS, ModelFileError, check_config, finite_list, json_type, tensor_field, write_document
 from .embedding import IDENTITY_TOL
 
 FORMAT = "torchace-nonlinear-model"
@@ -103,11 +103,7 @@ class NonlinearState:
                 raise ModelFileError(f"{path}: field {key!r} must be a mapping or null, got {type(d[key]).__name__}")
         if d["units"] != UNITS:
             raise ModelFileError(f"{path}: field 'units' must be {UNITS}, got {d['units']!r}")
-        if not isinstance(d["config"], dict):
-            raise ModelFileError(f"{path}: field 'config' must be a mapping of the ACEConfig fields")
-        missing = [k for k in REQUIRED_CONFIG if k not in d["config"]]
-        if missing:
-            raise ModelFileError(f"{path}: 'config' is missing the field(s) {missing}")
+        check_config(d, path)
         try:
             cfg = ACEConfig.from_dict(d["config"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -140,8 +136,9 @@ class NonlinearState:
         except ValueError as exc:
             raise ModelFileError(f"{path}: {exc}") from None
         with torch.no_grad():
-            model.set_basis_scale(tensor_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path),
-                                  tensor_field(d, "pair_scale", tuple(model.linear.pair.scale.shape), path))
+            model.set_basis_scale(tensor_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path, positive=True),
+                                  tensor_field(d, "pair_scale", tuple(model.linear.pair.scale.shape), path,
+                                               positive=True))
             model.density_coefficients.copy_(tensor_field(d, "density_coefficients", model.density_coefficients.shape, path))
             model.pair_coefficients.copy_(tensor_field(d, "pair_coefficients", model.pair_coefficients.shape, path))
             if model.radials is None:
