@@ -125,11 +125,15 @@ def symmetric_coupling(ls: Tuple[int, ...], pattern: Tuple[int, ...]) -> Tuple[n
                 coeffs[q] *= -1
         keep = np.flatnonzero(np.abs(coeffs).max(axis=0) > 1e-14) if rank else np.zeros(0, dtype=np.int64)
         ms, coeffs = uniq[keep].astype(np.int64), coeffs[:, keep]
-    if path is not None:
-        tmp = path + f".tmp{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, ms=ms, coeffs=coeffs)
-        os.replace(tmp, path)
+    if path is not None and not os.path.exists(path):  # written only where there is none (the output rule)
+        from ..atomic import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare name
+                np.savez(fh, ms=ms, coeffs=coeffs)
+
+        # a random temporary name (mkstemp), not a guessable one a link could redirect; fsynced, then renamed
+        atomic_write(path, write, ".npz")
     return ms, coeffs
 
 
