@@ -65,5 +65,7 @@ def export(model, path: str, format: str = "torchscript", *, metadata: Optional[
         model = copy.deepcopy(model).to(dt)
     if metadata is not None:
         kwargs["metadata"] = metadata
-    info = write_yace(model, path, overwrite=overwrite, **kwargs)
+    if overwrite:
+        kwargs["overwrite"] = True
+    info = write_yace(model, path, **kwargs)
     return YaceExport(path, info) if isinstance(info, dict) else path
