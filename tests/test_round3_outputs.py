@@ -124,14 +124,14 @@ def test_cli_evaluate_output_never_replaces_another_file(tmp_path, model_file, o
     before = sha(other_data)
     with pytest.raises(SystemExit, match=r"torchace evaluate: OutputPathError: .*other\.xyz: exists and is not a "
                                          r"torchace evaluate report.*--force"):
-        cli("evaluate", data, "--model", model_file, "-o", other_data)
+        cli("evaluate", data, "--model", model_file, "--backend", "analytic", "-o", other_data)
     assert sha(other_data) == before and no_temporaries(tmp_path)
     # negative controls: a report of an earlier evaluate is replaced; --force replaces anything
     rep = tmp_path / "report.json"
-    assert cli("evaluate", data, "--model", model_file, "-o", rep) == 0
+    assert cli("evaluate", data, "--model", model_file, "--backend", "analytic", "-o", rep) == 0
     assert json.loads(rep.read_text())["format"] == "torchace-evaluation"
-    assert cli("evaluate", data, "--model", model_file, "-o", rep) == 0
-    assert cli("evaluate", data, "--model", model_file, "-o", other_data, "--force") == 0
+    assert cli("evaluate", data, "--model", model_file, "--backend", "analytic", "-o", rep) == 0
+    assert cli("evaluate", data, "--model", model_file, "--backend", "analytic", "-o", other_data, "--force") == 0
     assert json.loads(open(other_data).read())["format"] == "torchace-evaluation"
 
 
@@ -145,7 +145,7 @@ def test_cli_evaluate_output_onto_another_model_file(tmp_path, model_file, frame
     small_model().save(str(other))
     before = sha(other)
     with pytest.raises(SystemExit, match=r"other_model\.json: exists and is not a torchace evaluate report"):
-        cli("evaluate", data, "--model", model_file, "-o", other)
+        cli("evaluate", data, "--model", model_file, "--backend", "analytic", "-o", other)
     assert sha(other) == before
 
 
