@@ -85,7 +85,8 @@ def cmd_evaluate(args) -> int:
     n = sum(n_atoms)
     print(f"evaluate: {t_eval * 1e3:.1f} ms ({t_eval / max(n, 1) * 1e6:.0f} µs/atom)")
     # a nonlinear model has no one coefficient vector (basis_size None; docs/nonlinear.md)
-    report = dict(format=EVALUATION_FORMAT, model=args.model, config=model.config_dict(), basis_size=getattr(model, "basis_size", None),
+    report = dict(format=EVALUATION_FORMAT, model=args.model, config=model.config_dict(),
+                  basis_size=getattr(model, "basis_size", None),
                   backends=dict(evaluate=b_eval), structures=paths, results=records, timing_s=dict(evaluate=t_eval))
     # errors against the files' own labels (energy / forces / virial as the data keys find them)
     try:

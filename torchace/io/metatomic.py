@@ -255,8 +255,8 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
 
 def export_metatomic(model, path: str, *, dtype: Optional[torch.dtype] = None, **kwargs) -> str:
     """Write ``model`` as a metatomic ``AtomisticModel`` file (``AtomisticModel.save``), atomically."""
-    from ..atomic import write_output
-    from .torchscript import ARCHIVE, check_output, quiet_jit
+    from ..atomic import check_output, write_output
+    from .torchscript import ARCHIVE, quiet_jit
 
     overwrite = kwargs.pop("overwrite", False)
     # an existing torchace archive is replaced (re-export); training data, a model file or another program's
