@@ -242,7 +242,7 @@ def test_cli_train(tmp_path, si_data):
     assert main(["train", str(cfg)]) == 0
     model = torchace.load(str(tmp_path / "nl.json"))
     assert model.densities == 2 and model.learnable_radials
-    hist = json.load(open(tmp_path / "history.json"))
+    hist = json.load(open(tmp_path / "history.json"))["history"]  # "format" marks it as torchace's
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
     rep = json.load(open(tmp_path / "errors.json"))
     assert rep["test"]["all"]["E"]["mae"] > 0

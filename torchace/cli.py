@@ -5,7 +5,9 @@ design-matrix rows with ``--rows``),
 
 Thin wrapper: all logic lives in the library.  Outputs are written atomically (temp file + rename), and
 checked before any work: none may be an input or another output, each must be writable
-(``torchace.atomic.check_outputs``).  Errors print one line (``--debug``: the traceback).
+(``torchace.atomic.check_outputs``), and an existing file is replaced only if torchace wrote it as that kind of
+output, or with ``--force`` (``torchace.atomic.check_output``).  Errors print one line (``--debug``: the
+traceback).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import torch
 
 DEFAULT_EXAMPLE = "data/si_examples.xyz"
 DEFAULT_FIT = "data/default_fit.yaml"
+FORCE_HELP = ("replace existing output files that torchace did not write (default: refused before any work; "
+              "torchace's own outputs of the same kind are replaced anyway)")
 
 
 def _read(paths: List[str]):
@@ -38,7 +42,7 @@ def _read(paths: List[str]):
 def cmd_evaluate(args) -> int:
     import torchace
     from . import keys as K
-    from .atomic import check_outputs, write_json_atomic
+    from .atomic import EVALUATION_FORMAT, EVALUATION_REPORT, check_output, check_outputs, write_json_output
     from .fitting.data import DataError, read_data
     from .fitting.metrics import errors as error_table, format_table, predictions
     from .io.model_file import ModelFileError
@@ -49,6 +53,8 @@ def cmd_evaluate(args) -> int:
                          "there is no random model any more")
     paths = args.structures or [str(resources.files("torchace").joinpath(DEFAULT_EXAMPLE))]
     check_outputs(paths + [args.model], {"--output": args.output}, "torchace evaluate")
+    if args.output:
+        check_output(args.output, EVALUATION_REPORT, args.force)
     dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
     print(f"loading {args.model} ...", flush=True)
     try:
@@ -79,7 +85,8 @@ def cmd_evaluate(args) -> int:
     n = sum(n_atoms)
     print(f"evaluate: {t_eval * 1e3:.1f} ms ({t_eval / max(n, 1) * 1e6:.0f} µs/atom)")
     # a nonlinear model has no one coefficient vector (basis_size None; docs/nonlinear.md)
-    report = dict(model=args.model, config=model.config_dict(), basis_size=getattr(model, "basis_size", None),
+    report = dict(format=EVALUATION_FORMAT, model=args.model, config=model.config_dict(),
+                  basis_size=getattr(model, "basis_size", None),
                   backends=dict(evaluate=b_eval), structures=paths, results=records, timing_s=dict(evaluate=t_eval))
     # errors against the files' own labels (energy / forces / virial as the data keys find them)
     try:
@@ -108,7 +115,7 @@ def cmd_evaluate(args) -> int:
         tol = 1e-8 if dtype == torch.float64 else 1e-2
         status = 0 if max(check_e, check_f) < tol * max(1.0, float(out[K.ENERGY].abs().max())) else 1
     if args.output:
-        write_json_atomic(args.output, report)
+        write_json_output(args.output, report, EVALUATION_REPORT, args.force)
         print(f"wrote {args.output}")
     return status
 
@@ -120,13 +127,13 @@ def cmd_fit(args) -> int:
     from .fitting.data import DataKeys, read_data
     from .fitting.metrics import errors as error_table, format_table, parity_plot, predictions
     from .fitting.config import FitConfig
-    from .atomic import check_outputs, write_json_atomic
+    from .atomic import ERRORS_FORMAT, ERRORS_REPORT, check_outputs, write_json_output
 
-    if args.config:
-        cfg = FitConfig.load(args.config)
+    if args.config:  # the config checks its outputs (the output rule) before anything is fitted
+        cfg = FitConfig.load(args.config, overwrite=args.force)
     else:  # the bundled default job; outputs go to the working directory
         text = resources.files("torchace").joinpath(DEFAULT_FIT).read_text()
-        cfg = FitConfig.from_dict(yaml.safe_load(text), os.getcwd())
+        cfg = FitConfig.from_dict(yaml.safe_load(text), os.getcwd(), overwrite=args.force)
     as_list = lambda x: [] if not x else ([x] if isinstance(x, str) else list(x))  # noqa: E731
     check_outputs([args.config] + as_list(cfg.data.train) + as_list(cfg.data.test),
                   {"output.model": cfg.output.model, "output.errors": cfg.output.errors,
@@ -144,7 +151,7 @@ def cmd_fit(args) -> int:
     print(f"design rows: {res.info['backend']} backend; solver {res.solver}: {res.hyperparameters}; E0 {res.E0}; "
           f"timings {', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())
-    report = {"train": res.errors, "fit": res.to_dict()}
+    report = {"format": ERRORS_FORMAT, "train": res.errors, "fit": res.to_dict()}
     if cfg.data.test:
         test = read_data(cfg.data.test, keys=keys, elements=model.elements, skip_bad=cfg.data.skip_bad)
         print(f"evaluating the test set: {len(test)} structures, {sum(s.n_atoms for s in test)} atoms ...", flush=True)
@@ -153,24 +160,26 @@ def cmd_fit(args) -> int:
         print(format_table(report["test"], "test errors"))
         if cfg.output.parity:
             names = ", ".join(os.path.basename(str(t)) for t in as_list(cfg.data.test))
-            parity_plot(model, test, cfg.output.parity, preds=preds, title=f"test set ({names})")
+            parity_plot(model, test, cfg.output.parity, preds=preds, title=f"test set ({names})",
+                        overwrite=cfg.output.overwrite)
             print(f"wrote {cfg.output.parity}")
-    model.save(cfg.output.model)
+    model.save(cfg.output.model, overwrite=cfg.output.overwrite)
     print(f"wrote {cfg.output.model}")
     if cfg.output.errors:
-        write_json_atomic(cfg.output.errors, report)
+        write_json_output(cfg.output.errors, report, ERRORS_REPORT, cfg.output.overwrite)
         print(f"wrote {cfg.output.errors}")
     return 0
 
 
 def cmd_train(args) -> int:
     import torchace
-    from .atomic import check_outputs, write_json_atomic
+    from .atomic import (ERRORS_FORMAT, ERRORS_REPORT, HISTORY_FORMAT, TRAIN_HISTORY, check_outputs,
+                         write_json_output)
     from .fitting.data import DataKeys, read_data
     from .fitting.metrics import errors as error_table, format_table, predictions
     from .fitting.train_config import TrainConfig
 
-    cfg = TrainConfig.load(args.config)
+    cfg = TrainConfig.load(args.config, overwrite=args.force)  # outputs checked (the output rule) before training
     as_list = lambda x: [] if not x else ([x] if isinstance(x, str) else list(x))  # noqa: E731
     val = [] if isinstance(cfg.validation, float) else as_list(cfg.validation)
     check_outputs([args.config] + as_list(cfg.fit.data.train) + as_list(cfg.fit.data.test) + val
@@ -183,20 +192,21 @@ def cmd_train(args) -> int:
     print(f"{res.stopped}; chosen epoch {res.chosen_epoch}; timings "
           f"{', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())
-    report = {"train": res.errors, "validation": res.validation_errors,
+    report = {"format": ERRORS_FORMAT, "train": res.errors, "validation": res.validation_errors,
               "training": {k: v for k, v in res.to_dict().items() if k not in ("errors", "validation_errors", "history")}}
     if cfg.fit.data.test:
         keys = DataKeys(**cfg.fit.data.keys)
         test = read_data(cfg.fit.data.test, keys=keys, elements=model.elements, skip_bad=cfg.fit.data.skip_bad)
         report["test"] = error_table(model, test, preds=predictions(model, test))
         print(format_table(report["test"], "test errors"))
-    model.save(cfg.fit.output.model)
+    overwrite = cfg.fit.output.overwrite
+    model.save(cfg.fit.output.model, overwrite=overwrite)
     print(f"wrote {cfg.fit.output.model}")
     if cfg.fit.output.errors:
-        write_json_atomic(cfg.fit.output.errors, report)
+        write_json_output(cfg.fit.output.errors, report, ERRORS_REPORT, overwrite)
         print(f"wrote {cfg.fit.output.errors}")
-    if cfg.history:
-        write_json_atomic(cfg.history, res.history)
+    if cfg.history:  # "format" marks it as torchace's (the output rule); the epochs are under "history"
+        write_json_output(cfg.history, {"format": HISTORY_FORMAT, "history": res.history}, TRAIN_HISTORY, overwrite)
         print(f"wrote {cfg.history}")
     return 0
 
@@ -229,10 +239,10 @@ def cmd_export(args) -> int:
         if args.format == "yace":  # write_yace's report names the pair table and the LAMMPS lines
             from .io import write_yace
 
-            info = write_yace(model, args.output)
+            info = write_yace(model, args.output, overwrite=args.force)
             path = info["yace"]
         else:
-            path = torchace.export(model, args.output, format=args.format, **kwargs)
+            path = torchace.export(model, args.output, format=args.format, overwrite=args.force, **kwargs)
     except ImportError as exc:  # optional package of the format (metatomic-torch, ...)
         raise SystemExit(f"torchace export: {exc}") from None
     print(f"wrote {path} ({args.format}, {args.dtype or str(model.coefficients.dtype).replace('torch.', '')}; "
@@ -257,7 +267,7 @@ def cmd_lammps(args) -> int:
         check_outputs([args.model, args.data], {"--output": args.output}, "torchace lammps")
     out = write_driver_script(args.output, args.model, args.data, args.elements, steps=args.steps,
                               timestep=args.timestep, temperature=args.temperature, backend=args.backend,
-                              skin=args.skin, threads=args.threads)
+                              skin=args.skin, threads=args.threads, overwrite=args.force)
     if "path" in out:
         print(f"wrote {out['path']} (run it with: python {out['path']}; docs/lammps.md)")
     return 0
@@ -280,18 +290,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     ev.add_argument("--backend", default="auto", choices=["auto", "fused", "triton", "analytic", "reference"],
                     help="evaluation backend (default auto: the fastest for the model and device; docs/architecture.md)")
     ev.add_argument("-o", "--output", help="write results as JSON (atomically)")
+    ev.add_argument("--force", action="store_true", help=FORCE_HELP)
     from .fitting.config import FitConfig
 
     ft = sub.add_parser("fit", help="fit a linear ACE model from a YAML/JSON config (default: bundled Zuo Si job)",
                         epilog=FitConfig.keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ft.add_argument("config", nargs="?", help="fit configuration (keys below; docs/fitting.md)")
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ft.add_argument("--force", action="store_true", help=FORCE_HELP + "; as output.overwrite: true in the config")
     from .fitting.train_config import KEYS_HELP
 
     tr = sub.add_parser("train", help="train a nonlinear ACE model from a YAML/JSON config (docs/training.md)",
                         epilog=KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("config", help="train configuration (fit config keys plus 'training'; docs/training.md)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress lines")
+    tr.add_argument("--force", action="store_true", help=FORCE_HELP + "; as output.overwrite: true in the config")
     ex = sub.add_parser("export", help="export a saved model (.json) for other programs (docs/export.md)")
     ex.add_argument("model", help="model file written by model.save / torchace fit (.json)")
     ex.add_argument("output", help="output file (written atomically)")
@@ -301,12 +314,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "for LAMMPS pair_style pace")
     ex.add_argument("--dtype", choices=["float64", "float32"], default=None,
                     help="precision of the exported model (default: float64)")
+    ex.add_argument("--force", action="store_true", help=FORCE_HELP)
     lm = sub.add_parser("lammps", help="write a Python script that runs LAMMPS MD with a model through fix external "
                                        "(docs/lammps.md)")
     lm.add_argument("model", help="model file (.json)")
     lm.add_argument("data", help="LAMMPS data file (atom_style atomic, units metal)")
     lm.add_argument("--elements", nargs="+", required=True, help="element of each LAMMPS atom type, type 1 first")
     lm.add_argument("-o", "--output", help="script path (default: print it)")
+    lm.add_argument("--force", action="store_true", help=FORCE_HELP)
     lm.add_argument("--steps", type=int, default=1000)
     lm.add_argument("--timestep", type=float, default=0.001, help="ps")
     lm.add_argument("--temperature", type=float, default=300.0, help="K (NVT, Nosé-Hoover)")

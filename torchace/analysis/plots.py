@@ -1,12 +1,13 @@
 """Small matplotlib PNGs for the curves of ``torchace.analysis`` (matplotlib imported lazily: the core
-package does not need it; ``pip install torchace[analysis]``).  Files are written atomically."""
+package does not need it; ``pip install torchace[analysis]``).  Files are written atomically, under the output
+rule (torchace.atomic): an existing file is replaced only if it is a torchace plot, or with ``overwrite=True``."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..atomic import PLOT, check_output, png_metadata, write_output
 
 __all__ = ["curve_panels", "bar_panels"]
 
@@ -22,17 +23,20 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str, dpi: int) -> str:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), ".png")
+def _save(fig, path: str, dpi: int, overwrite: bool) -> str:
+    write_output(path, PLOT, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", metadata=png_metadata()), ".png",
+                 overwrite)
     return path
 
 
 def curve_panels(path: str, panels: Dict[str, Dict[str, Curve]], *, xlabel: str, ylabel: str,
                  reference: Optional[Dict[str, Curve]] = None, ylim: Optional[Dict[str, Tuple[float, float]]] = None,
-                 ncols: int = 3, title: str = "", dpi: int = 80, panel_size=(3.0, 2.4), zero_line: bool = True) -> str:
+                 ncols: int = 3, title: str = "", dpi: int = 80, panel_size=(3.0, 2.4), zero_line: bool = True,
+                 overwrite: bool = False) -> str:
     """One panel per key of ``panels``; each panel maps a curve label (e.g. "σ = 0.5 Å") to (x, y).
     ``reference``: a black dashed curve per panel (e.g. DFT).  ``ylim``: per-panel y limits.
     ``zero_line``: a thin line at y = 0 (off for absolute energies)."""
+    check_output(path, PLOT, overwrite)  # before the figure
     plt = _plt()
     names = list(panels)
     ncols = max(1, min(ncols, len(names)))
@@ -55,13 +59,14 @@ def curve_panels(path: str, panels: Dict[str, Dict[str, Curve]], *, xlabel: str,
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
-    return _finish(plt, fig, path, dpi, title)
+    return _finish(plt, fig, path, dpi, title, overwrite)
 
 
 def bar_panels(path: str, panels: Dict[str, Dict[str, float]], *, ylabel: str, dpi: int = 80,
-               hline: Optional[Dict[str, float]] = None, title: str = "") -> str:
+               hline: Optional[Dict[str, float]] = None, title: str = "", overwrite: bool = False) -> str:
     """One bar chart per key of ``panels`` (label → value); ``hline``: a dashed line per panel (e.g. the
     full run length)."""
+    check_output(path, PLOT, overwrite)  # before the figure
     plt = _plt()
     names = list(panels)
     fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 2.4), squeeze=False)
@@ -75,14 +80,14 @@ def bar_panels(path: str, panels: Dict[str, Dict[str, float]], *, ylabel: str, d
         ax.set_title(name, fontsize=9)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
-    return _finish(plt, fig, path, dpi, title)
+    return _finish(plt, fig, path, dpi, title, overwrite)
 
 
-def _finish(plt, fig, path: str, dpi: int, title: str) -> str:
+def _finish(plt, fig, path: str, dpi: int, title: str, overwrite: bool) -> str:
     """Title, layout, atomic PNG write, close: the common end of every panel figure."""
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = _save(fig, path, dpi)
+    out = _save(fig, path, dpi, overwrite)
     plt.close(fig)
     return out

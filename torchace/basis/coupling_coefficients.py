@@ -141,19 +141,20 @@ def _read_cache_entry(path: str, key: str, nu: int):
 
 
 def _write_cache_entry(path: str, key: str, ms: np.ndarray, coeffs: np.ndarray) -> None:
-    tmp = path + f".tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
+    """Write (or rewrite, after a damaged entry) one cache entry: a random temporary name (mkstemp, not a
+    guessable one a link could redirect), fsynced, then renamed over the entry (a link there is replaced, never
+    followed); a reader sees the old entry or the whole new one."""
+    from ..atomic import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a bare name
             np.savez(fh, format=np.array(CACHE_FORMAT), version=np.array(CACHE_VERSION), key=np.array(key),
                      checksum=np.array(_checksum(key, ms, coeffs)), ms=ms, coeffs=coeffs)
-        os.replace(tmp, path)  # atomic: a reader sees the old entry or the whole new one
-    except OSError as exc:
-        warnings.warn(f"{path}: cannot write the coupling-coefficient cache entry ({exc.strerror or exc}); "
-                      "continuing without it")
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+
+    try:
+        atomic_write(path, write, ".npz")
+    except (OSError, ValueError) as exc:  # OutputPathError is a ValueError
+        warnings.warn(f"{path}: cannot write the coupling-coefficient cache entry ({exc}); continuing without it")
 
 
 @lru_cache(maxsize=None)

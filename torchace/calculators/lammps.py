@@ -598,9 +598,20 @@ def driver_script(model_path: str, data_file: str, elements_by_type: Sequence[st
                          seed=int(seed), threads=int(threads), log=os.fspath(log_file))
 
 
+# The start of every driver script (SCRIPT's first two lines): the marker of the output rule (torchace.atomic)
+DRIVER_SCRIPT_HEADER = '#!/usr/bin/env python\n"""LAMMPS MD with the torchace model '
+
+
 def write_driver_script(path: Optional[str], model_path: str, data_file: str, elements_by_type: Sequence[str],
-                        **kwargs) -> Dict[str, str]:
-    """``driver_script`` printed (``path`` None or "-") or written atomically to ``path``; the CLI's work."""
+                        *, overwrite: bool = False, **kwargs) -> Dict[str, str]:
+    """``driver_script`` printed (``path`` None or "-") or written atomically to ``path``; the CLI's work.  An
+    existing file at ``path`` is replaced only if it is a driver script torchace wrote, or with ``overwrite``
+    (torchace.atomic, the output rule): never a hand-written script."""
+    from ..atomic import check_output, text_output, write_output, write_text
+
+    kind = text_output(DRIVER_SCRIPT_HEADER.partition("\n")[2], "LAMMPS driver script written by torchace lammps")
+    if path not in (None, "-"):
+        check_output(path, kind, overwrite)
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"{model_path}: no such model file")
     if not os.path.isfile(data_file):
@@ -609,11 +620,5 @@ def write_driver_script(path: Optional[str], model_path: str, data_file: str, el
     if path in (None, "-"):
         sys.stdout.write(text)
         return {"script": text}
-    from ..atomic import atomic_write
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-
-    atomic_write(path, write, ".py")
+    write_output(path, kind, lambda tmp: write_text(tmp, text), ".py", overwrite)
     return {"script": text, "path": path}

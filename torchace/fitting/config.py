@@ -60,6 +60,7 @@ class OutputSection:
     model: str = "model.json"
     errors: Optional[str] = "errors.json"
     parity: Optional[str] = None
+    overwrite: bool = False  # replace existing files that torchace did not write (torchace.atomic, the output rule)
 
 
 TOP_LEVEL_HELP = {
@@ -87,10 +88,10 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], base_dir: str = ".", source: Optional[str] = None,
-                  model_format: str = "torchace-model") -> "FitConfig":
+                  model_format: str = "torchace-model", overwrite: bool = False) -> "FitConfig":
         """The config of the mapping ``d``; relative paths against ``base_dir``; ``source``: the config file (an
         input too: no output may be it); ``model_format``: the model file format output.model will be written in
-        (an existing file there must be one)."""
+        (an existing file there must be one); ``overwrite`` (CLI ``--force``): as ``output.overwrite: true``."""
         if not isinstance(d, dict):
             raise ValueError("the fit config must be a mapping with sections model, data, ...")
         _check_keys("config", d, {f.name for f in dataclasses.fields(cls)})
@@ -147,7 +148,9 @@ class FitConfig:
             check_str("fit config", f"output.{k}", v, allow_none=True)
             if v:
                 setattr(out, k, v if os.path.isabs(v) else os.path.join(base_dir, v))
-        from ..atomic import OutputPathError, check_replaceable, same_file
+        check_bool("fit config", "output.overwrite", out.overwrite)
+        out.overwrite = bool(out.overwrite or overwrite)
+        from ..atomic import ERRORS_REPORT, PLOT, OutputPathError, check_output, json_output, same_file
 
         inputs = [p for p in ([data.train] if isinstance(data.train, str) else data.train)
                   + ([data.test] if isinstance(data.test, str) else list(data.test or []))]
@@ -156,10 +159,15 @@ class FitConfig:
             for q in inputs + ([source] if source else []):
                 if v and same_file(v, q):
                     raise OutputPathError(f"fit config: output.{k} {v!r} is the input {q!r}; choose another path")
-        try:  # model.save would refuse it after the fit: say so now
-            check_replaceable(out.model, model_format, "torchace model file", overwrite_hint=False)
-        except OutputPathError as exc:
-            raise OutputPathError(f"fit config: output.model: {exc}") from None
+        # the output rule (torchace.atomic): no existing file that torchace did not write is replaced; said now,
+        # before the fit, not after it
+        kinds = {"model": json_output(model_format, "torchace model file"), "errors": ERRORS_REPORT, "parity": PLOT}
+        for k, kind in kinds.items():
+            if getattr(out, k):
+                try:
+                    check_output(getattr(out, k), kind, out.overwrite)
+                except OutputPathError as exc:
+                    raise OutputPathError(f"fit config: output.{k}: {exc}") from None
         from .repulsion import check_option
 
         for k in ("synthetic_dimers", "repulsion_restraint"):
@@ -206,8 +214,8 @@ class FitConfig:
         return "\n".join(lines)
 
     @classmethod
-    def load(cls, path: str) -> "FitConfig":
-        return load_config(cls, path, "fit config")
+    def load(cls, path: str, overwrite: bool = False) -> "FitConfig":
+        return load_config(cls, path, "fit config", overwrite)
 
     def build_prior(self):
         if self.prior is None:
@@ -224,9 +232,10 @@ class FitConfig:
         return _construct(solvers, "solver", self.solver)
 
 
-def load_config(cls, path: str, what: str):
+def load_config(cls, path: str, what: str, overwrite: bool = False):
     """``cls.from_dict`` of the YAML/JSON file ``path`` (strict parsing, size-checked, relative paths against its
-    directory); every error names ``path`` (``what``: "fit config", "train config", for the messages)."""
+    directory); every error names ``path`` (``what``: "fit config", "train config", for the messages);
+    ``overwrite``: ``--force``, as ``output.overwrite: true``."""
     import json
 
     with open_input(path, what, MAX_CONFIG_BYTES) as fh:  # not /dev/zero, a FIFO, a directory, gigabytes
@@ -238,7 +247,7 @@ def load_config(cls, path: str, what: str):
     except Exception as exc:  # YAML's messages span lines: one line, for the CLI
         raise ValueError(f"{path}: cannot parse: {' '.join(str(exc).split())}") from exc
     try:
-        return cls.from_dict(d, os.path.dirname(os.path.abspath(path)), source=path)
+        return cls.from_dict(d, os.path.dirname(os.path.abspath(path)), source=path, overwrite=overwrite)
     except ValueError as exc:
         from ..atomic import OutputPathError
 

@@ -130,15 +130,18 @@ def format_table(err: Dict[str, Dict[str, Optional[Dict[str, float]]]], title: s
     return "\n".join(lines)
 
 
-def parity_plot(model, data, path: str, *, preds=None, title: Optional[str] = None, **read_kwargs) -> str:
+def parity_plot(model, data, path: str, *, preds=None, title: Optional[str] = None, overwrite: bool = False,
+                **read_kwargs) -> str:
     """Energy-per-atom and force-component parity plots (PNG), written atomically; each panel is titled with
-    the set (``title``, default: the data file's name) and its MAE / RMSE (meV/atom, eV/Å).
+    the set (``title``, default: the data file's name) and its MAE / RMSE (meV/atom, eV/Å).  An existing file at
+    ``path`` is replaced only if it is a torchace plot, or with ``overwrite`` (torchace.atomic, the output rule).
 
     ``preds`` (optional) must be aligned with all structures of ``data`` (as ``predictions`` returns)."""
     import matplotlib
 
-    from ..atomic import atomic_write
+    from ..atomic import PLOT, check_output, png_metadata, write_output
 
+    check_output(path, PLOT, overwrite)  # before the predictions
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -178,6 +181,7 @@ def parity_plot(model, data, path: str, *, preds=None, title: Optional[str] = No
         a.set_ylabel(f"torchace {name}")
     ax[0].legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), ".png")
+    write_output(path, PLOT, lambda tmp: fig.savefig(tmp, dpi=120, format="png", metadata=png_metadata()), ".png",
+                 overwrite)
     plt.close(fig)
     return path

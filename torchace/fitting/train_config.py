@@ -41,7 +41,8 @@ KEYS_HELP = """train config keys: everything of the fit config (model, data, wei
               epochs [100; [first, lbfgs] for the paired optimisers], batch_size [8], lr [adam 1e-3, lbfgs 1],
               lam [null: the BLR warm start's; else 1e-3], init_scale [0], init_split [0.1], patience [10], seed [0],
               device [cpu], dtype [float64], committee_size [0] (BLR posterior samples of the linear part)
-  output:     history [none] (JSON of every epoch), checkpoint [none] (resumed from when present)"""
+  output:     history [none] (JSON of every epoch), checkpoint [none] (resumed from when present),
+              overwrite [false] (replace existing files torchace did not write)"""
 
 
 @dataclass
@@ -72,7 +73,8 @@ class TrainConfig:
     checkpoint: Optional[str] = None
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], base_dir: str = ".", source: Optional[str] = None) -> "TrainConfig":
+    def from_dict(cls, d: Dict[str, Any], base_dir: str = ".", source: Optional[str] = None,
+                  overwrite: bool = False) -> "TrainConfig":
         if not isinstance(d, dict):
             raise ValueError("the train config must be a mapping with sections model, data, ...")
         d = copy.deepcopy(d)
@@ -111,7 +113,8 @@ class TrainConfig:
         history = checkpoint = None
         if isinstance(out, dict):
             history, checkpoint = out.pop("history", None), out.pop("checkpoint", None)
-        fit = FitConfig.from_dict(d, base_dir, source, model_format=_output_format(opts, model_from))
+        fit = FitConfig.from_dict(d, base_dir, source, model_format=_output_format(opts, model_from),
+                                  overwrite=overwrite)
         if validation is not None:
             if isinstance(validation, float) and not isinstance(validation, bool):
                 if not 0.0 < validation < 1.0:
@@ -127,6 +130,13 @@ class TrainConfig:
             check_str("train config", f"output.{k}", v, allow_none=True)
         history = history if not history or os.path.isabs(history) else os.path.join(base_dir, history)
         checkpoint = checkpoint if not checkpoint or os.path.isabs(checkpoint) else os.path.join(base_dir, checkpoint)
+        if history:  # the output rule (torchace.atomic), before the training; the checkpoint is read first
+            from ..atomic import TRAIN_HISTORY, OutputPathError, check_output
+
+            try:
+                check_output(history, TRAIN_HISTORY, fit.output.overwrite)
+            except OutputPathError as exc:
+                raise OutputPathError(f"train config: output.history: {exc}") from None
         if opts and training.init == "model":
             pass
         _check_model_options(opts)
@@ -134,8 +144,8 @@ class TrainConfig:
                    history=history, checkpoint=checkpoint)
 
     @classmethod
-    def load(cls, path: str) -> "TrainConfig":
-        return load_config(cls, path, "train config")
+    def load(cls, path: str, overwrite: bool = False) -> "TrainConfig":
+        return load_config(cls, path, "train config", overwrite)
 
     def build_model(self):
         """The model to train: loaded from ``model.from``, else ``torchace.ace_model`` with the nonlinear options

@@ -30,7 +30,7 @@ class YaceExport(str):
 
 
 def export(model, path: str, format: str = "torchscript", *, metadata: Optional[Dict[str, Any]] = None,
-           dtype=None, **kwargs) -> str:
+           dtype=None, overwrite: bool = False, **kwargs) -> str:
     """Export ``model`` to ``path`` in ``format`` (``FORMATS``); returns the path.  Writes are atomic.
 
     ``"torchscript"``: a TorchScript archive with JSON metadata (see the module docstring);
@@ -41,6 +41,8 @@ def export(model, path: str, format: str = "torchscript", *, metadata: Optional[
     include file); returns a ``YaceExport``: the path, with ``.lammps`` (input lines), ``.lammps_include``,
     ``.yace``, ``.pair_table`` (absolute) and ``.info``.
     ``dtype``: export a copy converted to this dtype (default: the model's).
+    ``overwrite``: replace existing files that torchace did not write (default: an existing file is replaced
+    only if it is a torchace export of the same kind; ``OutputPathError`` otherwise, before any work).
     """
     fmt = str(format).lower()
     if fmt not in FORMATS:
@@ -52,16 +54,18 @@ def export(model, path: str, format: str = "torchscript", *, metadata: Optional[
             raise TypeError(f"export format 'torchscript' takes no options {sorted(kwargs)}")
         if dt is not None and dt != model.coefficients.dtype:
             model = copy.deepcopy(model).to(dt)
-        return export_torchscript(model, path, metadata)
+        return export_torchscript(model, path, metadata, overwrite=overwrite)
     if fmt == "metatomic":
         from .metatomic import export_metatomic  # optional dependency, imported on demand
 
-        return export_metatomic(model, path, dtype=dt, metadata=metadata, **kwargs)
+        return export_metatomic(model, path, dtype=dt, metadata=metadata, overwrite=overwrite, **kwargs)
     from .yace_write import write_yace  # fmt == "yace"
 
     if dt is not None and dt != model.coefficients.dtype:
         model = copy.deepcopy(model).to(dt)
     if metadata is not None:
         kwargs["metadata"] = metadata
+    if overwrite:
+        kwargs["overwrite"] = True
     info = write_yace(model, path, **kwargs)
     return YaceExport(path, info) if isinstance(info, dict) else path

@@ -255,16 +255,18 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
 
 def export_metatomic(model, path: str, *, dtype: Optional[torch.dtype] = None, **kwargs) -> str:
     """Write ``model`` as a metatomic ``AtomisticModel`` file (``AtomisticModel.save``), atomically."""
-    from ..atomic import atomic_write, check_replaceable
-    from .torchscript import quiet_jit
+    from ..atomic import check_output, write_output
+    from .torchscript import ARCHIVE, quiet_jit
 
-    # an existing archive is replaced (re-export); training data or a model file is not
-    check_replaceable(os.fspath(path), None, "metatomic model archive", overwrite_hint=False)
+    overwrite = kwargs.pop("overwrite", False)
+    # an existing torchace archive is replaced (re-export); training data, a model file or another program's
+    # archive only with overwrite=True (torchace.atomic, the output rule)
+    check_output(os.fspath(path), ARCHIVE, overwrite)
     am = atomistic_model(model, dtype=dtype, **kwargs)
 
     def write(tmp: str) -> None:
         with quiet_jit():
             am.save(tmp)
 
-    atomic_write(path, write, ".pt")
+    write_output(path, ARCHIVE, write, ".pt", overwrite)
     return path

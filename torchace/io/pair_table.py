@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..atomic import atomic_write, check_replaceable_text
+from ..atomic import check_output, text_output, write_output, write_text
 
 DEFAULT_PAIR_POINTS = 20000     # pair-table points on [pair_rmin, rcut]
 DEFAULT_PAIR_RCORE = 0.1        # Å: the table's repulsive core reaches down to here
@@ -89,12 +89,31 @@ def repulsive_core(U0: float, U1: float, U2: float, r_lo: float, z1: int, z2: in
     return U0 + U1 * d + 0.5 * U2 * d * d + K * qv, U1 + U2 * d + K * dqv
 
 
+# the first line of every pair table torchace writes: the marker of the output rule (torchace.atomic)
+HEADER = "# torchace pair part"
+TABLE = text_output(HEADER, "LAMMPS pair table written by torchace")
+
+
 def write_pair_table(model, path: str, n_points: int = DEFAULT_PAIR_POINTS, rmin: Optional[float] = None,
-                     rcore: Optional[float] = DEFAULT_PAIR_RCORE) -> Optional[dict]:
-    """Write the pair part as a LAMMPS ``pair_style table`` file: one section ``A_B`` per ordered element pair
+                     rcore: Optional[float] = DEFAULT_PAIR_RCORE, *, overwrite: bool = False) -> Optional[dict]:
+    """``pair_table_text`` written atomically to ``path``; an existing file there is replaced only if it is a pair
+    table torchace wrote, or with ``overwrite`` (torchace.atomic, the output rule).  Returns its report, or None
+    (nothing written) when the model has no pair part and no ZBL baseline."""
+    check_output(path, TABLE, overwrite)  # before the work
+    out = pair_table_text(model, n_points, rmin, rcore)
+    if out is None:
+        return None
+    text, info = out
+    write_output(path, TABLE, lambda tmp: write_text(tmp, text), ".table", overwrite)
+    return info
+
+
+def pair_table_text(model, n_points: int = DEFAULT_PAIR_POINTS, rmin: Optional[float] = None,
+                    rcore: Optional[float] = DEFAULT_PAIR_RCORE) -> Optional[Tuple[str, dict]]:
+    """The text of the pair part as a LAMMPS ``pair_style table`` file: one section ``A_B`` per ordered element pair
     (mixed pairs twice, ``A_B`` and ``B_A``, same numbers), points uniform in r, columns index, r, E, F = −dE/dr.
-    Returns {"keywords": {(a, b): name}, "rmin", "rcore", "r_inner", "n_points", "core": "zbl"|"extension"|None},
-    or None (nothing written) when the model has no pair part and no ZBL baseline.
+    Returns (text, {"keywords": {(a, b): name}, "rmin", "rcore", "r_inner", "n_points", "core":
+    "zbl"|"extension"|None}), or None when the model has no pair part and no ZBL baseline.
 
     On [rmin, rcut] (``n_points`` points, rmin default 0.25·min r0) the table is torchace's pair energy.  Below,
     down to ``rcore`` (default 0.1 Å; None: the table starts at rmin, and LAMMPS stops with "Pair distance <
@@ -123,7 +142,7 @@ def write_pair_table(model, path: str, n_points: int = DEFAULT_PAIR_POINTS, rmin
     r_inner = float(r_all[0])
     r_fit = torch.tensor(r_all[n_core:], dtype=torch.float64)
     core = None if n_core == 0 else ("zbl" if model.zbl is not None else "extension")
-    lines = ["# torchace pair part (Σ_{i<j} U(r_ij)) for pair_style table; units metal (eV, Å)",
+    lines = [f"{HEADER} (Σ_{{i<j}} U(r_ij)) for pair_style table; units metal (eV, Å)",
              f"# exact torchace pair energy for {rmin!r} <= r <= {float(model.rcut)!r} Å"
              + ("" if core is None else f"; below, down to {r_inner!r} Å: "
                 + ("torchace's pair energy with its ZBL baseline" if core == "zbl" else
@@ -153,14 +172,8 @@ def write_pair_table(model, path: str, n_points: int = DEFAULT_PAIR_POINTS, rmin
             lines += [kw] + block + [""]
             keywords[ab] = kw
 
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            fh.write("\n".join(lines))
-
-    check_replaceable_text(path, b"torchace", "LAMMPS pair table")  # never replace a file torchace did not write
-    atomic_write(path, write, ".table")
-    return {"keywords": keywords, "rmin": rmin, "rcore": rcore, "r_inner": r_inner,
-            "n_points": len(r_all), "core": core}
+    return "\n".join(lines), {"keywords": keywords, "rmin": rmin, "rcore": rcore, "r_inner": r_inner,
+                               "n_points": len(r_all), "core": core}
 
 
 # torchace writes a few thousand points per pair: a few hundred kB per element pair

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..atomic import atomic_write, check_replaceable
+from ..atomic import check_output, torchscript_output, write_output
 
 METADATA_FILE = "torchace_metadata.json"
 TS_FORMAT = "torchace-torchscript"
@@ -89,10 +89,6 @@ def export_metadata(model) -> Dict[str, Any]:
     return meta
 
 
-def _atomic_write(path: str, write) -> None:
-    atomic_write(path, write, ".pt")
-
-
 @contextlib.contextmanager
 def quiet_jit():
     """Recent torch marks torch.jit.script/save/load as deprecated (in favour of torch.export); the TorchScript
@@ -125,9 +121,13 @@ def as_dtype(dtype) -> Optional[torch.dtype]:
 
 
 
-def export_torchscript(model, path: str, metadata: Optional[Dict[str, Any]]) -> str:
-    # an existing TorchScript archive is replaced (re-export), anything else (training data, a model file) is not
-    check_replaceable(os.fspath(path), None, "TorchScript archive", overwrite_hint=False)
+# an existing TorchScript export of torchace is replaced (re-export); anything else (training data, a model file,
+# another program's archive) only with overwrite=True (torchace.atomic, the output rule)
+ARCHIVE = torchscript_output("TorchScript archive written by torchace")
+
+
+def export_torchscript(model, path: str, metadata: Optional[Dict[str, Any]], overwrite: bool = False) -> str:
+    check_output(os.fspath(path), ARCHIVE, overwrite)
     meta = export_metadata(model)
     if metadata:
         meta["user"] = metadata
@@ -140,7 +140,7 @@ def export_torchscript(model, path: str, metadata: Optional[Dict[str, Any]]) -> 
         with quiet_jit():
             torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: text})
 
-    _atomic_write(path, write)
+    write_output(path, ARCHIVE, write, ".pt", overwrite)  # checked again: a file may have appeared meanwhile
     return path
 
 

@@ -60,9 +60,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..atomic import atomic_write, check_replaceable_text
+from ..atomic import check_output, text_output, write_outputs
 from .lammps_words import lammps_word
-from .pair_table import DEFAULT_PAIR_POINTS, DEFAULT_PAIR_RCORE, write_pair_table
+from .pair_table import DEFAULT_PAIR_POINTS, DEFAULT_PAIR_RCORE, TABLE, pair_table_text
 from .yace_nonlinear import check_exportable, embedding_line, is_nonlinear, nonlinear_parts
 from .yace_radial import fit_radial_coefficients
 
@@ -282,6 +282,14 @@ def _rank1_in_radial_base(funcs: List[List[dict]], crad: Dict[Tuple[int, int], n
         fz[:] = rank1 + rest
 
 
+# The first lines of the .yace and of the LAMMPS include file: the markers of the output rule (torchace.atomic):
+# an existing file is replaced only if it starts with the header of its kind (or with overwrite=True).
+YACE_HEADER = "# ML-PACE C-tilde potential written by torchace"
+INCLUDE_HEADER = "# LAMMPS input (units metal: eV, Å) for the torchace model exported to"
+YACE = text_output(YACE_HEADER, "ML-PACE .yace written by torchace")
+INCLUDE = text_output(INCLUDE_HEADER, "LAMMPS include file written by torchace")
+
+
 def lammps_input(elements: List[str], yace: str, table: Optional[dict], table_path: Optional[str], rcut: float,
                  types: Optional[List[str]] = None) -> Tuple[List[str], List[str]]:
     """(commands, comments) of the LAMMPS input for an export; file names absolute.
@@ -299,7 +307,7 @@ def lammps_input(elements: List[str], yace: str, table: Optional[dict], table_pa
     order = ", ".join(f"type {t + 1} = {e}" for t, e in enumerate(types))
     yace_word = lammps_word(os.path.abspath(yace), "ML-PACE .yace file name")
     table_word = None if table_path is None else lammps_word(os.path.abspath(table_path), "LAMMPS pair table name")
-    comments = [f"# LAMMPS input (units metal: eV, Å) for the torchace model exported to {yace_word}",
+    comments = [f"{INCLUDE_HEADER} {yace_word}",
                 f"# Atom types: {order} (variables torchace_type1..{len(types)}).  For another type order change "
                 "only the",
                 "# variable lines (or run lmp -var torchace_type1 Ge ...): every pair_coeff line follows them.  "
@@ -330,7 +338,8 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
                delta_spline_bins: float = DEFAULT_DELTA_SPLINE_BINS, pair_table: Optional[str] = None,
                pair_points: int = DEFAULT_PAIR_POINTS, pair_rmin: Optional[float] = None,
                pair_rcore: Optional[float] = DEFAULT_PAIR_RCORE, lammps_include=True,
-               lammps_types: Optional[List[str]] = None, metadata: Optional[dict] = None) -> dict:
+               lammps_types: Optional[List[str]] = None, metadata: Optional[dict] = None,
+               overwrite: bool = False) -> dict:
     """Write ``model`` (an ``ACEModel``, or a ``NonlinearACEModel`` with embedding None or "fs": ndensity P,
     its FS parameters, learned radials fitted as R_nl; the MLP embedding is refused with a ValueError) as an
     ML-PACE ``.yace`` (many-body part and E0), if the model has a pair part or a ZBL
@@ -345,10 +354,14 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
     ``lammps_types``: element per LAMMPS atom type (default: the model's elements in order).  ``metadata``
     (JSON-serialisable) is stored as a ``# metadata: {...}`` comment line (ML-PACE ignores comments).
 
+    The files are replaced as a set (all written, then all renamed; a failure leaves the old set as it was), and
+    an existing file is replaced only if torchace wrote it as that kind of file, or with ``overwrite=True``
+    (``OutputPathError`` before any work otherwise; torchace.atomic, the output rule).
+
     Returns {"yace", "pair_table" (or None), "lammps_include" (or None), all absolute; "lammps": the input lines;
     "elements", "lammps_types", "nradbase", "radbasename", "radial_error", "nradmax", "lmax",
     "channels_used", "splines_per_neighbour" (ML-PACE evaluates nradbase + nradmax·(lmax + 1) splines per
-    neighbour), "pair": write_pair_table's report or None, "ndensity", "fs_parameters" ([NZ][2P])}.
+    neighbour), "pair": the pair table's report (``pair_table_text``) or None, "ndensity", "fs_parameters" ([NZ][2P])}.
     """
     from ..model.ace import ACEModel
 
@@ -380,11 +393,13 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
                       (pair_table or stem + "_pairpot.table", "LAMMPS pair table name")):
         if out is not None:
             lammps_word(os.path.abspath(out), what)
-    # never replace a file that torchace did not write (the training data, say) — before any work
-    for out, what in ((path, "ML-PACE .yace"), (pair_table or stem + "_pairpot.table", "LAMMPS pair table"),
-                      (include, "LAMMPS include file")):
+    # the output rule (torchace.atomic): never replace a file that torchace did not write (the training data, a
+    # hand-written LAMMPS input), unless overwrite — checked before any work
+    if pair_table is None:
+        pair_table = stem + "_pairpot.table"
+    for out, kind in ((path, YACE), (pair_table, TABLE), (include, INCLUDE)):
         if out is not None:
-            check_replaceable_text(out, b"torchace", what)
+            check_output(out, kind, overwrite)
     p0 = model.coefficients
     if nonlinear:
         parts = nonlinear_parts(model)
@@ -421,7 +436,7 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
         nradmax, lmax = n_poly, int(model.embedding.max_l)
     used = sum(n for d in usage.values() for n in d.values())
 
-    out: List[str] = ["# ML-PACE C-tilde potential written by torchace.io.write_yace (many-body part and E0; "
+    out: List[str] = [f"{YACE_HEADER}.io.write_yace (many-body part and E0; "
                       "the pair part, if any, is in a LAMMPS pair table, see docs/yace.md)"]
     if metadata is not None:
         out.append("# metadata: " + meta_json)
@@ -466,27 +481,20 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
                        f"ctildes: {_flow(f['ctildes'], _f)}}}")
     text = "\n".join(out) + "\n"
 
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            fh.write(text)
-
-    atomic_write(path, write, ".yace")
-
-    if pair_table is None:
-        pair_table = stem + "_pairpot.table"
-    table = write_pair_table(parts.pair_model if nonlinear else model, pair_table, pair_points, pair_rmin, pair_rcore)
+    table_out = pair_table_text(parts.pair_model if nonlinear else model, pair_points, pair_rmin, pair_rcore)
+    table = None if table_out is None else table_out[1]
     table_path = None if table is None else os.path.abspath(pair_table)
     cmds, comments = lammps_input(elements, path, table, table_path, model.rcut,
                                   None if lammps_types is None else list(lammps_types))
+    # one set: every temporary file is written before any is renamed, so a full disk never leaves the new .yace
+    # beside the old pair table (torchace.atomic.write_outputs)
+    files = [(path, YACE, text, ".yace")]
+    if table_out is not None:
+        files.append((pair_table, TABLE, table_out[0], ".table"))
     if include is not None:
-        body = "\n".join(comments + cmds) + "\n"
-
-        def write_include(tmp):
-            with open(tmp, "w") as fh:
-                fh.write(body)
-
-        atomic_write(include, write_include, ".lammps")
+        files.append((include, INCLUDE, "\n".join(comments + cmds) + "\n", ".lammps"))
         include = os.path.abspath(include)
+    write_outputs(files, overwrite)
     return {"yace": os.path.abspath(path), "pair_table": table_path, "lammps_include": include, "lammps": cmds,
             "elements": list(elements), "lammps_types": list(elements if lammps_types is None else lammps_types),
             "nradbase": N, "radbasename": fit.radbasename, "radial_error": fit.error, "nradmax": nradmax,

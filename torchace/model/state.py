@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .. import keys as K
-from ..atomic import check_replaceable, write_json_atomic
+from ..atomic import check_output, json_output, write_json_atomic
 from ..config import ACEConfig
 from ..fieldcheck import unique_keys
 from ..inputs import open_input
@@ -145,8 +145,7 @@ def read_document(path: str) -> Dict[str, Any]:
 def write_document(path: str, doc: Dict[str, Any], format_name: str, what: str, overwrite: bool) -> None:
     """Write a model-file document atomically; an existing file is replaced only if it is a ``what`` (its
     ``format`` is ``format_name``) or with ``overwrite``, and 'metadata' must hold JSON values."""
-    if not overwrite:
-        check_replaceable(path, format_name, what)
+    check_output(path, json_output(format_name, what), overwrite)  # the output rule (torchace.atomic)
     try:
         json.dumps(doc["metadata"], allow_nan=False)
     except (TypeError, ValueError) as exc:
