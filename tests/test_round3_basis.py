@@ -61,6 +61,18 @@ def test_bound_is_tight_and_every_product_has_an_invariant(nz, order, td, wL):
         assert 2 * max(ls) <= sum(ls) and sum(ls) % 2 == 0, t
 
 
+@pytest.mark.parametrize("nz, order, td, wL", [(1, 4, 20, 1.5), (2, 5, 12, 1.0), (3, 3, [9, 9, 7], 2.0)])
+def test_product_count_estimate_counts_only_kept_products(nz, order, td, wL):
+    """The refusal's count (no enumeration) is a lower bound of the kept products, polygon condition included:
+    on the 1/(16·NZ) level grid it is exact here; it used to count products without an invariant too."""
+    from torchace.basis.spec import estimate_products, one_particle_spec
+
+    degrees = totaldegree_per_order(order, td)
+    sp = product_spec(nz, order, td, wL)
+    kept = sum(1 for t in sp.nl_tuples if len(t) > 1)
+    assert estimate_products(nz, wL, degrees, one_particle_spec(nz, wL, degrees), 0) == kept
+
+
 def test_linear_and_purified_models_keep_their_basis():
     """The basis is the same as before the fix (products without an invariant gave no basis function), and
     the embedding's l range is what the B's use (also with purification)."""

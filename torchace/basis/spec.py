@@ -165,21 +165,36 @@ def estimate_products(nz: int, wL: float, degrees: Sequence[float], onep: Sequen
     units = [math.ceil(level(nl, nz, wL) / h - 1e-6) for nl in onep]
     nb = int(math.floor(max(degrees) / h + 1e-6)) + 1
     order = len(degrees)
-    ns = order * max(l for _, l in onep) + 1  # Σl of any multiset is below this
-    # dp[c, b, s]: multisets of c functions with Σ units = b and Σ l = s; float: counts can be huge
-    dp = np.zeros((order + 1, nb, ns))
+    # Σl states: exact 0..L (the polygon test compares Σl of the others with an l <= L), then Σl > L by parity
+    L = max(l for _, l in onep)
+    S = L + 3
+
+    def state(x: int) -> int:
+        return x if x <= L else L + 1 + x % 2
+
+    def transition(l: int) -> np.ndarray:  # [S, S]: the Σl state after adding a function of this l
+        T = np.zeros((S, S))
+        for x in range(L + 1):
+            T[x, state(x + l)] = 1.0
+        for p in (0, 1):
+            T[L + 1 + p, L + 1 + (p + l) % 2] = 1.0
+        return T
+
+    moves = {l: transition(l) for l in {l for _, l in onep}}
+    # dp[c, b, s]: multisets of c functions with Σ units = b and Σl state s; float: counts can be huge
+    dp = np.zeros((order + 1, nb, S))
     dp[0, 0, 0] = 1.0
     for u, (_, l) in zip(units, onep):
         if u >= nb:
             continue
         for c in range(1, order + 1):  # ascending c: the same function may be used again (multisets)
-            dp[c, u:, l:] += dp[c - 1, : nb - u, : ns - l]
+            dp[c, u:] += dp[c - 1, : nb - u] @ moves[l]
     # cumulative over the budget axis: dp_le[c, b, s] = multisets with Σ units <= b
     dp_le = np.cumsum(dp, axis=1)
     total = 0.0
     for nu in range(2, order + 1):
         budget = int(math.floor(degrees[nu - 1] / h + 1e-6))
-        total += dp_le[nu, budget, 0::2].sum()
+        total += dp_le[nu, budget, 0:L + 1:2].sum() + dp_le[nu, budget, L + 1]
         # minus those that fail the polygon condition: one factor f with l_f > Σl of the other ν − 1
         # (unique, and distinct from them), Σl even
         for u, (_, l) in zip(units, onep):
