@@ -97,9 +97,12 @@ def read_pair_term(table_path: str, elements, source_yace: str) -> TabulatedPair
                              "pair_table=False for the many-body part alone (pair_style pace without the table)") from None
     try:
         sections = read_pair_table(table_path)
-    except (ValueError, IndexError, UnicodeDecodeError) as exc:
-        text = str(exc) if isinstance(exc, ValueError) and str(exc).startswith(str(table_path)) else \
-            f"{table_path}: not a readable LAMMPS pair table ({type(exc).__name__})"
+    except IndexError:   # read_pair_table ran out of lines inside a section
+        raise ModelFileError(f"{table_path}: ends inside a section (truncated?); it is the pair part of "
+                             f"{source_yace}: re-export the model") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        text = str(exc) if str(exc).startswith(str(table_path)) else \
+            f"{table_path}: not a LAMMPS pair table (sections of a keyword, 'N n R rlo rhi' and 'index r E F' lines)"
         raise ModelFileError(f"{text} (the pair part of {source_yace})") from None
     tables, names = {}, {}
     for a, ea in enumerate(elements):
