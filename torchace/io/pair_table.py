@@ -221,16 +221,12 @@ def read_pair_table(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.nda
 
 
 def _hermite(r, knots, E, dE):
-    """Cubic Hermite interpolation of E with derivative dE on sorted knots; zero outside [knots[0], knots[-1])."""
-    q = np.clip(np.searchsorted(knots, r, side="right") - 1, 0, len(knots) - 2)
-    h = knots[q + 1] - knots[q]
-    t = (r - knots[q]) / h
-    h00, h10, h01, h11 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t, -2 * t**3 + 3 * t**2, t**3 - t**2
-    e = h00 * E[q] + h10 * h * dE[q] + h01 * E[q + 1] + h11 * h * dE[q + 1]
-    d = ((6 * t**2 - 6 * t) * E[q] + (3 * t**2 - 4 * t + 1) * h * dE[q]
-         + (-6 * t**2 + 6 * t) * E[q + 1] + (3 * t**2 - 2 * t) * h * dE[q + 1]) / h
-    inside = r < knots[-1]
-    return np.where(inside, e, 0.0), np.where(inside, d, 0.0)
+    """Cubic Hermite interpolation of E with derivative dE on sorted knots; zero outside [knots[0], knots[-1]):
+    ``torchace.model.pace.pair_table.hermite`` (the one formula, also the read-back model's) on numpy arrays."""
+    from ..model.pace.pair_table import hermite
+
+    e, d = hermite(*(torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in (r, knots, E, dE)))
+    return e.numpy(), d.numpy()
 
 
 def evaluate_pair_table(path: str, atoms, elements: Sequence[str]) -> dict:

@@ -405,10 +405,19 @@ def parse_yace(path) -> PACESpec:
                     source=os.path.basename(str(path)))
 
 
-def read_yace(path, *, dtype=None, device=None) -> PACEModel:
-    """Load a .yace potential as a ``PACEModel`` (float64 by default) usable with ``torchace.evaluate``."""
+def read_yace(path, *, dtype=None, device=None, pair_table=None) -> PACEModel:
+    """Load a .yace potential as a ``PACEModel`` (float64 by default) usable with ``torchace.evaluate``.
+
+    The whole model the file describes: a torchace export's pair part lives in the LAMMPS pair table its
+    ``.yace`` declares, which is read too (``torchace.io.yace_pair``; an error if it is missing).
+    ``pair_table``: None (default) that declared table; a file name: overlay this table instead (``pair_style
+    hybrid/overlay pace table``); False: the ``.yace`` alone (``pair_style pace``)."""
     import torch
-    model = PACEModel(parse_yace(path), dtype=dtype or torch.float64)
+
+    from .yace_pair import pair_term
+
+    spec = parse_yace(path)
+    model = PACEModel(spec, dtype=dtype or torch.float64, pair=pair_term(path, spec.elements, pair_table))
     if device is not None:
         model = model.to(device)
     return model.eval()

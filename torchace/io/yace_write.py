@@ -44,6 +44,8 @@ Mapping of a torchace model (docs/conventions.md):
   ``evaluate_pair_table`` is the reference reading of that file (cubic Hermite in E, −F).  Below the
   exact range the table has a repulsive core (``pair_table.write_pair_table``), so close pairs do not stop
   LAMMPS.
+* Which table.  A comment line ``# torchace pair table: "<file>"`` (or ``none``) in the .yace names the table
+  (``yace_pair``), so that ``read_yace`` gives back the whole model, pair part included.
 * LAMMPS input.  ``lammps_input`` builds the lines (absolute file names quoted by ``lammps_words.lammps_word``:
   names LAMMPS cannot read back are refused before anything is written; the element of each atom type in
   one ``variable`` line that every ``pair_coeff`` line reads), written as the include file ``<stem>.lammps``.
@@ -62,7 +64,8 @@ import torch
 
 from ..atomic import check_output, text_output, write_outputs
 from .lammps_words import lammps_word
-from .pair_table import DEFAULT_PAIR_POINTS, DEFAULT_PAIR_RCORE, TABLE, pair_table_text
+from .pair_table import DEFAULT_PAIR_POINTS, DEFAULT_PAIR_RCORE, TABLE, pair_energy_functions, pair_table_text
+from .yace_pair import declaration
 from .yace_nonlinear import check_exportable, embedding_line, is_nonlinear, nonlinear_parts
 from .yace_radial import fit_radial_coefficients
 
@@ -440,6 +443,9 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
                       "the pair part, if any, is in a LAMMPS pair table, see docs/yace.md)"]
     if metadata is not None:
         out.append("# metadata: " + meta_json)
+    # which pair table belongs to this .yace (read_yace reads it too: the whole model, never the many-body half)
+    has_pair = pair_energy_functions(parts.pair_model if nonlinear else model) is not None
+    out.append(declaration(path, (pair_table or stem + "_pairpot.table") if has_pair else None))
     out.append(f"# {'lean' if lean else 'full-grid'} export: radial base {fit.radbasename} (lambda {fit.lam:g}, "
                f"{N} functions, fit error {fit.error:.1e}), nradmax {nradmax}, lmax {lmax}, {used} of "
                f"{nz * nz * nradmax * (lmax + 1)} (n, l) channels used")

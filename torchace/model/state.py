@@ -106,6 +106,21 @@ def check_config(d: Dict[str, Any], path: str) -> None:
         raise ModelFileError(f"{path}: field 'config.rcut' must be the model's positive cutoff in Å, got {rcut!r}")
 
 
+def l_axis_field(d: Dict[str, Any], key: str, shape, path: str, l_axis: int, where: str = "",
+                 positive: bool = False) -> torch.Tensor:
+    """``tensor_field`` for an array with an axis over the harmonic degree l (``nl_scale``, learned radial
+    weights) that may be longer in the file than in the rebuilt model: files written before issue 26 carried
+    entries for l's that only products without a rotation invariant contain (no basis function uses them;
+    ``torchace.basis.spec``), so the entries beyond the model's l range are dropped."""
+    shape = tuple(shape)
+    v, depth = d.get(key), 0
+    while isinstance(v, list) and v and depth < l_axis:
+        v, depth = v[0], depth + 1
+    stored = len(v) if isinstance(v, list) and depth == l_axis else shape[l_axis]
+    file_shape = shape[:l_axis] + (max(stored, shape[l_axis]),) + shape[l_axis + 1:]
+    return tensor_field(d, key, file_shape, path, where, positive).narrow(l_axis, 0, shape[l_axis])
+
+
 # model files larger than this are refused before reading (a K = 10^5 model with a 32-member committee is
 # ~70 MB; parsing takes a few times the file's size in memory); nesting deeper than Python's JSON recursion limit is refused as corrupt
 MAX_FILE_BYTES = 1 << 30
@@ -214,7 +229,7 @@ class ModelState:
             raise ModelFileError(f"{path}: basis_size {d.get('basis_size')!r} does not match the rebuilt model "
                                  f"({model.basis_size}); the file is corrupt or from an incompatible version")
         model.coefficients = tensor_field(d, "coefficients", (model.basis_size,), path).to(dtype)
-        model.set_basis_scale(tensor_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path, positive=True),
+        model.set_basis_scale(l_axis_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path, 1, positive=True),
                               tensor_field(d, "pair_scale", tuple(model.pair.scale.shape), path, positive=True))
         if d.get("committee") is not None:
             if has_bool(d["committee"]):

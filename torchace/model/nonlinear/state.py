@@ -12,7 +12,8 @@ import torch
 
 from ... import keys as K
 from ...config import ACEConfig
-from ..state import UNITS, ModelFileError, check_config, finite_list, json_type, tensor_field, write_document
+from ..state import (UNITS, ModelFileError, check_config, finite_list, json_type, l_axis_field,
+                     tensor_field, write_document)
 from .embedding import IDENTITY_TOL
 
 FORMAT = "torchace-nonlinear-model"
@@ -136,7 +137,8 @@ class NonlinearState:
         except ValueError as exc:
             raise ModelFileError(f"{path}: {exc}") from None
         with torch.no_grad():
-            model.set_basis_scale(tensor_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path, positive=True),
+            model.set_basis_scale(l_axis_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path, 1,
+                                               positive=True),
                                   tensor_field(d, "pair_scale", tuple(model.linear.pair.scale.shape), path,
                                                positive=True))
             model.density_coefficients.copy_(tensor_field(d, "density_coefficients", model.density_coefficients.shape, path))
@@ -145,7 +147,7 @@ class NonlinearState:
                 if d["radial_weights"] is not None:
                     raise ModelFileError(f"{path}: field 'radial_weights' must be null when learnable_radials is false")
             else:
-                model.radials.weights.copy_(tensor_field(d, "radial_weights", model.radials.shape, path))
+                model.radials.weights.copy_(l_axis_field(d, "radial_weights", model.radials.shape, path, 3))
             f = model.embedding_fn
             if f is not None and f.name == "mlp":
                 for key in ("W", "b", "w"):

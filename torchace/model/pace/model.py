@@ -13,11 +13,13 @@ folded into c̃), so the real part of the product over the listed ones is the fu
 taken within the bond cutoff rc(μ_i, μ_j).  Everything runs on flat edge tensors: no Python loop over
 atoms or edges; the loops are over element pairs (the crad contraction), elements and ranks (the products).
 Forces and virials come from autograd through a symmetric strain, as in ``torchace.model.ace.ACEModel``.
+An optional tabulated pair term (``pair``, ``TabulatedPair``: the pair table of ``pair_style hybrid/overlay
+pace table``) adds ½ U(r_ij) to the site energy of each atom of a pair.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from ...structures.geometry import edge_vectors
 from ..strain import autograd_outputs, strained_geometry
 from .embedding import embedding_energy, rho_core_cutoff
 from .harmonics import pace_ylm
+from .pair_table import TabulatedPair
 from .radial import core_repulsion, radial_basis
 
 
@@ -65,7 +68,7 @@ class PACESpec:
 class PACEModel(torch.nn.Module):
     """A .yace potential; ``torchace.evaluate(model, atoms)`` gives energy, forces, virial, stress."""
 
-    def __init__(self, spec: PACESpec, dtype: torch.dtype = torch.float64):
+    def __init__(self, spec: PACESpec, dtype: torch.dtype = torch.float64, pair: Optional[TabulatedPair] = None):
         super().__init__()
         self.config = PACEConfig(list(spec.elements), spec.source)
         nz = len(spec.elements)
@@ -81,6 +84,10 @@ class PACEModel(torch.nn.Module):
         self.rho_core_cut = [tuple(map(float, p)) for p in spec.rho_core_cut]
         self.ndensity = [int(p) for p in spec.ndensity]
         self.rcut = float(np.max(spec.bond[..., 1]))
+        # the pair table of an overlaid ``pair_style table`` (None: ML-PACE alone); neighbours out to both cutoffs
+        self.pair = pair.to(dtype) if pair is not None else None
+        if pair is not None:
+            self.rcut = max(self.rcut, pair.rcut)
         self.register_buffer("E0", torch.tensor(spec.E0, dtype=dtype))
         self.register_buffer("bond", torch.tensor(spec.bond, dtype=dtype))
         self.register_buffer("crad", torch.tensor(spec.crad, dtype=dtype))
@@ -144,8 +151,13 @@ class PACEModel(torch.nn.Module):
         n = species.shape[0]
         i, j = edge_index[0], edge_index[1]
         zi, zj = species[i], species[j]
+        r = torch.linalg.norm(vectors, dim=1)
+        e_pair = None
+        if self.pair is not None:
+            # each pair is two directed edges: ½ U to each atom, as LAMMPS's pe/atom does for pair_style table
+            e_pair = torch.zeros(n, dtype=r.dtype, device=r.device).index_add_(0, i, 0.5 * self.pair(r, zi, zj))
         # neighbours within the bond cutoff only (the batch's neighbour list uses the largest one)
-        keep = torch.linalg.norm(vectors, dim=1) < self.bond[zi, zj, 1]
+        keep = r < self.bond[zi, zj, 1]
         vectors, i, zi, zj = vectors[keep], i[keep], zi[keep], zj[keep]
         g, yr, yi, R, cr = self._edge_terms(vectors, zi, zj)
 
@@ -181,7 +193,7 @@ class PACEModel(torch.nn.Module):
             rcut, drcut = self.rho_core_cut[mu]
             e = ef * rho_core_cutoff(rc_mu, rcut, drcut) + rc_mu + self.E0[mu]
             e_node = e_node.index_put((atoms,), e)
-        return e_node
+        return e_node if e_pair is None else e_node + e_pair
 
     # ------------------------------------------------------------------ batch interface
     def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
@@ -200,4 +212,5 @@ class PACEModel(torch.nn.Module):
         return (f"elements={self.config.elements}, radial={'/'.join(names)}, nradbase={self.nradbase}, "
                 f"nradmax={self.nradmax}, lmax={self.lmax}, ndensity={self.ndensity}, "
                 f"inner_cutoff={self.inner_cutoff_type}, rcut={self.rcut:.4g}, "
-                f"n_ctilde={self.coefficients.numel()}")
+                f"n_ctilde={self.coefficients.numel()}"
+                + ("" if self.pair is None else f", pair_table={self.pair.source!r}"))
