@@ -192,8 +192,10 @@ def test_generated_script_with_hostile_names_runs(tmp_path, sige, lmp_api):
     data = d / "atoms $x #2 &.data"
     write_data(str(data), sige64(), {"Si": 1, "Ge": 2}, masses={1: 28.0855, 2: 72.63})
     script = tmp_path / "run.py"
-    out = lmp_api.write_driver_script(str(script), str(model), str(data), ["Si", "Ge"], steps=2, backend="analytic",
-                                      thermo=1)
+    from torchace.calculators.lammps_script import write_driver_script
+
+    out = write_driver_script(str(script), str(model), str(data), ["Si", "Ge"], steps=2, backend="analytic",
+                              thermo=1)
     tree = ast.parse(out["script"])
     consts = {t.targets[0].id: ast.literal_eval(t.value) for t in tree.body
               if isinstance(t, ast.Assign) and t.targets[0].id in ("MODEL", "DATA")}

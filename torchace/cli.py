@@ -261,7 +261,7 @@ def cmd_export(args) -> int:
 
 def cmd_lammps(args) -> int:
     from .atomic import check_outputs
-    from .calculators.lammps import write_driver_script
+    from .calculators.lammps_script import write_driver_script
 
     if args.output not in (None, "-"):
         check_outputs([args.model, args.data], {"--output": args.output}, "torchace lammps")

@@ -102,7 +102,7 @@ def _(ctx):
 @case(11, "driver_script with a model path holding '\"\"\"' and Python code: the code stays a string",
       expect="ok")
 def _(ctx):
-    from torchace.calculators.lammps import driver_script
+    from torchace.calculators.lammps_script import driver_script
 
     model = 'm"""\nopen("PWNED", "w")\n""".json'
     text = driver_script(model, "x.data", ["Si"])

