@@ -180,6 +180,8 @@ def cmd_train(args) -> int:
     model = cfg.build_model()
     print(f"torchace {torchace.__version__} train: {model.extra_repr()}", flush=True)
     res = torchace.train(model, cfg.fit.data.train, progress=not args.quiet, **cfg.train_kwargs())
+    if res.resumed:
+        print(f"resumed from {res.resumed['checkpoint']} ({res.resumed['epoch']} epochs in it)")
     print(f"{res.stopped}; chosen epoch {res.chosen_epoch}; timings "
           f"{', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())
@@ -316,6 +318,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands = {"export": cmd_export, "fit": cmd_fit, "train": cmd_train, "evaluate": cmd_evaluate, "lammps": cmd_lammps}
     try:
         return commands[args.command](args)
+    except KeyboardInterrupt as exc:  # Ctrl-C (130), or SIGTERM during training (143): one line, no traceback
+        from .fitting.train_interrupt import TrainingInterrupted, signal_of
+
+        if args.debug:
+            raise
+        sys.stderr.write(f"torchace {args.command}: {exc if isinstance(exc, TrainingInterrupted) else 'interrupted'}\n")
+        return 128 + signal_of(exc)
     except (ValueError, TypeError, OSError, KeyError, RuntimeError) as exc:
         if args.debug:
             raise
