@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from importlib import resources
 from typing import List, Optional
 
@@ -169,6 +170,7 @@ def cmd_train(args) -> int:
     from .fitting.data import DataKeys, read_data
     from .fitting.metrics import errors as error_table, format_table, predictions
     from .fitting.train_config import TrainConfig
+    from .fitting.trainer import TrainingDivergedWarning
 
     cfg = TrainConfig.load(args.config)
     as_list = lambda x: [] if not x else ([x] if isinstance(x, str) else list(x))  # noqa: E731
@@ -179,9 +181,11 @@ def cmd_train(args) -> int:
                    "output.history": cfg.history, "output.checkpoint": cfg.checkpoint}, "torchace train")
     model = cfg.build_model()
     print(f"torchace {torchace.__version__} train: {model.extra_repr()}", flush=True)
-    res = torchace.train(model, cfg.fit.data.train, progress=not args.quiet, **cfg.train_kwargs())
+    with warnings.catch_warnings():  # a divergence is said in the summary line below (res.stopped)
+        warnings.simplefilter("ignore", TrainingDivergedWarning)
+        res = torchace.train(model, cfg.fit.data.train, progress=not args.quiet, **cfg.train_kwargs())
     if res.resumed:
-        print(f"resumed from {res.resumed['checkpoint']} ({res.resumed['epoch']} epochs in it)")
+        print(f"resumed from {res.resumed['checkpoint']} after its epoch {res.resumed['epochs_done']}")
     print(f"{res.stopped}; chosen epoch {res.chosen_epoch}; timings "
           f"{', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())

@@ -79,7 +79,7 @@ class TrainResult:
     n_parameters: int
     stopped: str
     timings: Dict[str, float] = field(default_factory=dict)
-    resumed: Optional[Dict[str, Any]] = None  # {"checkpoint": path, "epoch": first epoch not in it} when resumed
+    resumed: Optional[Dict[str, Any]] = None  # {"checkpoint": path, "epochs_done": its last epoch} when resumed
 
     def table(self) -> str:
         out = format_table(self.errors, f"training errors (epoch {self.chosen_epoch})")
@@ -397,6 +397,7 @@ def _train(model, data, run, *, weights, prior, E0, keep_E0, init, init_reason, 
     phases = _phases(optimizer, epochs)
     n_epochs = len(phases)
     start = resume_epoch(saved, phases, ckpt.path) if saved is not None else 0
+    resumed = None if saved is None else {"checkpoint": ckpt.path, "epochs_done": start - 1}
     if saved is not None:
         run["saved"] = start - 1
         say(f"resuming from {ckpt.path} at epoch {start} of {n_epochs} (epochs 0-{start - 1} done)"
@@ -556,12 +557,12 @@ def _train(model, data, run, *, weights, prior, E0, keep_E0, init, init_reason, 
             best = {"score": score, "epoch": epoch,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
             run["best"] = best
-        say(_progress_line(rec, n_epochs, has_val))
         if ckpt is not None:
             ckpt.save({"model": model.state_dict(), "optimizer": None if opt is None else opt.state_dict(),
                        "scales": scales,
                        "phase": phase, "history": history, "best": best, "init": init_info})
             run["saved"] = epoch
+        say(_progress_line(rec, n_epochs, has_val))  # after the save: a printed epoch is in the checkpoint
         if has_val and epoch - best["epoch"] >= patience:
             stopped = early
             break
@@ -601,7 +602,7 @@ def _train(model, data, run, *, weights, prior, E0, keep_E0, init, init_reason, 
     result = TrainResult(history=history, chosen_epoch=best["epoch"], errors=errs, validation_errors=verrs,
                          hyperparameters=hyper, init=init_info, n_parameters=sum(p.numel() for p in params),
                          stopped=stopped, timings=timings,
-                         resumed=None if saved is None else {"checkpoint": ckpt.path, "epoch": len(saved["history"])})
+                         resumed=resumed)
     model.metadata = dict(model.metadata or {}, training={k: v for k, v in result.to_dict().items()
                                                           if k not in ("history", "errors", "validation_errors")})
     return result
