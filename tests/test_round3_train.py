@@ -115,6 +115,18 @@ def test_config_model_from_a_trained_file_keeps_its_parameters(files, capsys):
     assert not torch.allclose(redone, trained)
 
 
+def test_continuing_with_E0_fit_keeps_the_fitted_E0(files, capsys):
+    """E0: fit with a kept trained model: its E0 (fitted with it) is kept, not refused nor reset."""
+    lin = torchace.ace_model(["Si"], 2, 5)
+    torchace.fit(lin, str(files / "train.xyz"), weights=W, E0="fit", compute_errors=False)
+    lin.save(str(files / "trained.json"))
+    cfg = _config(files, model={"from": "trained.json"}, E0="fit", training={"epochs": 0})
+    assert _cli("train", cfg) == 0
+    assert "its E0 kept for E0=fit" in capsys.readouterr().err
+    out = torchace.load(str(files / "nl.json"))
+    assert torch.equal(out.E0, lin.E0) and torch.equal(out.coefficients.detach(), lin.coefficients.detach())
+
+
 def test_api_continues_a_trained_nonlinear_model(tmp_path, data):
     m = nl()
     torchace.train(m, data, **_kw(epochs=2))
@@ -163,6 +175,12 @@ def test_checkpoint_missing_field_or_foreign_parameters_refused(tmp_path, data):
     torch.save(doc, ck)
     with pytest.raises(CheckpointError, match=r"ck\.pt.*state\.best.*missing"):
         torchace.train(nl(), data, **_kw(epochs=3, checkpoint=ck))
+
+
+def test_checkpoint_of_other_data_is_refused(tmp_path, data):
+    ck = _checkpoint(tmp_path, data)
+    with pytest.raises(CheckpointMismatch, match=r"ck\.pt.*train_data"):
+        torchace.train(nl(), data[:3], **_kw(epochs=3, checkpoint=ck))
 
 
 def test_checkpoint_past_the_epochs_asked_is_refused(tmp_path, data):

@@ -152,8 +152,8 @@ def check_state(state: Any, path: str, expected: Optional[Dict[str, torch.Tensor
         raise _bad(path, "state.best", f"does not name one of the {len(hist)} saved epochs with its score")
     _check_tensors(path, "state.best.state", best.get("state"), expected)
     # the history's metrics are a record only; what the run resumes from must be finite
-    bad = next(filter(None, (nonfinite_field(state[k], f"state.{k}") for k in ("model", "best", "scales", "optimizer"))),
-               None)
+    found = (nonfinite_field(state[k], f"state.{k}") for k in ("model", "best", "scales", "optimizer"))
+    bad = next(filter(None, found), None)
     if bad:
         raise _bad(path, bad, "holds non-finite values (NaN or inf): the run that wrote it diverged, or the file "
                               "was altered, and resuming would continue from a broken model")
@@ -166,9 +166,10 @@ def resume_epoch(state: Dict[str, Any], phases: Sequence[str], path: str) -> int
     done = len(state["history"]) - 1  # epochs 1 … done are trained (epoch 0 is the start)
     n = len(phases)
     if done > n:
-        raise CheckpointMismatch(f"{path} already holds epochs 0-{done}, more than the {n} epochs asked (epochs); "
-                                 f"ask for {done} or more epochs to return (or extend) that run, or use another "
-                                 f"checkpoint path to train {n} epochs afresh")
+        asked = f"{n} epoch{'s' if n != 1 else ''}"
+        raise CheckpointMismatch(f"{path} already holds epochs 0-{done}, more than the {asked} asked (epochs); ask "
+                                 f"for {done} or more epochs to return (or extend) that run, or use another "
+                                 f"checkpoint path to train {asked} afresh")
     saved: List[str] = [h.get("phase") for h in state["history"][1:]]
     if saved != list(phases[:done]):
         k = next(i for i, (a, b) in enumerate(zip(saved, phases)) if a != b) + 1

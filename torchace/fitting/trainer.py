@@ -220,7 +220,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "auto",
     "model" when the model holds trained coefficients — loaded from a trained file, fitted or trained before —,
     then E0='fit' keeps its E0; else "linear"), "linear" (warm start from ``torchace.fit`` with ``solver``,
     default BLR; re-initialises a trained model) or "model" (the model's current parameters; E0 'fit' then needs
-    init="linear"); the progress output says which.  ``optimizer``: "auto" ("gn" for embedding None / FS, "lbfgs" for the MLP),
+    init="linear"); the progress output says which.
+    ``optimizer``: "auto" ("gn" for embedding None / FS, "lbfgs" for the MLP),
     "gn" (one Levenberg–Marquardt iteration per epoch on the density and pair coefficients and, on the fused
     CPU kernel, the learned radial weights; elsewhere the radials stay),
     "lbfgs", "adam", "gn+lbfgs", "adam+lbfgs".  ``epochs``: epochs (Adam: one pass over the batches; L-BFGS /
@@ -280,7 +281,7 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "auto",
 
         check_outputs([p for p in ([data] if isinstance(data, str) else (data if isinstance(data, list) else []))
                        if isinstance(p, str)], {"checkpoint": checkpoint}, "train")
-    run = {"epoch": None, "saved": None, "best": None}  # where an interrupt finds the run
+    run = {"epoch": None, "saved": None, "best": None}  # where an interrupt finds the run (epoch None: not begun)
     with sigterm_as_interrupt():
         try:
             return _train(model, data, run, weights=weights, prior=prior, E0=E0, keep_E0=keep_E0, init=init,
@@ -319,7 +320,8 @@ def _interrupted(exc, run, checkpoint) -> str:
     import signal
 
     sig = signal.Signals(signal_of(exc)).name
-    where = "before the first epoch" if run["epoch"] is None else f"during epoch {run['epoch']}"
+    where = {None: "before the first epoch", "after": "after the last epoch (in the linear re-solve, committee or "
+             "error tables)"}.get(run["epoch"], f"during epoch {run['epoch']}")
     if checkpoint is None:
         kept = "no checkpoint (give checkpoint= / output.checkpoint to make a run resumable)"
     elif run["saved"] is None:
@@ -566,7 +568,7 @@ def _train(model, data, run, *, weights, prior, E0, keep_E0, init, init_reason, 
         if has_val and epoch - best["epoch"] >= patience:
             stopped = early
             break
-    run["epoch"] = None
+    run["epoch"] = "after"
     timings["train"] = time.perf_counter() - t_train
     model.load_state_dict(best["state"])
     model.eval()
