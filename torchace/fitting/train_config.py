@@ -115,7 +115,7 @@ class TrainConfig:
         fit = FitConfig.from_dict(d, base_dir, source, model_format=_output_format(opts, model_from))
         from .train_validation import check_validation
 
-        check_validation("train config", "data.validation", validation)
+        validation = check_validation("train config", "data.validation", validation)
         if validation is not None and not isinstance(validation, float):
             from .config import resolve_path
 

@@ -15,6 +15,7 @@ periodicity), whatever their labels.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import warnings
 from typing import Any, List, Sequence, Tuple
@@ -47,13 +48,13 @@ def check_validation(where: str, key: str, v: Any) -> Any:
     """``v`` if it is None, a fraction in (0, 1) or data; else ValueError naming ``key``."""
     if v is None or _is_data(v):
         return v
-    if isinstance(v, float) and 0.0 < v < 1.0:
-        return v
+    if isinstance(v, numbers.Real) and not isinstance(v, (bool, numbers.Integral)) and 0.0 < v < 1.0:
+        return float(v)  # numpy floats too
     what = ("a fraction in (0, 1) of the training structures (e.g. 0.1), validation data (a file, a list of files "
             "or structures) or none")
-    if isinstance(v, bool) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
-        hint = " (an integer is not a fraction: write 0.1 for 10 %)" if isinstance(v, int) and not isinstance(v, bool) \
-            else ""
+    if isinstance(v, (bool, numbers.Real)):
+        hint = " (an integer is not a fraction: write 0.1 for 10 %)" \
+            if isinstance(v, numbers.Integral) and not isinstance(v, bool) else ""
         raise ValueError(f"{where}: '{key}' must be {what}, got {short_repr(v)}{hint}")
     if isinstance(v, (list, tuple)) and not v:
         raise ValueError(f"{where}: '{key}' is an empty list; give {what}")
@@ -101,7 +102,7 @@ def validation_split(ds: Dataset, data: Any, validation: Any, seed: int, *, keys
                      skip_bad: bool = False) -> Tuple[list, list]:
     """(training structures, validation structures) for ``validation`` (checked by ``check_validation``);
     ``data`` is what ``ds`` was read from (to recognise the training file given again)."""
-    check_validation("train", "validation", validation)
+    validation = check_validation("train", "validation", validation)
     structs = fitting_structures(ds)
     if validation is None:
         return structs, []
