@@ -78,12 +78,13 @@ def warm_start_only(el, args):
     """Test MAE of the warm start alone: the BLR fit of the same 90 % training split ``train`` fits first (the
     nonlinear model at epoch 0), separating the split's effect from the training's."""
     from torchace.fitting.data import Dataset
-    from torchace.fitting.trainer import _split
+    from torchace.fitting.assembly import fitting_structures
+    from torchace.fitting.train_validation import split_fraction
 
     weights = {"default": {"E": args.wE, "F": args.wF, "V": 0.0}}
     ds = read_data(os.path.join(args.data, f"{el}_train.xyz.gz"), elements=[el])
     test = read_data(os.path.join(args.data, f"{el}_test.xyz.gz"), elements=[el])
-    tr, _ = _split(ds, args.validation, args.seed)
+    tr, _ = split_fraction(fitting_structures(ds), args.validation, args.seed)
     lin = torchace.ace_model([el], 3, SIZES[args.size])
     torchace.fit(lin, Dataset(tr), weights=weights, E0="fit", compute_errors=False)
     e = errors(lin, test)["all"]

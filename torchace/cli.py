@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from importlib import resources
 from typing import List, Optional
 
@@ -178,6 +179,7 @@ def cmd_train(args) -> int:
     from .fitting.data import DataKeys, read_data
     from .fitting.metrics import errors as error_table, format_table, predictions
     from .fitting.train_config import TrainConfig
+    from .fitting.trainer import TrainingDivergedWarning
 
     cfg = TrainConfig.load(args.config, overwrite=args.force)  # outputs checked (the output rule) before training
     as_list = lambda x: [] if not x else ([x] if isinstance(x, str) else list(x))  # noqa: E731
@@ -188,7 +190,11 @@ def cmd_train(args) -> int:
                    "output.history": cfg.history, "output.checkpoint": cfg.checkpoint}, "torchace train")
     model = cfg.build_model()
     print(f"torchace {torchace.__version__} train: {model.extra_repr()}", flush=True)
-    res = torchace.train(model, cfg.fit.data.train, progress=not args.quiet, **cfg.train_kwargs())
+    with warnings.catch_warnings():  # a divergence is said in the summary line below (res.stopped)
+        warnings.simplefilter("ignore", TrainingDivergedWarning)
+        res = torchace.train(model, cfg.fit.data.train, progress=not args.quiet, **cfg.train_kwargs())
+    if res.resumed:
+        print(f"resumed from {res.resumed['checkpoint']} after its epoch {res.resumed['epochs_done']}")
     print(f"{res.stopped}; chosen epoch {res.chosen_epoch}; timings "
           f"{', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())
@@ -332,6 +338,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     commands = {"export": cmd_export, "fit": cmd_fit, "train": cmd_train, "evaluate": cmd_evaluate, "lammps": cmd_lammps}
     try:
         return commands[args.command](args)
+    except KeyboardInterrupt as exc:  # Ctrl-C (130), or SIGTERM during training (143): one line, no traceback
+        from .fitting.train_interrupt import TrainingInterrupted, signal_of
+
+        if args.debug:
+            raise
+        sys.stderr.write(f"torchace {args.command}: {exc if isinstance(exc, TrainingInterrupted) else 'interrupted'}\n")
+        return 128 + signal_of(exc)
     except (ValueError, TypeError, OSError, KeyError, RuntimeError) as exc:
         if args.debug:
             raise

@@ -8,7 +8,7 @@ weights:  {default: {E: 30, F: 1, V: 0}}
 E0:       fit
 prior:    null                                     # as in the fit config
 solver:   {name: BLR}                              # of the linear warm start (init: linear)
-training: {init: linear, optimizer: auto, epochs: 100, lam: null, patience: 10, device: cpu}
+training: {init: auto, optimizer: auto, epochs: 100, lam: null, patience: 10, device: cpu}   # auto: model.from kept
 output:   {model: model_nl.json, errors: errors.json, history: history.json, checkpoint: train.pt}
 ```
 
@@ -37,7 +37,8 @@ KEYS_HELP = """train config keys: everything of the fit config (model, data, wei
   model:      densities [2], embedding [fs], fs_parameters [[1, 1, 1, 0.5]], learnable_radials [true],
               learnable_fs [false], mlp_hidden [16], seed [0]; or only {from: model.json}
   data:       validation [none]: a fraction of data.train (seeded split) or file(s)
-  training:   init [linear], optimizer [auto (gn; lbfgs for the MLP) | gn | lbfgs | adam | gn+lbfgs | adam+lbfgs],
+  training:   init [auto: keep the parameters of a model.from with trained coefficients, else linear | linear | model],
+              optimizer [auto (gn; lbfgs for the MLP) | gn | lbfgs | adam | gn+lbfgs | adam+lbfgs],
               epochs [100; [first, lbfgs] for the paired optimisers], batch_size [8], lr [adam 1e-3, lbfgs 1],
               lam [null: the BLR warm start's; else 1e-3], init_scale [0], init_split [0.1], patience [10], seed [0],
               device [cpu], dtype [float64], committee_size [0] (BLR posterior samples of the linear part)
@@ -47,7 +48,7 @@ KEYS_HELP = """train config keys: everything of the fit config (model, data, wei
 
 @dataclass
 class TrainingSection:
-    init: str = "linear"
+    init: str = "auto"
     optimizer: str = "auto"
     epochs: Union[int, List[int]] = DEFAULT_EPOCHS
     batch_size: int = 8
@@ -115,17 +116,13 @@ class TrainConfig:
             history, checkpoint = out.pop("history", None), out.pop("checkpoint", None)
         fit = FitConfig.from_dict(d, base_dir, source, model_format=_output_format(opts, model_from),
                                   overwrite=overwrite)
-        if validation is not None:
-            if isinstance(validation, float) and not isinstance(validation, bool):
-                if not 0.0 < validation < 1.0:
-                    raise ValueError(f"train config: data.validation must be a fraction in (0, 1) or file(s), got "
-                                     f"{validation}")
-            else:
-                from ..fieldcheck import check_paths
-                from .config import resolve_path
+        from .train_validation import check_validation
 
-                check_paths("train config", "data.validation", validation)
-                validation = resolve_path(validation, base_dir)
+        validation = check_validation("train config", "data.validation", validation)
+        if validation is not None and not isinstance(validation, float):
+            from .config import resolve_path
+
+            validation = resolve_path(validation, base_dir)
         for k, v in (("history", history), ("checkpoint", checkpoint)):
             check_str("train config", f"output.{k}", v, allow_none=True)
         history = history if not history or os.path.isabs(history) else os.path.join(base_dir, history)
@@ -137,8 +134,6 @@ class TrainConfig:
                 check_output(history, TRAIN_HISTORY, fit.output.overwrite)
             except OutputPathError as exc:
                 raise OutputPathError(f"train config: output.history: {exc}") from None
-        if opts and training.init == "model":
-            pass
         _check_model_options(opts)
         return cls(fit=fit, model_options=opts, model_from=model_from, training=training, validation=validation,
                    history=history, checkpoint=checkpoint)
@@ -203,7 +198,7 @@ def _model_keys():
 
 
 def _check_training(t: TrainingSection) -> None:
-    from .trainer import DTYPES, INITS, OPTIMIZERS, PAIRED
+    from .train_start import DTYPES, INITS, OPTIMIZERS, PAIRED
 
     check_str("train config", "training.init", t.init, choices=INITS)
     check_str("train config", "training.optimizer", t.optimizer, choices=OPTIMIZERS)

@@ -19,21 +19,26 @@ the BLR warm start's √(σ²/σ_p²).  Optimisers: Levenberg–Marquardt on the
 order shuffled per epoch from ``seed``), full-batch L-BFGS (strong Wolfe; one iteration per epoch), or Gauss–
 Newton / Adam then L-BFGS.  Early stopping on a validation set; the model
 returned holds the parameters of the epoch with the lowest validation loss (training loss without one).
-Checkpoints (``checkpoint=path``) are written atomically after every epoch and resumed from when present.
+``init="auto"`` (default) keeps the parameters of a model that holds trained coefficients (continuing a run)
+and does the linear warm start for a new one.
+Checkpoints (``checkpoint=path``) are written atomically after every epoch and resumed from when present
+(``train_state``); a diverging run stops at the best epoch, an interrupted one says what its checkpoint keeps
+(``train_interrupt``).
 """
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 
-from ..fieldcheck import check_bool, check_device, check_float, check_int, check_str
+from ..fieldcheck import check_bool, check_float
 from .assembly import fitting_structures
 from .contacts import DEFAULT_CLOSE_CONTACT, check_close_contacts
 from .data import Dataset, read_data
@@ -41,17 +46,16 @@ from .metrics import errors as error_table
 from .metrics import format_table
 from .training import DEFAULT_EPOCHS, Penalty, loss_metrics, make_batches, residuals, total_loss
 from .train_scaling import CachedClosure, ScaledParameters, curvature_scale
-from .train_state import TrainCheckpoint, fingerprint
+from .train_interrupt import TrainingInterrupted, interrupted_message, sigterm_as_interrupt, signal_of
+from .train_state import TrainCheckpoint, fingerprint, resume_epoch
+from .train_validation import validation_split
+from .train_start import DTYPES, INITS, OPTIMIZERS, PAIRED  # noqa: F401 (public here too)
+from .train_start import check_arguments, check_label_range, init_line, refuse_start, resolve_init
 from .weights import resolve_weights
 from .gauss_newton import GaussNewton, embedding_derivatives
 from .gauss_newton import check_memory as check_gn_memory
 
 log = logging.getLogger("torchace")
-
-OPTIMIZERS = ("auto", "gn", "lbfgs", "adam", "gn+lbfgs", "adam+lbfgs")
-PAIRED = ("gn+lbfgs", "adam+lbfgs")  # two phases: epochs [first, second]
-INITS = ("linear", "model")
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclass
@@ -59,7 +63,8 @@ class TrainResult:
     """What ``train`` returns: ``history`` (one dict per epoch: epoch, phase, train/val loss and RMSEs, seconds),
     ``chosen_epoch`` (the epoch whose parameters the model holds), ``errors`` (training-set error table of the
     returned model, as ``FitResult.errors``), ``validation_errors``, ``init`` (the warm-start fit's summary),
-    ``hyperparameters``, ``timings``, ``stopped`` (why training ended)."""
+    ``hyperparameters``, ``timings``, ``stopped`` (why training ended: "epochs", an early stop, or "diverged: ..."),
+    ``resumed`` (the checkpoint it continued, None for a fresh run)."""
 
     history: List[Dict[str, Any]]
     chosen_epoch: int
@@ -70,6 +75,7 @@ class TrainResult:
     n_parameters: int
     stopped: str
     timings: Dict[str, float] = field(default_factory=dict)
+    resumed: Optional[Dict[str, Any]] = None  # {"checkpoint": path, "epochs_done": its last epoch} when resumed
 
     def table(self) -> str:
         out = format_table(self.errors, f"training errors (epoch {self.chosen_epoch})")
@@ -79,6 +85,10 @@ class TrainResult:
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: copy.deepcopy(v) for k, v in self.__dict__.items()}
+
+
+class TrainingDivergedWarning(RuntimeWarning):
+    """Training stopped at a non-finite loss or parameters; the model holds the best epoch before it."""
 
 
 def trainable(model) -> List[torch.nn.Parameter]:
@@ -119,53 +129,6 @@ def _refit_linear(model, train_structs, weights, solver, lam, gamma, batches, va
             "after": after, "change": float((sol.coefficients.to(theta0) - theta0).norm() / theta0.norm().clamp_min(1e-300))}
 
 
-def _split(ds: Dataset, fraction: float, seed: int):
-    structs = fitting_structures(ds)
-    n_val = int(round(fraction * len(structs)))
-    if n_val < 1 or n_val >= len(structs):
-        raise ValueError(f"train: validation={fraction} leaves {n_val} of {len(structs)} structures for validation; "
-                         "give a fraction that leaves at least one structure on each side")
-    perm = np.random.default_rng(seed).permutation(len(structs))
-    val = set(perm[:n_val].tolist())
-    return ([s for k, s in enumerate(structs) if k not in val], [s for k, s in enumerate(structs) if k in val])
-
-
-def _check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype, init_scale, init_split, seed,
-                     committee_size):
-    check_str("train", "optimizer", optimizer, choices=OPTIMIZERS)
-    check_str("train", "init", init, choices=INITS)
-    if optimizer in PAIRED:
-        if not (isinstance(epochs, (list, tuple)) and len(epochs) == 2):
-            if isinstance(epochs, bool) or not isinstance(epochs, int):
-                raise ValueError(f"train: epochs must be an integer or, for {optimizer}, a pair "
-                                 f"[{optimizer.replace('+', ', ')}], got {epochs!r}")
-            epochs = (epochs // 2, epochs - epochs // 2)
-        epochs = tuple(check_int("train", "epochs", e, minimum=0) for e in epochs)
-    else:
-        epochs = check_int("train", "epochs", epochs, minimum=0)
-    check_int("train", "batch_size", batch_size, minimum=1)
-    if lr is not None:
-        check_float("train", "lr", lr, positive=True)
-    if lam is not None:
-        check_float("train", "lam", lam, nonnegative=True)
-    check_int("train", "patience", patience, minimum=1)
-    check_float("train", "init_scale", init_scale, nonnegative=True)
-    check_float("train", "init_split", init_split, nonnegative=True)
-    if init_split >= 1.0:
-        raise ValueError(f"train: init_split is the share of the linear fit moved to densities 2 … P, in [0, 1); "
-                         f"got {init_split}")
-    check_int("train", "seed", seed, minimum=0)
-    check_int("train", "committee_size", committee_size, minimum=0)
-    if device is not None:
-        check_device("train", "device", str(device))
-    if isinstance(dtype, str):
-        check_str("train", "dtype", dtype, choices=tuple(DTYPES))
-        dtype = DTYPES[dtype]
-    if dtype not in DTYPES.values():
-        raise ValueError(f"train: dtype must be torch.float64 or torch.float32, got {dtype!r}")
-    return epochs, dtype
-
-
 def _phases(optimizer, epochs):
     if optimizer in PAIRED:
         first, second = optimizer.split("+")
@@ -202,7 +165,7 @@ def _progress_line(rec, n_epochs, has_val) -> str:
             + f"  {rec['seconds']:.1f} s")
 
 
-def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear", solver=None, epochs=DEFAULT_EPOCHS,
+def train(model, data, *, weights=None, prior=None, E0=None, init: str = "auto", solver=None, epochs=DEFAULT_EPOCHS,
           batch_size: int = 8, optimizer: str = "auto", lr: Optional[float] = None, lam: Optional[float] = None,
           init_scale: float = 0.0, init_split: float = 0.1, patience: int = 10, device=None, dtype=torch.float64,
           validation=None,
@@ -214,18 +177,26 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     written back) in place on ``data`` (paths, ``ase.Atoms`` list or ``Dataset``); see the module docstring.
 
     ``weights``, ``prior``, ``E0``, ``keys``, ``skip_bad``, ``close_contact``, ``close_contact_error``: as
-    ``torchace.fit``.  ``init``: "linear" (warm start
-    from ``torchace.fit`` with ``solver``, default BLR) or "model" (the model's current parameters; E0 'fit'
-    then needs init="linear").  ``optimizer``: "auto" ("gn" for embedding None / FS, "lbfgs" for the MLP),
+    ``torchace.fit``.  ``init``: "auto" (default:
+    "model" when the model holds trained coefficients — loaded from a trained file, fitted or trained before —,
+    then E0='fit' keeps its E0; else "linear"), "linear" (warm start from ``torchace.fit`` with ``solver``,
+    default BLR; re-initialises a trained model) or "model" (the model's current parameters; E0 'fit' then needs
+    init="linear"); the progress output says which.
+    ``optimizer``: "auto" ("gn" for embedding None / FS, "lbfgs" for the MLP),
     "gn" (one Levenberg–Marquardt iteration per epoch on the density and pair coefficients and, on the fused
     CPU kernel, the learned radial weights; elsewhere the radials stay),
     "lbfgs", "adam", "gn+lbfgs", "adam+lbfgs".  ``epochs``: epochs (Adam: one pass over the batches; L-BFGS /
     GN: one iteration on the full loss); for the paired optimisers an integer (split in half) or [first,
     lbfgs].  ``lr``: Adam 1e-3, L-BFGS 1.  ``lam``: λ of the penalty (``solvers.QR(lam)``'s convention); None:
     √(noise_var/prior_var) of the BLR warm start, else 1e-3.  ``init_split``: the share κ of the linear fit
-    moved to densities 2 … P before the first step.  ``validation``: None, a fraction of the
-    training structures (seeded split) or data; early stopping after ``patience`` epochs without improvement.
-    ``checkpoint``: a path written after every epoch and resumed from (same inputs, or an error).
+    moved to densities 2 … P before the first step.  ``validation``: None, a fraction in (0, 1) of the
+    training structures (seeded split) or other data (``train_validation``: the training data again is refused);
+    early stopping after ``patience`` epochs without improvement.
+    ``checkpoint``: a path written after every epoch and resumed from (same inputs, or an error; a checkpoint
+    past the epochs asked is refused), saying so in one line.  A loss or parameters that become non-finite stop
+    training: the model gets the best epoch, ``stopped`` says "diverged: ..." (``TrainingDivergedWarning``
+    without progress output).  Ctrl-C / SIGTERM raise ``train_interrupt.TrainingInterrupted`` whose message says
+    what the checkpoint keeps; the model holds the best epoch so far.
     ``precondition``: optimise u with θ = d ⊙ u, d from the Gauss–Newton diagonal (``train_scaling``); False:
     the raw parameters (the default: on the ill-conditioned ACE least-squares problems measured so far the
     Jacobi-scaled L-BFGS converged more slowly, docs/training.md).  ``refit_linear``: after training, re-solve
@@ -236,8 +207,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     from ..model.ace import ACEModel
     from ..model.nonlinear import NonlinearACEModel, from_linear
 
-    epochs, dtype = _check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype,
-                                     init_scale, init_split, seed, committee_size)
+    epochs, dtype = check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype,
+                                     init_scale, init_split, seed, committee_size, validation)
     check_float("train", "close_contact", close_contact, nonnegative=True)
     check_bool("train", "close_contact_error", close_contact_error)
     if isinstance(model, ACEModel):
@@ -264,14 +235,45 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
         check_gn_memory(model, device)
     if prior is not None and not (hasattr(prior, "kind") and hasattr(prior, "to_dict")):
         raise TypeError(f"prior must be a torchace.priors object, got {prior!r}")
-    if init == "model" and isinstance(E0, str) and E0 == "fit":
+    init, init_reason = resolve_init(model, init)
+    # E0='fit' was fitted with the parameters a kept model holds: keep it (init="model" given: refused, as before)
+    keep_E0 = init_reason != "given" and init == "model" and isinstance(E0, str) and E0 == "fit"
+    if init == "model" and isinstance(E0, str) and E0 == "fit" and not keep_E0:
         raise ValueError("train: E0='fit' is determined by the linear warm start; use init='linear' or give E0")
     if checkpoint is not None:
         from ..atomic import check_outputs
 
         check_outputs([p for p in ([data] if isinstance(data, str) else (data if isinstance(data, list) else []))
                        if isinstance(p, str)], {"checkpoint": checkpoint}, "train")
+    run = {"epoch": None, "saved": None, "best": None}  # where an interrupt finds the run (epoch None: not begun)
+    with sigterm_as_interrupt():
+        try:
+            return _train(model, data, run, weights=weights, prior=prior, E0=E0, keep_E0=keep_E0, init=init,
+                          init_reason=init_reason, solver=solver, epochs=epochs, batch_size=batch_size,
+                          optimizer=optimizer, lr=lr, lam=lam, init_scale=init_scale, init_split=init_split,
+                          patience=patience, device=device, dtype=dtype, validation=validation,
+                          checkpoint=checkpoint, progress=progress, seed=seed, keys=keys, skip_bad=skip_bad,
+                          min_distance=min_distance, compute_errors=compute_errors, precondition=precondition,
+                          refit_linear=refit_linear, committee_size=committee_size, close_contact=close_contact,
+                          close_contact_error=close_contact_error)
+        except KeyboardInterrupt as exc:
+            if run["best"] is not None:  # the caller's model holds the best epoch, not a half-taken step
+                model.load_state_dict(run["best"]["state"])
+            raise TrainingInterrupted(signal_of(exc), interrupted_message(exc, run, checkpoint)) from None
+
+
+def _train(model, data, run, *, weights, prior, E0, keep_E0, init, init_reason, solver, epochs, batch_size, optimizer,
+           lr, lam, init_scale, init_split, patience, device, dtype, validation, checkpoint, progress, seed, keys,
+           skip_bad, min_distance, compute_errors, precondition, refit_linear, committee_size, close_contact,
+           close_contact_error) -> TrainResult:
+    """``train``'s work once the arguments are checked; ``run`` records the epoch, the last checkpointed epoch
+    and the best epoch for the interrupt handler."""
     from .driver import check_weights_match, set_E0, fit
+
+    def say(line: str) -> None:
+        if progress:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
 
     t_start = time.perf_counter()
     timings: Dict[str, float] = {}
@@ -279,17 +281,11 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
     check_weights_match(weights, ds)
     check_close_contacts(fitting_structures(ds), close_contact, close_contact_error)
-    if isinstance(validation, float) and not isinstance(validation, bool):
-        if not 0.0 < validation < 1.0:
-            raise ValueError(f"train: validation must be a fraction in (0, 1), data, or None; got {validation}")
-        train_structs, val_structs = _split(ds, validation, seed)
-    elif validation is None:
-        train_structs, val_structs = fitting_structures(ds), []
-    else:
-        train_structs = fitting_structures(ds)
-        val_structs = fitting_structures(read_data(validation, keys=keys, elements=model.elements, skip_bad=skip_bad))
+    train_structs, val_structs = validation_split(ds, data, validation, seed, keys=keys, elements=model.elements,
+                                                  skip_bad=skip_bad)
     if not train_structs:
         raise ValueError("train: no training structures (only isolated atoms?)")
+    check_label_range(list(train_structs) + list(val_structs), resolved)
     timings["read"] = time.perf_counter() - t_start
 
     # the prior: a basis prior rescales the basis (as in fit), a column prior is Γ in the penalty
@@ -302,7 +298,15 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
         batch_size=batch_size, seed=seed,
         dtype=str(dtype), solver=None if solver is None else repr(solver), precondition=precondition))
     ckpt = TrainCheckpoint(checkpoint, fp) if checkpoint is not None else None
-    saved = ckpt.load() if ckpt is not None else None
+    saved = ckpt.load(model) if ckpt is not None else None
+    phases = _phases(optimizer, epochs)
+    n_epochs = len(phases)
+    start = resume_epoch(saved, phases, ckpt.path) if saved is not None else 0
+    resumed = None if saved is None else {"checkpoint": ckpt.path, "epochs_done": start - 1}
+    if saved is not None:
+        run["saved"] = start - 1
+        say(f"resuming from {ckpt.path} at epoch {start} of {n_epochs} (epochs 0-{start - 1} done)"
+            if start <= n_epochs else f"resuming from {ckpt.path}: it holds all {n_epochs} epochs, nothing to train")
 
     init_info = None
     t0 = time.perf_counter()
@@ -334,8 +338,10 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
                 model.radials.weights.copy_(model.radials.identity())
         if init_scale and model.densities > 1:
             model.randomize_densities(init_scale, seed)
-    else:
+    elif not keep_E0:
         set_E0(model.linear, ds, E0)
+    if saved is None:
+        say(init_line(init, init_reason, init_info, keep_E0))
     timings["init"] = time.perf_counter() - t0
     lam_from = "given"
     if lam is None:  # the regularisation the BLR warm start chose, else the fixed default
@@ -356,11 +362,9 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     if n_rows == 0:
         raise ValueError("train: every training label has zero weight; check the weights and the data's keys")
 
-    phases = _phases(optimizer, epochs)
-    n_epochs = len(phases)
     history = saved["history"] if saved is not None else []
     best = saved["best"] if saved is not None else None
-    start = len(history)
+    run["best"] = best
     opt_adam = opt_lbfgs = opt_gn = None
 
     t0 = time.perf_counter()
@@ -390,13 +394,18 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     closure = CachedClosure(model, scaled, lambda: total_loss(model, batches, penalty, backward=True))
     stopped = "epochs"
     has_val = bool(val_batches)
+    # densities 2 … P all zero (the linear warm start, or a kept linear model): a saddle; start off it
+    split_at_1 = not init_scale and model.densities > 1 and not bool(model.density_coefficients.detach()[1:].any())
+    early = f"early stop: no better validation loss for {patience} epochs"
+    if has_val and best is not None and start - 1 - best["epoch"] >= patience:
+        stopped, start = early, n_epochs + 1  # the saved run had stopped early: it stays stopped
     t_train = time.perf_counter()
     for epoch in range(start, n_epochs + 1):  # epoch 0 is the starting point
+        run["epoch"] = epoch
         t0 = time.perf_counter()
         phase = "init" if epoch == 0 else phases[epoch - 1]
         opt, step_info = None, None
-        if epoch == 1 and init == "linear" and not init_scale:
-            # epoch 0 is the linear warm start itself; training starts off its saddle (split_densities)
+        if epoch == 1 and split_at_1:
             model.split_densities(init_split)
             scaled.pull()
         if phase == "adam":
@@ -422,12 +431,29 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
             opt = opt_lbfgs
             opt.step(closure)
             scaled.push()
-        if not all(bool(torch.isfinite(p).all()) for p in params):
-            raise FloatingPointError(f"train: parameters became non-finite at epoch {epoch} ({phase}); lower lr or "
-                                     "raise lam")
-        # an accepted Gauss–Newton step has just evaluated these (same parameters, same function)
-        tr = opt_gn.metrics if phase == "gn" and opt_gn.metrics is not None else loss_metrics(model, batches, penalty)
-        va = loss_metrics(model, val_batches) if has_val else None  # held-out misfit: no penalty
+        finite = all(bool(torch.isfinite(p).all()) for p in params)
+        tr = va = None
+        if finite:
+            # an accepted Gauss–Newton step has just evaluated these (same parameters, same function)
+            tr = opt_gn.metrics if phase == "gn" and opt_gn.metrics is not None else loss_metrics(model, batches,
+                                                                                                   penalty)
+            va = loss_metrics(model, val_batches) if has_val else None  # held-out misfit: no penalty
+            finite = math.isfinite(tr["loss"]) and (va is None or math.isfinite(va["loss"]))
+        if not finite:
+            if epoch == 0:
+                refuse_start(model, train_structs, val_structs, resolved, batch_size, dev, dtype, init)
+            # diverged: the caller gets the best epoch, the checkpoint keeps the last finite one
+            what = "the parameters" if tr is None else ("the training loss" if not math.isfinite(tr["loss"])
+                                                         else "the validation loss")
+            model.load_state_dict(best["state"])
+            scaled.pull()
+            stopped = (f"diverged: {what} became non-finite at epoch {epoch} ({phase}); stopped there and kept "
+                       f"epoch {best['epoch']}, the best; lower lr or raise lam")
+            if progress:
+                say(f"train: {stopped}")
+            else:
+                warnings.warn(f"train: {stopped}", TrainingDivergedWarning, stacklevel=3)
+            break
         rec = {"epoch": epoch, "phase": phase, "train": tr, "val": va, "seconds": time.perf_counter() - t0}
         if step_info is not None:
             rec["gn"] = step_info
@@ -436,16 +462,17 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
         if best is None or score < best["score"]:
             best = {"score": score, "epoch": epoch,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        if progress:
-            sys.stderr.write(_progress_line(rec, n_epochs, has_val) + "\n")
-            sys.stderr.flush()
+            run["best"] = best
         if ckpt is not None:
             ckpt.save({"model": model.state_dict(), "optimizer": None if opt is None else opt.state_dict(),
                        "scales": scales,
                        "phase": phase, "history": history, "best": best, "init": init_info})
+            run["saved"] = epoch
+        say(_progress_line(rec, n_epochs, has_val))  # after the save: a printed epoch is in the checkpoint
         if has_val and epoch - best["epoch"] >= patience:
-            stopped = f"early stop: no better validation loss for {patience} epochs"
+            stopped = early
             break
+    run["epoch"] = "after"
     timings["train"] = time.perf_counter() - t_train
     model.load_state_dict(best["state"])
     model.eval()
@@ -454,9 +481,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
         t0 = time.perf_counter()
         refit = _refit_linear(model, train_structs, weights, solver, lam, gamma, batches, val_batches, penalty)
         timings["refit_linear"] = time.perf_counter() - t0
-        if progress:
-            sys.stderr.write(f"refit of the linear part at the trained radials/densities: {refit['result']} "
-                             f"({'val' if has_val else 'train'} loss {refit['before']:.6g} -> {refit['after']:.6g})\n")
+        say(f"refit of the linear part at the trained radials/densities: {refit['result']} "
+            f"({'val' if has_val else 'train'} loss {refit['before']:.6g} -> {refit['after']:.6g})")
     committee = None
     if committee_size:
         from .nonlinear_committee import fit_committee
@@ -472,8 +498,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
     hyper = {"optimizer": optimizer, "epochs": list(epochs) if isinstance(epochs, tuple) else epochs,
              "batch_size": batch_size, "lr": lr or (1e-3 if optimizer == "adam" else 1.0), "lam": lam,
              "lam_from": lam_from, "init_split": init_split,
-             "init": init, "init_scale": init_scale, "patience": patience, "seed": seed, "dtype": str(dtype),
-             "device": str(dev), "n_train": len(train_structs), "n_validation": len(val_structs),
+             "init": init, "init_from": init_reason, "init_scale": init_scale, "patience": patience, "seed": seed,
+             "dtype": str(dtype), "device": str(dev), "n_train": len(train_structs), "n_validation": len(val_structs),
              "lbfgs_evaluations": closure.evaluations,
              "gn_evaluations": opt_gn.evaluations if opt_gn is not None else 0,
              "gn_radials": opt_gn.radials if opt_gn is not None else None,
@@ -481,7 +507,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "linear
              "committee_size": committee_size, "committee": committee}
     result = TrainResult(history=history, chosen_epoch=best["epoch"], errors=errs, validation_errors=verrs,
                          hyperparameters=hyper, init=init_info, n_parameters=sum(p.numel() for p in params),
-                         stopped=stopped, timings=timings)
+                         stopped=stopped, timings=timings,
+                         resumed=resumed)
     model.metadata = dict(model.metadata or {}, training={k: v for k, v in result.to_dict().items()
                                                           if k not in ("history", "errors", "validation_errors")})
     return result
