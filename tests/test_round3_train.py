@@ -245,7 +245,7 @@ def test_cli_divergence_saves_the_best_model_without_a_traceback(files, capsys):
     assert "Traceback" not in out.err and "diverged" in out.out and "diverged" not in out.err
     saved = json.load(open(files / "nl.json"))
     assert np.isfinite(np.array(saved["density_coefficients"])).all()
-    assert len(json.load(open(files / "history.json"))) == 1  # a strict-JSON history of the finite epochs
+    assert len(json.load(open(files / "history.json"))["history"]) == 1  # a strict-JSON history of the finite epochs
 
 
 def test_poisoned_label_is_named(data):
