@@ -20,42 +20,53 @@ model object (``watch(model)``), shared by every cache of that model, and the ou
 """
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 # plain (non-buffer) tensor attributes that caches read: a nonlinear model's committee
 ATTRIBUTES = ("committee",)
 
+_SHAPE = operator.attrgetter("shape")
 _WATCHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.Lock()
 
 
-def _collect(module: nn.Module, out: List[torch.Tensor]) -> None:
-    # hand-walked (nn.Module.named_parameters builds names and a memo set: 5x slower); None entries
-    # (an unset committee buffer) are skipped: a tensor appearing or disappearing changes the count
-    out.extend(t for t in module._parameters.values() if t is not None)
-    out.extend(t for t in module._buffers.values() if t is not None)
-    for child in module._modules.values():
-        if child is not None:
-            _collect(child, out)
+class Slots:
+    """Where a model keeps its tensors: every (dict, key) of its module tree — each module's parameters,
+    buffers and submodules, unset ones (None) included, and the root's plain ``ATTRIBUTES`` — with the value
+    found there.  ``same_objects()`` tells, with two C-level loops (no walk of the tree), whether every slot
+    still holds the same object: a replaced buffer, parameter or submodule, a committee set or removed."""
+
+    def __init__(self, model: nn.Module):
+        dicts, keys = [], []
+        stack = [model]
+        while stack:
+            m = stack.pop()
+            for d in (m._parameters, m._buffers, m._modules):
+                dicts.extend([d] * len(d))
+                keys.extend(d)
+            stack.extend(c for c in m._modules.values() if c is not None)
+        dicts.extend([model.__dict__] * len(ATTRIBUTES))
+        keys.extend(ATTRIBUTES)
+        self.dicts, self.keys = dicts, keys
+        self.values = list(map(dict.get, dicts, keys))
+        self.tensors = [v for v in self.values if isinstance(v, torch.Tensor)]
+
+    def same_objects(self) -> bool:
+        return all(map(operator.is_, map(dict.get, self.dicts, self.keys), self.values))
 
 
 def model_tensors(model: nn.Module) -> List[torch.Tensor]:
     """Every tensor a cache of ``model`` may depend on, in a fixed order: parameters and buffers of every
-    submodule, then the plain tensor attributes named in ``ATTRIBUTES``."""
-    out: List[torch.Tensor] = []
-    _collect(model, out)
-    d = model.__dict__
-    for name in ATTRIBUTES:
-        v = d.get(name)
-        if isinstance(v, torch.Tensor):
-            out.append(v)
-    return out
+    submodule and the plain tensor attributes named in ``ATTRIBUTES``."""
+    return Slots(model).tensors
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -71,6 +82,71 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
 
 
+def _host_bytes(t: torch.Tensor) -> Optional[np.ndarray]:
+    """A flat uint8 numpy view of a contiguous CPU tensor's memory (None where there is none)."""
+    if t.device.type != "cpu" or not t.is_contiguous():
+        return None
+    try:
+        return t.detach().numpy().reshape(-1).view(np.uint8)
+    except (TypeError, RuntimeError, ValueError):  # no numpy dtype (bfloat16, ...)
+        return None
+
+
+class _HostCopy:
+    """The bytes of the model's tensors when all are contiguous CPU tensors, read through numpy views of
+    their memory: two numpy calls (a concatenation of the views and one ``==`` of bytes) instead of one
+    torch call per tensor; with the tensors' data pointers (``.data = x`` and ``.to()`` keep a parameter
+    object but move its memory)."""
+
+    def __init__(self, tensors: List[torch.Tensor], views: List[np.ndarray]):
+        self.tensors = tensors
+        self.pointers = list(map(torch.Tensor.data_ptr, tensors))
+        self.views = views
+        self.bytes = np.concatenate(views).tobytes() if views else b""
+
+    def unchanged(self) -> bool:
+        return (list(map(torch.Tensor.data_ptr, self.tensors)) == self.pointers
+                and (np.concatenate(self.views).tobytes() if self.views else b"") == self.bytes)
+
+
+class _DeviceCopy:
+    """Private clones of the model's tensors elsewhere (CUDA, non-contiguous, no numpy dtype), compared by
+    value (flattened into one tensor: one device synchronisation on CUDA), NaN equal to NaN."""
+
+    def __init__(self, tensors: List[torch.Tensor]):
+        self.tensors = tensors
+        with torch.no_grad():
+            self.clones = [t.detach().clone() for t in tensors]
+            self.flat = self._flatten(self.clones)
+
+    @staticmethod
+    def _flatten(tensors: List[torch.Tensor]) -> Optional[torch.Tensor]:
+        try:  # one concatenation, values promoted to a common dtype
+            return torch.cat([t.detach().reshape(-1) for t in tensors]) if tensors else None
+        except RuntimeError:  # tensors on several devices
+            return None
+
+    def unchanged(self) -> bool:
+        current = self.tensors
+        if list(map(_SHAPE, current)) != list(map(_SHAPE, self.clones)):
+            return False
+        with torch.no_grad():
+            flat = self._flatten(current)
+            if flat is not None and self.flat is not None and flat.device == self.flat.device:
+                if flat.dtype == self.flat.dtype and torch.equal(flat, self.flat):
+                    return True
+            return all(map(_same, current, self.clones))
+
+
+def _contents(tensors: List[torch.Tensor]):
+    """What ``ModelWatch`` keeps of the values of ``tensors``: a ``_HostCopy`` where every tensor allows one,
+    else a ``_DeviceCopy``."""
+    views = [_host_bytes(t) for t in tensors]
+    if all(v is not None for v in views):
+        return _HostCopy(tensors, views)
+    return _DeviceCopy(tensors)
+
+
 class ModelWatch:
     """Tells whether a model's tensors changed since the last look (see the module docstring).
 
@@ -80,22 +156,11 @@ class ModelWatch:
 
     def __init__(self, model: nn.Module):
         self._model = weakref.ref(model)
-        self._copy: Optional[List[torch.Tensor]] = None
+        self._slots: Optional[Slots] = None
+        self._copy = None
         self.generation = 0
         self._lock = threading.Lock()
         self._local = threading.local()  # depth of held() on this thread
-
-    def _unchanged(self, current: List[torch.Tensor]) -> bool:
-        ref = self._copy
-        if ref is None or len(current) != len(ref):
-            return False
-        try:  # all(map(...)): the loop in C; _same only where torch.equal fails (the rare path)
-            if all(map(torch.equal, current, ref)):
-                return True
-        except RuntimeError:  # a tensor moved to another device
-            pass
-        with torch.no_grad():
-            return all(map(_same, current, ref))
 
     def check(self) -> int:
         """The model's current generation (compares every tensor, unless held on this thread)."""
@@ -104,11 +169,11 @@ class ModelWatch:
         model = self._model()
         if model is None:
             raise RuntimeError("the watched model no longer exists")
-        current = model_tensors(model)
         with self._lock:
-            if not self._unchanged(current):
-                with torch.no_grad():
-                    self._copy = [t.detach().clone() for t in current]
+            # the same objects in the same places (a cheap test), then the same memory and values
+            if self._slots is None or not (self._slots.same_objects() and self._copy.unchanged()):
+                self._slots = Slots(model)
+                self._copy = _contents(self._slots.tensors)
                 self.generation += 1
             return self.generation
 
