@@ -208,7 +208,8 @@ class LammpsDriver:
         _check_masses(lmp, self.elements_by_type)
         # the caller's model itself, or a copy on this device/dtype made again whenever the model changes
         self._bound = BoundModel(source, self.device, dtype, self._make_forward)
-        self.model = self._bound.model
+        self.model, self._forward = self._bound.model, self._bound.forward
+        self._bound_forward = self._bound.forward  # _forward may be wrapped by the caller (timing, checks)
         self._nl: Optional[_Neighbours] = None
         self.n_calls = self.n_neighbour_list_builds = self.n_wrapped = 0
         self.timings = {"callback": 0.0, "neighbours": 0.0, "evaluate": 0.0}
@@ -299,9 +300,11 @@ class LammpsDriver:
         t1 = time.perf_counter()
         positions = torch.as_tensor(pos, dtype=self.dtype, device=self.device)
         with self._bound.held(), torch.enable_grad():  # the reference backend differentiates
-            self.model = self._bound.model  # a new copy when the caller's model changed
-            out = self._bound.forward(positions, nl.species, nl.batch, nl.edge_index, nl.unit_shifts, nl.cell_t, 1,
-                                      True, True)
+            if self._bound.forward is not self._bound_forward:  # a new copy of the caller's changed model
+                self.model, self._forward = self._bound.model, self._bound.forward
+                self._bound_forward = self._bound.forward
+            out = self._forward(positions, nl.species, nl.batch, nl.edge_index, nl.unit_shifts, nl.cell_t, 1,
+                                True, True)
         self.timings["neighbours"] += t1 - t0
         self.timings["evaluate"] += time.perf_counter() - t1
         return out, positions, nl
