@@ -5,9 +5,9 @@ kernels' coefficient tables and those of the committee, a calculator's copy of t
 dtype, a nonlinear committee's linear model, ASE's stored results.  Keys made of version counters and data
 pointers miss changes: a write through ``.data`` or a numpy view bumps no counter, and a replaced buffer
 (``model.E0 = torch.tensor(...)``, ``model.committee = ...`` after a refit, ``model.to(...)``) starts a new
-counter at the old value, perhaps at the old address.  So a watch keeps what it saw of every tensor of the model (the parameters and buffers of every submodule,
-and plain tensor attributes such as a nonlinear model's ``committee``) and compares the model with it on
-each look: the same objects in the same places (``Slots``), then, for CPU tensors, the same memory (data
+counter at the old value, perhaps at the old address.  So a watch keeps what it saw of every tensor of the
+model (the parameters and buffers of every submodule, and plain tensor attributes such as a nonlinear
+model's ``committee``) and compares the model with it on each look: the same objects in the same places (``Slots``), then, for CPU tensors, the same memory (data
 pointers) holding the same bytes (``_HostCopy``: two numpy calls for all tensors), or elsewhere equal values
 (``_DeviceCopy``: one flattened comparison, one synchronisation on CUDA).  Any difference, however made,
 gives a new ``generation``; the test is conservative (an equal tensor put in place of another counts).
