@@ -18,11 +18,11 @@ summation order.  See docs/calculator.md.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import threading
 import zipfile
+from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -40,6 +40,8 @@ from ..structures.batch import DEFAULT_MIN_DISTANCE, too_close, validate
 from ..structures.cell_list import cell_list_neighbours
 from ..structures.geometry import edge_vectors
 from ..structures.neighbours import neighbour_list
+from ..model.watch import watch
+from .binding import BoundModel
 
 __all__ = ["TorchACECalculator", "PropertyNotImplementedError"]
 log = logging.getLogger("torchace")
@@ -97,7 +99,6 @@ class TorchACECalculator(Calculator):
         self.skin = float(skin)
         self.min_distance = float(min_distance)
         self.model_path: Optional[str] = None
-        self.model, self._forward, numbers, rcut = self._load(model_or_path, backend)
         if fused is not None:
             import warnings
 
@@ -105,40 +106,35 @@ class TorchACECalculator(Calculator):
                           DeprecationWarning, stacklevel=2)
             if fused:
                 backend = "fused"
-        comm = getattr(self.model, "committee", None) if self.model is not None else None
-        if self.model is None:  # a TorchScript export: its own forward
+        model, script, numbers, rcut = self._load(model_or_path, backend)
+        self.uncertainty = uncertainty
+        self._script = script
+        self._bound: Optional[BoundModel] = None
+        if model is None:  # a TorchScript export: its own forward
             if backend not in (AUTO, TORCHSCRIPT) or compile:
                 raise ValueError(f"backend={backend!r} / compile=True need a torchace model or model file, not a "
                                  "TorchScript export")
             self.backend = TORCHSCRIPT
-        elif compile:  # torch.compile of the analytic eval path (ACEModel.compiled_forward)
-            if backend not in (AUTO, "analytic"):
+        else:
+            if compile and backend not in (AUTO, "analytic"):
                 raise ValueError(f"compile=True compiles the analytic backend; it cannot be combined with "
                                  f"backend={backend!r}")
-            select(self.model, self.device, "analytic", EVALUATE)  # raises with the reason if impossible
-            self._forward = self.model.compiled_forward()
-            self.backend = "analytic"
-        else:
-            b = select(self.model, self.device, backend, EVALUATE)
-            # members' energies inside the one pass unless spreads are switched off (then on request, in torch)
-            self._forward = b.evaluator(self.model, committee=comm is not None and uncertainty is not False)
-            self.backend = b.name
+            self._backend_choice, self._compile = backend, bool(compile)
+            # the model itself, or a copy on this device/dtype made again whenever the model changes
+            self._bound = BoundModel(model, self.device, self.dtype, self._make_forward)
         log.info("TorchACECalculator: backend %s on %s", self.backend, self.device)
         self.rcut = float(rcut)
         self.atomic_numbers = [int(z) for z in numbers]
         self._z_to_species = {z: s for s, z in enumerate(self.atomic_numbers)}
-        self._committee = None if comm is None else comm.detach().to(self.device, self.dtype)
-        # the linear model whose design rows and coefficients the committee refers to: the model itself, or for
-        # a nonlinear model the linear model of the parameters its energy is linear in (a snapshot, with the
-        # learned radials; torchace.fitting.nonlinear_committee)
-        self._rows_model = self.model
-        if self._committee is not None and getattr(self.model, "nonlinear", False):
-            self._rows_model = committee_linear_model(self.model)
-        if uncertainty and self._committee is None:
+        # (token of the evaluated model, the linear model whose design rows and coefficients the committee
+        # refers to): for a nonlinear model the linear model of the parameters its energy is linear in (a
+        # snapshot with the learned radials, torchace.fitting.nonlinear_committee), made again when it changes
+        self._rows_cache = None
+        self._token = None            # of the evaluated model, for the stored results
+        if uncertainty and self.committee is None:
             raise ValueError("uncertainty=True needs a model with a committee (fit with solvers.BLR(committee_size=n) "
                              "or ARD); TorchScript exports carry none")
-        self.uncertainty = uncertainty
-        self.implemented_properties = BASE_PROPERTIES + (STD_PROPERTIES if self._committee is not None else [])
+        self.implemented_properties = self._properties()
         self._nl: Optional[_NeighbourList] = None
         self.n_neighbour_list_builds = 0
         # one calculation at a time: ASE keeps results (and this calculator its neighbour list) on the object,
@@ -146,6 +142,57 @@ class TorchACECalculator(Calculator):
         self._lock = threading.RLock()
 
     # ---- model ----
+
+    @property
+    def model(self):
+        """The model evaluated: the caller's model itself, or its copy on this device/dtype (None for a
+        TorchScript export)."""
+        return None if self._bound is None else self._bound.model
+
+    @property
+    def committee(self) -> Optional[torch.Tensor]:
+        """The evaluated model's committee [n_members, n_coefficients] as it is now (None: none)."""
+        comm = getattr(self.model, "committee", None) if self._bound is not None else None
+        return None if comm is None else comm.detach().to(self.device, self.dtype)
+
+    def _properties(self) -> List[str]:
+        return BASE_PROPERTIES + (STD_PROPERTIES if self.committee is not None else [])
+
+    def _make_forward(self, model):
+        """The backend callable of ``model`` (the caller's model or a new copy of it)."""
+        if self._compile:  # torch.compile of the analytic eval path (ACEModel.compiled_forward)
+            select(model, self.device, "analytic", EVALUATE)  # raises with the reason if impossible
+            self.backend = "analytic"
+            return model.compiled_forward()
+        b = select(model, self.device, self._backend_choice, EVALUATE)
+        self.backend = b.name
+        # members' energies inside the one pass unless spreads are switched off (then on request, in torch); a
+        # model without a committee costs nothing extra, and one fitted later is served
+        return b.evaluator(model, committee=self.uncertainty is not False)
+
+    def _rows_model(self):
+        """The linear model of the committee's design rows (see __init__), for the model as it is now."""
+        model = self.model
+        if not getattr(model, "nonlinear", False):
+            return model
+        gen = watch(model).check()  # held by the call: no second comparison
+        if self._rows_cache is None or self._rows_cache[0] is not model or self._rows_cache[1] != gen:
+            self._rows_cache = (model, gen, committee_linear_model(model))
+        return self._rows_cache[2]
+
+    @contextmanager
+    def _held(self):
+        """The call's view of the model: up to date with the caller's model, compared once (BoundModel.held);
+        results stored for an older model are dropped."""
+        if self._bound is None:
+            yield
+            return
+        with self._bound.held() as token:
+            if token != self._token:
+                self.results = {}
+                self.implemented_properties = self._properties()
+                self._token = token
+            yield
 
     def _load(self, model_or_path, backend: str):
         if isinstance(model_or_path, (str, os.PathLike)):
@@ -170,14 +217,11 @@ class TorchACECalculator(Calculator):
             from ..io.model_file import load
 
             model = load(path, dtype=self.dtype, device=self.device)
-            return model, model, model.config.numbers, model.rcut
+            return model, None, model.config.numbers, model.rcut
         model = model_or_path
         if not hasattr(model, "config") or not hasattr(model, "coefficients"):
             raise TypeError(f"expected a torchace model or the path of a model file, got {type(model).__name__}")
-        p = model.coefficients
-        if p.device != self.device or p.dtype != self.dtype or model.training:
-            model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
-        return model, model, model.config.numbers, model.rcut
+        return model, None, model.config.numbers, model.rcut
 
     # ---- neighbour list ----
 
@@ -244,11 +288,11 @@ class TorchACECalculator(Calculator):
     # ---- ASE interface ----
 
     def get_property(self, name, atoms=None, allow_calculation=True):
-        with self._lock:
+        with self._lock, self._held():
             return super().get_property(name, atoms, allow_calculation)
 
     def calculate(self, atoms=None, properties: Sequence[str] = ("energy",), system_changes=all_changes):
-        with self._lock:
+        with self._lock, self._held():
             self._calculate(atoms, properties, system_changes)
 
     def _calculate(self, atoms, properties, system_changes):
@@ -265,8 +309,9 @@ class TorchACECalculator(Calculator):
         args = (positions, nl.species, nl.batch, nl.edge_index, nl.unit_shifts, nl.cell_t, 1)
         if self.backend != "fused":
             self._check_distances(atoms, positions)
+        forward = self._script if self._bound is None else self._bound.forward
         with torch.enable_grad():  # the reference backend and TorchScript exports differentiate
-            out = self._forward(*args, True, periodic)
+            out = forward(*args, True, periodic)
         if CLOSEST_PAIR in out:  # the fused kernel measured every distance: this replaces _check_distances
             dmin, e = (float(x) for x in out[CLOSEST_PAIR])
             self._reject_closest(atoms, dmin, int(e))
@@ -279,27 +324,27 @@ class TorchACECalculator(Calculator):
         if periodic:
             W = out[K.VIRIAL].detach()[0].to("cpu", torch.float64)
             res["stress"] = K.to_voigt(-W / vol).numpy()
-        if self._committee is not None:
+        committee = self.committee  # the model's current one (a refit replaces it)
+        if committee is not None:
             if self.uncertainty is not False or "energy_std" in properties:
                 if COMMITTEE_ENERGY in out:
                     members = out[COMMITTEE_ENERGY].detach()[:, 0]
                 else:
-                    members = committee_energies(self._rows_model, self._committee, out[K.ENERGY].detach(),
-                                                 args)[:, 0]
+                    members = committee_energies(self._rows_model(), committee, out[K.ENERGY].detach(), args)[:, 0]
                 res["energy_std"] = float(spread(members))
             if self.uncertainty is True or any(p in FORCE_STD_PROPERTIES for p in properties):
-                res.update(self._force_spread(args, periodic, vol))
+                res.update(self._force_spread(committee, args, periodic, vol))
         self.results = res
 
-    def _force_spread(self, args, periodic: bool, vol: float) -> Dict[str, np.ndarray]:
+    def _force_spread(self, committee: torch.Tensor, args, periodic: bool, vol: float) -> Dict[str, np.ndarray]:
         """Force and stress standard deviations over the committee from one design-row evaluation."""
         positions, species, batch, edge_index, unit_shifts, cell, _ = args
         nl_batch = {K.POSITIONS: positions, K.SPECIES: species, K.BATCH: batch, K.EDGE_INDEX: edge_index,
                     K.UNIT_SHIFTS: unit_shifts, K.CELL: cell,
                     K.N_ATOMS: torch.tensor([positions.shape[0]], device=positions.device)}
         backend = self.backend if self.backend in ("fused", "analytic", "reference") else AUTO
-        rows = batch_rows(self._rows_model, nl_batch, backend=backend)
-        p = member_predictions(self._committee, rows, torch.zeros(1, dtype=positions.dtype, device=positions.device))
+        rows = batch_rows(self._rows_model(), nl_batch, backend=backend)
+        p = member_predictions(committee, rows, torch.zeros(1, dtype=positions.dtype, device=positions.device))
         out = {"forces_std": spread(p[K.FORCES]).to("cpu", torch.float64).numpy()}
         if periodic:
             out["stress_std"] = (spread(p[K.VIRIAL])[0] / vol).to("cpu", torch.float64).numpy()

@@ -58,6 +58,7 @@ from ..structures.batch import DEFAULT_MIN_DISTANCE
 from ..structures.geometry import edge_vectors
 from ..structures.neighbours import neighbour_list
 from .lammps_library import MPI_LIBRARY, QUIET, import_lammps, new_lammps, preload_mpi  # noqa: F401 (public here too)
+from .binding import BoundModel
 
 __all__ = ["LammpsDriver", "LammpsMisuseError", "attach", "lammps_input_lines", "fix_lines",
            "import_lammps", "new_lammps", "preload_mpi", "check_lammps", "check_fix_id",
@@ -81,17 +82,13 @@ class LammpsMisuseError(ValueError):
 # ---- model and types ----
 
 def _load_model(model, device, dtype):
+    """The model file's model, or the caller's model object (``BoundModel`` copies it where needed)."""
     if isinstance(model, (str, os.PathLike)):
         from ..io.model_file import load
 
         return load(os.fspath(model), dtype=dtype, device=device)
     if not hasattr(model, "config") or not hasattr(model, "rcut"):
         raise TypeError(f"expected a torchace model or the path of a model file, got {type(model).__name__}")
-    p = model.coefficients
-    if p.device != torch.device(device) or p.dtype != dtype or model.training:
-        import copy
-
-        model = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     return model
 
 
@@ -165,18 +162,20 @@ class LammpsDriver:
         self.lmp, self.fix_id, self.skin, self.lost_atoms = lmp, fix_id, float(skin), lost_atoms
         self.per_atom_energy, self.min_distance = bool(per_atom_energy), float(min_distance)
         self.device, self.dtype = torch.device(device), dtype
-        self.model = _load_model(model, self.device, dtype)
-        self.rcut = float(self.model.rcut)
+        self._backend_choice = backend
+        source = _load_model(model, self.device, dtype)
+        self.rcut = float(source.rcut)
         self.elements_by_type = list(elements_by_type)
-        self._type_species = _species_of_types(self.model, self.elements_by_type)
+        self._type_species = _species_of_types(source, self.elements_by_type)
         ntypes = int(lmp.extract_global("ntypes"))
         if ntypes != len(self.elements_by_type):
             raise ValueError(f"LAMMPS has {ntypes} atom types, elements_by_type names {len(self.elements_by_type)}: "
                              f"{self.elements_by_type}")
         missing = _check_masses(lmp, self.elements_by_type, bool(check_masses))
-        b = select(self.model, self.device, backend, EVALUATE)
-        self.backend = b.name
-        self._forward = b.evaluator(self.model)
+        # the caller's model itself, or a copy on this device/dtype made again whenever the model changes
+        self._bound = BoundModel(source, self.device, dtype, self._make_forward)
+        self.model, self._forward = self._bound.model, self._bound.forward
+        self._bound_forward = self._bound.forward  # _forward may be wrapped by the caller (timing, checks)
         self._nl: Optional[_Neighbours] = None
         self.n_calls = self.n_neighbour_list_builds = self.n_wrapped = 0
         self.timings = {"callback": 0.0, "neighbours": 0.0, "evaluate": 0.0}
@@ -192,6 +191,12 @@ class LammpsDriver:
         _ATTACHED[lmp] = self
         log.info("LammpsDriver: backend %s on %s, fix %s, skin %g Å", self.backend, self.device, self.fix_id,
                  self.skin)
+
+    def _make_forward(self, model):
+        """The backend callable of ``model`` (the caller's model or a new copy of it)."""
+        b = select(model, self.device, self._backend_choice, EVALUATE)
+        self.backend = b.name
+        return b.evaluator(model)
 
     # ---- running ----
 
@@ -293,7 +298,10 @@ class LammpsDriver:
         nl = self._neighbours(pos, tags, types, cell, pbc)
         t1 = time.perf_counter()
         positions = torch.as_tensor(pos, dtype=self.dtype, device=self.device)
-        with torch.enable_grad():  # the reference backend differentiates
+        with self._bound.held(), torch.enable_grad():  # the reference backend differentiates
+            if self._bound.forward is not self._bound_forward:  # a new copy of the caller's changed model
+                self.model, self._forward = self._bound.model, self._bound.forward
+                self._bound_forward = self._bound.forward
             out = self._forward(positions, nl.species, nl.batch, nl.edge_index, nl.unit_shifts, nl.cell_t, 1,
                                 True, True)
         self.timings["neighbours"] += t1 - t0

@@ -25,7 +25,6 @@ atoms closer than ``min_distance``), each raising ``ValueError`` naming the syst
 """
 from __future__ import annotations
 
-import copy
 import os
 from typing import Dict, List, Optional
 
@@ -39,6 +38,7 @@ from ..structures.batch import DEFAULT_MIN_DISTANCE
 from ..structures.cell_list import cell_list_neighbours
 from ..structures.geometry import edge_vectors
 from ..structures.neighbours import neighbour_list
+from .binding import BoundModel
 
 try:
     import torch_sim
@@ -97,10 +97,10 @@ class TorchACEModel(ModelInterface):
         self.min_distance = float(min_distance)
         self.neighbour_list = neighbour_list
         self.model_path: Optional[str] = None
-        self.model = self._load(model_or_path)
-        b = select(self.model, dev, backend, EVALUATE)
-        self.backend = b.name
-        self._evaluate = b.evaluator(self.model)
+        self._backend_choice = backend
+        # the caller's model itself, or a copy on this device/dtype made again whenever the model changes
+        self._bound = BoundModel(self._load(model_or_path), dev, dtype, self._make_forward)
+        self.model = self._bound.model
         self.rcut = float(self.model.rcut)
         self.atomic_numbers: List[int] = [int(z) for z in self.model.config.numbers]
         lut = torch.full((max(self.atomic_numbers) + 1,), -1, dtype=torch.long)
@@ -118,10 +118,13 @@ class TorchACEModel(ModelInterface):
         model = model_or_path
         if not all(hasattr(model, a) for a in ("config", "coefficients", "rcut")):
             raise TypeError(f"expected a torchace model or the path of a model file, got {type(model).__name__}")
-        p = model.coefficients
-        if p.device != self._device or p.dtype != self._dtype or model.training:
-            model = copy.deepcopy(model).to(device=self._device, dtype=self._dtype).eval()
         return model
+
+    def _make_forward(self, model):
+        """The backend callable of ``model`` (the caller's model or a new copy of it)."""
+        b = select(model, self._device, self._backend_choice, EVALUATE)
+        self.backend = b.name
+        return b.evaluator(model)
 
     # ---- inputs ----
 
@@ -295,9 +298,11 @@ class TorchACEModel(ModelInterface):
         members = torch.argsort(batch, stable=True)  # atoms of system s: members[offset_s : offset_s + n_s]
         edge_index, unit_shifts = self._neighbours(positions, cell, cells_h, pbc, batch, members, counts)
         self._check_distances(positions, edge_index, unit_shifts, cell, batch)
-        with torch.enable_grad():  # the reference backend differentiates
-            out = self._evaluate(positions, species, batch, edge_index, unit_shifts, cell, n_sys,
-                                 self._compute_forces, self._compute_stress)
+        with self._bound.held(), torch.enable_grad():  # the reference backend differentiates
+            if self.model is not self._bound.model:  # a new copy of the caller's changed model
+                self.model = self._bound.model
+            out = self._bound.forward(positions, species, batch, edge_index, unit_shifts, cell, n_sys,
+                                      self._compute_forces, self._compute_stress)
         res = {"energy": out[K.ENERGY].detach()}
         if self._compute_forces:
             res["forces"] = out[K.FORCES].detach()

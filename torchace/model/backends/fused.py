@@ -36,6 +36,7 @@ from ... import keys as K
 from ...basis.radial import agnesi_a
 from ...structures.geometry import edge_vectors
 from ..strain import edge_gradient_outputs
+from ..watch import watch
 from .torch_rows import jacobian_pattern
 
 # extra output: [distance (Å), edge index] of the closest pair in the list (-1 without edges), so that
@@ -296,13 +297,16 @@ _DAGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def cached_dag(model):
     """``product_dag`` of the model's product basis, built once per basis (tens of ms for large bases; a
-    ``torchace.evaluate`` call builds a new evaluator each time)."""
+    ``torchace.evaluate`` call builds a new evaluator each time).  Kept with the index table it was built
+    from and rebuilt when that table's values change (however changed)."""
     p = model.product
+    idx = p.idx.detach().cpu()
+    n_a = int(model.embedding.n_a)
     with _LOCK:
-        dag = _DAGS.get(p)
-        if dag is None:
-            dag = _DAGS[p] = product_dag(p.idx.cpu(), model.embedding.n_a)
-    return dag
+        hit = _DAGS.get(p)
+        if hit is None or hit[1] != n_a or not torch.equal(hit[0], idx):
+            hit = _DAGS[p] = (idx.clone(), n_a, product_dag(idx, n_a))
+    return hit[2]
 
 
 def fixed_embedding(model):
@@ -353,63 +357,72 @@ def _check_device(positions: torch.Tensor, who: str) -> None:
 class FusedEvaluator(nn.Module):
     """Energies, forces and virials of ``model`` (eval mode) through the fused C++ kernel.
 
-    Holds no copy of the model: constants are read from it on each call, so later coefficient updates
-    (a refit) are seen.  Call: ``(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-    compute_forces=True, compute_virials=True)`` → ``{energy, node_energy, forces?, virial?, closest_pair}``.
+    Holds no copy of the model: the constants derived from it are rebuilt whenever any of its tensors changed
+    (``torchace.model.watch``: however changed — a refit, ``.data`` writes, replaced buffers,
+    ``load_state_dict``), so every call uses the model's current values.  Call: ``(positions, species, batch,
+    edge_index, unit_shifts, cell, n_structures, compute_forces=True, compute_virials=True)`` →
+    ``{energy, node_energy, forces?, virial?, closest_pair}``.
     With ``committee=True`` and a model with a committee (``model.committee`` [n_members, basis_size], read
     on each call as well) the dictionary also has ``committee_energy`` [n_members, n_structures].
     """
 
     def __init__(self, model, committee: bool = False, skip_baseline: bool = False):
         super().__init__()
-        # once: a model's baseline and transforms do not change.  skip_baseline: the caller adds the ZBL
-        # baseline itself (the fused backend does); otherwise a model with one is refused
+        # skip_baseline: the caller adds the ZBL baseline itself (the fused backend does); otherwise a model
+        # with one is refused (checked again whenever the model's tensors change: _refresh)
         _check_model(model, "FusedEvaluator", with_baseline=not skip_baseline)
         self.model = model
         self.committee = bool(committee)
+        self.skip_baseline = bool(skip_baseline)
         self.ext = load_extension()
-        dag = cached_dag(model)
-        self.aa_parent, self.aa_last, self.aa_children, self.node_of_aa = dag
-        self._cache_key = None
-        self._consts = None
-        self._committee_key = None
-        self._committee_consts = None
+        self._watch = watch(model)
+        self._generation = None
+        # per computation dtype, for the generation of the model they were built from (_refresh)
+        self._consts: Dict[torch.dtype, tuple] = {}
+        self._committee_consts: Dict[torch.dtype, tuple] = {}
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Drop every constant derived from the model if any of its tensors changed since they were built."""
+        gen = self._watch.check()
+        if gen == self._generation:
+            return
+        self._consts.clear()
+        self._committee_consts.clear()
+        _check_model(self.model, "FusedEvaluator", with_baseline=not self.skip_baseline)  # r0 may have changed
+        self.aa_parent, self.aa_last, self.aa_children, self.node_of_aa = cached_dag(self.model)
+        self._generation = gen
 
     def _constants(self, dtype: torch.dtype):
+        consts = self._consts.get(dtype)
+        if consts is not None:
+            return consts
         m = self.model
         c = m.coefficients.detach()
-        # rebuilt only when the coefficients or scales change (data_ptr + version counters)
-        key = (dtype, c.data_ptr(), c._version, m.embedding.nl_scale._version, m.pair.scale._version,
-               m.coupling.vals._version, m.E0._version)
-        if key == self._cache_key:
-            return self._consts
         f = dict(dtype=dtype, device="cpu")
         with torch.no_grad():
             c_node = node_coefficients(m, c, self.node_of_aa, self.aa_parent.shape[0])
             c_pair = pair_constants(m, c[m.n_manybody:].view(m.nz, m.nz, m.n_pair), dtype)
             consts = basis_args(m, dtype) + (self.aa_parent, self.aa_last, self.aa_children,
                                              c_node.to(**f).contiguous(), m.E0.detach().to(**f).contiguous(), c_pair)
-        self._cache_key, self._consts = key, consts
+        self._consts[dtype] = consts
         return consts
 
     def _committee_constants(self, dtype: torch.dtype):
         """(c_node_extra [n_sets, nz, n_nodes], c_pair_extra [n_sets, nz, nz, n_pair]) of the committee, built
         like the mean model's constants, and whether there is a committee to report; n_sets = 0 (empty tensors)
         without a committee or with committee=False (the kernel then does no extra work)."""
+        hit = self._committee_consts.get(dtype)
+        if hit is not None:
+            return hit
         m = self.model
         comm = getattr(m, "committee", None) if self.committee else None
         n_nodes = self.aa_parent.shape[0]
-        if comm is None:
-            key = (dtype, None)
-        else:
+        if comm is not None:
             comm = comm.detach()
             if comm.dim() != 2 or comm.shape[1] != m.basis_size:
                 raise ValueError(f"FusedEvaluator: model.committee must have shape (n_members, {m.basis_size}), "
                                  f"got {tuple(comm.shape)}")
-            key = (dtype, comm.data_ptr(), comm._version, tuple(comm.shape), m.pair.scale._version,
-                   m.coupling.vals._version)
-        if key == self._committee_key:
-            return self._committee_consts, comm is not None
         f = dict(dtype=dtype, device="cpu")
         if comm is None:
             consts = (torch.zeros(0, m.nz, n_nodes, **f), torch.zeros(0, m.nz, m.nz, m.n_pair, **f))
@@ -419,7 +432,7 @@ class FusedEvaluator(nn.Module):
                 c_node = node_coefficients(m, comm, self.node_of_aa, n_nodes)
                 consts = (c_node.to(**f).contiguous(),
                           pair_constants(m, comm[:, m.n_manybody:].reshape(n, m.nz, m.nz, m.n_pair), dtype))
-        self._committee_key, self._committee_consts = key, consts
+        self._committee_consts[dtype] = (consts, comm is not None)
         return consts, comm is not None
 
     def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor, edge_index: torch.Tensor,
@@ -428,6 +441,7 @@ class FusedEvaluator(nn.Module):
         _check_device(positions, "FusedEvaluator")
         dtype = positions.dtype
         need_grad = bool(compute_forces or compute_virials)
+        self._refresh()
         with torch.no_grad():
             extra, with_committee = self._committee_constants(dtype)
             energy, site, forces, virial, closest, energy_extra, _ = self.ext.site_energy_forces(

@@ -28,6 +28,7 @@ from torch import nn
 
 from ...structures.geometry import edge_vectors
 from ..strain import edge_gradient_outputs
+from ..watch import watch
 from ... import keys as K
 from .fused import COMMITTEE_ENERGY, cached_dag, node_coefficients
 
@@ -123,8 +124,9 @@ def _items(target: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, size: int):
 class TritonEvaluator(nn.Module):
     """``ACEModel.forward``'s signature and outputs (eval mode) through the Triton kernels.
 
-    Holds no copy of the model: the coefficient-dependent constants are rebuilt when the coefficients,
-    scales or E0 change (version counters), so a refit is seen.  ``memory_budget`` (bytes of scratch per
+    Holds no copy of the model: the constants derived from it (coefficients, committee, DAG plans) are
+    rebuilt whenever any of its tensors changed (``torchace.model.watch``: however changed), so a refit, a
+    ``.data`` write or a replaced buffer is seen.  ``memory_budget`` (bytes of scratch per
     chunk; None: 40 % of the free device memory on CUDA, 256 MiB on CPU); ``dag``: the product-DAG kernels
     (``DAG_VARIANTS``).  Set ``profile = True`` to accumulate device-synchronised seconds per stage in
     ``timings`` (scripts/bench_gpu.py reports them)."""
@@ -137,14 +139,16 @@ class TritonEvaluator(nn.Module):
         # committee energies from the same pass (levels variant): E_k = E(c̄) + E_lin(c_k − c̄), one extra
         # energy pass over the stored DAG nodes per member; forces and virials stay the mean model's
         self.committee = bool(committee) and dag == "levels"
-        self._committee_key = None
-        self._committee_consts = None
         self.memory_budget = memory_budget
         self.dag = dag
         self.kernels = _kernels()
-        self.parent, self.last, _, self.node_of_aa = cached_dag(model)
+        self._watch = watch(model)
+        self._generation = None
+        # per (dtype, device) and per device, for the model generation they were built from (_refresh)
+        self._consts: Dict[tuple, Dict[str, torch.Tensor]] = {}
+        self._committee_consts: Dict[tuple, Optional[tuple]] = {}
         self._plans: Dict[torch.device, DagPlan] = {}
-        self._key = None
+        self._refresh()
         # profile=True: seconds per stage of the last calls (device-synchronised; slows a step, for benchmarks)
         self.profile = False
         self.timings: Dict[str, float] = {}
@@ -157,52 +161,62 @@ class TritonEvaluator(nn.Module):
         now = time.perf_counter()
         self.timings[stage] = self.timings.get(stage, 0.0) + now - t0[0]
         t0[0] = now
-        self._consts: Dict[str, torch.Tensor] = {}
+
+    def _refresh(self) -> None:
+        """Drop every constant derived from the model if any of its tensors changed since they were built."""
+        gen = self._watch.check()
+        if gen == self._generation:
+            return
+        self._consts.clear()
+        self._committee_consts.clear()
+        self._plans.clear()
+        self.parent, self.last, _, self.node_of_aa = cached_dag(self.model)
+        self._generation = gen
 
     def _constants(self, dtype: torch.dtype, device: torch.device) -> Dict[str, torch.Tensor]:
+        hit = self._consts.get((dtype, device))
+        if hit is not None:
+            return hit
         m = self.model
         emb = m.embedding
         c = m.coefficients.detach()
-        key = (dtype, device, c.data_ptr(), c._version, emb.nl_scale._version, m.coupling.vals._version,
-               m.E0._version)
-        if key == self._key:
-            return self._consts
         n_nodes = self.parent.shape[0]
         f = dict(dtype=dtype, device=device)
         with torch.no_grad():
             w = emb.lm_sign * emb.nl_scale[emb.n_idx, emb.l_idx]
-            self._consts = {
+            consts = {
                 "c_node": node_coefficients(m, c, self.node_of_aa, n_nodes).to(**f).contiguous(),
                 "parent": self.parent.to(device), "last": self.last.to(device),
                 "n_idx": emb.n_idx.to(device).contiguous(), "lm": emb.lm_std.to(device).contiguous(),
                 "w": w.to(**f).contiguous(), "l": emb.l_std.index_select(0, emb.lm_std.to(emb.l_std.device)).to(**f),
                 "E0": m.E0.detach().to(**f),
             }
-        self._key = key
-        return self._consts
+        self._consts[(dtype, device)] = consts
+        return consts
 
     def _members(self, dtype: torch.dtype, device: torch.device):
         """(Δc_node [n, nz, n_nodes], Δc_pair [n, nz, nz, n_pair]) of the committee members relative to the mean
         coefficients, or None without a committee (rebuilt when either changes)."""
+        key = (dtype, device)
+        if key in self._committee_consts:
+            return self._committee_consts[key]
         m = self.model
         comm = getattr(m, "committee", None) if self.committee else None
-        if comm is None:
-            return None
-        c = m.coefficients.detach()
-        key = (dtype, device, comm.data_ptr(), comm._version, tuple(comm.shape), c.data_ptr(), c._version,
-               m.coupling.vals._version)
-        if key != self._committee_key:
+        members = None
+        if comm is not None:
             if comm.dim() != 2 or comm.shape[1] != m.basis_size:
                 raise ValueError(f"TritonEvaluator: model.committee must have shape (n_members, {m.basis_size}), "
                                  f"got {tuple(comm.shape)}")
+            c = m.coefficients.detach()
             with torch.no_grad():
                 dc = comm.detach().to(torch.float64) - c.to(device=comm.device, dtype=torch.float64)
                 n = dc.shape[0]
                 f = dict(dtype=dtype, device=device)
                 c_node = node_coefficients(m, dc, self.node_of_aa, self.parent.shape[0]).to(**f).contiguous()
                 c_pair = dc[:, m.n_manybody:].reshape(n, m.nz, m.nz, m.n_pair).to(**f)
-            self._committee_key, self._committee_consts = key, (c_node, c_pair)
-        return self._committee_consts
+            members = (c_node, c_pair)
+        self._committee_consts[key] = members
+        return members
 
     def _plan(self, device: torch.device) -> DagPlan:
         plan = self._plans.get(device)
@@ -225,6 +239,7 @@ class TritonEvaluator(nn.Module):
         dtype, device = positions.dtype, positions.device
         n_atoms = species.shape[0]
         need_grad = bool(compute_forces or compute_virials)
+        self._refresh()
         k = self._constants(dtype, device)
         members = self._members(dtype, device)
         with torch.no_grad():
