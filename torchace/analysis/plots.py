@@ -23,7 +23,7 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str, dpi: int, overwrite: bool) -> str:
+def _save(fig, path: str, dpi: int, overwrite: bool = False) -> str:
     write_output(path, PLOT, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", metadata=png_metadata()), ".png",
                  overwrite)
     return path
