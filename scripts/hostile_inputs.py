@@ -845,11 +845,12 @@ def _(ctx):
     torchace.load(ctx.write_doc(text))
 
 
-@case(3, "model file: a .yace file given to torchace.load", names=("m.yace",))
+@case(3, "model file: a .yace file given to torchace.load (documented: read as a PACEModel)", expect="ok")
 def _(ctx):
     import torchace
+    from torchace.model.pace import PACEModel
 
-    torchace.load(_yace(ctx))
+    assert isinstance(torchace.load(_yace(ctx)), PACEModel)
 
 
 @case(3, "fit config: an unknown top-level key", names=("fit.json", "solvr"))

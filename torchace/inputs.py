@@ -140,10 +140,11 @@ def check_decompressed_size(path, what: str, max_bytes: int) -> int:
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile, lzma.LZMAError are OSError / EOFError subclasses
         raise InputFileError(f"{_named(path)}: corrupt {COMPRESSED_SUFFIXES[suffix]} stream "
                              f"({' '.join(str(exc).split())[:120]}), cannot be read as a {what}") from None
-    except Exception as exc:  # lzma.LZMAError is not an OSError
-        if type(exc).__name__ != "LZMAError":
+    except Exception as exc:  # zlib.error (a damaged deflate stream), lzma.LZMAError are not OSErrors
+        if type(exc).__name__ not in ("LZMAError", "error"):
             raise
-        raise InputFileError(f"{_named(path)}: corrupt xz stream ({exc}), cannot be read as a {what}") from None
+        raise InputFileError(f"{_named(path)}: corrupt {COMPRESSED_SUFFIXES[suffix]} stream "
+                             f"({' '.join(str(exc).split())[:120]}), cannot be read as a {what}") from None
     return total
 
 

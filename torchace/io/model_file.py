@@ -41,6 +41,8 @@ def load(path: str, dtype: torch.dtype = torch.float64, device=None):
     ``PACEModel``, linear or nonlinear, e.g. written by pacemaker); nothing is executed."""
     import os
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"torchace.load: path must be a model file path (str or os.PathLike), got {path!r}")
     if os.fspath(path).endswith(".yace"):
         from .yace_read import read_yace
 
