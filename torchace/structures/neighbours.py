@@ -250,16 +250,28 @@ def _reduction(cell: np.ndarray, pbc: np.ndarray):
     return op
 
 
-def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
-    """Return ``(i, j, shifts)``: centre, neighbour and integer cell shifts [E, 3] (int64)."""
+def _prepared(positions, cell, pbc, rcut):
+    """(positions, cell, pbc as arrays, whether vesin's search applies, the cell reduction or None), after the
+    pair-count check (refused before any search: ``check_pair_count``)."""
     pbc = np.asarray(pbc, dtype=bool)
     positions = np.asarray(positions, dtype=np.float64)
     cell = np.asarray(cell, dtype=np.float64)
-    if len(positions) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
     fast = (pbc.all() or not pbc.any()) and _vesin() is not None
-    check_pair_count(positions, cell, pbc, rcut, search="vesin" if fast else "ase")
-    op = _reduction(cell, pbc) if pbc.any() else None
+    if len(positions):
+        check_pair_count(positions, cell, pbc, rcut, search="vesin" if fast else "ase")
+    op = _reduction(cell, pbc) if len(positions) and pbc.any() else None
+    return positions, cell, pbc, fast, op
+
+
+def _no_pairs():
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
+
+
+def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
+    """Return ``(i, j, shifts)``: centre, neighbour and integer cell shifts [E, 3] (int64)."""
+    positions, cell, pbc, fast, op = _prepared(positions, cell, pbc, rcut)
+    if len(positions) == 0:
+        return _no_pairs()
     if op is not None:
         i, j, S = _neighbour_list(positions, op.astype(np.float64) @ cell, pbc, rcut)
         return i, j, S @ op
@@ -269,14 +281,9 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
 def sparse_neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: float):
     """``neighbour_list`` without the dense all-pairs path: vesin's cell list where it applies, else ASE's.  For a
     short cutoff (an Å or two: few pairs, many structures) this is several times faster than the dense path."""
-    pbc = np.asarray(pbc, dtype=bool)
-    positions = np.asarray(positions, dtype=np.float64)
-    cell = np.asarray(cell, dtype=np.float64)
+    positions, cell, pbc, fast, op = _prepared(positions, cell, pbc, rcut)
     if len(positions) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64)
-    fast = (pbc.all() or not pbc.any()) and _vesin() is not None
-    check_pair_count(positions, cell, pbc, rcut, search="vesin" if fast else "ase")
-    op = _reduction(cell, pbc) if pbc.any() else None
+        return _no_pairs()
     reduced = op.astype(np.float64) @ cell if op is not None else cell
     search = vesin_neighbour_list if fast else ase_neighbour_list
     i, j, S = search(positions, reduced, pbc, rcut)
