@@ -62,9 +62,10 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def write_json_output(path: str, obj: Dict[str, Any], kind: "OutputKind", overwrite: bool = False) -> None:
-    """``write_json_atomic`` under the output rule (``obj`` starts with the kind's "format" field)."""
+    """``write_json_atomic`` under the output rule: the document is ``obj`` after the kind's "format" field (its
+    marker, first so that it is in the first 4 KiB)."""
     check_output(path, kind, overwrite)
-    write_json_atomic(path, obj)
+    write_json_atomic(path, {"format": kind.format_name, **obj})
 
 
 # ---- the output rule: never replace a file torchace did not write --------------------------------------------
@@ -85,9 +86,10 @@ class OutputKind:
     """One kind of output file: ``what`` it is (for messages: "not a {what}") and ``ours(path, head)``, whether
     the existing file at ``path`` (``head``: its first 4 KiB) is one that torchace wrote as this kind."""
 
-    def __init__(self, what: str, ours: Callable[[str, bytes], bool]):
+    def __init__(self, what: str, ours: Callable[[str, bytes], bool], format_name: Optional[str] = None):
         self.what = what
         self.ours = ours
+        self.format_name = format_name  # JSON kinds: the value of their "format" field
 
     def __repr__(self) -> str:
         return f"OutputKind({self.what!r})"
@@ -98,7 +100,7 @@ def json_output(format_name: str, what: str) -> OutputKind:
     import re
 
     pattern = re.compile(rb'"format"\s*:\s*"' + re.escape(format_name.encode()) + rb'"')
-    return OutputKind(what, lambda path, head: pattern.search(head) is not None)
+    return OutputKind(what, lambda path, head: pattern.search(head) is not None, format_name)
 
 
 def text_output(header: str, what: str) -> OutputKind:
@@ -262,19 +264,6 @@ def _finish_tmp(tmp: str) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
-
-
-def check_replaceable_text(path: str, marker: bytes, what: str) -> None:
-    """Refuse to replace an existing file at ``path`` unless its first line starts with ``marker`` (the header
-    line torchace writes first; kept for callers of the earlier interface: use ``check_output``)."""
-    check_output(path, text_output(marker.decode(), what))
-
-
-def check_replaceable(path: str, format_name: Optional[str], what: str, overwrite_hint: bool = True) -> None:
-    """Refuse to replace an existing file at ``path`` unless it is a ``what``: a JSON document whose first 4 KiB
-    hold the field ``"format": format_name``, or, with ``format_name=None``, a TorchScript archive of torchace.
-    ``model.save("train.xyz")`` must not destroy the training data.  No file, or a dangling link, is fine."""
-    check_output(path, torchscript_output(what) if format_name is None else json_output(format_name, what))
 
 
 class OutputPathError(ValueError):

@@ -43,7 +43,7 @@ def _read(paths: List[str]):
 def cmd_evaluate(args) -> int:
     import torchace
     from . import keys as K
-    from .atomic import EVALUATION_FORMAT, EVALUATION_REPORT, check_output, check_outputs, write_json_output
+    from .atomic import EVALUATION_REPORT, check_output, check_outputs, write_json_output
     from .fitting.data import DataError, read_data
     from .fitting.metrics import errors as error_table, format_table, predictions
     from .io.model_file import ModelFileError
@@ -86,7 +86,7 @@ def cmd_evaluate(args) -> int:
     n = sum(n_atoms)
     print(f"evaluate: {t_eval * 1e3:.1f} ms ({t_eval / max(n, 1) * 1e6:.0f} µs/atom)")
     # a nonlinear model has no one coefficient vector (basis_size None; docs/nonlinear.md)
-    report = dict(format=EVALUATION_FORMAT, model=args.model, config=model.config_dict(),
+    report = dict(model=args.model, config=model.config_dict(),
                   basis_size=getattr(model, "basis_size", None),
                   backends=dict(evaluate=b_eval), structures=paths, results=records, timing_s=dict(evaluate=t_eval))
     # errors against the files' own labels (energy / forces / virial as the data keys find them)
@@ -128,7 +128,7 @@ def cmd_fit(args) -> int:
     from .fitting.data import DataKeys, read_data
     from .fitting.metrics import errors as error_table, format_table, parity_plot, predictions
     from .fitting.config import FitConfig
-    from .atomic import ERRORS_FORMAT, ERRORS_REPORT, check_outputs, write_json_output
+    from .atomic import ERRORS_REPORT, check_outputs, write_json_output
 
     if args.config:  # the config checks its outputs (the output rule) before anything is fitted
         cfg = FitConfig.load(args.config, overwrite=args.force)
@@ -152,7 +152,7 @@ def cmd_fit(args) -> int:
     print(f"design rows: {res.info['backend']} backend; solver {res.solver}: {res.hyperparameters}; E0 {res.E0}; "
           f"timings {', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())
-    report = {"format": ERRORS_FORMAT, "train": res.errors, "fit": res.to_dict()}
+    report = {"train": res.errors, "fit": res.to_dict()}
     if cfg.data.test:
         test = read_data(cfg.data.test, keys=keys, elements=model.elements, skip_bad=cfg.data.skip_bad)
         print(f"evaluating the test set: {len(test)} structures, {sum(s.n_atoms for s in test)} atoms ...", flush=True)
@@ -174,8 +174,7 @@ def cmd_fit(args) -> int:
 
 def cmd_train(args) -> int:
     import torchace
-    from .atomic import (ERRORS_FORMAT, ERRORS_REPORT, HISTORY_FORMAT, TRAIN_HISTORY, check_outputs,
-                         write_json_output)
+    from .atomic import ERRORS_REPORT, TRAIN_HISTORY, check_outputs, write_json_output
     from .fitting.data import DataKeys, read_data
     from .fitting.metrics import errors as error_table, format_table, predictions
     from .fitting.train_config import TrainConfig
@@ -198,7 +197,7 @@ def cmd_train(args) -> int:
     print(f"{res.stopped}; chosen epoch {res.chosen_epoch}; timings "
           f"{', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())
-    report = {"format": ERRORS_FORMAT, "train": res.errors, "validation": res.validation_errors,
+    report = {"train": res.errors, "validation": res.validation_errors,
               "training": {k: v for k, v in res.to_dict().items() if k not in ("errors", "validation_errors", "history")}}
     if cfg.fit.data.test:
         keys = DataKeys(**cfg.fit.data.keys)
@@ -211,8 +210,8 @@ def cmd_train(args) -> int:
     if cfg.fit.output.errors:
         write_json_output(cfg.fit.output.errors, report, ERRORS_REPORT, overwrite)
         print(f"wrote {cfg.fit.output.errors}")
-    if cfg.history:  # "format" marks it as torchace's (the output rule); the epochs are under "history"
-        write_json_output(cfg.history, {"format": HISTORY_FORMAT, "history": res.history}, TRAIN_HISTORY, overwrite)
+    if cfg.history:  # its "format" field marks it as torchace's (the output rule); the epochs are under "history"
+        write_json_output(cfg.history, {"history": res.history}, TRAIN_HISTORY, overwrite)
         print(f"wrote {cfg.history}")
     return 0
 
