@@ -22,14 +22,12 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from ..fieldcheck import check_input_file
 from ..model.pace.pair_table import TabulatedPair
 from ..model.state import ModelFileError
 
 DECLARATION = "# torchace pair table: "
 # the first line of every .yace that torchace writes (write_yace)
 TORCHACE_HEADER = "# ML-PACE C-tilde potential written by torchace"
-MAX_TABLE_BYTES = 1 << 30       # torchace's tables are ~1 MB per element pair at 20,000 points
 
 
 def declaration(yace_path: str, table_path: Optional[str]) -> str:
@@ -88,15 +86,12 @@ def read_pair_term(table_path: str, elements, source_yace: str) -> TabulatedPair
     ``write_pair_table`` writes them and the LAMMPS input's ``pair_coeff`` lines name them)."""
     from .pair_table import read_pair_table
 
-    what = f"LAMMPS pair table of {os.path.basename(source_yace)}"
-    try:
-        check_input_file(table_path, what, MAX_TABLE_BYTES)
+    try:  # read_pair_table applies the input rule (a regular file, its size limit)
+        sections = read_pair_table(table_path)
     except FileNotFoundError:
         raise ModelFileError(f"{source_yace}: its pair part is in the LAMMPS pair table {table_path}, which does not "
                              "exist: keep the export's files together, pass read_yace(..., pair_table=PATH), or "
                              "pair_table=False for the many-body part alone (pair_style pace without the table)") from None
-    try:
-        sections = read_pair_table(table_path)
     except IndexError:   # read_pair_table ran out of lines inside a section
         raise ModelFileError(f"{table_path}: ends inside a section (truncated?); it is the pair part of "
                              f"{source_yace}: re-export the model") from None

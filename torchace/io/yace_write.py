@@ -65,7 +65,7 @@ import torch
 from ..atomic import check_output, text_output, write_outputs
 from .lammps_words import lammps_word
 from .pair_table import DEFAULT_PAIR_POINTS, DEFAULT_PAIR_RCORE, TABLE, pair_energy_functions, pair_table_text
-from .yace_pair import declaration
+from .yace_pair import TORCHACE_HEADER, declaration
 from .yace_nonlinear import check_exportable, embedding_line, is_nonlinear, nonlinear_parts
 from .yace_radial import fit_radial_coefficients
 
@@ -287,7 +287,7 @@ def _rank1_in_radial_base(funcs: List[List[dict]], crad: Dict[Tuple[int, int], n
 
 # The first lines of the .yace and of the LAMMPS include file: the markers of the output rule (torchace.atomic):
 # an existing file is replaced only if it starts with the header of its kind (or with overwrite=True).
-YACE_HEADER = "# ML-PACE C-tilde potential written by torchace"
+YACE_HEADER = TORCHACE_HEADER
 INCLUDE_HEADER = "# LAMMPS input (units metal: eV, Å) for the torchace model exported to"
 YACE = text_output(YACE_HEADER, "ML-PACE .yace written by torchace")
 INCLUDE = text_output(INCLUDE_HEADER, "LAMMPS include file written by torchace")
