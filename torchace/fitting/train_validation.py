@@ -22,6 +22,7 @@ from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
+from ..atomic import same_file
 from ..fieldcheck import short_repr
 from .assembly import fitting_structures
 from .data import DataError, Dataset, Labelled, read_data
@@ -80,13 +81,6 @@ def _paths(v: Any) -> List[str]:
     return []
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def split_fraction(structs: Sequence[Labelled], fraction: float, seed: int) -> Tuple[list, list]:
     """(training, validation) structures: a seeded random ``fraction`` of ``structs`` held out."""
     n_val = int(round(fraction * len(structs)))
@@ -110,7 +104,7 @@ def validation_split(ds: Dataset, data: Any, validation: Any, seed: int, *, keys
         return split_fraction(structs, validation, seed)
     for p in _paths(validation):
         for q in _paths(data):
-            if _same_file(p, q):
+            if same_file(p, q):
                 raise ValueError(f"train: 'validation' {p} is the training data ({q}): a validation set must hold "
                                  "other structures; give a fraction (e.g. validation=0.1) to hold some out")
     try:
