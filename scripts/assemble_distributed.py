@@ -4,7 +4,7 @@
         --totaldegree 10 --out system.npz [--model-out model.json] [--method qr|normal] [--solver blr|qr|rrqr]
 
 Backend: nccl when CUDA is available (each rank on cuda:LOCAL_RANK), else gloo.  Every rank reads the data;
-structures are sharded by atom count (torchace.fitting.distributed.shard).  Rank 0 writes ``--out`` (the k×k
+structures are sharded by atom count (torchace.fit.distributed.shard).  Rank 0 writes ``--out`` (the k×k
 reduced system: A, y, n_obs, rss_offset, as an .npz loadable with allow_pickle=False) and ``--model-out``
 (default: beside --out, ``<stem>_model.json``).  E0 comes from isolated_atom structures in the data or
 ``--E0 Si:-158.54``.  No prior is applied (plain basis).  See docs/reliability.md.
@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 
 import torchace
-from torchace.fitting import solvers
+from torchace.fit import solvers
 from torchace.atomic import atomic_write
-from torchace.fitting.data import read_data
-from torchace.fitting.weights import resolve_weights
-from torchace.fitting.distributed import assemble_distributed
-from torchace.fitting.driver import set_E0
+from torchace.fit.data import read_data
+from torchace.fit.weights import resolve_weights
+from torchace.fit.distributed import assemble_distributed
+from torchace.fit.driver import set_E0
 
 
 def _solver(name: str, lam: float):

@@ -111,7 +111,7 @@ def main(argv=None):
                 print("  fused C++ kernel not buildable here: case skipped")
         # the forward-AD reference path for ∂φ/∂r (what the analytic derivatives replaced)
         from torchace.structures.batch import collate
-        from torchace.fitting.rows import batch_rows
+        from torchace.fit.rows import batch_rows
 
         def ref_rows():
             b = collate(atoms, model.config.numbers, model.rcut)

@@ -20,7 +20,7 @@ Each "step" moves every atom by ≤ 1e-4 Å so no calculator can return a cached
 lists are reused where the calculator supports it.  Median of --repeats timed steps after --warmup.
 Both libraries get the same basis (ace-jax built as in tests/acejax_bridge.py: ACEpotentials ace1_model
 radials, spherical harmonics) and coefficients drawn from the same seed (rows are not aligned between
-the two enumerations, so values are not compared here; tests/test_acejax_crosscheck.py does that).
+the two enumerations, so values are not compared here; tests/integration/test_acejax_crosscheck.py does that).
 Prints a table and writes JSON (--out).
 """
 from __future__ import annotations

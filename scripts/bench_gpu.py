@@ -14,7 +14,7 @@ and the Markdown are rewritten after every measurement, so a run that is killed 
      rcut 5 Å: n_b = 469, K = 974) on a rattled (0.05 Å) diamond SiGe supercell with random occupation,
      and for Si order 4 totaldegree 20 (K = 5,476, rcut 6 Å) on rattled diamond Si.  atom-steps/s =
      atoms / median time per call (CUDA synchronised around each call, after warm-up); the neighbour-list
-     build (torchace.structures.cell_list on the device when it exists, else the CPU list) is timed apart.
+     build (torchace.structures.neighbours.cell_list on the device when it exists, else the CPU list) is timed apart.
   b. fp32 against fp64 on the same structure and model: relative energy error (target <= 1e-6), force
      and virial errors; and, where several backends ran, each against the first at fp64.
   c. The largest Si system (Si order 3 totaldegree 12 by default): supercells of growing size until one
@@ -309,7 +309,7 @@ def diamond(reps, a, symbols, rattle=RATTLE, seed=1):
 
 def cell_list_fn():
     try:
-        from torchace.structures.cell_list import cell_list_neighbours
+        from torchace.structures.neighbours.cell_list import cell_list_neighbours
         return cell_list_neighbours
     except Exception:  # noqa: BLE001 — not written yet, or broken: the CPU list is used
         return None
@@ -340,11 +340,11 @@ def neighbours(res, label, pos, cell, rcut, device, method="auto", repeats=2):
             if t_first < 2.0:
                 for _ in range(repeats):
                     ts.append(run()[1])
-            rec.update(method="torchace.structures.cell_list.cell_list_neighbours", first_s=t_first,
+            rec.update(method="torchace.structures.neighbours.cell_list.cell_list_neighbours", first_s=t_first,
                        build_s=statistics.median(ts[1:] or ts), edges=int(i.shape[0]))
             res.data["neighbour_lists"].append(rec)
             return (i.to(device), j.to(device), S.to(device)), "cell_list", rec["build_s"]
-    from torchace.structures.neighbours import neighbour_list, _vesin
+    from torchace.structures.neighbours.pairs import neighbour_list, _vesin
     if _vesin() is None and len(pos) > CPU_LIST_MAX_ATOMS:
         raise RuntimeError(f"no fast neighbour list for {len(pos)} atoms (no device cell list, no vesin): ASE's "
                            "would take minutes")
@@ -354,7 +354,7 @@ def neighbours(res, label, pos, cell, rcut, device, method="auto", repeats=2):
     t1 = time.perf_counter()
     tens = tuple(torch.as_tensor(x, device=device) for x in (i, j, S))
     sync(device)
-    rec.update(method="torchace.structures.neighbours.neighbour_list (CPU; "
+    rec.update(method="torchace.structures.neighbours.pairs.neighbour_list (CPU; "
                       f"{'vesin' if _vesin() is not None else 'ase/dense'})", build_s=t,
                to_device_s=time.perf_counter() - t1, edges=int(len(i)))
     res.data["neighbour_lists"].append(rec)
@@ -365,7 +365,7 @@ def tiled_neighbours(base_pos, base_cell, reps_m, rcut, device):
     """Neighbour list of the supercell ``reps_m`` × the base cell (positions repeated: a periodic rattle) from
     the base cell's list, exactly: block t, base edge (i, j, S) → centre t·n0 + i, neighbour w·n0 + j with
     w = (t + S) mod m, shift (t + S) div m.  Used when no fast neighbour list is available."""
-    from torchace.structures.neighbours import neighbour_list
+    from torchace.structures.neighbours.pairs import neighbour_list
 
     i, j, S = (torch.as_tensor(x, device=device) for x in neighbour_list(base_pos, base_cell, (True,) * 3, rcut))
     n0 = len(base_pos)
@@ -636,7 +636,7 @@ def bench_largest(res, a, device, budget, backend):
 
 
 def _have_vesin():
-    from torchace.structures.neighbours import _vesin
+    from torchace.structures.neighbours.pairs import _vesin
     return _vesin() is not None
 
 
@@ -654,7 +654,7 @@ def data_dir(a):
 def assembly_dataset(a, target_atoms, max_structures=None):
     """(Dataset, description): Zuo Si train (or Si_tiny) replicated with fresh rattles up to ``target_atoms``,
     or rattled 64-atom diamond cells with random labels when the data are absent."""
-    from torchace.fitting.data import Dataset, Labelled, read_data
+    from torchace.fit.data import Dataset, Labelled, read_data
 
     d = data_dir(a)
     src = None
@@ -695,8 +695,8 @@ def assembly_dataset(a, target_atoms, max_structures=None):
 
 
 def bench_assembly(res, a, device, budget, requested):
-    from torchace.fitting.assembly import assemble_reduced, fitting_structures, structure_batches
-    from torchace.fitting.driver import solve_system
+    from torchace.fit.assembly import assemble_reduced, fitting_structures, structure_batches
+    from torchace.fit.driver import solve_system
 
     out = res.data["assembly"]
     mname = a.assembly_model
@@ -755,7 +755,7 @@ def bench_assembly(res, a, device, budget, requested):
     # the solve: the k×k system (the reduction of assemble_reduced, when the assembly stopped early)
     if system is None:
         def reduce():
-            from torchace.fitting.data import Dataset
+            from torchace.fit.data import Dataset
             t = time.perf_counter()
             s = assemble_reduced(model, Dataset([]), method="normal", device=device, state=state)
             sync(device)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Neighbour-list build time: the torch cell list (torchace.structures.cell_list) against the numpy path.
+"""Neighbour-list build time: the torch cell list (torchace.structures.neighbours.cell_list) against the numpy path.
 
     python scripts/bench_neighbours.py                                  # CPU, 1000 8000 64000 atoms
     python scripts/bench_neighbours.py --device cuda --sizes 1000 8000 64000 1000000
@@ -9,7 +9,7 @@ Structures: ase.build.bulk('Si', 'diamond', 5.43, cubic=True) repeated n × n ×
 that 8 n³ is closest to each size), rattled 0.05 Å (seed 1), periodic, cutoff --rcut (default 5.5 Å: the
 calculator's rcut + skin for a 5 Å model).  Cases:
   torch cell list     — cell_list_neighbours on positions/cell already on --device (float64)
-  numpy list → device — torchace.structures.neighbours.neighbour_list (dense torch on the CPU for small
+  numpy list → device — torchace.structures.neighbours.pairs.neighbour_list (dense torch on the CPU for small
                         structures, vesin or ASE for large ones) and the copy of (i, j, S) to --device, as
                         TorchACECalculator does on the CPU
 Median of --repeats timed calls after one warm-up call; torch.cuda.synchronize() around each call on
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from ase.build import bulk
 
-from torchace.structures.cell_list import cell_list_neighbours
-from torchace.structures.neighbours import neighbour_list
+from torchace.structures.neighbours.cell_list import cell_list_neighbours
+from torchace.structures.neighbours.pairs import neighbour_list
 
 
 def structure(size: int, rattle: float = 0.05, seed: int = 1):

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import torchace  # noqa: E402
-from torchace.io.yace_write import write_yace  # noqa: E402
+from torchace.io.yace.write import write_yace  # noqa: E402
 from torchace.testing import rattled_bulk  # noqa: E402
 
 # (export options, evaluator): "product" = ACECTildeEvaluator (LAMMPS ``pair_style pace product``),

@@ -9,7 +9,7 @@ Each (element, size) is assembled once (rows from the default backend: the fused
 number was seen): PRIOR one of PRIORS below, E0 ``fit`` (unregularised per-element constant) or
 ``zero`` (no reference energy, as ACE1x's ``acemodel`` without ``Eref`` in the paper's script).
 Test errors come from the model evaluated on the test structures; the 95 % bootstrap interval of each
-MAE resamples whole test structures (``torchace.fitting.metrics.bootstrap_mae``).
+MAE resamples whole test structures (``torchace.fit.metrics.bootstrap_mae``).
 
 Reads ../shared/data/zuo2020 (or --data DIR).  Prints a table and writes JSON (atomically).
 """
@@ -26,12 +26,13 @@ import torch
 
 import torchace
 from torchace.model.backends import ROWS, select
-from torchace.fitting import priors, solvers
-from torchace.fitting.assembly import assemble
-from torchace.fitting.data import read_data
-from torchace.fitting.weights import resolve_weights
-from torchace.fitting.metrics import bootstrap_mae, errors, predictions, structure_errors
-from torchace.fitting.driver import solve_system
+from torchace.fit import priors
+from torchace.fit import solvers
+from torchace.fit.assembly import assemble
+from torchace.fit.data import read_data
+from torchace.fit.weights import resolve_weights
+from torchace.fit.metrics import bootstrap_mae, errors, predictions, structure_errors
+from torchace.fit.driver import solve_system
 from torchace.atomic import write_json_atomic
 
 SIZES = {"sm": [20, 16, 12], "lge": [25, 21, 17]}

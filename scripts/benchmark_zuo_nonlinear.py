@@ -23,9 +23,9 @@ import torch
 
 import torchace
 from torchace.atomic import write_json_atomic
-from torchace.fitting.data import read_data
-from torchace.fitting.metrics import errors
-from torchace.fitting.trainer import OPTIMIZERS
+from torchace.fit.data import read_data
+from torchace.fit.metrics import errors
+from torchace.train.trainer import OPTIMIZERS
 from torchace.model.nonlinear import from_linear
 
 SIZES = {"sm": [20, 16, 12], "lge": [25, 21, 17]}
@@ -77,9 +77,9 @@ def run(el, args):
 def warm_start_only(el, args):
     """Test MAE of the warm start alone: the BLR fit of the same 90 % training split ``train`` fits first (the
     nonlinear model at epoch 0), separating the split's effect from the training's."""
-    from torchace.fitting.data import Dataset
-    from torchace.fitting.assembly import fitting_structures
-    from torchace.fitting.train_validation import split_fraction
+    from torchace.fit.data import Dataset
+    from torchace.fit.assembly import fitting_structures
+    from torchace.train.validation import split_fraction
 
     weights = {"default": {"E": args.wE, "F": args.wF, "V": 0.0}}
     ds = read_data(os.path.join(args.data, f"{el}_train.xyz.gz"), elements=[el])

@@ -15,7 +15,7 @@
 # Environment overrides:
 #   PYTHON                        the interpreter (default: python, else python3)
 #   DEVICE_CHECK_TOTAL_S          total cap in seconds (default 470)
-#   DEVICE_CHECK_TESTS            test files for the pytest step (default tests/test_triton.py tests/test_cell_list.py)
+#   DEVICE_CHECK_TESTS            test files for the pytest step (default tests/model/test_triton.py tests/structures/test_cell_list.py)
 #   DEVICE_CHECK_SKIP             space/comma-separated step names to skip (nvidia-smi versions install pytest
 #                                 bench_gpu bench_neighbours)
 #   DEVICE_CHECK_PYTEST_S, DEVICE_CHECK_BENCH_S, DEVICE_CHECK_NEIGHBOURS_S   per-step timeouts
@@ -51,7 +51,7 @@ fi
 TOTAL_S="${DEVICE_CHECK_TOTAL_S:-470}"
 T0=$(date +%s)
 SKIP=" $(echo "${DEVICE_CHECK_SKIP:-}" | tr ',' ' ') "
-TESTS="${DEVICE_CHECK_TESTS:-tests/test_triton.py tests/test_cell_list.py}"
+TESTS="${DEVICE_CHECK_TESTS:-tests/model/test_triton.py tests/structures/test_cell_list.py}"
 
 if [ "$DRY" = 1 ]; then
     export TRITON_INTERPRET=1

@@ -14,7 +14,7 @@ the outcome classified:
 
     python scripts/hostile_inputs.py                     # the sweep: Markdown table on stdout
     python scripts/hostile_inputs.py --json out.json --markdown out.md --before scripts/hostile_inputs_before.json
-    python scripts/hostile_inputs.py --quick             # ~10 cases (tests/test_reliability_sweep.py)
+    python scripts/hostile_inputs.py --quick             # ~10 cases (tests/reliability/test_reliability_sweep.py)
     python scripts/hostile_inputs.py -k yaml -v          # the cases whose id/input contains "yaml", verbosely
 
 The parent imports torchace once and forks a child per case (so a case costs milliseconds, not an
@@ -409,7 +409,7 @@ def _(ctx):
 @case(1, "assemble_checkpointed with the training file as checkpoint path", names=("train.xyz", "checkpoint"))
 def _(ctx):
     import torchace
-    from torchace.fitting.checkpoint import assemble_checkpointed
+    from torchace.fit.checkpoint import assemble_checkpointed
 
     t = ctx.xyz()
     ctx.protect(t)
@@ -602,7 +602,7 @@ def _(ctx):
 
 @case(2, "fit config: a recursive YAML alias", names=("fit.yaml", "alias"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.xyz_text("fit.yaml", "model: &m {elements: [Si], order: 2, totaldegree: 6, x: *m}\n"
                                             "data: {train: a.xyz}\n"))
@@ -610,7 +610,7 @@ def _(ctx):
 
 @case(2, "fit config: YAML alias bomb inside model.elements", names=("fit.yaml",), quick=True)
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     for k in range(1, 9):
@@ -622,7 +622,7 @@ def _(ctx):
 
 @case(2, "fit config: YAML with a harmless anchor/alias (weights reused)", expect="ok")
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     p = ctx.xyz_text("fit.yaml", "model: {elements: [Si], order: 2, totaldegree: 6}\ndata: {train: a.xyz}\n"
                                  "weights: {liq: &w {E: 10, F: 1}, dia: *w}\n")
@@ -631,21 +631,21 @@ def _(ctx):
 
 @case(2, "fit config: JSON nested 10^5 deep", names=("fit.json", "nested"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.xyz_text("fit.json", '{"model": ' + "[" * 100000 + "]" * 100000 + "}"))
 
 
 @case(2, "fit config: YAML nested 10^4 deep", names=("fit.yaml", "nested"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.xyz_text("fit.yaml", "model: " + "[" * 10000 + "]" * 10000 + "\n"))
 
 
 @case(2, "fit config is /dev/zero (endless)", names=("/dev/zero",))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load("/dev/zero")
 
@@ -855,63 +855,63 @@ def _(ctx):
 
 @case(3, "fit config: an unknown top-level key", names=("fit.json", "solvr"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(solvr={"name": "QR"}))
 
 
 @case(3, "fit config: weights.default.E = true", names=("fit.json", "weights.default.E"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(weights={"default": {"E": True}}))
 
 
 @case(3, "fit config: weights a list", names=("fit.json", "weights"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(weights=[1, 2]))
 
 
 @case(3, "fit config: E0: isolatd (typo)", names=("fit.json", "E0"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(E0="isolatd"))
 
 
 @case(3, "fit config: solver QR with lam \"0.1\" (a string)", names=("fit.json", "lam"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(solver={"name": "QR", "lam": "0.1"}))
 
 
 @case(3, "fit config: solver name 'qr' (lower case)", names=("fit.json", "qr", "QR"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(solver={"name": "qr"}))
 
 
 @case(3, "fit config: prior algebraic_smoothness p = -1", names=("fit.json", "p"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(prior={"name": "algebraic_smoothness", "p": -1}))
 
 
 @case(3, "fit config: prior with an unknown argument 'q'", names=("fit.json", "q"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(prior={"name": "algebraic_smoothness", "q": 4}))
 
 
 @case(3, "fit config: assembly.device 'gpu'", names=("fit.json", "assembly.device"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(assembly={"device": "gpu"}))
 
@@ -919,7 +919,7 @@ def _(ctx):
 @case(3, "fit config: assembly.device 'cuda' without CUDA", names=("fit.json", "assembly.device"))
 def _(ctx):
     import torch
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     if torch.cuda.is_available():
         return True
@@ -928,21 +928,21 @@ def _(ctx):
 
 @case(3, "fit config: data.train = []", names=("fit.json", "data.train"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(data={"train": []}))
 
 
 @case(3, "fit config: data.keys.energy = 5", names=("fit.json", "data.keys.energy"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(data={"train": "a.xyz", "keys": {"energy": 5}}))
 
 
 @case(3, "fit config (JSON): lam NaN literal", names=("fit.json", "lam"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     p = ctx.config()
     ctx.xyz_text("fit.json", open(p).read().replace('"lam": 0.001', '"lam": NaN'))
@@ -951,7 +951,7 @@ def _(ctx):
 
 @case(3, "fit config (YAML): totaldegree: 1e1 (YAML 1.1 reads it as text)", names=("fit.yaml", "totaldegree"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.xyz_text("fit.yaml", "model: {elements: [Si], order: 2, totaldegree: 1e1}\n"
                                             "data: {train: a.xyz}\n"))
@@ -959,21 +959,21 @@ def _(ctx):
 
 @case(3, "fit config (YAML): empty file", names=("fit.yaml",))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.xyz_text("fit.yaml", ""))
 
 
 @case(3, "fit config (YAML): a list at the top", names=("fit.yaml", "mapping"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.xyz_text("fit.yaml", "- model\n- data\n"))
 
 
 @case(3, "fit config: repulsion_restraint with a misspelt argument", names=("fit.json", "repulsion_restraint"))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(repulsion_restraint={"wieght": 1.0}))
 
@@ -1050,7 +1050,7 @@ def _xyz2(energy="-40.0", head=XYZ_HEAD, rows=None):
 
 
 def _read(ctx, text, name="d.xyz", elements=("Si",)):
-    from torchace.fitting.data import read_data
+    from torchace.fit.data import read_data
 
     return read_data(ctx.xyz_text(name, text), elements=list(elements))
 
@@ -1095,7 +1095,7 @@ def _(ctx):
 def _(ctx):
     import gzip
 
-    from torchace.fitting.data import read_data
+    from torchace.fit.data import read_data
 
     with gzip.open(ctx.path("d.xyz.gz"), "wt") as fh:
         fh.write(_xyz2("-40.0 energy=-41.0"))
@@ -1104,7 +1104,7 @@ def _(ctx):
 
 @case(3, ".xyz: gzip file with garbage", names=("d.xyz.gz",))
 def _(ctx):
-    from torchace.fitting.data import read_data
+    from torchace.fit.data import read_data
 
     with open(ctx.path("d.xyz.gz"), "wb") as fh:
         fh.write(b"\x1f\x8b\x08\x00garbage" * 10)
@@ -1194,7 +1194,7 @@ def _(ctx):
 
 @case(4, "read_data keys={'energi': 'x'} (unknown field)", names=("energi",))
 def _(ctx):
-    from torchace.fitting.data import read_data
+    from torchace.fit.data import read_data
 
     read_data(ctx.frames(), keys={"energi": "x"})
 
@@ -1510,7 +1510,7 @@ def _(ctx):
 
 @case(6, "fit config: solver name 'field' (a dataclass helper)", names=("field",))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     FitConfig.load(ctx.config(solver={"name": "field"}))
 
@@ -1708,7 +1708,7 @@ def _(ctx):
 
 @case(7, "fit config with !!python/object/apply (no code runs)", names=("fit.yaml",))
 def _(ctx):
-    from torchace.fitting.config import FitConfig
+    from torchace.fit.config import FitConfig
 
     try:
         FitConfig.load(ctx.xyz_text("fit.yaml", "model: !!python/object/apply:builtins.open ['PWNED', 'w']\n"))
@@ -1730,7 +1730,7 @@ def _(ctx):
 @case(7, "assembly checkpoint holding a pickled object array (no code runs)", names=("ck.npz",))
 def _(ctx):
     import torchace
-    from torchace.fitting.checkpoint import assemble_checkpointed
+    from torchace.fit.checkpoint import assemble_checkpointed
 
     np.savez(ctx.path("ck.npz"), fingerprint=np.array([_Evil()], dtype=object))
     try:
@@ -1820,8 +1820,8 @@ def classify(c: Case, raw: dict, d: str) -> dict:
 def run(cases: List[Case], jobs: int, timeout: float, mem: int, verbose: bool = False) -> List[dict]:
     import importlib
 
-    for mod in ("torchace", "torchace.calculators", "torchace.cli", "torchace.fitting.checkpoint",
-                "torchace.fitting.config", "ase.io", "ase.calculators.singlepoint"):
+    for mod in ("torchace", "torchace.calculators", "torchace.cli", "torchace.fit.checkpoint",
+                "torchace.fit.config", "ase.io", "ase.calculators.singlepoint"):
         importlib.import_module(mod)  # imported once in the parent; every child inherits them
 
     root = tempfile.mkdtemp(prefix="torchace_hostile_")

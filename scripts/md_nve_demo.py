@@ -31,7 +31,7 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 
 import torchace
-from torchace.fitting import solvers
+from torchace.fit import solvers
 from torchace.calculators.ase import TorchACECalculator
 from torchace.atomic import write_json_atomic
 from torchace.testing import rattled_bulk

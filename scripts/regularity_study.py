@@ -46,9 +46,9 @@ sys.path.insert(0, ROOT)
 
 import torchace  # noqa: E402
 from torchace import analysis
-from torchace.fitting import priors  # noqa: E402
+from torchace.fit import priors  # noqa: E402
 from torchace.atomic import atomic_write, write_json_atomic  # noqa: E402
-from torchace.fitting.data import Labelled, read_data
+from torchace.fit.data import Labelled, read_data
 from torchace.analysis.regularity import (System, assemble, clone_model, gamma_of,  # noqa: E402
                                           lam_for_train_rmse, scan, set_model, solve, with_synthetic_dimers)
 

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 import torchace
-from torchace.fitting import solvers
-from torchace.fitting.assembly import fitting_structures
-from torchace.fitting.data import isolated_atom_energies, read_data
-from torchace.fitting.training import full_loss_and_grad, make_batches, metrics, penalty, residuals
-from torchace.fitting.weights import resolve_weights
+from torchace.fit import solvers
+from torchace.fit.assembly import fitting_structures
+from torchace.fit.data import isolated_atom_energies, read_data
+from torchace.train.loss import full_loss_and_grad, make_batches, metrics, penalty, residuals
+from torchace.fit.weights import resolve_weights
 
 
 def build_model(args, ds):

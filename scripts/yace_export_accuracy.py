@@ -19,8 +19,8 @@ import torch
 from ase.build import bulk
 
 import torchace
-from torchace.io.pair_table import evaluate_pair_table
-from torchace.io.yace_write import write_yace
+from torchace.io.yace.pair_table import evaluate_pair_table
+from torchace.io.yace.write import write_yace
 from torchace.model.ace import ace_model
 
 
@@ -85,7 +85,7 @@ def main(argv=None):
     td = args.totaldegree[0] if len(args.totaldegree) == 1 else args.totaldegree
     model = ace_model(args.elements, order=args.order, totaldegree=td)
     if args.fit:
-        from torchace.fitting import priors
+        from torchace.fit import priors
 
         torchace.fit(model, args.fit, prior=priors.algebraic_smoothness(p=4))
     else:

@@ -1,15 +1,19 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 # without a GPU the Triton kernels run on CPU tensors under Triton's interpreter, which reads this variable
-# when Triton is imported: set it before anything imports Triton (tests/test_triton.py)
+# when Triton is imported: set it before anything imports Triton (tests/model/test_triton.py)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from torchace.testing import available_devices
+# the test kit beside the stage folders (script_loader, acejax_bridge) imports from every tests/<stage>/ folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from torchace.testing import available_devices  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -55,7 +59,7 @@ SI_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aced
 def si_fitted():
     """Si_tiny fit (order 2, totaldegree 8, rcut 5.5, QR) when the shared data exist, else small random coefficients."""
     import torchace
-    from torchace.fitting import solvers
+    from torchace.fit import solvers
     from torchace.testing import randomize_coefficients
 
     m = torchace.ace_model(["Si"], 2, 8, rcut=5.5)

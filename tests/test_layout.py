@@ -1,11 +1,9 @@
 """The package layout (issue "Architecture"): stages without import cycles (module- or function-level), no
 private names imported across modules, a small root, files of a few hundred lines, the public names after a
-plain ``import torchace``, and the old flat import paths as deprecated aliases."""
+plain ``import torchace``, and ``torchace.fit`` / ``torchace.train`` both callable and packages."""
 import ast
-import importlib
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -76,7 +74,7 @@ def test_no_import_cycles_and_no_private_imports():
 def test_small_root_and_short_files():
     root_modules = [p.name for p in ROOT.glob("*.py") if p.name != "__init__.py"]
     # the root holds the cross-cutting rules every stage uses (outputs: atomic, inputs, resources: memory;
-    # field checks, keys, config) and the CLI, compat aliases and the test kit: nothing stage-specific
+    # field checks, keys, config) and the CLI and the test kit: nothing stage-specific
     assert len(root_modules) <= 9, root_modules
     long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 520}
     assert not long, long
@@ -90,19 +88,8 @@ def test_public_names_after_a_plain_import():
             "assert torchace.priors.algebraic_smoothness and torchace.solvers.BLR\n"
             "assert torchace.io.read_yace and torchace.io.write_yace\n"
             "assert torchace.calculators.TorchACECalculator\n"
-            "assert torchace.backends.available()['reference'] is None\n")
+            "assert torchace.backends.available()['reference'] is None\n"
+            "import torchace.fit.assembly, torchace.train.trainer\n"
+            "assert torchace.fit.assembly.assemble and torchace.train.trainer.train is torchace.train.train\n"
+            "assert callable(torchace.fit) and callable(torchace.train)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-
-
-@pytest.mark.parametrize("old, attr", [("torchace.rows", "design_matrix_rows"), ("torchace.fused", "FusedEvaluator"),
-                                       ("torchace.serialization", "load"), ("torchace.repulsion", "ZBL"),
-                                       ("torchace.repulsion", "synthetic_dimers"), ("torchace.data", "read_data"),
-                                       ("torchace.data", "resolve_weights"), ("torchace.solvers", "QR"),
-                                       ("torchace.pace", "PACEModel")])
-def test_old_import_paths_are_deprecated_aliases(old, attr):
-    sys.modules.pop(old, None)
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        mod = importlib.import_module(old)
-    assert hasattr(mod, attr)
-    assert any(issubclass(x.category, DeprecationWarning) and "moved to" in str(x.message) for x in w)

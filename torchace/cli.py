@@ -29,7 +29,7 @@ FORCE_HELP = ("replace existing output files that torchace did not write (defaul
 
 
 def _read(paths: List[str]):
-    from .fitting.data import DataError, read_structures
+    from .fit.data import DataError, read_structures
 
     structs = []
     for p in paths:
@@ -44,8 +44,8 @@ def cmd_evaluate(args) -> int:
     import torchace
     from . import keys as K
     from .atomic import EVALUATION_REPORT, check_output, check_outputs, write_json_output
-    from .fitting.data import DataError, read_data
-    from .fitting.metrics import errors as error_table, format_table, predictions
+    from .fit.data import DataError, read_data
+    from .fit.metrics import errors as error_table, format_table, predictions
     from .io.model_file import ModelFileError
     from .model.backends import EVALUATE, ROWS, select
 
@@ -125,9 +125,9 @@ def cmd_fit(args) -> int:
     import yaml
 
     import torchace
-    from .fitting.data import DataKeys, read_data
-    from .fitting.metrics import errors as error_table, format_table, parity_plot, predictions
-    from .fitting.config import FitConfig
+    from .fit.data import DataKeys, read_data
+    from .fit.metrics import errors as error_table, format_table, parity_plot, predictions
+    from .fit.config import FitConfig
     from .atomic import ERRORS_REPORT, check_outputs, write_json_output
 
     if args.config:  # the config checks its outputs (the output rule) before anything is fitted
@@ -175,10 +175,10 @@ def cmd_fit(args) -> int:
 def cmd_train(args) -> int:
     import torchace
     from .atomic import ERRORS_REPORT, TRAIN_HISTORY, check_outputs, write_json_output
-    from .fitting.data import DataKeys, read_data
-    from .fitting.metrics import errors as error_table, format_table, predictions
-    from .fitting.train_config import TrainConfig
-    from .fitting.trainer import TrainingDivergedWarning
+    from .fit.data import DataKeys, read_data
+    from .fit.metrics import errors as error_table, format_table, predictions
+    from .train.config import TrainConfig
+    from .train.trainer import TrainingDivergedWarning
 
     cfg = TrainConfig.load(args.config, overwrite=args.force)  # outputs checked (the output rule) before training
     as_list = lambda x: [] if not x else ([x] if isinstance(x, str) else list(x))  # noqa: E731
@@ -296,14 +296,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="evaluation backend (default auto: the fastest for the model and device; docs/architecture.md)")
     ev.add_argument("-o", "--output", help="write results as JSON (atomically)")
     ev.add_argument("--force", action="store_true", help=FORCE_HELP)
-    from .fitting.config import FitConfig
+    from .fit.config import FitConfig
 
     ft = sub.add_parser("fit", help="fit a linear ACE model from a YAML/JSON config (default: bundled Zuo Si job)",
                         epilog=FitConfig.keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ft.add_argument("config", nargs="?", help="fit configuration (keys below; docs/fitting.md)")
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ft.add_argument("--force", action="store_true", help=FORCE_HELP + "; as output.overwrite: true in the config")
-    from .fitting.train_config import KEYS_HELP
+    from .train.config import KEYS_HELP
 
     tr = sub.add_parser("train", help="train a nonlinear ACE model from a YAML/JSON config (docs/training.md)",
                         epilog=KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -338,7 +338,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return commands[args.command](args)
     except KeyboardInterrupt as exc:  # Ctrl-C (130), or SIGTERM during training (143): one line, no traceback
-        from .fitting.train_interrupt import TrainingInterrupted, signal_of
+        from .train.interrupt import TrainingInterrupted, signal_of
 
         if args.debug:
             raise

@@ -116,7 +116,7 @@ def labelled_dataset(n: int = 6, seed: int = 0):
     """Small SiGe ``Dataset`` (crystals and clusters, random energy/force/stress labels, two config_types)."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from .fitting.data import read_data
+    from .fit.data import read_data
 
     rng = np.random.default_rng(seed)
     structs = []

@@ -28,7 +28,7 @@ def _(ctx):
 
 @case(12, "training checkpoint path is a FIFO (torch.load would block)", names=("ckpt.pt", "FIFO"), timeout=60)
 def _(ctx):
-    from torchace.fitting.train_state import TrainCheckpoint
+    from torchace.train.state import TrainCheckpoint
 
     os.mkfifo(ctx.path("ckpt.pt"))
     TrainCheckpoint(ctx.path("ckpt.pt"), {}).load()

@@ -52,7 +52,7 @@ def _(ctx):
 @case(13, "torch cell list: 64 atoms in a fully periodic 10 × 10 × 0.001 Å cell", names=("neighbour pairs",))
 def _(ctx):
     import torch
-    from torchace.structures.cell_list import cell_list_neighbours
+    from torchace.structures.neighbours.cell_list import cell_list_neighbours
 
     a = _flat_unwrapped()
     cell_list_neighbours(torch.tensor(a.positions), torch.tensor(a.cell.array), a.pbc, 5.5)
@@ -87,7 +87,7 @@ def _(ctx):
 @case(13, "fit: a training frame with two Si atoms 0.4 Å apart (warned naming file:frame:atoms, then fitted)",
       expect="ok")
 def _(ctx):
-    from torchace.fitting.contacts import CloseContactWarning
+    from torchace.fit.contacts import CloseContactWarning
 
     frames = ctx.frames(3)
     frames[1].positions[5] = frames[1].positions[2] + [0.4, 0, 0]

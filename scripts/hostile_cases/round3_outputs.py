@@ -128,7 +128,7 @@ def _(ctx):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from torchace.fitting.metrics import parity_plot
+    from torchace.fit.metrics import parity_plot
 
     fig = plt.figure()
     p = ctx.path("figure.png")

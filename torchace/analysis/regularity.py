@@ -15,10 +15,10 @@ import torch
 from ase import Atoms
 
 from .. import keys as K
-from ..fitting.data import Labelled
-from ..fitting.repulsion import envelope_distance
-from ..fitting.rows import design_matrix_rows
-from ..fitting.weights import row_weights
+from ..fit.data import Labelled
+from ..fit.repulsion import envelope_distance
+from ..fit.rows import design_matrix_rows
+from ..fit.weights import row_weights
 from .curves import element_pairs
 
 E_SYN, W_SYN = 100.0, 0.01  # the paper's synthetic dimers (§2.5): label and weight

@@ -31,15 +31,15 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from .. import keys as K
 from ..fieldcheck import check_device, check_float
-from ..fitting.committee import committee_energies, member_predictions, spread
-from ..fitting.rows import batch_rows
+from ..uncertainty.committee import committee_energies, member_predictions, spread
+from ..fit.rows import batch_rows
 from ..model.backends import AUTO, EVALUATE, select
 from ..model.backends.fused import CLOSEST_PAIR, COMMITTEE_ENERGY
-from ..fitting.nonlinear_committee import committee_linear_model
+from ..uncertainty.nonlinear import committee_linear_model
 from ..structures.batch import DEFAULT_MIN_DISTANCE, too_close, validate
-from ..structures.cell_list import cell_list_neighbours
+from ..structures.neighbours.cell_list import cell_list_neighbours
 from ..structures.geometry import edge_vectors
-from ..structures.neighbours import neighbour_list
+from ..structures.neighbours.pairs import neighbour_list
 from ..model.watch import watch
 from .binding import BoundModel
 
@@ -128,7 +128,7 @@ class TorchACECalculator(Calculator):
         self._z_to_species = {z: s for s, z in enumerate(self.atomic_numbers)}
         # (token of the evaluated model, the linear model whose design rows and coefficients the committee
         # refers to): for a nonlinear model the linear model of the parameters its energy is linear in (a
-        # snapshot with the learned radials, torchace.fitting.nonlinear_committee), made again when it changes
+        # snapshot with the learned radials, torchace.uncertainty.nonlinear), made again when it changes
         self._rows_cache = None
         self._token = None            # of the evaluated model, for the stored results
         if uncertainty and self.committee is None:

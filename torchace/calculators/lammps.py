@@ -9,7 +9,7 @@ LAMMPS.  The Python driver snippet, the agreement and the speed tables are in do
 Every call reads the owned atoms' positions, types and IDs from LAMMPS's current local arrays (LAMMPS
 sorts and wraps atoms; nothing is cached by index across a reordering), the box (restricted triclinic:
 a = (lx, 0, 0), b = (xy, ly, 0), c = (xz, yz, lz)) and its periodicity.  The neighbour list is built on
-the periodic system with cutoff rcut + skin (``torchace.structures.neighbours.neighbour_list``) and reused
+the periodic system with cutoff rcut + skin (``torchace.structures.neighbours.pairs.neighbour_list``) and reused
 until an atom moved more than skin/2 since the build, the box, the atom IDs/order or the types changed;
 atoms that LAMMPS wrapped back into the box keep the list (their lattice jump goes into the edges' integer
 shifts).  Edges beyond rcut contribute exactly zero, so reused lists give the numbers of fresh ones.
@@ -56,7 +56,7 @@ from ..model.backends import AUTO, EVALUATE, select
 from ..model.backends.fused import CLOSEST_PAIR
 from ..structures.batch import DEFAULT_MIN_DISTANCE
 from ..structures.geometry import edge_vectors
-from ..structures.neighbours import neighbour_list
+from ..structures.neighbours.pairs import neighbour_list
 from .lammps_library import MPI_LIBRARY, QUIET, import_lammps, new_lammps, preload_mpi  # noqa: F401 (public here too)
 from .binding import BoundModel
 

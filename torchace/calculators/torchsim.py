@@ -16,7 +16,7 @@ Each call builds the neighbour lists of all systems afresh at rcut (torch_sim wr
 cell at every MD step, so a stored list's integer shifts would go stale), on the state's device: systems with
 n_atoms² × lattice images ≤ ``DENSE_MAX_CANDIDATES`` (up to ~50 atoms in a cell of Si at rcut 5.5 Å) in one
 batched all-pairs search over every system at once, larger ones one by one with the binned cell list
-(``torchace.structures.cell_list``); then one batched model evaluation through a torchace backend
+(``torchace.structures.neighbours.cell_list``); then one batched model evaluation through a torchace backend
 (``backend="auto"``: the fused C++ kernel on CPU, the Triton kernels on CUDA, ``torchace.backends``).  Atomic
 numbers map to model species through a lookup table on the device.  Positions, species and the list stay on
 the device; the host work per call is a loop over the *large* systems (cell-list calls), the image ranges
@@ -35,9 +35,9 @@ from ase.data import chemical_symbols
 from .. import keys as K
 from ..model.backends import AUTO, EVALUATE, select
 from ..structures.batch import DEFAULT_MIN_DISTANCE
-from ..structures.cell_list import cell_list_neighbours
+from ..structures.neighbours.cell_list import cell_list_neighbours
 from ..structures.geometry import edge_vectors
-from ..structures.neighbours import neighbour_list
+from ..structures.neighbours.pairs import neighbour_list
 from .binding import BoundModel
 
 try:
@@ -73,7 +73,7 @@ class TorchACEModel(ModelInterface):
     ``min_distance`` (Å): closer pairs raise ``ValueError`` (0 switches the check off).  ``neighbour_list``:
     "auto" (small systems batched, the others by the cell list), "batched" (every system in the batched
     search; states with mixed boundaries fall back to the cell list), "cell_list" (one call per system) or
-    "numpy" (``torchace.structures.neighbours.neighbour_list`` per system, on the host).
+    "numpy" (``torchace.structures.neighbours.pairs.neighbour_list`` per system, on the host).
     """
 
     def __init__(self, model_or_path, *, device=None, dtype: torch.dtype = torch.float64,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .export import FORMATS, export
 from .model_file import load, save
-from .yace_read import read_yace
-from .yace_write import write_yace
+from .yace.read import read_yace
+from .yace.write import write_yace
 
 __all__ = ["load", "save", "export", "FORMATS", "read_yace", "write_yace"]

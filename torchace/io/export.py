@@ -59,7 +59,7 @@ def export(model, path: str, format: str = "torchscript", *, metadata: Optional[
         from .metatomic import export_metatomic  # optional dependency, imported on demand
 
         return export_metatomic(model, path, dtype=dt, metadata=metadata, overwrite=overwrite, **kwargs)
-    from .yace_write import write_yace  # fmt == "yace"
+    from .yace.write import write_yace  # fmt == "yace"
 
     if dt is not None and dt != model.coefficients.dtype:
         model = copy.deepcopy(model).to(dt)

@@ -44,7 +44,7 @@ def load(path: str, dtype: torch.dtype = torch.float64, device=None):
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"torchace.load: path must be a model file path (str or os.PathLike), got {path!r}")
     if os.fspath(path).endswith(".yace"):
-        from .yace_read import read_yace
+        from .yace.read import read_yace
 
         return read_yace(path, dtype=dtype, device=device)
     d = read_document(path)

@@ -6,7 +6,7 @@
   S = C for r < r_inner, S = A/3 δ³ + B/4 δ⁴ + C (δ = r − r_inner) up to r_outer, E = 0 beyond, where A, B,
   C make E, E′ and E″ vanish at r_outer.  Used by ``ACEModel`` as an additive, coefficient-free baseline
   (``ACEConfig.zbl``); site energy ½ Σ_j E(r_ij), so the total is the pair sum.
-The synthetic-dimer augmentations that fit around it are in ``torchace.fitting.repulsion``.
+The synthetic-dimer augmentations that fit around it are in ``torchace.fit.repulsion``.
 """
 from __future__ import annotations
 

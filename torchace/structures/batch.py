@@ -15,7 +15,7 @@ from ase import Atoms
 
 from .. import keys as K
 from ..fieldcheck import check_float, short_repr
-from .neighbours import neighbour_list
+from .neighbours.pairs import neighbour_list
 
 DEFAULT_MIN_DISTANCE = 0.01  # Å; closer pairs are "atoms on top of each other"
 

@@ -90,7 +90,7 @@ def torch_rows(model, batch: Dict[str, torch.Tensor], memory_budget: int = 256 *
     ``densities`` = (c [P, NZ, n_b], embedding derivatives ``(ρ [N, P], species) → (F', F'') [N, P]``): the
     Jacobian of E = Σ_i F(ρ_i), ρ_ip = c_p[z_i]·B_i, for a separable F (Σ_p f_p(ρ_p)) with respect to every c_p
     instead of the rows of Σ_i B_i: ∂E/∂c_p = Σ_i F'_p B_i and, per edge, ∂/∂r_e (F'_p B_i) = F'_p G_e +
-    F''_p (G_e·c_p) B_i (the Gauss–Newton rows of ``torchace.fitting.gauss_newton``).  Many-body columns are
+    F''_p (G_e·c_p) B_i (the Gauss–Newton rows of ``torchace.train.gauss_newton``).  Many-body columns are
     then [P, NZ, n_b] flat (``density_coefficients``' layout), followed by the pair columns as usual.
 
     Per atom i the Jacobian J_i = ∂B/∂A (over the A-columns in use) is assembled from the leave-one-out

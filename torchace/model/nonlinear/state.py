@@ -21,7 +21,7 @@ FORMAT_VERSION = 1
 FIELDS = ("format", "format_version", "torchace_version", "units", "config", "densities", "embedding",
           "learnable_radials", "density_coefficients", "pair_coefficients", "radial_weights", "nl_scale",
           "pair_scale", "prior", "committee", "metadata")
-# committee: added later (torchace.fitting.nonlinear_committee); files written before it load without one
+# committee: added later (torchace.uncertainty.nonlinear); files written before it load without one
 OPTIONAL = ("torchace_version", "prior", "committee", "metadata")
 
 
@@ -36,7 +36,7 @@ def _embedding_doc(model) -> Optional[Dict[str, Any]]:
 
 
 def _committee_doc(model):
-    """[n][K] samples of the linear coefficients θ (torchace.fitting.nonlinear_committee), or None."""
+    """[n][K] samples of the linear coefficients θ (torchace.uncertainty.nonlinear), or None."""
     c = getattr(model, "committee", None)
     return None if c is None else finite_list(c, "committee")
 

@@ -1,7 +1,7 @@
 """A tabulated pair potential (LAMMPS ``pair_style table``) as an additive term of a ``PACEModel``.
 
 A torchace ``.yace`` export is ML-PACE's many-body part plus the model's pair part in a LAMMPS pair table,
-meant for ``pair_style hybrid/overlay pace table`` (torchace.io.yace_write): E = E_pace + Σ_{i<j} U_{z_i z_j}(r_ij).
+meant for ``pair_style hybrid/overlay pace table`` (torchace.io.yace.write): E = E_pace + Σ_{i<j} U_{z_i z_j}(r_ij).
 ``TabulatedPair`` is that second term, so that ``read_yace`` of an export gives the whole model.  U between
 the file's knots is the cubic Hermite interpolant of E with slopes −F (``hermite``: C¹, and the forces are its
 exact derivative); LAMMPS's ``table spline N`` re-splines E and F separately, which differs from it by the

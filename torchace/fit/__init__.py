@@ -1,0 +1,27 @@
+"""Stage 4a, fit: assemble and solve once (ACEpotentials.jl's ``acefit!``).  Labelled data (``data``), weights
+(``weights``), design-matrix rows (``rows``), weighted assembly (``assembly``, ``checkpoint``, ``distributed``),
+priors (``priors``), solvers (``solvers/``), the fit driver (``driver``), error tables (``metrics``), repulsion
+data (``repulsion``), close contacts (``contacts``) and the ``torchace fit`` config (``config``).  Iterative
+training is ``torchace.train``, committees ``torchace.uncertainty``.
+
+``torchace.fit`` is both this package and the fit function: calling the module runs ``driver.fit``
+(``torchace.fit(model, data)``), and ``torchace.fit.assembly`` etc. are its submodules."""
+import sys
+import types
+
+from . import priors, repulsion, solvers
+from .driver import FitResult, fit, solve_system
+from .metrics import errors
+from .rows import design_matrix_rows
+
+__all__ = ["FitResult", "fit", "solve_system", "errors", "design_matrix_rows", "priors", "repulsion", "solvers"]
+
+
+class _CallablePackage(types.ModuleType):
+    """``torchace.fit(...)`` is ``torchace.fit.fit(...)`` (the package keeps the function's name and signature)."""
+
+    def __call__(self, *args, **kwargs):
+        return fit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

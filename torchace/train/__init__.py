@@ -1,0 +1,23 @@
+"""Stage 4b, train: iterative (gradient and Gauss–Newton) training of ACE models on the weighted E/F/V loss of
+``torchace.fit`` (docs/training.md).  The loss (``loss``), the training loop (``trainer``), its configuration
+(``config``: the ``torchace train`` file), where training starts (``start``), preconditioning (``scaling``),
+Gauss–Newton steps (``gauss_newton``), validation (``validation``), checkpoints (``state``) and interruption
+(``interrupt``).
+
+``torchace.train`` is both this package and the train function: calling the module runs ``trainer.train``."""
+import sys
+import types
+
+from .trainer import TrainResult, train
+
+__all__ = ["TrainResult", "train"]
+
+
+class _CallablePackage(types.ModuleType):
+    """``torchace.train(...)`` is ``torchace.train.train(...)``."""
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
