@@ -71,7 +71,7 @@ def repulsive_core(U0: float, U1: float, U2: float, r_lo: float, z1: int, z2: in
     derivatives at r_lo: q, q′, q″ vanish at r_lo and, since Z‴ < 0, q > 0 and q′ < 0 below it, so E is the
     pair energy's second-order expansion plus a ZBL-shaped wall.  K = max(1, twice the smallest K that makes
     dE/dr < 0 for 0.01 r_lo ≤ r ≤ 0.9 r_lo): repulsive from 0.9 r_lo down, ≈ ZBL at short range."""
-    from ..model.zbl import zbl_unswitched
+    from ...model.zbl import zbl_unswitched
 
     Z0, Z1, Z2 = (float(zbl_unswitched(r_lo, z1, z2, k)) for k in range(3))
 
@@ -183,7 +183,7 @@ MAX_TABLE_BYTES = 256 << 20
 def read_pair_table(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """{keyword: (r, E, F)} from a LAMMPS pair table file.  With ``N n R rlo rhi`` (or ``RSQ``) the distances
     are LAMMPS's own, rlo + (rhi − rlo) i/(n − 1) (or the RSQ analogue), and the r column must agree with them."""
-    from ..inputs import open_input
+    from ...inputs import open_input
 
     out = {}
     with open_input(path, "LAMMPS pair table", MAX_TABLE_BYTES) as fh:  # the input rule: no FIFO, no /dev/zero
@@ -223,7 +223,7 @@ def read_pair_table(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.nda
 def _hermite(r, knots, E, dE):
     """Cubic Hermite interpolation of E with derivative dE on sorted knots; zero outside [knots[0], knots[-1]):
     ``torchace.model.pace.pair_table.hermite`` (the one formula, also the read-back model's) on numpy arrays."""
-    from ..model.pace.pair_table import hermite
+    from ...model.pace.pair_table import hermite
 
     e, d = hermite(*(torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in (r, knots, E, dE)))
     return e.numpy(), d.numpy()
