@@ -1,4 +1,4 @@
-"""Priors (torchace/fitting/priors.py, docs/priors.md).
+"""Priors (torchace/fit/priors.py, docs/priors.md).
 
 * γ of single basis functions against hand-computed values of the formulas: ACEpotentials.jl v0.10's
   smoothness priors with the species-interleaved n (as ``_nnll_basis`` there), and the product-form

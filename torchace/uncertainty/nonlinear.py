@@ -233,7 +233,7 @@ def committee_system(model, data, weights=None, *, keys=None, skip_bad: bool = F
                      memory_budget: int = DEFAULT_MEMORY_BUDGET) -> LinearSystem:
     """The dense weighted system A θ ≈ y of ``torchace.fit`` for θ: per fitting structure (isolated atoms
     excluded) the energy row × w_E/√N, 3N force rows × w_F, 6 Voigt virial rows × w_V/√N
-    (``fitting.weights.row_weights``), targets = labels − E_rest with E_rest = E(model) − b·θ̄ (E0, ZBL and the
+    (``fit.weights.row_weights``), targets = labels − E_rest with E_rest = E(model) − b·θ̄ (E0, ZBL and the
     densities with m_p ≠ 1; likewise for forces and virials)."""
     resolved = resolve_weights(weights)
     ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
