@@ -6,6 +6,7 @@ training is ``torchace.train``, committees ``torchace.uncertainty``.
 
 ``torchace.fit`` is both this package and the fit function: calling the module runs ``driver.fit``
 (``torchace.fit(model, data)``), and ``torchace.fit.assembly`` etc. are its submodules."""
+import inspect
 import sys
 import types
 
@@ -20,8 +21,9 @@ __all__ = ["FitResult", "fit", "solve_system", "errors", "design_matrix_rows", "
 class _CallablePackage(types.ModuleType):
     """``torchace.fit(...)`` is ``torchace.fit.fit(...)`` (the package keeps the function's name and signature)."""
 
-    def __call__(self, *args, **kwargs):
-        return fit(*args, **kwargs)
+    # the function itself (not a wrapper): no extra frame, so warnings point at the caller
+    __call__ = staticmethod(fit)
 
 
 sys.modules[__name__].__class__ = _CallablePackage
+__signature__ = inspect.signature(fit)  # inspect.signature(torchace.fit) is the function's

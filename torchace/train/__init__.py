@@ -5,6 +5,7 @@ Gauss–Newton steps (``gauss_newton``), validation (``validation``), checkpoint
 (``interrupt``).
 
 ``torchace.train`` is both this package and the train function: calling the module runs ``trainer.train``."""
+import inspect
 import sys
 import types
 
@@ -16,8 +17,9 @@ __all__ = ["TrainResult", "train"]
 class _CallablePackage(types.ModuleType):
     """``torchace.train(...)`` is ``torchace.train.train(...)``."""
 
-    def __call__(self, *args, **kwargs):
-        return train(*args, **kwargs)
+    # the function itself (not a wrapper): no extra frame, so warnings point at the caller
+    __call__ = staticmethod(train)
 
 
 sys.modules[__name__].__class__ = _CallablePackage
+__signature__ = inspect.signature(train)  # inspect.signature(torchace.train) is the function's
