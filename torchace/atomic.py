@@ -25,16 +25,9 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> N
     ``write``, Ctrl-C) removes the temporary file and leaves an existing file at ``path`` as it was (OS errors
     are re-raised naming ``path``)."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise OutputPathError(f"{path}: is a directory; give a file name")
-    d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise OutputPathError(f"{path}: cannot be written: directory {d!r} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=suffix)
-    except OSError as exc:
-        raise OutputPathError(f"{path}: cannot be written ({exc.strerror})") from None
-    os.close(fd)
+    tmp = _temporary_beside(path, f"{path}: is a directory; give a file name",
+                            f"{path}: cannot be written: directory {{d!r}} does not exist", f"{path}: cannot be written",
+                            ".tmp_", suffix)
     try:
         write(tmp)
         _finish_tmp(tmp)
@@ -46,6 +39,23 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> N
             raise OSError(exc.errno, f"{path}: cannot be written ({exc.strerror or exc}); an existing file "
                                      "there is unchanged") from exc
         raise
+
+
+def _temporary_beside(path: str, is_dir: str, no_dir: str, unwritable: str, prefix: str, suffix: str = "") -> str:
+    """A new empty temporary file in ``path``'s directory (proof that it can be written there), or
+    ``OutputPathError`` with the caller's message: ``is_dir``, ``no_dir`` (``{d!r}``: the directory) or
+    ``unwritable`` (the OS reason appended)."""
+    if os.path.isdir(path):
+        raise OutputPathError(is_dir)
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise OutputPathError(no_dir.replace("{d!r}", repr(d)))  # not format(): paths may hold braces
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=prefix, suffix=suffix)
+    except OSError as exc:
+        raise OutputPathError(f"{unwritable} ({exc.strerror})") from None
+    os.close(fd)
+    return tmp
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -299,14 +309,6 @@ def check_outputs(inputs: Sequence[str], outputs: Dict[str, Optional[str]], who:
             if _same(p, p2):
                 raise OutputPathError(f"{who}: outputs {name} and {name2} are the same file {p!r}")
     for name, p in outs:
-        if os.path.isdir(p):
-            raise OutputPathError(f"{who}: output {name} {p!r} is a directory")
-        d = os.path.dirname(os.path.abspath(p))
-        if not os.path.isdir(d):
-            raise OutputPathError(f"{who}: output {name} {p!r}: directory {d!r} does not exist")
-        try:
-            fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_check_")
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as exc:
-            raise OutputPathError(f"{who}: output {name} {p!r} cannot be written ({exc.strerror})") from None
+        os.unlink(_temporary_beside(p, f"{who}: output {name} {p!r} is a directory",
+                                    f"{who}: output {name} {p!r}: directory {{d!r}} does not exist",
+                                    f"{who}: output {name} {p!r} cannot be written", ".tmp_check_"))

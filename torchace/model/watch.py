@@ -197,3 +197,19 @@ def watch(model: nn.Module) -> ModelWatch:
         if w is None:
             w = _WATCHES[model] = ModelWatch(model)
         return w
+
+
+class Derived:
+    """State derived from a model (a kernel's coefficient tables, its DAG), rebuilt by ``rebuild()`` the first
+    time and whenever ``refresh()`` finds that a model tensor changed since the last build (the model's watch)."""
+
+    def __init__(self, model: nn.Module, rebuild) -> None:
+        self._watch = watch(model)
+        self._rebuild = rebuild
+        self._generation: Optional[int] = None
+
+    def refresh(self) -> None:
+        gen = self._watch.check()
+        if gen != self._generation:
+            self._rebuild()
+            self._generation = gen

@@ -36,7 +36,7 @@ from ... import keys as K
 from ...basis.radial import agnesi_a
 from ...structures.geometry import edge_vectors
 from ..strain import edge_gradient_outputs
-from ..watch import watch
+from ..watch import Derived
 from .torch_rows import jacobian_pattern
 
 # extra output: [distance (Å), edge index] of the closest pair in the list (-1 without edges), so that
@@ -375,23 +375,19 @@ class FusedEvaluator(nn.Module):
         self.committee = bool(committee)
         self.skip_baseline = bool(skip_baseline)
         self.ext = load_extension()
-        self._watch = watch(model)
-        self._generation = None
-        # per computation dtype, for the generation of the model they were built from (_refresh)
+        # per computation dtype, for the generation of the model they were built from (_rebuild)
         self._consts: Dict[torch.dtype, tuple] = {}
         self._committee_consts: Dict[torch.dtype, tuple] = {}
+        self._derived = Derived(model, self._rebuild)
+        self._refresh = self._derived.refresh
         self._refresh()
 
-    def _refresh(self) -> None:
-        """Drop every constant derived from the model if any of its tensors changed since they were built."""
-        gen = self._watch.check()
-        if gen == self._generation:
-            return
+    def _rebuild(self) -> None:
+        """Drop every constant derived from the model (one of its tensors changed since they were built)."""
         self._consts.clear()
         self._committee_consts.clear()
         _check_model(self.model, "FusedEvaluator", with_baseline=not self.skip_baseline)  # r0 may have changed
         self.aa_parent, self.aa_last, self.aa_children, self.node_of_aa = cached_dag(self.model)
-        self._generation = gen
 
     def _constants(self, dtype: torch.dtype):
         consts = self._consts.get(dtype)

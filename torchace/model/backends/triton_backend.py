@@ -28,7 +28,7 @@ from torch import nn
 
 from ...structures.geometry import edge_vectors
 from ..strain import edge_gradient_outputs
-from ..watch import watch
+from ..watch import Derived
 from ... import keys as K
 from .fused import COMMITTEE_ENERGY, cached_dag, node_coefficients
 
@@ -142,12 +142,12 @@ class TritonEvaluator(nn.Module):
         self.memory_budget = memory_budget
         self.dag = dag
         self.kernels = _kernels()
-        self._watch = watch(model)
-        self._generation = None
         # per (dtype, device) and per device, for the model generation they were built from (_refresh)
         self._consts: Dict[tuple, Dict[str, torch.Tensor]] = {}
         self._committee_consts: Dict[tuple, Optional[tuple]] = {}
         self._plans: Dict[torch.device, DagPlan] = {}
+        self._derived = Derived(model, self._rebuild)
+        self._refresh = self._derived.refresh
         self._refresh()
         # profile=True: seconds per stage of the last calls (device-synchronised; slows a step, for benchmarks)
         self.profile = False
@@ -162,16 +162,12 @@ class TritonEvaluator(nn.Module):
         self.timings[stage] = self.timings.get(stage, 0.0) + now - t0[0]
         t0[0] = now
 
-    def _refresh(self) -> None:
-        """Drop every constant derived from the model if any of its tensors changed since they were built."""
-        gen = self._watch.check()
-        if gen == self._generation:
-            return
+    def _rebuild(self) -> None:
+        """Drop every constant derived from the model (one of its tensors changed since they were built)."""
         self._consts.clear()
         self._committee_consts.clear()
         self._plans.clear()
         self.parent, self.last, _, self.node_of_aa = cached_dag(self.model)
-        self._generation = gen
 
     def _constants(self, dtype: torch.dtype, device: torch.device) -> Dict[str, torch.Tensor]:
         hit = self._consts.get((dtype, device))
