@@ -253,7 +253,8 @@ def _train(args, cfg, n_threads: int) -> int:
                              **cfg.train_kwargs())
     if res.resumed:
         print(f"resumed from {res.resumed['checkpoint']} after its epoch {res.resumed['epochs_done']}")
-    print(f"stopped: {'all epochs done' if res.stopped == 'epochs' else res.stopped}; chosen epoch {res.chosen_epoch}; timings "
+    stopped = "all epochs done" if res.stopped == "epochs" else res.stopped
+    print(f"stopped: {stopped}; chosen epoch {res.chosen_epoch}; timings "
           f"{', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())
     report = {"train": res.errors, "validation": res.validation_errors,

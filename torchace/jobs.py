@@ -191,10 +191,13 @@ def versions() -> Dict[str, str]:
     return out
 
 
-def _config_text(config: Any) -> str:
+def _config_lines(config: Any) -> List[str]:
+    """The job's config, resolved (absolute paths, defaults filled in): one line per section."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
-    return json.dumps(config, indent=1, default=str, sort_keys=False)
+    if not isinstance(config, dict):
+        return [f"#   {config!r}"]
+    return [f"#   {k}: {json.dumps(v, default=str)}" for k, v in config.items()]
 
 
 @contextlib.contextmanager
@@ -208,13 +211,14 @@ def job_log(path: Optional[str], what: str, *, config: Any = None, n_threads: Op
         return
     check_output(path, LOG_FILE, overwrite)
     log = JobLog(path, what)
-    log.lines.append(f"{LOG_HEADER} of {what}, started {datetime.datetime.fromtimestamp(log.t0).isoformat(' ', 'seconds')}")
+    started = datetime.datetime.fromtimestamp(log.t0).isoformat(" ", "seconds")
+    log.lines.append(f"{LOG_HEADER} of {what}, started {started}")
     log.lines.append(f"# command: {' '.join(sys.argv)}; directory {os.getcwd()}")
     log.lines.append("# versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     n = torch.get_num_threads() if n_threads is None else n_threads
     log.lines.append(f"# threads: {n}" + (f" ({threads_why})" if threads_why else ""))
     if config is not None:
-        log.lines.append("# config: " + _config_text(config).replace("\n", "\n#   "))
+        log.lines += ["# config:"] + _config_lines(config)
     installed = not _ACTIVE
     if installed:
         saved = sys.stdout, sys.stderr

@@ -128,6 +128,28 @@ def _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_dista
                          "smaller committee (8-32 members are typical)")
 
 
+def read_announced(data, progress: bool, **kwargs) -> Dataset:
+    """``read_data`` between two stage lines (``torchace.jobs.announce``): what is read, then how much it was."""
+    if isinstance(data, Dataset):  # read already: no stage
+        return read_data(data, **kwargs)
+    t0 = time.perf_counter()
+    announce(f"fit: reading the training data ({describe_data(data)})", progress)
+    ds = read_data(data, **kwargs)
+    announce(f"fit: read {len(ds)} structures, {sum(s.n_atoms for s in ds)} atoms in {time.perf_counter() - t0:.1f} s",
+             progress)
+    return ds
+
+
+def assembly_line(model, train: Dataset, backend: str, device, streaming: Optional[str]) -> str:
+    """The stage line of the assembly: the design matrix's rows × columns and bytes (an upper bound: every
+    structure's 1 + 3N + 6 rows), or the K × K system the streaming assembly reduces it to."""
+    rows, k = sum(3 * s.n_atoms + 7 for s in fitting_structures(train)), model.basis_size
+    reduced = "" if streaming is None else \
+        f", reduced on the fly to {k:,} × {k:,} ({streaming}; {human_bytes(k * k * 8)})"
+    return f"fit: assembling the design matrix with the {backend} backend on {device}: up to {matrix_size(rows, k)}" \
+        + reduced
+
+
 def describe_data(data) -> str:
     """Short words for what ``fit``/``train`` read: the files and their sizes, or the number of structures."""
     import os
@@ -241,10 +263,7 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_distance, device, close_contact,
                          close_contact_error)
     resolved = resolve_weights(weights)  # types and values checked before the data are read
-    announce(f"fit: reading the training data ({describe_data(data)})", progress)
-    ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
-    announce(f"fit: read {len(ds)} structures, {sum(s.n_atoms for s in ds)} atoms in "
-             f"{time.perf_counter() - t0:.1f} s", progress)
+    ds = read_announced(data, progress, keys=keys, elements=model.elements, skip_bad=skip_bad)
     check_weights_match(weights, ds)
     check_close_contacts(fitting_structures(ds), close_contact, close_contact_error)  # before synthetic data
     weights = resolved
@@ -280,10 +299,7 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     timings = {"read": time.perf_counter() - t0}
 
     t0 = time.perf_counter()
-    rows, k = sum(3 * s.n_atoms + 7 for s in fitting_structures(train)), model.basis_size
-    announce(f"fit: assembling the design matrix with the {backend} backend on {dev}: up to "
-             f"{matrix_size(rows, k)}" + ("" if streaming is None else f", reduced on the fly to {k:,} × {k:,} "
-                                          f"({streaming}; {human_bytes(k * k * 8)})"), progress)
+    announce(assembly_line(model, train, backend, dev, streaming), progress)
     if streaming is None:
         system = assemble(model, train, weights, batch_atoms=batch_atoms, device=dev, progress=progress,
                           backend=backend, min_distance=min_distance)
@@ -300,7 +316,7 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
         val = (vsys.A, vsys.y)
 
     t0 = time.perf_counter()
-    m = int(system.A.shape[0])
+    m, k = system.A.shape
     announce(f"fit: solving with {type(solver).__name__}: {matrix_size(m, k)}, peak memory ≈ "
              f"{human_bytes(dense_solve_peak(m, k))} (estimate)", progress)
     sol = solve_system(system, solver, gamma=gamma, fit_e0=fit_e0, validation=val)
