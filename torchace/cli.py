@@ -25,7 +25,7 @@ import torch
 DEFAULT_EXAMPLE = "data/si_examples.xyz"
 DEFAULT_FIT = "data/default_fit.yaml"
 THREADS_HELP = ("torch threads: a positive integer or auto (the default: the usable cores minus the load average; "
-                "OMP_NUM_THREADS kept when set); docs/fitting.md, 'Threads'")
+                "OMP_NUM_THREADS kept when set); docs/fitting.md, 'Batch jobs'")
 FORCE_HELP = ("replace existing output files that torchace did not write (default: refused before any work; "
               "torchace's own outputs of the same kind are replaced anyway)")
 

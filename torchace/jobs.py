@@ -4,8 +4,8 @@ before every stage that takes more than a few seconds.
 ``use_threads(n)``: a context manager that sets torch's intra-op thread count (and, where ``threadpoolctl`` is
 installed, the BLAS/OpenMP pools of numpy and SciPy) and restores the previous counts on exit.  ``n`` is a
 positive integer, ``"auto"`` or None (unchanged).  ``"auto"`` is the load rule (``auto_threads``, measured in
-docs/fitting.md, "Threads"): the cores this process may use minus the machine's load average, at least one; an
-``OMP_NUM_THREADS`` in the environment is the user's choice and is kept.  Oversubscribed OpenMP threads spin
+docs/fitting.md, "Batch jobs"): the cores this process may use minus the machine's load average, at least one,
+decided once per process; an ``OMP_NUM_THREADS`` in the environment is the user's choice and is kept.  Oversubscribed OpenMP threads spin
 against each other: on a 2-core machine loaded by other jobs the all-cores default ran the bundled fit 3× slower
 than one thread.
 
@@ -70,19 +70,27 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def auto_threads() -> tuple:
+_AUTO: List[tuple] = []  # the "auto" decision of this process, made once
+
+
+def auto_threads(refresh: bool = False) -> tuple:
     """(threads, why) of the "auto" rule: ``OMP_NUM_THREADS`` if set (torch's count, the user's choice); else the
-    usable cores minus the 1-minute load average (rounded; the other jobs' runnable threads), at least 1."""
+    usable cores minus the 1-minute load average (rounded; the other jobs' runnable threads), at least 1.  Decided
+    once per process (``refresh``: again), so that two fits of one script or test run with the same count: the
+    thread count changes the order of floating-point sums (results agree to ~1e-10 relative, not bit for bit)."""
     if os.environ.get("OMP_NUM_THREADS"):
         n = torch.get_num_threads()
         return n, f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    if _AUTO and not refresh:
+        return _AUTO[0][0], _AUTO[0][1] + ", decided at this process's first job"
     cores = usable_cores()
     try:
         load = os.getloadavg()[0]
+        n, why = max(1, min(cores, int(cores - load + 0.5))), f"auto: {cores} usable cores, load average {load:.2f}"
     except (AttributeError, OSError):
-        return cores, f"{cores} usable cores"
-    n = max(1, min(cores, int(cores - load + 0.5)))
-    return n, f"auto: {cores} usable cores, load average {load:.2f}"
+        n, why = cores, f"auto: {cores} usable cores"
+    _AUTO[:] = [(n, why)]
+    return n, why
 
 
 _THREAD_DEPTH = [0]  # nested use_threads(): "auto" inside a job keeps the job's count (the train's warm-start fit)

@@ -87,7 +87,8 @@ def test_auto_threads_rule(monkeypatch):
     monkeypatch.setattr(jobs, "usable_cores", lambda: 8)
     for load, n in ((0.1, 8), (2.6, 5), (7.9, 1), (30.0, 1)):
         monkeypatch.setattr(jobs.os, "getloadavg", lambda load=load: (load, load, load))
-        assert jobs.auto_threads()[0] == n
+        assert jobs.auto_threads(refresh=True)[0] == n
+    assert jobs.auto_threads()[0] == 1  # decided once per process: the same count for every job of a script
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert jobs.auto_threads() == (torch.get_num_threads(), "OMP_NUM_THREADS=3")
     before = torch.get_num_threads()
@@ -95,6 +96,8 @@ def test_auto_threads_rule(monkeypatch):
         with jobs.use_threads("auto") as inner:
             assert inner == 1 and torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+    monkeypatch.undo()
+    jobs.auto_threads(refresh=True)  # this machine's decision again, for the tests after this one
 
 
 @pytest.mark.parametrize("value", [0, -1, "x", 1.5, True])
