@@ -24,6 +24,8 @@ import torch
 
 DEFAULT_EXAMPLE = "data/si_examples.xyz"
 DEFAULT_FIT = "data/default_fit.yaml"
+THREADS_HELP = ("torch threads: a positive integer or auto (the default: the usable cores minus the load average; "
+                "OMP_NUM_THREADS kept when set); docs/fitting.md, 'Batch jobs'")
 FORCE_HELP = ("replace existing output files that torchace did not write (default: refused before any work; "
               "torchace's own outputs of the same kind are replaced anyway)")
 
@@ -41,6 +43,14 @@ def _read(paths: List[str]):
 
 
 def cmd_evaluate(args) -> int:
+    from .jobs import use_threads
+
+    with use_threads(args.threads):
+        return _evaluate(args)
+
+
+def _evaluate(args) -> int:
+    """``torchace evaluate``'s work with its threads set."""
     import torchace
     from . import keys as K
     from .atomic import EVALUATION_REPORT, check_output, check_outputs, write_json_output
@@ -67,7 +77,8 @@ def cmd_evaluate(args) -> int:
     structs = _read(paths)
     b_eval = select(model, None, args.backend, EVALUATE).name
     print(f"torchace {torchace.__version__}: {model.extra_repr()}")
-    print(f"model {args.model}; device {args.device}, {args.dtype}; backend {b_eval}", flush=True)
+    print(f"model {args.model}; device {args.device}, {args.dtype}; backend {b_eval}; "
+          f"{torch.get_num_threads()} threads", flush=True)
     t0 = time.perf_counter()
     out = torchace.evaluate(model, structs, backend=b_eval)
     t_eval = time.perf_counter() - t0
@@ -124,11 +135,9 @@ def cmd_evaluate(args) -> int:
 def cmd_fit(args) -> int:
     import yaml
 
-    import torchace
-    from .fit.data import DataKeys, read_data
-    from .fit.metrics import errors as error_table, format_table, parity_plot, predictions
     from .fit.config import FitConfig
-    from .atomic import ERRORS_REPORT, check_outputs, write_json_output
+    from .atomic import check_outputs
+    from .jobs import job
 
     if args.config:  # the config checks its outputs (the output rule) before anything is fitted
         cfg = FitConfig.load(args.config, overwrite=args.force)
@@ -138,17 +147,50 @@ def cmd_fit(args) -> int:
     as_list = lambda x: [] if not x else ([x] if isinstance(x, str) else list(x))  # noqa: E731
     check_outputs([args.config] + as_list(cfg.data.train) + as_list(cfg.data.test),
                   {"output.model": cfg.output.model, "output.errors": cfg.output.errors,
-                   "output.parity": cfg.output.parity}, "torchace fit")  # before the expensive fit
+                   "output.parity": cfg.output.parity, "output.log": cfg.output.log},
+                  "torchace fit")  # before the expensive fit
+    threads = cfg.threads if args.threads is None else args.threads  # --threads over the config's
+    with job(cfg.output.log, "torchace fit", threads=threads, config=cfg, overwrite=cfg.output.overwrite) as n:
+        status = _fit(args, cfg, n)
+    if cfg.output.log:
+        print(f"wrote {cfg.output.log}")
+    return status
+
+
+def _threads_arg(text: str):
+    """argparse type of --threads: a positive integer or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}")
+    return n
+
+
+def _fit(args, cfg, n_threads: int) -> int:
+    """``torchace fit``'s work inside its job frame (threads set, log active)."""
+    import torchace
+    from .atomic import ERRORS_REPORT, write_json_output
+    from .fit.data import DataKeys, read_data
+    from .fit.driver import describe_data
+    from .fit.metrics import errors as error_table, format_table, parity_plot, predictions
+
+    as_list = lambda x: [] if not x else ([x] if isinstance(x, str) else list(x))  # noqa: E731
     m = dict(cfg.model)
     elements, order, td = m.pop("elements"), m.pop("order"), m.pop("totaldegree")
     model = torchace.ace_model(elements, order, td, **m).to(cfg.assembly.device)
-    print(f"torchace {torchace.__version__} fit: {model.extra_repr()}", flush=True)
+    print(f"torchace {torchace.__version__} fit: {model.extra_repr()}; {n_threads} thread{'s' * (n_threads > 1)}"
+          + (f"; log {cfg.output.log}" if cfg.output.log else ""), flush=True)
     keys = DataKeys(**cfg.data.keys)
+    print(f"reading the training data ({describe_data(cfg.data.train)}) ...", flush=True)
     train = read_data(cfg.data.train, keys=keys, elements=model.elements, skip_bad=cfg.data.skip_bad)
     print(f"training data: {len(train)} structures, {sum(s.n_atoms for s in train)} atoms "
           f"({', '.join(train.config_types)})", flush=True)
     print("fitting (assembly of the design matrix, then the solver) ...", flush=True)
-    res = torchace.fit(model, train, progress=not args.quiet, **cfg.fit_kwargs())
+    res = torchace.fit(model, train, progress=not args.quiet, threads=n_threads, **cfg.fit_kwargs())
     print(f"design rows: {res.info['backend']} backend; solver {res.solver}: {res.hyperparameters}; E0 {res.E0}; "
           f"timings {', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())
@@ -173,12 +215,9 @@ def cmd_fit(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import torchace
-    from .atomic import ERRORS_REPORT, TRAIN_HISTORY, check_outputs, write_json_output
-    from .fit.data import DataKeys, read_data
-    from .fit.metrics import errors as error_table, format_table, predictions
+    from .atomic import check_outputs
+    from .jobs import job
     from .train.config import TrainConfig
-    from .train.trainer import TrainingDivergedWarning
 
     cfg = TrainConfig.load(args.config, overwrite=args.force)  # outputs checked (the output rule) before training
     as_list = lambda x: [] if not x else ([x] if isinstance(x, str) else list(x))  # noqa: E731
@@ -186,15 +225,36 @@ def cmd_train(args) -> int:
     check_outputs([args.config] + as_list(cfg.fit.data.train) + as_list(cfg.fit.data.test) + val
                   + as_list(cfg.model_from),
                   {"output.model": cfg.fit.output.model, "output.errors": cfg.fit.output.errors,
-                   "output.history": cfg.history, "output.checkpoint": cfg.checkpoint}, "torchace train")
+                   "output.history": cfg.history, "output.checkpoint": cfg.checkpoint,
+                   "output.log": cfg.fit.output.log}, "torchace train")
+    threads = cfg.fit.threads if args.threads is None else args.threads  # --threads over the config's
+    with job(cfg.fit.output.log, "torchace train", threads=threads, config=cfg, overwrite=cfg.fit.output.overwrite) \
+            as n:
+        status = _train(args, cfg, n)
+    if cfg.fit.output.log:
+        print(f"wrote {cfg.fit.output.log}")
+    return status
+
+
+def _train(args, cfg, n_threads: int) -> int:
+    """``torchace train``'s work inside its job frame (threads set, log active)."""
+    import torchace
+    from .atomic import ERRORS_REPORT, TRAIN_HISTORY, write_json_output
+    from .fit.data import DataKeys, read_data
+    from .fit.metrics import errors as error_table, format_table, predictions
+    from .train.trainer import TrainingDivergedWarning
+
     model = cfg.build_model()
-    print(f"torchace {torchace.__version__} train: {model.extra_repr()}", flush=True)
+    print(f"torchace {torchace.__version__} train: {model.extra_repr()}; {n_threads} thread{'s' * (n_threads > 1)}"
+          + (f"; log {cfg.fit.output.log}" if cfg.fit.output.log else ""), flush=True)
     with warnings.catch_warnings():  # a divergence is said in the summary line below (res.stopped)
         warnings.simplefilter("ignore", TrainingDivergedWarning)
-        res = torchace.train(model, cfg.fit.data.train, progress=not args.quiet, **cfg.train_kwargs())
+        res = torchace.train(model, cfg.fit.data.train, progress=not args.quiet, threads=n_threads,
+                             **cfg.train_kwargs())
     if res.resumed:
         print(f"resumed from {res.resumed['checkpoint']} after its epoch {res.resumed['epochs_done']}")
-    print(f"{res.stopped}; chosen epoch {res.chosen_epoch}; timings "
+    stopped = "all epochs done" if res.stopped == "epochs" else res.stopped
+    print(f"stopped: {stopped}; chosen epoch {res.chosen_epoch}; timings "
           f"{', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())
     report = {"train": res.errors, "validation": res.validation_errors,
@@ -296,6 +356,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="evaluation backend (default auto: the fastest for the model and device; docs/architecture.md)")
     ev.add_argument("-o", "--output", help="write results as JSON (atomically)")
     ev.add_argument("--force", action="store_true", help=FORCE_HELP)
+    ev.add_argument("--threads", type=_threads_arg, default="auto", help=THREADS_HELP)
     from .fit.config import FitConfig
 
     ft = sub.add_parser("fit", help="fit a linear ACE model from a YAML/JSON config (default: bundled Zuo Si job)",
@@ -303,6 +364,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ft.add_argument("config", nargs="?", help="fit configuration (keys below; docs/fit.md)")
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ft.add_argument("--force", action="store_true", help=FORCE_HELP + "; as output.overwrite: true in the config")
+    ft.add_argument("--threads", type=_threads_arg, help=THREADS_HELP + "; over the config's threads")
     from .train.config import KEYS_HELP
 
     tr = sub.add_parser("train", help="train a nonlinear ACE model from a YAML/JSON config (docs/training.md)",
@@ -310,6 +372,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     tr.add_argument("config", help="train configuration (fit config keys plus 'training'; docs/training.md)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress lines")
     tr.add_argument("--force", action="store_true", help=FORCE_HELP + "; as output.overwrite: true in the config")
+    tr.add_argument("--threads", type=_threads_arg, help=THREADS_HELP + "; over the config's threads")
     ex = sub.add_parser("export", help="export a saved model (.json) for other programs (docs/export.md)")
     ex.add_argument("model", help="model file written by model.save / torchace fit (.json)")
     ex.add_argument("output", help="output file (written atomically)")

@@ -8,7 +8,8 @@ E0:       isolated            # or a dict {Si: -158.54}, or fit
 prior:    {name: algebraic_smoothness, p: 4}     # any torchace.priors constructor and its arguments
 solver:   {name: BLR}                            # any torchace.solvers class and its arguments
 assembly: {streaming: null, batch_atoms: 2048, device: cpu, backend: auto}
-output:   {model: model.json, errors: errors.json, parity: parity.png}
+output:   {model: model.json, errors: errors.json, parity: parity.png, log: auto}   # log: model.log beside
+threads:  auto                                   # torch threads: a positive integer or auto (torchace.jobs)
 ```
 Relative paths are resolved against the config file's directory; ``@bundled/...`` names files shipped in
 ``torchace/data``.  Unknown keys anywhere are rejected with their section named; wrong types and out-of-range
@@ -60,6 +61,7 @@ class OutputSection:
     model: str = "model.json"
     errors: Optional[str] = "errors.json"
     parity: Optional[str] = None
+    log: Optional[str] = "auto"  # the job's log file (torchace.jobs): auto = <model stem>.log; null: none
     overwrite: bool = False  # replace existing files that torchace did not write (torchace.atomic, the output rule)
 
 
@@ -70,6 +72,7 @@ TOP_LEVEL_HELP = {
     "solver": "  {name: <torchace.solvers class>, ...arguments} (default BLR)",
     "synthetic_dimers": "  true or {E_syn, weight, ...} (torchace.fit.repulsion.synthetic_dimers)",
     "repulsion_restraint": "  true or {weight, r_in, ...} (ACEpotentials.jl's repulsion_restraint)",
+    "threads": "  torch threads: a positive integer, or auto (cores minus the load average; torchace.jobs)",
 }
 
 
@@ -85,6 +88,7 @@ class FitConfig:
     output: OutputSection = field(default_factory=OutputSection)
     synthetic_dimers: Any = False
     repulsion_restraint: Any = False
+    threads: Any = "auto"  # torch threads of the job (torchace.jobs.use_threads): an integer >= 1 or "auto"
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], base_dir: str = ".", source: Optional[str] = None,
@@ -144,25 +148,32 @@ class FitConfig:
         check_str("fit config", "assembly.backend", asm.backend, choices=(AUTO,) + tuple(BACKENDS))
         out = _section("output", d.get("output", {}), OutputSection)
         check_str("fit config", "output.model", out.model)
-        for k in ("model", "errors", "parity"):
+        for k in ("model", "errors", "parity", "log"):
             v = getattr(out, k)
             check_str("fit config", f"output.{k}", v, allow_none=True)
-            if v:
+            if v and not (k == "log" and v == "auto"):
                 setattr(out, k, v if os.path.isabs(v) else os.path.join(base_dir, v))
+        if out.log == "auto":  # beside the model file, its stem (torchace.jobs)
+            from ..jobs import log_beside
+
+            out.log = log_beside(out.model)
         check_bool("fit config", "output.overwrite", out.overwrite)
         out.overwrite = bool(out.overwrite or overwrite)
         from ..atomic import ERRORS_REPORT, PLOT, OutputPathError, check_output, json_output, same_file
 
         inputs = [p for p in ([data.train] if isinstance(data.train, str) else data.train)
                   + ([data.test] if isinstance(data.test, str) else list(data.test or []))]
-        for k in ("model", "errors", "parity"):
+        for k in ("model", "errors", "parity", "log"):
             v = getattr(out, k)
             for q in inputs + ([source] if source else []):
                 if v and same_file(v, q):
                     raise OutputPathError(f"fit config: output.{k} {v!r} is the input {q!r}; choose another path")
         # the output rule (torchace.atomic): no existing file that torchace did not write is replaced; said now,
         # before the fit, not after it
-        kinds = {"model": json_output(model_format, "torchace model file"), "errors": ERRORS_REPORT, "parity": PLOT}
+        from ..jobs import LOG_FILE, check_threads
+
+        kinds = {"model": json_output(model_format, "torchace model file"), "errors": ERRORS_REPORT, "parity": PLOT,
+                 "log": LOG_FILE}
         for k, kind in kinds.items():
             if getattr(out, k):
                 try:
@@ -176,10 +187,11 @@ class FitConfig:
                 check_option(d.get(k, False), k)
             except ValueError as exc:
                 raise ValueError(f"fit config: {exc}") from None
+        threads = check_threads("fit config", "threads", d.get("threads", "auto"))
         return cls(model=model, data=data, weights=weights, E0=d.get("E0"),
                    prior=d.get("prior"), solver=d.get("solver"), assembly=asm, output=out,
                    synthetic_dimers=d.get("synthetic_dimers", False),
-                   repulsion_restraint=d.get("repulsion_restraint", False))
+                   repulsion_restraint=d.get("repulsion_restraint", False), threads=threads)
 
     def fit_kwargs(self) -> Dict[str, Any]:
         """The keyword arguments of ``torchace.fit`` this config stands for (the config mirrors ``fit``)."""

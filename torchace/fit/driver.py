@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..fieldcheck import check_bool, check_device, check_float, check_int, check_str
+from ..jobs import announce, dense_solve_peak, human_bytes, job_options, matrix_size
 from ..model.backends import ROWS, select
 from ..structures.batch import DEFAULT_MIN_DISTANCE
 from .assembly import LinearSystem, assemble, assemble_reduced, fitting_structures
@@ -127,6 +128,42 @@ def _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_dista
                          "smaller committee (8-32 members are typical)")
 
 
+def read_announced(data, progress: bool, **kwargs) -> Dataset:
+    """``read_data`` between two stage lines (``torchace.jobs.announce``): what is read, then how much it was."""
+    if isinstance(data, Dataset):  # read already: no stage
+        return read_data(data, **kwargs)
+    t0 = time.perf_counter()
+    announce(f"fit: reading the training data ({describe_data(data)})", progress)
+    ds = read_data(data, **kwargs)
+    announce(f"fit: read {len(ds)} structures, {sum(s.n_atoms for s in ds)} atoms in {time.perf_counter() - t0:.1f} s",
+             progress)
+    return ds
+
+
+def assembly_line(model, train: Dataset, backend: str, device, streaming: Optional[str]) -> str:
+    """The stage line of the assembly: the design matrix's rows × columns and bytes (an upper bound: every
+    structure's 1 + 3N + 6 rows), or the K × K system the streaming assembly reduces it to."""
+    rows, k = sum(3 * s.n_atoms + 7 for s in fitting_structures(train)), model.basis_size
+    reduced = "" if streaming is None else \
+        f", reduced on the fly to {k:,} × {k:,} ({streaming}; {human_bytes(k * k * 8)})"
+    return f"fit: assembling the design matrix with the {backend} backend on {device}: up to {matrix_size(rows, k)}" \
+        + reduced
+
+
+def describe_data(data) -> str:
+    """Short words for what ``fit``/``train`` read: the files and their sizes, or the number of structures."""
+    import os
+
+    paths = [data] if isinstance(data, (str, os.PathLike)) else (
+        list(data) if isinstance(data, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in data)
+        else None)
+    if paths is None:
+        return f"{len(data)} structures given" if hasattr(data, "__len__") else "structures given"
+    size = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+    names = ", ".join(os.path.basename(os.fspath(p)) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+    return f"{len(paths)} file{'s' if len(paths) != 1 else ''}: {names}; {human_bytes(size)}"
+
+
 @dataclass
 class Solution:
     """Output of ``solve_system``: coefficients on the model's basis (Γ undone), committee, fitted E0."""
@@ -192,6 +229,7 @@ def solve_system(system: LinearSystem, solver, *, gamma: Optional[torch.Tensor] 
     return Solution(coefficients=c, committee=committee, E0=e0, result=res)
 
 
+@job_options("fit")
 def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Optional[DataKeys] = None,
         skip_bad: bool = False, streaming: Optional[str] = None, batch_atoms: int = 2048, device=None,
         validation=None, progress: bool = False, compute_errors: bool = True, synthetic_dimers=False,
@@ -214,6 +252,10 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     atoms (implausible geometry; the calculator has the same argument).  ``close_contact``: a training structure
     with a pair closer than this fraction of the sum of their covalent radii gets a warning naming its file, frame
     and atoms (``close_contact_error``: an error; 0: not checked; ``torchace.fit.contacts``).
+    ``threads``: torch threads during the fit, a positive integer or "auto" (the default: the usable cores minus
+    the load average; None: unchanged), restored after it; ``log``: a log file of the fit (``torchace.jobs``).
+    ``progress``: also a line before every stage (reading, assembly, solve, errors) with its size and memory;
+    the log gets them always.
     """
     from . import solvers as S
 
@@ -221,7 +263,7 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     _check_fit_arguments(model, solver, prior, streaming, batch_atoms, min_distance, device, close_contact,
                          close_contact_error)
     resolved = resolve_weights(weights)  # types and values checked before the data are read
-    ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
+    ds = read_announced(data, progress, keys=keys, elements=model.elements, skip_bad=skip_bad)
     check_weights_match(weights, ds)
     check_close_contacts(fitting_structures(ds), close_contact, close_contact_error)  # before synthetic data
     weights = resolved
@@ -257,6 +299,7 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     timings = {"read": time.perf_counter() - t0}
 
     t0 = time.perf_counter()
+    announce(assembly_line(model, train, backend, dev, streaming), progress)
     if streaming is None:
         system = assemble(model, train, weights, batch_atoms=batch_atoms, device=dev, progress=progress,
                           backend=backend, min_distance=min_distance)
@@ -273,6 +316,9 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
         val = (vsys.A, vsys.y)
 
     t0 = time.perf_counter()
+    m, k = system.A.shape
+    announce(f"fit: solving with {type(solver).__name__}: {matrix_size(m, k)}, peak memory ≈ "
+             f"{human_bytes(dense_solve_peak(m, k))} (estimate)", progress)
     sol = solve_system(system, solver, gamma=gamma, fit_e0=fit_e0, validation=val)
     res, c, committee = sol.result, sol.coefficients, sol.committee
     timings["solve"] = time.perf_counter() - t0
@@ -286,6 +332,8 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     model.coefficients = c.to(model.coefficients.dtype)
     model.committee = None if committee is None else committee.to(model.coefficients.dtype)
     t0 = time.perf_counter()
+    if compute_errors:
+        announce(f"fit: training errors (evaluating {len(ds)} structures)", progress)
     errs = error_table(model, ds) if compute_errors else {}
     timings["errors"] = time.perf_counter() - t0
     result = FitResult(hyperparameters=dict(res.hyperparameters), errors=errs, solver=type(solver).__name__,

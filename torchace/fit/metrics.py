@@ -132,56 +132,32 @@ def format_table(err: Dict[str, Dict[str, Optional[Dict[str, float]]]], title: s
 
 def parity_plot(model, data, path: str, *, preds=None, title: Optional[str] = None, overwrite: bool = False,
                 **read_kwargs) -> str:
-    """Energy-per-atom and force-component parity plots (PNG), written atomically; each panel is titled with
-    the set (``title``, default: the data file's name) and its MAE / RMSE (meV/atom, eV/Å).  An existing file at
-    ``path`` is replaced only if it is a torchace plot, or with ``overwrite`` (torchace.atomic, the output rule).
+    """Energy-per-atom and force-component parity plots (PNG, ``torchace.analysis.plots.parity_panels``), written
+    atomically: axes with units, a colour and an RMSE per config_type in the legend, the identity line; each panel
+    is titled with the set (``title``, default: the data file's name) and its MAE / RMSE (meV/atom, eV/Å).  An
+    existing file at ``path`` is replaced only if it is a torchace plot, or with ``overwrite`` (torchace.atomic,
+    the output rule).
 
     ``preds`` (optional) must be aligned with all structures of ``data`` (as ``predictions`` returns)."""
-    import matplotlib
-
-    from ..atomic import PLOT, check_output, png_metadata, write_output
+    from ..analysis.plots import parity_panels
+    from ..atomic import PLOT, check_output
 
     check_output(path, PLOT, overwrite)  # before the predictions
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ds = read_data(data, elements=model.elements, **read_kwargs)
     preds = preds if preds is not None else predictions(model, ds)  # aligned with all of ds
     keep = [k for k, s in enumerate(ds) if s.config_type != ISOLATED_ATOM]
     structs, preds = [ds.structures[k] for k in keep], [preds[k] for k in keep]
     if title is None:
         title = os.path.basename(data) if isinstance(data, (str, os.PathLike)) else "data"
-    fig, ax = plt.subplots(1, 2, figsize=(9, 4.4))
-    all_e, all_f = [], []
+    energy, force = {}, {}
     for ct in sorted({s.config_type for s in structs}):
         idx = [k for k, s in enumerate(structs) if s.config_type == ct]
         e = [(structs[k].energy / structs[k].n_atoms, preds[k][K.ENERGY] / structs[k].n_atoms)
              for k in idx if structs[k].energy is not None]
         if e:
-            e = np.array(e)
-            all_e.append(e)
-            ax[0].plot(e[:, 0], e[:, 1], ".", label=ct)
+            energy[ct] = (np.array([a for a, _ in e]), np.array([b for _, b in e]))
         f = [(structs[k].forces.ravel(), preds[k][K.FORCES].ravel()) for k in idx if structs[k].forces is not None]
         if f:
-            f = np.stack([np.concatenate([a for a, _ in f]), np.concatenate([b for _, b in f])], axis=1)
-            all_f.append(f)
-            ax[1].plot(f[:, 0], f[:, 1], ".", ms=2, label=ct)
-    for a, pts, q, scale, unit in ((ax[0], all_e, "E", 1e3, "meV/atom"), (ax[1], all_f, "F", 1.0, "eV/Å")):
-        if pts:
-            d = np.concatenate(pts)
-            err = (d[:, 1] - d[:, 0]) * scale
-            a.set_title(f"{title}: {q} MAE {np.abs(err).mean():.3g}, RMSE {np.sqrt((err ** 2).mean()):.3g} {unit}",
-                        fontsize=9)
-        else:
-            a.set_title(f"{title}: no {q} labels", fontsize=9)
-    for a, name in zip(ax, ("energy (eV/atom)", "force component (eV/Å)")):
-        lo, hi = a.get_xlim()
-        a.plot([lo, hi], [lo, hi], "k-", lw=0.5)
-        a.set_xlabel(f"reference {name}")
-        a.set_ylabel(f"torchace {name}")
-    ax[0].legend(fontsize=7)
-    fig.tight_layout()
-    write_output(path, PLOT, lambda tmp: fig.savefig(tmp, dpi=120, format="png", metadata=png_metadata()), ".png",
-                 overwrite)
-    plt.close(fig)
-    return path
+            force[ct] = (np.concatenate([a for a, _ in f]), np.concatenate([b for _, b in f]))
+    return parity_panels(path, [("energy", "eV/atom", 1e3, "meV/atom", energy),
+                                ("force component", "eV/Å", 1.0, "eV/Å", force)], title=title, overwrite=overwrite)

@@ -10,6 +10,7 @@ from typing import Dict, Optional
 import torch
 
 from .. import keys as K
+from ..jobs import job_options
 from ..resources import check_fits
 from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 from .backends import AUTO, EVALUATE, select
@@ -38,6 +39,7 @@ def stress_from_virial(virial: torch.Tensor, cell: torch.Tensor, pbc: torch.Tens
     return torch.where(periodic.view(-1, 1, 1), stress, torch.full_like(stress, float("nan")))
 
 
+@job_options("evaluate", default_threads=None, with_log=False)
 def evaluate(model, structures, *, forces: bool = True, virials: bool = True,
              min_distance: float = DEFAULT_MIN_DISTANCE, module: Optional[torch.nn.Module] = None,
              backend: str = AUTO) -> Dict[str, torch.Tensor]:
@@ -48,6 +50,8 @@ def evaluate(model, structures, *, forces: bool = True, virials: bool = True,
     or exported copy of ``model`` (it is called instead; ``model`` supplies elements and rcut).
     ``backend``: "auto" (the fastest that supports the model and device, ``torchace.backends.select``; a
     model in training mode gets ``reference``, whose forces are differentiable) or a backend name.
+    ``threads``: torch threads for this call, restored after it (None, the default: unchanged; "auto": the
+    usable cores minus the load average; ``torchace.jobs``).
     """
     device, dtype = model_device_dtype(model)
     batch = collate(structures, model.config.numbers, model.rcut, dtype=dtype, device=device,

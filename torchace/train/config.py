@@ -32,8 +32,8 @@ from .loss import DEFAULT_EPOCHS
 MODEL_OPTIONS = ("densities", "embedding", "fs_parameters", "learnable_radials", "learnable_fs", "mlp_hidden",
                  "seed")
 FROM = "from"
-KEYS_HELP = """train config keys: everything of the fit config (model, data, weights, E0, prior, solver, output;
-`torchace fit --help`) except assembly, plus
+KEYS_HELP = """train config keys: everything of the fit config (model, data, weights, E0, prior, solver, output,
+threads; `torchace fit --help`) except assembly, plus
   model:      densities [2], embedding [fs], fs_parameters [[1, 1, 1, 0.5]], learnable_radials [true],
               learnable_fs [false], mlp_hidden [16], seed [0]; or only {from: model.json}
   data:       validation [none]: a fraction of data.train (seeded split) or file(s)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from .validation import validation_split
 from .start import DTYPES, INITS, OPTIMIZERS, PAIRED  # noqa: F401 (public here too)
 from .start import check_arguments, check_label_range, init_line, refuse_start, resolve_init
 from ..fit.weights import resolve_weights
+from ..jobs import announce, job_options
 from .gauss_newton import GaussNewton, embedding_derivatives
 from .gauss_newton import check_memory as check_gn_memory
 
@@ -165,6 +165,7 @@ def _progress_line(rec, n_epochs, has_val) -> str:
             + f"  {rec['seconds']:.1f} s")
 
 
+@job_options("train")
 def train(model, data, *, weights=None, prior=None, E0=None, init: str = "auto", solver=None, epochs=DEFAULT_EPOCHS,
           batch_size: int = 8, optimizer: str = "auto", lr: Optional[float] = None, lam: Optional[float] = None,
           init_scale: float = 0.0, init_split: float = 0.1, patience: int = 10, device=None, dtype=torch.float64,
@@ -203,6 +204,8 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "auto",
     the parameters the model is linear in at the trained radials and densities (kept if the validation loss
     improves).  ``committee_size`` > 0: a committee of that many BLR posterior samples of the linear part at
     the trained model (``torchace.uncertainty.nonlinear.fit_committee``; the calculator's uncertainties).
+    ``threads`` / ``log``: as ``torchace.fit`` (``torchace.jobs``); the log gets the progress lines also without
+    ``progress``.
     """
     from ..model.ace import ACEModel
     from ..model.nonlinear import NonlinearACEModel, from_linear
@@ -270,10 +273,8 @@ def _train(model, data, run, *, weights, prior, E0, keep_E0, init, init_reason, 
     and the best epoch for the interrupt handler."""
     from ..fit.driver import check_weights_match, set_E0, fit
 
-    def say(line: str) -> None:
-        if progress:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+    def say(line: str) -> None:  # printed with progress, always in the job's log (torchace.jobs)
+        announce(line, progress)
 
     t_start = time.perf_counter()
     timings: Dict[str, float] = {}
@@ -323,6 +324,8 @@ def _train(model, data, run, *, weights, prior, E0, keep_E0, init, init_reason, 
         lin = model.linear_model()
         fitting_ids = {id(s) for s in fitting_structures(ds)}
         keep = Dataset(list(train_structs) + [s for s in ds if id(s) not in fitting_ids])  # + isolated atoms
+        say(f"train: linear warm start (torchace.fit of density 1 and the pair part, {len(keep)} structures, "
+            f"{lin.basis_size:,} columns) ...")
         fres = fit(lin, keep, weights=weights, prior=prior, solver=solver, E0=E0, device=device,
                    compute_errors=False, close_contact=0.0,  # checked above, once
                    **({} if min_distance is None else {"min_distance": min_distance}))
@@ -356,6 +359,7 @@ def _train(model, data, run, *, weights, prior, E0, keep_E0, init, init_reason, 
     if saved is not None:
         model.load_state_dict(saved["model"])
     penalty = Penalty(model, lam, gamma)
+    say(f"train: loss batches of {len(train_structs)} training, {len(val_structs)} validation structures ...")
     batches = make_batches(model, train_structs, resolved, batch_size, dev, dtype)
     val_batches = make_batches(model, val_structs, resolved, batch_size, dev, dtype) if val_structs else []
     n_rows = sum(b["n_rows"] for b in batches)
@@ -473,6 +477,7 @@ def _train(model, data, run, *, weights, prior, E0, keep_E0, init, init_reason, 
             stopped = early
             break
     run["epoch"] = "after"
+    say(f"train: stopped: {'all epochs done' if stopped == 'epochs' else stopped}; best epoch {best['epoch']}")
     timings["train"] = time.perf_counter() - t_train
     model.load_state_dict(best["state"])
     model.eval()
