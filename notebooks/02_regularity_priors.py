@@ -15,7 +15,7 @@
 # angular frequencies.  We fit Si_tiny with σ = 0 (plain ridge) and σ = 1.5 Å at the *same training force
 # RMSE* and look at 1-D cuts through the energy surface with `torchace.analysis`: the Si–Si dimer (not in the
 # training data), E–V curves of three phases and the rigid decohesion stress.
-# `TORCHACE_QUICK=1` runs a small basis (seconds); the full study is `scripts/regularity_study.py`
+# `TORCHACE_QUICK=1` runs a small basis (seconds); the full study is `scripts/studies/regularity_study.py`
 # (docs/regularity_priors.md).
 
 # %%

@@ -105,7 +105,7 @@ def _gram_cond(B):
 def test_gram_conditioning_trend():
     """Paper §3.1 / Table 1 (reduced): J = N neighbours sampled from the measure in which φ_nlm are
     orthonormal (x uniform, r̂ uniform); the canonical order-N Gram matrix is O(1) after diagonal scaling,
-    the self-interacting one is not.  Full table: scripts/purification_gram.py, docs/purification.md."""
+    the self-interacting one is not.  Full table: scripts/studies/purification_gram.py, docs/purification.md."""
     from torchace.basis.purification import sample_orthonormal_envs
 
     pure = torchace.ace_model(["Si"], 2, 10, pure=True)

@@ -90,7 +90,7 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     model_out = str(tmp_path / "model.json")
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
     cmd = ["torchrun", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
-           os.path.join(ROOT, "scripts", "assemble_distributed.py"), "--data", data, "--elements", "Si", "Ge",
+           os.path.join(ROOT, "scripts", "tools", "assemble_distributed.py"), "--data", data, "--elements", "Si", "Ge",
            "--order", "2", "--totaldegree", "6", "--E0", "Si:-2.0", "Ge:-3.0", "--method", "qr",
            "--batch-atoms", "10", "--solver", "qr", "--lam", "1e-2", "--backend", "gloo",
            "--out", out, "--model-out", model_out]

@@ -268,7 +268,7 @@ ZUO = SHARED / "zuo2020"
 
 @pytest.mark.skipif(not (ZUO / "Si_train.xyz.gz").exists(), reason="shared reference data not present")
 def test_zuo_si_small_meets_paper(tmp_path):
-    """scripts/benchmark_zuo.py end to end on Zuo Si, ACE(sm): test MAE at or below the ACEpotentials.jl
+    """scripts/benchmarks/benchmark_zuo.py end to end on Zuo Si, ACE(sm): test MAE at or below the ACEpotentials.jl
     paper's Table II (E 3.501 meV/atom, F 0.086 eV/Å), and its Markdown table rendering."""
     from script_loader import load_script
 

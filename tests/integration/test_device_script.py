@@ -1,4 +1,4 @@
-"""scripts/device_check.sh (the prepared GPU-machine check) in its CPU dry run, and scripts/bench_gpu.py's
+"""scripts/tools/device_check.sh (the prepared GPU-machine check) in its CPU dry run, and scripts/benchmarks/bench_gpu.py's
 bookkeeping: an unavailable backend is recorded with its reason, the tiled neighbour list is exact."""
 import importlib
 import json
@@ -35,7 +35,7 @@ def test_device_check_dry_run(tmp_path):
                # a test file that does not exist: reported "missing", and no test suite run inside a test
                DEVICE_CHECK_TESTS="tests/test_no_such_file_for_device_check.py",
                DEVICE_CHECK_SKIP="bench_neighbours", DEVICE_CHECK_TOTAL_S="240")
-    r = subprocess.run(["bash", "scripts/device_check.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+    r = subprocess.run(["bash", "scripts/tools/device_check.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     summary = (out / "summary.md").read_text()

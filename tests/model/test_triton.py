@@ -138,7 +138,7 @@ def test_kernels_compile_for_nvidia_targets():
     from pathlib import Path
 
     env = {k: v for k, v in os.environ.items() if k != tb.INTERPRET_ENV}
-    script = Path(__file__).resolve().parents[2] / "scripts" / "triton_compile_check.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "tools" / "triton_compile_check.py"
     r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     if r.returncode != 0 and "ptxas" in (r.stdout + r.stderr) and "not found" in (r.stdout + r.stderr):
         pytest.skip("Triton's ptxas is not available here")

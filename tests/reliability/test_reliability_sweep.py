@@ -1,4 +1,4 @@
-"""Issue "Reliability" (14), the second round: the inputs of the hostile-input sweep (scripts/hostile_inputs.py,
+"""Issue "Reliability" (14), the second round: the inputs of the hostile-input sweep (scripts/tools/hostile_inputs.py,
 docs/reliability.md §1c) that were not handled, by class.  Each test asserts the error type and that the message
 names the file, frame or field; the data-loss cases check that the input's checksum is unchanged, with a negative
 control.  ``test_quick_sweep`` runs ten of the sweep's cases in their forked, time- and memory-limited children."""
@@ -443,7 +443,7 @@ def test_cli_yaml_syntax_error_is_one_line(tmp_path):
 
 def test_quick_sweep(tmp_path):
     out = tmp_path / "sweep.json"
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "hostile_inputs.py"), "--quick", "--json", str(out),
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "tools" / "hostile_inputs.py"), "--quick", "--json", str(out),
                         "--markdown", str(tmp_path / "sweep.md")], capture_output=True, text=True, timeout=300)
     results = json.loads(out.read_text())["results"]
     assert len(results) >= 10

@@ -7,9 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-import warnings
 
 import numpy as np
 import pytest

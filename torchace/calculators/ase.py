@@ -251,7 +251,7 @@ class TorchACECalculator(Calculator):
                                            self.rcut + self.skin)
             nl.edge_index = torch.stack([i, j])
             nl.unit_shifts = S.to(self.dtype)
-        else:  # numpy/vesin on the CPU: faster there for the small cells of MD (scripts/bench_neighbours.py)
+        else:  # numpy/vesin on the CPU: faster there for the small cells of MD (scripts/benchmarks/bench_neighbours.py)
             try:
                 i, j, S = neighbour_list(pos, cell, pbc, self.rcut + self.skin)
             except ValueError as exc:  # a hopeless cell (or skin), refused before the search

@@ -241,7 +241,7 @@ class ARD(Solver):
             return idx, Hinv, logdet, sq, c
 
         it = 0
-        for it in range(1, self.max_iter + 1):
+        for it in range(1, self.max_iter + 1):  # noqa: B007 (the count is reported after the loop)
             idx, Hinv, _, _, coef = posterior(alpha, lam, keep)
             sse = fnorm2(A @ coef - y) + off
             gamma = 1 - lam[idx] * Hinv.diagonal()

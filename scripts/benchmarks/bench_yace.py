@@ -11,7 +11,7 @@ evaluates per neighbour, the potential's load time (spline tabulation) and the e
 ``torchace.evaluate`` on the same cell (the pair part is not timed: it is LAMMPS ``pair_style table``).  Needs
 ``pip install python-ace==0.4.0rc1``.
 
-    OMP_NUM_THREADS=1 python scripts/bench_yace.py [--order 3 --totaldegree 12] [--reps 6] [--repeats 7]
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_yace.py [--order 3 --totaldegree 12] [--reps 6] [--repeats 7]
         [--model FILE.json] [--json out.json]
 """
 from __future__ import annotations

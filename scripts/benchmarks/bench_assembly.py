@@ -3,10 +3,10 @@
 ``design_matrix_rows`` against ace-jax's linear-rows assembly (``ace_jax.fit.rows.chunked_rows_fn``, jitted,
 the function its fitting pipeline uses), on the same structure and basis.
 
-    python scripts/bench_assembly.py                          # si3_10 (120 functions) and si4_12 (350)
-    python scripts/bench_assembly.py --models si3_10 --repeats 5
+    python scripts/benchmarks/bench_assembly.py                          # si3_10 (120 functions) and si4_12 (350)
+    python scripts/benchmarks/bench_assembly.py --models si3_10 --repeats 5
 
-Structure as scripts/bench_eval.py (216-atom rattled diamond Si, rcut 6 Å).  torchace timings include
+Structure as scripts/benchmarks/bench_eval.py (216-atom rattled diamond Si, rcut 6 Å).  torchace timings include
 collation and the neighbour list (what a fit does per structure); ace-jax timings exclude building its
 padded Dataset (neighbour list done once, outside the timer) and jit compilation (warm-up), so they favour
 ace-jax.  Median of --repeats after --warmup.  Prints a table and writes JSON (--out).

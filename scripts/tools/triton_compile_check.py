@@ -2,7 +2,7 @@
 LLVM and the bundled ptxas): catches what Triton's interpreter accepts but its compiler refuses, before a GPU
 is lent.  Run without TRITON_INTERPRET (it replaces the compiler):
 
-    env -u TRITON_INTERPRET python scripts/triton_compile_check.py [--arch 90 80] [--json out.json]
+    env -u TRITON_INTERPRET python scripts/tools/triton_compile_check.py [--arch 90 80] [--json out.json]
 
 Prints one line per kernel, dtype and architecture; exits 1 if any compilation fails.
 """

@@ -2,9 +2,9 @@
 """GPU benchmarks (issue "GPU"): energy + forces + virial per step, fp32 against fp64, the largest Si system
 that runs, and a GAP-18-size streaming assembly with its solve.
 
-    python scripts/bench_gpu.py --device cuda --json bench_gpu.json --markdown bench_gpu.md
-    python scripts/bench_gpu.py --device cuda --backend triton,analytic      # both, triton first
-    TRITON_INTERPRET=1 python scripts/bench_gpu.py --device cpu --dry-run    # tiny sizes, seconds, on a CPU
+    python scripts/benchmarks/bench_gpu.py --device cuda --json bench_gpu.json --markdown bench_gpu.md
+    python scripts/benchmarks/bench_gpu.py --device cuda --backend triton,analytic      # both, triton first
+    TRITON_INTERPRET=1 python scripts/benchmarks/bench_gpu.py --device cpu --dry-run    # tiny sizes, seconds, on a CPU
 
 Measurements (each in its own try/except: a failure records its message and the others still run; the JSON
 and the Markdown are rewritten after every measurement, so a run that is killed keeps what it measured):
@@ -54,7 +54,7 @@ from torchace import keys as K  # noqa: E402
 from torchace.model.backends import registry  # noqa: E402
 from torchace.testing import randomize_coefficients  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # (elements, order, totaldegree, options): the models of the issue, and small stand-ins for --dry-run
 MODELS = {
     "sige3_9": (["Si", "Ge"], 3, 9, {"rcut": 5.0}),   # n_b 469 per element, K 974

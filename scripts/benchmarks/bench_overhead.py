@@ -2,7 +2,7 @@
 """Per-call overhead check of the reliability work (issue 26, "no measurable slowdown"): one ASE calculator
 call and the default ``torchace fit``, for one or more checkouts of torchace, interleaved in the same run.
 
-    python scripts/bench_overhead.py --checkout OLD=/path/to/old --checkout NEW=. --rounds 3 --out bench.json
+    python scripts/benchmarks/bench_overhead.py --checkout OLD=/path/to/old --checkout NEW=. --rounds 3 --out bench.json
 
 Each checkout is measured in its own interpreter (``PYTHONPATH`` = the checkout), alternating rounds so that
 the machine's load falls on both alike:
