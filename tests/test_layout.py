@@ -2,9 +2,9 @@
 private names imported across modules, a small root, files of a few hundred lines, the public names after a
 plain ``import torchace``, and ``torchace.fit`` / ``torchace.train`` both callable and packages."""
 import ast
-import subprocess
 import sys
 from pathlib import Path
+from torchace.testing import run
 
 
 ROOT = Path(__file__).resolve().parents[1] / "torchace"
@@ -91,4 +91,4 @@ def test_public_names_after_a_plain_import():
             "import torchace.fit.assembly, torchace.train.trainer\n"
             "assert torchace.fit.assembly.assemble and torchace.train.trainer.train is torchace.train.train\n"
             "assert callable(torchace.fit) and callable(torchace.train)\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    run([sys.executable, "-c", code], check=True, timeout=300)

@@ -19,12 +19,12 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from torchace.testing import ChildTimeout, run
 
 CALC = r"""
 import json, statistics, sys, time
@@ -50,17 +50,14 @@ print(json.dumps({"calculator_us": 1e6 * statistics.median(ts), "atoms": len(ato
 
 
 def _run(cmd, env, cwd, timeout):
-    p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    """The child's stdout; its whole process group killed on timeout (torchace.testing.run)."""
     try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        raise SystemExit(f"{cmd[:3]}: timed out after {timeout} s")
-    if p.returncode:
-        raise SystemExit(f"{cmd[:3]} failed (rc {p.returncode}): {err[-2000:]}")
-    return out
+        r = run(cmd, env=env, cwd=cwd, timeout=timeout)
+    except ChildTimeout:
+        raise SystemExit(f"{cmd[:3]}: timed out after {timeout} s") from None
+    if r.returncode:
+        raise SystemExit(f"{cmd[:3]} failed (rc {r.returncode}): {r.stderr[-2000:]}")
+    return r.stdout
 
 
 def measure(path: str, calls: int, threads: int, fit: bool) -> dict:

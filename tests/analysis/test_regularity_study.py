@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow,
 
 
 def _script():
-    return load_script("regularity_study")
+    return load_script("studies/regularity_study")
 
 
 @pytest.fixture(scope="module")

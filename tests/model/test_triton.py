@@ -133,13 +133,14 @@ def test_kernels_compile_for_nvidia_targets():
     """The interpreter is more permissive than Triton's compiler: compile every kernel for sm_90 and sm_80
     (front end, LLVM, the bundled ptxas; no GPU needed), fp64 and fp32."""
     import os
-    import subprocess
     import sys
     from pathlib import Path
 
+    from torchace.testing import run
+
     env = {k: v for k, v in os.environ.items() if k != tb.INTERPRET_ENV}
     script = Path(__file__).resolve().parents[2] / "scripts" / "tools" / "triton_compile_check.py"
-    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    r = run([sys.executable, str(script)], env=env, timeout=600)
     if r.returncode != 0 and "ptxas" in (r.stdout + r.stderr) and "not found" in (r.stdout + r.stderr):
         pytest.skip("Triton's ptxas is not available here")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from torchace.atomic import OutputPathError, atomic_write
 from torchace.calculators import TorchACECalculator
 from torchace.fit.config import FitConfig
 from torchace.io.model_file import ModelFileError
-from torchace.testing import randomize_coefficients, rattled_bulk
+from torchace.testing import randomize_coefficients, rattled_bulk, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -443,8 +442,8 @@ def test_cli_yaml_syntax_error_is_one_line(tmp_path):
 
 def test_quick_sweep(tmp_path):
     out = tmp_path / "sweep.json"
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "tools" / "hostile_inputs.py"), "--quick", "--json", str(out),
-                        "--markdown", str(tmp_path / "sweep.md")], capture_output=True, text=True, timeout=300)
+    r = run([sys.executable, str(ROOT / "scripts" / "tools" / "hostile_inputs.py"), "--quick", "--json", str(out),
+             "--markdown", str(tmp_path / "sweep.md")], timeout=300)
     results = json.loads(out.read_text())["results"]
     assert len(results) >= 10
     bad = [(x["id"], x["input"], x["outcome"], x["message"]) for x in results

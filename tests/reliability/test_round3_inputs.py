@@ -23,6 +23,7 @@ import torch
 import torchace
 from torchace.inputs import InputFileError, check_input_file, open_input
 from torchace.io.model_file import ModelFileError, model_from_dict
+from torchace.testing import ChildTimeout, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,15 +32,10 @@ def run_child(code: str, cwd, timeout: float = 120, env=None) -> subprocess.Comp
     """``python -c code`` in its own process group, killed with its children after ``timeout`` (a reader that
     blocks on a FIFO must fail the test, not hang it)."""
     e = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
-    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=str(cwd), env=e, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        out, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, _ = p.communicate()
-        pytest.fail(f"the child hung (killed after {timeout} s); output:\n{out[-3000:]}")
-    return subprocess.CompletedProcess(p.args, p.returncode, out, "")
+        return run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=e, timeout=timeout, merge_stderr=True)
+    except ChildTimeout as exc:
+        pytest.fail(f"the child hung (killed after {timeout} s); output:\n{(exc.output or '')[-3000:]}")
 
 
 @pytest.fixture(scope="module")

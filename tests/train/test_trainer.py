@@ -21,7 +21,7 @@ from torchace.train.trainer import Penalty, trainable
 from torchace.train.loss import make_batches
 from torchace.fit.weights import resolve_weights
 from torchace.model.nonlinear import NonlinearACEModel, from_linear
-from torchace.testing import model_labelled, randomize_coefficients
+from torchace.testing import model_labelled, randomize_coefficients, run, spawn
 
 W = {"default": {"E": 30, "F": 1, "V": 1}}
 E0 = {"Si": 0.0}
@@ -168,18 +168,18 @@ def test_resume_after_kill_gives_the_same_model(tmp_path, si_data):
     # uninterrupted run (no checkpoint)
     script_full = tmp_path / "full.py"
     script_full.write_text(_train_script(tmp_path, data, str(tmp_path / "other.pt"), out_b))
-    subprocess.run([sys.executable, str(script_full)], check=True, env=env, capture_output=True)
+    run([sys.executable, str(script_full)], check=True, env=env, timeout=600)
     # killed after epoch 4 (in the L-BFGS phase), then resumed
-    p = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True)
-    for line in p.stderr:
-        if line.startswith("epoch    4/"):
-            p.kill()
-            break
-    p.wait()
+    with spawn([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True) as p:
+        for line in p.stderr:
+            if line.startswith("epoch    4/"):
+                p.kill()
+                break
+        p.wait(timeout=600)
     assert p.returncode != 0 and not os.path.exists(out_a)
     saved = torch.load(ckpt, weights_only=True)
     assert 3 <= len(saved["state"]["history"]) - 1 < 7  # killed while epoch 4 was being saved, or after
-    subprocess.run([sys.executable, str(script)], check=True, env=env, capture_output=True)
+    run([sys.executable, str(script)], check=True, env=env, timeout=600)
     a, b = json.load(open(out_a)), json.load(open(out_b))
     for key in ("density_coefficients", "pair_coefficients", "radial_weights"):
         x, y = np.array(a[key]), np.array(b[key])
