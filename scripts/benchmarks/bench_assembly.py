@@ -90,7 +90,8 @@ def main(argv=None):
         K = model.basis_size
         print(f"{name}: order {order} totaldegree {td}, K = {K}; {n} atoms", flush=True)
         med, ts = timed(lambda: torchace.design_matrix_rows(model, atoms), a.warmup, a.repeats)
-        r_t = {"case": "torchace design_matrix_rows (default: backend auto)", "library": "torchace", "model": name, "basis_size": K,
+        r_t = {"case": "torchace design_matrix_rows (default: backend auto)", "library": "torchace", "model": name,
+               "basis_size": K,
                "device": "cpu", "dtype": "float64", "atoms": n, "median_s": med, "min_s": min(ts),
                "repeats": len(ts), "atom_rows_per_s": n / med, "us_per_atom": 1e6 * med / n, **peak_memory(dev)}
         rows.append(r_t)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Energy + forces per step: torchace against ace-jax (if installed) on the same structure and basis.
 
-    python scripts/benchmarks/bench_eval.py                      # Si order 3 totaldegree 10 (120 functions), CPU float64
+    python scripts/benchmarks/bench_eval.py               # Si order 3 totaldegree 10 (120 functions), CPU float64
     python scripts/benchmarks/bench_eval.py --model si4_20       # order 4 totaldegree 20 (5476 functions: slow)
     python scripts/benchmarks/bench_eval.py --device cuda --dtype float32
 

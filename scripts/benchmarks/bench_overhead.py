@@ -62,7 +62,8 @@ def _run(cmd, env, cwd, timeout):
 
 def measure(path: str, calls: int, threads: int, fit: bool) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(path), OMP_NUM_THREADS=str(threads))
-    r = json.loads(_run([sys.executable, "-c", CALC, str(calls), str(threads)], env, path, 900).strip().splitlines()[-1])
+    out = _run([sys.executable, "-c", CALC, str(calls), str(threads)], env, path, 900)
+    r = json.loads(out.strip().splitlines()[-1])
     imported = os.path.realpath(r.pop("torchace"))
     if not imported.startswith(os.path.realpath(path) + os.sep):  # the checkout measured is the one imported
         raise SystemExit(f"{path}: torchace was imported from {imported}, not from this checkout")

@@ -4,7 +4,8 @@ ACEpotentials.jl paper (Table II) — energies and forces only, as the paper did
 
     python scripts/benchmarks/benchmark_zuo.py --elements Si Cu Ni --sizes sm lge --out docs/benchmarks_zuo.json
 
-Each (element, size) is assembled once (rows from the default backend: the fused C++ kernel where it builds) and then solved for every
+Each (element, size) is assembled once (rows from the default backend: the fused C++ kernel where it builds)
+and then solved for every
 ``--variants`` entry ``PRIOR/E0`` (default ``none/fit``, the configuration fixed before any test-set
 number was seen): PRIOR one of PRIORS below, E0 ``fit`` (unregularised per-element constant) or
 ``zero`` (no reference energy, as ACE1x's ``acemodel`` without ``Eref`` in the paper's script).

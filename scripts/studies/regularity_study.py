@@ -2,9 +2,9 @@
 """Regularity priors on our data: Darby, Morrow, Bartók, Deringer, Csányi, Ortner, *Regularity priors for
 the linear atomic cluster expansion* (2026), §3.1 (Si) and §3.2 (aspirin → rMD17 ethanol here).
 
-    python scripts/studies/regularity_study.py --mode reduced      # what docs/regularity_priors.md shows (2 CPU cores)
-    python scripts/studies/regularity_study.py --mode full --threads 16   # the paper's sizes: a large-memory workstation
-    python scripts/studies/regularity_study.py --mode quick --out-dir some/dir     # CI smoke run (tiny data, seconds)
+    python scripts/studies/regularity_study.py --mode reduced       # what docs/regularity_priors.md shows (2 cores)
+    python scripts/studies/regularity_study.py --mode full --threads 16   # the paper's sizes: a large workstation
+    python scripts/studies/regularity_study.py --mode quick --out-dir some/dir   # CI smoke run (tiny data, seconds)
 
 What it does (every number comes from ../shared/data; nothing is copied from the paper):
 
@@ -45,10 +45,10 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
 import torchace  # noqa: E402
-from torchace import analysis
+from torchace import analysis  # noqa: E402
 from torchace.fit import priors  # noqa: E402
 from torchace.atomic import atomic_write, write_json_atomic  # noqa: E402
-from torchace.fit.data import Labelled, read_data
+from torchace.fit.data import Labelled, read_data  # noqa: E402
 from torchace.analysis.regularity import (System, assemble, clone_model, gamma_of,  # noqa: E402
                                           lam_for_train_rmse, scan, set_model, solve, with_synthetic_dimers)
 
@@ -220,7 +220,8 @@ def molecules_part(cfg, data: str, figs: str, res: Dict, save_models: Optional[s
             continue
         order = max(done)
         e = res["molecules"][mol][str(order)]
-        panel = {f"σ = {s} Å": (np.array([r["lam"] for r in v["scan"]]), 1000 * np.array([r["test_F"] for r in v["scan"]]))
+        panel = {f"σ = {s} Å": (np.array([r["lam"] for r in v["scan"]]),
+                                1000 * np.array([r["test_F"] for r in v["scan"]]))
                  for s, v in e["sigma"].items()}
         lines.append(plots_logx(os.path.join(figs, f"{mol}_lambda.png"), panel,
                                 f"{mol}, N = {order}: test force RMSE vs λ"))
@@ -291,14 +292,16 @@ def dimers_part(cfg, data: str, figs: str, res: Dict, md_models: Dict[float, obj
             bare = [Atoms(a.numbers, positions=a.positions) for a in images]
             e = analysis.path_energies(m, bare).energy
             ppanels.setdefault(name, {})[f"σ = {sigma} Å"] = (x, e - e[k0])
-            out["paths_rmse_eV"][name][f"σ = {sigma} Å"] = float(np.sqrt(np.mean((e - e[k0] - pref[name][1])[mask] ** 2)))
+            out["paths_rmse_eV"][name][f"σ = {sigma} Å"] = float(
+                np.sqrt(np.mean((e - e[k0] - pref[name][1])[mask] ** 2)))
     plots.curve_panels(os.path.join(figs, f"{mol}_paths.png"), ppanels, xlabel="path coordinate", ylabel="E (eV)",
                        reference=pref, ncols=2, ylim={k: (-1.0, 6.0) for k in ppanels},
                        title=f"{mol} models (N = {cfg['md_order']}): energy along paths; DFT dashed")
     res["dimers"] = out
     plots.curve_panels(os.path.join(figs, f"{mol}_dimers.png"), panels, xlabel="r (Å)", ylabel="E (eV)",
                        reference={k: v for k, v in ref.items() if k in panels}, ylim=ylim,
-                       title=f"{mol} models (N = {cfg['md_order']}, best test λ): dimers; DFT dashed, shifted to 0 at its largest r")
+                       title=f"{mol} models (N = {cfg['md_order']}, best test λ): dimers; DFT dashed, shifted to 0 "
+                             "at its largest r")
     return [f"{mol}_dimers.png", f"{mol}_paths.png"]
 
 
@@ -509,7 +512,8 @@ def report(cfg, mode: str, res: Dict, figs_rel: str, command: str) -> str:
         L.append(f"### Dimer curves ({dm['molecule']}, N={dm['order']} models) vs DFT dimers\n")
         L.append("RMSE (eV) against the BOTNet DFT dimer energies, shifted to 0 at their largest distance (the raw "
                  "values end at " + ", ".join(f"{k} {v:.2f} eV" for k, v in dm["dft_offset_eV"].items())
-                 + " instead of 0, additive per element: C −1.99, O −2.96, H 0 eV, presumably because the isolated atoms are "
+                 + " instead of 0, additive per element: C −1.99, O −2.96, H 0 eV, presumably because the isolated "
+                 "atoms are "
                  "not in the spin state the UHF dimers dissociate to), over the points where the "
                  "shifted DFT energy is ≤ 5 eV; [number of local minima of the model curve on "
                  f"{cfg['dimer_r'][0]:.1f}–{cfg['dimer_r'][-1]:.1f} Å] (DFT: one per pair):\n")
@@ -523,7 +527,8 @@ def report(cfg, mode: str, res: Dict, figs_rel: str, command: str) -> str:
                 for p in pairs) + " |")
         L.append(f"\n![dimers]({figs_rel}/{dm['molecule']}_dimers.png)\n")
         if dm.get("paths_rmse_eV"):
-            L.append("Energy along two BOTNet DFT paths (not in training), shifted to 0 at the DFT minimum of the path; "
+            L.append("Energy along two BOTNet DFT paths (not in training), shifted to 0 at the DFT minimum of the "
+                     "path; "
                      "RMSE (eV) over the points with shifted DFT energy ≤ 5 eV:\n")
             names = list(dm["paths_rmse_eV"])
             L.append("| model | " + " | ".join(names) + " |")
@@ -553,15 +558,18 @@ def report(cfg, mode: str, res: Dict, figs_rel: str, command: str) -> str:
         for which, d in res["si"].items():
             for var, e in d.items():
                 for s, h in e["sigma"].items():
-                    evm = "/".join(str(h.get(f"ev_{n}_minima", "–")) for n in ("diamond", "beta-tin", "simple hexagonal"))
+                    evm = "/".join(str(h.get(f"ev_{n}_minima", "–"))
+                                   for n in ("diamond", "beta-tin", "simple hexagonal"))
                     dcm = "/".join(str(h.get(f"decohesion_{m}_stress_maxima", "–")) for m in ("100", "110", "111"))
                     rise = "/".join(f"{h[f'ev_{n}_rise_eV']:.2f}" if f"ev_{n}_rise_eV" in h else "–"
                                     for n in ("diamond", "beta-tin", "simple hexagonal"))
                     flag = "" if abs(h["train_F"] / e["target_train_F"] - 1) < 0.01 else " ⚠"
-                    L.append(f"| {which} (K={e['basis_size']}) | {'yes' if var == 'syn' else 'no'} | {s} | {h['lam']:.2g} | "
+                    L.append(f"| {which} (K={e['basis_size']}) | {'yes' if var == 'syn' else 'no'} | {s} | "
+                             f"{h['lam']:.2g} | "
                              f"{1000 * h['train_F']:.1f}{flag} | {1000 * h['test_F']:.1f} | "
                              f"{1000 * h['test_E']:.2f} | {h['dimer_minima']} | {h['dimer_E_at_1.0A']:.2f} | "
-                             f"{h['dimer_min_eV']:.2f} | {evm if var == 'plain' else '–'} | {rise if var == 'plain' else '–'} | "
+                             f"{h['dimer_min_eV']:.2f} | {evm if var == 'plain' else '–'} | "
+                             f"{rise if var == 'plain' else '–'} | "
                              f"{dcm if var == 'plain' else '–'} |")
         L.append("\n⚠: the target training force RMSE is out of reach for this prior at any λ ≥ 1e-14·mean(diag) "
                  "(the prior is too strong for this basis); the closest fit is shown.  Si_tiny has no test E: the "
@@ -646,7 +654,8 @@ def main(argv=None) -> Dict:
             res = json.load(fh)
     import platform
 
-    cmd = "python scripts/studies/regularity_study.py " + " ".join(_public_args(argv if argv is not None else sys.argv[1:]))
+    cmd = "python scripts/studies/regularity_study.py " + " ".join(
+        _public_args(argv if argv is not None else sys.argv[1:]))
     if args.report_only:
         with open(json_path, encoding="utf-8") as fh:
             res = json.load(fh)

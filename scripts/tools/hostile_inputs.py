@@ -13,7 +13,8 @@ the outcome classified:
 - ``hang/OOM``: the time limit (default 20 s) or the memory limit (default 4 GiB) was hit, or the child died.
 
     python scripts/tools/hostile_inputs.py                     # the sweep: Markdown table on stdout
-    python scripts/tools/hostile_inputs.py --json out.json --markdown out.md --before scripts/tools/hostile_inputs_before.json
+    python scripts/tools/hostile_inputs.py --json out.json --markdown out.md \
+        --before scripts/tools/hostile_inputs_before.json
     python scripts/tools/hostile_inputs.py --quick             # ~10 cases (tests/reliability/test_reliability_sweep.py)
     python scripts/tools/hostile_inputs.py -k yaml -v          # the cases whose id/input contains "yaml", verbosely
 
@@ -61,9 +62,10 @@ CLASSES = {
     17: "LAMMPS driver misuse",
 }
 OUTCOMES = ("clear error", "correct", "unhelpful error", "wrong/silent", "data loss", "hang/OOM")
-INTERNAL = ("min() arg", "non-empty list of Tensors", "has no attribute", "object is not", "NoneType", "index out of range",
-            "not supported between", "unhashable", "recursion", "invalid literal", "could not convert",
-            "can't convert", "Expected one of", "Could not infer dtype", "too many values to unpack", "got an unexpected",
+INTERNAL = ("min() arg", "non-empty list of Tensors", "has no attribute", "object is not", "NoneType",
+            "index out of range", "not supported between", "unhashable", "recursion", "invalid literal",
+            "could not convert", "can't convert", "Expected one of", "Could not infer dtype",
+            "too many values to unpack", "got an unexpected",
             "new(): invalid", "Traceback", "int too large", "can only concatenate", "not subscriptable")
 OOM = ("MemoryError", "can't allocate memory", "bad_alloc", "DefaultCPUAllocator")
 USER_TYPES = (ValueError, TypeError, OSError, SystemExit)

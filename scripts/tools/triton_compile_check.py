@@ -60,7 +60,8 @@ def main(argv=None) -> int:
                     rec = dict(kernel=name, dtype=dtype, arch=arch, ok=True, shared_bytes=int(k.metadata.shared))
                 except Exception as exc:  # noqa: BLE001 — report every kernel
                     failed += 1
-                    rec = dict(kernel=name, dtype=dtype, arch=arch, ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
+                    rec = dict(kernel=name, dtype=dtype, arch=arch, ok=False,
+                               error=f"{type(exc).__name__}: {exc}"[:500])
                 rec["seconds"] = round(time.perf_counter() - t0, 2)
                 results.append(rec)
                 print(f"sm_{arch} {dtype} {name}: " + ("ok" if rec["ok"] else "FAILED " + rec["error"]), flush=True)

@@ -220,7 +220,8 @@ def test_solve_system_reuses_one_assembly():
     randomize_coefficients(true, 0.05, seed=6)
     data = _synthetic(true, 8, seed=60)
     for k, at in enumerate(data):  # noise, so the two priors give different answers
-        at.calc.results["forces"] = at.calc.results["forces"] + 1e-3 * np.random.default_rng(k).normal(size=(len(at), 3))
+        noise = 1e-3 * np.random.default_rng(k).normal(size=(len(at), 3))
+        at.calc.results["forces"] = at.calc.results["forces"] + noise
     model = torchace.ace_model(["Si", "Ge"], 2, 5)
     ds = read_data(data, elements=model.elements)
     system = assemble(model, ds, resolve_weights(None))

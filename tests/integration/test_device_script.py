@@ -1,4 +1,5 @@
-"""scripts/tools/device_check.sh (the prepared GPU-machine check) in its CPU dry run, and scripts/benchmarks/bench_gpu.py's
+"""scripts/tools/device_check.sh (the prepared GPU-machine check) in its CPU dry run, and
+scripts/benchmarks/bench_gpu.py's
 bookkeeping: an unavailable backend is recorded with its reason, the tiled neighbour list is exact."""
 import importlib
 import json

@@ -222,7 +222,8 @@ def test_metatomic_model_api_batches_and_selected_atoms(name, tmp_path):
     idx = torch.tensor([starts[k] + a for k, a in sel])
     per_sys = torch.zeros(len(structs), dtype=nodes.dtype).index_add_(0, torch.tensor([k for k, _ in sel]), nodes[idx])
     for kind, want in (("atom", nodes[idx]), ("system", per_sys)):
-        opts = ModelEvaluationOptions(length_unit="angstrom", outputs={"energy": ModelOutput(unit="eV", sample_kind=kind)},
+        opts = ModelEvaluationOptions(length_unit="angstrom",
+                                      outputs={"energy": ModelOutput(unit="eV", sample_kind=kind)},
                                       selected_atoms=Labels(["system", "atom"], torch.tensor(sel, dtype=torch.int32)))
         block = model(systems, opts, check_consistency=True)["energy"].block()
         if kind == "atom":

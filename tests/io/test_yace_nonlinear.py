@@ -75,11 +75,14 @@ def _randomize(model, structures, seed, rho=1.5, radial_noise=0.05, pair=0.1, E0
     g = torch.Generator().manual_seed(seed)
     model.set_basis_scale(nl_scale=0.5 + torch.rand(model.embedding.nl_scale.shape, generator=g, dtype=torch.float64))
     with torch.no_grad():
-        model.density_coefficients.copy_(torch.randn(model.density_coefficients.shape, generator=g, dtype=torch.float64))
-        model.pair_coefficients.copy_(pair * torch.randn(model.pair_coefficients.shape, generator=g, dtype=torch.float64))
+        model.density_coefficients.copy_(torch.randn(model.density_coefficients.shape, generator=g,
+                                                     dtype=torch.float64))
+        model.pair_coefficients.copy_(pair * torch.randn(model.pair_coefficients.shape, generator=g,
+                                                         dtype=torch.float64))
         model.linear.E0.copy_(torch.tensor(E0[: model.nz], dtype=torch.float64))
         if model.radials is not None:
-            model.radials.weights.add_(radial_noise * torch.randn(model.radials.shape, generator=g, dtype=torch.float64))
+            model.radials.weights.add_(radial_noise * torch.randn(model.radials.shape, generator=g,
+                                                                  dtype=torch.float64))
         scale = rho / _densities(model, structures).abs().mean(0)
         model.density_coefficients.mul_(scale.view(-1, 1, 1))
     return model.eval()

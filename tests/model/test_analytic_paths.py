@@ -68,9 +68,9 @@ def test_radials_with_grad_match_autograd():
 
 def _models():
     out = []
-    for elements, order, td, kw in ((["Si"], 3, 10, {}), (["Si", "Ge"], 4, 7, {}), (["Si", "Ge", "C"], 2, 9, {"zbl": True}),
-                                    (["Si"], 5, 6, {}), (["Si", "Ge"], 3, 6, {"pure2b": True}),
-                                    (["Si"], 3, 6, {"pure": True})):
+    for elements, order, td, kw in ((["Si"], 3, 10, {}), (["Si", "Ge"], 4, 7, {}),
+                                    (["Si", "Ge", "C"], 2, 9, {"zbl": True}), (["Si"], 5, 6, {}),
+                                    (["Si", "Ge"], 3, 6, {"pure2b": True}), (["Si"], 3, 6, {"pure": True})):
         m = torchace.ace_model(elements, order, td, **kw)
         randomize_coefficients(m, 0.3, seed=order)
         with torch.no_grad():  # a prior-style rescaling must be honoured by both paths

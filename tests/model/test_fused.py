@@ -151,8 +151,8 @@ def test_fused_fit_equals_reference_fit():
     preds = []
     for fz in (False, True):
         m = torchace.ace_model(["Si", "Ge"], 3, 8)
-        torchace.fit(m, data, solver=torchace.fit.solvers.QR(lam=1e-3), E0={"Si": -158.5, "Ge": -100.0}, backend="fused" if fz else "analytic",
-                     compute_errors=False)
+        torchace.fit(m, data, solver=torchace.fit.solvers.QR(lam=1e-3), E0={"Si": -158.5, "Ge": -100.0},
+                     backend="fused" if fz else "analytic", compute_errors=False)
         preds.append(torchace.evaluate(m, structures))
     # the fitted values are what the data determine (coefficients along near-null directions of this small,
     # rank-deficient system move with rounding)

@@ -248,7 +248,8 @@ def test_committee_too_large_for_memory_refused_before_assembly():
     (lambda d: d.__setitem__("colour", "red"), r"unknown field\(s\) \['colour'\]"),
     (lambda d: d.__setitem__("metadata", [1, 2]), "field 'metadata' must be a mapping or null, got a list"),
     (lambda d: d.__setitem__("prior", 5), "field 'prior' must be a mapping or null, got a number"),
-    (lambda d: d.__setitem__("basis_size", str(d["basis_size"])), "field 'basis_size' must be an integer, got a string"),
+    (lambda d: d.__setitem__("basis_size", str(d["basis_size"])),
+     "field 'basis_size' must be an integer, got a string"),
     (lambda d: d.__setitem__("coefficients", None), "field 'coefficients' must be a list of numbers, got null"),
     (lambda d: d.__setitem__("coefficients", [[1.0], [1.0, 2.0]]), "field 'coefficients' must be a \\(nested\\) list"),
 ])

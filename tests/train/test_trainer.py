@@ -250,7 +250,8 @@ def test_cli_train(tmp_path, si_data):
     # run again: resumes from the checkpoint (nothing left to do) and writes the same model
     before = (tmp_path / "nl.json").read_text()
     assert main(["train", str(cfg)]) == 0
-    assert json.loads((tmp_path / "nl.json").read_text())["density_coefficients"] == json.loads(before)["density_coefficients"]
+    after = json.loads((tmp_path / "nl.json").read_text())
+    assert after["density_coefficients"] == json.loads(before)["density_coefficients"]
 
 
 @pytest.mark.parametrize("text, match", [

@@ -1,4 +1,5 @@
-"""Bayesian solvers: BLR (evidence-maximising ridge, committee from the posterior) and ARD (ACEfit.jl; MacKay 1992; Tipping 2001)."""
+"""Bayesian solvers: BLR (evidence-maximising ridge, committee from the posterior) and ARD (ACEfit.jl; MacKay 1992;
+Tipping 2001)."""
 from __future__ import annotations
 
 import math
