@@ -120,7 +120,7 @@ def test_gram_conditioning_trend():
     assert c < 3.0 and c0 > 30 * c, (c, c0)
 
 
-@pytest.mark.parametrize("mode", ["pure", "pure2b"])
+@pytest.mark.parametrize("mode", [pytest.param("pure", marks=pytest.mark.slow), "pure2b"])  # pure: 75 s
 def test_rows_forces_invariance(mode, pure_sige, pure2b_sige):
     model = pure_sige if mode == "pure" else pure2b_sige
     randomize_coefficients(model, 0.2, seed=5)

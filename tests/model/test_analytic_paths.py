@@ -21,7 +21,7 @@ from torchace.testing import random_cluster, randomize_coefficients, rattled_bul
 RTOL = {torch.float64: 1e-12, torch.float32: 1e-4}
 
 
-@pytest.mark.parametrize("max_l", [0, 1, 3, 6, 12])
+@pytest.mark.parametrize("max_l", [0, 1, 3, 6, pytest.param(12, marks=pytest.mark.slow)])  # l = 12: 9 s
 def test_harmonics_match_e3nn_and_autograd(max_l):
     g = torch.Generator().manual_seed(max_l)
     v = torch.randn(200, 3, generator=g, dtype=torch.float64) * 2.0

@@ -128,6 +128,7 @@ def test_fused_backend_adds_the_zbl_baseline():
     results_close(got, ref, 1e-12)
 
 
+@pytest.mark.slow  # 7-10 s per dtype
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_rows_match_reference(dtype):
     from torchace.fit.rows import batch_rows
@@ -143,6 +144,7 @@ def test_fused_rows_match_reference(dtype):
             assert float((got[k] - ref[k]).abs().max()) <= RTOL[dtype] * scale, (k, m.extra_repr())
 
 
+@pytest.mark.slow  # 6 s
 def test_fused_fit_equals_reference_fit():
     from torchace.testing import labelled_dataset
 

@@ -56,6 +56,7 @@ def test_build_directory_is_per_environment(monkeypatch, tmp_path):
     assert fused.build_directory() != d
 
 
+@pytest.mark.slow  # loads (or waits for) the kernel build in a child: 145 s
 @needs_build
 def test_stale_torch_lock_does_not_block():
     """A torch ``lock`` file left by a killed build (no process holds it) used to make every later process wait
@@ -71,6 +72,7 @@ def test_stale_torch_lock_does_not_block():
     assert not os.path.exists(os.path.join(d, "lock"))
 
 
+@pytest.mark.slow  # two children, a bounded wait: 14 s
 @needs_build
 def test_held_lock_bounded_wait_names_the_lock(tmp_path):
     env = _env(TORCHACE_EXTENSIONS_DIR=tmp_path, TORCHACE_BUILD_WAIT=2)
@@ -94,6 +96,7 @@ def test_held_lock_bounded_wait_names_the_lock(tmp_path):
         assert "AVAILABLE False" in out  # the Python backends remain
 
 
+@pytest.mark.slow  # compiles the kernel from scratch: 103 s
 @needs_build
 def test_build_killed_half_way_does_not_block_the_next_run(tmp_path):
     """SIGKILL the first build's process group while it compiles; the next process builds and loads."""

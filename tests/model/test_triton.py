@@ -67,6 +67,7 @@ def test_triton_matches_reference(name, dtype, dag, device):
     results_close(got, ref, BACKEND_RTOL[dtype], (K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL))
 
 
+@pytest.mark.slow  # 8 s
 def test_chunked_call_equals_one_chunk(device):
     _runnable(device)
     m = _model("SiGe E0 zbl", device)
@@ -129,6 +130,7 @@ def test_reasons_name_what_is_missing(monkeypatch):
         tb.TritonEvaluator(torchace.ace_model(["Si"], 2, 4), dag="tree")
 
 
+@pytest.mark.slow  # a child compiling every kernel: 12 s
 def test_kernels_compile_for_nvidia_targets():
     """The interpreter is more permissive than Triton's compiler: compile every kernel for sm_90 and sm_80
     (front end, LLVM, the bundled ptxas; no GPU needed), fp64 and fp32."""
@@ -147,7 +149,7 @@ def test_kernels_compile_for_nvidia_targets():
     assert r.stdout.count(": ok") == 2 * 2 * 6
 
 
-@pytest.mark.parametrize("budget", [None, 60_000])
+@pytest.mark.parametrize("budget", [None, pytest.param(60_000, marks=pytest.mark.slow)])  # chunked: 12 s
 def test_committee_energies_from_the_same_pass(budget, device):
     _runnable(device)
     from torchace.model.backends.fused import COMMITTEE_ENERGY
