@@ -51,6 +51,7 @@ def _same(a, b):
     assert abs(a.rss_offset - b.rss_offset) <= 1e-12 * max(1.0, abs(b.rss_offset))
 
 
+@pytest.mark.slow  # a child killed mid-assembly: 9 s
 def test_resume_after_sigkill(tmp_path, model, ds, reference):
     from torchace.fit.checkpoint import assemble_checkpointed, load_checkpoint
 

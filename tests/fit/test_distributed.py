@@ -76,6 +76,7 @@ def test_combined_shards_equal_single_process(method):
         assert float((A @ c - pred_ref).norm() / pred_ref.norm()) < 1e-6
 
 
+@pytest.mark.slow  # torchrun and two ranks: 17 s
 @pytest.mark.skipif(shutil.which("torchrun") is None or not torch.distributed.is_gloo_available(),
                     reason="needs torchrun and gloo")
 def test_torchrun_two_ranks_gloo(tmp_path):

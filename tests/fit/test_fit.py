@@ -40,6 +40,7 @@ def _check_bounds(errs, bounds):
         assert got[0] < tE and got[1] < tF and got[2] < tV, (g, got, (tE, tF, tV))
 
 
+@pytest.mark.slow  # 4-8 s per solver
 @needs_si_tiny
 @pytest.mark.parametrize("name,solver,bounds", [("QR", solvers.QR(lam=1e-3), QR_BOUNDS),
                                                 ("BLR", solvers.BLR(), BLR_BOUNDS)])
@@ -61,6 +62,7 @@ def test_si_tiny_acepotentials_thresholds(name, solver, bounds):
     assert abs(again["all"]["F"]["rmse"] - res.errors["all"]["F"]["rmse"]) < 1e-12
 
 
+@pytest.mark.slow  # 5-10 s per method
 @needs_si_tiny
 @pytest.mark.parametrize("method", ["qr", "normal"])
 def test_streaming_equals_dense(method):
@@ -270,6 +272,7 @@ def test_bootstrap_mae_interval():
 ZUO = SHARED / "zuo2020"
 
 
+@pytest.mark.slow  # the Zuo Si benchmark end to end: 47 s
 @pytest.mark.skipif(not (ZUO / "Si_train.xyz.gz").exists(), reason="shared reference data not present")
 def test_zuo_si_small_meets_paper(tmp_path):
     """scripts/benchmarks/benchmark_zuo.py end to end (run as a script) on Zuo Si, ACE(sm): test MAE at or below
