@@ -344,6 +344,7 @@ def _run_cli_until(tmp_path, cfg, sig, marker="epoch    2/"):
     return p.returncode, "".join(lines) + rest_err
 
 
+@pytest.mark.slow  # a CLI child per signal: 4-6 s
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_cli_signal_says_the_checkpoint_is_kept(files, sig, code):
     cfg = _config(files, training={"epochs": 400, "optimizer": "lbfgs"}, output={"checkpoint": "ck.pt"})

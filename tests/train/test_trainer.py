@@ -38,6 +38,7 @@ def si_data():
     return _labelled(["Si"])
 
 
+@pytest.mark.slow  # 11-15 s per prior
 @pytest.mark.parametrize("prior", [None, priors.algebraic_smoothness(p=3), priors.algebraic(sigma_n=2.0)],
                          ids=["none", "column", "basis"])
 def test_linear_limit_equals_qr_fit(si_data, prior):
@@ -158,6 +159,7 @@ def _train_script(tmp_path, data_path, ckpt, out):
         """)
 
 
+@pytest.mark.slow  # three training children: 12 s
 def test_resume_after_kill_gives_the_same_model(tmp_path, si_data):
     data = str(tmp_path / "si.xyz")
     write(data, si_data)
