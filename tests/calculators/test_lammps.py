@@ -270,6 +270,7 @@ sys.exit(0 if abs(e - r) <= 1e-10 * abs(r) else 1)
 """
 
 
+@pytest.mark.slow  # three LAMMPS children: 30 s
 def test_first_kernel_call_inside_lammps_is_right():
     """Regression: the fused kernel's first call from LAMMPS's callback, in a fresh process with 2 threads, gave
     wrong numbers in about half of the runs when its per-thread workspaces were indexed by thread id (LAMMPS's

@@ -237,6 +237,7 @@ def test_yace_export_refuses_unquotable_directory_before_writing(tmp_path, sige)
     assert os.listdir(d) == []
 
 
+@pytest.mark.slow  # a .yace export through the CLI: 7 s
 def test_cli_export_prints_a_quoted_include_line(tmp_path, sige, capsys):
     from torchace.cli import main
 

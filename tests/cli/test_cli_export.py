@@ -85,6 +85,7 @@ def test_export_metatomic(model_file, tmp_path):
     assert np.abs(at.get_forces() - ref[K.FORCES].numpy()).max() < 1e-10
 
 
+@pytest.mark.slow  # a .yace export: 8 s
 def test_export_yace_dispatch(model_file, tmp_path):
     pytest.importorskip("torchace.io.yace.write")
     path, _ = model_file

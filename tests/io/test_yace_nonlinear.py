@@ -135,6 +135,7 @@ def test_si_two_densities_learned_radials_match_pyace(si_p2, tmp_path):
     _compare(si_p2, info, _si_cells())
 
 
+@pytest.mark.slow  # writes and checks a .yace: 8 s
 def test_sige_three_densities_match_pyace_lean_and_full_grid(sige_p3, tmp_path):
     rho = _densities(sige_p3, rattled_sige_cells())
     assert bool((rho < 0).any()) and bool((rho > 0).any())           # both branches of the odd f
@@ -157,6 +158,7 @@ def test_sige_three_densities_match_pyace_lean_and_full_grid(sige_p3, tmp_path):
     _compare(sige_p3, full, rattled_sige_cells())
 
 
+@pytest.mark.slow  # writes and checks a .yace: 11 s
 def test_fixed_radials_pure2b_zbl_match_pyace(tmp_path):
     """Fixed radials (the prior scale folded into c̃), a purified coupling and a ZBL baseline in the table."""
     cells = rattled_sige_cells()
@@ -168,6 +170,7 @@ def test_fixed_radials_pure2b_zbl_match_pyace(tmp_path):
     _compare(model, info, cells)
 
 
+@pytest.mark.slow  # writes and checks a .yace: 7 s
 def test_linear_limit_exports_the_linear_model(tmp_path):
     """P = 1, no embedding, fixed radials: the same files as the export of ``model.linear_model()``."""
     cfg = ACEConfig.build(["Si", "Ge"], 3, 5, r0=R0)
@@ -185,6 +188,7 @@ def test_linear_limit_exports_the_linear_model(tmp_path):
     assert "ndensity: 1, FS_parameters: [1, 1]," in "".join(body(a["yace"]))
 
 
+@pytest.mark.slow  # writes and checks a .yace: 10 s
 def test_read_back_with_torchace_reader(sige_p3, tmp_path):
     """``read_yace`` (analytic radials, ndensity > 1 and FS parameters as in the file) + the pair table give
     the model back: only the radial fit (1e-11) and the table's interpolation remain."""
@@ -209,6 +213,7 @@ def test_read_back_with_torchace_reader(sige_p3, tmp_path):
         off += n
 
 
+@pytest.mark.slow  # writes and checks a .yace: 8 s
 def test_export_entry_point_and_float32(si_p2, tmp_path):
     """``torchace.export(format="yace")`` takes the nonlinear model; a float32 model is exported from a float64
     rebuild and left unchanged."""
