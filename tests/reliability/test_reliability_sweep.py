@@ -441,6 +441,7 @@ def test_cli_yaml_syntax_error_is_one_line(tmp_path):
 
 # ---- the sweep itself, on its quick cases ----
 
+@pytest.mark.slow  # the sweep script in a child: 9 s
 def test_quick_sweep(tmp_path):
     out = tmp_path / "sweep.json"
     r = run([sys.executable, str(ROOT / "scripts" / "tools" / "hostile_inputs.py"), "--quick", "--json", str(out),

@@ -266,6 +266,7 @@ DIMENSIONS = {
 }
 
 
+@pytest.mark.slow  # a .yace export per case: 5-9 s
 @pytest.mark.parametrize("name", list(DIMENSIONS))
 def test_yace_huge_declared_dimensions_are_refused_before_allocation(tmp_path, yace_text, name):
     """A few-kB .yace declaring huge sizes: refused naming the field, before any table of that size exists (a
@@ -527,6 +528,7 @@ def test_coupling_cache_damaged_entry_is_recomputed_with_a_warning(tmp_path, mon
         assert os.path.islink(entry)  # never written through the link
 
 
+@pytest.mark.slow  # a child: 7 s
 def test_coupling_cache_fifo_entry_does_not_hang(tmp_path):
     code = f"""
     import os, sys, glob, warnings; sys.path.insert(0, {ROOT!r})
@@ -582,6 +584,7 @@ def test_yace_reading_memory_is_linear_in_the_file_size(tmp_path, yace_text):
     assert peak < 20 * size, (peak, size)
 
 
+@pytest.mark.slow  # a child: 6.5 s
 def test_save_onto_a_fifo_does_not_hang(tmp_path):
     """``model.save`` reads the head of an existing file to see whether torchace wrote it: a FIFO there is
     refused, not opened (the read would block for ever)."""
