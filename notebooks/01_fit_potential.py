@@ -32,7 +32,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 import torchace
 from torchace import keys as K
-from torchace.fitting import solvers
+from torchace.fit import solvers
 from torchace.testing import randomize_coefficients, rattled_bulk
 
 QUICK = os.environ.get("TORCHACE_QUICK", "0") == "1"
@@ -83,7 +83,7 @@ print(res.hyperparameters)
 # ## Evaluate
 
 # %%
-labelled = [s for s in torchace.fitting.data.read_data(data) if s.n_atoms > 1][:4]   # labels as the fit read them
+labelled = [s for s in torchace.fit.data.read_data(data) if s.n_atoms > 1][:4]   # labels as the fit read them
 structures = [s.atoms for s in labelled]
 out = torchace.evaluate(model, structures)    # energy [S], forces [ΣN, 3], virial, stress (ASE sign)
 for s, e in zip(labelled, out[K.ENERGY]):

@@ -28,7 +28,7 @@ import numpy as np
 
 import torchace
 from torchace import analysis
-from torchace.fitting import priors, solvers
+from torchace.fit import priors, solvers
 
 QUICK = os.environ.get("TORCHACE_QUICK", "0") == "1"
 try:

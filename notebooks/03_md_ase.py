@@ -33,7 +33,7 @@ from ase.md.verlet import VelocityVerlet
 
 import torchace
 from torchace import keys as K
-from torchace.fitting import solvers
+from torchace.fit import solvers
 from torchace.calculators.ase import TorchACECalculator
 from torchace.testing import randomize_coefficients, rattled_bulk
 

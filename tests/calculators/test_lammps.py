@@ -224,6 +224,7 @@ def test_refusals(tmp_path, si_model, sige_model):
     lmp.close()
 
 
+@pytest.mark.slow  # a LAMMPS child: 5-6 s
 def test_cli_writes_a_driver_script_that_runs(tmp_path, sige_model):
     atoms = si64(seed=8)
     atoms.symbols[::4] = "Ge"

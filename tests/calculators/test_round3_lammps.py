@@ -166,6 +166,7 @@ def test_cli_lammps_refuses_a_non_element_before_writing(tmp_path, sige):
     assert not (tmp_path / "run.py").exists()
 
 
+@pytest.mark.slow  # a LAMMPS child: 7 s
 def test_generated_script_with_hostile_names_runs(tmp_path, sige, lmp_api):
     """A model path that would break out of a docstring or a string literal and a data path with every
     character LAMMPS treats specially: the script is valid Python holding exactly these names, runs, reads
