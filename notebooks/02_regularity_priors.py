@@ -15,7 +15,7 @@
 # angular frequencies.  We fit Si_tiny with σ = 0 (plain ridge) and σ = 1.5 Å at the *same training force
 # RMSE* and look at 1-D cuts through the energy surface with `torchace.analysis`: the Si–Si dimer (not in the
 # training data), E–V curves of three phases and the rigid decohesion stress.
-# `TORCHACE_QUICK=1` runs a small basis (seconds); the full study is `scripts/regularity_study.py`
+# `TORCHACE_QUICK=1` runs a small basis (seconds); the full study is `scripts/studies/regularity_study.py`
 # (docs/regularity_priors.md).
 
 # %%
@@ -83,7 +83,8 @@ ev = {name: {k: analysis.ev_curve(m, at, scale) for k, m in models.items()}
       for name, at in analysis.silicon_phases().items()}
 for name, d in ev.items():
     for k, c in d.items():
-        print(f"{name:17s} {k:10s}: E_min {c.energy.min():8.4f} eV/atom at V = {c.volume[c.energy.argmin()]:.2f} Å³/atom")
+        print(f"{name:17s} {k:10s}: E_min {c.energy.min():8.4f} eV/atom "
+              f"at V = {c.volume[c.energy.argmin()]:.2f} Å³/atom")
 
 # %% [markdown]
 # ## Rigid decohesion of diamond Si along (111)
@@ -95,7 +96,8 @@ slab = analysis.decohesion_slab(bulk("Si", "diamond", a=5.46, cubic=True), (1, 1
 d = np.linspace(0.0, 4.0, 5 if QUICK else 41)
 dec = {k: analysis.decohesion_curve(m, slab, d) for k, m in models.items()}
 for k, c in dec.items():
-    print(f"{k}: peak decohesion stress {c.stress_GPa.max():.1f} GPa at d = {c.separation[c.stress_GPa.argmax()]:.2f} Å, "
+    print(f"{k}: peak decohesion stress {c.stress_GPa.max():.1f} GPa "
+          f"at d = {c.separation[c.stress_GPa.argmax()]:.2f} Å, "
           f"E(4 Å)/A = {c.energy[-1]:.3f} eV/Å²")
 
 # %%

@@ -54,7 +54,8 @@ print(model.extra_repr(), f"\nreference energy {e_ref:.8f} eV")
 # ## TorchScript
 #
 # The archive's `forward` takes flat batch tensors (positions, species, batch, edge_index, unit_shifts,
-# cell, ...; the contract is stored in its metadata); `TorchACECalculator("model.pt", backend="torchscript")` wraps it for ASE (TorchScript is code: only on request).
+# cell, ...; the contract is stored in its metadata); `TorchACECalculator("model.pt", backend="torchscript")`
+# wraps it for ASE (TorchScript is code: only on request).
 
 # %%
 torchace.export(model, "Si_model.pt", format="torchscript")

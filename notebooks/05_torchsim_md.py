@@ -92,7 +92,7 @@ md = init(state)
 md.momenta = momenta
 n_atoms = md.n_atoms_per_system.to(torch.float64)
 etot = []
-for step in range(n_nve):
+for _step in range(n_nve):
     md = update(md)
     ke = ts.calc_kinetic_energy(masses=md.masses, momenta=md.momenta, system_idx=md.system_idx)
     etot.append(((md.energy + ke) / n_atoms).cpu().numpy())

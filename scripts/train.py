@@ -142,7 +142,8 @@ def main(argv=None):
     model.to(a.device, dtype)
     train_b = make_batches(model, train_s, weights, a.batch_size, a.device, dtype)
     val_b = make_batches(model, val_s, weights, a.batch_size, a.device, dtype) if val_s else []
-    print(f"ACEModel({model.extra_repr()})\n{len(train_s)} training / {len(val_s)} validation structures on {a.device} ({a.dtype})")
+    print(f"ACEModel({model.extra_repr()})\n{len(train_s)} training / {len(val_s)} validation structures on "
+          f"{a.device} ({a.dtype})")
     hist = train(model, train_b, val_b, optimizer=a.optimizer, lr=a.lr, epochs=a.epochs, lam=a.lam,
                  patience=a.patience, output=a.output, log=a.log)
     print(f"best validation loss {min(h['val']['loss'] for h in hist):.6g}; model: {a.output}, log: {a.log}")

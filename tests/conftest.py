@@ -17,6 +17,17 @@ from torchace.testing import available_devices  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/integration/ (outside references, the scripts, the notebooks) carries the
+    ``integration`` marker, from its path: the inner loop ``-m "not slow and not integration"`` leaves them out,
+    the full suite runs them."""
+    for item in items:
+        if INTEGRATION in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(params=available_devices())
 def device(request):

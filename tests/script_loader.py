@@ -1,4 +1,6 @@
-"""Import a repository script (``scripts/NAME.py``) as a module, for tests that call its functions."""
+"""Import a repository script (``scripts/PATH.py``) as a module.  Only for scripts whose logic has not yet moved
+into torchace: the regularity study (its data readers; issue 30 moves the study onto ``torchace.fit``'s
+assembly) and ``scripts/train.py`` (being removed).  Every other test runs scripts as scripts."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -6,11 +8,11 @@ from pathlib import Path
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def load_script(name: str):
-    """``scripts/<name>.py`` as module ``script_<name>`` (registered in sys.modules: dataclasses look their
-    module up there)."""
-    mod_name = f"script_{name}"
-    spec = importlib.util.spec_from_file_location(mod_name, SCRIPTS / f"{name}.py")
+def load_script(path: str):
+    """``scripts/<path>.py`` (e.g. ``studies/regularity_study``) as module ``script_<name>`` (registered in
+    sys.modules: dataclasses look their module up there)."""
+    mod_name = f"script_{Path(path).name}"
+    spec = importlib.util.spec_from_file_location(mod_name, SCRIPTS / f"{path}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = mod
     spec.loader.exec_module(mod)

@@ -2,11 +2,10 @@
 private names imported across modules, a small root, files of a few hundred lines, the public names after a
 plain ``import torchace``, and ``torchace.fit`` / ``torchace.train`` both callable and packages."""
 import ast
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from torchace.testing import run
 
 ROOT = Path(__file__).resolve().parents[1] / "torchace"
 
@@ -92,4 +91,12 @@ def test_public_names_after_a_plain_import():
             "import torchace.fit.assembly, torchace.train.trainer\n"
             "assert torchace.fit.assembly.assemble and torchace.train.trainer.train is torchace.train.train\n"
             "assert callable(torchace.fit) and callable(torchace.train)\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_no_prefixed_modules():
+    """A family of modules is a subpackage (``train/``, ``io/yace/``), never a file-name prefix standing in for one
+    (``train_*.py`` beside ``fit.py``, ``yace_*.py`` beside ``io/``)."""
+    prefixed = sorted(str(p.relative_to(ROOT.parent)) for p in ROOT.rglob("*.py")
+                      if p.name.startswith(("train_", "yace_")))
+    assert not prefixed, f"use a subpackage, not a file-name prefix: {prefixed}"

@@ -1,6 +1,7 @@
 """Command line: ``torchace evaluate --model M`` (energies, forces, stresses, errors against the files' labels;
 design-matrix rows with ``--rows``),
-``torchace fit CONFIG.yaml``, ``torchace train CONFIG.yaml`` (gradient training of a nonlinear model), ``torchace export MODEL.json OUT --format torchscript|metatomic|yace`` and
+``torchace fit CONFIG.yaml``, ``torchace train CONFIG.yaml`` (gradient training of a nonlinear model),
+``torchace export MODEL.json OUT --format torchscript|metatomic|yace`` and
 ``torchace lammps MODEL.json DATA --elements ...`` (a Python driver script for LAMMPS + fix external).
 
 Thin wrapper: all logic lives in the library.  Outputs are written atomically (temp file + rename), and
@@ -258,7 +259,8 @@ def _train(args, cfg, n_threads: int) -> int:
           f"{', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
     print(res.table())
     report = {"train": res.errors, "validation": res.validation_errors,
-              "training": {k: v for k, v in res.to_dict().items() if k not in ("errors", "validation_errors", "history")}}
+              "training": {k: v for k, v in res.to_dict().items()
+                           if k not in ("errors", "validation_errors", "history")}}
     if cfg.fit.data.test:
         keys = DataKeys(**cfg.fit.data.keys)
         test = read_data(cfg.fit.data.test, keys=keys, elements=model.elements, skip_bad=cfg.fit.data.skip_bad)
@@ -353,7 +355,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     ev.add_argument("--backend", default="auto", choices=["auto", "fused", "triton", "analytic", "reference"],
-                    help="evaluation backend (default auto: the fastest for the model and device; docs/architecture.md)")
+                    help="evaluation backend (default auto: the fastest for the model and device; "
+                         "docs/architecture.md)")
     ev.add_argument("-o", "--output", help="write results as JSON (atomically)")
     ev.add_argument("--force", action="store_true", help=FORCE_HELP)
     ev.add_argument("--threads", type=_threads_arg, default="auto", help=THREADS_HELP)
@@ -397,7 +400,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     lm.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin (Å)")
     lm.add_argument("--threads", type=int, default=1, help="torch threads (default; OMP_NUM_THREADS overrides)")
     args = ap.parse_args(argv)
-    commands = {"export": cmd_export, "fit": cmd_fit, "train": cmd_train, "evaluate": cmd_evaluate, "lammps": cmd_lammps}
+    commands = {"export": cmd_export, "fit": cmd_fit, "train": cmd_train, "evaluate": cmd_evaluate,
+                "lammps": cmd_lammps}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt as exc:  # Ctrl-C (130), or SIGTERM during training (143): one line, no traceback

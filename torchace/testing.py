@@ -1,10 +1,15 @@
-"""Reusable test kit: random structures, symmetry operations, finite differences, TorchScript round trip.
+"""Reusable test kit: random structures, symmetry operations, finite differences, TorchScript round trip, and
+child processes with a timeout that kills their whole process group (``run``, ``spawn``).
 
 Used by torchace's own tests and meant for downstream models built on it.  Tolerances are per dtype.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+import contextlib
+import os
+import signal
+import subprocess
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -253,3 +258,69 @@ def backend_agreement(model, structures, backend: str, task: str = "evaluate", s
     for k in keys:
         assert got[k].shape == ref[k].shape, (backend, task, k, tuple(got[k].shape), tuple(ref[k].shape))
     return results_close(got, ref, BACKEND_RTOL[p.dtype], keys)
+
+
+# ---- child processes (tests and scripts): always a timeout, always the whole process group ----
+
+class ChildTimeout(subprocess.TimeoutExpired):
+    """A child (and everything it started) killed after ``timeout`` seconds; the message ends with the tail of
+    its output, so that a hung test says where it hung."""
+
+    def __str__(self) -> str:
+        tail = "".join(x if isinstance(x, str) else (x or b"").decode(errors="replace")
+                       for x in (self.output, self.stderr))
+        return f"{super().__str__()}; process group killed; output tail:\n{tail[-3000:]}"
+
+
+class ChildFailed(subprocess.CalledProcessError):
+    """``run(..., check=True)``: a non-zero exit, with the tail of the output in the message."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}; output tail:\n{((self.output or '') + (self.stderr or ''))[-3000:]}"
+
+
+def kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL the process group that ``p`` leads (started with ``start_new_session=True``): grandchildren too,
+    which ``p.kill()`` would leave running (an MPI launcher's ranks, a LAMMPS child, a compiler)."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group is already gone
+        pass
+
+
+@contextlib.contextmanager
+def spawn(cmd: Sequence[str], **popen_kw) -> Iterator[subprocess.Popen]:
+    """``subprocess.Popen(cmd, **popen_kw)`` in a new session, for a caller that reads or signals the child while
+    it runs; on leaving the block (normally, on an error, on a failed assertion) the whole process group is
+    killed and the child reaped."""
+    p = subprocess.Popen(cmd, start_new_session=True, **popen_kw)
+    try:
+        yield p
+    finally:
+        kill_group(p)
+        try:
+            p.communicate(timeout=30)  # closes the pipes; the group is dead, so this returns at once
+        except (subprocess.TimeoutExpired, ValueError):  # ValueError: a pipe the caller already closed
+            p.wait(timeout=30)
+
+
+def run(cmd: Sequence[str], *, timeout: float, env: Optional[Dict[str, str]] = None, cwd=None,
+        input: Optional[str] = None, merge_stderr: bool = False, check: bool = False) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` with a mandatory ``timeout``, in its own process
+    group: on timeout the group is killed (grandchildren included) and ``ChildTimeout`` raised with the output
+    tail; after a normal exit anything the child left running in its group is killed as well.
+    ``merge_stderr``: stderr into stdout (one stream in the order written).  ``check``: raise
+    ``ChildFailed`` (a ``CalledProcessError``) on a non-zero exit, with the output tail."""
+    with spawn(list(cmd), stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+               stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, text=True,
+               env=env, cwd=None if cwd is None else os.fspath(cwd)) as p:
+        try:
+            out, err = p.communicate(input=input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(p)
+            out, err = p.communicate()
+            raise ChildTimeout(p.args, timeout, output=out, stderr=err) from None
+    res = subprocess.CompletedProcess(p.args, p.returncode, out, "" if merge_stderr else err)
+    if check and res.returncode:
+        raise ChildFailed(res.returncode, res.args, res.stdout, res.stderr)
+    return res

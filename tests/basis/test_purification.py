@@ -5,6 +5,9 @@ total degree drops by at least the envelope degree per order (the paper's Table 
 otherwise; the canonical Gram matrix is better conditioned (Table 1 trend); and the usual model
 machinery (rows, forces, invariance, model files, priors, TorchScript) works on the purified coupling."""
 import json
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from torchace import keys as K
 from torchace.config import ACEConfig
 from torchace.io.model_file import model_from_dict, model_to_dict
 from torchace.testing import (fd_forces, max_rel, random_cluster, random_envs, random_rotation,
-                              randomize_coefficients, rattled_bulk, site_basis_envs)
+                              randomize_coefficients, rattled_bulk, run, site_basis_envs)
 
 # round-off level of a basis function that is exactly zero in exact arithmetic (values are O(0.1–1))
 ZERO = 1e-13
@@ -105,7 +108,7 @@ def _gram_cond(B):
 def test_gram_conditioning_trend():
     """Paper §3.1 / Table 1 (reduced): J = N neighbours sampled from the measure in which φ_nlm are
     orthonormal (x uniform, r̂ uniform); the canonical order-N Gram matrix is O(1) after diagonal scaling,
-    the self-interacting one is not.  Full table: scripts/purification_gram.py, docs/purification.md."""
+    the self-interacting one is not.  Full table: scripts/studies/purification_gram.py, docs/purification.md."""
     from torchace.basis.purification import sample_orthonormal_envs
 
     pure = torchace.ace_model(["Si"], 2, 10, pure=True)
@@ -117,7 +120,7 @@ def test_gram_conditioning_trend():
     assert c < 3.0 and c0 > 30 * c, (c, c0)
 
 
-@pytest.mark.parametrize("mode", ["pure", "pure2b"])
+@pytest.mark.parametrize("mode", [pytest.param("pure", marks=pytest.mark.slow), "pure2b"])  # pure: 75 s
 def test_rows_forces_invariance(mode, pure_sige, pure2b_sige):
     model = pure_sige if mode == "pure" else pure2b_sige
     randomize_coefficients(model, 0.2, seed=5)
@@ -227,13 +230,17 @@ def test_against_brute_force_definition(mode, pure_sige, pure2b_sige):
 
 
 def test_gram_script_writes_json_and_table(tmp_path):
-    from script_loader import load_script
-
-    mod = load_script("purification_gram")
+    """scripts/studies/purification_gram.py, run as a script: its JSON, and its table between the markers of
+    docs/purification.md."""
+    root = Path(__file__).resolve().parents[2]
+    begin, end = "<!-- gram-table -->", "<!-- /gram-table -->"
+    assert begin in (root / "docs" / "purification.md").read_text()
     md = tmp_path / "p.md"
-    md.write_text(f"head\n{mod.BEGIN}\nold\n{mod.END}\ntail\n")
+    md.write_text(f"head\n{begin}\nold\n{end}\ntail\n")
     js = tmp_path / "g.json"
-    mod.main(["--orders", "2", "--degrees", "6", "--factor", "20", "--json", str(js), "--markdown", str(md)])
+    run([sys.executable, str(root / "scripts" / "studies" / "purification_gram.py"), "--orders", "2", "--degrees",
+         "6", "--factor", "20", "--json", str(js), "--markdown", str(md)], timeout=600, check=True,
+        env=dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")))
     res = json.loads(js.read_text())["results"]
     assert len(res) == 1 and res[0]["order"] == 2 and res[0]["self_interacting"] > 3 * res[0]["canonical"]
     text = md.read_text()

@@ -211,8 +211,9 @@ def test_missing_table_is_an_error_not_half_a_model(si_model, tmp_path):
     before = table.read_bytes()
     os.remove(table)
     for load in (read_yace, torchace.load):
-        with pytest.raises(ModelFileError, match=r"x\.yace: its pair part is in the LAMMPS pair table .*x_pairpot\.table"
-                                                 r".*pair_table=False"):
+        with pytest.raises(ModelFileError,
+                           match=r"x\.yace: its pair part is in the LAMMPS pair table .*x_pairpot\.table"
+                                 r".*pair_table=False"):
             load(p)
     # explicit choices: the table at another path, or the .yace alone
     (tmp_path / "elsewhere.table").write_bytes(before)

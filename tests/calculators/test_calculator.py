@@ -153,7 +153,7 @@ def test_skin_reuse_equals_fresh_list(si_small, device):
     assert calc.n_neighbour_list_builds == 3
     # skin 0: a rebuild whenever something moved
     c0 = TorchACECalculator(si_small, device=device, skin=0.0)
-    for k in range(3):
+    for _k in range(3):
         at.positions[0, 0] += 0.01
         c0.get_potential_energy(at)
     assert c0.n_neighbour_list_builds == 3

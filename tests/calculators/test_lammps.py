@@ -4,7 +4,6 @@ torchace's standalone values to 1e-10 relative (cubic Si, a triclinic cell, SiGe
 2 = Si, a slab with a non-periodic axis); neighbour-list reuse across LAMMPS's wrapping and sorting; an NVE
 run conserving energy; the refusals; ``torchace lammps`` writing a driver script that runs."""
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from ase.build import bulk
 
 import torchace
-from torchace.testing import randomize_coefficients
+from torchace.testing import randomize_coefficients, run
 
 try:
     from torchace.calculators.lammps import attach, import_lammps, lammps_input_lines, new_lammps
@@ -225,6 +224,7 @@ def test_refusals(tmp_path, si_model, sige_model):
     lmp.close()
 
 
+@pytest.mark.slow  # a LAMMPS child: 5-6 s
 def test_cli_writes_a_driver_script_that_runs(tmp_path, sige_model):
     atoms = si64(seed=8)
     atoms.symbols[::4] = "Ge"
@@ -237,8 +237,7 @@ def test_cli_writes_a_driver_script_that_runs(tmp_path, sige_model):
                  "-o", str(script), "--steps", "5", "--temperature", "100"]) == 0
     text = script.read_text()
     assert "['Ge', 'Si']" in text and "run(5)" in text
-    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = run([sys.executable, str(script)], cwd=tmp_path, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
     assert "6 force calls" in res.stdout and (tmp_path / "log.lammps").exists()
     log = (tmp_path / "log.lammps").read_text()
@@ -272,6 +271,7 @@ sys.exit(0 if abs(e - r) <= 1e-10 * abs(r) else 1)
 """
 
 
+@pytest.mark.slow  # three LAMMPS children: 30 s
 def test_first_kernel_call_inside_lammps_is_right():
     """Regression: the fused kernel's first call from LAMMPS's callback, in a fresh process with 2 threads, gave
     wrong numbers in about half of the runs when its per-thread workspaces were indexed by thread id (LAMMPS's
@@ -279,6 +279,5 @@ def test_first_kernel_call_inside_lammps_is_right():
     at least one fails with probability ≈ 7/8."""
     tests = os.path.dirname(os.path.abspath(__file__))
     for _ in range(3):
-        r = subprocess.run([sys.executable, "-c", FIRST_CALL.format(tests=tests)], capture_output=True, text=True,
-                           timeout=300)
+        r = run([sys.executable, "-c", FIRST_CALL.format(tests=tests)], timeout=300)
         assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-1500:]

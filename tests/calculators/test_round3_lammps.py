@@ -13,8 +13,6 @@ box are reported as lost atoms (not as an MPI problem).
 """
 import ast
 import os
-import signal
-import subprocess
 import sys
 
 import numpy as np
@@ -23,7 +21,7 @@ from ase.build import bulk
 
 import torchace
 from torchace.io.lammps_words import LammpsWordError, lammps_word, split_lammps_line
-from torchace.testing import randomize_coefficients
+from torchace.testing import randomize_coefficients, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # names LAMMPS must read back unchanged: spaces, variables, comments, quotes, a continuation mark
@@ -37,19 +35,6 @@ INJECTION = "x.data\nshell touch PWNED\n#"
 
 
 # ---- helpers ----
-
-def run_group(args, timeout=300, **kw):
-    """subprocess.run in its own process group, killed with its children on timeout."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            **kw)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
-
 
 def child_env():
     return {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
@@ -181,6 +166,7 @@ def test_cli_lammps_refuses_a_non_element_before_writing(tmp_path, sige):
     assert not (tmp_path / "run.py").exists()
 
 
+@pytest.mark.slow  # a LAMMPS child: 7 s
 def test_generated_script_with_hostile_names_runs(tmp_path, sige, lmp_api):
     """A model path that would break out of a docstring or a string literal and a data path with every
     character LAMMPS treats specially: the script is valid Python holding exactly these names, runs, reads
@@ -201,7 +187,7 @@ def test_generated_script_with_hostile_names_runs(tmp_path, sige, lmp_api):
               if isinstance(t, ast.Assign) and t.targets[0].id in ("MODEL", "DATA")}
     assert consts == {"MODEL": str(model), "DATA": str(data)}
     assert str(model) not in ast.get_docstring(tree)
-    res = run_group([sys.executable, str(script)], cwd=tmp_path, env=child_env())
+    res = run([sys.executable, str(script)], cwd=tmp_path, env=child_env(), timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "3 force calls" in res.stdout and not (tmp_path / "PWNED").exists() and not (d / "PWNED").exists()
 
@@ -252,6 +238,7 @@ def test_yace_export_refuses_unquotable_directory_before_writing(tmp_path, sige)
     assert os.listdir(d) == []
 
 
+@pytest.mark.slow  # a .yace export through the CLI: 7 s
 def test_cli_export_prints_a_quoted_include_line(tmp_path, sige, capsys):
     from torchace.cli import main
 

@@ -1,7 +1,6 @@
 """``torchace export MODEL.json OUT --format ...``: the written files reproduce the model; clear errors; and a
 TorchScript export runs through plain ``torch.jit.load`` in a process where torchace cannot be imported."""
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ import torchace
 from torchace import keys as K
 from torchace.cli import main
 from torchace.io.torchscript import load_torchscript
-from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk
+from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk, run
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ res = module(pos, species, torch.zeros(n, dtype=torch.long), edges, torch.zeros(
              dtype=torch.float64), torch.zeros(1, 3, 3, dtype=torch.float64), 1, True, True)
 print(json.dumps({{"energy": float(res["energy"][0]), "forces": res["forces"].tolist()}}))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = run([sys.executable, "-c", code], timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     e_ref = float(ref[K.ENERGY][0])
@@ -86,6 +85,7 @@ def test_export_metatomic(model_file, tmp_path):
     assert np.abs(at.get_forces() - ref[K.FORCES].numpy()).max() < 1e-10
 
 
+@pytest.mark.slow  # a .yace export: 8 s
 def test_export_yace_dispatch(model_file, tmp_path):
     pytest.importorskip("torchace.io.yace.write")
     path, _ = model_file

@@ -23,7 +23,7 @@ def test_rows_weights_and_targets(model):
     w = {"default": {"E": 30, "F": 1, "V": 1}, "liq": {"E": 10, "F": 0.5, "V": 0.25}}
     sys_ = assemble(model, ds, w)
     r = 0
-    for k, s in enumerate(ds):
+    for s in ds:
         rows = torchace.design_matrix_rows(model, s.atoms)
         wE, wF, wV = (10, 0.5, 0.25) if s.config_type == "liq" else (30, 1, 1)
         n = s.n_atoms

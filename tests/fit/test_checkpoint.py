@@ -5,12 +5,12 @@ kill test SIGKILLs itself after batch KILL_AFTER.
 """
 import os
 import signal
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from torchace.testing import run
 
 BATCH_ATOMS = 10
 
@@ -51,13 +51,14 @@ def _same(a, b):
     assert abs(a.rss_offset - b.rss_offset) <= 1e-12 * max(1.0, abs(b.rss_offset))
 
 
+@pytest.mark.slow  # a child killed mid-assembly: 9 s
 def test_resume_after_sigkill(tmp_path, model, ds, reference):
     from torchace.fit.checkpoint import assemble_checkpointed, load_checkpoint
 
     ckpt = str(tmp_path / "asm.npz")
     # same thread count as this process: threaded reductions round differently with another count
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    p = subprocess.run([sys.executable, __file__, ckpt, "2"], env=env, capture_output=True, text=True, timeout=120)
+    p = run([sys.executable, __file__, ckpt, "2"], env=env, timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr
     state, fp = load_checkpoint(ckpt)
     assert int(state["n_batches"]) == 2 and fp["method"] == "qr"

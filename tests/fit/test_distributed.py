@@ -2,7 +2,6 @@
 import os
 import shutil
 import socket
-import subprocess
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from torchace.fit.data import Dataset, read_data
 from torchace.fit.distributed import _pad_rows, combine_qr, finish, local_state, shard
 
 from test_checkpoint import _dataset, _model
+from torchace.testing import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -76,6 +76,7 @@ def test_combined_shards_equal_single_process(method):
         assert float((A @ c - pred_ref).norm() / pred_ref.norm()) < 1e-6
 
 
+@pytest.mark.slow  # torchrun and two ranks: 17 s
 @pytest.mark.skipif(shutil.which("torchrun") is None or not torch.distributed.is_gloo_available(),
                     reason="needs torchrun and gloo")
 def test_torchrun_two_ranks_gloo(tmp_path):
@@ -90,11 +91,11 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     model_out = str(tmp_path / "model.json")
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
     cmd = ["torchrun", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
-           os.path.join(ROOT, "scripts", "assemble_distributed.py"), "--data", data, "--elements", "Si", "Ge",
+           os.path.join(ROOT, "scripts", "tools", "assemble_distributed.py"), "--data", data, "--elements", "Si", "Ge",
            "--order", "2", "--totaldegree", "6", "--E0", "Si:-2.0", "Ge:-3.0", "--method", "qr",
            "--batch-atoms", "10", "--solver", "qr", "--lam", "1e-2", "--backend", "gloo",
            "--out", out, "--model-out", model_out]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=str(tmp_path))
+    p = run(cmd, env=env, timeout=180, cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     model = torchace.load(model_out)
     ref = assemble_reduced(model, read_data(data, elements=model.elements), method="qr", batch_atoms=10)

@@ -100,7 +100,8 @@ def test_basis_priors_single_element(si_small):
     assert ga[pc].item() == pytest.approx(1.6 ** 4, rel=1e-14)
     assert gg[pc].item() == pytest.approx(math.exp(0.2 * 9), rel=1e-14)
     # explicit rcut overrides the model's
-    assert priors.gaussian(sigma=1.2, rcut=3.0).column_scale(m)[pc].item() == pytest.approx(math.exp(0.8 * 9), rel=1e-14)
+    scale = priors.gaussian(sigma=1.2, rcut=3.0).column_scale(m)[pc].item()
+    assert scale == pytest.approx(math.exp(0.8 * 9), rel=1e-14)
     # one-particle scale = 1/γ₁, row n − 1
     nl, pair = priors.algebraic(sigma_n=0.2).one_particle_scale(m)
     assert nl.shape == (m.spec.max_n, m.spec.max_l + 1) and pair.shape == (m.n_pair,)
@@ -248,7 +249,8 @@ def test_round_trip(prior, si_small):
 def test_defaults_match_acepotentials():
     assert priors.algebraic_smoothness().to_dict() == {"name": "algebraic_smoothness", "p": 4.0, "wl": 2 / 3, "wn": 1.0}
     assert priors.exponential_smoothness().to_dict() == {"name": "exponential_smoothness", "wl": 2 / 3, "wn": 1.0}
-    assert priors.gaussian_smoothness().to_dict() == {"name": "gaussian_smoothness", "wl": 1 / math.sqrt(2), "wn": 1 / math.sqrt(2)}
+    assert priors.gaussian_smoothness().to_dict() == {"name": "gaussian_smoothness", "wl": 1 / math.sqrt(2),
+                                                      "wn": 1 / math.sqrt(2)}
     assert priors.algebraic(sigma_n=0.2).sigma_l == pytest.approx(0.3)
     assert priors.exponential(sigma_n=0.2).sigma_l == pytest.approx(0.3)
 

@@ -2,7 +2,6 @@
 model API, gives torchace's energies, forces, stresses (and committee energies) to 1e-10 relative."""
 import copy
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -14,7 +13,7 @@ metatomic_ase = pytest.importorskip("metatomic_ase")
 
 import torchace  # noqa: E402
 from torchace import keys as K  # noqa: E402
-from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk  # noqa: E402
+from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk, run  # noqa: E402
 
 RTOL = 1e-10
 VOIGT = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])
@@ -172,7 +171,7 @@ at = ase.Atoms(numbers={at.numbers.tolist()}, positions={at.positions.tolist()},
 at.calc = MetatomicCalculator({exported!r}, uncertainty_threshold=None)
 print(repr(float(at.get_potential_energy())))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = run([sys.executable, "-c", code], timeout=120)
     assert out.returncode == 0, out.stderr
     assert _rel(float(out.stdout.strip().splitlines()[-1]), ref) < RTOL
 

@@ -2,11 +2,11 @@
 quick mode (``TORCHACE_QUICK=1``), each in its own subprocess and temporary working directory."""
 import importlib.util
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from torchace.testing import run
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.py"))
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -29,8 +29,7 @@ def test_notebook_runs(notebook, tmp_path):
     if "\nimport torch_sim" in text and importlib.util.find_spec("torch_sim") is None:
         pytest.skip(f"{notebook.name} needs torch-sim-atomistic (pip install 'torchace[torchsim]')")
     env = dict(os.environ, TORCHACE_QUICK="1", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, str(notebook)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = run([sys.executable, str(notebook)], cwd=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, f"{notebook.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     if notebook.name == "01_fit_potential.py":
         assert (tmp_path / "Si_model.json").exists()

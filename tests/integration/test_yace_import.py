@@ -118,7 +118,8 @@ def _densities(P, kind):
         for f in doc["functions"][0]:
             c = np.asarray(f["ctildes"])
             f["ndensity"] = P
-            f["ctildes"] = np.stack([c] + [c * rng.uniform(0.5, 1.5, c.shape) for _ in range(P - 1)], 1).ravel().tolist()
+            members = [c] + [c * rng.uniform(0.5, 1.5, c.shape) for _ in range(P - 1)]
+            f["ctildes"] = np.stack(members, 1).ravel().tolist()
     return edit
 
 

@@ -4,7 +4,6 @@ embedding (None, FS, MLP) with fixed and learned radials: the same energies, sit
 virials/stresses as torchace.evaluate (float64: 1e-12 relative; float32 exports to single precision)."""
 import copy
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +16,7 @@ from torchace.io.torchscript import load_torchscript, read_metadata
 from torchace.model.nonlinear import nonlinear_ace_model
 from torchace.testing import (fd_virial, has_module, labelled_dataset, max_rel, random_cluster, rattled_bulk,
                               rattled_sige_cells, results_close)
+from torchace.testing import run
 
 RTOL = 1e-12
 KEYS = (K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL)
@@ -222,7 +222,8 @@ def test_metatomic_model_api_batches_and_selected_atoms(name, tmp_path):
     idx = torch.tensor([starts[k] + a for k, a in sel])
     per_sys = torch.zeros(len(structs), dtype=nodes.dtype).index_add_(0, torch.tensor([k for k, _ in sel]), nodes[idx])
     for kind, want in (("atom", nodes[idx]), ("system", per_sys)):
-        opts = ModelEvaluationOptions(length_unit="angstrom", outputs={"energy": ModelOutput(unit="eV", sample_kind=kind)},
+        opts = ModelEvaluationOptions(length_unit="angstrom",
+                                      outputs={"energy": ModelOutput(unit="eV", sample_kind=kind)},
                                       selected_atoms=Labels(["system", "atom"], torch.tensor(sel, dtype=torch.int32)))
         block = model(systems, opts, check_consistency=True)["energy"].block()
         if kind == "atom":
@@ -280,7 +281,7 @@ out = torch.jit.load({str(ts)!r})(t(pos, dtype=torch.float64), t(sp), t(batch), 
                                   t(cell, dtype=torch.float64), n, True, True)
 print(repr(float(out["energy"][0])), repr(float(out["forces"].abs().max())), repr(float(out["virial"].abs().max())))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = run([sys.executable, "-c", code], timeout=300)
     assert out.returncode == 0, out.stderr
     e, f, w = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
     assert max_rel(e, float(ref[K.ENERGY][0])) < RTOL

@@ -75,6 +75,7 @@ def sige_model():
     return model
 
 
+@pytest.mark.slow  # writes and checks a .yace: 8 s
 def test_manybody_matches_pyace(sige_model, tmp_path):
     info = write_yace(sige_model, str(tmp_path / "sige.yace"))
     assert info["pair_table"] is None               # no pair coefficients, no baseline: no table
@@ -82,6 +83,7 @@ def test_manybody_matches_pyace(sige_model, tmp_path):
     _compare(sige_model, info, rattled_sige_cells(), with_table=False)
 
 
+@pytest.mark.slow  # writes and checks a .yace: 11 s
 def test_round_trip_through_read_yace(sige_model, tmp_path):
     info = write_yace(sige_model, str(tmp_path / "rt.yace"))
     back = read_yace(info["yace"])
@@ -107,6 +109,7 @@ def test_order4_single_element_matches_pyace(tmp_path):
     _compare(model, info, cells, with_table=False)
 
 
+@pytest.mark.slow  # writes and checks a .yace: 13 s
 def test_pair_table_and_total(tmp_path):
     torch.manual_seed(4)
     model = ace_model(["Si", "Ge"], order=2, totaldegree=6, r0=R0)
@@ -126,6 +129,7 @@ def test_pair_table_and_total(tmp_path):
     _compare(pair_only, info, structures, with_yace=False)
 
 
+@pytest.mark.slow  # writes and checks a .yace: 9 s
 def test_zbl_baseline_goes_into_the_table(tmp_path):
     torch.manual_seed(5)
     model = ace_model(["Si", "Ge"], order=2, totaldegree=5, zbl=True)
@@ -158,6 +162,7 @@ def test_spherical_harmonics_convention():
         np.testing.assert_allclose(W.conj().T @ W * 4 * np.pi, np.eye(2 * l + 1), atol=1e-12)
 
 
+@pytest.mark.slow  # writes and checks a .yace: 10 s
 def test_export_entry_point_metadata_and_float32(sige_model, tmp_path):
     """torchace.export(format="yace") passes metadata through; a float32 model is exported from a float64
     copy and left unchanged."""
@@ -190,6 +195,7 @@ def test_bad_input(sige_model, tmp_path):
     assert not (tmp_path / "m.yace").exists()
 
 
+@pytest.mark.slow  # writes and checks a .yace: 16-19 s
 @pytest.mark.parametrize("purify", ["pure2b", "pure"])
 def test_purified_model_exports(tmp_path, purify):
     """Purification only changes the coupling and the AA list: the C-tilde export must follow it."""

@@ -72,6 +72,7 @@ def full_model():
 # ------------------------------------------------------------------ lean channels and radial base
 
 
+@pytest.mark.slow  # writes and checks a .yace: 16 s
 def test_lean_and_full_grid_match_pyace(full_model, tmp_path):
     _pyace()
     lean = write_yace(full_model, str(tmp_path / "lean.yace"))
@@ -89,6 +90,7 @@ def test_lean_and_full_grid_match_pyace(full_model, tmp_path):
     _check_against_torchace(full_model, full, rattled_sige_cells())
 
 
+@pytest.mark.slow  # writes and checks a .yace: 10 s
 def test_lean_writes_exactly_the_used_channels(full_model, tmp_path):
     info = write_yace(full_model, str(tmp_path / "m.yace"))
     with open(info["yace"]) as fh:
@@ -114,6 +116,7 @@ def test_lean_writes_exactly_the_used_channels(full_model, tmp_path):
                     assert np.any(np.asarray(doc["bonds"][(z, mu)]["radcoefficients"])[n - 1, l] != 0)
 
 
+@pytest.mark.slow  # writes and checks a .yace: 13 s
 def test_lean_round_trip_through_read_yace(full_model, tmp_path):
     """read_yace evaluates the ChebExpCos base analytically (torchace/model/pace/radial.py, checked against
     python-ace in tests/integration/test_yace_import.py): only the radial fit remains."""
@@ -170,6 +173,7 @@ def _type_model(cmds):
     return pace, tables
 
 
+@pytest.mark.slow  # writes and checks a .yace: 10 s
 def test_export_returns_lines_paths_and_include(full_model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     os.mkdir("out")
@@ -194,6 +198,7 @@ def test_export_returns_lines_paths_and_include(full_model, tmp_path, monkeypatc
     assert all(f == res.pair_table for f, _ in tables.values())
 
 
+@pytest.mark.slow  # writes and checks a .yace: 9-10 s
 @pytest.mark.parametrize("how", ["lammps_types", "command_line"])
 def test_other_type_order_is_consistent(full_model, tmp_path, how):
     """Atom types 1 = Ge, 2 = Si: re-exported with lammps_types, or the default include with the variables
@@ -244,6 +249,7 @@ def _table_vs_torchace(model, info):
         yield (a, b), r, E, F, u.detach().numpy(), -du.numpy(), rmin
 
 
+@pytest.mark.slow  # writes and checks a .yace: 10 s
 def test_table_is_torchace_in_range_and_a_repulsive_core_below(full_model, tmp_path):
     info = write_yace(full_model, str(tmp_path / "m.yace"))
     assert info["pair"]["core"] == "extension" and info["pair"]["r_inner"] <= 0.1
@@ -283,6 +289,7 @@ def test_repulsive_core_is_c2_and_repulsive_for_either_slope():
             np.testing.assert_allclose(np.gradient(E, r)[5:-5], dE[5:-5], rtol=1e-3, atol=1e-7 * np.abs(dE).max())
 
 
+@pytest.mark.slow  # writes and checks a .yace: 10 s
 def test_zbl_core_is_torchace(tmp_path):
     torch.manual_seed(5)
     model = ace_model(["Si", "Ge"], order=2, totaldegree=5, zbl=True)
@@ -295,6 +302,7 @@ def test_zbl_core_is_torchace(tmp_path):
         assert np.all(F[r < rmin] > 0)
 
 
+@pytest.mark.slow  # writes and checks a .yace: 22 s
 def test_close_pair_is_evaluated(full_model, tmp_path):
     """A pair at 0.45 Å (inside the old table's 0.6 Å inner limit) no longer stops the evaluation."""
     from torchace.io.yace.pair_table import evaluate_pair_table
@@ -328,6 +336,7 @@ def _numbers_typed(x):
     return True
 
 
+@pytest.mark.slow  # writes and checks a .yace: 9 s
 def test_pyyaml_reads_the_file(full_model, tmp_path):
     model = ace_model(["Si", "Ge"], order=2, totaldegree=5)
     c = torch.randn(model.basis_size, dtype=torch.float64)
@@ -358,6 +367,7 @@ def test_pyyaml_reads_the_file(full_model, tmp_path):
         yaml.safe_load(text)
 
 
+@pytest.mark.slow  # writes and checks a .yace: 12 s
 def test_per_atom_energies(tmp_path):
     """ML-PACE's site energies + half of each table pair = torchace's site energies when the pair
     coefficients are symmetric (c_ab = c_ba); otherwise only the totals agree (docs/yace.md)."""
@@ -391,6 +401,7 @@ def test_per_atom_energies(tmp_path):
             assert np.abs(site - ref).max() > 1e-3
 
 
+@pytest.mark.slow  # writes and checks a .yace: 10 s
 def test_export_never_replaces_a_file_torchace_did_not_write(tmp_path):
     """Data-loss control: torchace.export(..., format="yace") onto the training data (or any other file) is
     refused before work and the file is unchanged; a torchace export may be replaced."""

@@ -49,7 +49,7 @@ def test_agnesi_endpoints_and_parameters():
     assert abs(agnesi_a(1, 3) - 2 / 7) < 1e-15
     r0 = torch.tensor([[2.4, 2.45], [2.45, 2.5]], dtype=torch.float64)
     t = AgnesiTransform(r0, 6.25, 2, 4)
-    zi = torch.tensor([0, 0, 1, 1]); zj = torch.tensor([0, 1, 0, 1])
+    zi, zj = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])
     x0 = t(torch.zeros(4, dtype=torch.float64), zi, zj)
     xc = t(torch.full((4,), 6.25, dtype=torch.float64), zi, zj)
     assert torch.allclose(x0, -torch.ones(4, dtype=torch.float64), atol=1e-15)

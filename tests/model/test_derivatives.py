@@ -93,7 +93,8 @@ def test_design_rows_finite_differences(sige_model):
         ap, am = at.copy(), at.copy()
         ap.positions[a, d] += h
         am.positions[a, d] -= h
-        fd = -(torchace.design_matrix_rows(sige_model, ap)[K.ENERGY] - torchace.design_matrix_rows(sige_model, am)[K.ENERGY]) / (2 * h)
+        fd = -(torchace.design_matrix_rows(sige_model, ap)[K.ENERGY]
+               - torchace.design_matrix_rows(sige_model, am)[K.ENERGY]) / (2 * h)
         assert max_rel(rows[K.FORCES][3 * a + d], fd[0]) < 1e-6
     eps = np.zeros((3, 3))
     eps[1, 2] = eps[2, 1] = 0.5  # Voigt yz

@@ -128,6 +128,7 @@ def test_fused_backend_adds_the_zbl_baseline():
     results_close(got, ref, 1e-12)
 
 
+@pytest.mark.slow  # 7-10 s per dtype
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_rows_match_reference(dtype):
     from torchace.fit.rows import batch_rows
@@ -143,6 +144,7 @@ def test_fused_rows_match_reference(dtype):
             assert float((got[k] - ref[k]).abs().max()) <= RTOL[dtype] * scale, (k, m.extra_repr())
 
 
+@pytest.mark.slow  # 6 s
 def test_fused_fit_equals_reference_fit():
     from torchace.testing import labelled_dataset
 
@@ -151,8 +153,8 @@ def test_fused_fit_equals_reference_fit():
     preds = []
     for fz in (False, True):
         m = torchace.ace_model(["Si", "Ge"], 3, 8)
-        torchace.fit(m, data, solver=torchace.fit.solvers.QR(lam=1e-3), E0={"Si": -158.5, "Ge": -100.0}, backend="fused" if fz else "analytic",
-                     compute_errors=False)
+        torchace.fit(m, data, solver=torchace.fit.solvers.QR(lam=1e-3), E0={"Si": -158.5, "Ge": -100.0},
+                     backend="fused" if fz else "analytic", compute_errors=False)
         preds.append(torchace.evaluate(m, structures))
     # the fitted values are what the data determine (coefficients along near-null directions of this small,
     # rank-deficient system move with rounding)

@@ -8,7 +8,6 @@ a lock held by a live process is waited on for a bounded time, announced in one 
 the lock file and how to clear it."""
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import time
 import pytest
 
 from torchace.model.backends import fused
+from torchace.testing import ChildTimeout, run, spawn
 
 LOAD = "from torchace.model.backends import fused; fused.load_extension(); print('LOADED', fused.build_directory())"
 
@@ -37,15 +37,11 @@ def _env(**extra):
 
 def _run(code, env, timeout):
     """Run ``python -c code`` in its own process group; kill the group on timeout (then fail)."""
-    p = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
     try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        pytest.fail(f"hung: no answer in {timeout} s")
-    return p.returncode, out, err
+        r = run([sys.executable, "-c", code], env=env, timeout=timeout)
+    except ChildTimeout as exc:
+        pytest.fail(f"hung: no answer in {timeout} s ({exc})")
+    return r.returncode, r.stdout, r.stderr
 
 
 def test_build_directory_is_per_environment(monkeypatch, tmp_path):
@@ -60,6 +56,7 @@ def test_build_directory_is_per_environment(monkeypatch, tmp_path):
     assert fused.build_directory() != d
 
 
+@pytest.mark.slow  # loads (or waits for) the kernel build in a child: 145 s
 @needs_build
 def test_stale_torch_lock_does_not_block():
     """A torch ``lock`` file left by a killed build (no process holds it) used to make every later process wait
@@ -75,6 +72,7 @@ def test_stale_torch_lock_does_not_block():
     assert not os.path.exists(os.path.join(d, "lock"))
 
 
+@pytest.mark.slow  # two children, a bounded wait: 14 s
 @needs_build
 def test_held_lock_bounded_wait_names_the_lock(tmp_path):
     env = _env(TORCHACE_EXTENSIONS_DIR=tmp_path, TORCHACE_BUILD_WAIT=2)
@@ -85,9 +83,7 @@ def test_held_lock_bounded_wait_names_the_lock(tmp_path):
         fd = os.open(os.path.join(d, "build.lock"), os.O_RDWR | os.O_CREAT)
         fcntl.flock(fd, fcntl.LOCK_EX); print("HELD", flush=True); time.sleep(120)
     """)
-    h = subprocess.Popen([sys.executable, "-c", holder], env=env, stdout=subprocess.PIPE, text=True,
-                         start_new_session=True)
-    try:
+    with spawn([sys.executable, "-c", holder], env=env, stdout=subprocess.PIPE, text=True) as h:
         assert h.stdout.readline().strip() == "HELD"
         t0 = time.monotonic()
         code = ("from torchace.model.backends import fused\n"
@@ -98,27 +94,21 @@ def test_held_lock_bounded_wait_names_the_lock(tmp_path):
         assert err.count("waiting for another process") == 1  # announced once, in one line
         assert "ERROR" in out and "build.lock" in out and "delete the directory" in out
         assert "AVAILABLE False" in out  # the Python backends remain
-    finally:
-        os.killpg(h.pid, signal.SIGKILL)
-        h.wait()
 
 
+@pytest.mark.slow  # compiles the kernel from scratch: 103 s
 @needs_build
 def test_build_killed_half_way_does_not_block_the_next_run(tmp_path):
     """SIGKILL the first build's process group while it compiles; the next process builds and loads."""
     env = _env(TORCHACE_EXTENSIONS_DIR=tmp_path)
-    p = subprocess.Popen([sys.executable, "-c", LOAD], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True)
-    try:
+    with spawn([sys.executable, "-c", LOAD], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE):
         t0 = time.monotonic()
         while time.monotonic() - t0 < 60:  # until the compiler runs (build.ninja written)
             if any(os.path.exists(os.path.join(r, "build.ninja")) for r, _, _ in os.walk(tmp_path)):
                 break
             time.sleep(0.1)
         time.sleep(1.0)
-    finally:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
+    # leaving the block SIGKILLs the build's process group (the compiler included)
     rc, out, err = _run(LOAD, env, 900)
     assert rc == 0 and "LOADED" in out, err
     assert "building the fused C++ CPU kernel" in err  # the rebuild says so, in one line

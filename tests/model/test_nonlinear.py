@@ -51,7 +51,7 @@ def perturb(model, seed=0, scale=0.05):
     """Move every parameter away from its initial value (densities ≠ 0, W ≠ I, MLP output ≠ 0)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p) * scale)
 

@@ -67,6 +67,7 @@ def test_triton_matches_reference(name, dtype, dag, device):
     results_close(got, ref, BACKEND_RTOL[dtype], (K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL))
 
 
+@pytest.mark.slow  # 8 s
 def test_chunked_call_equals_one_chunk(device):
     _runnable(device)
     m = _model("SiGe E0 zbl", device)
@@ -129,24 +130,26 @@ def test_reasons_name_what_is_missing(monkeypatch):
         tb.TritonEvaluator(torchace.ace_model(["Si"], 2, 4), dag="tree")
 
 
+@pytest.mark.slow  # a child compiling every kernel: 12 s
 def test_kernels_compile_for_nvidia_targets():
     """The interpreter is more permissive than Triton's compiler: compile every kernel for sm_90 and sm_80
     (front end, LLVM, the bundled ptxas; no GPU needed), fp64 and fp32."""
     import os
-    import subprocess
     import sys
     from pathlib import Path
 
+    from torchace.testing import run
+
     env = {k: v for k, v in os.environ.items() if k != tb.INTERPRET_ENV}
-    script = Path(__file__).resolve().parents[2] / "scripts" / "triton_compile_check.py"
-    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    script = Path(__file__).resolve().parents[2] / "scripts" / "tools" / "triton_compile_check.py"
+    r = run([sys.executable, str(script)], env=env, timeout=600)
     if r.returncode != 0 and "ptxas" in (r.stdout + r.stderr) and "not found" in (r.stdout + r.stderr):
         pytest.skip("Triton's ptxas is not available here")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert r.stdout.count(": ok") == 2 * 2 * 6
 
 
-@pytest.mark.parametrize("budget", [None, 60_000])
+@pytest.mark.parametrize("budget", [None, pytest.param(60_000, marks=pytest.mark.slow)])  # chunked: 12 s
 def test_committee_energies_from_the_same_pass(budget, device):
     _runnable(device)
     from torchace.model.backends.fused import COMMITTEE_ENERGY

@@ -1,4 +1,4 @@
-"""Issue "Reliability" (14), the second round: the inputs of the hostile-input sweep (scripts/hostile_inputs.py,
+"""Issue "Reliability" (14), the second round: the inputs of the hostile-input sweep (scripts/tools/hostile_inputs.py,
 docs/reliability.md §1c) that were not handled, by class.  Each test asserts the error type and that the message
 names the file, frame or field; the data-loss cases check that the input's checksum is unchanged, with a negative
 control.  ``test_quick_sweep`` runs ten of the sweep's cases in their forked, time- and memory-limited children."""
@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from torchace.atomic import OutputPathError, atomic_write
 from torchace.calculators import TorchACECalculator
 from torchace.fit.config import FitConfig
 from torchace.io.model_file import ModelFileError
-from torchace.testing import randomize_coefficients, rattled_bulk
+from torchace.testing import randomize_coefficients, rattled_bulk, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -249,7 +248,8 @@ def test_committee_too_large_for_memory_refused_before_assembly():
     (lambda d: d.__setitem__("colour", "red"), r"unknown field\(s\) \['colour'\]"),
     (lambda d: d.__setitem__("metadata", [1, 2]), "field 'metadata' must be a mapping or null, got a list"),
     (lambda d: d.__setitem__("prior", 5), "field 'prior' must be a mapping or null, got a number"),
-    (lambda d: d.__setitem__("basis_size", str(d["basis_size"])), "field 'basis_size' must be an integer, got a string"),
+    (lambda d: d.__setitem__("basis_size", str(d["basis_size"])),
+     "field 'basis_size' must be an integer, got a string"),
     (lambda d: d.__setitem__("coefficients", None), "field 'coefficients' must be a list of numbers, got null"),
     (lambda d: d.__setitem__("coefficients", [[1.0], [1.0, 2.0]]), "field 'coefficients' must be a \\(nested\\) list"),
 ])
@@ -441,10 +441,11 @@ def test_cli_yaml_syntax_error_is_one_line(tmp_path):
 
 # ---- the sweep itself, on its quick cases ----
 
+@pytest.mark.slow  # the sweep script in a child: 9 s
 def test_quick_sweep(tmp_path):
     out = tmp_path / "sweep.json"
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "hostile_inputs.py"), "--quick", "--json", str(out),
-                        "--markdown", str(tmp_path / "sweep.md")], capture_output=True, text=True, timeout=300)
+    r = run([sys.executable, str(ROOT / "scripts" / "tools" / "hostile_inputs.py"), "--quick", "--json", str(out),
+             "--markdown", str(tmp_path / "sweep.md")], timeout=300)
     results = json.loads(out.read_text())["results"]
     assert len(results) >= 10
     bad = [(x["id"], x["input"], x["outcome"], x["message"]) for x in results

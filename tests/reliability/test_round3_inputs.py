@@ -23,6 +23,7 @@ import torch
 import torchace
 from torchace.inputs import InputFileError, check_input_file, open_input
 from torchace.io.model_file import ModelFileError, model_from_dict
+from torchace.testing import ChildTimeout, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,15 +32,10 @@ def run_child(code: str, cwd, timeout: float = 120, env=None) -> subprocess.Comp
     """``python -c code`` in its own process group, killed with its children after ``timeout`` (a reader that
     blocks on a FIFO must fail the test, not hang it)."""
     e = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
-    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=str(cwd), env=e, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        out, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, _ = p.communicate()
-        pytest.fail(f"the child hung (killed after {timeout} s); output:\n{out[-3000:]}")
-    return subprocess.CompletedProcess(p.args, p.returncode, out, "")
+        return run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=e, timeout=timeout, merge_stderr=True)
+    except ChildTimeout as exc:
+        pytest.fail(f"the child hung (killed after {timeout} s); output:\n{(exc.output or '')[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +110,8 @@ def test_every_reader_refuses_a_fifo_a_device_link_and_a_directory(tmp_path):
     res = _results(r.stdout)
     assert len(res) == 27, r.stdout[-3000:]
     for (path, name), (typ, msg) in res.items():
-        assert typ in ("DataError", "ModelFileError", "ValueError", "InputFileError", "CheckpointError"), (path, name, typ, msg)
+        assert typ in ("DataError", "ModelFileError", "ValueError", "InputFileError", "CheckpointError"), \
+            (path, name, typ, msg)
         assert msg.startswith(path), (path, name, msg)
         kind = {"pipe.xyz": "FIFO", "zero.json": "a link to /dev/zero", "dir.yace": "is a directory"}[path]
         assert kind in msg, (path, name, msg)
@@ -178,7 +175,8 @@ def test_size_limits_and_decompression_bombs(tmp_path, monkeypatch):
 
     big = tmp_path / "big.json"
     big.write_bytes(b" " * 5000)
-    with pytest.raises(InputFileError, match=r"big\.json: 5,000 bytes is larger than any model file \(limit 4,096 bytes\)"):
+    with pytest.raises(InputFileError,
+                       match=r"big\.json: 5,000 bytes is larger than any model file \(limit 4,096 bytes\)"):
         check_input_file(str(big), "model file", 4096)
     # a small .gz that decompresses beyond the limit is refused before ASE holds it in memory
     frames = [rattled_bulk(["Si"], seed=k) for k in range(40)]
@@ -268,6 +266,7 @@ DIMENSIONS = {
 }
 
 
+@pytest.mark.slow  # a .yace export per case: 5-9 s
 @pytest.mark.parametrize("name", list(DIMENSIONS))
 def test_yace_huge_declared_dimensions_are_refused_before_allocation(tmp_path, yace_text, name):
     """A few-kB .yace declaring huge sizes: refused naming the field, before any table of that size exists (a
@@ -313,10 +312,13 @@ YACE_VALUES = {
     "dcut -1": (r"dcut: [0-9.]+,", "dcut: -1,", r"bonds\.\[0, 0\]\.dcut': must be in"),
     "dcut .inf": (r"dcut: [0-9.]+,", "dcut: .inf,", r"bonds\.\[0, 0\]\.dcut': expected a finite number"),
     "rcut_in > rcut": (r"rcut_in: [0-9.]+", "rcut_in: 100", r"bonds\.\[0, 0\]\.rcut_in': must be in"),
-    "rho_core_cutoff -1": (r"rho_core_cutoff: [0-9.]+", "rho_core_cutoff: -1", r"embeddings\.0\.rho_core_cutoff': must be ≥ 0"),
-    "drho_core_cutoff .nan": (r"drho_core_cutoff: [0-9.]+", "drho_core_cutoff: .nan", r"embeddings\.0\.drho_core_cutoff'"),
+    "rho_core_cutoff -1": (r"rho_core_cutoff: [0-9.]+", "rho_core_cutoff: -1",
+                           r"embeddings\.0\.rho_core_cutoff': must be ≥ 0"),
+    "drho_core_cutoff .nan": (r"drho_core_cutoff: [0-9.]+", "drho_core_cutoff: .nan",
+                              r"embeddings\.0\.drho_core_cutoff'"),
     "lambda 0": (r"radparameters: \[[0-9.]+\]", "radparameters: [0]", r"radparameters': must be > 0"),
-    "radcoefficients .nan": (r"radcoefficients: \[\[\[[-0-9.e]+", "radcoefficients: [[[.nan", r"radcoefficients': expected finite"),
+    "radcoefficients .nan": (r"radcoefficients: \[\[\[[-0-9.e]+", "radcoefficients: [[[.nan",
+                             r"radcoefficients': expected finite"),
     "ctildes .nan": (r"ctildes: \[[-0-9.e]+", "ctildes: [.nan", r"ctildes': expected a list of finite"),
     "FS exponent 0": (r"FS_parameters: \[1, 1\]", "FS_parameters: [1, 0]", r"FS_parameters': the exponents"),
     "E0 .inf": (r"E0: \[[-0-9.e]+\]", "E0: [.inf]", r"E0': expected a list of finite"),
@@ -374,8 +376,10 @@ MODEL_VALUES = {
     "rcut -6": (("config", "rcut"), -6.0, r"rcut"),
     "r0 negative": (("config", "r0"), [[-2.4]], r"'r0' must be a positive number"),
     "nl_scale 0": (("nl_scale",), lambda x: _scaled(x, lambda v: 0.0), r"field 'nl_scale' must hold positive scale"),
-    "pair_scale negative": (("pair_scale",), lambda x: _scaled(x, lambda v: -v), r"field 'pair_scale' must hold positive"),
-    "coefficient 1e308": (("coefficients",), lambda x: [1e308] + x[1:], r"field 'coefficients' contains values of magnitude"),
+    "pair_scale negative": (("pair_scale",), lambda x: _scaled(x, lambda v: -v),
+                            r"field 'pair_scale' must hold positive"),
+    "coefficient 1e308": (("coefficients",), lambda x: [1e308] + x[1:],
+                          r"field 'coefficients' contains values of magnitude"),
     "committee 1e200": (("committee",), lambda x: [[1e200] * len(x[0])] if x else x, r"'committee'"),
 }
 
@@ -524,6 +528,7 @@ def test_coupling_cache_damaged_entry_is_recomputed_with_a_warning(tmp_path, mon
         assert os.path.islink(entry)  # never written through the link
 
 
+@pytest.mark.slow  # a child: 7 s
 def test_coupling_cache_fifo_entry_does_not_hang(tmp_path):
     code = f"""
     import os, sys, glob, warnings; sys.path.insert(0, {ROOT!r})
@@ -579,6 +584,7 @@ def test_yace_reading_memory_is_linear_in_the_file_size(tmp_path, yace_text):
     assert peak < 20 * size, (peak, size)
 
 
+@pytest.mark.slow  # a child: 6.5 s
 def test_save_onto_a_fifo_does_not_hang(tmp_path):
     """``model.save`` reads the head of an existing file to see whether torchace wrote it: a FIFO there is
     refused, not opened (the read would block for ever)."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -29,7 +27,7 @@ from torchace.fit.data import DataError, example_data, read_data
 from torchace.resources import ResourceLimitError
 from torchace.structures.neighbours.cell_list import cell_list_neighbours
 from torchace.structures.neighbours.pairs import estimate_pairs, neighbour_list
-from torchace.testing import rattled_bulk
+from torchace.testing import rattled_bulk, run
 
 GIB = 2**30
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -182,14 +180,7 @@ def test_available_bytes_sees_the_address_space_limit():
         print(json.dumps({"avail": avail, "out": out}))
     """)
     env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=300)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    out = run([sys.executable, "-c", code], env=env, timeout=300).stdout
     res = json.loads(out.strip().splitlines()[-1])
     assert 0 < res["avail"] < 3 * GIB
     assert res["out"].startswith("ResourceLimitError: structure 0 (Si64): 64 atoms"), res["out"]

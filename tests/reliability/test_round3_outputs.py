@@ -293,6 +293,7 @@ def test_cli_export_force(tmp_path, model_file):
     assert notes.read_bytes().startswith(b"PK")
 
 
+@pytest.mark.slow  # two .yace exports: 11 s
 def test_yace_export_never_replaces_hand_written_lammps_files(tmp_path):
     """The old marker was the word "torchace" anywhere in the first 4 KiB: a hand-written LAMMPS input that
     mentions torchace was replaced.  Now the first line must be torchace's header of that kind."""
@@ -324,6 +325,7 @@ def _yace_set(tmp_path):
     return files, {p: sha(p) for p in files}
 
 
+@pytest.mark.slow  # two .yace exports: 12 s
 def test_yace_export_failing_part_way_leaves_the_old_set(tmp_path, monkeypatch):
     """The disk fills while the pair table is written: the old .yace, table and include are all unchanged (the
     new .yace used to be renamed into place before the table was written)."""

@@ -7,9 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ from torchace.fit.data import DataError
 from torchace.train.interrupt import TrainingInterrupted
 from torchace.train.validation import ValidationOverlapWarning
 from torchace.train.trainer import TrainingDivergedWarning
-from torchace.testing import randomize_coefficients, rattled_bulk
+from torchace.testing import randomize_coefficients, rattled_bulk, spawn
 
 W = {"default": {"E": 30, "F": 1, "V": 1}}
 E0 = {"Si": 0.0}
@@ -332,10 +330,9 @@ def test_interrupt_keeps_the_checkpoint_and_the_best_epoch(tmp_path, data, monke
 def _run_cli_until(tmp_path, cfg, sig, marker="epoch    2/"):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     code = "import sys; from torchace.cli import main; sys.exit(main())"
-    p = subprocess.Popen([sys.executable, "-c", code, "train", cfg], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=str(tmp_path))
     lines = []
-    try:
+    with spawn([sys.executable, "-c", code, "train", cfg], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+               text=True, cwd=str(tmp_path)) as p:
         deadline = time.time() + 240
         for line in p.stderr:
             lines.append(line)
@@ -344,13 +341,10 @@ def _run_cli_until(tmp_path, cfg, sig, marker="epoch    2/"):
                 break
             assert time.time() < deadline, "".join(lines)
         rest_out, rest_err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
     return p.returncode, "".join(lines) + rest_err
 
 
+@pytest.mark.slow  # a CLI child per signal: 4-6 s
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_cli_signal_says_the_checkpoint_is_kept(files, sig, code):
     cfg = _config(files, training={"epochs": 400, "optimizer": "lbfgs"}, output={"checkpoint": "ck.pt"})

@@ -21,7 +21,7 @@ from torchace.train.trainer import Penalty, trainable
 from torchace.train.loss import make_batches
 from torchace.fit.weights import resolve_weights
 from torchace.model.nonlinear import NonlinearACEModel, from_linear
-from torchace.testing import model_labelled, randomize_coefficients
+from torchace.testing import model_labelled, randomize_coefficients, run, spawn
 
 W = {"default": {"E": 30, "F": 1, "V": 1}}
 E0 = {"Si": 0.0}
@@ -38,6 +38,7 @@ def si_data():
     return _labelled(["Si"])
 
 
+@pytest.mark.slow  # 11-15 s per prior
 @pytest.mark.parametrize("prior", [None, priors.algebraic_smoothness(p=3), priors.algebraic(sigma_n=2.0)],
                          ids=["none", "column", "basis"])
 def test_linear_limit_equals_qr_fit(si_data, prior):
@@ -158,6 +159,7 @@ def _train_script(tmp_path, data_path, ckpt, out):
         """)
 
 
+@pytest.mark.slow  # three training children: 12 s
 def test_resume_after_kill_gives_the_same_model(tmp_path, si_data):
     data = str(tmp_path / "si.xyz")
     write(data, si_data)
@@ -168,18 +170,18 @@ def test_resume_after_kill_gives_the_same_model(tmp_path, si_data):
     # uninterrupted run (no checkpoint)
     script_full = tmp_path / "full.py"
     script_full.write_text(_train_script(tmp_path, data, str(tmp_path / "other.pt"), out_b))
-    subprocess.run([sys.executable, str(script_full)], check=True, env=env, capture_output=True)
+    run([sys.executable, str(script_full)], check=True, env=env, timeout=600)
     # killed after epoch 4 (in the L-BFGS phase), then resumed
-    p = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True)
-    for line in p.stderr:
-        if line.startswith("epoch    4/"):
-            p.kill()
-            break
-    p.wait()
+    with spawn([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True) as p:
+        for line in p.stderr:
+            if line.startswith("epoch    4/"):
+                p.kill()
+                break
+        p.wait(timeout=600)
     assert p.returncode != 0 and not os.path.exists(out_a)
     saved = torch.load(ckpt, weights_only=True)
     assert 3 <= len(saved["state"]["history"]) - 1 < 7  # killed while epoch 4 was being saved, or after
-    subprocess.run([sys.executable, str(script)], check=True, env=env, capture_output=True)
+    run([sys.executable, str(script)], check=True, env=env, timeout=600)
     a, b = json.load(open(out_a)), json.load(open(out_b))
     for key in ("density_coefficients", "pair_coefficients", "radial_weights"):
         x, y = np.array(a[key]), np.array(b[key])
@@ -250,7 +252,8 @@ def test_cli_train(tmp_path, si_data):
     # run again: resumes from the checkpoint (nothing left to do) and writes the same model
     before = (tmp_path / "nl.json").read_text()
     assert main(["train", str(cfg)]) == 0
-    assert json.loads((tmp_path / "nl.json").read_text())["density_coefficients"] == json.loads(before)["density_coefficients"]
+    after = json.loads((tmp_path / "nl.json").read_text())
+    assert after["density_coefficients"] == json.loads(before)["density_coefficients"]
 
 
 @pytest.mark.parametrize("text, match", [

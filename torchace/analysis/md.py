@@ -201,7 +201,7 @@ def md_stability(calc, starts: Sequence[Atoms], criterion: BondCriterion, *, tem
                 mom = atoms.get_momenta()
                 keep = [(k, sl) for k, sl in zip(active, slices) if k not in failed]
                 state = []
-                for k, sl in keep:
+                for _, sl in keep:
                     b = Atoms(atoms.numbers[sl], positions=atoms.positions[sl], pbc=False)
                     b.set_momenta(mom[sl])
                     state.append(b)

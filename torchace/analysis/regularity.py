@@ -2,7 +2,7 @@
 cluster expansion*, 2026, §3; docs/regularity_priors.md): the weighted normal equations of a training set
 with unregularised E0 columns plus raw error rows, synthetic dimers (§2.5) added to them, ridge solves under a
 column prior Γ (min ‖A c − y‖² + λ‖Γ c‖²), λ scans and the bisection in log λ to a target training force
-RMSE.  ``scripts/regularity_study.py`` drives it; the weights follow ``fit.weights.row_weights``.
+RMSE.  ``scripts/studies/regularity_study.py`` drives it; the weights follow ``fit.weights.row_weights``.
 """
 from __future__ import annotations
 

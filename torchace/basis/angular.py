@@ -62,7 +62,8 @@ class RealSphericalHarmonics(nn.Module):
             b.append((l + m - 1) / (l - m))
         self.register_buffer("rec_a", torch.from_numpy(np.concatenate(a)) if a else torch.zeros(0, dtype=torch.float64))
         self.register_buffer("rec_b", torch.from_numpy(np.concatenate(b)) if b else torch.zeros(0, dtype=torch.float64))
-        self.register_buffer("qmm", torch.tensor([_double_factorial(2 * l - 1) for l in range(L + 1)], dtype=torch.float64))
+        self.register_buffer("qmm", torch.tensor([_double_factorial(2 * l - 1) for l in range(L + 1)],
+                                                 dtype=torch.float64))
         self.register_buffer("mfac", torch.tensor([float(abs(m)) for m in range(-L, L + 1)], dtype=torch.float64))
 
     def forward(self, vectors: torch.Tensor, grad: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:

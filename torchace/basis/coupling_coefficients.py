@@ -70,7 +70,7 @@ def generalised_cg(ls: Tuple[int, ...]) -> np.ndarray:
 def _groups(nl_tuple: Sequence[Tuple[int, int]]) -> Tuple[int, ...]:
     """Group pattern: run lengths of equal consecutive (n, l) in a sorted tuple."""
     pattern = []
-    for k, g in itertools.groupby(nl_tuple):
+    for _k, g in itertools.groupby(nl_tuple):
         pattern.append(len(list(g)))
     return tuple(pattern)
 

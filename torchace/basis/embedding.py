@@ -30,8 +30,8 @@ class EdgeEmbedding(nn.Module):
     def __init__(self, radials: ManyBodyRadials, max_l: int, cols: np.ndarray):
         super().__init__()
         if max_l > MAX_L_E3NN:
-            raise ValueError(f"this basis needs spherical harmonics up to l = {max_l}; e3nn provides l <= {MAX_L_E3NN}: "
-                             "lower totaldegree or raise wL")
+            raise ValueError(f"this basis needs spherical harmonics up to l = {max_l}; "
+                             f"e3nn provides l <= {MAX_L_E3NN}: lower totaldegree or raise wL")
         self.radials = radials
         self.max_l = int(max_l)
         self.n_y = (self.max_l + 1) ** 2

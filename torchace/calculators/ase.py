@@ -6,9 +6,9 @@ Evaluation goes through a named backend (``torchace.backends``; ``backend="auto"
 CPU where it builds, the Triton kernels on CUDA, the analytic torch path elsewhere; ``calc.backend`` says
 which).  With a committee (``model.committee``: a Bayesian fit, or ``fit_committee`` of a nonlinear model,
 whose members vary the parameters its energy is linear in) the energy is the mean model's, and
-``energy_std`` (eV) comes with every call at almost no cost (the members' energies are dot products on the same basis); ``forces_std``
-([N, 3], eV/Å) and ``stress_std`` (Voigt, eV/Å³) need design rows (a few evaluations' worth) and are
-computed when asked for (``calc.get_property("forces_std", atoms)``) or with ``uncertainty=True``.
+``energy_std`` (eV) comes with every call at almost no cost (the members' energies are dot products on the same
+basis); ``forces_std`` ([N, 3], eV/Å) and ``stress_std`` (Voigt, eV/Å³) need design rows (a few evaluations'
+worth) and are computed when asked for (``calc.get_property("forces_std", atoms)``) or with ``uncertainty=True``.
 
 Neighbour lists are built with cutoff rcut + skin and reused, with the current positions, until an atom
 has moved more than skin/2 since the build (or the cell, pbc, atom count or elements changed).  Edges
@@ -251,7 +251,7 @@ class TorchACECalculator(Calculator):
                                            self.rcut + self.skin)
             nl.edge_index = torch.stack([i, j])
             nl.unit_shifts = S.to(self.dtype)
-        else:  # numpy/vesin on the CPU: faster there for the small cells of MD (scripts/bench_neighbours.py)
+        else:  # numpy/vesin on the CPU: faster there for the small cells of MD (scripts/benchmarks/bench_neighbours.py)
             try:
                 i, j, S = neighbour_list(pos, cell, pbc, self.rcut + self.skin)
             except ValueError as exc:  # a hopeless cell (or skin), refused before the search

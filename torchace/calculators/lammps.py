@@ -35,7 +35,8 @@ first); atoms lost from the box (named as such, with their count; ``lost_atoms="
 that are left, with LAMMPS's ``thermo_modify lost ignore``).
 
 ``lammps_input_lines`` writes the LAMMPS lines (pair_style zero with the model cutoff, the fix; masses only if
-asked), ``lammps_script.driver_script`` a complete runnable Python driver (``torchace lammps MODEL DATA --elements ...``):
+asked), ``lammps_script.driver_script`` a complete runnable Python driver
+(``torchace lammps MODEL DATA --elements ...``):
 every file name in a LAMMPS line goes through ``torchace.io.lammps_words.lammps_word`` (quoted, or refused
 before anything is written), every value in the generated Python through ``repr``.
 """

@@ -149,7 +149,8 @@ def batch_system(model, structs: List[Labelled], weights, *, device=None, memory
                             (torch.as_tensor(s.atoms.numbers).unsqueeze(1) == numbers).sum(0).to(torch.float64)
                             * float(wE)))
             blocks.append(rows[K.ENERGY][k:k + 1] * wE)
-            e = s.energy - model.reference_energy(s.atoms.numbers) - (float(base[K.ENERGY][k]) if base is not None else 0.0)
+            e = (s.energy - model.reference_energy(s.atoms.numbers)
+                 - (float(base[K.ENERGY][k]) if base is not None else 0.0))
             targets.append(torch.tensor([e * wE], dtype=dtype, device=dev))
         if s.forces is not None and wF != 0:
             blocks.append(rows[K.FORCES][f0:f0 + 3 * n] * wF)

@@ -42,7 +42,8 @@ def _searchable(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: floa
     if not (np.isfinite(pos).all() and np.isfinite(cell).all()):
         return False
     if pbc.any():
-        if np.linalg.matrix_rank(cell[pbc], tol=1e-8) < int(pbc.sum()) or (pbc.all() and abs(np.linalg.det(cell)) < 1e-8):
+        if (np.linalg.matrix_rank(cell[pbc], tol=1e-8) < int(pbc.sum())
+                or (pbc.all() and abs(np.linalg.det(cell)) < 1e-8)):
             return False
         sane = MAX_PAIRS_PER_ATOM * len(pos) + 1000
         try:

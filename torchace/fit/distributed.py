@@ -12,7 +12,7 @@ atom-count balance (:func:`shard`), each rank assembles its reduced system with
 
 All ranks return the same :class:`~torchace.fit.assembly.LinearSystem` (the final k×k work is repeated on each
 rank, it is small).  Use gloo on CPU and nccl on GPU (model on ``cuda:LOCAL_RANK``); launch with
-``torchrun`` (``scripts/assemble_distributed.py``).  Without an initialised process group this falls back
+``torchrun`` (``scripts/tools/assemble_distributed.py``).  Without an initialised process group this falls back
 to a single-process ``assemble_reduced``.
 """
 from __future__ import annotations

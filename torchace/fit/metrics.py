@@ -60,7 +60,8 @@ def _stats(x: List[np.ndarray]) -> Optional[Dict[str, float]]:
     return {"rmse": float(np.sqrt(np.mean(v * v))), "mae": float(np.mean(np.abs(v)))}
 
 
-def errors(model, data, *, include_isolated: bool = True, preds=None, **read_kwargs) -> Dict[str, Dict[str, Optional[Dict[str, float]]]]:
+def errors(model, data, *, include_isolated: bool = True, preds=None,
+           **read_kwargs) -> Dict[str, Dict[str, Optional[Dict[str, float]]]]:
     """``{config_type or "all": {"E": {"rmse", "mae"}, "F": ..., "V": ...}}`` (meV/atom, eV/Å, meV/atom).
 
     A quantity without labels in a group is ``None``.  Isolated atoms count (as in ACEpotentials.jl's

@@ -120,7 +120,8 @@ class ACEModel(ModelState, nn.Module):
 
     # ---- basis rescaling (priors act here so that fitting and gradient training share one code path) ----
 
-    def set_basis_scale(self, nl_scale: Optional[torch.Tensor] = None, pair_scale: Optional[torch.Tensor] = None) -> None:
+    def set_basis_scale(self, nl_scale: Optional[torch.Tensor] = None,
+                        pair_scale: Optional[torch.Tensor] = None) -> None:
         """Rescale the one-particle basis per (n, l) ([max_n, max_l + 1], n = 1..max_n as rows) and the pair
         basis per degree ([n_pair]).  Coefficients refer to the rescaled basis; callers that want the same
         model values must rescale the coefficients themselves."""

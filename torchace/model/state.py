@@ -64,7 +64,8 @@ def json_type(v: Any) -> str:
 MAX_ABS_VALUE = 1e100
 
 
-def tensor_field(d: Dict[str, Any], key: str, shape, path: str, where: str = "", positive: bool = False) -> torch.Tensor:
+def tensor_field(d: Dict[str, Any], key: str, shape, path: str, where: str = "",
+                 positive: bool = False) -> torch.Tensor:
     """Field ``key`` of a model-file mapping ``d`` as a float64 tensor of exactly ``shape`` (``where``: the
     mapping's prefix in messages, e.g. "embedding."); a ``ModelFileError`` names the file and the field.
     Values must be finite and below ``MAX_ABS_VALUE`` in magnitude (and > 0 with ``positive``: scale factors)."""
@@ -122,7 +123,8 @@ def l_axis_field(d: Dict[str, Any], key: str, shape, path: str, l_axis: int, whe
 
 
 # model files larger than this are refused before reading (a K = 10^5 model with a 32-member committee is
-# ~70 MB; parsing takes a few times the file's size in memory); nesting deeper than Python's JSON recursion limit is refused as corrupt
+# ~70 MB; parsing takes a few times the file's size in memory); nesting deeper than Python's JSON recursion limit
+# is refused as corrupt
 MAX_FILE_BYTES = 1 << 30
 
 
@@ -147,9 +149,9 @@ def read_document(path: str) -> Dict[str, Any]:
     except UnicodeDecodeError:
         import zipfile
 
-        what = "a zip archive (a TorchScript export? load it with TorchACECalculator(path, backend='torchscript'))" \
-            if zipfile.is_zipfile(path) else "a binary file (a pickle or torch.save file? torchace never loads those: " \
-            "they can run code)"
+        what = ("a zip archive (a TorchScript export? load it with TorchACECalculator(path, backend='torchscript'))"
+                if zipfile.is_zipfile(path) else
+                "a binary file (a pickle or torch.save file? torchace never loads those: they can run code)")
         raise ModelFileError(f"{path}: {what}, not a JSON model file") from None
     except (json.JSONDecodeError, ValueError) as exc:
         raise ModelFileError(f"{path}: not valid JSON (truncated or corrupt?): {exc}") from None
@@ -212,7 +214,8 @@ class ModelState:
                 raise ModelFileError(f"{path}: field {key!r} must be a mapping or null, got {json_type(d[key])}")
         v = d.get("format_version")
         if v != FORMAT_VERSION:
-            raise ModelFileError(f"{path}: format_version {v!r} is not supported (this torchace reads {FORMAT_VERSION})")
+            raise ModelFileError(f"{path}: format_version {v!r} is not supported "
+                                 f"(this torchace reads {FORMAT_VERSION})")
         check_config(d, path)
         if d.get("units") != UNITS:
             raise ModelFileError(f"{path}: field 'units' must be {UNITS}, got {d.get('units')!r}")
@@ -229,7 +232,8 @@ class ModelState:
             raise ModelFileError(f"{path}: basis_size {d.get('basis_size')!r} does not match the rebuilt model "
                                  f"({model.basis_size}); the file is corrupt or from an incompatible version")
         model.coefficients = tensor_field(d, "coefficients", (model.basis_size,), path).to(dtype)
-        model.set_basis_scale(l_axis_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path, 1, positive=True),
+        model.set_basis_scale(l_axis_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path, 1,
+                                           positive=True),
                               tensor_field(d, "pair_scale", tuple(model.pair.scale.shape), path, positive=True))
         if d.get("committee") is not None:
             if has_bool(d["committee"]):

@@ -7,10 +7,11 @@ pointers miss changes: a write through ``.data`` or a numpy view bumps no counte
 (``model.E0 = torch.tensor(...)``, ``model.committee = ...`` after a refit, ``model.to(...)``) starts a new
 counter at the old value, perhaps at the old address.  So a watch keeps what it saw of every tensor of the
 model (the parameters and buffers of every submodule, and plain tensor attributes such as a nonlinear
-model's ``committee``) and compares the model with it on each look: the same objects in the same places (``Slots``), then, for CPU tensors, the same memory (data
-pointers) holding the same bytes (``_HostCopy``: two numpy calls for all tensors), or elsewhere equal values
-(``_DeviceCopy``: one flattened comparison, one synchronisation on CUDA).  Any difference, however made,
-gives a new ``generation``; the test is conservative (an equal tensor put in place of another counts).
+model's ``committee``) and compares the model with it on each look: the same objects in the same places
+(``Slots``), then, for CPU tensors, the same memory (data pointers) holding the same bytes (``_HostCopy``: two
+numpy calls for all tensors), or elsewhere equal values (``_DeviceCopy``: one flattened comparison, one
+synchronisation on CUDA).  Any difference, however made, gives a new ``generation``; the test is conservative
+(an equal tensor put in place of another counts).
 
 Cost: ≈ 20 µs warm, ≈ 30-50 µs right after a kernel call, for the 33 tensors of an order-3 Si model (≈ 3 %
 of a 64-atom fused calculator call of ≈ 1 ms on one thread).  So there is one watch per model object

@@ -36,7 +36,8 @@ def as_list(structures: Union[Atoms, Sequence[Atoms]]) -> List[Atoms]:
     try:
         out = list(structures)
     except TypeError:
-        raise TypeError(f"structures must be an ase.Atoms or a list of them, got {short_repr(structures, 60)}") from None
+        raise TypeError("structures must be an ase.Atoms or a list of them, "
+                        f"got {short_repr(structures, 60)}") from None
     for k, a in enumerate(out):
         if not isinstance(a, Atoms):
             raise TypeError(f"structure {k} is a {type(a).__name__}, expected ase.Atoms")

@@ -98,7 +98,8 @@ class TrainConfig:
         model_from = m.pop(FROM, None)
         if model_from is not None:
             if m or opts:
-                raise ValueError(f"train config: model.from takes no other model keys, got {sorted(set(m) | set(opts))}")
+                raise ValueError("train config: model.from takes no other model keys, "
+                                 f"got {sorted(set(m) | set(opts))}")
             check_str("train config", "model.from", model_from)
             model_from = model_from if os.path.isabs(model_from) else os.path.join(base_dir, model_from)
             import torchace
@@ -168,7 +169,8 @@ class TrainConfig:
         t = self.training
         return dict(weights=self.fit.weights, prior=self.fit.build_prior(), solver=self.fit.build_solver(),
                     E0=self.fit.E0, init=t.init, optimizer=t.optimizer, epochs=t.epochs, batch_size=t.batch_size,
-                    lr=t.lr, lam=t.lam, init_scale=t.init_scale, init_split=t.init_split, patience=t.patience, seed=t.seed, device=t.device,
+                    lr=t.lr, lam=t.lam, init_scale=t.init_scale, init_split=t.init_split, patience=t.patience,
+                    seed=t.seed, device=t.device,
                     dtype=t.dtype, committee_size=t.committee_size, validation=self.validation,
                     checkpoint=self.checkpoint,
                     keys=DataKeys(**self.fit.data.keys), skip_bad=self.fit.data.skip_bad,

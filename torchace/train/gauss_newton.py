@@ -163,7 +163,8 @@ def normal_equations(model, batches: List[Dict], radials: bool = False) -> Tuple
             else:
                 out = model(*model_inputs(model, b), True, virials)
                 rows = torch_rows(basis, b, analytic=True, densities=(c, deriv))
-            J = [rows[K.ENERGY] * b["wE"][:, None], (rows[K.FORCES].view(-1, 3, k) * b["wF"][:, None, None]).view(-1, k)]
+            J = [rows[K.ENERGY] * b["wE"][:, None],
+                 (rows[K.FORCES].view(-1, 3, k) * b["wF"][:, None, None]).view(-1, k)]
             r = [(out[K.ENERGY] - b["E"]) * b["wE"], ((out[K.FORCES] - b["F"]) * b["wF"][:, None]).reshape(-1)]
             if virials:
                 J.append((rows[K.VIRIAL] * b["wV"][:, None, None]).reshape(-1, k))

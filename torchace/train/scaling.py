@@ -62,7 +62,7 @@ def curvature_scale(model, params: List[torch.Tensor], batches, penalty, *, samp
         p.grad = None
     diag = penalty.diagonal(model)
     out = []
-    for a, p, pd in zip(acc, params, diag):
+    for a, _, pd in zip(acc, params, diag):
         jj = a * (n_rows / rows_subset) / samples
         h = 2.0 * (jj + (pd if pd is not None else 0.0)) / n_rows
         d = torch.where(h > 0, h.clamp_min(torch.finfo(h.dtype).tiny).rsqrt(), torch.ones_like(h))

@@ -126,7 +126,8 @@ def _refit_linear(model, train_structs, weights, solver, lam, gamma, batches, va
         model.load_state_dict(state)
     return {"result": ("kept" if kept else "discarded (no better)") + f" ({type(sv).__name__}"
             + (", fully linear model" if fully_linear(model) else "") + ")", "before": before,
-            "after": after, "change": float((sol.coefficients.to(theta0) - theta0).norm() / theta0.norm().clamp_min(1e-300))}
+            "after": after,
+            "change": float((sol.coefficients.to(theta0) - theta0).norm() / theta0.norm().clamp_min(1e-300))}
 
 
 def _phases(optimizer, epochs):

@@ -1,4 +1,5 @@
-"""Bayesian solvers: BLR (evidence-maximising ridge, committee from the posterior) and ARD (ACEfit.jl; MacKay 1992; Tipping 2001)."""
+"""Bayesian solvers: BLR (evidence-maximising ridge, committee from the posterior) and ARD (ACEfit.jl; MacKay 1992;
+Tipping 2001)."""
 from __future__ import annotations
 
 import math
@@ -241,7 +242,7 @@ class ARD(Solver):
             return idx, Hinv, logdet, sq, c
 
         it = 0
-        for it in range(1, self.max_iter + 1):
+        for it in range(1, self.max_iter + 1):  # noqa: B007 (the count is reported after the loop)
             idx, Hinv, _, _, coef = posterior(alpha, lam, keep)
             sse = fnorm2(A @ coef - y) + off
             gamma = 1 - lam[idx] * Hinv.diagonal()

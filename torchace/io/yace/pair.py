@@ -91,7 +91,8 @@ def read_pair_term(table_path: str, elements, source_yace: str) -> TabulatedPair
     except FileNotFoundError:
         raise ModelFileError(f"{source_yace}: its pair part is in the LAMMPS pair table {table_path}, which does not "
                              "exist: keep the export's files together, pass read_yace(..., pair_table=PATH), or "
-                             "pair_table=False for the many-body part alone (pair_style pace without the table)") from None
+                             "pair_table=False for the many-body part alone (pair_style pace without the "
+                             "table)") from None
     except IndexError:   # read_pair_table ran out of lines inside a section
         raise ModelFileError(f"{table_path}: ends inside a section (truncated?); it is the pair part of "
                              f"{source_yace}: re-export the model") from None

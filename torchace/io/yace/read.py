@@ -110,7 +110,8 @@ def yace_document(path, fh):
             try:
                 hash(key)
             except TypeError:
-                refuse(event, f"a mapping key must be a number, a name or a list of numbers, got {type(value).__name__}")
+                refuse(event, "a mapping key must be a number, a name or a list of numbers, "
+                              f"got {type(value).__name__}")
             if key in top[0]:
                 refuse(event, f"duplicate key {key!r}")
             top[1] = key
@@ -272,7 +273,8 @@ def parse_yace(path) -> PACESpec:
         npoti.append(kind)
         fs.append(list(rd.nums(e, "FS_parameters", w, 2 * P)))
         if any(not m > 0 for m in fs[-1][1::2]):  # F(ρ) = ρ^m: m ≤ 0 is no embedding (complex or infinite values)
-            rd.fail(f"{w}.FS_parameters", f"the exponents m_p (every second value) must be > 0, got {[float(m) for m in fs[-1][1::2]]}")
+            rd.fail(f"{w}.FS_parameters", "the exponents m_p (every second value) must be > 0, "
+                                          f"got {[float(m) for m in fs[-1][1::2]]}")
         # ρ_core_cut < 0 would switch every density off (E = E0 for every structure, silently)
         rho_cut.append([rd.bounded(rd.num(e, "rho_core_cutoff", w), "rho_core_cutoff", w, 0.0),
                         rd.bounded(rd.num(e, "drho_core_cutoff", w), "drho_core_cutoff", w, 0.0)])

@@ -147,7 +147,8 @@ def ctilde_functions(model, coefficients: Optional[torch.Tensor] = None, fold_sc
     with torch.no_grad():
         if coefficients is None:
             coefficients = model.coefficients.detach()[: model.n_manybody].view(1, nz, model.n_b)
-        c_aa = np.stack([model.coupling.transpose_apply(c).cpu().numpy() for c in coefficients.detach()])  # [P, NZ, n_aa]
+        # [P, NZ, n_aa]
+        c_aa = np.stack([model.coupling.transpose_apply(c).cpu().numpy() for c in coefficients.detach()])
     P = c_aa.shape[0]
     W = real_to_complex_matrices(model.embedding.sh, model.embedding.max_l)
 
@@ -470,7 +471,8 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
             cells = [_flow(M[n] if M.ndim == 2 else M[n, l], _f)
                      if n < n_poly and (not lean or n < nl_max.get(l, 0)) else zeros for l in range(lmax + 1)]
             rows.append("[" + ", ".join(cells) + "]")
-        out.append(f"  [{a}, {b}]: {{nradmax: {nradmax}, lmax: {lmax}, nradbasemax: {N}, radbasename: {fit.radbasename}, "
+        out.append(f"  [{a}, {b}]: {{nradmax: {nradmax}, lmax: {lmax}, nradbasemax: {N}, "
+                   f"radbasename: {fit.radbasename}, "
                    f"radparameters: [{_f(fit.lam)}], radcoefficients: [{', '.join(rows)}], prehc: 0, lambdahc: 0, "
                    f"rcut: {_f(model.rcut)}, dcut: {'0' if fit.radbasename == 'ChebExpCos' else '0.01'}, "
                    "rcut_in: 0, dcut_in: 0, inner_cutoff_type: distance}")
@@ -482,7 +484,8 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
         out.append(f"  {z}:")
         for f in funcs[z]:
             nms = len(f["ctildes"]) // P
-            out.append(f"    - {{mu0: {z}, rank: {f['rank']}, ndensity: {P}, num_ms_combs: {nms}, mus: {_flow(f['mus'])}, "
+            out.append(f"    - {{mu0: {z}, rank: {f['rank']}, ndensity: {P}, num_ms_combs: {nms}, "
+                       f"mus: {_flow(f['mus'])}, "
                        f"ns: {_flow(f['ns'])}, ls: {_flow(f['ls'])}, ms_combs: {_flow(f['ms_combs'])}, "
                        f"ctildes: {_flow(f['ctildes'], _f)}}}")
     text = "\n".join(out) + "\n"

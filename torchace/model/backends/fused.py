@@ -4,8 +4,8 @@ The eager and compiled analytic paths (``ACEModel.analytic_forward``, ``torch_ro
 over [n_a, E] arrays per step; these kernels do the same algebra (radials → harmonics → A → AA/B, then
 ∂E/∂A through a shared-prefix product DAG, or J = ∂B/∂A for rows, and ∂/∂r per edge; ACEpotentials.jl paper
 §II) one centre atom at a time with its edges in cache, as ML-PACE does, on torch's intra-op threads.
-Source: ``torchace/model/backends/csrc/ace_cpu.cpp``, compiled on first use with ``torch.utils.cpp_extension.load`` (a C++
-compiler and ninja are needed; ≈ 30 s, cached afterwards in a directory of its own per environment,
+Source: ``torchace/model/backends/csrc/ace_cpu.cpp``, compiled on first use with ``torch.utils.cpp_extension.load``
+(a C++ compiler and ninja are needed; ≈ 30 s, cached afterwards in a directory of its own per environment,
 ``build_directory()``, under a lock that a killed build never leaves held).  Without them
 ``available()`` is False and callers keep the Python paths.  Compiler flags: ``-O3 -march=native`` (the
 build is for this machine; ``TORCHACE_FUSED_CFLAGS`` overrides them, e.g. when the extension cache is
@@ -456,7 +456,8 @@ class FusedEvaluator(nn.Module):
 
 def add_baseline(model, out: Dict[str, torch.Tensor], positions: torch.Tensor, species: torch.Tensor,
                  batch: torch.Tensor, edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor,
-                 n_structures: int, compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
+                 n_structures: int, compute_forces: bool = True,
+                 compute_virials: bool = True) -> Dict[str, torch.Tensor]:
     """Add the ZBL baseline of ``model`` (``baseline_site_terms``: the analytic pair formula in torch, a small
     fraction of a step) to the kernel's outputs ``out`` in place; returns the baseline's own outputs."""
     with torch.no_grad():

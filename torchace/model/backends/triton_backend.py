@@ -129,7 +129,7 @@ class TritonEvaluator(nn.Module):
     ``.data`` write or a replaced buffer is seen.  ``memory_budget`` (bytes of scratch per
     chunk; None: 40 % of the free device memory on CUDA, 256 MiB on CPU); ``dag``: the product-DAG kernels
     (``DAG_VARIANTS``).  Set ``profile = True`` to accumulate device-synchronised seconds per stage in
-    ``timings`` (scripts/bench_gpu.py reports them)."""
+    ``timings`` (scripts/benchmarks/bench_gpu.py reports them)."""
 
     def __init__(self, model, memory_budget: Optional[int] = None, dag: str = "levels", committee: bool = False):
         super().__init__()

@@ -11,8 +11,8 @@ from .radials import LearnableRadials
 from ..state import read_document
 from .state import FORMAT, FORMAT_VERSION
 
-__all__ = ["NonlinearACEModel", "nonlinear_ace_model", "ace_model", "from_linear", "load", "FSEmbedding", "MLPEmbedding",
-           "LearnableRadials", "fs_shifted_scaled", "EMBEDDINGS", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["NonlinearACEModel", "nonlinear_ace_model", "ace_model", "from_linear", "load", "FSEmbedding",
+           "MLPEmbedding", "LearnableRadials", "fs_shifted_scaled", "EMBEDDINGS", "FORMAT", "FORMAT_VERSION"]
 
 
 def load(path: str, dtype: torch.dtype = torch.float64, device=None) -> NonlinearACEModel:

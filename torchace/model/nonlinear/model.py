@@ -130,7 +130,8 @@ class NonlinearACEModel(NonlinearState, nn.Module):
     def reference_energy(self, numbers) -> float:
         return self.linear.reference_energy(numbers)
 
-    def set_basis_scale(self, nl_scale: Optional[torch.Tensor] = None, pair_scale: Optional[torch.Tensor] = None) -> None:
+    def set_basis_scale(self, nl_scale: Optional[torch.Tensor] = None,
+                        pair_scale: Optional[torch.Tensor] = None) -> None:
         """The prior's rescaling of the one-particle and pair bases (``ACEModel.set_basis_scale``); with learnable
         radials the scale multiplies the polynomials inside the radial sum (``radials``)."""
         self.linear.set_basis_scale(nl_scale, pair_scale)

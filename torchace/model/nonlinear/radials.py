@@ -89,7 +89,8 @@ class LearnableRadials(nn.Module):
         R = radials(r, zi, zj)  # [E, n_poly·NZ], column k·NZ + s
         return R.view(r.shape[0], self.n_poly, self.nz).sum(-1)
 
-    def forward(self, embedding: EdgeEmbedding, vectors: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
+    def forward(self, embedding: EdgeEmbedding, vectors: torch.Tensor, zi: torch.Tensor,
+                zj: torch.Tensor) -> torch.Tensor:
         """φ [E, n_a] (the reference path: autograd through everything, W included)."""
         r = torch.linalg.norm(vectors, dim=-1)
         P = self.radial_polynomials(embedding.radials, r, zi, zj)

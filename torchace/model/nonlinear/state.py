@@ -118,7 +118,8 @@ class NonlinearState:
         if emb is not None:
             if not isinstance(emb, dict) or emb.get("name") not in ("fs", "mlp"):
                 raise ModelFileError(f"{path}: field 'embedding' must be null or a mapping with name 'fs' or 'mlp'")
-            allowed = {"fs": {"name", "fs_parameters", "learnable"}, "mlp": {"name", "hidden", "W", "b", "w"}}[emb["name"]]
+            allowed = {"fs": {"name", "fs_parameters", "learnable"},
+                       "mlp": {"name", "hidden", "W", "b", "w"}}[emb["name"]]
             if set(emb) != allowed:
                 raise ModelFileError(f"{path}: 'embedding' ({emb['name']}) must have exactly the fields "
                                      f"{sorted(allowed)}, got {sorted(emb)}")
@@ -141,7 +142,8 @@ class NonlinearState:
                                                positive=True),
                                   tensor_field(d, "pair_scale", tuple(model.linear.pair.scale.shape), path,
                                                positive=True))
-            model.density_coefficients.copy_(tensor_field(d, "density_coefficients", model.density_coefficients.shape, path))
+            model.density_coefficients.copy_(tensor_field(d, "density_coefficients",
+                                                          model.density_coefficients.shape, path))
             model.pair_coefficients.copy_(tensor_field(d, "pair_coefficients", model.pair_coefficients.shape, path))
             if model.radials is None:
                 if d["radial_weights"] is not None:

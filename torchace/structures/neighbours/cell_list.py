@@ -126,8 +126,10 @@ def cell_list_neighbours(positions: Tensor, cell: Tensor, pbc: Union[Sequence[bo
             scale.append(1.0 / width)
     n_offsets = int(np.prod([2 * kk + 1 for kk in k]))
     if n_atoms * n_offsets > MAX_PAIRS:
-        raise ResourceLimitError(f"{n_atoms} atoms × {n_offsets} bin offsets (cell spacings {spacing.round(4).tolist()} Å, "
-                         f"rcut = {rcut:g} Å) exceed {MAX_PAIRS:.0e} searches: a collapsed or nearly flat cell?")
+        raise ResourceLimitError(f"{n_atoms} atoms × {n_offsets} bin offsets "
+                                 f"(cell spacings {spacing.round(4).tolist()} Å, "
+                                 f"rcut = {rcut:g} Å) exceed {MAX_PAIRS:.0e} searches: "
+                                 "a collapsed or nearly flat cell?")
 
     nb_t = torch.tensor(nb, dtype=torch.int64, device=device)
     b = torch.floor((f - torch.as_tensor(lo, dtype=torch.float64, device=device))

@@ -2,9 +2,9 @@
 """GPU benchmarks (issue "GPU"): energy + forces + virial per step, fp32 against fp64, the largest Si system
 that runs, and a GAP-18-size streaming assembly with its solve.
 
-    python scripts/bench_gpu.py --device cuda --json bench_gpu.json --markdown bench_gpu.md
-    python scripts/bench_gpu.py --device cuda --backend triton,analytic      # both, triton first
-    TRITON_INTERPRET=1 python scripts/bench_gpu.py --device cpu --dry-run    # tiny sizes, seconds, on a CPU
+    python scripts/benchmarks/bench_gpu.py --device cuda --json bench_gpu.json --markdown bench_gpu.md
+    python scripts/benchmarks/bench_gpu.py --device cuda --backend triton,analytic      # both, triton first
+    TRITON_INTERPRET=1 python scripts/benchmarks/bench_gpu.py --device cpu --dry-run    # tiny sizes, seconds, on a CPU
 
 Measurements (each in its own try/except: a failure records its message and the others still run; the JSON
 and the Markdown are rewritten after every measurement, so a run that is killed keeps what it measured):
@@ -52,9 +52,10 @@ from bench_eval import peak_memory  # noqa: E402
 import torchace  # noqa: E402
 from torchace import keys as K  # noqa: E402
 from torchace.model.backends import registry  # noqa: E402
+from torchace.structures.neighbours.tiled import tiled_neighbours  # noqa: E402
 from torchace.testing import randomize_coefficients  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # (elements, order, totaldegree, options): the models of the issue, and small stand-ins for --dry-run
 MODELS = {
     "sige3_9": (["Si", "Ge"], 3, 9, {"rcut": 5.0}),   # n_b 469 per element, K 974
@@ -190,10 +191,9 @@ def machine_info(device):
                     gpu_memory_GiB=p.total_memory / 2**30, gpu_count=torch.cuda.device_count(),
                     cudnn=torch.backends.cudnn.version())
         try:
-            import subprocess
-            info["nvidia_driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                text=True, timeout=20).stdout.strip()
+            from torchace.testing import run
+            info["nvidia_driver"] = run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                        timeout=20).stdout.strip()
         except Exception:  # noqa: BLE001
             pass
     return info
@@ -256,14 +256,17 @@ def resolve_backends(res, model, mname, device, requested):
 # ---------------------------------------------------------------- models and structures
 
 
-def base_model(name, cache={}):
+_BASE_MODELS = {}  # name -> model: each built once per run
+
+
+def base_model(name):
     """fp64 CPU model with random coefficients (torchace.testing.randomize_coefficients, seed 0)."""
-    if name not in cache:
+    if name not in _BASE_MODELS:
         el, order, td, opts = MODELS[name]
         m = torchace.ace_model(el, order, td, **opts)
         randomize_coefficients(m, scale=0.1, seed=0)
-        cache[name] = m
-    return cache[name]
+        _BASE_MODELS[name] = m
+    return _BASE_MODELS[name]
 
 
 def model_on(name, device, dtype):
@@ -359,28 +362,6 @@ def neighbours(res, label, pos, cell, rcut, device, method="auto", repeats=2):
                to_device_s=time.perf_counter() - t1, edges=int(len(i)))
     res.data["neighbour_lists"].append(rec)
     return tens, "numpy", t
-
-
-def tiled_neighbours(base_pos, base_cell, reps_m, rcut, device):
-    """Neighbour list of the supercell ``reps_m`` × the base cell (positions repeated: a periodic rattle) from
-    the base cell's list, exactly: block t, base edge (i, j, S) → centre t·n0 + i, neighbour w·n0 + j with
-    w = (t + S) mod m, shift (t + S) div m.  Used when no fast neighbour list is available."""
-    from torchace.structures.neighbours.pairs import neighbour_list
-
-    i, j, S = (torch.as_tensor(x, device=device) for x in neighbour_list(base_pos, base_cell, (True,) * 3, rcut))
-    n0 = len(base_pos)
-    m = torch.as_tensor(reps_m, device=device)
-    grid = torch.stack(torch.meshgrid(*[torch.arange(int(n), device=device) for n in reps_m], indexing="ij"),
-                       -1).reshape(-1, 3)
-    lin = lambda t: (t[..., 0] * m[1] + t[..., 1]) * m[2] + t[..., 2]  # noqa: E731
-    u = grid[:, None, :] + S[None]                     # [T, E0, 3]
-    w, shift = torch.remainder(u, m), torch.div(u, m, rounding_mode="floor")
-    ci = (lin(grid)[:, None] * n0 + i[None]).reshape(-1)
-    cj = (lin(w) * n0 + j[None]).reshape(-1)
-    pos = (torch.as_tensor(base_pos, device=device)[None] + (grid.to(torch.float64) @
-           torch.as_tensor(base_cell, device=device))[:, None]).reshape(-1, 3)
-    cell = np.asarray(base_cell) * np.asarray(reps_m)[:, None]
-    return pos, cell, (ci, cj, shift.reshape(-1, 3))
 
 
 def make_batch(pos, numbers, cell, nl, model, dtype, device):

@@ -1,5 +1,6 @@
 """Class 16 (issue 26, training lifecycle): continuing from a trained model, checkpoints that cannot be resumed as
-asked, divergence, validation sets that measure nothing, bad `validation` arguments (tests/train/test_round3_train.py)."""
+asked, divergence, validation sets that measure nothing, bad `validation` arguments
+(tests/train/test_round3_train.py)."""
 from hostile_inputs import case, Ctx  # noqa: F401  (Ctx: the helpers each case receives)
 
 W = {"default": {"E": 30, "F": 1, "V": 1}}

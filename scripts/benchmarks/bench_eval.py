@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Energy + forces per step: torchace against ace-jax (if installed) on the same structure and basis.
 
-    python scripts/bench_eval.py                      # Si order 3 totaldegree 10 (120 functions), CPU float64
-    python scripts/bench_eval.py --model si4_20       # order 4 totaldegree 20 (5476 functions: slow)
-    python scripts/bench_eval.py --device cuda --dtype float32
+    python scripts/benchmarks/bench_eval.py               # Si order 3 totaldegree 10 (120 functions), CPU float64
+    python scripts/benchmarks/bench_eval.py --model si4_20       # order 4 totaldegree 20 (5476 functions: slow)
+    python scripts/benchmarks/bench_eval.py --device cuda --dtype float32
 
 Structure: ase.build.bulk('Si', 'diamond', 5.43, cubic=True) * (3, 3, 3) (216 atoms), rattled 0.05 Å
 (seed 1); rcut 6 Å (ACEpotentials' default for Si).  Cases:

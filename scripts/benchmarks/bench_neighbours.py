@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Neighbour-list build time: the torch cell list (torchace.structures.neighbours.cell_list) against the numpy path.
 
-    python scripts/bench_neighbours.py                                  # CPU, 1000 8000 64000 atoms
-    python scripts/bench_neighbours.py --device cuda --sizes 1000 8000 64000 1000000
-    python scripts/bench_neighbours.py --dry-run                        # tiny sizes, seconds on a CPU
+    python scripts/benchmarks/bench_neighbours.py                                  # CPU, 1000 8000 64000 atoms
+    python scripts/benchmarks/bench_neighbours.py --device cuda --sizes 1000 8000 64000 1000000
+    python scripts/benchmarks/bench_neighbours.py --dry-run                        # tiny sizes, seconds on a CPU
 
 Structures: ase.build.bulk('Si', 'diamond', 5.43, cubic=True) repeated n × n × n (8 n³ atoms, n chosen so
 that 8 n³ is closest to each size), rattled 0.05 Å (seed 1), periodic, cutoff --rcut (default 5.5 Å: the

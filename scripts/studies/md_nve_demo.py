@@ -10,7 +10,7 @@ or loads ``--model FILE`` (``model.save`` JSON or a ``torchace.export`` TorchScr
 
 Prints a table and writes the numbers as JSON (``--out``).
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python scripts/md_nve_demo.py --steps 1000 --compare-skin0
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python scripts/studies/md_nve_demo.py --steps 1000 --compare-skin0
 
 (Single-threaded BLAS/torch suit these small cells; on a busy machine oversubscribed BLAS threads made the
 Frechet cell filter's 3×3 matrix exponentials 50× slower.  See docs/calculator.md for measured numbers.)
@@ -36,7 +36,7 @@ from torchace.calculators.ase import TorchACECalculator
 from torchace.atomic import write_json_atomic
 from torchace.testing import rattled_bulk
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "acedata" / "Si_tiny.xyz"
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "acedata" / "Si_tiny.xyz"
 
 
 def get_model(args):

@@ -1,6 +1,6 @@
 """Assemble the reduced least-squares system over torch.distributed ranks, solve on rank 0, save the model.
 
-    torchrun --nproc_per_node=2 scripts/assemble_distributed.py --data X.xyz --elements Si --order 3 \\
+    torchrun --nproc_per_node=2 scripts/tools/assemble_distributed.py --data X.xyz --elements Si --order 3 \\
         --totaldegree 10 --out system.npz [--model-out model.json] [--method qr|normal] [--solver blr|qr|rrqr]
 
 Backend: nccl when CUDA is available (each rank on cuda:LOCAL_RANK), else gloo.  Every rank reads the data;

@@ -2,7 +2,7 @@
 LLVM and the bundled ptxas): catches what Triton's interpreter accepts but its compiler refuses, before a GPU
 is lent.  Run without TRITON_INTERPRET (it replaces the compiler):
 
-    env -u TRITON_INTERPRET python scripts/triton_compile_check.py [--arch 90 80] [--json out.json]
+    env -u TRITON_INTERPRET python scripts/tools/triton_compile_check.py [--arch 90 80] [--json out.json]
 
 Prints one line per kernel, dtype and architecture; exits 1 if any compilation fails.
 """
@@ -60,7 +60,8 @@ def main(argv=None) -> int:
                     rec = dict(kernel=name, dtype=dtype, arch=arch, ok=True, shared_bytes=int(k.metadata.shared))
                 except Exception as exc:  # noqa: BLE001 — report every kernel
                     failed += 1
-                    rec = dict(kernel=name, dtype=dtype, arch=arch, ok=False, error=f"{type(exc).__name__}: {exc}"[:500])
+                    rec = dict(kernel=name, dtype=dtype, arch=arch, ok=False,
+                               error=f"{type(exc).__name__}: {exc}"[:500])
                 rec["seconds"] = round(time.perf_counter() - t0, 2)
                 results.append(rec)
                 print(f"sm_{arch} {dtype} {name}: " + ("ok" if rec["ok"] else "FAILED " + rec["error"]), flush=True)

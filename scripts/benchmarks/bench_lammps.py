@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """µs per atom-step of the LAMMPS route (fix external + torchace) against torchace alone and ML-PACE.
 
-    python scripts/bench_lammps.py                       # 512 and 4096 atoms, 1 and 2 threads
-    python scripts/bench_lammps.py --reps 8 --threads 1 --json docs/bench_lammps.json
+    python scripts/benchmarks/bench_lammps.py                       # 512 and 4096 atoms, 1 and 2 threads
+    python scripts/benchmarks/bench_lammps.py --reps 8 --threads 1 --json docs/bench_lammps.json
 
 Model: Si, order 3, totaldegree 12 (223 functions), float64, fitted to the bundled Zuo et al. Si training set
 (≈ 30 s; --model-file caches it; --random: random coefficients of scale 1e-3 instead).

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Nonlinear ACE on Zuo et al. (2020) Cu / Ni / Si against torchace's own linear BLR fit (issue 16).
 
-For each element: the linear model of ``scripts/benchmark_zuo.py`` ("sm": order 3, total degrees [20, 16, 12],
+For each element: the linear model of ``scripts/benchmarks/benchmark_zuo.py`` ("sm": order 3, total degrees
+[20, 16, 12],
 weights E 30 / F 1 / V 0, E0 fitted, BLR), then ``torchace.train`` of a nonlinear model on the same basis
 (``--densities`` P = 2, pacemaker's FS embedding [1, 1, 1, 0.5], learnable radials) warm-started from that
 linear fit.  The validation split (``--validation`` of the *training* file, seeded) chooses the epoch; the
 test files are read only for the final numbers.  Prints a table and writes JSON (atomically).
 
-    python scripts/benchmark_zuo_nonlinear.py --elements Si Cu Ni --out docs/benchmarks_zuo_nonlinear.json
-    python scripts/benchmark_zuo_nonlinear.py --table docs/benchmarks_zuo_nonlinear.json
+    python scripts/benchmarks/benchmark_zuo_nonlinear.py --elements Si Cu Ni --out docs/benchmarks_zuo_nonlinear.json
+    python scripts/benchmarks/benchmark_zuo_nonlinear.py --table docs/benchmarks_zuo_nonlinear.json
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def run(el, args):
     t0 = time.perf_counter()
     res = torchace.train(nl, train_path, weights=weights, E0="fit", init="linear", optimizer=args.optimizer,
                          epochs=args.epochs if len(args.epochs) > 1 else args.epochs[0], lr=args.lr, lam=args.lam,
-                         init_scale=args.init_scale, init_split=args.init_split, validation=args.validation, patience=args.patience,
+                         init_scale=args.init_scale, init_split=args.init_split, validation=args.validation,
+                         patience=args.patience,
                          batch_size=args.batch_size, seed=args.seed, progress=True, compute_errors=False,
                          checkpoint=args.checkpoint and f"{args.checkpoint}_{el}.pt")
     t_nl = time.perf_counter() - t0
@@ -109,7 +111,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--elements", nargs="+", default=["Si", "Cu", "Ni"])
     ap.add_argument("--size", default="sm", choices=list(SIZES))
-    ap.add_argument("--data", default=os.path.join(here, "..", "..", "shared", "data", "zuo2020"))
+    ap.add_argument("--data", default=os.path.join(here, "..", "..", "..", "shared", "data", "zuo2020"))
     ap.add_argument("--densities", type=int, default=2)
     ap.add_argument("--fixed-radials", action="store_true")
     ap.add_argument("--optimizer", default="auto", choices=list(OPTIMIZERS))
@@ -146,7 +148,8 @@ def main(argv=None):
         print(f"{el}: linear {r['linear_test_mae_E']:.3f} / {r['linear_test_mae_F']:.4f}, nonlinear "
               f"{r['nonlinear_test_mae_E']:.3f} / {r['nonlinear_test_mae_F']:.4f} (ratio {r['ratio_E']:.3f} / "
               f"{r['ratio_F']:.3f}), {r['train_seconds']:.0f} s", flush=True)
-        meta = {"command": " ".join(["python", "scripts/benchmark_zuo_nonlinear.py"] + (argv or sys.argv[1:])),
+        cmd = ["python", "scripts/benchmarks/benchmark_zuo_nonlinear.py"] + (argv or sys.argv[1:])
+        meta = {"command": " ".join(cmd),
                 "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores",
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "torchace": torchace.__version__}
         write_json_atomic(args.out, {"meta": meta, "results": rows})

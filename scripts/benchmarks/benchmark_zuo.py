@@ -2,9 +2,10 @@
 """Zuo et al. (2020) benchmark: fit Cu, Ni, Si with torchace and compare test MAE with the
 ACEpotentials.jl paper (Table II) — energies and forces only, as the paper did.
 
-    python scripts/benchmark_zuo.py --elements Si Cu Ni --sizes sm lge --out docs/benchmarks_zuo.json
+    python scripts/benchmarks/benchmark_zuo.py --elements Si Cu Ni --sizes sm lge --out docs/benchmarks_zuo.json
 
-Each (element, size) is assembled once (rows from the default backend: the fused C++ kernel where it builds) and then solved for every
+Each (element, size) is assembled once (rows from the default backend: the fused C++ kernel where it builds)
+and then solved for every
 ``--variants`` entry ``PRIOR/E0`` (default ``none/fit``, the configuration fixed before any test-set
 number was seen): PRIOR one of PRIORS below, E0 ``fit`` (unregularised per-element constant) or
 ``zero`` (no reference energy, as ACE1x's ``acemodel`` without ``Eref`` in the paper's script).
@@ -159,7 +160,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--elements", nargs="+", default=["Si", "Cu", "Ni"])
     ap.add_argument("--sizes", nargs="+", default=["sm", "lge"], choices=list(SIZES))
-    ap.add_argument("--data", default=os.path.join(here, "..", "..", "shared", "data", "zuo2020"))
+    ap.add_argument("--data", default=os.path.join(here, "..", "..", "..", "shared", "data", "zuo2020"))
     ap.add_argument("--solver", default="BLR", choices=list(SOLVERS))
     ap.add_argument("--variants", nargs="+", default=["none/fit"],
                     help=f"PRIOR/E0 pairs solved on one assembled system; PRIOR in {sorted(PRIORS)}, "
@@ -193,7 +194,7 @@ def main(argv=None):
                       f"{r['test_mae_E_meV_per_atom']:>7.3f} [{ce[0]:6.3f},{ce[1]:6.3f}] {r['paper_mae_E']:>6.3f} "
                       f"{r['test_mae_F_eV_per_A']:>7.4f} [{cf[0]:6.4f},{cf[1]:6.4f}] {r['paper_mae_F']:>6.3f} "
                       f"{r['fit_seconds']:>6.1f}", flush=True)
-    meta = {"command": " ".join(["python", "scripts/benchmark_zuo.py"] + (argv or sys.argv[1:])),
+    meta = {"command": " ".join(["python", "scripts/benchmarks/benchmark_zuo.py"] + (argv or sys.argv[1:])),
             "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores",
             "torch": torch.__version__, "threads": torch.get_num_threads(), "torchace": torchace.__version__}
     write_json_atomic(args.out, {"meta": meta, "results": rows})

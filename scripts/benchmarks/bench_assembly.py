@@ -3,10 +3,10 @@
 ``design_matrix_rows`` against ace-jax's linear-rows assembly (``ace_jax.fit.rows.chunked_rows_fn``, jitted,
 the function its fitting pipeline uses), on the same structure and basis.
 
-    python scripts/bench_assembly.py                          # si3_10 (120 functions) and si4_12 (350)
-    python scripts/bench_assembly.py --models si3_10 --repeats 5
+    python scripts/benchmarks/bench_assembly.py                          # si3_10 (120 functions) and si4_12 (350)
+    python scripts/benchmarks/bench_assembly.py --models si3_10 --repeats 5
 
-Structure as scripts/bench_eval.py (216-atom rattled diamond Si, rcut 6 Å).  torchace timings include
+Structure as scripts/benchmarks/bench_eval.py (216-atom rattled diamond Si, rcut 6 Å).  torchace timings include
 collation and the neighbour list (what a fit does per structure); ace-jax timings exclude building its
 padded Dataset (neighbour list done once, outside the timer) and jit compilation (warm-up), so they favour
 ace-jax.  Median of --repeats after --warmup.  Prints a table and writes JSON (--out).
@@ -90,7 +90,8 @@ def main(argv=None):
         K = model.basis_size
         print(f"{name}: order {order} totaldegree {td}, K = {K}; {n} atoms", flush=True)
         med, ts = timed(lambda: torchace.design_matrix_rows(model, atoms), a.warmup, a.repeats)
-        r_t = {"case": "torchace design_matrix_rows (default: backend auto)", "library": "torchace", "model": name, "basis_size": K,
+        r_t = {"case": "torchace design_matrix_rows (default: backend auto)", "library": "torchace", "model": name,
+               "basis_size": K,
                "device": "cpu", "dtype": "float64", "atoms": n, "median_s": med, "min_s": min(ts),
                "repeats": len(ts), "atom_rows_per_s": n / med, "us_per_atom": 1e6 * med / n, **peak_memory(dev)}
         rows.append(r_t)

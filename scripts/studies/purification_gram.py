@@ -8,7 +8,8 @@ order-N columns of B; G = BᵀB / n_samples scaled by its diagonal; cond(G) (2-n
 an order-N model with total degree D equals that block of any higher-order model with the same D, so one
 model per N is built.  Single element (Si, r0 and rcut defaults), wL = 1.5.
 
-    python scripts/purification_gram.py --orders 2 3 4 5 6 --degrees 8 10 12 --json docs/purification_gram.json \
+    python scripts/studies/purification_gram.py --orders 2 3 4 5 6 --degrees 8 10 12 \
+        --json docs/purification_gram.json \
         --markdown docs/purification.md
 
 writes the JSON and replaces the table between the ``<!-- gram-table -->`` markers of the markdown file.
@@ -24,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 import torchace  # noqa: E402
 from torchace.atomic import atomic_write, write_json_atomic  # noqa: E402

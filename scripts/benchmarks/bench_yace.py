@@ -11,7 +11,7 @@ evaluates per neighbour, the potential's load time (spline tabulation) and the e
 ``torchace.evaluate`` on the same cell (the pair part is not timed: it is LAMMPS ``pair_style table``).  Needs
 ``pip install python-ace==0.4.0rc1``.
 
-    OMP_NUM_THREADS=1 python scripts/bench_yace.py [--order 3 --totaldegree 12] [--reps 6] [--repeats 7]
+    OMP_NUM_THREADS=1 python scripts/benchmarks/bench_yace.py [--order 3 --totaldegree 12] [--reps 6] [--repeats 7]
         [--model FILE.json] [--json out.json]
 """
 from __future__ import annotations
@@ -79,9 +79,11 @@ def summary(v, atoms, ref, options, evaluator) -> dict:
     e = float(calc.ace.energy)
     f = np.array(calc.ace.forces)
     e_ref, f_ref = float(ref["energy"][0]), ref["forces"].numpy()
-    return {"options": options, "evaluator": evaluator, "radbasename": info["radbasename"], "nradbase": info["nradbase"],
+    return {"options": options, "evaluator": evaluator, "radbasename": info["radbasename"],
+            "nradbase": info["nradbase"],
             "nradmax": info["nradmax"], "lmax": info["lmax"], "channels_used": info["channels_used"],
-            "channels_grid": info["nradmax"] * (info["lmax"] + 1), "splines_per_neighbour": info["splines_per_neighbour"],
+            "channels_grid": info["nradmax"] * (info["lmax"] + 1),
+            "splines_per_neighbour": info["splines_per_neighbour"],
             "radial_error": info["radial_error"], "yace_MB": os.path.getsize(info["yace"]) / 1e6,
             "write_s": v["write_s"], "load_s": v["load_s"], "times_s": times, "median_s": statistics.median(times),
             "us_per_atom_step": 1e6 * statistics.median(times) / len(atoms),
@@ -98,7 +100,8 @@ def table(results, n_atoms):
     for name, r in results.items():
         rows.append(f"| {name} | {r['radbasename']}, {r['nradbase']} | {r['nradmax']} × {r['lmax'] + 1} "
                     f"({r['channels_used']}) | {r['splines_per_neighbour']} | {r['us_per_atom_step']:.1f} | "
-                    f"{base[r['evaluator']] / r['median_s']:.2f}× | {r['load_s']:.1f} | {r['rel_err_E']:.1e} / {r['rel_err_F']:.1e} |")
+                    f"{base[r['evaluator']] / r['median_s']:.2f}× | {r['load_s']:.1f} | "
+                    f"{r['rel_err_E']:.1e} / {r['rel_err_F']:.1e} |")
     return "\n".join(rows)
 
 

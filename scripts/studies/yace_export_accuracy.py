@@ -5,7 +5,8 @@ tabulation steps (``delta_spline_bins``) and prints the relative errors of energ
 pyace (+ the pair table read by ``evaluate_pair_table``) against ``torchace.evaluate`` on rattled periodic
 SiGe cells (one cubic, one triclinic).  Needs ``pip install python-ace==0.4.0rc1``.
 
-    OMP_NUM_THREADS=1 python scripts/yace_export_accuracy.py [--elements Si Ge] [--totaldegree 8] [--steps 1e-3 5e-4 2e-4 1e-4] [--pair] [--fit FILE.xyz] [--full-grid]
+    OMP_NUM_THREADS=1 python scripts/studies/yace_export_accuracy.py [--elements Si Ge] [--totaldegree 8] \
+        [--steps 1e-3 5e-4 2e-4 1e-4] [--pair] [--fit FILE.xyz] [--full-grid]
 """
 from __future__ import annotations
 

@@ -12,10 +12,11 @@ the outcome classified:
 - ``data loss``: an input file's checksum changed (or it disappeared);
 - ``hang/OOM``: the time limit (default 20 s) or the memory limit (default 4 GiB) was hit, or the child died.
 
-    python scripts/hostile_inputs.py                     # the sweep: Markdown table on stdout
-    python scripts/hostile_inputs.py --json out.json --markdown out.md --before scripts/hostile_inputs_before.json
-    python scripts/hostile_inputs.py --quick             # ~10 cases (tests/reliability/test_reliability_sweep.py)
-    python scripts/hostile_inputs.py -k yaml -v          # the cases whose id/input contains "yaml", verbosely
+    python scripts/tools/hostile_inputs.py                     # the sweep: Markdown table on stdout
+    python scripts/tools/hostile_inputs.py --json out.json --markdown out.md \
+        --before scripts/tools/hostile_inputs_before.json
+    python scripts/tools/hostile_inputs.py --quick             # ~10 cases (tests/reliability/test_reliability_sweep.py)
+    python scripts/tools/hostile_inputs.py -k yaml -v          # the cases whose id/input contains "yaml", verbosely
 
 The parent imports torchace once and forks a child per case (so a case costs milliseconds, not an
 interpreter start); two children run at a time (``--jobs``).  The whole sweep takes about two minutes on two
@@ -48,7 +49,7 @@ CLASSES = {
     5: "ill-posed fits reported",
     6: "errors name the file and frame; no internal messages; CLI one line",
     7: "concurrency and loading",
-    # round 3 (issue 26): one class per finding of the review; cases in scripts/hostile_cases/round3_*.py
+    # round 3 (issue 26): one class per finding of the review; cases in scripts/tools/hostile_cases/round3_*.py
     8: "the C++ kernel's build never hangs",
     9: "no stale answers after the model changes",
     10: "no file replaced that torchace did not write",
@@ -61,9 +62,10 @@ CLASSES = {
     17: "LAMMPS driver misuse",
 }
 OUTCOMES = ("clear error", "correct", "unhelpful error", "wrong/silent", "data loss", "hang/OOM")
-INTERNAL = ("min() arg", "non-empty list of Tensors", "has no attribute", "object is not", "NoneType", "index out of range",
-            "not supported between", "unhashable", "recursion", "invalid literal", "could not convert",
-            "can't convert", "Expected one of", "Could not infer dtype", "too many values to unpack", "got an unexpected",
+INTERNAL = ("min() arg", "non-empty list of Tensors", "has no attribute", "object is not", "NoneType",
+            "index out of range", "not supported between", "unhashable", "recursion", "invalid literal",
+            "could not convert", "can't convert", "Expected one of", "Could not infer dtype",
+            "too many values to unpack", "got an unexpected",
             "new(): invalid", "Traceback", "int too large", "can only concatenate", "not subscriptable")
 OOM = ("MemoryError", "can't allocate memory", "bad_alloc", "DefaultCPUAllocator")
 USER_TYPES = (ValueError, TypeError, OSError, SystemExit)
@@ -1908,7 +1910,7 @@ def markdown(results: List[dict], before: Optional[dict] = None) -> str:
 
 
 def load_case_modules() -> None:
-    """Register the cases of ``scripts/hostile_cases/*.py`` (each module imports ``case``, ``Ctx`` and the
+    """Register the cases of ``scripts/tools/hostile_cases/*.py`` (each module imports ``case``, ``Ctx`` and the
     helpers from this module, which is registered as ``hostile_inputs`` also when run as a script)."""
     import glob
     import importlib.util

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The one prepared GPU-machine check: versions, the CUDA tests, scripts/bench_gpu.py and (if present)
-# scripts/bench_neighbours.py, each step timed, logged and summarised, inside a total time cap.
+# The one prepared GPU-machine check: versions, the CUDA tests, scripts/benchmarks/bench_gpu.py and (if present)
+# scripts/benchmarks/bench_neighbours.py, each step timed, logged and summarised, inside a total time cap.
 #
-#   bash scripts/device_wheels.sh            # here, once per checkout: wheels the GPU image lacks (ASE)
-#   bash scripts/device_check.sh             # on the GPU machine, from the repository root (carry .whl)
-#   bash scripts/device_check.sh --dry-run   # the same steps on a CPU: TRITON_INTERPRET=1, tiny sizes
+#   bash scripts/tools/device_wheels.sh            # here, once per checkout: wheels the GPU image lacks (ASE)
+#   bash scripts/tools/device_check.sh             # on the GPU machine, from the repository root (carry .whl)
+#   bash scripts/tools/device_check.sh --dry-run   # the same steps on a CPU: TRITON_INTERPRET=1, tiny sizes
 #
 # Output folder: $OUT (default ./device_out): log.txt (every command's output), summary.md (each step
 # ok/failed/timeout/missing/skipped with its time, then bench_gpu.md), bench_gpu.json, bench_gpu.md,
@@ -32,7 +32,7 @@ for arg in "$@"; do
     esac
 done
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO" || exit 0
 OUT="${OUT:-./device_out}"
 mkdir -p "$OUT"
@@ -141,7 +141,7 @@ if missing:
     print("MISSING (nothing is downloaded here):", " ".join(missing))
     sys.exit(3)
 '
-# wheels carried in .whl (scripts/device_wheels.sh: ASE is not in the GPU image) go to /tmp/site, no network
+# wheels carried in .whl (scripts/tools/device_wheels.sh: ASE is not in the GPU image) go to /tmp/site, no network
 if [ "$DRY" -eq 0 ] && ls .whl/*.whl >/dev/null 2>&1; then
     run_step wheels 120 -- "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl
@@ -185,33 +185,33 @@ fi
 # 5. the GPU benchmarks (their JSON is rewritten after every measurement: a timeout keeps what ran)
 BENCH_BACKEND="${BENCH_BACKEND:-triton,triton-lanes,analytic}"
 reserve=$(( NEIGH_S + 5 ))
-[ -f scripts/bench_neighbours.py ] || reserve=0
+[ -f scripts/benchmarks/bench_neighbours.py ] || reserve=0
 bt=$(( $(left) - reserve ))
 [ "$bt" -gt "$BENCH_S" ] && bt="$BENCH_S"
 budget=$(( bt - 45 ))
 [ "$DRY" = 1 ] && budget=$(( bt - 10 ))
 [ "$budget" -lt 10 ] && budget=10
 if [ "$DRY" = 1 ]; then
-    run_step bench_gpu "$bt" "$reserve" -- "$PYTHON" scripts/bench_gpu.py --device cpu --dry-run \
+    run_step bench_gpu "$bt" "$reserve" -- "$PYTHON" scripts/benchmarks/bench_gpu.py --device cpu --dry-run \
         --backend "$BENCH_BACKEND" --budget-s "$budget" --json "$OUT/bench_gpu.json" \
         --markdown "$OUT/bench_gpu.md" ${BENCH_ARGS:-}
 else
-    run_step bench_gpu "$bt" "$reserve" -- "$PYTHON" scripts/bench_gpu.py --device cuda \
+    run_step bench_gpu "$bt" "$reserve" -- "$PYTHON" scripts/benchmarks/bench_gpu.py --device cuda \
         --backend "$BENCH_BACKEND" --budget-s "$budget" --json "$OUT/bench_gpu.json" \
         --markdown "$OUT/bench_gpu.md" ${BENCH_ARGS:-}
 fi
 
 # 6. neighbour lists (another engineer's script; optional)
-if [ -f scripts/bench_neighbours.py ]; then
+if [ -f scripts/benchmarks/bench_neighbours.py ]; then
     if [ "$DRY" = 1 ]; then
-        run_step bench_neighbours "$NEIGH_S" -- "$PYTHON" scripts/bench_neighbours.py --device cpu --dry-run \
+        run_step bench_neighbours "$NEIGH_S" -- "$PYTHON" scripts/benchmarks/bench_neighbours.py --device cpu --dry-run \
             --json "$OUT/bench_neighbours.json"
     else
-        run_step bench_neighbours "$NEIGH_S" -- "$PYTHON" scripts/bench_neighbours.py --device cuda \
+        run_step bench_neighbours "$NEIGH_S" -- "$PYTHON" scripts/benchmarks/bench_neighbours.py --device cuda \
             --json "$OUT/bench_neighbours.json"
     fi
 else
-    record bench_neighbours missing 0 "scripts/bench_neighbours.py not present"
+    record bench_neighbours missing 0 "scripts/benchmarks/bench_neighbours.py not present"
 fi
 
 # summary

@@ -2,7 +2,7 @@
 """Per-call overhead check of the reliability work (issue 26, "no measurable slowdown"): one ASE calculator
 call and the default ``torchace fit``, for one or more checkouts of torchace, interleaved in the same run.
 
-    python scripts/bench_overhead.py --checkout OLD=/path/to/old --checkout NEW=. --rounds 3 --out bench.json
+    python scripts/benchmarks/bench_overhead.py --checkout OLD=/path/to/old --checkout NEW=. --rounds 3 --out bench.json
 
 Each checkout is measured in its own interpreter (``PYTHONPATH`` = the checkout), alternating rounds so that
 the machine's load falls on both alike:
@@ -19,12 +19,12 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from torchace.testing import ChildTimeout, run
 
 CALC = r"""
 import json, statistics, sys, time
@@ -50,22 +50,20 @@ print(json.dumps({"calculator_us": 1e6 * statistics.median(ts), "atoms": len(ato
 
 
 def _run(cmd, env, cwd, timeout):
-    p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    """The child's stdout; its whole process group killed on timeout (torchace.testing.run)."""
     try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        raise SystemExit(f"{cmd[:3]}: timed out after {timeout} s")
-    if p.returncode:
-        raise SystemExit(f"{cmd[:3]} failed (rc {p.returncode}): {err[-2000:]}")
-    return out
+        r = run(cmd, env=env, cwd=cwd, timeout=timeout)
+    except ChildTimeout:
+        raise SystemExit(f"{cmd[:3]}: timed out after {timeout} s") from None
+    if r.returncode:
+        raise SystemExit(f"{cmd[:3]} failed (rc {r.returncode}): {r.stderr[-2000:]}")
+    return r.stdout
 
 
 def measure(path: str, calls: int, threads: int, fit: bool) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(path), OMP_NUM_THREADS=str(threads))
-    r = json.loads(_run([sys.executable, "-c", CALC, str(calls), str(threads)], env, path, 900).strip().splitlines()[-1])
+    out = _run([sys.executable, "-c", CALC, str(calls), str(threads)], env, path, 900)
+    r = json.loads(out.strip().splitlines()[-1])
     imported = os.path.realpath(r.pop("torchace"))
     if not imported.startswith(os.path.realpath(path) + os.sep):  # the checkout measured is the one imported
         raise SystemExit(f"{path}: torchace was imported from {imported}, not from this checkout")
