@@ -26,8 +26,8 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> N
     are re-raised naming ``path``)."""
     path = os.fspath(path)
     tmp = _temporary_beside(path, f"{path}: is a directory; give a file name",
-                            f"{path}: cannot be written: directory {{d!r}} does not exist", f"{path}: cannot be written",
-                            ".tmp_", suffix)
+                            f"{path}: cannot be written: directory {{d!r}} does not exist",
+                            f"{path}: cannot be written", ".tmp_", suffix)
     try:
         write(tmp)
         _finish_tmp(tmp)

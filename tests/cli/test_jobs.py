@@ -128,7 +128,8 @@ def test_fit_log_beside_the_outputs_with_stages_and_sizes(tmp_path, frames, caps
     assert "fit: solving with QR" in err and "peak memory ≈" in err
     text = (tmp_path / "m.log").read_text()
     assert text.startswith(jobs.LOG_HEADER)
-    for words in ("# versions: torchace", "# threads: 1 (given)", '"totaldegree": 5', "reading the training data (1 file: train.xyz",
+    for words in ("# versions: torchace", "# threads: 1 (given)", '"totaldegree": 5',
+                  "reading the training data (1 file: train.xyz",
                   "fit: assembling the design matrix", "rows ×", "peak memory ≈", "wrote ", "torchace fit finished"):
         assert words in text, words
     assert main(["fit", cfg, "-q", "--threads", "2"]) == 0  # a torchace log is replaced without --force
