@@ -6,8 +6,8 @@ installed, the BLAS/OpenMP pools of numpy and SciPy) and restores the previous c
 positive integer, ``"auto"`` or None (unchanged).  ``"auto"`` is the load rule (``auto_threads``, measured in
 docs/fitting.md, "Batch jobs"): the cores this process may use minus the machine's load average, at least one,
 decided once per process; an ``OMP_NUM_THREADS`` in the environment is the user's choice and is kept.
-Oversubscribed OpenMP threads spin against each other: on a 2-core machine loaded by other jobs the all-cores default ran the bundled fit 3× slower
-than one thread.
+Oversubscribed OpenMP threads spin against each other: on a 2-core machine loaded by other jobs the all-cores
+default ran the bundled fit 3× slower than one thread.
 
 ``job_log(path, ...)``: a context manager that copies everything written to stdout and stderr (``_Tee``), with
 timestamps, into a log file and writes it, with the versions, the thread count, the config and how the job
