@@ -69,7 +69,9 @@ def _flags() -> list:
 def build_key() -> Dict[str, str]:
     """What the compiled kernel depends on: torch (version, CUDA, C++ ABI), the interpreter and its environment
     (``sys.prefix``: two venvs never share, and so never rebuild over, one build), the compiler flags and the
-    source.  Its hash names the build directory."""
+    source: its content and its path (torch's ``build.ninja`` records the source path, so two checkouts of the
+    same source in one environment would otherwise rebuild over each other).  Its hash names the build
+    directory."""
     import hashlib
     import platform
 
@@ -78,7 +80,7 @@ def build_key() -> Dict[str, str]:
     return {"torch": torch.__version__, "cuda": str(torch.version.cuda),
             "cxx11_abi": str(torch.compiled_with_cxx11_abi()), "python": sys.version.split()[0],
             "prefix": os.path.realpath(sys.prefix), "machine": platform.machine(),
-            "flags": " ".join(_flags()), "source_sha256": src}
+            "flags": " ".join(_flags()), "source_sha256": src, "source": os.path.realpath(_source())}
 
 
 def build_directory() -> str:
