@@ -132,6 +132,8 @@ class ModelContractTests:
 
     # ---- what the subclass may override
     def capabilities(self, model) -> ContractCapabilities:
+        """What the model can do.  Probed for now; once every model class declares its capabilities (issue 30)
+        this is the one line to change, to the declaration (``return model.capabilities``, its fields mapped)."""
         return probe_capabilities(model)
 
     def elements(self, model) -> List[str]:
