@@ -20,7 +20,7 @@ from torchace.io import write_yace
 from torchace.io.yace.pair_table import pair_energy_functions, read_pair_table, repulsive_core
 from torchace.io.yace.read import YaceLoader, parse_yace
 from torchace.testing import max_rel, rattled_sige_cells
-from torchace.io.yace.write import ctilde_functions, channel_usage
+from torchace.io.yace.ctilde import ctilde_functions, channel_usage
 from torchace.model.ace import ace_model
 
 TOL = 1e-8

@@ -2,7 +2,8 @@
 cluster expansion*, 2026, §3; docs/regularity_priors.md): the weighted normal equations of a training set
 with unregularised E0 columns plus raw error rows, synthetic dimers (§2.5) added to them, ridge solves under a
 column prior Γ (min ‖A c − y‖² + λ‖Γ c‖²), λ scans and the bisection in log λ to a target training force
-RMSE.  ``scripts/studies/regularity_study.py`` drives it; the weights follow ``fit.weights.row_weights``.
+RMSE.  ``scripts/studies/regularity_study.py`` drives it; the rows, targets, E0 columns and weights are those of the fit
+(``torchace.fit.assembly.batch_system``, ``torchace.fit.weights.row_weights``).
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import torch
 from ase import Atoms
 
 from .. import keys as K
+from ..fit.assembly import batch_system
 from ..fit.data import Labelled
 from ..fit.repulsion import envelope_distance
 from ..fit.rows import design_matrix_rows
-from ..fit.weights import row_weights
+from ..fit.weights import resolve_weights, row_weights
 from .curves import element_pairs
 
 E_SYN, W_SYN = 100.0, 0.01  # the paper's synthetic dimers (§2.5): label and weight
@@ -40,72 +42,85 @@ class System:
     info: Dict[str, object] = field(default_factory=dict)
 
 
-def _rows(model, structs: List[Labelled], chunk: int = 64):
+# the force rows of structures whose force weight is zero (``batch_system`` leaves those out of the system)
+FORCE_ROWS = {"default": {"E": 0.0, "F": 1.0, "V": 0.0}}
+
+
+def _reference_model(model, e0: Optional[Dict[str, float]]):
+    """A copy of ``model`` whose E0 are ``e0`` (zero when E0 are fitted): ``batch_system``'s energy targets are
+    E − Σ E0 of the model, the study's E − Σ e0."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        ref.E0.copy_(torch.tensor([0.0 if e0 is None else e0[x] for x in model.elements], dtype=ref.E0.dtype))
+    return ref
+
+
+def _chunks(structs: List[Labelled], chunk: int):
     for i in range(0, len(structs), chunk):
-        part = structs[i:i + chunk]
-        yield part, design_matrix_rows(model, [s.atoms for s in part])
+        yield structs[i:i + chunk]
 
 
-def _e0_sum(e0, s: Labelled) -> float:
-    return 0.0 if e0 is None else float(sum(e0[x] for x in s.atoms.get_chemical_symbols()))
+def _system_rows(model, part: List[Labelled], weights, n_e0: int):
+    """``batch_system``'s weighted rows [A | Z] (Z: the E0 count columns, only when ``n_e0``) and targets, and the
+    unweighted force rows and forces of each structure that has forces (its weighted rows / w_F; a second
+    ``batch_system`` call for those with w_F = 0, which the system leaves out)."""
+    A, y, Z = batch_system(model, part, weights)
+    FA, Fy, unweighted = [], [], []
+    r = 0
+    for s in part:  # batch_system's rows per structure: energy, 3N forces, 6 virials, each if labelled and weighted
+        wE, wF, wV = row_weights(weights, s.config_type, s.n_atoms)
+        r += int(s.energy is not None and wE != 0)
+        if s.forces is not None and wF != 0:
+            FA.append(A[r:r + 3 * s.n_atoms] / wF)
+            Fy.append(y[r:r + 3 * s.n_atoms] / wF)
+            r += 3 * s.n_atoms
+        elif s.forces is not None:
+            unweighted.append(s)
+        r += 6 * int(s.virial is not None and wV != 0)
+    assert r == A.shape[0], (r, A.shape)
+    if unweighted:
+        fa, fy, _ = batch_system(model, unweighted, FORCE_ROWS)
+        FA.append(fa)
+        Fy.append(fy)
+    M = torch.cat([A, Z], 1) if n_e0 else A
+    return M, y, FA, Fy
 
 
-def _counts(model, s: Labelled) -> torch.Tensor:
-    syms = s.atoms.get_chemical_symbols()
-    return torch.tensor([float(syms.count(e)) for e in model.elements], dtype=torch.float64)
-
-
-def assemble(model, train: List[Labelled], test: List[Labelled], weights, e0: Optional[Dict[str, float]]) -> System:
-    """Build the weighted Gram matrix (energy rows w_E/√N, forces w_F, virials w_V/√N, as ACEpotentials.jl)
-    and the unweighted error rows.  ``e0=None``: E0 are fitted (count columns, no regularisation)."""
-
+def assemble(model, train: List[Labelled], test: List[Labelled], weights, e0: Optional[Dict[str, float]],
+             chunk: int = 64) -> System:
+    """The Gram matrix of the fit's weighted rows (``torchace.fit.assembly.batch_system``: energy rows w_E/√N,
+    forces w_F, virials w_V/√N, ``fit.weights.row_weights``, as ACEpotentials.jl) and the unweighted error
+    rows, ``chunk`` structures at a time.  ``e0=None``: E0 are fitted (count columns, no regularisation)."""
+    weights = resolve_weights(weights)
+    model = _reference_model(model, e0)
     Kb = model.basis_size
     n_e0 = 0 if e0 is not None else model.nz
     Kt = Kb + n_e0
     G = torch.zeros(Kt, Kt, dtype=torch.float64)
     b = torch.zeros(Kt, dtype=torch.float64)
     FA, Fy = [], []
-    for part, rows in _rows(model, train):
-        blocks, targets = [], []
-        f0 = 0
-        for k, s in enumerate(part):
-            n = s.n_atoms
-            wE, wF, wV = row_weights(weights, s.config_type, n)  # w_E/√N, w_F, w_V/√N
-            extra = _counts(model, s) if n_e0 else torch.zeros(0, dtype=torch.float64)
-            if s.energy is not None and wE:
-                blocks.append(torch.cat([rows[K.ENERGY][k], extra]).unsqueeze(0) * wE)
-                targets.append(torch.tensor([(s.energy - _e0_sum(e0, s)) * wE], dtype=torch.float64))
-            if s.forces is not None:
-                fr = rows[K.FORCES][f0:f0 + 3 * n]
-                fy = torch.as_tensor(s.forces.reshape(-1), dtype=torch.float64)
-                FA.append(fr)
-                Fy.append(fy)
-                if wF:
-                    blocks.append(torch.cat([fr, torch.zeros(3 * n, n_e0, dtype=torch.float64)], 1) * wF)
-                    targets.append(fy * wF)
-            if s.virial is not None and wV:
-                vr = rows[K.VIRIAL][k]
-                blocks.append(torch.cat([vr, torch.zeros(6, n_e0, dtype=torch.float64)], 1) * wV)
-                W = torch.as_tensor(s.virial, dtype=torch.float64)
-                targets.append(K.to_voigt(W) * wV)
-            f0 += 3 * n
-        A, y = torch.cat(blocks), torch.cat(targets)
-        G += A.T @ A
-        b += A.T @ y
+    for part in _chunks(train, chunk):
+        M, y, fa, fy = _system_rows(model, part, weights, n_e0)
+        G += M.T @ M
+        b += M.T @ y
+        FA += fa
+        Fy += fy
+    # test rows: weight 1 (energy rows 1/√N: scaled back by √N)
     tFA, tFy, EA, Ey, EN = [], [], [], [], []
-    for part, rows in _rows(model, test):
-        f0 = 0
-        for k, s in enumerate(part):
-            n = s.n_atoms
-            if s.forces is not None:
-                tFA.append(rows[K.FORCES][f0:f0 + 3 * n])
-                tFy.append(torch.as_tensor(s.forces.reshape(-1), dtype=torch.float64))
+    unit = {"default": {"E": 1.0, "F": 1.0, "V": 0.0}}
+    for part in _chunks(test, chunk):
+        M, y, fa, fy = _system_rows(model, part, unit, n_e0)
+        tFA += fa
+        tFy += fy
+        r = 0
+        for s in part:
             if s.energy is not None:
-                extra = _counts(model, s) if n_e0 else torch.zeros(0, dtype=torch.float64)
-                EA.append(torch.cat([rows[K.ENERGY][k], extra]))
-                Ey.append(s.energy - _e0_sum(e0, s))
-                EN.append(n)
-            f0 += 3 * n
+                sq = math.sqrt(s.n_atoms)
+                EA.append(M[r] * sq)
+                Ey.append(float(y[r]) * sq)
+                EN.append(s.n_atoms)
+                r += 1
+            r += 3 * s.n_atoms if s.forces is not None else 0
     z = torch.zeros(0, Kt, dtype=torch.float64)
     testE = ((torch.stack(EA), torch.tensor(Ey, dtype=torch.float64), torch.tensor(EN, dtype=torch.float64))
              if EA else (z, torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)))

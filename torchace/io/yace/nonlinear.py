@@ -5,7 +5,7 @@ E_i = E0 + Σ_p a_p f(ρ_p; m_p) (``FinnisSinclairShiftedScaled``, ``FS_paramete
 and radial functions R^{μ_i μ_j}_{nl}(r) = Σ_k crad[μ_i, μ_j, n, l, k] g_k(r) that may depend on l.  So:
 
 * densities: c̃_{f,p} is c_p[z] mapped through the coupling and the complex harmonics exactly as the linear
-  model's c (``yace_write.ctilde_functions`` with P coefficient rows); ``ndensity`` = P;
+  model's c (``ctilde.ctilde_functions`` with P coefficient rows); ``ndensity`` = P;
 * embedding: None → ndensity 1, FS_parameters [1, 1] (F = ρ_1, the linear writer's line); "fs" → the
   model's ``embedding_fn.fs_parameters()`` per element; the MLP embedding is refused (no ML-PACE form);
 * learned radials: R_nl = Σ_k W[μ_i, μ_j, n, l, k] s_{k,l}(μ_j) P_k·env is fitted itself, per (n, l), in the

@@ -18,6 +18,7 @@ Not supported (clear error): ACE.jl radial bases, ``Tabulated`` radials, the "zb
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -233,14 +234,30 @@ class _Reader:
 
 
 def parse_yace(path) -> PACESpec:
-    """Read and validate a .yace file into a ``PACESpec`` (plain numbers, no torch)."""
+    """Read and validate a .yace file into a ``PACESpec`` (plain numbers, no torch).
+
+    The sections in the order their checks run (the first error found is the one raised): elements and E0,
+    embeddings, the bonds' sizes, the bonds' radial tables, ``deltaSplineBins``, functions."""
     rd = _Reader(path)
     # the input rule (torchace.inputs): a regular file (not /dev/zero, a FIFO, a directory), not too large
     with open_input(path, ".yace file", MAX_YACE_BYTES, "rb") as fh:  # libyaml decodes (UTF-8/16)
         doc = yace_document(path, fh)
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a YAML mapping with keys elements, embeddings, bonds, functions")
+    elements, E0 = _read_elements(rd, doc)
+    ndensity, npoti, fs, rho_cut = _read_embeddings(rd, doc, elements)
+    specs, sizes = _read_bond_sizes(rd, doc, elements)
+    bond, crad, radbasename = _read_radial_tables(rd, specs, len(elements), sizes)
+    _check_spline_bins(rd, doc, bond)
+    functions = _read_functions(rd, doc, ndensity, sizes)
+    return PACESpec(elements=list(elements), E0=[float(x) for x in E0], lmax=sizes.lmax, nradmax=sizes.nradmax,
+                    nradbase=sizes.nradbase, inner_cutoff_type=sizes.inner, radbasename=radbasename, bond=bond,
+                    crad=crad, ndensity=ndensity, npoti=npoti, fs_parameters=fs, rho_core_cut=rho_cut,
+                    functions=functions, source=os.path.basename(str(path)))
 
+
+def _read_elements(rd: _Reader, doc: dict):
+    """``elements`` (known, distinct symbols) and ``E0`` (default zeros)."""
     elements = rd.get(doc, "elements", "")
     if not isinstance(elements, list) or not elements or not all(isinstance(e, str) for e in elements):
         rd.fail("elements", f"expected a non-empty list of element symbols, got {elements!r}")
@@ -251,9 +268,12 @@ def parse_yace(path) -> PACESpec:
     if len(set(elements)) != len(elements):
         rd.fail("elements", f"an element is listed twice: {elements}")
     nz = len(elements)
-    E0 = rd.nums(doc, "E0", "", nz) if "E0" in doc else np.zeros(nz)
+    return elements, (rd.nums(doc, "E0", "", nz) if "E0" in doc else np.zeros(nz))
 
-    # ---- embeddings
+
+def _read_embeddings(rd: _Reader, doc: dict, elements):
+    """Per element: ndensity P, the embedding's name, its FS parameters [2P] and the core cutoff (ρ_cut, Δρ)."""
+    nz = len(elements)
     emb = rd.get(doc, "embeddings", "")
     if not isinstance(emb, dict):
         rd.fail("embeddings", "expected a mapping element index -> embedding")
@@ -281,8 +301,22 @@ def parse_yace(path) -> PACESpec:
     extra = [k for k in emb if k not in range(nz)]
     if extra:
         rd.fail("embeddings", f"element indices {extra} beyond the {nz} elements")
+    return ndensity, npoti, fs, rho_cut
 
-    # ---- bonds
+
+class BondSizes(NamedTuple):
+    """The maxima over the bonds that size ML-PACE's tables, and the one inner cutoff type."""
+
+    lmax: int
+    nradmax: int
+    nradbase: int
+    inner: str
+
+
+def _read_bond_sizes(rd: _Reader, doc: dict, elements):
+    """``bonds`` as {(μ_i, μ_j): bond} (every ordered pair present) and their ``BondSizes``; the size of the
+    radial table they declare is checked before it is allocated."""
+    nz = len(elements)
     bonds = rd.get(doc, "bonds", "")
     if not isinstance(bonds, dict):
         rd.fail("bonds", "expected a mapping [i, j] -> bond")
@@ -318,10 +352,17 @@ def parse_yace(path) -> PACESpec:
                                                   "(ML-PACE applies one type to all bonds)")
             inner = t
     n_crad = nz * nz * nradmax * (lmax + 1) * nradbase
-    check_dimension(str(path), "bonds (nz² · nradmax · (lmax+1) · nradbasemax)", n_crad, MAX_CRAD_VALUES,
+    check_dimension(rd.path, "bonds (nz² · nradmax · (lmax+1) · nradbasemax)", n_crad, MAX_CRAD_VALUES,
                     ".yace potential")  # before the table is allocated
+    return specs, BondSizes(lmax, nradmax, nradbase, inner)
+
+
+def _read_radial_tables(rd: _Reader, specs: dict, nz: int, sizes: BondSizes):
+    """Per bond: the radial parameters [λ, rcut, dcut, rcut_in, dcut_in, prehc, λ_hc] [NZ, NZ, 7], the radial
+    coefficients crad [NZ, NZ, nradmax, lmax + 1, nradbase] (zero beyond each bond's own sizes) and the
+    radial basis names [NZ][NZ]."""
     bond = np.zeros((nz, nz, 7))
-    crad = np.zeros((nz, nz, nradmax, lmax + 1, nradbase))
+    crad = np.zeros((nz, nz, sizes.nradmax, sizes.lmax + 1, sizes.nradbase))
     radbasename = [[None] * nz for _ in range(nz)]
     for (a, c), b in specs.items():
         w = f"bonds.[{a}, {c}]"
@@ -356,8 +397,13 @@ def parse_yace(path) -> PACESpec:
                                             f"got {list(arr.shape)}")
         if arr.size:
             crad[a, c, :nr, : lb + 1, :kb] = arr
+    return bond, crad, radbasename
 
-    if "deltaSplineBins" in doc:  # unused here (radials are evaluated analytically); LAMMPS tabulates with it
+
+def _check_spline_bins(rd: _Reader, doc: dict, bond: np.ndarray) -> None:
+    """``deltaSplineBins``: unused here (radials are evaluated analytically), but LAMMPS tabulates with it, so
+    a step that would make ML-PACE allocate without bound is refused."""
+    if "deltaSplineBins" in doc:
         delta = rd.bounded(rd.num(doc, "deltaSplineBins", ""), "deltaSplineBins", "", 0.0, lo_open=True)
         bins = float(bond[:, :, 1].max()) / delta
         if bins > MAX_SPLINE_BINS:
@@ -365,7 +411,11 @@ def parse_yace(path) -> PACESpec:
                                        f"{float(bond[:, :, 1].max()):g} (limit {MAX_SPLINE_BINS:.0e}): ML-PACE would "
                                        "allocate without bound; 0.001 is usual")
 
-    # ---- functions
+
+def _read_functions(rd: _Reader, doc: dict, ndensity, sizes: BondSizes):
+    """Per element: its C-tilde functions {rank, mus, ns, ls, ms [num_ms_combs][rank], ctildes
+    [num_ms_combs][P]}, indices checked against the elements and the bonds' sizes."""
+    nz = len(ndensity)
     funcs_doc = rd.get(doc, "functions", "")
     if not isinstance(funcs_doc, dict):
         rd.fail("functions", "expected a mapping element index -> list of functions")
@@ -391,20 +441,16 @@ def parse_yace(path) -> PACESpec:
             ct = rd.nums(f, "ctildes", w, nms * P).reshape(nms, P)
             if any(not 0 <= m < nz for m in mus):
                 rd.fail(f"{w}.mus", f"element indices must be < {nz}, got {mus}")
-            nlim = nradbase if rank == 1 else nradmax
+            nlim = sizes.nradbase if rank == 1 else sizes.nradmax
             if any(not 1 <= n <= nlim for n in ns):
                 rd.fail(f"{w}.ns", f"radial indices must be in 1..{nlim}, got {ns}")
-            if any(not 0 <= l <= lmax for l in ls) or (rank == 1 and ls[0] != 0):
-                rd.fail(f"{w}.ls", f"angular indices must be in 0..{lmax} (0 for rank 1), got {ls}")
+            if any(not 0 <= l <= sizes.lmax for l in ls) or (rank == 1 and ls[0] != 0):
+                rd.fail(f"{w}.ls", f"angular indices must be in 0..{sizes.lmax} (0 for rank 1), got {ls}")
             if np.any(np.abs(ms) > np.asarray(ls)[None, :]):
                 rd.fail(f"{w}.ms_combs", f"|m| must be ≤ l = {ls}")
             out.append({"rank": rank, "mus": mus, "ns": ns, "ls": ls, "ms": ms.tolist(), "ctildes": ct.tolist()})
         functions.append(out)
-
-    return PACESpec(elements=list(elements), E0=[float(x) for x in E0], lmax=lmax, nradmax=nradmax,
-                    nradbase=nradbase, inner_cutoff_type=inner, radbasename=radbasename, bond=bond, crad=crad,
-                    ndensity=ndensity, npoti=npoti, fs_parameters=fs, rho_core_cut=rho_cut, functions=functions,
-                    source=os.path.basename(str(path)))
+    return functions
 
 
 def read_yace(path, *, dtype=None, device=None, pair_table=None) -> PACEModel:

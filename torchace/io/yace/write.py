@@ -30,12 +30,9 @@ Mapping of a torchace model (docs/conventions.md):
   bonds).  Lean (default): R_nl is written only for n ≤ the largest n a rank ≥ 2 function uses with that
   (μ_i, μ_j, l) (zeros elsewhere), nradmax / lmax those of the used rectangle (``channel_usage``);
   ``lean=False`` writes every radial degree for every l ≤ the model's max_l.
-* Products.  E_i − E0 = Σ_k (c·C)_{z_i k} AA_k with AA_k a product of e3nn real A's.  Each real Y_lm is
-  a fixed combination of PACE's complex Y_l^μ within its l (fitted once from sample directions,
-  residual checked), so each AA expands into complex monomials; monomials with the same multiset of
-  (μ_j, n, l, μ) are collected, those with Σμ ≠ 0 cancel (rotation invariance, checked), μ and −μ are
-  merged (Re P(−μ) = Re P(μ) when Σμ = 0), and the coefficients are real because every torchace
-  invariant has even Σl (checked).  Rank-1 terms are re-expressed on g_k (ML-PACE's A1 uses g_k itself).
+* Products (``ctilde``: the C-tilde functions).  E_i − E0 = Σ_k (c·C)_{z_i k} AA_k with AA_k a product of
+  e3nn real A's, each expanded into PACE's complex monomials and collected into real c̃ (checked); rank-1 terms
+  are re-expressed on g_k (ML-PACE's A1 uses g_k itself).
 * E0 goes into the file's ``E0`` list (ML-PACE adds it to every site energy).
 * Pair part and ZBL.  The C-tilde ``.yace`` has no pair term, so Σ_{i<j} U_{z_i z_j}(r_ij) with
   U_ab = Σ_k c_{abk} V_k(r; a, b) + Σ_k c_{bak} V_k(r; b, a) (+ the ZBL baseline) goes into a LAMMPS
@@ -54,183 +51,20 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
-from collections import defaultdict
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-import numpy as np
 import torch
 
 from ...atomic import check_output, text_output, write_outputs
 from ..lammps_words import lammps_word
 from .pair_table import DEFAULT_PAIR_POINTS, DEFAULT_PAIR_RCORE, TABLE, pair_energy_functions, pair_table_text
 from .pair import TORCHACE_HEADER, declaration
+from .ctilde import channel_usage, ctilde_functions, rank1_in_radial_base
 from .nonlinear import check_exportable, embedding_line, is_nonlinear, nonlinear_parts
 from .radial import fit_radial_coefficients
 
 DEFAULT_DELTA_SPLINE_BINS = 5e-4   # Å, ML-PACE's radial tabulation step (docs/yace.md: error against it)
-_CONVENTION_TOL = 1e-10         # relative size of terms that must vanish exactly (Σμ ≠ 0, Im c̃)
-_DROP_TOL = 1e-14               # relative size of c̃ treated as rounding noise of an exact zero
-
-
-# ---------------------------------------------------------------- spherical harmonics conventions
-
-
-def complex_sph(l: int, vec: np.ndarray) -> np.ndarray:
-    """ML-PACE's complex spherical harmonics: √(4π)·Y_l^μ(r̂) with Y_l^μ orthonormal in the Condon–Shortley
-    convention, μ = −l..l: [P, 2l + 1].  (ML-PACE's Y_0^0 is 1: ``ace_spherical_cart.cpp`` starts the
-    recurrence from P_0^0 = 1; measured against pyace, a rank-1/2/3 function of l = 0 comes out
-    (4π)^{ν/2} times the orthonormal value.)"""
-    vec = np.asarray(vec, dtype=np.float64)
-    r = np.linalg.norm(vec, axis=-1)
-    ct = vec[:, 2] / r
-    st = np.sqrt(np.clip(1.0 - ct * ct, 0.0, None))
-    phi = np.arctan2(vec[:, 1], vec[:, 0])
-    out = np.zeros((vec.shape[0], 2 * l + 1), dtype=np.complex128)
-    for m in range(l + 1):
-        # associated Legendre P_l^m(cos θ) with the (−1)^m phase, by upward recurrence in l
-        pmm = np.ones_like(ct)
-        for k in range(1, m + 1):
-            pmm = -pmm * (2 * k - 1) * st
-        if l == m:
-            plm = pmm
-        else:
-            p_prev, p = pmm, ct * (2 * m + 1) * pmm
-            for ll in range(m + 2, l + 1):
-                p_prev, p = p, ((2 * ll - 1) * ct * p - (ll + m - 1) * p_prev) / (ll - m)
-            plm = p
-        norm = math.sqrt((2 * l + 1) * math.factorial(l - m) / math.factorial(l + m))
-        y = norm * plm * np.exp(1j * m * phi)
-        out[:, l + m] = y
-        if m > 0:
-            out[:, l - m] = (-1) ** m * np.conj(y)
-    return out
-
-
-def real_to_complex_matrices(sh, max_l: int, seed: int = 0) -> List[np.ndarray]:
-    """W_l [2l+1 (μ), 2l+1 (real m)] with Y^real_{lm}(r̂) = Σ_μ W_l[μ, m] Y_l^μ(r̂) for the module ``sh``
-    (torchace's e3nn spherical harmonics).  Fitted by least squares on sample directions; raises if the
-    real functions are not in the span (a normalisation or convention mismatch)."""
-    rng = np.random.default_rng(seed)
-    vec = rng.normal(size=(64 * (max_l + 1), 3))
-    with torch.no_grad():
-        y_real = sh(torch.from_numpy(vec)).numpy()
-    out = []
-    for l in range(max_l + 1):
-        yc = complex_sph(l, vec)
-        yr = y_real[:, l * l:(l + 1) ** 2].astype(np.complex128)
-        W, *_ = np.linalg.lstsq(yc, yr, rcond=None)
-        res = np.abs(yc @ W - yr).max()
-        if res > 1e-11:
-            raise RuntimeError(f"e3nn real spherical harmonics of degree {l} are not a unitary combination "
-                               f"of the complex ones (residual {res:.2e}): convention mismatch")
-        out.append(W)
-    return out
-
-
-# ---------------------------------------------------------------- C-tilde coefficients
-
-
-def ctilde_functions(model, coefficients: Optional[torch.Tensor] = None, fold_scale: bool = True) -> List[List[dict]]:
-    """Per centre element: the C-tilde functions {mus, ns, ls, ms_combs, ctildes} of the many-body energy.
-
-    ``coefficients`` [P, NZ, n_b]: the B coefficients of P densities (default: the linear model's c, P = 1);
-    ``ctildes`` then holds P numbers per m-combination (ML-PACE's order, m-combination major).
-    ``fold_scale``: fold the per-(n, l) basis scale into c̃ (False when it is inside learned radials)."""
-    nz = model.nz
-    n_y = model.embedding.n_y
-    cols = model.embedding.cols.cpu().numpy()
-    n_a = model.embedding.n_a
-    idx = model.product.idx.cpu().numpy()
-    nl_scale = model.embedding.nl_scale.detach().cpu().numpy()
-    with torch.no_grad():
-        if coefficients is None:
-            coefficients = model.coefficients.detach()[: model.n_manybody].view(1, nz, model.n_b)
-        # [P, NZ, n_aa]
-        c_aa = np.stack([model.coupling.transpose_apply(c).cpu().numpy() for c in coefficients.detach()])
-    P = c_aa.shape[0]
-    W = real_to_complex_matrices(model.embedding.sh, model.embedding.max_l)
-
-    # one-particle function a -> (μ_j, n (1-based, PACE), l, real m index 0..2l) and its (n, l) scale
-    n_t = cols // n_y                     # torchace n - 1
-    lm = cols % n_y
-    l_t = np.floor(np.sqrt(lm)).astype(np.int64)
-    m_t = lm - l_t * l_t
-    factor_of = [((int(n) % nz), int(n) // nz + 1, int(l), int(m)) for n, l, m in zip(n_t, l_t, m_t)]
-    scale_of = nl_scale[n_t, l_t] if fold_scale else np.ones(n_t.shape)
-
-    # group AA rows by the multiset of (μ_j, n, l): one PACE function per group and centre element
-    groups: Dict[tuple, List[Tuple[int, Tuple[int, ...]]]] = defaultdict(list)
-    for k in range(idx.shape[0]):
-        fac = sorted(factor_of[a] for a in idx[k] if a != n_a)
-        if not fac:
-            raise ValueError("constant product basis function: not representable in .yace (use E0)")
-        key = tuple(f[:3] for f in fac)
-        groups[key].append((k, tuple(f[3] for f in fac)))
-        # (μ, n, l) sorted together with m keeps the key order of each row's factors
-
-    funcs: List[List[dict]] = [[] for _ in range(nz)]
-    for key, rows in groups.items():
-        ls = [g[2] for g in key]
-        dims = [2 * l + 1 for l in ls]
-        T = np.zeros((P, nz) + tuple(dims), dtype=np.complex128)
-        for k, ms in rows:
-            scale = float(np.prod([scale_of[a] for a in idx[k] if a != n_a]))
-            t = np.ones((), dtype=np.complex128)
-            for l, m in zip(ls, ms):
-                t = np.multiply.outer(t, W[l][:, m])
-            T += c_aa[:, :, k].reshape((P, nz) + (1,) * len(ls)) * scale * t
-        # runs of equal (μ, n, l): permuting their μ's gives the same monomial
-        runs = []
-        start = 0
-        for t in range(1, len(key) + 1):
-            if t == len(key) or key[t] != key[start]:
-                runs.append((start, t))
-                start = t
-
-        def canon(mu):
-            mu = list(mu)
-            for s, e in runs:
-                mu[s:e] = sorted(mu[s:e])
-            return tuple(mu)
-
-        tmax = np.abs(T).reshape(P, -1).max(1)           # per density
-        for z in range(nz):
-            if not np.any(tmax > 0.0):
-                continue
-            acc: Dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(P, dtype=np.complex128))
-            bad = np.zeros(P)
-            for pos in zip(*np.nonzero(np.any(T[:, z] != 0, axis=0))):
-                mu = tuple(int(p) - l for p, l in zip(pos, ls))
-                acc[canon(mu)] += T[(slice(None), z) + pos]
-            merged: Dict[tuple, np.ndarray] = {}
-            for mu, v in acc.items():
-                if sum(mu) != 0:
-                    # must cancel once permutations of equal factors are collected (rotation invariance)
-                    bad = np.maximum(bad, np.abs(v))
-                    continue
-                if np.any(np.abs(v.imag) > _CONVENTION_TOL * tmax):
-                    raise RuntimeError(f"complex C-tilde coefficient {v} for (μ,n,l) {key}, m {mu}: "
-                                       "convention mismatch")
-                neg = canon(tuple(-x for x in mu))
-                rep = max(mu, neg)
-                merged[rep] = merged.get(rep, 0.0) + v.real
-            if np.any(bad > _CONVENTION_TOL * tmax):
-                raise RuntimeError(f"non-invariant complex monomials (Σm ≠ 0, size {bad.max():.2e}) for {key}: "
-                                   "convention mismatch")
-            ms_combs, ctildes = [], []
-            for mu in sorted(merged):
-                keep = np.abs(merged[mu]) > _DROP_TOL * tmax   # per density: rounding noise of an exact zero
-                if keep.any():
-                    ms_combs.extend(mu)
-                    ctildes.extend(float(v) if k else 0.0 for v, k in zip(merged[mu], keep))
-            if ctildes:
-                funcs[z].append({"mu0": z, "rank": len(key), "mus": [g[0] for g in key], "ns": [g[1] for g in key],
-                                 "ls": ls, "ms_combs": ms_combs, "ctildes": ctildes})
-    for z in range(nz):
-        funcs[z].sort(key=lambda f: (f["rank"], f["mus"], f["ns"], f["ls"]))
-    return funcs
 
 
 def _f(x: float) -> str:
@@ -245,45 +79,6 @@ def _f(x: float) -> str:
 
 def _flow(xs, fmt=str) -> str:
     return "[" + ", ".join(fmt(x) for x in xs) + "]"
-
-
-def channel_usage(funcs: List[List[dict]], nz: int) -> Dict[Tuple[int, int], Dict[int, int]]:
-    """{(μ_i, μ_j): {l: largest n}} of the (n, l) channels R^{μ_i μ_j}_{nl} that the rank ≥ 2 functions use
-    (rank-1 functions use the radial base g_k itself, not R_nl)."""
-    use: Dict[Tuple[int, int], Dict[int, int]] = {(a, b): {} for a in range(nz) for b in range(nz)}
-    for z, fz in enumerate(funcs):
-        for f in fz:
-            if f["rank"] < 2:
-                continue
-            for mu, n, l in zip(f["mus"], f["ns"], f["ls"]):
-                d = use[(z, mu)]
-                d[l] = max(d.get(l, 0), n)
-    return use
-
-
-def _rank1_in_radial_base(funcs: List[List[dict]], crad: Dict[Tuple[int, int], np.ndarray], nradbase: int,
-                          P: int = 1) -> None:
-    """ML-PACE's rank-1 functions use the radial base g_k itself (A_rank1 = Σ_j g_k(r_ij) Y00), not the
-    combinations R_n = Σ_k crad[n, k] g_k (crad[n, l = 0, k] for learned radials): re-express Σ_n c_n A_{n00}
-    on the g_k, for each of the P densities (in place)."""
-    for z, fz in enumerate(funcs):
-        acc: Dict[int, np.ndarray] = {}
-        rest = []
-        for f in fz:
-            if f["rank"] != 1:
-                rest.append(f)
-                continue
-            b, n = f["mus"][0], f["ns"][0]
-            M = crad[(z, b)]
-            acc.setdefault(b, np.zeros((P, nradbase)))
-            acc[b] += np.asarray(f["ctildes"])[:, None] * (M[n - 1] if M.ndim == 2 else M[n - 1, 0])
-        rank1 = []
-        for b in sorted(acc):
-            for k in range(nradbase):
-                if np.any(acc[b][:, k] != 0.0):
-                    rank1.append({"mu0": z, "rank": 1, "mus": [b], "ns": [k + 1], "ls": [0], "ms_combs": [0],
-                                  "ctildes": [float(v) for v in acc[b][:, k]]})
-        fz[:] = rank1 + rest
 
 
 # The first lines of the .yace and of the LAMMPS include file: the markers of the output rule (torchace.atomic):
@@ -366,7 +161,51 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
     "elements", "lammps_types", "nradbase", "radbasename", "radial_error", "nradmax", "lmax",
     "channels_used", "splines_per_neighbour" (ML-PACE evaluates nradbase + nradmax·(lmax + 1) splines per
     neighbour), "pair": the pair table's report (``pair_table_text``) or None, "ndensity", "fs_parameters" ([NZ][2P])}.
+
+    Steps: check the model and the options (``_check_request``), name and check the output files
+    (``_output_names``), the float64 CPU basis and the nonlinear parts (``_export_basis``), the C-tilde
+    functions and radial tables (``ctilde_basis``), the .yace text (``yace_text``), the pair table and the LAMMPS
+    input, all files written as one set.
     """
+    nonlinear = _check_model(model)
+    path = os.fspath(path)
+    meta_json = _check_request(model, path, metadata, delta_spline_bins)
+    names = _output_names(path, pair_table, lammps_include, overwrite)
+    basis, parts = _export_basis(model, nonlinear)
+    if lammps_types is not None:
+        lammps_input(basis.elements, path, None, None, basis.rcut, list(lammps_types))   # validate before writing
+    cb = ctilde_basis(basis, parts, lean, nradbase, radial_tol)
+    pair_model = parts.pair_model if nonlinear else basis
+    # which pair table belongs to this .yace (read_yace reads it too: the whole model, never the many-body half)
+    has_pair = pair_energy_functions(pair_model) is not None
+    text = yace_text(basis, cb, declaration(path, names.pair_table if has_pair else None),
+                     float(delta_spline_bins), lean, meta_json, nonlinear)
+
+    table_out = pair_table_text(pair_model, pair_points, pair_rmin, pair_rcore)
+    table = None if table_out is None else table_out[1]
+    table_path = None if table is None else os.path.abspath(names.pair_table)
+    cmds, comments = lammps_input(basis.elements, path, table, table_path, basis.rcut,
+                                  None if lammps_types is None else list(lammps_types))
+    # one set: every temporary file is written before any is renamed, so a full disk never leaves the new .yace
+    # beside the old pair table (torchace.atomic.write_outputs)
+    files = [(path, YACE, text, ".yace")]
+    if table_out is not None:
+        files.append((names.pair_table, TABLE, table_out[0], ".table"))
+    include = names.include
+    if include is not None:
+        files.append((include, INCLUDE, "\n".join(comments + cmds) + "\n", ".lammps"))
+        include = os.path.abspath(include)
+    write_outputs(files, overwrite)
+    elements, N = basis.elements, cb.fit.nradbase
+    return {"yace": os.path.abspath(path), "pair_table": table_path, "lammps_include": include, "lammps": cmds,
+            "elements": list(elements), "lammps_types": list(elements if lammps_types is None else lammps_types),
+            "nradbase": N, "radbasename": cb.fit.radbasename, "radial_error": cb.fit.error, "nradmax": cb.nradmax,
+            "lmax": cb.lmax, "channels_used": cb.used, "splines_per_neighbour": N + cb.nradmax * (cb.lmax + 1),
+            "pair": table, "ndensity": cb.P, "fs_parameters": cb.fs if cb.fs is not None else [[1.0, 1.0]] * basis.nz}
+
+
+def _check_model(model) -> bool:
+    """Whether ``model`` is a (exportable) ``NonlinearACEModel``; a TypeError for anything but the two ACE models."""
     from ...model.ace import ACEModel
 
     nonlinear = is_nonlinear(model)   # a NonlinearACEModel: torchace/io/yace_nonlinear.py
@@ -374,9 +213,15 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
         check_exportable(model)
     elif not isinstance(model, ACEModel):
         raise TypeError(f"write_yace expects a torchace ACEModel or NonlinearACEModel, got {type(model).__name__}")
-    path = os.fspath(path)
+    return nonlinear
+
+
+def _check_request(model, path: str, metadata: Optional[dict], delta_spline_bins: float) -> Optional[str]:
+    """Refuse a file name without '.yace', metadata that is not JSON, a spline step outside (0, 0.1) Å and
+    coefficients that are not finite; returns the metadata as JSON (None without)."""
     if not path.endswith(".yace"):
         raise ValueError(f"{path}: a .yace file name must end in '.yace' (ML-PACE chooses the reader by extension)")
+    meta_json = None
     if metadata is not None:
         try:
             meta_json = json.dumps(metadata, sort_keys=True, allow_nan=False)
@@ -387,6 +232,20 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
         raise ValueError(f"delta_spline_bins must be in (0, 0.1) Å, got {delta_spline_bins}")
     if not torch.isfinite(model.coefficients.detach()).all():
         raise ValueError("model coefficients are not finite: nothing to export")
+    return meta_json
+
+
+class OutputNames(NamedTuple):
+    """The files of one export: the pair table (written only if the model has a pair part) and the LAMMPS
+    include file (None: not written)."""
+
+    pair_table: str
+    include: Optional[str]
+
+
+def _output_names(path: str, pair_table: Optional[str], lammps_include, overwrite: bool) -> OutputNames:
+    """The pair table's and the include file's names (defaults ``<stem>_pairpot.table``, ``<stem>.lammps``),
+    checked before any work: distinct, names LAMMPS can read back, and none a file torchace did not write."""
     stem = path[: -len(".yace")]
     include = stem + ".lammps" if lammps_include is True else (os.fspath(lammps_include) if lammps_include else None)
     if include is not None and os.path.abspath(include) in (os.path.abspath(path),
@@ -404,11 +263,19 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
     for out, kind in ((path, YACE), (pair_table, TABLE), (include, INCLUDE)):
         if out is not None:
             check_output(out, kind, overwrite)
+    return OutputNames(pair_table, include)
+
+
+def _export_basis(model, nonlinear: bool):
+    """(the float64 CPU ``ACEModel`` whose basis is written, the ``YaceParts`` of a nonlinear model or None);
+    the caller's model is never changed or moved."""
+    from ...model.ace import ACEModel
+
     p0 = model.coefficients
     if nonlinear:
         parts = nonlinear_parts(model)
-        model = parts.basis
-    elif p0.dtype != torch.float64:
+        return parts.basis, parts
+    if p0.dtype != torch.float64:
         # ML-PACE works in double precision.  Rebuild the basis in float64 from the config (buffers such as
         # y(rcut) rounded to float32 would leave a ~1e-7 step at rcut) and carry over what a fit sets.
         m64 = ACEModel(model.config, dtype=torch.float64)
@@ -417,69 +284,101 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
             m64.E0.copy_(model.E0.detach().to("cpu", torch.float64))
         m64.set_basis_scale(model.embedding.nl_scale.detach().to("cpu", torch.float64),
                             model.pair.scale.detach().to("cpu", torch.float64))
-        model = m64.eval()
-    elif p0.device.type != "cpu":
-        model = copy.deepcopy(model).to("cpu")   # never move the caller's model
-    nz = model.nz
-    elements = model.elements
-    if lammps_types is not None:
-        lammps_input(elements, path, None, None, model.rcut, list(lammps_types))   # validate before writing
-    n_poly = model.embedding.radials.n_poly
-    c_mb, fs, W = (parts.coefficients, parts.fs_parameters, parts.radial_weights) if nonlinear else (None, None, None)
+        return m64.eval(), None
+    if p0.device.type != "cpu":
+        return copy.deepcopy(model).to("cpu"), None   # never move the caller's model
+    return model, None
+
+
+class CTildeBasis(NamedTuple):
+    """What the .yace body is written from: the radial fit, the C-tilde functions per element, the (n, l)
+    channels they use, the written table sizes, P densities, their FS parameters (None: linear) and whether
+    the radials are learned (R_nl depends on l)."""
+
+    fit: Any
+    funcs: List[List[dict]]
+    usage: Dict[Tuple[int, int], Dict[int, int]]
+    nradmax: int
+    lmax: int
+    used: int
+    P: int
+    fs: Optional[List[List[float]]]
+    learned_radials: bool
+
+
+def ctilde_basis(basis, parts, lean: bool, nradbase: Optional[int], radial_tol: float) -> CTildeBasis:
+    """The radial fit (``yace_radial``), the C-tilde functions (rank-1 terms on the radial base g_k) and the
+    table sizes: those of the used rectangle (``lean``) or the model's full grid."""
+    c_mb, fs, W = (parts.coefficients, parts.fs_parameters, parts.radial_weights) if parts else (None, None, None)
     P = 1 if c_mb is None else int(c_mb.shape[0])
-    fit = fit_radial_coefficients(model, nradbase, radial_tol, lean=lean, radial_weights=W)
-    N, crad = fit.nradbase, fit.crad
-    funcs = ctilde_functions(model, c_mb, fold_scale=W is None)
-    usage = channel_usage(funcs, nz)
-    _rank1_in_radial_base(funcs, crad, N, P)
-    E0 = model.E0.detach().cpu().tolist()
+    fit = fit_radial_coefficients(basis, nradbase, radial_tol, lean=lean, radial_weights=W)
+    funcs = ctilde_functions(basis, c_mb, fold_scale=W is None)
+    usage = channel_usage(funcs, basis.nz)
+    rank1_in_radial_base(funcs, fit.crad, fit.nradbase, P)
     if lean:
         nradmax = max([1] + [n for d in usage.values() for n in d.values()])
         lmax = max([0] + [l for d in usage.values() for l in d])
     else:
-        nradmax, lmax = n_poly, int(model.embedding.max_l)
+        nradmax, lmax = basis.embedding.radials.n_poly, int(basis.embedding.max_l)
     used = sum(n for d in usage.values() for n in d.values())
+    return CTildeBasis(fit, funcs, usage, nradmax, lmax, used, P, fs, W is not None)
 
+
+def yace_text(basis, cb: CTildeBasis, pair_declaration: str, delta_spline_bins: float, lean: bool,
+              meta_json: Optional[str], nonlinear: bool) -> str:
+    """The .yace file: comment lines (header, metadata, the pair table's declaration, what was exported), then
+    elements, E0, deltaSplineBins, embeddings, bonds (``_bond_lines``) and functions (``_function_lines``)."""
+    nz, fit, P, fs = basis.nz, cb.fit, cb.P, cb.fs
     out: List[str] = [f"{YACE_HEADER}.io.write_yace (many-body part and E0; "
                       "the pair part, if any, is in a LAMMPS pair table, see docs/yace.md)"]
-    if metadata is not None:
+    if meta_json is not None:
         out.append("# metadata: " + meta_json)
-    # which pair table belongs to this .yace (read_yace reads it too: the whole model, never the many-body half)
-    has_pair = pair_energy_functions(parts.pair_model if nonlinear else model) is not None
-    out.append(declaration(path, (pair_table or stem + "_pairpot.table") if has_pair else None))
+    out.append(pair_declaration)
     out.append(f"# {'lean' if lean else 'full-grid'} export: radial base {fit.radbasename} (lambda {fit.lam:g}, "
-               f"{N} functions, fit error {fit.error:.1e}), nradmax {nradmax}, lmax {lmax}, {used} of "
-               f"{nz * nz * nradmax * (lmax + 1)} (n, l) channels used")
+               f"{fit.nradbase} functions, fit error {fit.error:.1e}), nradmax {cb.nradmax}, lmax {cb.lmax}, "
+               f"{cb.used} of {nz * nz * cb.nradmax * (cb.lmax + 1)} (n, l) channels used")
     if nonlinear:
         out.append(f"# nonlinear torchace model: {P} densities, embedding "
                    f"{'FinnisSinclairShiftedScaled' if fs is not None else 'none (F = rho_1)'}, "
-                   f"{'learned' if W is not None else 'fixed'} radials (docs/yace.md)")
-    out.append(f"elements: {_flow(elements)}")
-    out.append(f"E0: {_flow(E0, _f)}")
+                   f"{'learned' if cb.learned_radials else 'fixed'} radials (docs/yace.md)")
+    out.append(f"elements: {_flow(basis.elements)}")
+    out.append(f"E0: {_flow(basis.E0.detach().cpu().tolist(), _f)}")
     out.append(f"deltaSplineBins: {_f(delta_spline_bins)}")
     out.append("embeddings:")
     for z in range(nz):
         out.append(embedding_line(z, P, fs, _f))
-    out.append("bonds:")
+    out += _bond_lines(basis, cb, lean)
+    out += _function_lines(cb.funcs, P)
+    return "\n".join(out) + "\n"
+
+
+def _bond_lines(basis, cb: CTildeBasis, lean: bool) -> List[str]:
+    """The ``bonds`` section: per (μ_i, μ_j) the radial base and crad[n][l][k] (torchace's fixed radials do not
+    depend on l, learned ones do: M [n, l, k]); lean: zero where the functions use no R_nl."""
+    fit, N, n_poly = cb.fit, cb.fit.nradbase, basis.embedding.radials.n_poly
+    out = ["bonds:"]
     zeros = _flow([0] * N)
-    for (a, b), M in crad.items():
-        # crad[n][l][k]: torchace's fixed radials do not depend on l (learned ones do: M [n, l, k]); lean: zero
-        # where the functions use no R_nl
-        nl_max = usage[(a, b)]
+    for (a, b), M in fit.crad.items():
+        nl_max = cb.usage[(a, b)]
         rows = []
-        for n in range(nradmax):
+        for n in range(cb.nradmax):
             cells = [_flow(M[n] if M.ndim == 2 else M[n, l], _f)
-                     if n < n_poly and (not lean or n < nl_max.get(l, 0)) else zeros for l in range(lmax + 1)]
+                     if n < n_poly and (not lean or n < nl_max.get(l, 0)) else zeros for l in range(cb.lmax + 1)]
             rows.append("[" + ", ".join(cells) + "]")
-        out.append(f"  [{a}, {b}]: {{nradmax: {nradmax}, lmax: {lmax}, nradbasemax: {N}, "
+        out.append(f"  [{a}, {b}]: {{nradmax: {cb.nradmax}, lmax: {cb.lmax}, nradbasemax: {N}, "
                    f"radbasename: {fit.radbasename}, "
                    f"radparameters: [{_f(fit.lam)}], radcoefficients: [{', '.join(rows)}], prehc: 0, lambdahc: 0, "
-                   f"rcut: {_f(model.rcut)}, dcut: {'0' if fit.radbasename == 'ChebExpCos' else '0.01'}, "
+                   f"rcut: {_f(basis.rcut)}, dcut: {'0' if fit.radbasename == 'ChebExpCos' else '0.01'}, "
                    "rcut_in: 0, dcut_in: 0, inner_cutoff_type: distance}")
-    out.append("functions:")
-    for z in range(nz):
+    return out
+
+
+def _function_lines(funcs: List[List[dict]], P: int) -> List[str]:
+    """The ``functions`` section, one flow mapping per C-tilde function (``funcs`` is completed in place: ML-PACE
+    wants a list per element, so an element without functions gets a zero rank-1 function)."""
+    out = ["functions:"]
+    for z in range(len(funcs)):
         if not funcs[z]:
-            # ML-PACE wants a list per element; a zero rank-1 function stands for "no many-body energy"
             funcs[z] = [{"mu0": z, "rank": 1, "mus": [0], "ns": [1], "ls": [0], "ms_combs": [0], "ctildes": [0.0] * P}]
         out.append(f"  {z}:")
         for f in funcs[z]:
@@ -488,24 +387,5 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
                        f"mus: {_flow(f['mus'])}, "
                        f"ns: {_flow(f['ns'])}, ls: {_flow(f['ls'])}, ms_combs: {_flow(f['ms_combs'])}, "
                        f"ctildes: {_flow(f['ctildes'], _f)}}}")
-    text = "\n".join(out) + "\n"
+    return out
 
-    table_out = pair_table_text(parts.pair_model if nonlinear else model, pair_points, pair_rmin, pair_rcore)
-    table = None if table_out is None else table_out[1]
-    table_path = None if table is None else os.path.abspath(pair_table)
-    cmds, comments = lammps_input(elements, path, table, table_path, model.rcut,
-                                  None if lammps_types is None else list(lammps_types))
-    # one set: every temporary file is written before any is renamed, so a full disk never leaves the new .yace
-    # beside the old pair table (torchace.atomic.write_outputs)
-    files = [(path, YACE, text, ".yace")]
-    if table_out is not None:
-        files.append((pair_table, TABLE, table_out[0], ".table"))
-    if include is not None:
-        files.append((include, INCLUDE, "\n".join(comments + cmds) + "\n", ".lammps"))
-        include = os.path.abspath(include)
-    write_outputs(files, overwrite)
-    return {"yace": os.path.abspath(path), "pair_table": table_path, "lammps_include": include, "lammps": cmds,
-            "elements": list(elements), "lammps_types": list(elements if lammps_types is None else lammps_types),
-            "nradbase": N, "radbasename": fit.radbasename, "radial_error": fit.error, "nradmax": nradmax,
-            "lmax": lmax, "channels_used": used, "splines_per_neighbour": N + nradmax * (lmax + 1), "pair": table,
-            "ndensity": P, "fs_parameters": fs if fs is not None else [[1.0, 1.0]] * nz}

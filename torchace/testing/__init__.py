@@ -16,8 +16,8 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from . import keys as K
-from .model.evaluate import evaluate
+from .. import keys as K
+from ..model.evaluate import evaluate
 
 # relative tolerances for invariance / agreement checks
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}
@@ -121,7 +121,7 @@ def labelled_dataset(n: int = 6, seed: int = 0):
     """Small SiGe ``Dataset`` (crystals and clusters, random energy/force/stress labels, two config_types)."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from .fit.data import read_data
+    from ..fit.data import read_data
 
     rng = np.random.default_rng(seed)
     structs = []
@@ -142,8 +142,8 @@ def model_labelled(model, symbols: Sequence[str], n: int = 6, seed: int = 0, noi
     forces plus N(0, noise²) (seeded): data a model of that form can fit to the noise."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from . import keys as K
-    from .model.evaluate import evaluate
+    from .. import keys as K
+    from ..model.evaluate import evaluate
 
     g = np.random.default_rng(seed)
     out = []
@@ -240,9 +240,9 @@ def backend_agreement(model, structures, backend: str, task: str = "evaluate", s
     energy, site energies, forces, virial; "rows": the three row blocks), with a neighbour list of cutoff
     rcut + ``skin`` (skin edges must contribute exactly zero).  Raises AssertionError above
     ``BACKEND_RTOL``."""
-    from .model.backends import select
-    from .model.evaluate import model_inputs
-    from .structures.batch import collate
+    from ..model.backends import select
+    from ..model.evaluate import model_inputs
+    from ..structures.batch import collate
 
     p = model.coefficients
     batch = collate(structures, model.config.numbers, model.rcut + skin, dtype=p.dtype, device=p.device)
