@@ -14,9 +14,9 @@ has a finite, non-zero gradient.  ``|ρ|`` is written as ρ·sign(ρ) with the s
 gives f'(0) = 5/4 as well (torch's ``abs`` would give a zero derivative at 0, and a density started at
 zero would never move).
 
-``MLPEmbedding`` (torch only, not exportable): F = ρ_1 + Σ_h w_h (tanh(Σ_p W_hp ρ_p + b_h) − tanh(b_h)),
-per element, w = 0 at initialisation (F = ρ_1) and F(0) = 0 for any parameters (an isolated atom has energy
-E0).
+``MLPEmbedding`` (torch, TorchScript and metatomic exports; no .yace):
+F = ρ_1 + Σ_h w_h (tanh(Σ_p W_hp ρ_p + b_h) − tanh(b_h)), per element, w = 0 at initialisation (F = ρ_1) and
+F(0) = 0 for any parameters (an isolated atom has energy E0).
 
 Both have ``forward(rho [N, P], species [N]) → F [N]`` (autograd) and ``value_and_grad`` → (F, ∂F/∂ρ [N, P])
 with hand-written derivatives (the analytic evaluation path).

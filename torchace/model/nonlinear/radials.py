@@ -108,7 +108,8 @@ class LearnableRadials(nn.Module):
     # ---- analytic path (feature-major [F, E], as EdgeEmbedding.with_grad / vjp) ----
 
     def with_grad(self, vectors: torch.Tensor, r: torch.Tensor, R: torch.Tensor, dR: torch.Tensor, Y: torch.Tensor,
-                  nl_scale: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+                  nl_scale: torch.Tensor, zi: torch.Tensor,
+                  zj: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """φ [n_a, E] and what ``vjp`` needs: [u, r, Rsel, dRsel, Ysel, Y], from r = |r_e|, (R, dR/dr) =
         ``ManyBodyRadials.with_grad(r)`` [n_poly·NZ, E] and Y = ``EdgeEmbedding.sph(r_e)`` [n_y, E] (standard
         real basis)."""
