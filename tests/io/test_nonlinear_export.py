@@ -1,5 +1,5 @@
-"""The nonlinear ACE model where the linear model goes: TorchScript export (torchace.io.nonlinear_script), metatomic
-export (metatomic-ase calculator and metatomic.torch), the ASE calculator and `torchace evaluate`, for every
+"""The nonlinear ACE model where the linear model goes: TorchScript export (torch.jit.script of the model itself),
+metatomic export (metatomic-ase calculator and metatomic.torch), the ASE calculator and `torchace evaluate`, for every
 embedding (None, FS, MLP) with fixed and learned radials: the same energies, site energies, forces and
 virials/stresses as torchace.evaluate (float64: 1e-12 relative; float32 exports to single precision)."""
 import copy

@@ -10,7 +10,7 @@ its values the pair vectors r_ij = x_j − x_i + S·cell, the same convention as
     E_i = E0(z_i) + c_{z_i}·B_i + Σ_j c_{z_i z_j}·V(r_ij) [+ ½ Σ_j V_ZBL(r_ij)]        (ACEpotentials.jl §II)
 
 and for a ``NonlinearACEModel`` its ``node_energies`` (E0 + F(ρ_1 … ρ_P) + pair [+ ZBL], docs/nonlinear.md),
-evaluated by the scriptable copy ``torchace.io.nonlinear_script.ScriptableNonlinear``.
+compiled from the model's own code as the TorchScript export does (``torchace.io.torchscript``).
 
 The engine differentiates the energy itself.  The pair vectors carry autograd links to the positions
 and the cell (metatomic's ``register_autograd_neighbors``, done by the engines' neighbour lists), so
@@ -29,7 +29,6 @@ Requires ``metatomic-torch`` (``pip install "torchace[metatomic]"``); imported l
 ``torchace.export(model, path, format="metatomic")``.
 """
 # no ``from __future__ import annotations``: metatomic checks the real annotation types of ``forward``
-import copy
 import json
 import os
 from typing import Dict, List, Optional
@@ -51,7 +50,7 @@ except ImportError as exc:  # optional dependency; torchace.export imports this 
 
 class MetatomicACE(torch.nn.Module):
     """metatomic ``ModelInterface`` around an evaluator with ``node_energies(vectors, species, edge_index)``: an
-    ``ACEModel``, or a nonlinear model's ``ScriptableNonlinear`` (see the module docstring).  ``committee``
+    ``ACEModel`` or a ``NonlinearACEModel`` (see the module docstring).  ``committee``
     (linear models only): the members' coefficients [n, basis_size], or None (no ensemble outputs; the
     committee code is then not compiled)."""
 
@@ -198,9 +197,9 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
     model's).  ``devices``: supported devices in order of preference (default: cuda if available here,
     then cpu).  ``metadata``: JSON-serialisable user entries, stored as ``ModelMetadata.extra["user"]``."""
     from ..keys import VERSION as __version__
-    from .torchscript import export_metadata
+    from .torchscript import export_copy, export_metadata
 
-    m = copy.deepcopy(model).eval()
+    m = export_copy(model)  # a nonlinear model's committee is not exported (a warning): energy only
     if dtype is not None:
         m = m.to(dtype)
     dt = m.coefficients.dtype
@@ -210,14 +209,7 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
     m.committee = None  # carried by the wrapper (as the dtype of the model), not by ACEModel
     nonlinear = bool(getattr(m, "nonlinear", False))
     kind = "nonlinear" if nonlinear else "linear"
-    if nonlinear:  # a nonlinear model's committee is not exported (ScriptableNonlinear warns): energy only
-        from .nonlinear_script import ScriptableNonlinear
-
-        evaluator = ScriptableNonlinear(m, committee=comm).eval()
-        comm = None
-    else:
-        evaluator = m
-    module = MetatomicACE(evaluator, m.config.numbers, None if comm is None else comm.detach().to(dt)).eval()
+    module = MetatomicACE(m, m.config.numbers, None if comm is None else comm.detach().to(dt)).eval()
     outputs = {"energy": ModelOutput(unit="eV", sample_kind="atom",
                                      description=f"{kind} ACE energy (site energies per atom)")}
     if comm is not None:

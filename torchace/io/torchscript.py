@@ -6,8 +6,8 @@ document, ``extra/torchace_metadata.json`` (``_extra_files``), with the elements
 symbols), rcut, units, dtype, the torchace/torch versions, the model config and the calling convention
 of ``forward``; ``read_metadata(path)`` reads it with ``zipfile`` alone, ``load_torchscript(path)``
 returns (module, metadata).  Writes are atomic (temporary file in the target directory + ``os.replace``).
-A ``NonlinearACEModel`` is exported through its scriptable copy (``torchace.io.nonlinear_script``; same
-``forward`` contract, metadata with a ``"nonlinear"`` entry; docs/export.md, "Nonlinear models").
+The module is ``torch.jit.script`` of a copy of the model itself, linear or nonlinear (same ``forward``
+contract; a nonlinear model's metadata has a ``"nonlinear"`` entry; docs/export.md, "Nonlinear models").
 
 ``format="metatomic"``: a metatomic ``AtomisticModel`` (``torchace.export_metatomic``; needs the optional
 ``metatomic-torch`` package) for LAMMPS ``pair_style metatomic``, i-PI and ASE (``metatomic-ase``).
@@ -61,7 +61,7 @@ def export_metadata(model) -> Dict[str, Any]:
     from .model_file import UNITS
 
     nonlinear = bool(getattr(model, "nonlinear", False))
-    # what the export carries: a nonlinear model's committee is not exported (torchace.io.nonlinear_script)
+    # what the export carries: a nonlinear model's committee is not exported (``export_copy``)
     comm = None if nonlinear else getattr(model, "committee", None)
     meta = {
         "format": TS_FORMAT,
@@ -98,15 +98,25 @@ def quiet_jit():
         yield
 
 
-def script_model(model) -> torch.jit.ScriptModule:
-    """A TorchScript copy of ``model`` in eval mode (the model itself is not modified); a ``NonlinearACEModel``
-    through its scriptable form (``torchace.io.nonlinear_script``)."""
-    if getattr(model, "nonlinear", False):
-        from .nonlinear_script import ScriptableNonlinear
+NONLINEAR_COMMITTEE = ("the committee of a nonlinear model is not exported (no energy_ensemble / uncertainty "
+                       "outputs): the export gives the model's energies, forces and virials only")
 
-        m = ScriptableNonlinear(model).eval()
-    else:
-        m = copy.deepcopy(model).eval()
+
+def export_copy(model):
+    """The copy of ``model`` that an export compiles, in eval mode (the model itself is not modified).  A
+    nonlinear model's committee is not exported (yet): dropped, with a warning."""
+    m = copy.deepcopy(model).eval()
+    if getattr(m, "nonlinear", False):
+        if m.committee is not None:
+            warnings.warn(NONLINEAR_COMMITTEE, UserWarning, stacklevel=3)
+        m.committee = None
+    return m
+
+
+def script_model(model) -> torch.jit.ScriptModule:
+    """A TorchScript copy of ``model`` in eval mode: ``torch.jit.script`` of the model's own code (``ACEModel``,
+    ``NonlinearACEModel``: their ``__jit_*`` declarations keep the Python-only parts out)."""
+    m = export_copy(model)
     with quiet_jit():
         return torch.jit.script(m)
 

@@ -85,14 +85,20 @@ class LearnedBasis(nn.Module):
     def nl_scale(self) -> torch.Tensor:
         return self.base.nl_scale
 
+    # the learned radials take the base basis's evaluations as tensors (as NonlinearACEModel.one_particle_*)
     def forward(self, vectors: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
-        return self.learned(self.base, vectors, zi, zj)
+        b = self.base
+        r = torch.linalg.norm(vectors, dim=-1)
+        return self.learned(b.radials(r, zi, zj), b.sh(vectors), b.nl_scale, zi, zj)
 
     def with_grad(self, vectors: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor):
-        return self.learned.with_grad(self.base, vectors, zi, zj)
+        b = self.base
+        r = torch.linalg.norm(vectors, dim=-1)
+        R, dR = b.radials.with_grad(r, zi, zj)
+        return self.learned.with_grad(vectors, r, R, dR, b.sph(vectors, False)[0], b.nl_scale, zi, zj)
 
     def vjp(self, g: torch.Tensor, saved: List[torch.Tensor]) -> torch.Tensor:
-        return self.learned.vjp(self.base, g, saved)
+        return self.learned.vjp(g, saved)
 
     def dphi(self, saved: List[torch.Tensor]) -> torch.Tensor:
         """∂φ[a, e]/∂r_e[c] as [3, n_a, E]: u (R' Y − l R Y / r) + R (∇S)/r (as ``EdgeEmbedding.dphi``, with

@@ -14,9 +14,9 @@ has a finite, non-zero gradient.  ``|ρ|`` is written as ρ·sign(ρ) with the s
 gives f'(0) = 5/4 as well (torch's ``abs`` would give a zero derivative at 0, and a density started at
 zero would never move).
 
-``MLPEmbedding`` (torch only, not exportable): F = ρ_1 + Σ_h w_h (tanh(Σ_p W_hp ρ_p + b_h) − tanh(b_h)),
-per element, w = 0 at initialisation (F = ρ_1) and F(0) = 0 for any parameters (an isolated atom has energy
-E0).
+``MLPEmbedding`` (torch, TorchScript and metatomic exports; no .yace):
+F = ρ_1 + Σ_h w_h (tanh(Σ_p W_hp ρ_p + b_h) − tanh(b_h)), per element, w = 0 at initialisation (F = ρ_1) and
+F(0) = 0 for any parameters (an isolated atom has energy E0).
 
 Both have ``forward(rho [N, P], species [N]) → F [N]`` (autograd) and ``value_and_grad`` → (F, ∂F/∂ρ [N, P])
 with hand-written derivatives (the analytic evaluation path).
@@ -70,9 +70,11 @@ def check_fs_parameters(fs_parameters, nz: int, densities: int) -> List[List[flo
     return out
 
 
-def fs_shifted_scaled(rho: torch.Tensor, m: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """ML-PACE's ``FexpShiftedScaled`` elementwise: (f(ρ; m), f'(ρ; m)) for ρ and m of one shape (m fixed)."""
-    ident = (m - 1.0).abs() < IDENTITY_TOL
+def fs_shifted_scaled(rho: torch.Tensor, m: torch.Tensor,
+                      identity_tol: float = IDENTITY_TOL) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ML-PACE's ``FexpShiftedScaled`` elementwise: (f(ρ; m), f'(ρ; m)) for ρ and m of one shape (m fixed).
+    (``identity_tol``: a default argument, as TorchScript compiles no module-level float.)"""
+    ident = (m - 1.0).abs() < identity_tol
     m_s = torch.where(ident, torch.full_like(m, 2.0), m)  # any m ≠ 1: the branch is not used there
     nu = 1.0 / m_s
     cx = nu ** (nu / (1.0 - nu))
@@ -111,13 +113,19 @@ class FSEmbedding(nn.Module):
         w, m = self.weights.detach().double().cpu(), self.exponents.double().cpu()
         return torch.stack([w, m], dim=-1).reshape(w.shape[0], -1).tolist()
 
-    def forward(self, rho: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    @torch.jit.unused
+    def check_size(self, rho: torch.Tensor) -> None:
         check_evaluation(rho.shape[0], self.densities, FS, 0, rho.device)
+
+    def forward(self, rho: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # the memory check is Python (an export evaluates what its engine asks)
+            self.check_size(rho)
         f, _ = fs_shifted_scaled(rho, self.exponents[species])
         return (self.weights[species] * f).sum(-1)
 
     def value_and_grad(self, rho: torch.Tensor, species: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        check_evaluation(rho.shape[0], self.densities, FS, 0, rho.device)
+        if not torch.jit.is_scripting():
+            self.check_size(rho)
         f, df = fs_shifted_scaled(rho, self.exponents[species])
         w = self.weights[species]
         return (w * f).sum(-1), w * df
@@ -146,14 +154,20 @@ class MLPEmbedding(nn.Module):
     def hidden(self) -> int:
         return int(self.W.shape[1])
 
-    def forward(self, rho: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    @torch.jit.unused
+    def check_size(self, rho: torch.Tensor) -> None:
         check_evaluation(rho.shape[0], self.densities, MLP, self.hidden, rho.device)
+
+    def forward(self, rho: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # the memory check is Python (an export evaluates what its engine asks)
+            self.check_size(rho)
         b = self.b[species]
         t = torch.tanh(torch.einsum("nhp,np->nh", self.W[species], rho) + b)
         return rho[:, 0] + (self.w[species] * (t - torch.tanh(b))).sum(-1)
 
     def value_and_grad(self, rho: torch.Tensor, species: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        check_evaluation(rho.shape[0], self.densities, MLP, self.hidden, rho.device)
+        if not torch.jit.is_scripting():
+            self.check_size(rho)
         W, b, w = self.W[species], self.b[species], self.w[species]
         t = torch.tanh(torch.einsum("nhp,np->nh", W, rho) + b)
         value = rho[:, 0] + (w * (t - torch.tanh(b))).sum(-1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -43,6 +43,11 @@ class NonlinearACEModel(NonlinearState, nn.Module):
     ``radials.weights`` [NZ, NZ, n_poly, max_l + 1, n_poly] when ``learnable_radials``."""
 
     nonlinear = True  # the marker the backend registry can test (no design rows; reference and analytic only)
+    # torch.jit.script compiles the evaluation (site_densities … site_terms, forward; torchace.io.torchscript):
+    # the Python-side description of the model stays out of the compiled module
+    __jit_unused_properties__ = ["elements", "zbl", "embedding", "coefficients"]
+    __jit_ignored_attributes__ = ["config", "spec", "nl_of_b", "embedding_name", "committee", "prior_info",
+                                  "metadata"]
 
     def __init__(self, config: ACEConfig, densities: int = 1, embedding: Optional[str] = None, fs_parameters=None,
                  learnable_radials: bool = False, learnable_fs: bool = False, mlp_hidden: int = 16, seed: int = 0,
@@ -154,7 +159,7 @@ class NonlinearACEModel(NonlinearState, nn.Module):
             A = lin.atomic_basis(vectors, species, edge_index)
         else:
             i, j = edge_index[0], edge_index[1]
-            A = pool(self.radials(lin.embedding, vectors, species[i], species[j]), i, species.shape[0])
+            A = pool(self.learned_basis(vectors, species[i], species[j]), i, species.shape[0])
         AA = lin.product(A)
         rho = [(AA * lin.coupling.transpose_apply(self.density_coefficients[p])[species]).sum(-1)
                for p in range(self.densities)]
@@ -211,8 +216,14 @@ class NonlinearACEModel(NonlinearState, nn.Module):
             keep = torch.nonzero(inside).squeeze(1)
             vectors, edge_index = vectors.index_select(0, keep), edge_index.index_select(1, keep)
         i, j = edge_index[0], edge_index[1]
-        with torch.set_grad_enabled(create_graph):
-            e, g_vec = self.site_terms(vectors, i, species[i], species[j], species, compute_forces or compute_virials)
+        need_grad = compute_forces or compute_virials
+        # two branches, not ``torch.set_grad_enabled`` (which TorchScript does not compile): the outputs below
+        # are formed in the caller's grad mode, so recording here under an outer no_grad would change nothing
+        if create_graph:
+            e, g_vec = self.site_terms(vectors, i, species[i], species[j], species, need_grad)
+        else:
+            with torch.no_grad():
+                e, g_vec = self.site_terms(vectors, i, species[i], species[j], species, need_grad)
         return edge_gradient_outputs(e, g_vec, vectors, edge_index, positions, batch, n_structures, compute_forces,
                                      compute_virials)
 
@@ -220,12 +231,8 @@ class NonlinearACEModel(NonlinearState, nn.Module):
                    species: torch.Tensor, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         """Site energies of the atoms ``species`` and ∂E/∂r_e [3, E] of their edges (centres ``i``)."""
         lin = self.linear
-        emb = lin.embedding
         n_atoms = species.shape[0]
-        if self.radials is None:
-            phi, saved = emb.with_grad(vectors, zi, zj)
-        else:
-            phi, saved = self.radials.with_grad(emb, vectors, zi, zj)
+        phi, saved = self.one_particle_with_grad(vectors, zi, zj)
         A = pool(phi.t().contiguous(), i, n_atoms)
         AA = lin.product(A)
         c_aa = [lin.coupling.transpose_apply(self.density_coefficients[p])[species] for p in range(self.densities)]
@@ -243,9 +250,37 @@ class NonlinearACEModel(NonlinearState, nn.Module):
                 for p in range(1, self.densities):
                     c_eff = c_eff + dF[:, p:p + 1] * c_aa[p]
             gA = lin.product.grad(A, c_eff).index_select(0, i).t().contiguous()
-            g_vec = emb.vjp(gA, saved) if self.radials is None else self.radials.vjp(emb, gA, saved)
+            g_vec = self.one_particle_vjp(gA, saved)
         e_p, g_p = self.pair_site_terms(saved[1], saved[0], i, zi, zj, n_atoms, need_grad)
         return e + e_p, g_vec + g_p
+
+    # ---- the one-particle basis φ: the linear model's, or with the learnable radials (radials.py) ----
+
+    def learned_basis(self, vectors: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
+        """φ [E, n_a] with the learned radials (reference path; needs ``radials``)."""
+        emb = self.linear.embedding
+        radials = self.radials
+        assert radials is not None
+        r = torch.linalg.norm(vectors, dim=-1)
+        return radials(emb.radials(r, zi, zj), emb.sh(vectors), emb.nl_scale, zi, zj)
+
+    def one_particle_with_grad(self, vectors: torch.Tensor, zi: torch.Tensor,
+                               zj: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """φ [n_a, E] and what ``one_particle_vjp`` needs (``EdgeEmbedding.with_grad`` or the learned radials'),
+        the saved list starting [u, r, …]."""
+        emb = self.linear.embedding
+        radials = self.radials
+        if radials is None:
+            return emb.with_grad(vectors, zi, zj)
+        r = torch.linalg.norm(vectors, dim=-1)
+        R, dR = emb.radials.with_grad(r, zi, zj)
+        Y, _ = emb.sph(vectors, False)
+        return radials.with_grad(vectors, r, R, dR, Y, emb.nl_scale, zi, zj)
+
+    def one_particle_vjp(self, g: torch.Tensor, saved: List[torch.Tensor]) -> torch.Tensor:
+        """Σ_a g[a, e] ∂φ[a, e]/∂r_e [3, E] for the saved list of ``one_particle_with_grad``."""
+        radials = self.radials
+        return self.linear.embedding.vjp(g, saved) if radials is None else radials.vjp(g, saved)
 
     def pair_site_terms(self, r: torch.Tensor, u: torch.Tensor, i: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor,
                         n_atoms: int, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,11 @@ plain L2 on W is the regularity prior on it.  With W = identity (W[..., n, l, k]
 initialisation) φ_a is the linear model's one-particle function, rescaled as there.
 
 ``forward``: φ [E, n_a] by autograd-friendly torch ops (the reference path); ``with_grad`` / ``vjp``: the
-same φ feature-major with its analytic r-derivatives (the analytic path), as ``EdgeEmbedding`` does.
+same φ feature-major with its analytic r-derivatives (the analytic path), as ``EdgeEmbedding`` does.  The
+linear model's basis evaluations (``ManyBodyRadials``, harmonics) and its current ``nl_scale`` come in as
+tensors (``NonlinearACEModel.one_particle*`` computes them): the module owns only W and the constant index
+maps of the one-particle functions (the angular ones copied from the ``EdgeEmbedding``, not saved), so it
+compiles with ``torch.jit.script`` as part of the model (docs/export.md).
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ def identity_weights(nz: int, n_poly: int, n_l: int, dtype: torch.dtype, device)
 
 
 class LearnableRadials(nn.Module):
+    __jit_unused_properties__ = ["shape"]
+
     def __init__(self, embedding: EdgeEmbedding, nz: int):
         super().__init__()
         self.nz = int(nz)
@@ -47,6 +53,10 @@ class LearnableRadials(nn.Module):
         self.register_buffer("u_l", used % n_l)
         self.register_buffer("u_of_a", u_of_a)
         self.register_buffer("s_of_a", embedding.n_idx % self.nz)  # neighbour species of a
+        # the embedding's constant (l, m) maps of the functions a and its sparse solid-harmonic gradients
+        # (EdgeEmbedding.vjp), copied so the analytic path needs no module argument; not part of the state
+        for key in ("lm_idx", "lm_std", "lm_sign", "l_std", "dsh_col", "dsh_col_t", "dsh_val", "dsh_dir"):
+            self.register_buffer(key, getattr(embedding, key).clone(), persistent=False)
 
     def identity(self) -> torch.Tensor:
         """W = identity (W[..., n, l, k] = δ_{n−1, k}: the linear model's radials), in the weights' shape,
@@ -74,7 +84,8 @@ class LearnableRadials(nn.Module):
         if self.nz == 1:
             return P @ Weff[0, 0].t()
         pid = zi * self.nz + zj
-        parts, sels = [], []
+        parts: List[torch.Tensor] = []
+        sels: List[torch.Tensor] = []
         for b in range(self.nz * self.nz):
             sel = torch.nonzero(pid == b).squeeze(1)
             parts.append(P.index_select(0, sel) @ Weff[b // self.nz, b % self.nz].t())
@@ -84,51 +95,45 @@ class LearnableRadials(nn.Module):
         inverse[order] = torch.arange(order.shape[0], device=order.device)
         return torch.cat(parts).index_select(0, inverse)
 
-    def radial_polynomials(self, radials, r: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
-        """P_k(x)·env(x) [E, n_poly] from ``ManyBodyRadials`` (interleaved rows of other species are zeros)."""
-        R = radials(r, zi, zj)  # [E, n_poly·NZ], column k·NZ + s
-        return R.view(r.shape[0], self.n_poly, self.nz).sum(-1)
-
-    def forward(self, embedding: EdgeEmbedding, vectors: torch.Tensor, zi: torch.Tensor,
+    def forward(self, R: torch.Tensor, Y: torch.Tensor, nl_scale: torch.Tensor, zi: torch.Tensor,
                 zj: torch.Tensor) -> torch.Tensor:
-        """φ [E, n_a] (the reference path: autograd through everything, W included)."""
-        r = torch.linalg.norm(vectors, dim=-1)
-        P = self.radial_polynomials(embedding.radials, r, zi, zj)
-        R_u = self._contract(P, self.effective_weights(embedding.nl_scale), zi, zj)
+        """φ [E, n_a] (the reference path: autograd through everything, W included) from the polynomials
+        R = ``ManyBodyRadials(r)`` [E, n_poly·NZ] (column k·NZ + s; other species' columns are zeros), the
+        harmonics Y = ``EdgeEmbedding.sh(r_e)`` [E, n_y] and the prior's ``nl_scale``."""
+        P = R.view(R.shape[0], self.n_poly, self.nz).sum(-1)  # P_k(x)·env(x) [E, n_poly]
+        R_u = self._contract(P, self.effective_weights(nl_scale), zi, zj)
         mask = (zj.unsqueeze(1) == self.s_of_a.unsqueeze(0)).to(R_u.dtype)
-        Y = embedding.sh(vectors)
-        return R_u.index_select(1, self.u_of_a) * mask * Y.index_select(1, embedding.lm_idx)
+        return R_u.index_select(1, self.u_of_a) * mask * Y.index_select(1, self.lm_idx)
 
     # ---- analytic path (feature-major [F, E], as EdgeEmbedding.with_grad / vjp) ----
 
-    def with_grad(self, embedding: EdgeEmbedding, vectors: torch.Tensor, zi: torch.Tensor,
+    def with_grad(self, vectors: torch.Tensor, r: torch.Tensor, R: torch.Tensor, dR: torch.Tensor, Y: torch.Tensor,
+                  nl_scale: torch.Tensor, zi: torch.Tensor,
                   zj: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """φ [n_a, E] and what ``vjp`` needs: [u, r, Rsel, dRsel, Ysel, Y] (Y in the standard real basis)."""
-        r = torch.linalg.norm(vectors, dim=-1)
+        """φ [n_a, E] and what ``vjp`` needs: [u, r, Rsel, dRsel, Ysel, Y], from r = |r_e|, (R, dR/dr) =
+        ``ManyBodyRadials.with_grad(r)`` [n_poly·NZ, E] and Y = ``EdgeEmbedding.sph(r_e)`` [n_y, E] (standard
+        real basis)."""
         n_e = r.shape[0]
-        R, dR = embedding.radials.with_grad(r, zi, zj)  # [n_poly·NZ, E]
         P = R.reshape(self.n_poly, self.nz, n_e).sum(1).t()
         dP = dR.reshape(self.n_poly, self.nz, n_e).sum(1).t()
-        Weff = self.effective_weights(embedding.nl_scale)
+        Weff = self.effective_weights(nl_scale)
         mask = (zj.unsqueeze(0) == self.s_of_a.unsqueeze(1)).to(P.dtype)  # [n_a, E]
         Rsel = self._contract(P, Weff, zi, zj).t().index_select(0, self.u_of_a) * mask
         dRsel = self._contract(dP, Weff, zi, zj).t().index_select(0, self.u_of_a) * mask
-        Y, _ = embedding.sph(vectors, False)
-        Ysel = Y.index_select(0, embedding.lm_std) * embedding.lm_sign.to(Y.dtype).unsqueeze(1)
+        Ysel = Y.index_select(0, self.lm_std) * self.lm_sign.to(Y.dtype).unsqueeze(1)
         u = (vectors / r.clamp_min(1e-300).unsqueeze(-1)).t()
         return Rsel * Ysel, [u, r, Rsel, dRsel, Ysel, Y]
 
-    @staticmethod
-    def vjp(embedding: EdgeEmbedding, g: torch.Tensor, saved: List[torch.Tensor]) -> torch.Tensor:
+    def vjp(self, g: torch.Tensor, saved: List[torch.Tensor]) -> torch.Tensor:
         """Σ_a g[a, e] ∂φ[a, e]/∂r_e → [3, E] (radial part with the learned dR/dr; angular part as
         ``EdgeEmbedding.vjp``: ∂Y/∂v = (∇S − l Y u)/r with the sparse solid-harmonic gradients)."""
-        u, r, Rsel, dRsel, Ysel, Y = saved
+        u, r, Rsel, dRsel, Ysel, Y = saved[0], saved[1], saved[2], saved[3], saved[4], saved[5]
         radial = (g * Ysel * dRsel).sum(0)
-        sign = embedding.lm_sign.to(Y.dtype).unsqueeze(1)
-        g_lm = torch.zeros_like(Y).index_add_(0, embedding.lm_std, g * Rsel * sign)
-        terms = (g_lm.index_select(0, embedding.dsh_col_t) * Y.index_select(0, embedding.dsh_col)
-                 * embedding.dsh_val.to(Y.dtype).unsqueeze(1))
-        ang = torch.zeros((3, Y.shape[1]), dtype=Y.dtype, device=Y.device).index_add_(0, embedding.dsh_dir, terms)
-        lt = (embedding.l_std.to(Y.dtype).unsqueeze(1) * g_lm * Y).sum(0)
+        sign = self.lm_sign.to(Y.dtype).unsqueeze(1)
+        g_lm = torch.zeros_like(Y).index_add_(0, self.lm_std, g * Rsel * sign)
+        terms = (g_lm.index_select(0, self.dsh_col_t) * Y.index_select(0, self.dsh_col)
+                 * self.dsh_val.to(Y.dtype).unsqueeze(1))
+        ang = torch.zeros((3, Y.shape[1]), dtype=Y.dtype, device=Y.device).index_add_(0, self.dsh_dir, terms)
+        lt = (self.l_std.to(Y.dtype).unsqueeze(1) * g_lm * Y).sum(0)
         rinv = 1.0 / r.clamp_min(1e-300)
         return u * (radial - lt * rinv) + ang * rinv
