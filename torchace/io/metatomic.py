@@ -198,6 +198,7 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
     model's).  ``devices``: supported devices in order of preference (default: cuda if available here,
     then cpu).  ``metadata``: JSON-serialisable user entries, stored as ``ModelMetadata.extra["user"]``."""
     from ..keys import VERSION as __version__
+    from ..model.contract import capabilities
     from .torchscript import export_metadata
 
     m = copy.deepcopy(model).eval()
@@ -208,7 +209,7 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
         raise ValueError(f"metatomic export needs float32 or float64, got {dt}")
     comm = getattr(m, "committee", None)
     m.committee = None  # carried by the wrapper (as the dtype of the model), not by ACEModel
-    nonlinear = bool(getattr(m, "nonlinear", False))
+    nonlinear = capabilities(m).nonlinear
     kind = "nonlinear" if nonlinear else "linear"
     if nonlinear:  # a nonlinear model's committee is not exported (ScriptableNonlinear warns): energy only
         from .nonlinear_script import ScriptableNonlinear

@@ -28,6 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..atomic import check_output, torchscript_output, write_output
+from ..model.contract import capabilities
 
 METADATA_FILE = "torchace_metadata.json"
 TS_FORMAT = "torchace-torchscript"
@@ -60,7 +61,7 @@ def export_metadata(model) -> Dict[str, Any]:
     from ..keys import VERSION as __version__
     from .model_file import UNITS
 
-    nonlinear = bool(getattr(model, "nonlinear", False))
+    nonlinear = capabilities(model).nonlinear
     # what the export carries: a nonlinear model's committee is not exported (torchace.io.nonlinear_script)
     comm = None if nonlinear else getattr(model, "committee", None)
     meta = {
@@ -101,7 +102,7 @@ def quiet_jit():
 def script_model(model) -> torch.jit.ScriptModule:
     """A TorchScript copy of ``model`` in eval mode (the model itself is not modified); a ``NonlinearACEModel``
     through its scriptable form (``torchace.io.nonlinear_script``)."""
-    if getattr(model, "nonlinear", False):
+    if capabilities(model).nonlinear:
         from .nonlinear_script import ScriptableNonlinear
 
         m = ScriptableNonlinear(model).eval()

@@ -27,9 +27,10 @@ import torch
 from ..basis.embedding import pool
 from .derivatives import DerivativeDriver, autograd_site_terms
 
-# readouts: how the site energy is read from the basis (docs/nonlinear.md, docs/pace.md)
-LINEAR, FS, MLP, PACE = "linear", "fs", "mlp", "pace"
-READOUTS = (LINEAR, FS, MLP, PACE)
+# readouts: how the site energy is read from the basis (docs/nonlinear.md, docs/pace.md); "other": an object
+# outside the contract (a scripted or exported module), which declares nothing
+LINEAR, FS, MLP, PACE, OTHER = "linear", "fs", "mlp", "pace", "other"
+READOUTS = (LINEAR, FS, MLP, PACE, OTHER)
 # evaluation backends (torchace.model.backends.registry); "module": the model's own forward only
 TORCH_BACKENDS = ("reference", "analytic")
 
@@ -67,12 +68,14 @@ class Capabilities:
             raise ValueError("adjoint_graph needs hand_adjoint")
 
 
+# what an object outside the contract declares: nothing but its own forward
+NO_CAPABILITIES = Capabilities(readout=OTHER)
+
+
 def capabilities(model) -> Capabilities:
-    """``model.capabilities``, or TypeError for objects that do not implement the contract."""
-    caps = getattr(model, "capabilities", None)
-    if not isinstance(caps, Capabilities):
-        raise TypeError(f"{type(model).__name__} is not a torchace energy model (no Capabilities)")
-    return caps
+    """``model.capabilities`` for an energy model, ``NO_CAPABILITIES`` for any other object (a TorchScript
+    module, None): the one place that asks what a model can do."""
+    return model.capabilities if isinstance(model, EnergyModel) else NO_CAPABILITIES
 
 
 class EnergyModel(DerivativeDriver, torch.nn.Module, metaclass=abc.ABCMeta):

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from ...atomic import check_output, text_output, write_outputs
+from ...model.contract import capabilities
 from ..lammps_words import lammps_word
 from .pair_table import DEFAULT_PAIR_POINTS, DEFAULT_PAIR_RCORE, TABLE, pair_energy_functions, pair_table_text
 from .pair import TORCHACE_HEADER, declaration
@@ -366,12 +367,10 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
     "channels_used", "splines_per_neighbour" (ML-PACE evaluates nradbase + nradmax·(lmax + 1) splines per
     neighbour), "pair": the pair table's report (``pair_table_text``) or None, "ndensity", "fs_parameters" ([NZ][2P])}.
     """
-    from ...model.ace import ACEModel
-
     nonlinear = is_nonlinear(model)   # a NonlinearACEModel: torchace/io/yace_nonlinear.py
     if nonlinear:
         check_exportable(model)
-    elif not isinstance(model, ACEModel):
+    elif not capabilities(model).rows:  # the linear ACEModel
         raise TypeError(f"write_yace expects a torchace ACEModel or NonlinearACEModel, got {type(model).__name__}")
     path = os.fspath(path)
     if not path.endswith(".yace"):
