@@ -257,7 +257,8 @@ class ACEModel(ModelState, EnergyModel):
                         c_pair: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Site energies Σ_j c_{z_i z_j}·V(r_ij) [+ ½ Σ_j V_ZBL(r_ij)] and their per-edge ∂/∂r_e [3, E] (``r`` =
         |r_e|, ``u`` [3, E] = r̂_e; ``c_pair`` [NZ, NZ, n_pair], default this model's): the pair part of every
-        hand-adjoint evaluator (analytic, triton, the nonlinear model's; differentiable in ``c_pair``)."""
+        hand-adjoint evaluator (analytic, triton, the nonlinear model's; the gradients differentiable in a given
+        ``c_pair``)."""
         e = torch.zeros(n_atoms, dtype=r.dtype, device=r.device)
         g_vec = torch.zeros((3, r.shape[0]), dtype=r.dtype, device=r.device)
         if self.n_pair > 0 and r.shape[0] > 0:
@@ -265,8 +266,9 @@ class ACEModel(ModelState, EnergyModel):
                 V, dV = self.pair.with_grad(r, zi, zj)  # [n_pair, E]
             c = (self.pair_coefficient_blocks() if c_pair is None else c_pair)[zi, zj]  # [E, n_pair]
             e = e + pool((V * c.t()).sum(0), i, n_atoms)
-            if need_grad:
-                g_vec = g_vec + u * (dV * c.t()).sum(0)
+            if need_grad:  # this model's own forces carry no graph (its adjoint is not differentiable)
+                c_g = c.detach() if c_pair is None else c
+                g_vec = g_vec + u * (dV * c_g.t()).sum(0)
         if self.zbl is not None and r.shape[0] > 0:
             ez, gz = self.baseline_site_terms(r, u, i, zi, zj, n_atoms)
             e = e + ez

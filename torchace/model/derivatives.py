@@ -115,14 +115,16 @@ class DerivativeDriver:
                          compute_forces: bool = True, compute_virials: bool = True,
                          create_graph: Optional[bool] = None) -> Dict[str, torch.Tensor]:
         """Energy, forces and virial from the per-edge gradients of ``site_terms``; ``create_graph``: recorded by
-        autograd (the outputs differentiable in the parameters, for models with ``adjoint_graph``), else no
-        graph; None: as the rule has it (in training mode for models with ``adjoint_graph``)."""
+        autograd (the outputs differentiable in the parameters, for models with ``adjoint_graph``); None: as the
+        rule has it (in training mode for models with ``adjoint_graph``).  Without ``create_graph`` a
+        differentiable adjoint runs without autograd; one that is not differentiable records only what it
+        chooses to (``ACEModel``: the energy, linear in the coefficients; its forces carry no graph)."""
         if create_graph is None:
             create_graph = self.training and self.adjoint_graph
         vectors = edge_vectors(positions, edge_index, unit_shifts, cell, batch)
         vectors, edge_index = inside_cutoff(vectors, edge_index, self.rcut)
         need_grad = compute_forces or compute_virials
-        if create_graph:  # (TorchScript has torch.no_grad only, no set_grad_enabled)
+        if create_graph or not self.adjoint_graph:  # (TorchScript has torch.no_grad, no set_grad_enabled)
             e, g_vec = self.chunked_site_terms(vectors, edge_index, species, need_grad)
         else:
             with torch.no_grad():
