@@ -63,7 +63,7 @@ def cmd_evaluate(args) -> int:
         model = torchace.load(args.model, dtype=dtype, device=args.device)
     except ModelFileError as exc:
         raise SystemExit(f"torchace evaluate: {exc}") from None
-    if args.rows and not capabilities(model).rows:  # before the evaluation, not after it
+    if args.rows and capabilities(model).nonlinear:  # before the evaluation, not after it
         raise SystemExit("torchace evaluate: --rows: a nonlinear model has no design-matrix rows")
     structs = _read(paths)
     b_eval = select(model, None, args.backend, EVALUATE).name
