@@ -100,3 +100,27 @@ def test_no_prefixed_modules():
     prefixed = sorted(str(p.relative_to(ROOT.parent)) for p in ROOT.rglob("*.py")
                       if p.name.startswith(("train_", "yace_")))
     assert not prefixed, f"use a subpackage, not a file-name prefix: {prefixed}"
+FAMILIES = ("ACEModel", "NonlinearACEModel", "PACEModel")
+
+
+def test_no_family_duck_typing():
+    """Model families are told apart by their declared ``capabilities`` (``torchace.model.contract``), not by
+    marker attributes (``getattr(model, "nonlinear")``, ``hasattr(model, "density_coefficients")``) or, outside
+    ``torchace/model/``, by isinstance checks against the model classes."""
+    bad = []
+    for p in ROOT.rglob("*.py"):
+        rel = p.relative_to(ROOT).as_posix()
+        inside_model = rel.startswith("model/")
+        for node in ast.walk(ast.parse(p.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) >= 2):
+                continue
+            name, arg = node.func.id, node.args[1]
+            attr = arg.value if isinstance(arg, ast.Constant) else None
+            if name == "getattr" and attr == "nonlinear" or name == "hasattr" and attr == "density_coefficients":
+                bad.append(f"{rel}:{node.lineno}: {name}(..., {attr!r})")
+            if name == "isinstance" and not inside_model:
+                classes = arg.elts if isinstance(arg, ast.Tuple) else [arg]
+                names = {c.id if isinstance(c, ast.Name) else getattr(c, "attr", None) for c in classes}
+                if names & set(FAMILIES):
+                    bad.append(f"{rel}:{node.lineno}: isinstance(..., {sorted(names & set(FAMILIES))})")
+    assert not bad, "tell model families apart by model.capabilities (torchace.model.contract):\n" + "\n".join(bad)

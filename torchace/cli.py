@@ -59,6 +59,7 @@ def _evaluate(args) -> int:
     from .fit.metrics import errors as error_table, format_table, predictions
     from .io.model_file import ModelFileError
     from .model.backends import EVALUATE, ROWS, select
+    from .model.contract import capabilities
 
     if not args.model:
         raise SystemExit("torchace evaluate: --model is required (a model file from torchace fit or model.save); "
@@ -73,7 +74,7 @@ def _evaluate(args) -> int:
         model = torchace.load(args.model, dtype=dtype, device=args.device)
     except ModelFileError as exc:
         raise SystemExit(f"torchace evaluate: {exc}") from None
-    if args.rows and getattr(model, "nonlinear", False):  # before the evaluation, not after it
+    if args.rows and capabilities(model).nonlinear:  # before the evaluation, not after it
         raise SystemExit("torchace evaluate: --rows: a nonlinear model has no design-matrix rows")
     structs = _read(paths)
     b_eval = select(model, None, args.backend, EVALUATE).name

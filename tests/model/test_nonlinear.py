@@ -401,7 +401,7 @@ def test_ace_model_with_nonlinear_options():
     assert type(ace_model(["Si"], 2, 4)) is torchace.model.ACEModel
     m = ace_model(["Si"], 2, 4, densities=2, rcut=5.0)
     assert isinstance(m, NonlinearACEModel) and m.embedding_name == "fs" and not m.learnable_radials
-    assert m.rcut == 5.0 and m.nonlinear
+    assert m.rcut == 5.0 and m.capabilities.nonlinear
     m = ace_model(["Si"], 2, 4, learnable_radials=True)
     assert m.densities == 1 and m.embedding_fn is None and m.learnable_radials
 

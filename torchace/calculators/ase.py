@@ -40,6 +40,7 @@ from ..structures.batch import DEFAULT_MIN_DISTANCE, too_close, validate
 from ..structures.neighbours.cell_list import cell_list_neighbours
 from ..structures.geometry import edge_vectors
 from ..structures.neighbours.pairs import neighbour_list
+from ..model.contract import capabilities
 from ..model.watch import watch
 from .binding import BoundModel
 
@@ -173,7 +174,7 @@ class TorchACECalculator(Calculator):
     def _rows_model(self):
         """The linear model of the committee's design rows (see __init__), for the model as it is now."""
         model = self.model
-        if not getattr(model, "nonlinear", False):
+        if not capabilities(model).nonlinear:
             return model
         gen = watch(model).check()  # held by the call: no second comparison
         if self._rows_cache is None or self._rows_cache[0] is not model or self._rows_cache[1] != gen:

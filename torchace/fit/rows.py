@@ -13,6 +13,7 @@ import torch
 
 from .. import keys as K
 from ..model.backends import AUTO, ROWS, select
+from ..model.contract import capabilities
 from ..model.evaluate import model_device_dtype
 from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 
@@ -38,7 +39,7 @@ def design_matrix_rows(model, structures, *, min_distance: float = DEFAULT_MIN_D
     ZBL baseline, if the model has one, is added on top and has no columns either).  ``backend``: "auto"
     (the fastest that supports the model and device: ``torchace.backends.select``) or a backend name.
     """
-    if getattr(model, "nonlinear", False):
+    if capabilities(model).nonlinear:
         raise ValueError("a nonlinear model has no design-matrix rows (its energy is not linear in its parameters); "
                          "rows exist for the linear ACEModel, e.g. model.linear_model()")
     dev, dtype = model_device_dtype(model)

@@ -197,6 +197,7 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
     model's).  ``devices``: supported devices in order of preference (default: cuda if available here,
     then cpu).  ``metadata``: JSON-serialisable user entries, stored as ``ModelMetadata.extra["user"]``."""
     from ..keys import VERSION as __version__
+    from ..model.contract import capabilities
     from .torchscript import export_copy, export_metadata
 
     m = export_copy(model)  # a nonlinear model's committee is not exported (a warning): energy only
@@ -207,7 +208,7 @@ def atomistic_model(model, *, dtype: Optional[torch.dtype] = None, name: str = "
         raise ValueError(f"metatomic export needs float32 or float64, got {dt}")
     comm = getattr(m, "committee", None)
     m.committee = None  # carried by the wrapper (as the dtype of the model), not by ACEModel
-    nonlinear = bool(getattr(m, "nonlinear", False))
+    nonlinear = capabilities(m).nonlinear
     kind = "nonlinear" if nonlinear else "linear"
     module = MetatomicACE(m, m.config.numbers, None if comm is None else comm.detach().to(dt)).eval()
     outputs = {"energy": ModelOutput(unit="eV", sample_kind="atom",

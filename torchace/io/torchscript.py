@@ -28,6 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..atomic import check_output, torchscript_output, write_output
+from ..model.contract import capabilities
 
 METADATA_FILE = "torchace_metadata.json"
 TS_FORMAT = "torchace-torchscript"
@@ -60,7 +61,7 @@ def export_metadata(model) -> Dict[str, Any]:
     from ..keys import VERSION as __version__
     from .model_file import UNITS
 
-    nonlinear = bool(getattr(model, "nonlinear", False))
+    nonlinear = capabilities(model).nonlinear
     # what the export carries: a nonlinear model's committee is not exported (``export_copy``)
     comm = None if nonlinear else getattr(model, "committee", None)
     meta = {
@@ -106,7 +107,7 @@ def export_copy(model):
     """The copy of ``model`` that an export compiles, in eval mode (the model itself is not modified).  A
     nonlinear model's committee is not exported (yet): dropped, with a warning."""
     m = copy.deepcopy(model).eval()
-    if getattr(m, "nonlinear", False):
+    if capabilities(m).nonlinear:
         if m.committee is not None:
             warnings.warn(NONLINEAR_COMMITTEE, UserWarning, stacklevel=3)
         m.committee = None

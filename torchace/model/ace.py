@@ -1,8 +1,9 @@
 """The linear ACE model: E_i = E0(z_i) + c_{z_i}·B_i + Σ_j c_{z_i z_j}·V(r_ij) [+ ½ Σ_j V_ZBL(r_ij)], E = Σ_i E_i.
 
-ACEpotentials.jl paper §II (eq. for the site energy with a pair potential).  Forces and virials are
-derivatives of the total energy through one symmetric-strain pass: positions and cell are mapped by
-(I + ε) with ε symmetric, F = -∂E/∂x and W = -∂E/∂ε = -V·σ (ASE stress σ = -W/V).
+ACEpotentials.jl paper §II (eq. for the site energy with a pair potential).  The model implements the energy
+model contract (``contract.EnergyModel``): ``node_energies`` (the autograd definition) and the hand adjoint
+``site_terms``; forces F = -∂E/∂x and virials W = -∂E/∂ε = -V·σ (ASE stress σ = -W/V) come from the one
+derivative driver (``derivatives``), which also picks between the two.
 
 Column order of ``coefficients`` (and of the design-matrix rows): many-body blocks of ``n_b`` per
 centre element (elements in model order), then pair blocks of ``n_pair`` per ordered element pair
@@ -11,7 +12,7 @@ centre element (elements in model order), then pair blocks of ``n_pair`` per ord
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,12 +28,19 @@ from ..basis.radial import ManyBodyRadials, PairBasis
 from .zbl import ZBL
 from ..basis.spec import ProductSpec, pair_degree, product_spec
 from ..structures.geometry import edge_vectors
+from .contract import LINEAR, Capabilities, EnergyModel
+from .derivatives import inside_cutoff
 from .state import ModelState
-from .strain import autograd_outputs, edge_gradient_outputs, strained_geometry
+from .strain import edge_gradient_outputs
+
+# the linear model: rows, committees, every backend, hand adjoint (not differentiable in the coefficients:
+# training takes the autograd path), scriptable as it is
+LINEAR_CAPABILITIES = Capabilities(readout=LINEAR, rows=True, committee=True, hand_adjoint=True, scriptable=True,
+                                   backends=("reference", "analytic", "fused", "triton"))
 
 
-class ACEModel(ModelState, nn.Module):
-    __jit_unused_properties__ = ["elements"]
+class ACEModel(ModelState, EnergyModel):
+    __jit_unused_properties__ = ["elements", "capabilities"]
     __jit_ignored_attributes__ = ["config", "spec", "nl_of_b", "prior_info", "metadata", "purification"]
 
     def __init__(self, config: ACEConfig, dtype: torch.dtype = torch.float64):
@@ -75,12 +83,7 @@ class ACEModel(ModelState, nn.Module):
         self.register_buffer("committee", None)
         self.prior_info = None  # JSON description of the prior the basis was rescaled/fitted with
         self.metadata = {}      # fit information carried into the model file
-        # ``forward`` in eval mode without a graph: hand-written adjoints (``analytic_forward``); False: always
-        # the autograd definition (``reference_forward``).  The backends call either one explicitly.
-        self.analytic = True
-        # the analytic path handles at most this many edges at once (centre atoms in chunks): bounds the
-        # per-edge temporaries (~(3·n_a + 2·max_n + n_y)·8 bytes per edge) for very large systems
-        self.edge_chunk = 1 << 22
+        self.init_driver()      # analytic (the rule's switch), edge_chunk: torchace.model.derivatives
         self.to(dtype)
 
     # ``model.coefficients = tensor`` copies into the parameter (shape-checked) instead of replacing it
@@ -106,6 +109,10 @@ class ACEModel(ModelState, nn.Module):
     @property
     def elements(self):
         return list(self.config.elements)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return LINEAR_CAPABILITIES
 
     def config_dict(self) -> dict:
         """The model's ``ACEConfig`` as a dict with E0 read from the ``E0`` buffer (E0's one home: a fit sets
@@ -164,67 +171,23 @@ class ACEModel(ModelState, nn.Module):
         c_aa = self.coupling.transpose_apply(c_mb)  # [NZ, n_aa]: c·C once, not C·AA per atom
         AA = self.product(A)
         e = self.E0[species] + (AA * c_aa[species]).sum(-1)
+        return self.add_pair_energies(e, vectors, species, edge_index, self.pair_coefficient_blocks())
+
+    def pair_coefficient_blocks(self) -> torch.Tensor:
+        """c_pair [NZ, NZ, n_pair] (a view of ``coefficients``)."""
+        return self.coefficients[self.n_manybody:].view(self.nz, self.nz, self.n_pair)
+
+    def add_pair_energies(self, e: torch.Tensor, vectors: torch.Tensor, species: torch.Tensor,
+                          edge_index: torch.Tensor, c_pair: torch.Tensor) -> torch.Tensor:
+        """e + Σ_j c_{z_i z_j}·V(r_ij) [+ ½ Σ_j V_ZBL(r_ij)] with pair coefficients ``c_pair`` [NZ, NZ, n_pair]
+        (the pair part and baseline of every model on this basis)."""
         if self.n_pair > 0 and vectors.shape[0] > 0:
             i, j = edge_index[0], edge_index[1]
             V = self.pair_features(vectors, species, edge_index)
-            c_pair = self.coefficients[self.n_manybody:].view(self.nz, self.nz, self.n_pair)
             e = e + pool((V * c_pair[species[i], species[j]]).sum(-1), i, species.shape[0])
         if self.zbl is not None:
             e = e + self.baseline_node_energies(vectors, species, edge_index)
         return e
-
-    def baseline_node_energies(self, vectors: torch.Tensor, species: torch.Tensor,
-                               edge_index: torch.Tensor) -> torch.Tensor:
-        """Site energies of the coefficient-free baseline, ½ Σ_j V_ZBL(r_ij) (zeros without a baseline)."""
-        e = torch.zeros(species.shape[0], dtype=vectors.dtype, device=vectors.device)
-        if self.zbl is not None and vectors.shape[0] > 0:
-            i, j = edge_index[0], edge_index[1]
-            r = torch.linalg.norm(vectors, dim=-1)
-            e = pool(0.5 * self.zbl(r, species[i], species[j]), i, species.shape[0])
-        return e
-
-    def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
-        """Energies, site energies, forces and virials (the TorchScript export's entry point).
-
-        The rule, not a heuristic: in eval mode, when no graph through the outputs can be needed (positions
-        and cell do not require grad), the hand-adjoint ``analytic_forward``; otherwise (training, or
-        derivatives of forces wanted) the autograd definition ``reference_forward``.  ``torchace.backends``
-        names and selects these and the fused kernel explicitly."""
-        if self.analytic and not self.training and not positions.requires_grad and not cell.requires_grad:
-            return self.analytic_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                                         compute_forces, compute_virials)
-        return self.reference_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                                      compute_forces, compute_virials)
-
-    def reference_forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                          edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                          compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
-        """The readable definition: E from ``node_energies``, F = −∂E/∂x and W = −∂E/∂ε by autograd (in
-        training mode with ``create_graph``, so force losses are differentiable in the coefficients)."""
-        return self._autograd(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                              compute_forces, compute_virials, False)
-
-    def baseline(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                 edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor,
-                 n_structures: int) -> Dict[str, torch.Tensor]:
-        """Energy, forces and virial of the baseline alone (no E0, no basis); zeros without a baseline."""
-        return self._autograd(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                              True, True, True)
-
-    def _autograd(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                  edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                  compute_forces: bool, compute_virials: bool, baseline_only: bool) -> Dict[str, torch.Tensor]:
-        positions, strain, pos, cel = strained_geometry(positions, cell, batch, n_structures, compute_forces,
-                                                        compute_virials)
-        vectors = edge_vectors(pos, edge_index, unit_shifts, cel, batch)
-        if baseline_only:
-            e_node = self.baseline_node_energies(vectors, species, edge_index)
-        else:
-            e_node = self.node_energies(vectors, species, edge_index)
-        energy = torch.zeros(n_structures, dtype=e_node.dtype, device=e_node.device).index_add_(0, batch, e_node)
-        return autograd_outputs(energy, e_node, positions, strain, compute_forces, compute_virials, self.training)
 
     def compiled_forward(self, **compile_kwargs):
         """``forward`` (eval mode) with the analytic path compiled by ``torch.compile`` (inductor: fused
@@ -238,7 +201,7 @@ class ACEModel(ModelState, nn.Module):
             opts = dict(compile_kwargs.pop("options", None) or {})
             opts.setdefault("cpp.threads", 1)
             compile_kwargs["options"] = opts
-        state = {"site": torch.compile(self._site_terms, dynamic=True, **compile_kwargs)}
+        state = {"site": torch.compile(self.site_terms, dynamic=True, **compile_kwargs)}
 
         def forward(positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor, edge_index: torch.Tensor,
                     unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int, compute_forces: bool = True,
@@ -246,7 +209,8 @@ class ACEModel(ModelState, nn.Module):
             if self.training:
                 raise RuntimeError("compiled_forward is for eval mode (call model.eval())")
             positions, cell = positions.detach(), cell.detach()
-            vectors, ei = self._analytic_edges(positions, edge_index, unit_shifts, cell, batch)
+            vectors, ei = inside_cutoff(self.edge_vectors(positions, edge_index, unit_shifts, cell, batch), edge_index,
+                                        self.rcut)
             if vectors.shape[0] > self.edge_chunk:  # memory-bounded chunks: the eager path
                 return self.analytic_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
                                              compute_forces, compute_virials)
@@ -255,68 +219,25 @@ class ACEModel(ModelState, nn.Module):
             try:
                 e, g = state["site"](*args)
             except Exception as err:  # noqa: BLE001 — a compiler failure must not stop an MD run
-                if state["site"] is self._site_terms:
+                if state["site"] is self.site_terms:
                     raise
                 import warnings
 
                 warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err).strip()[:200]}); "
                               "using the eager analytic path", RuntimeWarning, stacklevel=2)
-                state["site"] = self._site_terms
-                e, g = self._site_terms(*args)
+                state["site"] = self.site_terms
+                e, g = self.site_terms(*args)
             return edge_gradient_outputs(e, g, vectors, ei, positions, batch, n_structures, compute_forces,
                                           compute_virials)
 
         return forward
 
-    def analytic_forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                         edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                         compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
-        """Energy, forces and virial with hand-written adjoints (eval mode; forces not differentiable).
-
-        The same quantities as the autograd path: ∂E/∂r_e = Σ_a (∂E/∂A_{i,a}) ∂φ_a(r_e)/∂r_e with
-        ∂E/∂A from the leave-one-out products and ∂φ/∂r from the analytic radials and harmonics
-        (``EdgeEmbedding.with_grad``); the per-edge features stay feature-major so every gather is a row
-        copy.  F_i = Σ_{e: i(e)=i} ∂E/∂r_e - Σ_{e: j(e)=i} ∂E/∂r_e, W = -½ Σ_e (r_e ⊗ g_e + g_e ⊗ r_e).
-        """
-        n_atoms = species.shape[0]
-        vectors, edge_index = self._analytic_edges(positions, edge_index, unit_shifts, cell, batch)
-        i, j = edge_index[0], edge_index[1]
-        need_grad = compute_forces or compute_virials
-        n_edges = vectors.shape[0]
-        if n_edges <= self.edge_chunk:
-            e, g_vec = self._site_terms(vectors, i, species[i], species[j], species, need_grad)
-        else:
-            # memory-bounded: centre atoms in chunks of ~edge_chunk edges (each atom's edges in one chunk)
-            n_chunks = (n_edges + self.edge_chunk - 1) // self.edge_chunk
-            step = (n_atoms + n_chunks - 1) // n_chunks
-            e_parts: List[torch.Tensor] = []
-            g_vec = torch.zeros((3, n_edges), dtype=vectors.dtype, device=vectors.device)
-            for a0 in range(0, n_atoms, step):
-                a1 = min(a0 + step, n_atoms)
-                sel = torch.nonzero((i >= a0) & (i < a1)).squeeze(1)
-                ii = i.index_select(0, sel)
-                e_c, g_c = self._site_terms(vectors.index_select(0, sel), ii - a0, species.index_select(0, ii),
-                                            species.index_select(0, j.index_select(0, sel)), species[a0:a1], need_grad)
-                e_parts.append(e_c)
-                g_vec.index_copy_(1, sel, g_c)
-            e = torch.cat(e_parts)
-        return edge_gradient_outputs(e, g_vec, vectors, edge_index, positions, batch, n_structures, compute_forces,
-                                      compute_virials)
-
-    def _analytic_edges(self, positions: torch.Tensor, edge_index: torch.Tensor, unit_shifts: torch.Tensor,
-                        cell: torch.Tensor, batch: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Edge vectors and indices, without the pairs beyond rcut (skin lists: they contribute exactly zero)."""
-        vectors = edge_vectors(positions, edge_index, unit_shifts, cell, batch)
-        inside = (vectors * vectors).sum(-1) < self.rcut * self.rcut
-        if not bool(inside.all()):
-            keep = torch.nonzero(inside).squeeze(1)
-            vectors = vectors.index_select(0, keep)
-            edge_index = edge_index.index_select(1, keep)
-        return vectors, edge_index
-
-    def _site_terms(self, vectors: torch.Tensor, i: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor,
+    def site_terms(self, vectors: torch.Tensor, i: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor,
                     species: torch.Tensor, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Site energies of the atoms ``species`` (centres i index them) and ∂E/∂r_e [3, E] of their edges."""
+        """Site energies of the atoms ``species`` (centres i index them) and ∂E/∂r_e [3, E] of their edges (the
+        hand adjoint: ∂E/∂r_e = Σ_a (∂E/∂A_{i,a}) ∂φ_a(r_e)/∂r_e with ∂E/∂A from the leave-one-out products and
+        ∂φ/∂r from the analytic radials and harmonics, ``EdgeEmbedding.with_grad``; the per-edge features stay
+        feature-major so every gather is a row copy)."""
         n_atoms = species.shape[0]
         with torch.no_grad():
             phi, saved = self.embedding.with_grad(vectors, zi, zj)
@@ -333,37 +254,27 @@ class ACEModel(ModelState, nn.Module):
         return e + e_p, g_vec + g_p
 
     def pair_site_terms(self, r: torch.Tensor, u: torch.Tensor, i: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor,
-                        n_atoms: int, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                        n_atoms: int, need_grad: bool,
+                        c_pair: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Site energies Σ_j c_{z_i z_j}·V(r_ij) [+ ½ Σ_j V_ZBL(r_ij)] and their per-edge ∂/∂r_e [3, E] (``r`` =
-        |r_e|, ``u`` [3, E] = r̂_e): the pair part of every hand-adjoint evaluator (analytic, triton)."""
+        |r_e|, ``u`` [3, E] = r̂_e; ``c_pair`` [NZ, NZ, n_pair], default this model's): the pair part of every
+        hand-adjoint evaluator (analytic, triton, the nonlinear model's; the gradients differentiable in a given
+        ``c_pair``)."""
         e = torch.zeros(n_atoms, dtype=r.dtype, device=r.device)
         g_vec = torch.zeros((3, r.shape[0]), dtype=r.dtype, device=r.device)
         if self.n_pair > 0 and r.shape[0] > 0:
             with torch.no_grad():
                 V, dV = self.pair.with_grad(r, zi, zj)  # [n_pair, E]
-            c_pair = self.coefficients[self.n_manybody:].view(self.nz, self.nz, self.n_pair)[zi, zj]  # [E, n_pair]
-            e = e + pool((V * c_pair.t()).sum(0), i, n_atoms)
-            if need_grad:
-                with torch.no_grad():
-                    g_vec = g_vec + u * (dV * c_pair.t()).sum(0)
+            c = (self.pair_coefficient_blocks() if c_pair is None else c_pair)[zi, zj]  # [E, n_pair]
+            e = e + pool((V * c.t()).sum(0), i, n_atoms)
+            if need_grad:  # this model's own forces carry no graph (its adjoint is not differentiable)
+                c_g = c.detach() if c_pair is None else c
+                g_vec = g_vec + u * (dV * c_g.t()).sum(0)
         if self.zbl is not None and r.shape[0] > 0:
             ez, gz = self.baseline_site_terms(r, u, i, zi, zj, n_atoms)
             e = e + ez
             g_vec = g_vec + gz
         return e, g_vec
-
-    def baseline_site_terms(self, r: torch.Tensor, u: torch.Tensor, i: torch.Tensor, zi: torch.Tensor,
-                            zj: torch.Tensor, n_atoms: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Site energies ½ Σ_j E_ZBL(r_ij) and per-edge ∂/∂r_e [3, E] of the ZBL baseline (``r`` = |r_e|,
-        ``u`` [3, E] = r̂_e); used by the analytic path and by backends that compute the basis elsewhere."""
-        zbl = self.zbl
-        if zbl is None:
-            return (torch.zeros(n_atoms, dtype=r.dtype, device=r.device),
-                    torch.zeros((3, r.shape[0]), dtype=r.dtype, device=r.device))
-        with torch.no_grad():
-            ez, dz = zbl.with_grad(r, zi, zj)
-            g = u * (0.5 * dz)
-        return pool(0.5 * ez, i, n_atoms), g
 
     def extra_repr(self) -> str:
         c = self.config

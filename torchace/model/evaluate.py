@@ -49,7 +49,8 @@ def evaluate(model, structures, *, forces: bool = True, virials: bool = True,
     [S, 3, 3], ``stress`` [S, 3, 3] and ``n_atoms`` [S], all detached.  ``module`` may be a scripted
     or exported copy of ``model`` (it is called instead; ``model`` supplies elements and rcut).
     ``backend``: "auto" (the fastest that supports the model and device, ``torchace.backends.select``; a
-    model in training mode gets ``reference``, whose forces are differentiable) or a backend name.
+    model in training mode gets the path ``forward``'s rule gives it, ``torchace.model.derivatives``:
+    ``reference``, or ``analytic`` for models whose hand adjoint is differentiable) or a backend name.
     ``threads``: torch threads for this call, restored after it (None, the default: unchanged; "auto": the
     usable cores minus the load average; ``torchace.jobs``).
     """

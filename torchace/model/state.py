@@ -171,17 +171,19 @@ def write_document(path: str, doc: Dict[str, Any], format_name: str, what: str, 
     write_json_atomic(path, doc)
 
 
+def document_head(fmt: str, version: int, config: Dict[str, Any]) -> Dict[str, Any]:
+    """The fields every model file starts with (format, versions, units, the ``ACEConfig``)."""
+    return {"format": fmt, "format_version": version, "torchace_version": K.VERSION, "units": UNITS,
+            "config": config}
+
+
 class ModelState:
     """``to_dict`` / ``from_dict`` / ``save`` of the model file (mixed into ``ACEModel``)."""
 
     def to_dict(self, metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """The model file's JSON document (plain types only)."""
         return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "torchace_version": K.VERSION,
-            "units": UNITS,
-            "config": self.config_dict(),  # E0 from the model's buffer (a fit may have set it)
+            **document_head(FORMAT, FORMAT_VERSION, self.config_dict()),  # E0 from the model's buffer
             "basis_size": self.basis_size,
             "coefficients": finite_list(self.coefficients, "coefficients"),
             "nl_scale": finite_list(self.embedding.nl_scale, "nl_scale"),

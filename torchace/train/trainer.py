@@ -208,14 +208,14 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "auto",
     ``threads`` / ``log``: as ``torchace.fit`` (``torchace.jobs``); the log gets the progress lines also without
     ``progress``.
     """
-    from ..model.ace import ACEModel
-    from ..model.nonlinear import NonlinearACEModel, from_linear
+    from ..model.contract import capabilities
+    from ..model.nonlinear import from_linear
 
     epochs, dtype = check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype,
                                      init_scale, init_split, seed, committee_size, validation)
     check_float("train", "close_contact", close_contact, nonnegative=True)
     check_bool("train", "close_contact_error", close_contact_error)
-    if isinstance(model, ACEModel):
+    if capabilities(model).rows:  # the linear ACEModel: trained as its nonlinear form, copied back
         nl = from_linear(model, densities=1, embedding=None, learnable_radials=False)
         res = train(nl, data, weights=weights, prior=prior, E0=E0, init=init, solver=solver, epochs=epochs,
                     batch_size=batch_size, optimizer=optimizer, lr=lr, lam=lam, init_split=init_split,
@@ -232,7 +232,7 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "auto",
             model.set_basis_scale(lin.embedding.nl_scale, lin.pair.scale)
         model.prior_info, model.metadata = nl.prior_info, nl.metadata
         return res
-    if not isinstance(model, NonlinearACEModel):
+    if not capabilities(model).nonlinear:
         raise TypeError(f"train needs a NonlinearACEModel or ACEModel, got {type(model).__name__}")
     optimizer = resolve_optimizer(model, optimizer)
     if "gn" in _phases(optimizer, epochs):

@@ -18,6 +18,7 @@ import torch
 
 from .. import keys as K
 from ..model.backends import AUTO
+from ..model.contract import capabilities
 from ..model.evaluate import evaluate_batch
 from ..structures.batch import collate
 from ..structures.geometry import edge_vectors
@@ -89,7 +90,7 @@ def committee_predictions(model, structures, *, rows_model=None, backend: str = 
     comm = getattr(model, "committee", None)
     if comm is None:
         raise ValueError("the model has no committee: fit it with solvers.BLR(committee_size=n) or ARD(...)")
-    if rows_model is None and getattr(model, "nonlinear", False):
+    if rows_model is None and capabilities(model).nonlinear:
         raise ValueError("a nonlinear model's committee predictions: torchace.uncertainty.nonlinear."
                          "committee_predictions / uncertainty")
     rm = model if rows_model is None else rows_model

@@ -43,6 +43,7 @@ from ..fit.solvers import BLR, Solver
 from ..fit.weights import resolve_weights, row_weights
 from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 from ..model.backends import AUTO
+from ..model.contract import capabilities
 from ..model.evaluate import evaluate_batch, model_inputs
 from ..model.nonlinear.embedding import FS, IDENTITY_TOL
 from ..model.nonlinear.radials import LearnableRadials
@@ -119,7 +120,7 @@ def linear_weights(model) -> torch.Tensor:
     """a_lin [NZ, P]: the weight with which density p enters E linearly for centre element z (a_p for the
     identity branch m_p = 1, 0 otherwise; 1 for embedding None).  ValueError, with the reason, for models in
     which E is not linear in any density of some element (MLP embedding, no m_p = 1, or a_p = 0)."""
-    if not hasattr(model, "density_coefficients"):
+    if not capabilities(model).nonlinear:
         raise TypeError(f"expected a NonlinearACEModel, got {type(model).__name__} (linear models: torchace.fit "
                         "with solvers.BLR(committee_size=n))")
     f = model.embedding_fn

@@ -21,6 +21,8 @@ from typing import Any, List, NamedTuple, Optional
 import numpy as np
 import torch
 
+from ...model.contract import capabilities
+
 
 class YaceParts(NamedTuple):
     basis: Any                                  # ACEModel (float64, CPU): spec, coupling, radials, E0
@@ -31,7 +33,7 @@ class YaceParts(NamedTuple):
 
 
 def is_nonlinear(model) -> bool:
-    return getattr(model, "nonlinear", False) is True and hasattr(model, "density_coefficients")
+    return capabilities(model).nonlinear
 
 
 def check_exportable(model) -> None:

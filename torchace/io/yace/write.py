@@ -57,6 +57,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import torch
 
 from ...atomic import check_output, text_output, write_outputs
+from ...model.contract import capabilities
 from ..lammps_words import lammps_word
 from .pair_table import DEFAULT_PAIR_POINTS, DEFAULT_PAIR_RCORE, TABLE, pair_energy_functions, pair_table_text
 from .pair import TORCHACE_HEADER, declaration
@@ -206,12 +207,10 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
 
 def _check_model(model) -> bool:
     """Whether ``model`` is a (exportable) ``NonlinearACEModel``; a TypeError for anything but the two ACE models."""
-    from ...model.ace import ACEModel
-
     nonlinear = is_nonlinear(model)   # a NonlinearACEModel: torchace/io/yace_nonlinear.py
     if nonlinear:
         check_exportable(model)
-    elif not isinstance(model, ACEModel):
+    elif not capabilities(model).rows:  # the linear ACEModel
         raise TypeError(f"write_yace expects a torchace ACEModel or NonlinearACEModel, got {type(model).__name__}")
     return nonlinear
 

@@ -9,9 +9,9 @@
 
 ``select(model, device, backend="auto", task=...)`` returns the fastest backend that supports the model,
 the device and the task; every backend is tested against ``reference`` (``torchace.testing``).  To add a
-backend: subclass ``Backend``, implement ``own_reason`` / ``evaluator`` / ``rows`` (and set
-``supports_nonlinear``), add it to ``BACKENDS`` and to
-``AUTO_ORDER`` at the place its speed earns (docs/architecture.md).
+backend: subclass ``Backend``, implement ``own_reason`` / ``evaluator`` / ``rows``, add it to ``BACKENDS``, to
+``AUTO_ORDER`` at the place its speed earns and to the ``Capabilities.backends`` of the models it runs
+(docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from ... import keys as K
+from ..contract import capabilities
 from . import fused as fused_kernel
 from . import fused_nonlinear
 from . import triton_backend
@@ -36,17 +37,15 @@ AUTO_ORDER = {"cpu": ("fused", "analytic", "reference"), "cuda": ("triton", "ana
 class Backend:
     name = ""
     description = ""
-    # whether the backend evaluates the nonlinear model (NonlinearACEModel: no design rows on any backend)
-    supports_nonlinear = False
 
     def reason(self, model, device: torch.device, task: str) -> Optional[str]:
-        """None if this backend can run ``task`` for ``model`` on ``device``, else why not: the model-family
-        rules shared by every backend, then the backend's own (``own_reason``)."""
-        if getattr(model, "nonlinear", False):
-            if not self.supports_nonlinear:
-                return "linear models only (the nonlinear model runs on reference/analytic/fused)"
-            if task == ROWS:
-                return "a nonlinear model has no design-matrix rows"
+        """None if this backend can run ``task`` for ``model`` on ``device``, else why not: the model's declared
+        capabilities (``Capabilities.backends`` and ``rows``), then the backend's own rules (``own_reason``)."""
+        caps = capabilities(model)
+        if self.name not in caps.backends:
+            return f"linear models only (this model runs on {'/'.join(caps.backends)})"
+        if task == ROWS and not caps.rows:
+            return "a nonlinear model has no design-matrix rows"
         return self.own_reason(model, device, task)
 
     def own_reason(self, model, device: torch.device, task: str) -> Optional[str]:
@@ -64,49 +63,36 @@ class Backend:
         return f"<torchace backend {self.name!r}>"
 
 
-class Reference(Backend):
-    name = "reference"
-    description = "autograd of the site energies (the readable definition); design rows by forward-mode AD"
-    supports_nonlinear = True
+class TorchPath(Backend):
+    """One of the derivative driver's two paths in torch ops (``torchace.model.derivatives``): ``reference``
+    (autograd of ``node_energies``) or ``analytic`` (the hand adjoint ``site_terms``, which the driver's rule
+    allows in training mode only for models whose adjoint is differentiable, ``Capabilities.adjoint_graph``)."""
+
+    def __init__(self, name: str, description: str, analytic: bool):
+        self.name, self.description, self.analytic = name, description, analytic
 
     def own_reason(self, model, device, task):
-        return None
-
-    def evaluator(self, model, committee=False):
-        return model.reference_forward
-
-    def rows(self, model, batch, memory_budget):
-        return torch_rows(model, batch, memory_budget, analytic=False)
-
-
-class Analytic(Backend):
-    name = "analytic"
-    description = "hand-written adjoints in torch ops (eval mode, any device)"
-    supports_nonlinear = True
-
-    def own_reason(self, model, device, task):
-        if task == EVALUATE and model.training:
+        if self.analytic and task == EVALUATE and model.training and not capabilities(model).adjoint_graph:
             return "training mode needs differentiable forces (the reference backend)"
         return None
 
     def evaluator(self, model, committee=False):
-        return model.analytic_forward
+        return model.analytic_forward if self.analytic else model.reference_forward
 
     def rows(self, model, batch, memory_budget):
-        return torch_rows(model, batch, memory_budget, analytic=True)
+        return torch_rows(model, batch, memory_budget, analytic=self.analytic)
 
 
 class Fused(Backend):
     name = "fused"
     description = "C++ CPU kernel: one pass per centre atom, shared-prefix product DAG (torchace.model.backends.fused)"
-    supports_nonlinear = True  # two passes of the same kernel (fused_nonlinear)
 
     def own_reason(self, model, device, task):
         if device.type != "cpu":
             return "a CPU kernel"
         if task == EVALUATE and model.training:
             return "not differentiable (training mode needs the reference backend)"
-        if getattr(model, "nonlinear", False):
+        if capabilities(model).nonlinear:
             return fused_nonlinear.nonlinear_supported(model)
         why = fused_kernel.supported(model, with_baseline=False)  # the baseline is added here (_WithBaseline)
         if why is not None:
@@ -116,7 +102,7 @@ class Fused(Backend):
         return None
 
     def evaluator(self, model, committee=False):
-        if getattr(model, "nonlinear", False):  # the ZBL baseline is added inside
+        if capabilities(model).nonlinear:  # the ZBL baseline is added inside
             return functools.partial(fused_nonlinear.nonlinear_forward, model)
         ev = fused_kernel.FusedEvaluator(model, committee=committee, skip_baseline=model.zbl is not None)
         return ev if model.zbl is None else _WithBaseline(model, ev)
@@ -161,8 +147,8 @@ class _WithBaseline:
 
 
 class OwnForward(Backend):
-    """Models of other families (an ML-PACE model read from ``.yace``, ``torchace.model.pace``) evaluate with
-    their own autograd ``forward``; they have no design rows."""
+    """Models that declare only "module" (``Capabilities.backends``: an ML-PACE model read from ``.yace``,
+    ``torchace.model.pace``) evaluate with their own ``forward``; they have no design rows."""
 
     name = "module"
     description = "the model's own forward (non-ACEModel modules, e.g. read_yace)"
@@ -177,7 +163,12 @@ class OwnForward(Backend):
         raise ValueError(f"{type(model).__name__} has no design-matrix rows")
 
 
-BACKENDS: Dict[str, Backend] = {b.name: b for b in (Reference(), Analytic(), Fused(), Triton())}
+BACKENDS: Dict[str, Backend] = {b.name: b for b in (
+    TorchPath("reference", "autograd of the site energies (the readable definition); design rows by forward-mode AD",
+              False),
+    TorchPath("analytic", "hand-written adjoints in torch ops (eval mode, or training for models with a "
+              "differentiable adjoint; any device)", True),
+    Fused(), Triton())}
 OWN_FORWARD = OwnForward()
 
 
@@ -206,7 +197,7 @@ def select(model, device=None, backend: str = AUTO, task: str = EVALUATE) -> Bac
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     dev = _device(model, device)
-    if not hasattr(model, "analytic_forward"):  # not an ACEModel: its own forward is its only evaluator
+    if OWN_FORWARD.name in capabilities(model).backends:  # its own forward is its only evaluator
         if backend not in (AUTO, OWN_FORWARD.name):
             raise ValueError(f"backend {backend!r}: {type(model).__name__} evaluates only with its own forward")
         why = OWN_FORWARD.reason(model, dev, task)

@@ -5,28 +5,27 @@ B_i are the linear model's invariants (``ACEModel``: same spec, coupling, purifi
 held by composition as ``model.linear``, whose own coefficients stay zero and frozen), F is ML-PACE's
 ``FinnisSinclairShiftedScaled`` embedding or a small MLP (``embedding``), and the many-body radials are
 optionally learnable (``radials``).  With one density, no embedding and fixed radials the site energies are
-computed by the same operations as ``ACEModel.node_energies`` / ``ACEModel._site_terms`` (bit for bit).
+computed by the same operations as ``ACEModel.node_energies`` / ``ACEModel.site_terms`` (bit for bit).
 
-Forces F = −∂E/∂x and virials W = −∂E/∂ε: ``reference_forward`` by autograd through the symmetric strain
-(``strain.strained_geometry`` / ``autograd_outputs``; in training mode with ``create_graph``), and
-``analytic_forward`` with hand-written adjoints (in training mode recorded by autograd, so that a force loss
-needs one backward pass, not the reference path's double backward): ∂E/∂A = Σ_p ∂F/∂ρ_p · ∂ρ_p/∂A, i.e. the linear
-model's adjoint with the coefficients c_eff = Σ_p F'_p c_p.
+Forces F = −∂E/∂x and virials W = −∂E/∂ε come from the one derivative driver (``model.derivatives``): autograd
+of ``node_energies`` through the symmetric strain, or the hand adjoint ``site_terms``, which is differentiable in
+every parameter (``Capabilities.adjoint_graph``: in training mode the driver records it with ``create_graph``, so
+that a force loss needs one backward pass, not the autograd path's double backward): ∂E/∂A = Σ_p ∂F/∂ρ_p ·
+∂ρ_p/∂A, i.e. the linear model's adjoint with the coefficients c_eff = Σ_p F'_p c_p.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ...basis.embedding import pool
 from ...config import ACEConfig
-from ...structures.geometry import edge_vectors
 from ..ace import ACEModel, ace_model as linear_ace_model
-from ..strain import autograd_outputs, edge_gradient_outputs, strained_geometry
+from ..contract import LINEAR, Capabilities, EnergyModel
 from .embedding import (EMBEDDINGS, FS, MLP, FSEmbedding, MLPEmbedding, check_fs_parameters, default_fs_parameters,
                         fs_shifted_scaled)
 from .radials import LearnableRadials
@@ -34,7 +33,7 @@ from .size import check_model_size
 from .state import NonlinearState
 
 
-class NonlinearACEModel(NonlinearState, nn.Module):
+class NonlinearACEModel(NonlinearState, EnergyModel):
     """``NonlinearACEModel(config, densities=1, embedding=None, ...)``; see ``nonlinear_ace_model`` and
     ``from_linear`` for the usual constructors.
 
@@ -42,10 +41,9 @@ class NonlinearACEModel(NonlinearState, nn.Module):
     (``embedding_fn``: FS weights if ``learnable_fs``; the MLP's W, b, w) and the radial weights
     ``radials.weights`` [NZ, NZ, n_poly, max_l + 1, n_poly] when ``learnable_radials``."""
 
-    nonlinear = True  # the marker the backend registry can test (no design rows; reference and analytic only)
     # torch.jit.script compiles the evaluation (site_densities … site_terms, forward; torchace.io.torchscript):
     # the Python-side description of the model stays out of the compiled module
-    __jit_unused_properties__ = ["elements", "zbl", "embedding", "coefficients"]
+    __jit_unused_properties__ = ["elements", "capabilities", "zbl", "embedding", "coefficients", "device", "dtype"]
     __jit_ignored_attributes__ = ["config", "spec", "nl_of_b", "embedding_name", "committee", "prior_info",
                                   "metadata"]
 
@@ -97,7 +95,7 @@ class NonlinearACEModel(NonlinearState, nn.Module):
         self.committee = None   # no committees for nonlinear models (yet)
         self.prior_info = None  # JSON description of the prior the basis was rescaled with
         self.metadata = {}
-        self.analytic = True    # ``forward`` in eval mode without a graph: ``analytic_forward``
+        self.init_driver()      # analytic (the rule's switch), edge_chunk: torchace.model.derivatives
         self.to(dtype)
 
     # ---- what the rest of torchace reads from a model ----
@@ -105,6 +103,13 @@ class NonlinearACEModel(NonlinearState, nn.Module):
     @property
     def elements(self):
         return list(self.config.elements)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """No design rows; a committee through ``torchace.uncertainty.nonlinear``; a differentiable hand adjoint."""
+        return Capabilities(readout=self.embedding_name or LINEAR, nonlinear=True, committee=True, hand_adjoint=True,
+                            adjoint_graph=True, learnable_radials=self.radials is not None,
+                            backends=("reference", "analytic", "fused"))
 
     @property
     def E0(self) -> torch.Tensor:
@@ -170,62 +175,9 @@ class NonlinearACEModel(NonlinearState, nn.Module):
         rho = self.site_densities(vectors, species, edge_index)
         e_mb = rho[:, 0] if self.embedding_fn is None else self.embedding_fn(rho, species)
         e = lin.E0[species] + e_mb
-        if self.n_pair > 0 and vectors.shape[0] > 0:
-            i, j = edge_index[0], edge_index[1]
-            V = lin.pair_features(vectors, species, edge_index)
-            e = e + pool((V * self.pair_coefficients[species[i], species[j]]).sum(-1), i, species.shape[0])
-        if lin.zbl is not None:
-            e = e + lin.baseline_node_energies(vectors, species, edge_index)
-        return e
+        return lin.add_pair_energies(e, vectors, species, edge_index, self.pair_coefficients)
 
-    # ---- evaluation: the ACEModel.forward interface ----
-
-    def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
-        """As ``ACEModel.forward``: ``analytic_forward`` in eval mode when no graph through the outputs can be
-        needed, ``reference_forward`` otherwise (training: forces differentiable in every parameter)."""
-        if self.analytic and not positions.requires_grad and not cell.requires_grad:
-            # training: the same hand adjoints, recorded by autograd (one backward pass gives the parameter
-            # gradient of a force/virial loss; no double backward through the reference path)
-            return self.analytic_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                                         compute_forces, compute_virials, create_graph=self.training)
-        return self.reference_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                                      compute_forces, compute_virials)
-
-    def reference_forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                          edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                          compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
-        """E from ``node_energies``, F = −∂E/∂x and W = −∂E/∂ε by autograd (``create_graph`` in training mode)."""
-        positions, strain, pos, cel = strained_geometry(positions, cell, batch, n_structures, compute_forces,
-                                                        compute_virials)
-        vectors = edge_vectors(pos, edge_index, unit_shifts, cel, batch)
-        e_node = self.node_energies(vectors, species, edge_index)
-        energy = torch.zeros(n_structures, dtype=e_node.dtype, device=e_node.device).index_add_(0, batch, e_node)
-        return autograd_outputs(energy, e_node, positions, strain, compute_forces, compute_virials, self.training)
-
-    def analytic_forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                         edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                         compute_forces: bool = True, compute_virials: bool = True,
-                         create_graph: bool = False) -> Dict[str, torch.Tensor]:
-        """Energy, forces and virial with hand-written adjoints; ``create_graph``: recorded by autograd, so the
-        outputs (forces and virials included) are differentiable in every parameter (training), else no graph."""
-        vectors = edge_vectors(positions, edge_index, unit_shifts, cell, batch)
-        inside = (vectors * vectors).sum(-1) < self.rcut * self.rcut  # skin edges contribute exactly zero
-        if not bool(inside.all()):
-            keep = torch.nonzero(inside).squeeze(1)
-            vectors, edge_index = vectors.index_select(0, keep), edge_index.index_select(1, keep)
-        i, j = edge_index[0], edge_index[1]
-        need_grad = compute_forces or compute_virials
-        # two branches, not ``torch.set_grad_enabled`` (which TorchScript does not compile): the outputs below
-        # are formed in the caller's grad mode, so recording here under an outer no_grad would change nothing
-        if create_graph:
-            e, g_vec = self.site_terms(vectors, i, species[i], species[j], species, need_grad)
-        else:
-            with torch.no_grad():
-                e, g_vec = self.site_terms(vectors, i, species[i], species[j], species, need_grad)
-        return edge_gradient_outputs(e, g_vec, vectors, edge_index, positions, batch, n_structures, compute_forces,
-                                     compute_virials)
+    # ---- the hand adjoint (the derivative driver's ``analytic_forward``) ----
 
     def site_terms(self, vectors: torch.Tensor, i: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor,
                    species: torch.Tensor, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +203,7 @@ class NonlinearACEModel(NonlinearState, nn.Module):
                     c_eff = c_eff + dF[:, p:p + 1] * c_aa[p]
             gA = lin.product.grad(A, c_eff).index_select(0, i).t().contiguous()
             g_vec = self.one_particle_vjp(gA, saved)
-        e_p, g_p = self.pair_site_terms(saved[1], saved[0], i, zi, zj, n_atoms, need_grad)
+        e_p, g_p = lin.pair_site_terms(saved[1], saved[0], i, zi, zj, n_atoms, need_grad, self.pair_coefficients)
         return e + e_p, g_vec + g_p
 
     # ---- the one-particle basis φ: the linear model's, or with the learnable radials (radials.py) ----
@@ -281,23 +233,6 @@ class NonlinearACEModel(NonlinearState, nn.Module):
         """Σ_a g[a, e] ∂φ[a, e]/∂r_e [3, E] for the saved list of ``one_particle_with_grad``."""
         radials = self.radials
         return self.linear.embedding.vjp(g, saved) if radials is None else radials.vjp(g, saved)
-
-    def pair_site_terms(self, r: torch.Tensor, u: torch.Tensor, i: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor,
-                        n_atoms: int, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Σ_j c_{z_i z_j}·V(r_ij) [+ ½ Σ_j V_ZBL] and their ∂/∂r_e [3, E] (as ``ACEModel.pair_site_terms``)."""
-        lin = self.linear
-        e = torch.zeros(n_atoms, dtype=r.dtype, device=r.device)
-        g_vec = torch.zeros((3, r.shape[0]), dtype=r.dtype, device=r.device)
-        if self.n_pair > 0 and r.shape[0] > 0:
-            V, dV = lin.pair.with_grad(r, zi, zj)  # [n_pair, E]
-            c_pair = self.pair_coefficients[zi, zj]  # [E, n_pair]
-            e = e + pool((V * c_pair.t()).sum(0), i, n_atoms)
-            if need_grad:
-                g_vec = g_vec + u * (dV * c_pair.t()).sum(0)
-        if lin.zbl is not None and r.shape[0] > 0:
-            ez, gz = lin.baseline_site_terms(r, u, i, zi, zj, n_atoms)
-            e, g_vec = e + ez, g_vec + gz
-        return e, g_vec
 
     def randomize_densities(self, scale: float, seed: int = 0, first: int = 1) -> None:
         """Densities ``first`` … P − 1 ← N(0, scale²) (seeded); density 0 and the rest are left alone."""

@@ -10,9 +10,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ... import keys as K
 from ...config import ACEConfig
-from ..state import (UNITS, ModelFileError, check_config, finite_list, json_type, l_axis_field,
+from ..state import (UNITS, ModelFileError, check_config, document_head, finite_list, json_type, l_axis_field,
                      tensor_field, write_document)
 from .embedding import IDENTITY_TOL
 
@@ -63,11 +62,7 @@ class NonlinearState:
 
     def to_dict(self, metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "torchace_version": K.VERSION,
-            "units": UNITS,
-            "config": self.config_dict(),
+            **document_head(FORMAT, FORMAT_VERSION, self.config_dict()),
             "densities": self.densities,
             "embedding": _embedding_doc(self),
             "learnable_radials": self.radials is not None,

@@ -12,7 +12,8 @@ The .yace lists only half of the m-combinations (the other half is the complex c
 folded into c̃), so the real part of the product over the listed ones is the full sum.  Neighbours are
 taken within the bond cutoff rc(μ_i, μ_j).  Everything runs on flat edge tensors: no Python loop over
 atoms or edges; the loops are over element pairs (the crad contraction), elements and ranks (the products).
-Forces and virials come from autograd through a symmetric strain, as in ``torchace.model.ace.ACEModel``.
+Forces and virials come from the one derivative driver (``torchace.model.derivatives``: autograd of
+``node_energies`` through a symmetric strain; no hand adjoint).
 An optional tabulated pair term (``pair``, ``TabulatedPair``: the pair table of ``pair_style hybrid/overlay
 pace table``) adds ½ U(r_ij) to the site energy of each atom of a pair.
 """
@@ -25,8 +26,7 @@ import numpy as np
 import torch
 from ase.data import atomic_numbers
 
-from ...structures.geometry import edge_vectors
-from ..strain import autograd_outputs, strained_geometry
+from ..contract import PACE, Capabilities, EnergyModel
 from .embedding import embedding_energy, rho_core_cutoff
 from .harmonics import pace_ylm
 from .pair_table import TabulatedPair
@@ -65,7 +65,11 @@ class PACESpec:
     source: str = ""
 
 
-class PACEModel(torch.nn.Module):
+# a .yace: no design rows, no committee, autograd only, evaluated by its own forward
+PACE_CAPABILITIES = Capabilities(readout=PACE)
+
+
+class PACEModel(EnergyModel):
     """A .yace potential; ``torchace.evaluate(model, atoms)`` gives energy, forces, virial, stress."""
 
     def __init__(self, spec: PACESpec, dtype: torch.dtype = torch.float64, pair: Optional[TabulatedPair] = None):
@@ -124,6 +128,16 @@ class PACEModel(torch.nn.Module):
             self._blocks.append(blocks)
         flat = np.concatenate(coeffs) if coeffs else np.zeros(0)
         self.register_buffer("coefficients", torch.tensor(flat, dtype=dtype))
+        self.zbl = None  # no additive baseline (the pair table is part of the site energy)
+        self.init_driver()
+
+    @property
+    def elements(self) -> List[str]:
+        return list(self.config.elements)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return PACE_CAPABILITIES
 
     # ------------------------------------------------------------------ per edge
     def _edge_terms(self, vectors, zi, zj):
@@ -194,18 +208,6 @@ class PACEModel(torch.nn.Module):
             e = ef * rho_core_cutoff(rc_mu, rcut, drcut) + rc_mu + self.E0[mu]
             e_node = e_node.index_put((atoms,), e)
         return e_node if e_pair is None else e_node + e_pair
-
-    # ------------------------------------------------------------------ batch interface
-    def forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
-        # W = −∂E/∂ε for a symmetric strain applied to positions and cell
-        positions, strain, pos, cel = strained_geometry(positions, cell, batch, n_structures, compute_forces,
-                                                        compute_virials)
-        vectors = edge_vectors(pos, edge_index, unit_shifts, cel, batch)
-        e_node = self.node_energies(vectors, species, edge_index)
-        energy = torch.zeros(n_structures, dtype=e_node.dtype, device=e_node.device).index_add_(0, batch, e_node)
-        return autograd_outputs(energy, e_node, positions, strain, compute_forces, compute_virials, self.training)
 
     def extra_repr(self) -> str:
         names = sorted({n for row in self.radbasename for n in row})
