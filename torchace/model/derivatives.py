@@ -87,28 +87,31 @@ class DerivativeDriver:
                           compute_forces: bool = True, compute_virials: bool = True) -> Dict[str, torch.Tensor]:
         """The readable definition: E from ``node_energies``, F and W by autograd through the strain
         (``create_graph`` in training mode)."""
-        return self.autograd_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                                     compute_forces, compute_virials, False)
+        positions, strain, vectors = self.strained_edges(positions, batch, edge_index, unit_shifts, cell, n_structures,
+                                                         compute_forces, compute_virials)
+        e_node = self.node_energies(vectors, species, edge_index)
+        return autograd_outputs(structure_energies(e_node, batch, n_structures), e_node, positions, strain,
+                                compute_forces, compute_virials, self.training)
 
+    @torch.jit.unused
     def baseline(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
                  edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor,
                  n_structures: int) -> Dict[str, torch.Tensor]:
-        """Energy, forces and virial of the baseline alone (no E0, no basis); zeros without a baseline."""
-        return self.autograd_forward(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
-                                     True, True, True)
+        """Energy, forces and virial of the baseline alone (no E0, no basis); zeros without a baseline (the fit
+        subtracts it from its targets; not part of an export)."""
+        positions, strain, vectors = self.strained_edges(positions, batch, edge_index, unit_shifts, cell, n_structures,
+                                                         True, True)
+        e_node = self.baseline_node_energies(vectors, species, edge_index)
+        return autograd_outputs(structure_energies(e_node, batch, n_structures), e_node, positions, strain, True, True,
+                                self.training)
 
-    def autograd_forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                         edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
-                         compute_forces: bool, compute_virials: bool, baseline_only: bool) -> Dict[str, torch.Tensor]:
+    def strained_edges(self, positions: torch.Tensor, batch: torch.Tensor, edge_index: torch.Tensor,
+                       unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int, compute_forces: bool,
+                       compute_virials: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(positions leaf, strain leaf, edge vectors of the strained geometry) for the autograd path."""
         positions, strain, pos, cel = strained_geometry(positions, cell, batch, n_structures, compute_forces,
                                                         compute_virials)
-        vectors = edge_vectors(pos, edge_index, unit_shifts, cel, batch)
-        if baseline_only:
-            e_node = self.baseline_node_energies(vectors, species, edge_index)
-        else:
-            e_node = self.node_energies(vectors, species, edge_index)
-        energy = structure_energies(e_node, batch, n_structures)
-        return autograd_outputs(energy, e_node, positions, strain, compute_forces, compute_virials, self.training)
+        return positions, strain, edge_vectors(pos, edge_index, unit_shifts, cel, batch)
 
     def analytic_forward(self, positions: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
                          edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
