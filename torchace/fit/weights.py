@@ -1,7 +1,8 @@
-"""Observation weights per config_type (ACEpotentials.jl defaults E 30, F 1, V 1) and the one row-weighting rule:
-a labelled structure of N atoms gives an energy row × w_E/√N, 3N force rows × w_F and 6 Voigt virial rows × w_V/√N
-(``row_weights``; a label it lacks gives none, ``label_weights``), targets weighted alike (``weighted_system``).
-The fit's assembly, the committee's system and the training loss's batches all weight rows through these."""
+"""Observation weights per config_type (ACEpotentials.jl defaults E 30, F 1, V 1) and the one row-weighting
+rule: a labelled structure of N atoms gives an energy row × w_E/√N, 3N force rows × w_F and 6 Voigt virial rows
+× w_V/√N (``row_weights``; a label it lacks gives none, ``label_weights``), targets weighted alike
+(``weighted_system``).  The fit's assembly, the committee's system and the training loss's batches all weight
+rows through these."""
 from __future__ import annotations
 
 import math
