@@ -70,9 +70,7 @@ def test_gradient_vanishes_at_linear_fit(data, device):
     pen = Penalty(nl, lam, None)
 
     def grad_norm():
-        nl.train()
-        for p in trainable(nl):
-            p.grad = None
+        nl.train().zero_grad(set_to_none=True)
         total_loss(nl, batches, pen, backward=True)
         return torch.cat([p.grad.reshape(-1) for p in trainable(nl)]).norm()
 

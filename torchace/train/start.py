@@ -27,22 +27,6 @@ def resolve_init(model, init: str):
     return "linear", "the model's coefficients are all zero"
 
 
-def apply_prior(model, prior) -> Optional[torch.Tensor]:
-    """Γ of the penalty (float64): None for a basis prior, which rescales the basis inside the model (as in the
-    fit; Γ = 1 then), and without a prior (the basis scale reset); a column prior's column scale otherwise."""
-    from ..fit.priors import reset_basis_scale
-
-    gamma = None
-    if prior is not None and prior.kind == "basis":
-        prior.apply(model)
-    else:
-        reset_basis_scale(model)
-        if prior is not None:
-            gamma = prior.column_scale(model.linear).to(torch.float64)
-    model.prior_info = prior.to_dict() if prior is not None else None
-    return gamma
-
-
 def linear_warm_start(model, ds, train_structs, o) -> Dict[str, Any]:
     """``init="linear"``: ``torchace.fit`` of density 1 and the pair part (``o.solver``, BLR by default; E0 as in
     the fit) on the training structures and the isolated atoms, radials at the identity, the other densities at

@@ -44,6 +44,7 @@ from ..fit.contacts import check_close_contacts
 from ..fit.data import Dataset, read_data
 from ..fit.metrics import errors as error_table
 from ..fit.metrics import format_table
+from ..fit.priors import use_prior
 from ..fit.weights import resolve_weights
 from .gauss_newton import check_memory as check_gn_memory
 from .interrupt import TrainingInterrupted, interrupted_message, sigterm_as_interrupt, signal_of
@@ -52,7 +53,7 @@ from .options import DTYPES, INITS, OPTIMIZERS, PAIRED, TrainOptions, signature 
 from .phases import Optimizers, phase_list, resolve_optimizer
 from .refit import refit_linear
 from .scaling import CachedClosure, ScaledParameters, curvature_scale
-from .start import apply_prior, check_label_range, init_line, lam_from_init, linear_warm_start, refuse_start, \
+from .start import check_label_range, init_line, lam_from_init, linear_warm_start, refuse_start, \
     resolve_init
 from .state import TrainCheckpoint, fingerprint, resume_epoch
 from .validation import validation_split
@@ -190,7 +191,8 @@ class Trainer:
 
         o, model = self.o, self.model
         t0 = time.perf_counter()
-        self.gamma = apply_prior(model, o.prior)
+        # a basis prior rescales the basis, a column prior is Γ in the penalty
+        self.gamma = use_prior(model, o.prior, columns_of=model.linear)
         self.init_info = None
         if self.saved is not None:
             self.init_info = self.saved["init"]
