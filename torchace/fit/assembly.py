@@ -22,7 +22,7 @@ from ..fieldcheck import check_int
 from ..resources import available_bytes
 from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 from .data import ISOLATED_ATOM, DataError, Dataset, Labelled
-from .weights import resolve_weights, row_weights
+from .weights import resolve_weights, weighted_system
 from ..model.evaluate import model_inputs
 from .rows import batch_rows
 
@@ -138,40 +138,27 @@ def batch_system(model, structs: List[Labelled], weights, *, device=None, memory
                     names=[s.source for s in structs], min_distance=min_distance)
     rows = batch_rows(model, batch, memory_budget, backend)
     base = _baseline(model, batch)
-    blocks, targets, e0_rows = [], [], []
-    numbers = torch.tensor(model.config.numbers)
-    f0 = 0
-    for k, s in enumerate(structs):
-        n = s.n_atoms
-        wE, wF, wV = row_weights(weights, s.config_type, n)
-        if s.energy is not None and wE != 0:
-            e0_rows.append((sum(b.shape[0] for b in blocks),
-                            (torch.as_tensor(s.atoms.numbers).unsqueeze(1) == numbers).sum(0).to(torch.float64)
-                            * float(wE)))
-            blocks.append(rows[K.ENERGY][k:k + 1] * wE)
-            e = (s.energy - model.reference_energy(s.atoms.numbers)
-                 - (float(base[K.ENERGY][k]) if base is not None else 0.0))
-            targets.append(torch.tensor([e * wE], dtype=dtype, device=dev))
-        if s.forces is not None and wF != 0:
-            blocks.append(rows[K.FORCES][f0:f0 + 3 * n] * wF)
+
+    def target(kind, k, s, f0):  # the label minus E0 and the baseline
+        if kind == "E":
+            return float(s.energy - model.reference_energy(s.atoms.numbers)
+                         - (float(base[K.ENERGY][k]) if base is not None else 0.0))
+        if kind == "F":
             f = torch.as_tensor(s.forces.reshape(-1), dtype=dtype, device=dev)
-            if base is not None:
-                f = f - base[K.FORCES][f0 // 3:f0 // 3 + n].reshape(-1)
-            targets.append(f * wF)
-        if s.virial is not None and wV != 0:
-            blocks.append(rows[K.VIRIAL][k] * wV)
-            W = torch.as_tensor(s.virial, dtype=dtype, device=dev)
-            if base is not None:
-                W = W - base[K.VIRIAL][k]
-            targets.append(K.to_voigt(W) * wV)
-        f0 += 3 * n
+            return f - base[K.FORCES][f0 // 3:f0 // 3 + s.n_atoms].reshape(-1) if base is not None else f
+        W = torch.as_tensor(s.virial, dtype=dtype, device=dev)
+        return K.to_voigt(W - base[K.VIRIAL][k] if base is not None else W)
+
+    blocks, targets, energy_rows = weighted_system(structs, rows, weights, target)
     if not blocks:
         return (torch.zeros(0, model.basis_size, dtype=dtype, device=dev), torch.zeros(0, dtype=dtype, device=dev),
                 torch.zeros(0, model.nz, dtype=dtype, device=dev))
     A = torch.cat(blocks)
     Z = torch.zeros(A.shape[0], model.nz, dtype=dtype, device=dev)
-    for r, counts in e0_rows:
-        Z[r] = counts.to(Z)
+    numbers = torch.tensor(model.config.numbers)
+    for r, k, wE in energy_rows:  # the E0 columns: weighted element counts on the energy rows
+        counts = (torch.as_tensor(structs[k].atoms.numbers).unsqueeze(1) == numbers).sum(0).to(torch.float64)
+        Z[r] = (counts * float(wE)).to(Z)
     return A, torch.cat(targets), Z
 
 

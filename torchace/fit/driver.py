@@ -279,18 +279,10 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     train, weights, extra = augment(model, ds, weights, synthetic_dimers=synthetic_dimers,
                                     repulsion_restraint=repulsion_restraint, fit_e0=fit_e0)
     solver = solver if solver is not None else S.BLR()
-    prior_info = prior.to_dict() if prior is not None else None
-    gamma = None
-    if prior is not None and prior.kind == "basis":
-        prior.apply(model)
-    else:
-        # the fit defines the basis: no leftover rescaling from an earlier basis prior
-        from .priors import reset_basis_scale
+    from .priors import use_prior
 
-        reset_basis_scale(model)
-        if prior is not None:
-            gamma = prior.column_scale(model).to(torch.float64)
-    model.prior_info = prior_info
+    gamma = use_prior(model, prior)
+    prior_info = model.prior_info
     if device is not None:
         model.to(device)  # assembly, solve and the fitted model live on one device
     dev = model.coefficients.device

@@ -364,6 +364,24 @@ def from_dict(d: Dict[str, Any]):
         raise
 
 
+def use_prior(model, prior, columns_of=None) -> Optional[torch.Tensor]:
+    """Put ``prior`` on a model about to be fitted or trained (``torchace.fit`` and ``torchace.train`` alike):
+    a basis prior rescales the basis inside the model (Γ = 1: returns None); otherwise no leftover rescaling of an
+    earlier basis prior stays (the fit defines the basis) and a column prior is returned as Γ (float64) of the
+    columns of ``columns_of`` (default ``model``; a nonlinear model's ``model.linear``).  ``model.prior_info``
+    records it."""
+    info = prior.to_dict() if prior is not None else None
+    gamma = None
+    if prior is not None and prior.kind == "basis":
+        prior.apply(model)
+    else:
+        reset_basis_scale(model)
+        if prior is not None:
+            gamma = prior.column_scale(model if columns_of is None else columns_of).to(torch.float64)
+    model.prior_info = info
+    return gamma
+
+
 def reset_basis_scale(model) -> None:
     """Undo ``apply`` of a basis prior: one-particle and pair scales back to 1."""
     nz, _, n_pair, max_n, max_l = _model_sizes(model)

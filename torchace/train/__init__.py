@@ -1,6 +1,7 @@
 """Stage 4b, train: iterative (gradient and Gauss–Newton) training of ACE models on the weighted E/F/V loss of
 ``torchace.fit`` (docs/training.md).  The loss (``loss``), the training loop (``trainer``), its configuration
-(``config``: the ``torchace train`` file), where training starts (``start``), preconditioning (``scaling``),
+(``config``: the ``torchace train`` file; ``options``: every option and its default, once), the optimizer phases
+(``phases``), where training starts (``start``), preconditioning (``scaling``),
 Gauss–Newton steps (``gauss_newton``), validation (``validation``), checkpoints (``state``) and interruption
 (``interrupt``).
 
@@ -9,9 +10,11 @@ import inspect
 import sys
 import types
 
-from .trainer import TrainResult, train
+from .options import TrainOptions
+from .trainer import TrainResult, Trainer, train
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "TrainOptions", "Trainer", "train"]
+__signature__ = inspect.signature(train)  # inspect.signature(torchace.train): the train function's keywords
 
 
 class _CallablePackage(types.ModuleType):

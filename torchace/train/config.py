@@ -22,45 +22,45 @@ import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional
 
-from ..fieldcheck import check_bool, check_device, check_float, check_int, check_str
+from ..fieldcheck import check_bool, check_int, check_str
 from ..fit.config import FitConfig, load_config
-from .loss import DEFAULT_EPOCHS
+from ..model.nonlinear.defaults import NONLINEAR
+from .options import TRAINING, TrainOptions, section_fields
 
 # the nonlinear options of the model section (``torchace.ace_model`` keywords beyond ACEConfig)
 MODEL_OPTIONS = ("densities", "embedding", "fs_parameters", "learnable_radials", "learnable_fs", "mlp_hidden",
                  "seed")
 FROM = "from"
-KEYS_HELP = """train config keys: everything of the fit config (model, data, weights, E0, prior, solver, output,
+_D = TrainOptions()
+KEYS_HELP = f"""train config keys: everything of the fit config (model, data, weights, E0, prior, solver, output,
 threads; `torchace fit --help`) except assembly, plus
-  model:      densities [2], embedding [fs], fs_parameters [[1, 1, 1, 0.5]], learnable_radials [true],
-              learnable_fs [false], mlp_hidden [16], seed [0]; or only {from: model.json}
+  model:      densities [{NONLINEAR.densities}], embedding [{NONLINEAR.embedding}], fs_parameters [[1, 1, 1, 0.5]], \
+learnable_radials [{str(NONLINEAR.learnable_radials).lower()}],
+              learnable_fs [false], mlp_hidden [16], seed [0]; or only {{from: model.json}}
   data:       validation [none]: a fraction of data.train (seeded split) or file(s)
-  training:   init [auto: keep the parameters of a model.from with trained coefficients, else linear | linear | model],
-              optimizer [auto (gn; lbfgs for the MLP) | gn | lbfgs | adam | gn+lbfgs | adam+lbfgs],
-              epochs [100; [first, lbfgs] for the paired optimisers], batch_size [8], lr [adam 1e-3, lbfgs 1],
-              lam [null: the BLR warm start's; else 1e-3], init_scale [0], init_split [0.1], patience [10], seed [0],
-              device [cpu], dtype [float64], committee_size [0] (BLR posterior samples of the linear part)
+  training:   init [{_D.init}: keep the parameters of a model.from with trained coefficients, else linear | linear | \
+model],
+              optimizer [{_D.optimizer} (gn; lbfgs for the MLP) | gn | lbfgs | adam | gn+lbfgs | adam+lbfgs],
+              epochs [{_D.epochs}; [first, lbfgs] for the paired optimisers], batch_size [{_D.batch_size}], \
+lr [adam 1e-3, lbfgs 1],
+              lam [null: the BLR warm start's; else 1e-3], init_scale [{_D.init_scale:g}], \
+init_split [{_D.init_split}], patience [{_D.patience}], seed [{_D.seed}],
+              device [cpu], dtype [{_D.dtype}], committee_size [{_D.committee_size}] (BLR posterior samples of \
+the linear part)
   output:     history [none] (JSON of every epoch), checkpoint [none] (resumed from when present),
               overwrite [false] (replace existing files torchace did not write)"""
 
-
-@dataclass
-class TrainingSection:
-    init: str = "auto"
-    optimizer: str = "auto"
-    epochs: Union[int, List[int]] = DEFAULT_EPOCHS
-    batch_size: int = 8
-    lr: Optional[float] = None
-    lam: Optional[float] = None
-    init_scale: float = 0.0
-    init_split: float = 0.1
-    patience: int = 10
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float64"
-    committee_size: int = 0
+# The ``training:`` section: the ``TrainOptions`` fields marked TRAINING, with their defaults.  One exception:
+# ``device`` is "cpu" here (None in the API: the model's device); a config builds or loads its model on the CPU,
+# so both mean the same device.
+_CONFIG_DEFAULTS = {"device": "cpu"}
+TrainingSection = dataclasses.make_dataclass(
+    "TrainingSection",
+    [(f.name, f.type, field(default=_CONFIG_DEFAULTS.get(f.name, f.default))) for f in section_fields(TRAINING)],
+    namespace={"__doc__": "The ``training:`` section of the train config (``TrainOptions``' TRAINING fields).",
+               "__module__": __name__})
 
 
 @dataclass
@@ -145,7 +145,8 @@ class TrainConfig:
 
     def build_model(self):
         """The model to train: loaded from ``model.from``, else ``torchace.ace_model`` with the nonlinear options
-        (``densities: 2`` and ``embedding: fs`` by default, as pacemaker)."""
+        (``model.nonlinear.defaults.NONLINEAR`` by default: two densities, the FS embedding, learnable radials,
+        as pacemaker)."""
         import torchace
 
         if self.model_from is not None:
@@ -153,9 +154,9 @@ class TrainConfig:
         m = dict(self.fit.model)
         elements, order, td = m.pop("elements"), m.pop("order"), m.pop("totaldegree")
         opts = dict(self.model_options)
-        opts.setdefault("densities", 2)
-        opts.setdefault("embedding", "fs" if opts["densities"] > 1 else None)
-        opts.setdefault("learnable_radials", True)
+        opts.setdefault("densities", NONLINEAR.densities)
+        opts.setdefault("embedding", NONLINEAR.embedding if opts["densities"] > 1 else None)  # ace_model's rule
+        opts.setdefault("learnable_radials", NONLINEAR.learnable_radials)
         if opts["densities"] == 1 and opts["embedding"] is None and not opts["learnable_radials"]:
             from ..model.nonlinear import nonlinear_ace_model
 
@@ -166,13 +167,9 @@ class TrainConfig:
         """The keyword arguments of ``torchace.train`` this config stands for."""
         from ..fit.data import DataKeys
 
-        t = self.training
-        return dict(weights=self.fit.weights, prior=self.fit.build_prior(), solver=self.fit.build_solver(),
-                    E0=self.fit.E0, init=t.init, optimizer=t.optimizer, epochs=t.epochs, batch_size=t.batch_size,
-                    lr=t.lr, lam=t.lam, init_scale=t.init_scale, init_split=t.init_split, patience=t.patience,
-                    seed=t.seed, device=t.device,
-                    dtype=t.dtype, committee_size=t.committee_size, validation=self.validation,
-                    checkpoint=self.checkpoint,
+        kw = {f.name: getattr(self.training, f.name) for f in dataclasses.fields(self.training)}
+        return dict(kw, weights=self.fit.weights, prior=self.fit.build_prior(), solver=self.fit.build_solver(),
+                    E0=self.fit.E0, validation=self.validation, checkpoint=self.checkpoint,
                     keys=DataKeys(**self.fit.data.keys), skip_bad=self.fit.data.skip_bad,
                     min_distance=self.fit.data.min_distance, close_contact=self.fit.data.close_contact,
                     close_contact_error=self.fit.data.close_contact_error)
@@ -182,8 +179,8 @@ def _output_format(opts: Dict[str, Any], model_from: Optional[str]) -> str:
     """The format the trained model is saved in: the linear model file for a one-density linear model."""
     from ..model.nonlinear import FORMAT
 
-    linear = (opts.get("densities", 2) == 1 and opts.get("embedding") is None
-              and not opts.get("learnable_radials", True))
+    linear = (opts.get("densities", NONLINEAR.densities) == 1 and opts.get("embedding") is None
+              and not opts.get("learnable_radials", NONLINEAR.learnable_radials))
     if model_from is not None:
         from ..inputs import open_input
         from ..model.state import MAX_FILE_BYTES
@@ -199,34 +196,11 @@ def _model_keys():
     return MODEL_KEYS
 
 
-def _check_training(t: TrainingSection) -> None:
-    from .start import DTYPES, INITS, OPTIMIZERS, PAIRED
-
-    check_str("train config", "training.init", t.init, choices=INITS)
-    check_str("train config", "training.optimizer", t.optimizer, choices=OPTIMIZERS)
-    if isinstance(t.epochs, list):
-        if t.optimizer not in PAIRED or len(t.epochs) != 2:
-            raise ValueError(f"train config: training.epochs is a list [first, lbfgs] only with optimizer "
-                             f"{' or '.join(PAIRED)}")
-        for e in t.epochs:
-            check_int("train config", "training.epochs", e, minimum=0)
-    else:
-        check_int("train config", "training.epochs", t.epochs, minimum=0)
-    check_int("train config", "training.batch_size", t.batch_size, minimum=1)
-    if t.lr is not None:
-        t.lr = check_float("train config", "training.lr", t.lr, positive=True)
-    if t.lam is not None:
-        t.lam = check_float("train config", "training.lam", t.lam, nonnegative=True)
-    t.init_scale = check_float("train config", "training.init_scale", t.init_scale, nonnegative=True)
-    t.init_split = check_float("train config", "training.init_split", t.init_split, nonnegative=True)
-    if t.init_split >= 1.0:
-        raise ValueError(f"train config: training.init_split must be in [0, 1), got {t.init_split}")
-    check_int("train config", "training.patience", t.patience, minimum=1)
-    check_int("train config", "training.seed", t.seed, minimum=0)
-    check_str("train config", "training.device", t.device)
-    check_device("train config", "training.device", t.device)
-    check_str("train config", "training.dtype", t.dtype, choices=tuple(DTYPES))
-    check_int("train config", "training.committee_size", t.committee_size, minimum=0)
+def _check_training(t) -> None:
+    """The ``TrainOptions`` checks, named as the file's keys; numbers stored as floats."""
+    checked = TrainOptions(**dataclasses.asdict(t)).checked("train config", "training.")
+    for f in dataclasses.fields(t):
+        setattr(t, f.name, getattr(checked, f.name))
 
 
 def _check_model_options(o: Dict[str, Any]) -> None:

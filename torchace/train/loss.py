@@ -1,9 +1,10 @@
-"""Gradient training of a linear model's coefficients on the weighted E/F/V loss of ``torchace.fit``
-(docs/training.md): the same weights and row scaling (``weights.row_weights``), evaluated with the model's own
-forward in train mode (forces and virials differentiable in c), so its minimiser is the ``solvers.QR(lam=λ)``
-solution of the same weights — training and fitting are one problem.
+"""The loss of ``torchace.train``: the weighted E/F/V misfit of ``torchace.fit`` (docs/training.md) with the same
+weights and row scaling (``fit.weights.label_weights``), evaluated with the model's own forward in train mode
+(forces and virials differentiable in θ), plus the penalty λ² R(θ) (``Penalty``); with one density, no embedding
+and fixed radials its minimiser is the ``solvers.QR(lam=λ)`` solution of the same weights — training and
+fitting are one problem.
 
-    L(c) = ( Σ_s [ (wE/√N)² (E_s − Ê_s)² + wF² ‖F_s − F̂_s‖² + (wV/√N)² ‖W_s − Ŵ_s‖²_Voigt ] + λ²‖c‖² ) / n_rows
+    L(θ) = ( Σ_s [ (wE/√N)² (E_s − Ê_s)² + wF² ‖F_s − F̂_s‖² + (wV/√N)² ‖W_s − Ŵ_s‖²_Voigt ] + λ² R(θ) ) / n_rows
 """
 from __future__ import annotations
 
@@ -17,33 +18,27 @@ from .. import keys as K
 from ..model.backends import AUTO, EVALUATE, select
 from ..model.evaluate import model_inputs
 from ..structures.batch import collate
-from ..fit.weights import row_weights
-
-# the training's default epoch budget (early stopping on the validation loss ends most runs sooner): Gauss–Newton
-# needed ~60 epochs on Zuo Cu before the validation loss stopped improving (docs/benchmarks.md)
-DEFAULT_EPOCHS = 100
+from ..fit.weights import label_weights
 
 
 def make_batches(model, structs, weights, batch_size, device, dtype):
-    """Collate ``structs`` (Labelled) into batches with targets and per-row weights; missing labels weigh 0."""
+    """Collate ``structs`` (Labelled) into batches with targets and per-row weights (``fit.weights.label_weights``,
+    the fit's rows: missing labels weigh 0)."""
     batches = []
     for b0 in range(0, len(structs), batch_size):
         chunk = structs[b0:b0 + batch_size]
         batch = collate([s.atoms for s in chunk], model.config.numbers, model.rcut, dtype=dtype, device=device,
                         names=[s.source for s in chunk])
         n = np.array([s.n_atoms for s in chunk], dtype=float)
-        w = np.array([row_weights(weights, s.config_type, s.n_atoms) for s in chunk], dtype=float)  # [S, 3]
-        has_e = np.array([s.energy is not None for s in chunk])
-        has_v = np.array([s.virial is not None for s in chunk])
+        w = np.array([label_weights(weights, s) for s in chunk], dtype=float)  # [S, 3]; 0: no such label
         E = np.array([s.energy if s.energy is not None else 0.0 for s in chunk])
         F = np.concatenate([s.forces if s.forces is not None else np.zeros((s.n_atoms, 3)) for s in chunk])
-        wF = np.concatenate([np.full(s.n_atoms, w[k, 1] if s.forces is not None else 0.0)
-                             for k, s in enumerate(chunk)])
+        wF = np.concatenate([np.full(s.n_atoms, w[k, 1]) for k, s in enumerate(chunk)])
         V = np.stack([K.to_voigt(s.virial if s.virial is not None else np.zeros((3, 3))) for s in chunk])
         t = dict(dtype=dtype, device=device)
-        batch.update(E=torch.tensor(E, **t), wE=torch.tensor(has_e * w[:, 0], **t),
+        batch.update(E=torch.tensor(E, **t), wE=torch.tensor(w[:, 0], **t),
                      F=torch.tensor(F, **t), wF=torch.tensor(wF, **t),
-                     V=torch.tensor(V, **t), wV=torch.tensor(has_v * w[:, 2], **t),
+                     V=torch.tensor(V, **t), wV=torch.tensor(w[:, 2], **t),
                      n=torch.tensor(n, **t))
         # rows of the linear system this batch contributes (as torchace.assembly counts them)
         batch["n_rows"] = int((batch["wE"] != 0).sum() + 3 * (batch["wF"] != 0).sum() + 6 * (batch["wV"] != 0).sum())
@@ -112,10 +107,6 @@ class Penalty:
         return self.lam2 * r
 
 
-def penalty(model, lam):
-    return lam * lam * (model.coefficients ** 2).sum()
-
-
 def total_loss(model, batches, penalty_fn, backward: bool) -> float:
     """Σ rss / n_rows + penalty_fn(model) / n_rows over all batches (the full loss); with ``backward`` its
     gradient is accumulated in the parameters' ``.grad``."""
@@ -130,14 +121,6 @@ def total_loss(model, batches, penalty_fn, backward: bool) -> float:
     if backward:
         pen.backward()
     return total + float(pen.detach())
-
-
-def full_loss_and_grad(model, batches, lam, backward=True):
-    """L(c) over all batches (train mode) and, with ``backward``, its gradient accumulated in ``.grad``."""
-    model.train()
-    if backward:
-        model.coefficients.grad = None
-    return total_loss(model, batches, lambda m: penalty(m, lam), backward)
 
 
 def loss_metrics(model, batches, penalty_fn=None, missing=None):
@@ -168,7 +151,3 @@ def loss_metrics(model, batches, penalty_fn=None, missing=None):
         out[key] = math.sqrt(s / m) * (1e3 if key != "F" else 1.0) if m else missing
     return out
 
-
-def metrics(model, batches, lam):
-    """``loss_metrics`` with the ridge penalty λ²‖c‖² (NaN for labels the batches do not have)."""
-    return loss_metrics(model, batches, lambda m: penalty(m, lam), float("nan"))

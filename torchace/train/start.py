@@ -1,60 +1,19 @@
 """Where training starts (torchace.train): which initialisation (``init="auto"``: keep a trained model's
-parameters, else the linear warm start), labels whose weighted squares overflow, and a starting loss that is not
-finite — each refused naming the structure and the label, before any epoch (issue 26, class 10).
+parameters, else the linear warm start), the prior (a basis prior rescales the basis, a column prior is Γ in the
+penalty), the linear warm start itself and the λ it implies, labels whose weighted squares overflow, and a
+starting loss that is not finite — each refused naming the structure and the label, before any epoch (issue 26,
+class 10).
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from ..fieldcheck import check_device, check_float, check_int, check_str
-from ..fit.data import DataError
-from .validation import check_validation
+from ..fit.data import DataError, Dataset
+from ..fit.weights import label_weights
 from .loss import make_batches, residuals
-
-OPTIMIZERS = ("auto", "gn", "lbfgs", "adam", "gn+lbfgs", "adam+lbfgs")
-PAIRED = ("gn+lbfgs", "adam+lbfgs")  # two phases: epochs [first, second]
-INITS = ("auto", "linear", "model")
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-def check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype, init_scale, init_split, seed,
-                    committee_size, validation):
-    check_str("train", "optimizer", optimizer, choices=OPTIMIZERS)
-    check_validation("train", "validation", validation)
-    check_str("train", "init", init, choices=INITS)
-    if optimizer in PAIRED:
-        if not (isinstance(epochs, (list, tuple)) and len(epochs) == 2):
-            if isinstance(epochs, bool) or not isinstance(epochs, int):
-                raise ValueError(f"train: epochs must be an integer or, for {optimizer}, a pair "
-                                 f"[{optimizer.replace('+', ', ')}], got {epochs!r}")
-            epochs = (epochs // 2, epochs - epochs // 2)
-        epochs = tuple(check_int("train", "epochs", e, minimum=0) for e in epochs)
-    else:
-        epochs = check_int("train", "epochs", epochs, minimum=0)
-    check_int("train", "batch_size", batch_size, minimum=1)
-    if lr is not None:
-        check_float("train", "lr", lr, positive=True)
-    if lam is not None:
-        check_float("train", "lam", lam, nonnegative=True)
-    check_int("train", "patience", patience, minimum=1)
-    check_float("train", "init_scale", init_scale, nonnegative=True)
-    check_float("train", "init_split", init_split, nonnegative=True)
-    if init_split >= 1.0:
-        raise ValueError(f"train: init_split is the share of the linear fit moved to densities 2 … P, in [0, 1); "
-                         f"got {init_split}")
-    check_int("train", "seed", seed, minimum=0)
-    check_int("train", "committee_size", committee_size, minimum=0)
-    if device is not None:
-        check_device("train", "device", str(device))
-    if isinstance(dtype, str):
-        check_str("train", "dtype", dtype, choices=tuple(DTYPES))
-        dtype = DTYPES[dtype]
-    if dtype not in DTYPES.values():
-        raise ValueError(f"train: dtype must be torch.float64 or torch.float32, got {dtype!r}")
-    return epochs, dtype
 
 
 def resolve_init(model, init: str):
@@ -68,6 +27,43 @@ def resolve_init(model, init: str):
     return "linear", "the model's coefficients are all zero"
 
 
+def linear_warm_start(model, ds, train_structs, o) -> Dict[str, Any]:
+    """``init="linear"``: ``torchace.fit`` of density 1 and the pair part (``o.solver``, BLR by default; E0 as in
+    the fit) on the training structures and the isolated atoms, radials at the identity, the other densities at
+    zero (or N(0, init_scale²)).  Returns the fit's summary (the result's ``init``)."""
+    from ..fit.assembly import fitting_structures
+    from ..fit.driver import fit
+
+    lin = model.linear_model()
+    fitting_ids = {id(s) for s in fitting_structures(ds)}
+    keep = Dataset(list(train_structs) + [s for s in ds if id(s) not in fitting_ids])  # + isolated atoms
+    fres = fit(lin, keep, weights=o.weights, prior=o.prior, solver=o.solver, E0=o.E0, device=o.device,
+               compute_errors=False, close_contact=0.0,  # checked before, once
+               **({} if o.min_distance is None else {"min_distance": o.min_distance}))
+    info = {"solver": fres.solver, "hyperparameters": fres.to_dict()["hyperparameters"], "E0": fres.E0,
+            "seconds": sum(fres.timings.values())}
+    c = lin.coefficients.detach().to(model.density_coefficients)
+    with torch.no_grad():
+        model.linear.E0.copy_(lin.E0.to(model.linear.E0))
+        model.density_coefficients.zero_()
+        model.density_coefficients[0] = c[: model.nz * model.n_b].view(model.nz, model.n_b)
+        model.pair_coefficients.copy_(c[model.nz * model.n_b:].view_as(model.pair_coefficients))
+        if model.radials is not None:
+            model.radials.weights.copy_(model.radials.identity())
+    if o.init_scale and model.densities > 1:
+        model.randomize_densities(o.init_scale, o.seed)
+    return info
+
+
+def lam_from_init(init_info) -> Optional[float]:
+    """λ = √(σ²/σ_p²) of a BLR warm start (its ridge equivalent: the regularisation the linear fit chose)."""
+    h = (init_info or {}).get("hyperparameters") or {}
+    nv, pv = h.get("noise_var"), h.get("prior_var")
+    if isinstance(nv, (int, float)) and isinstance(pv, (int, float)) and nv > 0 and pv > 0:
+        return float((nv / pv) ** 0.5)
+    return None
+
+
 def init_line(init: str, why: str, init_info, keep_E0: bool) -> str:
     if init == "linear":
         return (f"init: linear warm start ({init_info['solver']} fit of density 1 and the pair part; "
@@ -79,12 +75,11 @@ def init_line(init: str, why: str, init_info, keep_E0: bool) -> str:
 def check_label_range(structs, weights) -> None:
     """DataError naming the structure and label whose weighted square overflows (an energy of 1e200 eV, say):
     the loss, a sum of such squares, would be inf or NaN from the start, and the linear warm start garbage."""
-    from ..fit.weights import row_weights
     from .. import keys as K
 
     with np.errstate(over="ignore", invalid="ignore"):
         for s in structs:
-            w = row_weights(weights, s.config_type, s.n_atoms)
+            w = label_weights(weights, s)
             for name, value, wk in (("energy", s.energy, w[0]), ("forces", s.forces, w[1]),
                                     ("virial", None if s.virial is None else K.to_voigt(np.asarray(s.virial)), w[2])):
                 if value is not None and wk and not np.isfinite(np.sum((wk * np.asarray(value, dtype=float)) ** 2)):

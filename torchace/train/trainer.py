@@ -4,7 +4,7 @@
     L(θ) = ( Σ_s [ (wE/√N)² (E_s − Ê_s)² + wF² ‖F_s − F̂_s‖² + (wV/√N)² ‖W_s − Ŵ_s‖²_Voigt ] + λ² R(θ) ) / n_rows
     R(θ) = Σ_p ‖Γ ⊙ c_p‖² + ‖Γ_pair ⊙ c_pair‖² + ‖W − I‖²
 
-with the rows, weights and 1/√N scaling of the linear fit (``training.make_batches`` / ``weights.row_weights``).
+with the rows, weights and 1/√N scaling of the linear fit (``loss.make_batches`` / ``fit.weights.label_weights``).
 The prior is the same rescaling as in the fit: a *basis* prior rescales the one-particle basis inside the model
 (``prior.apply``; Γ = 1 then, and the learnable radials are expanded in the rescaled polynomials), a *column*
 prior is Γ (c = Γ⁻¹c′, so ‖c′‖² = ‖Γc‖²).  With one density, no embedding and fixed radials L is exactly
@@ -22,12 +22,13 @@ returned holds the parameters of the epoch with the lowest validation loss (trai
 ``init="auto"`` (default) keeps the parameters of a model that holds trained coefficients (continuing a run)
 and does the linear warm start for a new one.
 Checkpoints (``checkpoint=path``) are written atomically after every epoch and resumed from when present
-(``train_state``); a diverging run stops at the best epoch, an interrupted one says what its checkpoint keeps
-(``train_interrupt``).
+(``state``); a diverging run stops at the best epoch, an interrupted one says what its checkpoint keeps
+(``interrupt``).  The options and their defaults: ``options.TrainOptions``; the run: ``Trainer``, in phases.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import time
@@ -37,25 +38,30 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..fieldcheck import check_bool, check_float
 from ..fit.assembly import fitting_structures
-from ..fit.contacts import DEFAULT_CLOSE_CONTACT, check_close_contacts
+from ..fit.contacts import check_close_contacts
 from ..fit.data import Dataset, read_data
 from ..fit.metrics import errors as error_table
 from ..fit.metrics import format_table
-from .loss import DEFAULT_EPOCHS, Penalty, loss_metrics, make_batches, residuals, total_loss
-from .scaling import CachedClosure, ScaledParameters, curvature_scale
-from .interrupt import TrainingInterrupted, interrupted_message, sigterm_as_interrupt, signal_of
-from .state import TrainCheckpoint, fingerprint, resume_epoch
-from .validation import validation_split
-from .start import DTYPES, INITS, OPTIMIZERS, PAIRED  # noqa: F401 (public here too)
-from .start import check_arguments, check_label_range, init_line, refuse_start, resolve_init
+from ..fit.priors import use_prior
 from ..fit.weights import resolve_weights
 from ..jobs import announce, job_options
-from .gauss_newton import GaussNewton, embedding_derivatives
 from .gauss_newton import check_memory as check_gn_memory
+from .interrupt import TrainingInterrupted, interrupted_message, sigterm_as_interrupt, signal_of
+from .loss import Penalty, loss_metrics, make_batches, total_loss
+from .options import DTYPES, INITS, OPTIMIZERS, PAIRED, TrainOptions, signature  # noqa: F401 (public here too)
+from .phases import Optimizers, phase_list, resolve_optimizer
+from .refit import refit_linear
+from .scaling import CachedClosure, ScaledParameters, curvature_scale
+from .start import check_label_range, init_line, lam_from_init, linear_warm_start, refuse_start, \
+    resolve_init
+from .state import TrainCheckpoint, fingerprint, resume_epoch
+from .validation import validation_split
 
 log = logging.getLogger("torchace")
+
+__all__ = ["TrainResult", "TrainingDivergedWarning", "Trainer", "train", "trainable", "Penalty",
+           "resolve_optimizer", "OPTIMIZERS"]
 
 
 @dataclass
@@ -91,69 +97,13 @@ class TrainingDivergedWarning(RuntimeWarning):
     """Training stopped at a non-finite loss or parameters; the model holds the best epoch before it."""
 
 
+class TrainingDivergedWarning(RuntimeWarning):
+    """Training stopped at a non-finite loss or parameters; the model holds the best epoch before it."""
+
+
 def trainable(model) -> List[torch.nn.Parameter]:
     """The parameters ``train`` optimises, in a fixed order (named_parameters order)."""
     return [p for _, p in model.named_parameters() if p.requires_grad]
-
-
-def _refit_linear(model, train_structs, weights, solver, lam, gamma, batches, val_batches, penalty):
-    """Variable projection's last step: the parameters the model is linear in (identity-branch densities and
-    the pair part, ``nonlinear_committee``) re-solved exactly at the trained radials and other densities, with
-    the warm start's solver (default BLR; ``solvers.QR(lam)`` with a column prior Γ); kept only if the
-    validation loss (training loss without validation) goes down."""
-    from ..uncertainty.nonlinear import committee_system, fully_linear, linear_coefficients, \
-        set_linear_coefficients
-    from ..fit import solvers as S
-    from ..fit.driver import solve_system
-
-    if model.embedding_fn is not None and model.embedding_name != "fs":
-        return {"result": "skipped (the MLP embedding has no linear part)", "before": float("nan"),
-                "after": float("nan")}
-    def score():  # the held-out misfit (no penalty) with a validation split, else the training objective
-        return (loss_metrics(model, val_batches) if val_batches else loss_metrics(model, batches, penalty))["loss"]
-    before = score()
-    theta0 = linear_coefficients(model).detach().clone()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    dev, dt = model.density_coefficients.device, model.density_coefficients.dtype
-    system = committee_system(model.to(torch.float64), Dataset(list(train_structs)), weights)
-    sv = solver if solver is not None else (S.QR(lam=lam) if gamma is not None else S.BLR())
-    sol = solve_system(system, sv, gamma=gamma)
-    set_linear_coefficients(model, sol.coefficients)
-    model.to(device=dev, dtype=dt)
-    after = score()
-    kept = after < before and bool(torch.isfinite(sol.coefficients).all())
-    if not kept:
-        model.load_state_dict(state)
-    return {"result": ("kept" if kept else "discarded (no better)") + f" ({type(sv).__name__}"
-            + (", fully linear model" if fully_linear(model) else "") + ")", "before": before,
-            "after": after,
-            "change": float((sol.coefficients.to(theta0) - theta0).norm() / theta0.norm().clamp_min(1e-300))}
-
-
-def _phases(optimizer, epochs):
-    if optimizer in PAIRED:
-        first, second = optimizer.split("+")
-        return [first] * epochs[0] + [second] * epochs[1]
-    return [optimizer] * epochs
-
-
-def resolve_optimizer(model, optimizer: str) -> str:
-    """"auto": Gauss–Newton for the separable embeddings (none, FS), which it handles exactly and which
-    first-order methods barely move (docs/training.md), L-BFGS for the MLP; the others as given."""
-    if optimizer != "auto":
-        if optimizer.startswith("gn"):
-            embedding_derivatives(model)  # refuses the MLP with the reason
-        return optimizer
-    return "lbfgs" if model.embedding_fn is not None and model.embedding_fn.name != "fs" else "gn"
-
-
-def _lam_from_init(init_info) -> Optional[float]:
-    """λ = √(σ²/σ_p²) of a BLR warm start (its ridge equivalent: the regularisation the linear fit chose)."""
-    h = (init_info or {}).get("hyperparameters") or {}
-    nv, pv = h.get("noise_var"), h.get("prior_var")
-    if isinstance(nv, (int, float)) and isinstance(pv, (int, float)) and nv > 0 and pv > 0:
-        return float((nv / pv) ** 0.5)
-    return None
 
 
 def _progress_line(rec, n_epochs, has_val) -> str:
@@ -166,15 +116,271 @@ def _progress_line(rec, n_epochs, has_val) -> str:
             + f"  {rec['seconds']:.1f} s")
 
 
-@job_options("train")
-def train(model, data, *, weights=None, prior=None, E0=None, init: str = "auto", solver=None, epochs=DEFAULT_EPOCHS,
-          batch_size: int = 8, optimizer: str = "auto", lr: Optional[float] = None, lam: Optional[float] = None,
-          init_scale: float = 0.0, init_split: float = 0.1, patience: int = 10, device=None, dtype=torch.float64,
-          validation=None,
-          checkpoint: Optional[str] = None, progress: bool = True, seed: int = 0, keys=None, skip_bad: bool = False,
-          min_distance: Optional[float] = None, compute_errors: bool = True, precondition: bool = False,
-          refit_linear: bool = True, committee_size: int = 0, close_contact: float = DEFAULT_CLOSE_CONTACT,
-          close_contact_error: bool = False) -> TrainResult:
+class Trainer:
+    """One training run of a ``NonlinearACEModel`` with checked options (``train`` checks them and resolves
+    ``init`` and ``optimizer``), in phases: ``read`` (data, validation split, label checks), ``open_checkpoint``
+    (resume), ``warm_start`` (prior, linear warm start, λ), ``prepare`` (batches, penalty, preconditioning,
+    optimisers), ``train_epochs`` (epoch 0 is the starting point; then the optimiser phases, validation, the
+    checkpoint after every epoch, the stop reasons: epochs, early stop, divergence) and ``finish`` (the best
+    epoch, refit of the linear part, committee, error tables).  ``where``: the epoch, the last checkpointed
+    epoch and the best epoch, for the interrupt handler."""
+
+    def __init__(self, model, data, options: TrainOptions, *, init_reason: str, keep_E0: bool,
+                 where: Dict[str, Any], stacklevel: int = 2):
+        self.model, self.data, self.o = model, data, options
+        self.init_reason, self.keep_E0, self.where, self.stacklevel = init_reason, keep_E0, where, stacklevel
+        self.timings: Dict[str, float] = {}
+        self.stopped = "epochs"
+
+    def run(self) -> TrainResult:
+        self.read()
+        self.open_checkpoint()
+        self.warm_start()
+        self.prepare()
+        self.train_epochs()
+        return self.finish()
+
+    def say(self, line: str) -> None:  # printed with progress, always in the job's log (torchace.jobs)
+        announce(line, self.o.progress)
+
+    # ---- before the first epoch ----
+
+    def read(self) -> None:
+        from ..fit.driver import check_weights_match
+
+        o, model = self.o, self.model
+        t_start = time.perf_counter()
+        self.resolved = resolve_weights(o.weights)
+        self.ds = read_data(self.data, keys=o.keys, elements=model.elements, skip_bad=o.skip_bad)
+        check_weights_match(o.weights, self.ds)
+        check_close_contacts(fitting_structures(self.ds), o.close_contact, o.close_contact_error)
+        self.train_structs, self.val_structs = validation_split(self.ds, self.data, o.validation, o.seed,
+                                                                keys=o.keys, elements=model.elements,
+                                                                skip_bad=o.skip_bad)
+        if not self.train_structs:
+            raise ValueError("train: no training structures (only isolated atoms?)")
+        check_label_range(list(self.train_structs) + list(self.val_structs), self.resolved)
+        self.timings["read"] = time.perf_counter() - t_start
+
+    def open_checkpoint(self) -> None:
+        """The checkpoint of the same inputs, if one is there: the epoch to continue from."""
+        o = self.o
+        fp = fingerprint(self.model, self.train_structs, self.val_structs, self.resolved, dict(
+            prior=None if o.prior is None else o.prior.to_dict(), E0=o.E0 if not isinstance(o.E0, dict) else dict(o.E0),
+            init=o.init, optimizer=o.optimizer, lr=o.lr, lam=o.lam, init_scale=o.init_scale, init_split=o.init_split,
+            batch_size=o.batch_size, seed=o.seed,
+            dtype=str(o.dtype), solver=None if o.solver is None else repr(o.solver), precondition=o.precondition))
+        self.ckpt = TrainCheckpoint(o.checkpoint, fp) if o.checkpoint is not None else None
+        self.saved = saved = self.ckpt.load(self.model) if self.ckpt is not None else None
+        self.phases = phase_list(o.optimizer, o.epochs)
+        self.n_epochs = n = len(self.phases)
+        self.start = resume_epoch(saved, self.phases, self.ckpt.path) if saved is not None else 0
+        self.resumed = None if saved is None else {"checkpoint": self.ckpt.path, "epochs_done": self.start - 1}
+        if saved is not None:
+            self.where["saved"] = self.start - 1
+            self.say(f"resuming from {self.ckpt.path} at epoch {self.start} of {n} (epochs 0-{self.start - 1} done)"
+                     if self.start <= n else f"resuming from {self.ckpt.path}: it holds all {n} epochs, nothing to "
+                     "train")
+
+    def warm_start(self) -> None:
+        """The prior, then where the parameters start (the checkpoint, the linear warm start or the model's),
+        and λ (given, the BLR warm start's, else 1e-3)."""
+        from ..fit.driver import set_E0
+
+        o, model = self.o, self.model
+        t0 = time.perf_counter()
+        # a basis prior rescales the basis, a column prior is Γ in the penalty
+        self.gamma = use_prior(model, o.prior, columns_of=model.linear)
+        self.init_info = None
+        if self.saved is not None:
+            self.init_info = self.saved["init"]
+        elif o.init == "linear":
+            self.say(f"train: linear warm start (torchace.fit of density 1 and the pair part, "
+                     f"{len(self.train_structs)} structures, {model.nz * model.n_b + model.pair_coefficients.numel():,} "
+                     "columns) ...")
+            self.init_info = linear_warm_start(model, self.ds, self.train_structs, o)
+        elif not self.keep_E0:
+            set_E0(model.linear, self.ds, o.E0)
+        if self.saved is None:
+            self.say(init_line(o.init, self.init_reason, self.init_info, self.keep_E0))
+        self.timings["init"] = time.perf_counter() - t0
+        self.lam, self.lam_from = o.lam, "given"
+        if self.lam is None:  # the regularisation the BLR warm start chose, else the fixed default
+            lam = lam_from_init(self.init_info)
+            self.lam, self.lam_from = (lam, "BLR warm start") if lam is not None else (1e-3, "default 1e-3")
+
+    def prepare(self) -> None:
+        """Device and dtype, batches, the penalty, the preconditioner (θ = d ⊙ u, fixed for the run) and the
+        optimisers (the saved one continues a checkpointed phase)."""
+        o, model, saved = self.o, self.model, self.saved
+        if o.device is not None:
+            model.to(o.device)
+        self.dev = dev = model.density_coefficients.device
+        model.to(o.dtype)
+        self.params = trainable(model)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+        self.penalty = Penalty(model, self.lam, self.gamma)
+        self.say(f"train: loss batches of {len(self.train_structs)} training, {len(self.val_structs)} validation "
+                 "structures ...")
+        self.batches = make_batches(model, self.train_structs, self.resolved, o.batch_size, dev, o.dtype)
+        self.val_batches = (make_batches(model, self.val_structs, self.resolved, o.batch_size, dev, o.dtype)
+                            if self.val_structs else [])
+        if sum(b["n_rows"] for b in self.batches) == 0:
+            raise ValueError("train: every training label has zero weight; check the weights and the data's keys")
+        self.history = saved["history"] if saved is not None else []
+        self.best = self.where["best"] = saved["best"] if saved is not None else None
+        t0 = time.perf_counter()
+        if saved is not None and saved.get("scales") is not None:
+            self.scales = saved["scales"]
+        else:  # θ = d ⊙ u with unit curvature in u (scaling.py)
+            self.scales = curvature_scale(model, self.params, self.batches, self.penalty, seed=o.seed) \
+                if o.precondition else [torch.ones_like(p) for p in self.params]
+        self.timings["precondition"] = time.perf_counter() - t0
+        self.scaled = ScaledParameters(self.params, self.scales)
+        self.closure = CachedClosure(model, self.scaled, lambda: total_loss(model, self.batches, self.penalty,
+                                                                             backward=True))
+        self.optimizers = Optimizers(model, self.batches, self.penalty, self.scaled, self.closure, o.lr, o.seed)
+        start = self.start
+        if saved is not None and saved.get("optimizer") is not None and 0 < start <= self.n_epochs \
+                and saved.get("phase") == self.phases[start - 1]:  # the next epoch continues the saved optimiser
+            self.optimizers.restore(self.phases[start - 1], saved["optimizer"])
+        self.has_val = bool(self.val_batches)
+        # densities 2 … P all zero (the linear warm start, or a kept linear model): a saddle; start off it
+        self.split_at_1 = not o.init_scale and model.densities > 1 \
+            and not bool(model.density_coefficients.detach()[1:].any())
+        self.early = f"early stop: no better validation loss for {o.patience} epochs"
+        if self.has_val and self.best is not None and start - 1 - self.best["epoch"] >= o.patience:
+            self.stopped, self.start = self.early, self.n_epochs + 1  # the saved run had stopped early: it stays
+
+    # ---- the epochs ----
+
+    def train_epochs(self) -> None:
+        t_train = time.perf_counter()
+        for epoch in range(self.start, self.n_epochs + 1):  # epoch 0 is the starting point
+            if not self.epoch(epoch):
+                break
+        self.where["epoch"] = "after"
+        self.timings["train"] = time.perf_counter() - t_train
+
+    def epoch(self, epoch: int) -> bool:
+        """One epoch (0: evaluate the start); False when training stops here."""
+        self.where["epoch"] = epoch
+        t0 = time.perf_counter()
+        phase = "init" if epoch == 0 else self.phases[epoch - 1]
+        if epoch == 1 and self.split_at_1:
+            self.model.split_densities(self.o.init_split)
+            self.scaled.pull()
+        opt, step_info = (None, None) if phase == "init" else self.optimizers.step(phase, epoch)
+        tr, va, what = self.evaluate(phase)
+        if what is not None:
+            self.diverged(epoch, phase, what)
+            return False
+        rec = {"epoch": epoch, "phase": phase, "train": tr, "val": va, "seconds": time.perf_counter() - t0}
+        if step_info is not None:
+            rec["gn"] = step_info
+        self.history.append(rec)
+        score = (va or tr)["loss"]
+        if self.best is None or score < self.best["score"]:
+            self.best = self.where["best"] = {"score": score, "epoch": epoch, "state": {
+                k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+        if self.ckpt is not None:
+            self.ckpt.save({"model": self.model.state_dict(), "optimizer": None if opt is None else opt.state_dict(),
+                            "scales": self.scales, "phase": phase, "history": self.history, "best": self.best,
+                            "init": self.init_info})
+            self.where["saved"] = epoch
+        self.say(_progress_line(rec, self.n_epochs, self.has_val))  # after the save: a printed epoch is saved
+        if self.has_val and epoch - self.best["epoch"] >= self.o.patience:
+            self.stopped = self.early
+            return False
+        return True
+
+    def evaluate(self, phase: str):
+        """(training metrics, validation metrics, None) or, if the parameters or a loss are not finite, what
+        became non-finite in the third place."""
+        model = self.model
+        finite = all(bool(torch.isfinite(p).all()) for p in self.params)
+        tr = va = None
+        if finite:
+            gn = self.optimizers.gn
+            # an accepted Gauss–Newton step has just evaluated these (same parameters, same function)
+            tr = gn.metrics if phase == "gn" and gn.metrics is not None else loss_metrics(model, self.batches,
+                                                                                          self.penalty)
+            va = loss_metrics(model, self.val_batches) if self.has_val else None  # held-out misfit: no penalty
+            finite = math.isfinite(tr["loss"]) and (va is None or math.isfinite(va["loss"]))
+        if finite:
+            return tr, va, None
+        return tr, va, ("the parameters" if tr is None else ("the training loss" if not math.isfinite(tr["loss"])
+                                                            else "the validation loss"))
+
+    def diverged(self, epoch: int, phase: str, what: str) -> None:
+        """Stop: the caller gets the best epoch, the checkpoint keeps the last finite one (epoch 0: refused,
+        naming the structures or the parameters)."""
+        if epoch == 0:
+            refuse_start(self.model, self.train_structs, self.val_structs, self.resolved, self.o.batch_size,
+                         self.dev, self.o.dtype, self.o.init)
+        self.model.load_state_dict(self.best["state"])
+        self.scaled.pull()
+        self.stopped = (f"diverged: {what} became non-finite at epoch {epoch} ({phase}); stopped there and kept "
+                        f"epoch {self.best['epoch']}, the best; lower lr or raise lam")
+        if self.o.progress:
+            self.say(f"train: {self.stopped}")
+        else:
+            warnings.warn(f"train: {self.stopped}", TrainingDivergedWarning, stacklevel=self.stacklevel + 4)
+
+    # ---- after the last epoch ----
+
+    def finish(self) -> TrainResult:
+        o, model = self.o, self.model
+        self.say(f"train: stopped: {'all epochs done' if self.stopped == 'epochs' else self.stopped}; "
+                 f"best epoch {self.best['epoch']}")
+        model.load_state_dict(self.best["state"])
+        model.eval()
+        refit = None
+        if o.refit_linear and (model.densities > 1 or model.radials is not None):
+            t0 = time.perf_counter()
+            refit = refit_linear(model, self.train_structs, o.weights, o.solver, self.lam, self.gamma, self.batches,
+                                 self.val_batches, self.penalty)
+            self.timings["refit_linear"] = time.perf_counter() - t0
+            self.say(f"refit of the linear part at the trained radials/densities: {refit['result']} "
+                     f"({'val' if self.has_val else 'train'} loss {refit['before']:.6g} -> {refit['after']:.6g})")
+        committee = None
+        if o.committee_size:
+            from ..uncertainty.nonlinear import fit_committee
+
+            t0 = time.perf_counter()
+            committee = fit_committee(model, Dataset(list(self.train_structs)), weights=o.weights,
+                                      committee_size=o.committee_size, seed=o.seed)
+            self.timings["committee"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        errs = error_table(model, Dataset(list(self.train_structs))) if o.compute_errors else {}
+        verrs = error_table(model, Dataset(list(self.val_structs))) if (o.compute_errors and self.val_structs) \
+            else None
+        self.timings["errors"] = time.perf_counter() - t0
+        result = TrainResult(history=self.history, chosen_epoch=self.best["epoch"], errors=errs,
+                             validation_errors=verrs, hyperparameters=self.hyperparameters(refit, committee),
+                             init=self.init_info, n_parameters=sum(p.numel() for p in self.params),
+                             stopped=self.stopped, timings=self.timings, resumed=self.resumed)
+        model.metadata = dict(model.metadata or {}, training={k: v for k, v in result.to_dict().items()
+                                                              if k not in ("history", "errors", "validation_errors")})
+        return result
+
+    def hyperparameters(self, refit, committee) -> Dict[str, Any]:
+        o, gn = self.o, self.optimizers.gn
+        return {"optimizer": o.optimizer, "epochs": list(o.epochs) if isinstance(o.epochs, tuple) else o.epochs,
+                "batch_size": o.batch_size, "lr": o.lr or (1e-3 if o.optimizer == "adam" else 1.0), "lam": self.lam,
+                "lam_from": self.lam_from, "init_split": o.init_split,
+                "init": o.init, "init_from": self.init_reason, "init_scale": o.init_scale, "patience": o.patience,
+                "seed": o.seed, "dtype": str(o.dtype), "device": str(self.dev), "n_train": len(self.train_structs),
+                "n_validation": len(self.val_structs),
+                "lbfgs_evaluations": self.closure.evaluations,
+                "gn_evaluations": gn.evaluations if gn is not None else 0,
+                "gn_radials": gn.radials if gn is not None else None,
+                "gn_radials_reason": gn.radials_reason if gn is not None else None, "refit_linear": refit,
+                "committee_size": o.committee_size, "committee": committee}
+
+
+def train(model, data, **options) -> TrainResult:
     """Train ``model`` (a ``NonlinearACEModel``; an ``ACEModel`` is trained as its one-density equivalent and
     written back) in place on ``data`` (paths, ``ase.Atoms`` list or ``Dataset``); see the module docstring.
 
@@ -192,38 +398,39 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "auto",
     lbfgs].  ``lr``: Adam 1e-3, L-BFGS 1.  ``lam``: λ of the penalty (``solvers.QR(lam)``'s convention); None:
     √(noise_var/prior_var) of the BLR warm start, else 1e-3.  ``init_split``: the share κ of the linear fit
     moved to densities 2 … P before the first step.  ``validation``: None, a fraction in (0, 1) of the
-    training structures (seeded split) or other data (``train_validation``: the training data again is refused);
+    training structures (seeded split) or other data (``validation``: the training data again is refused);
     early stopping after ``patience`` epochs without improvement.
     ``checkpoint``: a path written after every epoch and resumed from (same inputs, or an error; a checkpoint
     past the epochs asked is refused), saying so in one line.  A loss or parameters that become non-finite stop
     training: the model gets the best epoch, ``stopped`` says "diverged: ..." (``TrainingDivergedWarning``
-    without progress output).  Ctrl-C / SIGTERM raise ``train_interrupt.TrainingInterrupted`` whose message says
+    without progress output).  Ctrl-C / SIGTERM raise ``interrupt.TrainingInterrupted`` whose message says
     what the checkpoint keeps; the model holds the best epoch so far.
-    ``precondition``: optimise u with θ = d ⊙ u, d from the Gauss–Newton diagonal (``train_scaling``); False:
+    ``threads`` / ``log``: as ``torchace.fit`` (``torchace.jobs``); the log gets the progress lines also without
+    ``progress``.
+    ``precondition``: optimise u with θ = d ⊙ u, d from the Gauss–Newton diagonal (``scaling``); False:
     the raw parameters (the default: on the ill-conditioned ACE least-squares problems measured so far the
     Jacobi-scaled L-BFGS converged more slowly, docs/training.md).  ``refit_linear``: after training, re-solve
     the parameters the model is linear in at the trained radials and densities (kept if the validation loss
     improves).  ``committee_size`` > 0: a committee of that many BLR posterior samples of the linear part at
     the trained model (``torchace.uncertainty.nonlinear.fit_committee``; the calculator's uncertainties).
-    ``threads`` / ``log``: as ``torchace.fit`` (``torchace.jobs``); the log gets the progress lines also without
-    ``progress``.
     """
-    from ..model.contract import capabilities
-    from ..model.nonlinear import from_linear
+    # stacklevel 3: the caller, above this function and the job_options wrapper
+    return _train(model, TrainOptions.from_keywords(options), data, stacklevel=3)
 
-    epochs, dtype = check_arguments(optimizer, init, epochs, batch_size, lr, lam, patience, device, dtype,
-                                     init_scale, init_split, seed, committee_size, validation)
-    check_float("train", "close_contact", close_contact, nonnegative=True)
-    check_bool("train", "close_contact_error", close_contact_error)
-    if capabilities(model).rows:  # the linear ACEModel: trained as its nonlinear form, copied back
-        nl = from_linear(model, densities=1, embedding=None, learnable_radials=False)
-        res = train(nl, data, weights=weights, prior=prior, E0=E0, init=init, solver=solver, epochs=epochs,
-                    batch_size=batch_size, optimizer=optimizer, lr=lr, lam=lam, init_split=init_split,
-                    patience=patience, device=device,
-                    dtype=dtype, validation=validation, checkpoint=checkpoint, progress=progress, seed=seed,
-                    keys=keys, skip_bad=skip_bad, min_distance=min_distance, compute_errors=compute_errors,
-                    precondition=precondition, refit_linear=refit_linear, committee_size=committee_size,
-                    close_contact=close_contact, close_contact_error=close_contact_error)
+
+train.__signature__ = signature(inspect.signature(train))
+train = job_options("train")(train)  # threads, log (torchace.jobs)
+
+
+def _train(model, o: TrainOptions, data, stacklevel: int) -> TrainResult:
+    from ..model.contract import capabilities
+    from ..model.nonlinear import LINEAR, from_linear
+
+    if capabilities(model).rows:  # the linear ACEModel: trained as its one-density equivalent, written back
+        nl = from_linear(model, densities=LINEAR.densities, embedding=LINEAR.embedding,
+                         learnable_radials=LINEAR.learnable_radials)
+        # init_scale moves densities 2 … P, which the one-density model does not have
+        res = _train(nl, o.replace(init_scale=0.0), data, stacklevel + 1)
         lin = nl.linear_model()
         with torch.no_grad():
             model.to(lin.coefficients.device, lin.coefficients.dtype)
@@ -234,287 +441,28 @@ def train(model, data, *, weights=None, prior=None, E0=None, init: str = "auto",
         return res
     if not capabilities(model).nonlinear:
         raise TypeError(f"train needs a NonlinearACEModel or ACEModel, got {type(model).__name__}")
-    optimizer = resolve_optimizer(model, optimizer)
-    if "gn" in _phases(optimizer, epochs):
-        check_gn_memory(model, device)
-    if prior is not None and not (hasattr(prior, "kind") and hasattr(prior, "to_dict")):
-        raise TypeError(f"prior must be a torchace.priors object, got {prior!r}")
-    init, init_reason = resolve_init(model, init)
+    optimizer = resolve_optimizer(model, o.optimizer)
+    if "gn" in phase_list(optimizer, o.epochs):
+        check_gn_memory(model, o.device)
+    if o.prior is not None and not (hasattr(o.prior, "kind") and hasattr(o.prior, "to_dict")):
+        raise TypeError(f"prior must be a torchace.priors object, got {o.prior!r}")
+    init, init_reason = resolve_init(model, o.init)
     # E0='fit' was fitted with the parameters a kept model holds: keep it (init="model" given: refused, as before)
-    keep_E0 = init_reason != "given" and init == "model" and isinstance(E0, str) and E0 == "fit"
-    if init == "model" and isinstance(E0, str) and E0 == "fit" and not keep_E0:
+    E0_fit = isinstance(o.E0, str) and o.E0 == "fit"
+    keep_E0 = init_reason != "given" and init == "model" and E0_fit
+    if init == "model" and E0_fit and not keep_E0:
         raise ValueError("train: E0='fit' is determined by the linear warm start; use init='linear' or give E0")
-    if checkpoint is not None:
+    if o.checkpoint is not None:
         from ..atomic import check_outputs
 
         check_outputs([p for p in ([data] if isinstance(data, str) else (data if isinstance(data, list) else []))
-                       if isinstance(p, str)], {"checkpoint": checkpoint}, "train")
-    run = {"epoch": None, "saved": None, "best": None}  # where an interrupt finds the run (epoch None: not begun)
+                       if isinstance(p, str)], {"checkpoint": o.checkpoint}, "train")
+    where = {"epoch": None, "saved": None, "best": None}  # where an interrupt finds the run (None: not begun)
     with sigterm_as_interrupt():
         try:
-            return _train(model, data, run, weights=weights, prior=prior, E0=E0, keep_E0=keep_E0, init=init,
-                          init_reason=init_reason, solver=solver, epochs=epochs, batch_size=batch_size,
-                          optimizer=optimizer, lr=lr, lam=lam, init_scale=init_scale, init_split=init_split,
-                          patience=patience, device=device, dtype=dtype, validation=validation,
-                          checkpoint=checkpoint, progress=progress, seed=seed, keys=keys, skip_bad=skip_bad,
-                          min_distance=min_distance, compute_errors=compute_errors, precondition=precondition,
-                          refit_linear=refit_linear, committee_size=committee_size, close_contact=close_contact,
-                          close_contact_error=close_contact_error)
+            return Trainer(model, data, o.replace(optimizer=optimizer, init=init), init_reason=init_reason,
+                           keep_E0=keep_E0, where=where, stacklevel=stacklevel + 1).run()
         except KeyboardInterrupt as exc:
-            if run["best"] is not None:  # the caller's model holds the best epoch, not a half-taken step
-                model.load_state_dict(run["best"]["state"])
-            raise TrainingInterrupted(signal_of(exc), interrupted_message(exc, run, checkpoint)) from None
-
-
-def _train(model, data, run, *, weights, prior, E0, keep_E0, init, init_reason, solver, epochs, batch_size, optimizer,
-           lr, lam, init_scale, init_split, patience, device, dtype, validation, checkpoint, progress, seed, keys,
-           skip_bad, min_distance, compute_errors, precondition, refit_linear, committee_size, close_contact,
-           close_contact_error) -> TrainResult:
-    """``train``'s work once the arguments are checked; ``run`` records the epoch, the last checkpointed epoch
-    and the best epoch for the interrupt handler."""
-    from ..fit.driver import check_weights_match, set_E0, fit
-
-    def say(line: str) -> None:  # printed with progress, always in the job's log (torchace.jobs)
-        announce(line, progress)
-
-    t_start = time.perf_counter()
-    timings: Dict[str, float] = {}
-    resolved = resolve_weights(weights)
-    ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
-    check_weights_match(weights, ds)
-    check_close_contacts(fitting_structures(ds), close_contact, close_contact_error)
-    train_structs, val_structs = validation_split(ds, data, validation, seed, keys=keys, elements=model.elements,
-                                                  skip_bad=skip_bad)
-    if not train_structs:
-        raise ValueError("train: no training structures (only isolated atoms?)")
-    check_label_range(list(train_structs) + list(val_structs), resolved)
-    timings["read"] = time.perf_counter() - t_start
-
-    # the prior: a basis prior rescales the basis (as in fit), a column prior is Γ in the penalty
-    gamma = None
-    from ..fit.priors import reset_basis_scale
-
-    fp = fingerprint(model, train_structs, val_structs, resolved, dict(
-        prior=None if prior is None else prior.to_dict(), E0=E0 if not isinstance(E0, dict) else dict(E0),
-        init=init, optimizer=optimizer, lr=lr, lam=lam, init_scale=init_scale, init_split=init_split,
-        batch_size=batch_size, seed=seed,
-        dtype=str(dtype), solver=None if solver is None else repr(solver), precondition=precondition))
-    ckpt = TrainCheckpoint(checkpoint, fp) if checkpoint is not None else None
-    saved = ckpt.load(model) if ckpt is not None else None
-    phases = _phases(optimizer, epochs)
-    n_epochs = len(phases)
-    start = resume_epoch(saved, phases, ckpt.path) if saved is not None else 0
-    resumed = None if saved is None else {"checkpoint": ckpt.path, "epochs_done": start - 1}
-    if saved is not None:
-        run["saved"] = start - 1
-        say(f"resuming from {ckpt.path} at epoch {start} of {n_epochs} (epochs 0-{start - 1} done)"
-            if start <= n_epochs else f"resuming from {ckpt.path}: it holds all {n_epochs} epochs, nothing to train")
-
-    init_info = None
-    t0 = time.perf_counter()
-    if prior is not None and prior.kind == "basis":
-        prior.apply(model)
-    else:
-        reset_basis_scale(model)
-        if prior is not None:
-            gamma = prior.column_scale(model.linear).to(torch.float64)
-    model.prior_info = prior.to_dict() if prior is not None else None
-    if saved is not None:
-        init_info = saved["init"]
-    elif init == "linear":
-        lin = model.linear_model()
-        fitting_ids = {id(s) for s in fitting_structures(ds)}
-        keep = Dataset(list(train_structs) + [s for s in ds if id(s) not in fitting_ids])  # + isolated atoms
-        say(f"train: linear warm start (torchace.fit of density 1 and the pair part, {len(keep)} structures, "
-            f"{lin.basis_size:,} columns) ...")
-        fres = fit(lin, keep, weights=weights, prior=prior, solver=solver, E0=E0, device=device,
-                   compute_errors=False, close_contact=0.0,  # checked above, once
-                   **({} if min_distance is None else {"min_distance": min_distance}))
-        init_info = {"solver": fres.solver, "hyperparameters": fres.to_dict()["hyperparameters"], "E0": fres.E0,
-                     "seconds": sum(fres.timings.values())}
-        c = lin.coefficients.detach().to(model.density_coefficients)
-        with torch.no_grad():
-            model.linear.E0.copy_(lin.E0.to(model.linear.E0))
-            model.density_coefficients.zero_()
-            model.density_coefficients[0] = c[: model.nz * model.n_b].view(model.nz, model.n_b)
-            model.pair_coefficients.copy_(c[model.nz * model.n_b:].view_as(model.pair_coefficients))
-            if model.radials is not None:
-                model.radials.weights.copy_(model.radials.identity())
-        if init_scale and model.densities > 1:
-            model.randomize_densities(init_scale, seed)
-    elif not keep_E0:
-        set_E0(model.linear, ds, E0)
-    if saved is None:
-        say(init_line(init, init_reason, init_info, keep_E0))
-    timings["init"] = time.perf_counter() - t0
-    lam_from = "given"
-    if lam is None:  # the regularisation the BLR warm start chose, else the fixed default
-        lam = _lam_from_init(init_info)
-        lam, lam_from = (lam, "BLR warm start") if lam is not None else (1e-3, "default 1e-3")
-
-    if device is not None:
-        model.to(device)
-    dev = model.density_coefficients.device
-    model.to(dtype)
-    params = trainable(model)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-    penalty = Penalty(model, lam, gamma)
-    say(f"train: loss batches of {len(train_structs)} training, {len(val_structs)} validation structures ...")
-    batches = make_batches(model, train_structs, resolved, batch_size, dev, dtype)
-    val_batches = make_batches(model, val_structs, resolved, batch_size, dev, dtype) if val_structs else []
-    n_rows = sum(b["n_rows"] for b in batches)
-    if n_rows == 0:
-        raise ValueError("train: every training label has zero weight; check the weights and the data's keys")
-
-    history = saved["history"] if saved is not None else []
-    best = saved["best"] if saved is not None else None
-    run["best"] = best
-    opt_adam = opt_lbfgs = opt_gn = None
-
-    t0 = time.perf_counter()
-    if saved is not None and saved.get("scales") is not None:
-        scales = saved["scales"]
-    else:  # θ = d ⊙ u with unit curvature in u (train_scaling.py); fixed for the whole run
-        scales = curvature_scale(model, params, batches, penalty, seed=seed) if precondition \
-            else [torch.ones_like(p) for p in params]
-    timings["precondition"] = time.perf_counter() - t0
-    scaled = ScaledParameters(params, scales)
-
-    def make_opt(phase):
-        if phase == "gn":
-            return GaussNewton(model, batches, penalty)
-        if phase == "adam":
-            return torch.optim.Adam(scaled.u, lr=lr or 1e-3)
-        # max_eval: torch derives it from max_iter (1 here), which would leave the line search no evaluations
-        return torch.optim.LBFGS(scaled.u, lr=lr or 1.0, max_iter=1, max_eval=26, history_size=20, tolerance_grad=0.0,
-                                 tolerance_change=0.0,
-                                 line_search_fn="strong_wolfe")
-
-    if saved is not None and saved.get("optimizer") is not None and 0 < start <= n_epochs \
-            and saved.get("phase") == phases[start - 1]:  # the next epoch continues the saved optimiser
-        opt = make_opt(phases[start - 1])
-        opt.load_state_dict(saved["optimizer"])
-        opt_adam, opt_lbfgs, opt_gn = [opt if phases[start - 1] == ph else None for ph in ("adam", "lbfgs", "gn")]
-    closure = CachedClosure(model, scaled, lambda: total_loss(model, batches, penalty, backward=True))
-    stopped = "epochs"
-    has_val = bool(val_batches)
-    # densities 2 … P all zero (the linear warm start, or a kept linear model): a saddle; start off it
-    split_at_1 = not init_scale and model.densities > 1 and not bool(model.density_coefficients.detach()[1:].any())
-    early = f"early stop: no better validation loss for {patience} epochs"
-    if has_val and best is not None and start - 1 - best["epoch"] >= patience:
-        stopped, start = early, n_epochs + 1  # the saved run had stopped early: it stays stopped
-    t_train = time.perf_counter()
-    for epoch in range(start, n_epochs + 1):  # epoch 0 is the starting point
-        run["epoch"] = epoch
-        t0 = time.perf_counter()
-        phase = "init" if epoch == 0 else phases[epoch - 1]
-        opt, step_info = None, None
-        if epoch == 1 and split_at_1:
-            model.split_densities(init_split)
-            scaled.pull()
-        if phase == "adam":
-            opt_adam = opt_adam or make_opt("adam")
-            opt = opt_adam
-            model.train()
-            order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-            for k in order.tolist():
-                scaled.zero_model_grads()
-                b = batches[k]
-                loss = residuals(model, b)[1] / b["n_rows"] + penalty(model) / n_rows
-                loss.backward()
-                scaled.grads_to_u()
-                opt.step()
-                scaled.push()
-        elif phase == "gn":
-            opt_gn = opt_gn or make_opt("gn")
-            opt = opt_gn
-            step_info = opt.step()
-            scaled.pull()
-        elif phase == "lbfgs":
-            opt_lbfgs = opt_lbfgs or make_opt("lbfgs")
-            opt = opt_lbfgs
-            opt.step(closure)
-            scaled.push()
-        finite = all(bool(torch.isfinite(p).all()) for p in params)
-        tr = va = None
-        if finite:
-            # an accepted Gauss–Newton step has just evaluated these (same parameters, same function)
-            tr = opt_gn.metrics if phase == "gn" and opt_gn.metrics is not None else loss_metrics(model, batches,
-                                                                                                   penalty)
-            va = loss_metrics(model, val_batches) if has_val else None  # held-out misfit: no penalty
-            finite = math.isfinite(tr["loss"]) and (va is None or math.isfinite(va["loss"]))
-        if not finite:
-            if epoch == 0:
-                refuse_start(model, train_structs, val_structs, resolved, batch_size, dev, dtype, init)
-            # diverged: the caller gets the best epoch, the checkpoint keeps the last finite one
-            what = "the parameters" if tr is None else ("the training loss" if not math.isfinite(tr["loss"])
-                                                         else "the validation loss")
-            model.load_state_dict(best["state"])
-            scaled.pull()
-            stopped = (f"diverged: {what} became non-finite at epoch {epoch} ({phase}); stopped there and kept "
-                       f"epoch {best['epoch']}, the best; lower lr or raise lam")
-            if progress:
-                say(f"train: {stopped}")
-            else:
-                warnings.warn(f"train: {stopped}", TrainingDivergedWarning, stacklevel=3)
-            break
-        rec = {"epoch": epoch, "phase": phase, "train": tr, "val": va, "seconds": time.perf_counter() - t0}
-        if step_info is not None:
-            rec["gn"] = step_info
-        history.append(rec)
-        score = (va or tr)["loss"]
-        if best is None or score < best["score"]:
-            best = {"score": score, "epoch": epoch,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-            run["best"] = best
-        if ckpt is not None:
-            ckpt.save({"model": model.state_dict(), "optimizer": None if opt is None else opt.state_dict(),
-                       "scales": scales,
-                       "phase": phase, "history": history, "best": best, "init": init_info})
-            run["saved"] = epoch
-        say(_progress_line(rec, n_epochs, has_val))  # after the save: a printed epoch is in the checkpoint
-        if has_val and epoch - best["epoch"] >= patience:
-            stopped = early
-            break
-    run["epoch"] = "after"
-    say(f"train: stopped: {'all epochs done' if stopped == 'epochs' else stopped}; best epoch {best['epoch']}")
-    timings["train"] = time.perf_counter() - t_train
-    model.load_state_dict(best["state"])
-    model.eval()
-    refit = None
-    if refit_linear and (model.densities > 1 or model.radials is not None):
-        t0 = time.perf_counter()
-        refit = _refit_linear(model, train_structs, weights, solver, lam, gamma, batches, val_batches, penalty)
-        timings["refit_linear"] = time.perf_counter() - t0
-        say(f"refit of the linear part at the trained radials/densities: {refit['result']} "
-            f"({'val' if has_val else 'train'} loss {refit['before']:.6g} -> {refit['after']:.6g})")
-    committee = None
-    if committee_size:
-        from ..uncertainty.nonlinear import fit_committee
-
-        t0 = time.perf_counter()
-        committee = fit_committee(model, Dataset(list(train_structs)), weights=weights,
-                                  committee_size=committee_size, seed=seed)
-        timings["committee"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    errs = error_table(model, Dataset(list(train_structs))) if compute_errors else {}
-    verrs = error_table(model, Dataset(list(val_structs))) if (compute_errors and val_structs) else None
-    timings["errors"] = time.perf_counter() - t0
-    hyper = {"optimizer": optimizer, "epochs": list(epochs) if isinstance(epochs, tuple) else epochs,
-             "batch_size": batch_size, "lr": lr or (1e-3 if optimizer == "adam" else 1.0), "lam": lam,
-             "lam_from": lam_from, "init_split": init_split,
-             "init": init, "init_from": init_reason, "init_scale": init_scale, "patience": patience, "seed": seed,
-             "dtype": str(dtype), "device": str(dev), "n_train": len(train_structs), "n_validation": len(val_structs),
-             "lbfgs_evaluations": closure.evaluations,
-             "gn_evaluations": opt_gn.evaluations if opt_gn is not None else 0,
-             "gn_radials": opt_gn.radials if opt_gn is not None else None,
-             "gn_radials_reason": opt_gn.radials_reason if opt_gn is not None else None, "refit_linear": refit,
-             "committee_size": committee_size, "committee": committee}
-    result = TrainResult(history=history, chosen_epoch=best["epoch"], errors=errs, validation_errors=verrs,
-                         hyperparameters=hyper, init=init_info, n_parameters=sum(p.numel() for p in params),
-                         stopped=stopped, timings=timings,
-                         resumed=resumed)
-    model.metadata = dict(model.metadata or {}, training={k: v for k, v in result.to_dict().items()
-                                                          if k not in ("history", "errors", "validation_errors")})
-    return result
+            if where["best"] is not None:  # the caller's model holds the best epoch, not a half-taken step
+                model.load_state_dict(where["best"]["state"])
+            raise TrainingInterrupted(signal_of(exc), interrupted_message(exc, where, o.checkpoint)) from None

@@ -40,7 +40,7 @@ from ..fit.data import read_data
 from ..fit.driver import solve_system
 from ..fit.rows import DEFAULT_MEMORY_BUDGET, batch_rows
 from ..fit.solvers import BLR, Solver
-from ..fit.weights import resolve_weights, row_weights
+from ..fit.weights import resolve_weights, weighted_system
 from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 from ..model.backends import AUTO
 from ..model.contract import capabilities
@@ -240,7 +240,7 @@ def committee_system(model, data, weights=None, *, keys=None, skip_bad: bool = F
                      memory_budget: int = DEFAULT_MEMORY_BUDGET) -> LinearSystem:
     """The dense weighted system A θ ≈ y of ``torchace.fit`` for θ: per fitting structure (isolated atoms
     excluded) the energy row × w_E/√N, 3N force rows × w_F, 6 Voigt virial rows × w_V/√N
-    (``fit.weights.row_weights``), targets = labels − E_rest with E_rest = E(model) − b·θ̄ (E0, ZBL and the
+    (``fit.weights.weighted_system``), targets = labels − E_rest with E_rest = E(model) − b·θ̄ (E0, ZBL and the
     densities with m_p ≠ 1; likewise for forces and virials)."""
     resolved = resolve_weights(weights)
     ds = read_data(data, keys=keys, elements=model.elements, skip_bad=skip_bad)
@@ -263,22 +263,17 @@ def committee_system(model, data, weights=None, *, keys=None, skip_bad: bool = F
                         names=[s.source for s in part], min_distance=min_distance)
         rows = linear_rows(lin, batch, backend, memory_budget)
         rest_e, rest_f, rest_v = _rest(m, lin, batch, rows, theta)
-        f0 = 0
-        for k, s in enumerate(part):
-            n = s.n_atoms
-            wE, wF, wV = row_weights(resolved, s.config_type, n)
-            if s.energy is not None and wE != 0:
-                blocks.append(rows[K.ENERGY][k:k + 1] * wE)
-                targets.append((s.energy - rest_e[k:k + 1]) * wE)
-            if s.forces is not None and wF != 0:
-                blocks.append(rows[K.FORCES][f0:f0 + 3 * n] * wF)
-                f = torch.as_tensor(s.forces.reshape(-1), dtype=dtype, device=dev)
-                targets.append((f - rest_f[f0:f0 + 3 * n]) * wF)
-            if s.virial is not None and wV != 0:
-                blocks.append(rows[K.VIRIAL][k] * wV)
-                W = K.to_voigt(torch.as_tensor(s.virial, dtype=dtype, device=dev))
-                targets.append((W - rest_v[k]) * wV)
-            f0 += 3 * n
+
+        def target(kind, k, s, f0):  # the label minus the model's part that θ does not carry
+            if kind == "E":
+                return s.energy - rest_e[k:k + 1]
+            if kind == "F":
+                return torch.as_tensor(s.forces.reshape(-1), dtype=dtype, device=dev) - rest_f[f0:f0 + 3 * s.n_atoms]
+            return K.to_voigt(torch.as_tensor(s.virial, dtype=dtype, device=dev)) - rest_v[k]
+
+        b, t, _ = weighted_system(part, rows, resolved, target)
+        blocks += b
+        targets += t
     if not blocks:
         raise ValueError("the committee fit has no rows: every structure's labels have zero weight (or none are "
                          "labelled)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .defaults import LINEAR, NONLINEAR, ModelDefaults
 from .embedding import EMBEDDINGS, FSEmbedding, MLPEmbedding, fs_shifted_scaled
 from .model import NonlinearACEModel, ace_model, from_linear, nonlinear_ace_model
 from .radials import LearnableRadials
@@ -12,7 +13,8 @@ from ..state import read_document
 from .state import FORMAT, FORMAT_VERSION
 
 __all__ = ["NonlinearACEModel", "nonlinear_ace_model", "ace_model", "from_linear", "load", "FSEmbedding",
-           "MLPEmbedding", "LearnableRadials", "fs_shifted_scaled", "EMBEDDINGS", "FORMAT", "FORMAT_VERSION"]
+           "MLPEmbedding", "LearnableRadials", "fs_shifted_scaled", "EMBEDDINGS", "FORMAT", "FORMAT_VERSION",
+           "LINEAR", "NONLINEAR", "ModelDefaults"]
 
 
 def load(path: str, dtype: torch.dtype = torch.float64, device=None) -> NonlinearACEModel:

@@ -28,6 +28,7 @@ from ..ace import ACEModel, ace_model as linear_ace_model
 from ..contract import LINEAR, Capabilities, EnergyModel
 from .embedding import (EMBEDDINGS, FS, MLP, FSEmbedding, MLPEmbedding, check_fs_parameters, default_fs_parameters,
                         fs_shifted_scaled)
+from .defaults import LINEAR, NONLINEAR
 from .radials import LearnableRadials
 from .size import check_model_size
 from .state import NonlinearState
@@ -47,9 +48,10 @@ class NonlinearACEModel(NonlinearState, EnergyModel):
     __jit_ignored_attributes__ = ["config", "spec", "nl_of_b", "embedding_name", "committee", "prior_info",
                                   "metadata"]
 
-    def __init__(self, config: ACEConfig, densities: int = 1, embedding: Optional[str] = None, fs_parameters=None,
-                 learnable_radials: bool = False, learnable_fs: bool = False, mlp_hidden: int = 16, seed: int = 0,
-                 dtype: torch.dtype = torch.float64):
+    def __init__(self, config: ACEConfig, densities: int = LINEAR.densities,
+                 embedding: Optional[str] = LINEAR.embedding, fs_parameters=None,
+                 learnable_radials: bool = LINEAR.learnable_radials, learnable_fs: bool = False, mlp_hidden: int = 16,
+                 seed: int = 0, dtype: torch.dtype = torch.float64):
         super().__init__()
         if isinstance(densities, bool) or not isinstance(densities, int) or densities < 1:
             raise ValueError(f"densities must be a positive integer, got {densities!r}")
@@ -266,8 +268,9 @@ class NonlinearACEModel(NonlinearState, EnergyModel):
 OPTIONS = ("densities", "embedding", "fs_parameters", "learnable_radials", "learnable_fs", "mlp_hidden", "seed")
 
 
-def nonlinear_ace_model(elements, order: int, totaldegree, *, densities: int = 2, embedding: Optional[str] = FS,
-                        fs_parameters=None, learnable_radials: bool = True, learnable_fs: bool = False,
+def nonlinear_ace_model(elements, order: int, totaldegree, *, densities: int = NONLINEAR.densities,
+                        embedding: Optional[str] = NONLINEAR.embedding, fs_parameters=None,
+                        learnable_radials: bool = NONLINEAR.learnable_radials, learnable_fs: bool = False,
                         mlp_hidden: int = 16, init_scale: float = 0.0, seed: int = 0,
                         dtype: torch.dtype = torch.float64, **options) -> NonlinearACEModel:
     """A nonlinear ACE model on the basis of ``torchace.ace_model(elements, order, totaldegree, **options)``
@@ -288,8 +291,9 @@ def nonlinear_ace_model(elements, order: int, totaldegree, *, densities: int = 2
     return model.eval()
 
 
-def from_linear(model: ACEModel, densities: int = 2, embedding: Optional[str] = FS, fs_parameters=None,
-                learnable_radials: bool = True, learnable_fs: bool = False, mlp_hidden: int = 16,
+def from_linear(model: ACEModel, densities: int = NONLINEAR.densities,
+                embedding: Optional[str] = NONLINEAR.embedding, fs_parameters=None,
+                learnable_radials: bool = NONLINEAR.learnable_radials, learnable_fs: bool = False, mlp_hidden: int = 16,
                 init_scale: float = 0.0, seed: int = 0) -> NonlinearACEModel:
     """Warm start from a (fitted) linear model: same config, E0, basis scale (prior) and prior description;
     density 1 = its many-body coefficients, the pair part = its pair coefficients, the other densities zero
@@ -315,13 +319,15 @@ def from_linear(model: ACEModel, densities: int = 2, embedding: Optional[str] = 
     return nl.train(model.training)
 
 
-def ace_model(elements, order: int, totaldegree, *, densities: int = 1, embedding: Optional[str] = None,
-              learnable_radials: bool = False, dtype: torch.dtype = torch.float64, **options):
+def ace_model(elements, order: int, totaldegree, *, densities: int = LINEAR.densities,
+              embedding: Optional[str] = LINEAR.embedding, learnable_radials: bool = LINEAR.learnable_radials,
+              dtype: torch.dtype = torch.float64, **options):
     """``torchace.ace_model`` with the nonlinear options: the linear ``ACEModel`` for the defaults (one density,
     no embedding, fixed radials), else ``nonlinear_ace_model`` (embedding 'fs' when densities > 1 and none is
     given).  ``options``: the ``ACEConfig`` fields, and for nonlinear models fs_parameters, learnable_fs,
     mlp_hidden, init_scale, seed."""
-    if densities == 1 and embedding is None and learnable_radials is False:
+    if densities == LINEAR.densities and embedding is LINEAR.embedding \
+            and learnable_radials is LINEAR.learnable_radials:
         return linear_ace_model(elements, order, totaldegree, dtype=dtype, **options)
     if embedding is None and densities != 1:
         embedding = FS
