@@ -97,10 +97,6 @@ class TrainingDivergedWarning(RuntimeWarning):
     """Training stopped at a non-finite loss or parameters; the model holds the best epoch before it."""
 
 
-class TrainingDivergedWarning(RuntimeWarning):
-    """Training stopped at a non-finite loss or parameters; the model holds the best epoch before it."""
-
-
 def trainable(model) -> List[torch.nn.Parameter]:
     """The parameters ``train`` optimises, in a fixed order (named_parameters order)."""
     return [p for _, p in model.named_parameters() if p.requires_grad]
@@ -195,9 +191,9 @@ class Trainer:
         if self.saved is not None:
             self.init_info = self.saved["init"]
         elif o.init == "linear":
+            n_cols = model.nz * model.n_b + model.pair_coefficients.numel()
             self.say(f"train: linear warm start (torchace.fit of density 1 and the pair part, "
-                     f"{len(self.train_structs)} structures, {model.nz * model.n_b + model.pair_coefficients.numel():,} "
-                     "columns) ...")
+                     f"{len(self.train_structs)} structures, {n_cols:,} columns) ...")
             self.init_info = linear_warm_start(model, self.ds, self.train_structs, o)
         elif not self.keep_E0:
             set_E0(model.linear, self.ds, o.E0)

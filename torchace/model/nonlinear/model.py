@@ -25,7 +25,7 @@ from torch import nn
 from ...basis.embedding import pool
 from ...config import ACEConfig
 from ..ace import ACEModel, ace_model as linear_ace_model
-from ..contract import LINEAR, Capabilities, EnergyModel
+from ..contract import LINEAR as LINEAR_READOUT, Capabilities, EnergyModel
 from .embedding import (EMBEDDINGS, FS, MLP, FSEmbedding, MLPEmbedding, check_fs_parameters, default_fs_parameters,
                         fs_shifted_scaled)
 from .defaults import LINEAR, NONLINEAR
@@ -109,8 +109,8 @@ class NonlinearACEModel(NonlinearState, EnergyModel):
     @property
     def capabilities(self) -> Capabilities:
         """No design rows; a committee through ``torchace.uncertainty.nonlinear``; a differentiable hand adjoint."""
-        return Capabilities(readout=self.embedding_name or LINEAR, nonlinear=True, committee=True, hand_adjoint=True,
-                            adjoint_graph=True, learnable_radials=self.radials is not None,
+        return Capabilities(readout=self.embedding_name or LINEAR_READOUT, nonlinear=True, committee=True,
+                            hand_adjoint=True, adjoint_graph=True, learnable_radials=self.radials is not None,
                             backends=("reference", "analytic", "fused"))
 
     @property
