@@ -24,10 +24,9 @@ import torch
 from ase.neighborlist import primitive_neighbor_list
 
 from ...resources import ResourceLimitError, check_fits
+from .choice import DENSE, VESIN, host_search
 
 
-# dense path when atoms² × images stays below this (pairs tested at once per structure)
-DENSE_MAX_PAIRS = 4_000_000
 # a structure whose expected neighbour pairs exceed this is refused whatever the memory (minutes of search, not a
 # material: a collapsed or nearly flat periodic cell)
 MAX_PAIRS = 300_000_000
@@ -291,13 +290,13 @@ def sparse_neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: fl
 
 
 def _neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, rcut: float):
-    if pbc.all() or not pbc.any():
+    candidates = 0
+    if pbc.all() or not pbc.any():  # (the dense path's candidates: only asked where it applies)
         n_img = int(np.prod(2 * _image_range(positions, cell, rcut) + 1)) if pbc.all() else 1
-        if len(positions) ** 2 * n_img <= DENSE_MAX_PAIRS:
-            return dense_neighbour_list(positions, cell, pbc, rcut)
-        if _vesin() is not None:
-            return vesin_neighbour_list(positions, cell, pbc, rcut)
-    return ase_neighbour_list(positions, cell, pbc, rcut)
+        candidates = len(positions) ** 2 * n_img
+    search = host_search(candidates, pbc.tolist(), _vesin() is not None)
+    return {DENSE: dense_neighbour_list, VESIN: vesin_neighbour_list}.get(search, ase_neighbour_list)(
+        positions, cell, pbc, rcut)
 
 
 def _vesin():
