@@ -93,3 +93,13 @@ def test_public_names_after_a_plain_import():
             "assert torchace.fit.assembly.assemble and torchace.train.trainer.train is torchace.train.train\n"
             "assert callable(torchace.fit) and callable(torchace.train)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_calculators_import_no_fit_or_train():
+    """The engine adapters (calculators/) evaluate models: they import no fitting or training module (committee
+    predictions come from torchace.uncertainty), at module or function level."""
+    mods = _modules()
+    edges, _ = _imports(mods)
+    bad = {m: sorted(t for t in ts if t.split(".")[:2] in (["torchace", "fit"], ["torchace", "train"]))
+           for m, ts in edges.items() if m.startswith("torchace.calculators")}
+    assert not {m: ts for m, ts in bad.items() if ts}, bad

@@ -27,8 +27,8 @@ import os
 
 import torch
 
-from .lammps import attach, lammps_input_lines, new_lammps
-from ..io.lammps_words import lammps_word
+from torchace.calculators.lammps import attach, lammps_input_lines, new_lammps
+from torchace.io.lammps_words import lammps_word
 
 MODEL = {model!r}
 DATA = {data!r}
