@@ -8,7 +8,6 @@ from ase import units
 from ase.md.verlet import VelocityVerlet
 
 import torchace
-from torchace import keys as K
 from torchace.calculators.ase import TorchACECalculator
 from torchace.structures.neighbours import choice
 from torchace.structures.neighbours.batched import batch_neighbour_search
@@ -123,9 +122,12 @@ def test_batched_search_equals_per_system_lists():
 
 
 def test_choice_rule_needs_no_vesin():
-    assert choice.host_search(10, [True] * 3, vesin=False) == choice.DENSE
-    assert choice.host_search(10 ** 9, [True] * 3, vesin=False) == choice.ASE
-    assert choice.host_search(10 ** 9, [True] * 3, vesin=True) == choice.VESIN
-    assert choice.host_search(10, [True, True, False], vesin=True) == choice.ASE
-    assert choice.device_search(torch.device("cpu")) == choice.HOST
-    assert choice.joins_batch(64 * 27) and not choice.joins_batch(10 ** 6)
+    per, mixed = [True] * 3, [True, True, False]
+    assert choice.search_for(10, per, "cpu", vesin=True) == choice.VESIN
+    assert choice.search_for(10, per, "cpu", vesin=False) == choice.DENSE
+    assert choice.search_for(10 ** 6, per, "cpu", vesin=False) == choice.CELL_LIST
+    assert choice.search_for(10 ** 6, per, "cpu", vesin=False, cell_list=False) == choice.DENSE
+    assert choice.search_for(10 ** 9, per, "cpu", vesin=False, cell_list=False) == choice.ASE
+    assert choice.search_for(10, mixed, "cpu", vesin=True) == choice.ASE
+    assert choice.search_for(10, per, "cuda", vesin=True) == choice.CELL_LIST
+    assert choice.joins_batch(8 * 8 * 125) and not choice.joins_batch(10 ** 6)

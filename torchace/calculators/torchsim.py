@@ -36,7 +36,7 @@ from .. import keys as K
 from ..model.backends import AUTO
 from ..structures.batch import DEFAULT_MIN_DISTANCE
 from ..structures.neighbours.batched import batch_neighbour_search
-from ..structures.neighbours.choice import HOST
+from ..structures.neighbours.search import HOST
 from ..structures.neighbours.skin import SkinList
 from .core import EngineModel, SpeciesMap, closest_pair, engine_stress, load_model
 

@@ -17,8 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .choice import CELL_LIST, HOST, joins_batch
-from .search import AUTO, neighbour_search
+from .choice import CELL_LIST, joins_batch
+from .search import AUTO, HOST, neighbour_search
 
 BATCHED = "batched"  # every system in the batched search (mixed boundaries: one by one)
 METHODS = (AUTO, BATCHED, CELL_LIST, HOST)

@@ -24,7 +24,7 @@ import torch
 from ase.neighborlist import primitive_neighbor_list
 
 from ...resources import ResourceLimitError, check_fits
-from .choice import DENSE, VESIN, host_search
+from .choice import DENSE, VESIN, search_for
 
 
 # a structure whose expected neighbour pairs exceed this is refused whatever the memory (minutes of search, not a
@@ -289,12 +289,18 @@ def sparse_neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: fl
     return (i, j, S @ op) if op is not None else (i, j, S)
 
 
+def dense_candidates(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, rcut: float) -> int:
+    """atoms² × lattice images: the (pair, image) candidates of the dense path (0 for mixed boundaries, where it
+    does not apply)."""
+    if not (pbc.all() or not pbc.any()):
+        return 0
+    n_img = int(np.prod(2 * _image_range(positions, cell, rcut) + 1)) if pbc.all() else 1
+    return len(positions) ** 2 * n_img
+
+
 def _neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, rcut: float):
-    candidates = 0
-    if pbc.all() or not pbc.any():  # (the dense path's candidates: only asked where it applies)
-        n_img = int(np.prod(2 * _image_range(positions, cell, rcut) + 1)) if pbc.all() else 1
-        candidates = len(positions) ** 2 * n_img
-    search = host_search(candidates, pbc.tolist(), _vesin() is not None)
+    search = search_for(dense_candidates(positions, cell, pbc, rcut), pbc.tolist(), "cpu", _vesin() is not None,
+                        cell_list=False)
     return {DENSE: dense_neighbour_list, VESIN: vesin_neighbour_list}.get(search, ase_neighbour_list)(
         positions, cell, pbc, rcut)
 
