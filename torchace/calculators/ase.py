@@ -37,7 +37,7 @@ from ..structures.batch import DEFAULT_MIN_DISTANCE, too_close, validate
 from ..structures.neighbours.search import neighbour_search
 from ..structures.neighbours.skin import SkinList
 from ..model.watch import watch
-from .core import TORCHSCRIPT, EngineModel, SpeciesMap, closest_pair, engine_stress, load_model
+from .core import TORCHSCRIPT, EngineAdapter, EngineModel, SpeciesMap, closest_pair, engine_stress, load_model
 
 __all__ = ["TorchACECalculator", "PropertyNotImplementedError"]
 log = logging.getLogger("torchace")
@@ -47,7 +47,7 @@ STD_PROPERTIES = ["energy_std", "forces_std", "stress_std"]
 FORCE_STD_PROPERTIES = ["forces_std", "stress_std"]
 
 
-class TorchACECalculator(Calculator):
+class TorchACECalculator(EngineAdapter, Calculator):
     """ASE calculator for a torchace model.
 
     ``model_or_path``: an ``ACEModel``, the path of a model file (``model.save``/``torchace.load``) or of a
@@ -142,18 +142,13 @@ class TorchACECalculator(Calculator):
     def model(self):
         """The model evaluated: the caller's model itself, or its copy on this device/dtype (None for a
         TorchScript export)."""
-        return None if self._engine is None else self._engine.model
+        return None if self._engine is None else self._engine.bound.model
 
     @property
     def committee(self) -> Optional[torch.Tensor]:
         """The evaluated model's committee [n_members, n_coefficients] as it is now (None: none)."""
         comm = getattr(self.model, "committee", None) if self._engine is not None else None
         return None if comm is None else comm.detach().to(self.device, self.dtype)
-
-    @property
-    def n_neighbour_list_builds(self) -> int:
-        """Neighbour-list builds (reuse statistics)."""
-        return self._nl.n_builds
 
     def _properties(self) -> List[str]:
         return BASE_PROPERTIES + (STD_PROPERTIES if self.committee is not None else [])
@@ -238,7 +233,7 @@ class TorchACECalculator(Calculator):
         check = self.min_distance > 0 and nl.edge_index.shape[1] > 0
         if check and self.backend != "fused":  # before the evaluation (the fused kernel measures inside it)
             self._reject_closest(atoms, *closest_pair(positions, nl.edge_index, nl.unit_shifts, cell, batch))
-        forward = self._script if self._engine is None else self._engine.forward
+        forward = self._script if self._engine is None else self._engine.bound.forward
         with torch.enable_grad():  # the reference backend and TorchScript exports differentiate
             out = forward(*args, True, periodic)
         if check and self.backend == "fused":

@@ -146,14 +146,6 @@ class EngineModel:
         self.backend: Optional[str] = None
         self.bound = BoundModel(model, self.device, dtype, self._make_forward)
 
-    @property
-    def model(self):
-        return self.bound.model
-
-    @property
-    def forward(self):
-        return self.bound.forward
-
     def _make_forward(self, model):
         """The backend callable of ``model`` (the caller's model or a new copy of it)."""
         if self.compile:  # torch.compile of the analytic eval path (ACEModel.compiled_forward)
@@ -169,6 +161,21 @@ class EngineModel:
         """``BoundModel.held``: the model up to date with the caller's, compared once for the call."""
         with self.bound.held() as token:
             yield token
+
+
+class EngineAdapter:
+    """What every engine adapter reports: ``backend`` (of its ``_engine``, an ``EngineModel``) and
+    ``n_neighbour_list_builds`` (of its ``_nl``, a ``structures.neighbours.skin.SkinList``)."""
+
+    @property
+    def backend(self) -> Optional[str]:
+        """The backend in use (``torchace.backends``)."""
+        return self._engine.backend
+
+    @property
+    def n_neighbour_list_builds(self) -> int:
+        """Neighbour-list builds (reuse statistics)."""
+        return self._nl.n_builds
 
 
 def closest_pair(positions: torch.Tensor, edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor,

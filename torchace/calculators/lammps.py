@@ -56,7 +56,7 @@ from ..model.backends import AUTO
 from ..structures.batch import DEFAULT_MIN_DISTANCE
 from ..structures.neighbours.search import neighbour_search
 from ..structures.neighbours.skin import SkinList
-from .core import EngineModel, SpeciesMap, closest_pair, load_model
+from .core import EngineAdapter, EngineModel, SpeciesMap, closest_pair, load_model
 from .lammps_library import MPI_LIBRARY, QUIET, import_lammps, new_lammps, preload_mpi  # noqa: F401 (public here too)
 
 __all__ = ["LammpsDriver", "LammpsMisuseError", "attach", "lammps_input_lines", "fix_lines",
@@ -88,7 +88,7 @@ def box_cell(lmp):
 
 # ---- the driver ----
 
-class LammpsDriver:
+class LammpsDriver(EngineAdapter):
     """The ``fix external`` callback that evaluates a torchace model (see the module docstring).
 
     ``lmp``: a ``lammps.lammps`` instance with a box (after ``read_data`` / ``create_box``), ``units metal``,
@@ -134,8 +134,8 @@ class LammpsDriver:
         missing = _check_masses(lmp, self.elements_by_type, bool(check_masses))
         # the caller's model itself, or a copy on this device/dtype made again whenever the model changes
         self._engine = EngineModel(loaded.model, self.device, dtype, backend)
-        self.model, self._forward = self._engine.model, self._engine.forward
-        self._bound_forward = self._engine.forward  # _forward may be wrapped by the caller (timing, checks)
+        self.model, self._forward = self._engine.bound.model, self._engine.bound.forward
+        self._bound_forward = self._forward  # _forward may be wrapped by the caller (timing, checks)
         # the Verlet list (structures.neighbours.skin), kept across atoms LAMMPS wrapped into the box
         self._nl = SkinList(self.rcut, self.skin, follow_wraps=True)
         self._inputs = None  # species, batch and cell tensors of the list's structure
@@ -154,15 +154,6 @@ class LammpsDriver:
         _ATTACHED[lmp] = self
         log.info("LammpsDriver: backend %s on %s, fix %s, skin %g Å", self.backend, self.device, self.fix_id,
                  self.skin)
-
-    @property
-    def backend(self) -> str:
-        """The backend in use (``torchace.backends``)."""
-        return self._engine.backend
-
-    @property
-    def n_neighbour_list_builds(self) -> int:
-        return self._nl.n_builds
 
     @property
     def n_wrapped(self) -> int:
@@ -271,9 +262,9 @@ class LammpsDriver:
         positions = torch.as_tensor(pos, dtype=self.dtype, device=self.device)
         eng = self._engine
         with eng.held(), torch.enable_grad():  # the reference backend differentiates
-            if eng.forward is not self._bound_forward:  # a new copy of the caller's changed model
-                self.model, self._forward = eng.model, eng.forward
-                self._bound_forward = eng.forward
+            if eng.bound.forward is not self._bound_forward:  # a new copy of the caller's changed model
+                self.model, self._forward = eng.bound.model, eng.bound.forward
+                self._bound_forward = eng.bound.forward
             out = self._forward(positions, species, batch, self._nl.edge_index, self._nl.unit_shifts, cell_t, 1,
                                 True, True)
         self.timings["neighbours"] += t1 - t0

@@ -38,7 +38,7 @@ from ..structures.batch import DEFAULT_MIN_DISTANCE
 from ..structures.neighbours.batched import batch_neighbour_search
 from ..structures.neighbours.search import HOST
 from ..structures.neighbours.skin import SkinList
-from .core import EngineModel, SpeciesMap, closest_pair, engine_stress, load_model
+from .core import EngineAdapter, EngineModel, SpeciesMap, closest_pair, engine_stress, load_model
 
 try:
     import torch_sim
@@ -54,7 +54,7 @@ LISTS = (AUTO_LIST, "batched", "cell_list", "numpy")
 SEARCH = {"numpy": HOST}  # the TorchSim option's name of a batched-search method (the others are the same)
 
 
-class TorchACEModel(ModelInterface):
+class TorchACEModel(EngineAdapter, ModelInterface):
     """A torchace model (``ACEModel``, a ``read_yace`` model, or the path of a model file) for torch_sim.
 
     ``device``: where to evaluate (default: CUDA when available, else CPU, as torch_sim's models do);
@@ -96,21 +96,12 @@ class TorchACEModel(ModelInterface):
         self.model_path: Optional[str] = loaded.path
         # the caller's model itself, or a copy on this device/dtype made again whenever the model changes
         self._engine = EngineModel(loaded.model, dev, dtype, backend)
-        self.model = self._engine.model
+        self.model = self._engine.bound.model
         self.rcut = loaded.rcut
         self.species = SpeciesMap(loaded.numbers)
         self.atomic_numbers: List[int] = self.species.atomic_numbers
         self.register_buffer("_z_to_species", torch.as_tensor(self.species.table).to(dev), persistent=False)
         self._nl = SkinList(self.rcut, float(skin), follow_wraps=True)
-
-    @property
-    def backend(self) -> str:
-        """The backend in use (``torchace.backends``)."""
-        return self._engine.backend
-
-    @property
-    def n_neighbour_list_builds(self) -> int:
-        return self._nl.n_builds
 
     # ---- inputs ----
 
@@ -192,9 +183,9 @@ class TorchACEModel(ModelInterface):
                                                    state.atomic_numbers)
         self._check_distances(positions, edge_index, unit_shifts, cell, batch)
         with self._engine.held(), torch.enable_grad():  # the reference backend differentiates
-            if self.model is not self._engine.model:  # a new copy of the caller's changed model
-                self.model = self._engine.model
-            out = self._engine.forward(positions, species, batch, edge_index, unit_shifts, cell, n_sys,
+            if self.model is not self._engine.bound.model:  # a new copy of the caller's changed model
+                self.model = self._engine.bound.model
+            out = self._engine.bound.forward(positions, species, batch, edge_index, unit_shifts, cell, n_sys,
                                       self._compute_forces, self._compute_stress)
         res = {"energy": out[K.ENERGY].detach()}
         if self._compute_forces:
