@@ -32,12 +32,13 @@ from ..fieldcheck import check_device, check_float
 from ..uncertainty.committee import committee_energies, force_spreads, spread
 from ..model.backends import AUTO
 from ..model.backends.fused import COMMITTEE_ENERGY
+from ..model.evaluate import stress_from_virial
 from ..uncertainty.nonlinear import committee_linear_model
 from ..structures.batch import DEFAULT_MIN_DISTANCE, too_close, validate
 from ..structures.neighbours.search import neighbour_search
 from ..structures.neighbours.skin import SkinList
 from ..model.watch import watch
-from .core import TORCHSCRIPT, EngineAdapter, EngineModel, SpeciesMap, closest_pair, engine_stress, load_model
+from .core import TORCHSCRIPT, EngineAdapter, EngineModel, SpeciesMap, closest_pair, load_model
 
 __all__ = ["TorchACECalculator", "PropertyNotImplementedError"]
 log = logging.getLogger("torchace")
@@ -186,8 +187,11 @@ class TorchACECalculator(EngineAdapter, Calculator):
             dev = self.device
             self._inputs = (torch.as_tensor(self.species.of_numbers(atoms.numbers), dtype=torch.long, device=dev),
                             torch.zeros(len(atoms), dtype=torch.long, device=dev),
-                            torch.as_tensor(cell, dtype=self.dtype, device=dev).unsqueeze(0))
-        return self._inputs
+                            torch.as_tensor(cell, dtype=self.dtype, device=dev).unsqueeze(0),
+                            # the host cell and boundaries of the stress (stress_from_virial), made once per list
+                            torch.as_tensor(cell, dtype=torch.float64).unsqueeze(0),
+                            torch.as_tensor(np.asarray(pbc, dtype=bool)).reshape(1, 3))
+        return self._inputs[:3]
 
     def _search(self, atoms, pos: np.ndarray):
         validate(0, atoms, self.species.z_to_species)
@@ -243,10 +247,10 @@ class TorchACECalculator(EngineAdapter, Calculator):
         res = {"energy": energy, "free_energy": energy,
                "energies": e_node.to("cpu", torch.float64).numpy(),
                "forces": out[K.FORCES].detach().to("cpu", torch.float64).numpy()}
-        cell_h = torch.as_tensor(nl.cell, dtype=torch.float64).unsqueeze(0)
+        cell_h, pbc_h = self._inputs[3:]
         if periodic:
             W = out[K.VIRIAL].detach()[:1].to("cpu", torch.float64)
-            res["stress"] = K.to_voigt(engine_stress(W, cell_h, nl.pbc)[0]).numpy()
+            res["stress"] = K.to_voigt(stress_from_virial(W, cell_h, pbc_h)[0]).numpy()
         committee = self.committee  # the model's current one (a refit replaces it)
         if committee is not None:
             if self.uncertainty is not False or "energy_std" in properties:
