@@ -171,7 +171,7 @@ class TorchACECalculator(EngineAdapter, Calculator):
         if self._engine is None:
             yield
             return
-        with self._engine.held() as token:
+        with self._engine.bound.held() as token:
             if token != self._token:
                 self.results = {}
                 self.implemented_properties = self._properties()
@@ -189,8 +189,8 @@ class TorchACECalculator(EngineAdapter, Calculator):
                             torch.zeros(len(atoms), dtype=torch.long, device=dev),
                             torch.as_tensor(cell, dtype=self.dtype, device=dev).unsqueeze(0),
                             # the host cell and boundaries of the stress (stress_from_virial), made once per list
-                            torch.as_tensor(cell, dtype=torch.float64).unsqueeze(0),
-                            torch.as_tensor(np.asarray(pbc, dtype=bool)).reshape(1, 3))
+                            torch.as_tensor(np.asarray(pbc, dtype=bool)).reshape(1, 3),
+                            torch.linalg.det(torch.as_tensor(cell, dtype=torch.float64).unsqueeze(0)).abs())
         return self._inputs[:3]
 
     def _search(self, atoms, pos: np.ndarray):
@@ -247,10 +247,10 @@ class TorchACECalculator(EngineAdapter, Calculator):
         res = {"energy": energy, "free_energy": energy,
                "energies": e_node.to("cpu", torch.float64).numpy(),
                "forces": out[K.FORCES].detach().to("cpu", torch.float64).numpy()}
-        cell_h, pbc_h = self._inputs[3:]
+        pbc_h, volume = self._inputs[3:]
         if periodic:
             W = out[K.VIRIAL].detach()[:1].to("cpu", torch.float64)
-            res["stress"] = K.to_voigt(stress_from_virial(W, cell_h, pbc_h)[0]).numpy()
+            res["stress"] = K.to_voigt(stress_from_virial(W, None, pbc_h, volume)[0]).numpy()
         committee = self.committee  # the model's current one (a refit replaces it)
         if committee is not None:
             if self.uncertainty is not False or "energy_std" in properties:
@@ -260,11 +260,10 @@ class TorchACECalculator(EngineAdapter, Calculator):
                     members = committee_energies(self._rows_model(), committee, out[K.ENERGY].detach(), args)[:, 0]
                 res["energy_std"] = float(spread(members))
             if self.uncertainty is True or any(p in FORCE_STD_PROPERTIES for p in properties):
-                res.update(self._force_spread(committee, args, periodic, cell_h))
+                res.update(self._force_spread(committee, args, periodic))
         self.results = res
 
-    def _force_spread(self, committee: torch.Tensor, args, periodic: bool, cell_h: torch.Tensor
-                      ) -> Dict[str, np.ndarray]:
+    def _force_spread(self, committee: torch.Tensor, args, periodic: bool) -> Dict[str, np.ndarray]:
         """Force and stress standard deviations over the committee from one design-row evaluation."""
         positions, species, batch, edge_index, unit_shifts, cell, _ = args
         nl_batch = {K.POSITIONS: positions, K.SPECIES: species, K.BATCH: batch, K.EDGE_INDEX: edge_index,
@@ -274,7 +273,7 @@ class TorchACECalculator(EngineAdapter, Calculator):
         forces_std, virial_std = force_spreads(self._rows_model(), committee, nl_batch, backend=backend)
         out = {"forces_std": forces_std.to("cpu", torch.float64).numpy()}
         if periodic:
-            vol = abs(float(np.linalg.det(cell_h[0].numpy())))
+            vol = abs(float(np.linalg.det(self._nl.cell)))
             out["stress_std"] = (virial_std[0] / vol).to("cpu", torch.float64).numpy()
         return out
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -155,12 +154,6 @@ class EngineModel:
         b = select(model, self.device, self.choice, EVALUATE)
         self.backend = b.name
         return b.evaluator(model) if self.committee is None else b.evaluator(model, committee=self.committee)
-
-    @contextmanager
-    def held(self) -> Iterator[tuple]:
-        """``BoundModel.held``: the model up to date with the caller's, compared once for the call."""
-        with self.bound.held() as token:
-            yield token
 
 
 class EngineAdapter:

@@ -261,7 +261,7 @@ class LammpsDriver(EngineAdapter):
         t1 = time.perf_counter()
         positions = torch.as_tensor(pos, dtype=self.dtype, device=self.device)
         eng = self._engine
-        with eng.held(), torch.enable_grad():  # the reference backend differentiates
+        with eng.bound.held(), torch.enable_grad():  # the reference backend differentiates
             if eng.bound.forward is not self._bound_forward:  # a new copy of the caller's changed model
                 self.model, self._forward = eng.bound.model, eng.bound.forward
                 self._bound_forward = eng.bound.forward

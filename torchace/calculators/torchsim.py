@@ -182,7 +182,7 @@ class TorchACEModel(EngineAdapter, ModelInterface):
         edge_index, unit_shifts = self._neighbours(positions, cell, cells_h, pbc, batch, members, counts,
                                                    state.atomic_numbers)
         self._check_distances(positions, edge_index, unit_shifts, cell, batch)
-        with self._engine.held(), torch.enable_grad():  # the reference backend differentiates
+        with self._engine.bound.held(), torch.enable_grad():  # the reference backend differentiates
             if self.model is not self._engine.bound.model:  # a new copy of the caller's changed model
                 self.model = self._engine.bound.model
             out = self._engine.bound.forward(positions, species, batch, edge_index, unit_shifts, cell, n_sys,
