@@ -1,6 +1,6 @@
 """Import a repository script (``scripts/PATH.py``) as a module.  Only for scripts whose logic has not yet moved
 into torchace: the regularity study (its data readers; issue 30 moves the study onto ``torchace.fit``'s
-assembly) and ``scripts/train.py`` (being removed).  Every other test runs scripts as scripts."""
+assembly) (``scripts/train.py`` was removed in issue 30).  Every other test runs scripts as scripts."""
 import importlib.util
 import sys
 from pathlib import Path

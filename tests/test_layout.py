@@ -146,3 +146,13 @@ def test_no_family_duck_typing():
                 if names & set(FAMILIES):
                     bad.append(f"{rel}:{node.lineno}: isinstance(..., {sorted(names & set(FAMILIES))})")
     assert not bad, "tell model families apart by model.capabilities (torchace.model.contract):\n" + "\n".join(bad)
+
+
+def test_calculators_import_no_fit_or_train():
+    """The engine adapters (calculators/) evaluate models: they import no fitting or training module (committee
+    predictions come from torchace.uncertainty), at module or function level."""
+    mods = _modules()
+    edges, _ = _imports(mods)
+    bad = {m: sorted(t for t in ts if t.split(".")[:2] in (["torchace", "fit"], ["torchace", "train"]))
+           for m, ts in edges.items() if m.startswith("torchace.calculators")}
+    assert not {m: ts for m, ts in bad.items() if ts}, bad

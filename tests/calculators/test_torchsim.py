@@ -120,6 +120,30 @@ def test_neighbour_list_modes_agree(sige_model, device, periodic):
         assert _rel(ref["stress"].cpu(), s) < 1e-10
 
 
+def test_skin_list_reuse_equals_fresh_lists(sige_model, device):
+    """skin > 0: the batch's list is kept across small moves and atoms wrapped into the cell (their lattice jumps go
+    into the shifts), rebuilt after a move beyond skin/2, and gives the numbers of fresh lists (skin 0)."""
+    systems = _systems(["Si", "Ge"])
+    state = ts.io.atoms_to_state(systems, device, torch.float64)
+    fresh = TorchACEModel(sige_model, device=device)
+    kept = TorchACEModel(sige_model, device=device, skin=0.6)
+    rng = np.random.default_rng(0)
+    x0 = state.positions.clone()
+    for step, amp in enumerate((0.0, 0.05, 0.1, 0.25)):
+        d = torch.as_tensor(rng.normal(size=tuple(x0.shape)), device=device)
+        state.positions = x0 + amp * d / d.norm(dim=1, keepdim=True)
+        if step == 2:  # wrap atom 1 (system 0) by a lattice vector, as torch_sim does
+            state.positions[1] += state.row_vector_cell[0, 0]
+        a, b = kept(state), fresh(state)
+        for k in ("energy", "forces", "stress"):
+            assert _rel(a[k].cpu(), b[k].cpu()) < 1e-12, (step, k)
+    assert kept.n_neighbour_list_builds == 1 and kept._nl.n_wrapped == 2  # wrapped at step 2, back at step 3
+    state.positions = x0 + torch.tensor([0.4, 0.0, 0.0], device=device, dtype=x0.dtype)  # every atom > skin/2
+    a, b = kept(state), fresh(state)
+    assert kept.n_neighbour_list_builds == 2 and _rel(a["forces"].cpu(), b["forces"].cpu()) < 1e-12
+    assert fresh.n_neighbour_list_builds == 5  # skin 0: rebuilt whenever an atom moved
+
+
 def test_static_runner_and_interface_validator(device):
     """torch_sim's own contract check (Si and Fe systems) and its many-system ``static`` runner."""
     from torch_sim.models.interface import validate_model_outputs

@@ -19,9 +19,7 @@ summation order.  See docs/calculator.md.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import zipfile
 from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence
 
@@ -31,18 +29,17 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from .. import keys as K
 from ..fieldcheck import check_device, check_float
-from ..uncertainty.committee import committee_energies, member_predictions, spread
-from ..fit.rows import batch_rows
-from ..model.backends import AUTO, EVALUATE, select
-from ..model.backends.fused import CLOSEST_PAIR, COMMITTEE_ENERGY
+from ..uncertainty.committee import committee_energies, force_spreads, spread
+from ..model.backends import AUTO
+from ..model.backends.fused import COMMITTEE_ENERGY
+from ..model.evaluate import stress_from_virial
 from ..uncertainty.nonlinear import committee_linear_model
 from ..structures.batch import DEFAULT_MIN_DISTANCE, too_close, validate
-from ..structures.neighbours.cell_list import cell_list_neighbours
-from ..structures.geometry import edge_vectors
-from ..structures.neighbours.pairs import neighbour_list
+from ..structures.neighbours.search import neighbour_search
+from ..structures.neighbours.skin import SkinList
 from ..model.contract import capabilities
 from ..model.watch import watch
-from .binding import BoundModel
+from .core import TORCHSCRIPT, EngineAdapter, EngineModel, SpeciesMap, closest_pair, load_model
 
 __all__ = ["TorchACECalculator", "PropertyNotImplementedError"]
 log = logging.getLogger("torchace")
@@ -50,16 +47,9 @@ log = logging.getLogger("torchace")
 BASE_PROPERTIES = ["energy", "free_energy", "energies", "forces", "stress"]
 STD_PROPERTIES = ["energy_std", "forces_std", "stress_std"]
 FORCE_STD_PROPERTIES = ["forces_std", "stress_std"]
-TORCHSCRIPT = "torchscript"  # ``calc.backend`` of a TorchScript export
 
 
-class _NeighbourList:
-    """A neighbour list built with cutoff rcut + skin, and the state it was built for."""
-
-    __slots__ = ("positions", "cell", "pbc", "numbers", "edge_index", "unit_shifts", "species", "batch", "cell_t")
-
-
-class TorchACECalculator(Calculator):
+class TorchACECalculator(EngineAdapter, Calculator):
     """ASE calculator for a torchace model.
 
     ``model_or_path``: an ``ACEModel``, the path of a model file (``model.save``/``torchace.load``) or of a
@@ -99,7 +89,6 @@ class TorchACECalculator(Calculator):
         self.dtype = dtype
         self.skin = float(skin)
         self.min_distance = float(min_distance)
-        self.model_path: Optional[str] = None
         if fused is not None:
             import warnings
 
@@ -107,26 +96,28 @@ class TorchACECalculator(Calculator):
                           DeprecationWarning, stacklevel=2)
             if fused:
                 backend = "fused"
-        model, script, numbers, rcut = self._load(model_or_path, backend)
+        loaded = load_model(model_or_path, self.device, self.dtype, backend)
+        self.model_path: Optional[str] = loaded.path
         self.uncertainty = uncertainty
-        self._script = script
-        self._bound: Optional[BoundModel] = None
-        if model is None:  # a TorchScript export: its own forward
+        self._script = loaded.script
+        self._engine: Optional[EngineModel] = None
+        if loaded.model is None:  # a TorchScript export: its own forward
             if backend not in (AUTO, TORCHSCRIPT) or compile:
                 raise ValueError(f"backend={backend!r} / compile=True need a torchace model or model file, not a "
                                  "TorchScript export")
-            self.backend = TORCHSCRIPT
+            self._script_backend = TORCHSCRIPT
         else:
             if compile and backend not in (AUTO, "analytic"):
                 raise ValueError(f"compile=True compiles the analytic backend; it cannot be combined with "
                                  f"backend={backend!r}")
-            self._backend_choice, self._compile = backend, bool(compile)
-            # the model itself, or a copy on this device/dtype made again whenever the model changes
-            self._bound = BoundModel(model, self.device, self.dtype, self._make_forward)
+            # the model itself, or a copy on this device/dtype made again whenever the model changes; members'
+            # energies inside the one pass unless spreads are switched off (then on request, in torch)
+            self._engine = EngineModel(loaded.model, self.device, self.dtype, backend, compile=compile,
+                                       committee=uncertainty is not False)
         log.info("TorchACECalculator: backend %s on %s", self.backend, self.device)
-        self.rcut = float(rcut)
-        self.atomic_numbers = [int(z) for z in numbers]
-        self._z_to_species = {z: s for s, z in enumerate(self.atomic_numbers)}
+        self.rcut = loaded.rcut
+        self.species = SpeciesMap(loaded.numbers)
+        self.atomic_numbers = self.species.atomic_numbers
         # (token of the evaluated model, the linear model whose design rows and coefficients the committee
         # refers to): for a nonlinear model the linear model of the parameters its energy is linear in (a
         # snapshot with the learned radials, torchace.uncertainty.nonlinear), made again when it changes
@@ -136,8 +127,8 @@ class TorchACECalculator(Calculator):
             raise ValueError("uncertainty=True needs a model with a committee (fit with solvers.BLR(committee_size=n) "
                              "or ARD); TorchScript exports carry none")
         self.implemented_properties = self._properties()
-        self._nl: Optional[_NeighbourList] = None
-        self.n_neighbour_list_builds = 0
+        self._nl = SkinList(self.rcut, self.skin)  # the Verlet list (structures.neighbours.skin)
+        self._inputs = None  # species, batch and cell tensors of the list's structure
         # one calculation at a time: ASE keeps results (and this calculator its neighbour list) on the object,
         # so two threads would read each other's structures; get_property holds it across calculate + read
         self._lock = threading.RLock()
@@ -145,31 +136,24 @@ class TorchACECalculator(Calculator):
     # ---- model ----
 
     @property
+    def backend(self) -> str:
+        """The backend in use (``torchace.backends``; "torchscript" for an export)."""
+        return self._script_backend if self._engine is None else self._engine.backend
+
+    @property
     def model(self):
         """The model evaluated: the caller's model itself, or its copy on this device/dtype (None for a
         TorchScript export)."""
-        return None if self._bound is None else self._bound.model
+        return None if self._engine is None else self._engine.bound.model
 
     @property
     def committee(self) -> Optional[torch.Tensor]:
         """The evaluated model's committee [n_members, n_coefficients] as it is now (None: none)."""
-        comm = getattr(self.model, "committee", None) if self._bound is not None else None
+        comm = getattr(self.model, "committee", None) if self._engine is not None else None
         return None if comm is None else comm.detach().to(self.device, self.dtype)
 
     def _properties(self) -> List[str]:
         return BASE_PROPERTIES + (STD_PROPERTIES if self.committee is not None else [])
-
-    def _make_forward(self, model):
-        """The backend callable of ``model`` (the caller's model or a new copy of it)."""
-        if self._compile:  # torch.compile of the analytic eval path (ACEModel.compiled_forward)
-            select(model, self.device, "analytic", EVALUATE)  # raises with the reason if impossible
-            self.backend = "analytic"
-            return model.compiled_forward()
-        b = select(model, self.device, self._backend_choice, EVALUATE)
-        self.backend = b.name
-        # members' energies inside the one pass unless spreads are switched off (then on request, in torch); a
-        # model without a committee costs nothing extra, and one fitted later is served
-        return b.evaluator(model, committee=self.uncertainty is not False)
 
     def _rows_model(self):
         """The linear model of the committee's design rows (see __init__), for the model as it is now."""
@@ -185,100 +169,44 @@ class TorchACECalculator(Calculator):
     def _held(self):
         """The call's view of the model: up to date with the caller's model, compared once (BoundModel.held);
         results stored for an older model are dropped."""
-        if self._bound is None:
+        if self._engine is None:
             yield
             return
-        with self._bound.held() as token:
+        with self._engine.bound.held() as token:
             if token != self._token:
                 self.results = {}
                 self.implemented_properties = self._properties()
                 self._token = token
             yield
 
-    def _load(self, model_or_path, backend: str):
-        if isinstance(model_or_path, (str, os.PathLike)):
-            path = os.fspath(model_or_path)
-            self.model_path = path
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"{path}: no such model file")
-            if zipfile.is_zipfile(path):  # a TorchScript archive (torchace.export)
-                if backend != TORCHSCRIPT:
-                    # loading a model file never runs code; a TorchScript archive is code: only on request
-                    raise ValueError(f"{path} is a TorchScript archive (it contains code); load it with "
-                                     f"TorchACECalculator(path, backend='torchscript') if you trust it, or use "
-                                     "the torchace model file (.json) it was exported from")
-                from ..io.torchscript import load_torchscript
-
-                module, meta = load_torchscript(path, map_location=self.device)
-                module = module.to(self.dtype)
-                module.eval()
-                return None, module, meta["atomic_numbers"], meta["rcut"]
-            if backend == TORCHSCRIPT:
-                raise ValueError(f"backend='torchscript': {path} is not a TorchScript archive")
-            from ..io.model_file import load
-
-            model = load(path, dtype=self.dtype, device=self.device)
-            return model, None, model.config.numbers, model.rcut
-        model = model_or_path
-        if not hasattr(model, "config") or not hasattr(model, "coefficients"):
-            raise TypeError(f"expected a torchace model or the path of a model file, got {type(model).__name__}")
-        return model, None, model.config.numbers, model.rcut
-
     # ---- neighbour list ----
 
-    def _needs_rebuild(self, atoms, pos: np.ndarray) -> bool:
-        nl = self._nl
-        if nl is None or len(pos) != len(nl.positions):
-            return True
-        if (not np.array_equal(atoms.numbers, nl.numbers) or not np.array_equal(atoms.get_pbc(), nl.pbc)
-                or not np.array_equal(atoms.cell.array, nl.cell)):
-            return True
-        d2 = np.einsum("ij,ij->i", pos - nl.positions, pos - nl.positions)
-        return bool(d2.max() > (0.5 * self.skin) ** 2) if self.skin > 0 else bool(d2.max() > 0)
+    def _neighbours(self, atoms, pos: np.ndarray):
+        """(species, batch, cell) tensors of the structure, with the skin list kept or rebuilt for ``pos``."""
+        cell, pbc = atoms.cell.array, atoms.get_pbc()
+        if self._nl.update(pos, cell, pbc, lambda: self._search(atoms, pos), key=(atoms.numbers,)):
+            dev = self.device
+            self._inputs = (torch.as_tensor(self.species.of_numbers(atoms.numbers), dtype=torch.long, device=dev),
+                            torch.zeros(len(atoms), dtype=torch.long, device=dev),
+                            torch.as_tensor(cell, dtype=self.dtype, device=dev).unsqueeze(0),
+                            # the host cell and boundaries of the stress (stress_from_virial), made once per list
+                            torch.as_tensor(np.asarray(pbc, dtype=bool)).reshape(1, 3),
+                            torch.linalg.det(torch.as_tensor(cell, dtype=torch.float64).unsqueeze(0)).abs())
+        return self._inputs[:3]
 
-    def _build(self, atoms, pos: np.ndarray) -> None:
-        validate(0, atoms, self._z_to_species)
-        cell = atoms.cell.array.copy()
-        pbc = atoms.get_pbc().copy()
-        nl = _NeighbourList()
-        nl.positions = pos.copy()
-        nl.cell = cell
-        nl.pbc = pbc
-        nl.numbers = atoms.numbers.copy()
-        dev = self.device
-        if dev.type == "cuda":  # the binned cell list on the GPU (no host round trip of the list)
-            i, j, S = cell_list_neighbours(torch.as_tensor(pos, dtype=torch.float64, device=dev),
-                                           torch.as_tensor(cell, dtype=torch.float64, device=dev), pbc,
-                                           self.rcut + self.skin)
-            nl.edge_index = torch.stack([i, j])
-            nl.unit_shifts = S.to(self.dtype)
-        else:  # numpy/vesin on the CPU: faster there for the small cells of MD (scripts/benchmarks/bench_neighbours.py)
-            try:
-                i, j, S = neighbour_list(pos, cell, pbc, self.rcut + self.skin)
-            except ValueError as exc:  # a hopeless cell (or skin), refused before the search
-                raise type(exc)(f"{exc} (the list's cutoff is rcut {self.rcut:g} Å + skin {self.skin:g} Å)") from None
-            nl.edge_index = torch.as_tensor(np.stack([i, j]), dtype=torch.long, device=dev)
-            nl.unit_shifts = torch.as_tensor(S, dtype=self.dtype, device=dev)
-        nl.species = torch.as_tensor([self._z_to_species[int(z)] for z in atoms.numbers], dtype=torch.long,
-                                     device=dev)
-        nl.batch = torch.zeros(len(atoms), dtype=torch.long, device=dev)
-        nl.cell_t = torch.as_tensor(cell, dtype=self.dtype, device=dev).unsqueeze(0)
-        self._nl = nl
-        self.n_neighbour_list_builds += 1
+    def _search(self, atoms, pos: np.ndarray):
+        validate(0, atoms, self.species.z_to_species)
+        try:
+            return neighbour_search(pos, atoms.cell.array, atoms.get_pbc(), self._nl.cutoff, self.device, self.dtype)
+        except ValueError as exc:  # a hopeless cell (or skin), refused before the search
+            raise type(exc)(f"{exc} (the list's cutoff is rcut {self.rcut:g} Å + skin {self.skin:g} Å)") from None
 
     def reset(self):
         """Forget results and the stored neighbour list."""
         super().reset()
-        self._nl = None
-
-    def _check_distances(self, atoms, positions: torch.Tensor) -> None:
-        nl = self._nl
-        if self.min_distance <= 0 or nl.edge_index.shape[1] == 0:
-            return
-        with torch.no_grad():
-            d = torch.linalg.norm(edge_vectors(positions, nl.edge_index, nl.unit_shifts, nl.cell_t, nl.batch), dim=1)
-            e = int(torch.argmin(d))
-            self._reject_closest(atoms, float(d[e]), e)
+        nl = self.__dict__.get("_nl")  # (ASE's Calculator.__init__ resets before the list exists)
+        if nl is not None:
+            nl.reset()
 
     def _reject_closest(self, atoms, dmin: float, e: int) -> None:
         """Raise if the closest pair (edge ``e`` of the stored list, ``dmin`` Å; e < 0: no edges) is too close."""
@@ -301,30 +229,29 @@ class TorchACECalculator(Calculator):
         atoms = self.atoms
         pos = np.asarray(atoms.get_positions(), dtype=np.float64)
         if not np.isfinite(pos).all():
-            validate(0, atoms, self._z_to_species)  # raises with the offending atoms named
-        if self._needs_rebuild(atoms, pos):
-            self._build(atoms, pos)
+            validate(0, atoms, self.species.z_to_species)  # raises with the offending atoms named
+        species, batch, cell = self._neighbours(atoms, pos)
         nl = self._nl
         periodic = bool(nl.pbc.all())
         positions = torch.as_tensor(pos, dtype=self.dtype, device=self.device)
-        args = (positions, nl.species, nl.batch, nl.edge_index, nl.unit_shifts, nl.cell_t, 1)
-        if self.backend != "fused":
-            self._check_distances(atoms, positions)
-        forward = self._script if self._bound is None else self._bound.forward
+        args = (positions, species, batch, nl.edge_index, nl.unit_shifts, cell, 1)
+        check = self.min_distance > 0 and nl.edge_index.shape[1] > 0
+        if check and self.backend != "fused":  # before the evaluation (the fused kernel measures inside it)
+            self._reject_closest(atoms, *closest_pair(positions, nl.edge_index, nl.unit_shifts, cell, batch))
+        forward = self._script if self._engine is None else self._engine.bound.forward
         with torch.enable_grad():  # the reference backend and TorchScript exports differentiate
             out = forward(*args, True, periodic)
-        if CLOSEST_PAIR in out:  # the fused kernel measured every distance: this replaces _check_distances
-            dmin, e = (float(x) for x in out[CLOSEST_PAIR])
-            self._reject_closest(atoms, dmin, int(e))
+        if check and self.backend == "fused":
+            self._reject_closest(atoms, *closest_pair(positions, nl.edge_index, nl.unit_shifts, cell, batch, out))
         e_node = out[K.NODE_ENERGY].detach()
         energy = float(out[K.ENERGY].detach()[0])
         res = {"energy": energy, "free_energy": energy,
                "energies": e_node.to("cpu", torch.float64).numpy(),
                "forces": out[K.FORCES].detach().to("cpu", torch.float64).numpy()}
-        vol = abs(float(np.linalg.det(nl.cell))) if periodic else 0.0
+        pbc_h, volume = self._inputs[3:]
         if periodic:
-            W = out[K.VIRIAL].detach()[0].to("cpu", torch.float64)
-            res["stress"] = K.to_voigt(-W / vol).numpy()
+            W = out[K.VIRIAL].detach()[:1].to("cpu", torch.float64)
+            res["stress"] = K.to_voigt(stress_from_virial(W, None, pbc_h, volume)[0]).numpy()
         committee = self.committee  # the model's current one (a refit replaces it)
         if committee is not None:
             if self.uncertainty is not False or "energy_std" in properties:
@@ -334,21 +261,21 @@ class TorchACECalculator(Calculator):
                     members = committee_energies(self._rows_model(), committee, out[K.ENERGY].detach(), args)[:, 0]
                 res["energy_std"] = float(spread(members))
             if self.uncertainty is True or any(p in FORCE_STD_PROPERTIES for p in properties):
-                res.update(self._force_spread(committee, args, periodic, vol))
+                res.update(self._force_spread(committee, args, periodic))
         self.results = res
 
-    def _force_spread(self, committee: torch.Tensor, args, periodic: bool, vol: float) -> Dict[str, np.ndarray]:
+    def _force_spread(self, committee: torch.Tensor, args, periodic: bool) -> Dict[str, np.ndarray]:
         """Force and stress standard deviations over the committee from one design-row evaluation."""
         positions, species, batch, edge_index, unit_shifts, cell, _ = args
         nl_batch = {K.POSITIONS: positions, K.SPECIES: species, K.BATCH: batch, K.EDGE_INDEX: edge_index,
                     K.UNIT_SHIFTS: unit_shifts, K.CELL: cell,
                     K.N_ATOMS: torch.tensor([positions.shape[0]], device=positions.device)}
         backend = self.backend if self.backend in ("fused", "analytic", "reference") else AUTO
-        rows = batch_rows(self._rows_model(), nl_batch, backend=backend)
-        p = member_predictions(committee, rows, torch.zeros(1, dtype=positions.dtype, device=positions.device))
-        out = {"forces_std": spread(p[K.FORCES]).to("cpu", torch.float64).numpy()}
+        forces_std, virial_std = force_spreads(self._rows_model(), committee, nl_batch, backend=backend)
+        out = {"forces_std": forces_std.to("cpu", torch.float64).numpy()}
         if periodic:
-            out["stress_std"] = (spread(p[K.VIRIAL])[0] / vol).to("cpu", torch.float64).numpy()
+            vol = abs(float(np.linalg.det(self._nl.cell)))
+            out["stress_std"] = (virial_std[0] / vol).to("cpu", torch.float64).numpy()
         return out
 
     def todict(self):

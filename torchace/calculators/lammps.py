@@ -9,10 +9,11 @@ LAMMPS.  The Python driver snippet, the agreement and the speed tables are in do
 Every call reads the owned atoms' positions, types and IDs from LAMMPS's current local arrays (LAMMPS
 sorts and wraps atoms; nothing is cached by index across a reordering), the box (restricted triclinic:
 a = (lx, 0, 0), b = (xy, ly, 0), c = (xz, yz, lz)) and its periodicity.  The neighbour list is built on
-the periodic system with cutoff rcut + skin (``torchace.structures.neighbours.pairs.neighbour_list``) and reused
-until an atom moved more than skin/2 since the build, the box, the atom IDs/order or the types changed;
-atoms that LAMMPS wrapped back into the box keep the list (their lattice jump goes into the edges' integer
-shifts).  Edges beyond rcut contribute exactly zero, so reused lists give the numbers of fresh ones.
+the periodic system with cutoff rcut + skin (``torchace.structures.neighbours``: the search by its one choice
+rule, the skin list ``SkinList``) and reused until an atom moved more than skin/2 since the build, the box, the
+atom IDs/order or the types changed; atoms that LAMMPS wrapped back into the box keep the list (their lattice
+jump goes into the edges' integer shifts).  Edges beyond rcut contribute exactly zero, so reused lists give the
+numbers of fresh ones.
 
 What is set on the fix: the forces (the callback's ``fext`` array), the global energy
 (``fix_external_set_energy_global``), the global virial (``fix_external_set_virial_global``, LAMMPS order
@@ -53,13 +54,12 @@ import numpy as np
 import torch
 
 from .. import keys as K
-from ..model.backends import AUTO, EVALUATE, select
-from ..model.backends.fused import CLOSEST_PAIR
+from ..model.backends import AUTO
 from ..structures.batch import DEFAULT_MIN_DISTANCE
-from ..structures.geometry import edge_vectors
-from ..structures.neighbours.pairs import neighbour_list
+from ..structures.neighbours.search import neighbour_search
+from ..structures.neighbours.skin import SkinList
+from .core import EngineAdapter, EngineModel, SpeciesMap, closest_pair, load_model
 from .lammps_library import MPI_LIBRARY, QUIET, import_lammps, new_lammps, preload_mpi  # noqa: F401 (public here too)
-from .binding import BoundModel
 
 __all__ = ["LammpsDriver", "LammpsMisuseError", "attach", "lammps_input_lines", "fix_lines",
            "import_lammps", "new_lammps", "preload_mpi", "check_lammps", "check_fix_id",
@@ -80,36 +80,6 @@ class LammpsMisuseError(ValueError):
     """The LAMMPS instance and the driver's arguments do not fit (masses, a second attach, lost atoms)."""
 
 
-# ---- model and types ----
-
-def _load_model(model, device, dtype):
-    """The model file's model, or the caller's model object (``BoundModel`` copies it where needed)."""
-    if isinstance(model, (str, os.PathLike)):
-        from ..io.model_file import load
-
-        return load(os.fspath(model), dtype=dtype, device=device)
-    if not hasattr(model, "config") or not hasattr(model, "rcut"):
-        raise TypeError(f"expected a torchace model or the path of a model file, got {type(model).__name__}")
-    return model
-
-
-def _species_of_types(model, elements_by_type: Sequence[str]) -> np.ndarray:
-    """[ntypes + 1] model species index per LAMMPS type (entry 0 unused, -1)."""
-    from ase.data import atomic_numbers
-
-    if isinstance(elements_by_type, str) or not len(elements_by_type):
-        raise ValueError(f"elements_by_type must be a list of element symbols, one per LAMMPS atom type "
-                         f"(type 1 first), got {elements_by_type!r}")
-    z_to_species = {int(z): s for s, z in enumerate(model.config.numbers)}
-    out = [-1]
-    for t, el in enumerate(elements_by_type, start=1):
-        if el not in atomic_numbers or atomic_numbers[el] not in z_to_species:
-            raise ValueError(f"LAMMPS type {t} is {el!r}, which is not an element of the model "
-                             f"{list(model.config.elements)}")
-        out.append(z_to_species[atomic_numbers[el]])
-    return np.asarray(out, dtype=np.int64)
-
-
 def box_cell(lmp):
     """(cell [3, 3] rows a, b, c; pbc [3]) of LAMMPS's (restricted triclinic) box."""
     boxlo, boxhi, xy, yz, xz, periodicity, _ = lmp.extract_box()
@@ -118,17 +88,9 @@ def box_cell(lmp):
     return cell, np.asarray(periodicity, dtype=bool)
 
 
-class _Neighbours:
-    """The list built with rcut + skin and the state it was built for (positions moved with the lattice
-    jumps of wrapped atoms, so that positions − reference is the physical displacement)."""
-
-    __slots__ = ("tags", "types", "positions", "cell", "pbc", "edge_index", "unit_shifts", "species", "batch",
-                 "cell_t")
-
-
 # ---- the driver ----
 
-class LammpsDriver:
+class LammpsDriver(EngineAdapter):
     """The ``fix external`` callback that evaluates a torchace model (see the module docstring).
 
     ``lmp``: a ``lammps.lammps`` instance with a box (after ``read_data`` / ``create_box``), ``units metal``,
@@ -163,22 +125,24 @@ class LammpsDriver:
         self.lmp, self.fix_id, self.skin, self.lost_atoms = lmp, fix_id, float(skin), lost_atoms
         self.per_atom_energy, self.min_distance = bool(per_atom_energy), float(min_distance)
         self.device, self.dtype = torch.device(device), dtype
-        self._backend_choice = backend
-        source = _load_model(model, self.device, dtype)
-        self.rcut = float(source.rcut)
+        loaded = load_model(model, self.device, dtype, engine="LAMMPS driver")
+        self.rcut = loaded.rcut
         self.elements_by_type = list(elements_by_type)
-        self._type_species = _species_of_types(source, self.elements_by_type)
+        self._type_species = SpeciesMap(loaded.numbers).of_types(self.elements_by_type)
         ntypes = int(lmp.extract_global("ntypes"))
         if ntypes != len(self.elements_by_type):
             raise ValueError(f"LAMMPS has {ntypes} atom types, elements_by_type names {len(self.elements_by_type)}: "
                              f"{self.elements_by_type}")
         missing = _check_masses(lmp, self.elements_by_type, bool(check_masses))
         # the caller's model itself, or a copy on this device/dtype made again whenever the model changes
-        self._bound = BoundModel(source, self.device, dtype, self._make_forward)
-        self.model, self._forward = self._bound.model, self._bound.forward
-        self._bound_forward = self._bound.forward  # _forward may be wrapped by the caller (timing, checks)
-        self._nl: Optional[_Neighbours] = None
-        self.n_calls = self.n_neighbour_list_builds = self.n_wrapped = 0
+        self._engine = EngineModel(loaded.model, self.device, dtype, backend)
+        self.model, self._forward = self._engine.bound.model, self._engine.bound.forward
+        self._bound_forward = self._forward  # _forward may be wrapped by the caller (timing, checks)
+        # the Verlet list (structures.neighbours.skin), kept across atoms LAMMPS wrapped into the box
+        self._nl = SkinList(self.rcut, self.skin, follow_wraps=True)
+        self._inputs = None  # species, batch and cell tensors of the list's structure
+        self._tags = None    # atom IDs of the list's structure (lost atoms are named by them)
+        self.n_calls = 0
         self.timings = {"callback": 0.0, "neighbours": 0.0, "evaluate": 0.0}
         self.energy: Optional[float] = None
         self.virial: Optional[np.ndarray] = None
@@ -193,11 +157,10 @@ class LammpsDriver:
         log.info("LammpsDriver: backend %s on %s, fix %s, skin %g Å", self.backend, self.device, self.fix_id,
                  self.skin)
 
-    def _make_forward(self, model):
-        """The backend callable of ``model`` (the caller's model or a new copy of it)."""
-        b = select(model, self.device, self._backend_choice, EVALUATE)
-        self.backend = b.name
-        return b.evaluator(model)
+    @property
+    def n_wrapped(self) -> int:
+        """Calls that kept the list across atoms wrapped into the box."""
+        return self._nl.n_wrapped
 
     # ---- running ----
 
@@ -255,8 +218,8 @@ class LammpsDriver:
         tags = np.array(tag[:nlocal]).reshape(-1)
         if nlocal != natoms:  # one MPI rank (check_lammps): every atom is local unless LAMMPS lost some
             self._lost(nlocal, natoms, tags)
-        out, positions, nl = self._evaluate(x[:nlocal], tags)
-        self._check_distances(out, positions, nl, tags)
+        out, positions, inputs = self._evaluate(x[:nlocal], tags)
+        self._check_distances(out, positions, inputs, tags)
         forces = out[K.FORCES].detach().to("cpu", torch.float64).numpy()
         W = out[K.VIRIAL].detach()[0].to("cpu", torch.float64).numpy()
         energy = float(out[K.ENERGY].detach()[0])
@@ -274,7 +237,7 @@ class LammpsDriver:
         if nlocal > natoms:
             raise RuntimeError(f"LAMMPS holds {nlocal} atoms but counts {natoms}")
         n = natoms - nlocal
-        gone = "" if self._nl is None else f" (IDs {np.setdiff1d(self._nl.tags, tags)[:5].tolist()})"
+        gone = "" if self._tags is None else f" (IDs {np.setdiff1d(self._tags, tags)[:5].tolist()})"
         if self.lost_atoms == "ignore":
             if n != self._n_lost:
                 log.warning("torchace fix external: LAMMPS lost %d of %d atoms%s; evaluating the %d left "
@@ -296,31 +259,25 @@ class LammpsDriver:
         if not np.isfinite(pos).all():
             raise ValueError(f"non-finite positions of atoms with IDs {tags[~np.isfinite(pos).all(1)][:5].tolist()}")
         t0 = time.perf_counter()
-        nl = self._neighbours(pos, tags, types, cell, pbc)
+        species, batch, cell_t = self._neighbours(pos, tags, types, cell, pbc)
         t1 = time.perf_counter()
         positions = torch.as_tensor(pos, dtype=self.dtype, device=self.device)
-        with self._bound.held(), torch.enable_grad():  # the reference backend differentiates
-            if self._bound.forward is not self._bound_forward:  # a new copy of the caller's changed model
-                self.model, self._forward = self._bound.model, self._bound.forward
-                self._bound_forward = self._bound.forward
-            out = self._forward(positions, nl.species, nl.batch, nl.edge_index, nl.unit_shifts, nl.cell_t, 1,
+        eng = self._engine
+        with eng.bound.held(), torch.enable_grad():  # the reference backend differentiates
+            if eng.bound.forward is not self._bound_forward:  # a new copy of the caller's changed model
+                self.model, self._forward = eng.bound.model, eng.bound.forward
+                self._bound_forward = eng.bound.forward
+            out = self._forward(positions, species, batch, self._nl.edge_index, self._nl.unit_shifts, cell_t, 1,
                                 True, True)
         self.timings["neighbours"] += t1 - t0
         self.timings["evaluate"] += time.perf_counter() - t1
-        return out, positions, nl
+        return out, positions, (batch, cell_t)
 
-    def _check_distances(self, out, positions, nl: _Neighbours, tags) -> None:
+    def _check_distances(self, out, positions, inputs, tags) -> None:
+        nl = self._nl
         if self.min_distance <= 0 or nl.edge_index.shape[1] == 0:
             return
-        if CLOSEST_PAIR in out:  # the fused kernel measured every distance
-            dmin, e = (float(v) for v in out[CLOSEST_PAIR])
-            e = int(e)
-        else:
-            with torch.no_grad():
-                d = torch.linalg.norm(edge_vectors(positions, nl.edge_index, nl.unit_shifts, nl.cell_t, nl.batch),
-                                      dim=1)
-                e = int(torch.argmin(d))
-                dmin = float(d[e])
+        dmin, e = closest_pair(positions, nl.edge_index, nl.unit_shifts, inputs[1], inputs[0], out)
         if e >= 0 and dmin < self.min_distance:
             i, j = (int(tags[int(v)]) for v in nl.edge_index[:, e])
             raise ValueError(f"atoms with IDs {i} and {j} are {dmin:.3g} Å apart (< min_distance "
@@ -328,46 +285,21 @@ class LammpsDriver:
 
     # ---- neighbour list ----
 
-    def _neighbours(self, pos, tags, types, cell, pbc) -> _Neighbours:
-        nl = self._nl
-        if (nl is None or len(pos) != len(nl.positions) or not np.array_equal(tags, nl.tags)
-                or not np.array_equal(types, nl.types) or not np.array_equal(cell, nl.cell)
-                or not np.array_equal(pbc, nl.pbc)):
-            return self._build(pos, tags, types, cell, pbc)
-        d = pos - nl.positions
-        jump = None
-        if pbc.any():  # atoms wrapped back into the box by LAMMPS: whole lattice vectors
-            n = np.rint(np.linalg.solve(cell.T, d.T).T)
-            n[:, ~pbc] = 0
-            if n.any():
-                jump = n
-                d = d - n @ cell
-        d2 = float(np.einsum("ij,ij->i", d, d).max()) if len(d) else 0.0
-        if (d2 > (0.5 * self.skin) ** 2) if self.skin > 0 else (d2 > 0):
-            return self._build(pos, tags, types, cell, pbc)
-        if jump is not None:  # x_i → x_i + n_i·cell: keep r_ij = x_j − x_i + S·cell with S' = S + n_i − n_j
-            nt = torch.as_tensor(jump, dtype=nl.unit_shifts.dtype, device=self.device)
-            i, j = nl.edge_index
-            nl.unit_shifts = nl.unit_shifts + nt[i] - nt[j]
-            nl.positions = nl.positions + jump @ cell
-            self.n_wrapped += 1
-        return nl
+    def _neighbours(self, pos, tags, types, cell, pbc):
+        """(species, batch, cell) tensors, with the skin list kept (atoms wrapped into the box: their lattice jumps
+        go into the shifts) or rebuilt when an atom moved more than skin/2, the box, the IDs/order or types changed."""
+        if self._nl.update(pos, cell, pbc, lambda: self._search(pos, types, cell, pbc), key=(tags, types)):
+            dev = self.device
+            self._tags = tags.copy()
+            self._inputs = (torch.as_tensor(self._type_species[types], dtype=torch.long, device=dev),
+                            torch.zeros(len(pos), dtype=torch.long, device=dev),
+                            torch.as_tensor(cell, dtype=self.dtype, device=dev).unsqueeze(0))
+        return self._inputs
 
-    def _build(self, pos, tags, types, cell, pbc) -> _Neighbours:
+    def _search(self, pos, types, cell, pbc):
         if len(types) and (types.min() < 1 or types.max() >= len(self._type_species)):
             raise ValueError(f"atom types {sorted(set(types.tolist()))} outside 1..{len(self._type_species) - 1}")
-        nl = _Neighbours()
-        nl.tags, nl.types, nl.positions, nl.cell, nl.pbc = tags.copy(), types.copy(), pos.copy(), cell, pbc
-        i, j, S = neighbour_list(pos, cell, pbc, self.rcut + self.skin)
-        dev = self.device
-        nl.edge_index = torch.as_tensor(np.stack([i, j]), dtype=torch.long, device=dev)
-        nl.unit_shifts = torch.as_tensor(S, dtype=self.dtype, device=dev)
-        nl.species = torch.as_tensor(self._type_species[types], dtype=torch.long, device=dev)
-        nl.batch = torch.zeros(len(pos), dtype=torch.long, device=dev)
-        nl.cell_t = torch.as_tensor(cell, dtype=self.dtype, device=dev).unsqueeze(0)
-        self._nl = nl
-        self.n_neighbour_list_builds += 1
-        return nl
+        return neighbour_search(pos, cell, pbc, self._nl.cutoff, self.device, self.dtype)
 
 
 def check_lammps(lmp) -> None:

@@ -32,8 +32,11 @@ def model_device_dtype(model):
     return p.device, p.dtype
 
 
-def stress_from_virial(virial: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
-    vol = torch.linalg.det(cell).abs()
+def stress_from_virial(virial: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                       volume: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """σ = −W/V [S, 3, 3] (NaN where not periodic along all axes); ``volume`` [S]: |det cell| when the caller
+    holds it already (an engine's neighbour list: the cell is the same until the list is rebuilt)."""
+    vol = torch.linalg.det(cell).abs() if volume is None else volume
     periodic = pbc.all(dim=1)
     stress = -virial / vol.clamp_min(1e-300).view(-1, 1, 1)
     return torch.where(periodic.view(-1, 1, 1), stress, torch.full_like(stress, float("nan")))

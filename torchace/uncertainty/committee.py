@@ -110,3 +110,13 @@ def committee_predictions(model, structures, *, rows_model=None, backend: str = 
 def uncertainty(model, structures) -> Dict[str, torch.Tensor]:
     """Committee standard deviations: ``energy`` [S] (eV), ``forces`` [ΣN, 3] (eV/Å), ``virial`` [S, 6] (eV)."""
     return {k: spread(v) for k, v in committee_predictions(model, structures).items()}
+
+
+def force_spreads(rows_model, committee: torch.Tensor, batch: Dict[str, torch.Tensor], backend: str = AUTO):
+    """(forces_std [ΣN, 3] eV/Å, Voigt virial_std [S, 6] eV) over the committee from one design-row evaluation of
+    a neighbour-list batch (the engines' force uncertainties; ``rows_model`` as in ``committee_predictions``)."""
+    rows = batch_rows(rows_model, batch, backend=backend)
+    n_sys = batch[K.N_ATOMS].shape[0]
+    p = member_predictions(committee, rows, torch.zeros(n_sys, dtype=rows[K.ENERGY].dtype,
+                                                        device=rows[K.ENERGY].device))
+    return spread(p[K.FORCES]), spread(p[K.VIRIAL])

@@ -24,10 +24,9 @@ import torch
 from ase.neighborlist import primitive_neighbor_list
 
 from ...resources import ResourceLimitError, check_fits
+from .choice import DENSE, VESIN, search_for
 
 
-# dense path when atoms² × images stays below this (pairs tested at once per structure)
-DENSE_MAX_PAIRS = 4_000_000
 # a structure whose expected neighbour pairs exceed this is refused whatever the memory (minutes of search, not a
 # material: a collapsed or nearly flat periodic cell)
 MAX_PAIRS = 300_000_000
@@ -290,14 +289,20 @@ def sparse_neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc, rcut: fl
     return (i, j, S @ op) if op is not None else (i, j, S)
 
 
+def dense_candidates(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, rcut: float) -> int:
+    """atoms² × lattice images: the (pair, image) candidates of the dense path (0 for mixed boundaries, where it
+    does not apply)."""
+    if not (pbc.all() or not pbc.any()):
+        return 0
+    n_img = int(np.prod(2 * _image_range(positions, cell, rcut) + 1)) if pbc.all() else 1
+    return len(positions) ** 2 * n_img
+
+
 def _neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, rcut: float):
-    if pbc.all() or not pbc.any():
-        n_img = int(np.prod(2 * _image_range(positions, cell, rcut) + 1)) if pbc.all() else 1
-        if len(positions) ** 2 * n_img <= DENSE_MAX_PAIRS:
-            return dense_neighbour_list(positions, cell, pbc, rcut)
-        if _vesin() is not None:
-            return vesin_neighbour_list(positions, cell, pbc, rcut)
-    return ase_neighbour_list(positions, cell, pbc, rcut)
+    search = search_for(dense_candidates(positions, cell, pbc, rcut), pbc.tolist(), "cpu", _vesin() is not None,
+                        cell_list=False)
+    return {DENSE: dense_neighbour_list, VESIN: vesin_neighbour_list}.get(search, ase_neighbour_list)(
+        positions, cell, pbc, rcut)
 
 
 def _vesin():
