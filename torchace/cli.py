@@ -365,7 +365,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     ft = sub.add_parser("fit", help="fit a linear ACE model from a YAML/JSON config (default: bundled Zuo Si job)",
                         epilog=FitConfig.keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    ft.add_argument("config", nargs="?", help="fit configuration (keys below; docs/fit.md)")
+    ft.add_argument("config", nargs="?", help="fit configuration (keys below; docs/fitting.md)")
     ft.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ft.add_argument("--force", action="store_true", help=FORCE_HELP + "; as output.overwrite: true in the config")
     ft.add_argument("--threads", type=_threads_arg, help=THREADS_HELP + "; over the config's threads")

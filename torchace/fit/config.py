@@ -212,7 +212,7 @@ class FitConfig:
                 return f.default_factory()  # type: ignore[misc]
             return "(required)"
 
-        lines = ["config keys (YAML/JSON; defaults in brackets; docs/fit.md):"]
+        lines = ["config keys (YAML/JSON; defaults in brackets; docs/fitting.md):"]
         derived = {"elements": "(required)", "order": "(required)", "totaldegree": "(required)",
                    "rcut": "2.5·max r0", "r0": "mean bond length of the pair", "E0": "0 per element"}
         items = [f"{f.name} [{derived.get(f.name, default(f))}]" for f in dataclasses.fields(ACEConfig)]
