@@ -229,7 +229,7 @@ def solve_system(system: LinearSystem, solver, *, gamma: Optional[torch.Tensor] 
     return Solution(coefficients=c, committee=committee, E0=e0, result=res)
 
 
-@job_options("fit")
+@job_options("fit", default_threads=None)  # a library call leaves the threads alone; the CLI uses "auto"
 def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Optional[DataKeys] = None,
         skip_bad: bool = False, streaming: Optional[str] = None, batch_atoms: int = 2048, device=None,
         validation=None, progress: bool = False, compute_errors: bool = True, synthetic_dimers=False,
@@ -252,8 +252,10 @@ def fit(model, data, *, weights=None, prior=None, solver=None, E0=None, keys: Op
     atoms (implausible geometry; the calculator has the same argument).  ``close_contact``: a training structure
     with a pair closer than this fraction of the sum of their covalent radii gets a warning naming its file, frame
     and atoms (``close_contact_error``: an error; 0: not checked; ``torchace.fit.contacts``).
-    ``threads``: torch threads during the fit, a positive integer or "auto" (the default: the usable cores minus
-    the load average; None: unchanged), restored after it; ``log``: a log file of the fit (``torchace.jobs``).
+    ``threads``: torch threads during the fit, a positive integer, "auto" (the usable cores minus the load
+    average; the default of ``torchace fit`` and the config) or None (the default here: unchanged, so a script's
+    own thread setting and its numbers do not depend on the machine's load), restored after it; ``log``: a log
+    file of the fit (``torchace.jobs``).
     ``progress``: also a line before every stage (reading, assembly, solve, errors) with its size and memory;
     the log gets them always.
     """

@@ -415,7 +415,7 @@ def train(model, data, **options) -> TrainResult:
 
 
 train.__signature__ = signature(inspect.signature(train))
-train = job_options("train")(train)  # threads, log (torchace.jobs)
+train = job_options("train", default_threads=None)(train)  # threads, log (torchace.jobs); the CLI uses "auto"
 
 
 def _train(model, o: TrainOptions, data, stacklevel: int) -> TrainResult:
