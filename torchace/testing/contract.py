@@ -25,8 +25,8 @@ Use::
         skip = {"model_file": "this family has no model file"}   # checks it cannot do, with the reason
 
 Tolerances are per dtype (class attributes, override them).  What a model can do (scriptable, model file,
-backends) is read through ``capabilities`` (``ContractCapabilities``); the checks it cannot do are skipped with
-the reason.
+backends) is read through ``capabilities`` (``ContractCapabilities``, from ``model.capabilities``); the checks
+it cannot do are skipped with the reason.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from ase import Atoms
 
 from .. import keys as K
 from ..model.backends import BACKENDS, EVALUATE, ROWS, available, select
+from ..model.contract import capabilities
 from ..model.evaluate import evaluate
 from . import BACKEND_RTOL, backend_agreement, fd_forces, fd_virial, random_cluster, random_rotation, \
     rattled_bulk, results_close
@@ -58,14 +59,11 @@ class ContractCapabilities:
 
 
 def probe_capabilities(model) -> ContractCapabilities:
-    """The model's capabilities, found by trying (until every model class declares ``capabilities``, issue 30):
-    TorchScript compilation, the model file's document, and the backends ``torchace.backends.available`` lists
-    that ``select`` also accepts for the model (a model outside the ACE family has only its own forward)."""
-    try:
-        scripted_copy(model)
-        ts = None
-    except Exception as exc:  # noqa: BLE001  (any compilation failure means "not scriptable")
-        ts = f"not scriptable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    """The model's capabilities: TorchScript as the model declares it (``model.capabilities.scriptable``;
+    ``test_torchscript`` then checks the declaration), the model file's document by trying, and the backends
+    ``torchace.backends.available`` lists that ``select`` also accepts for the model (a model outside the ACE
+    family has only its own forward)."""
+    ts = None if capabilities(model).scriptable else f"{type(model).__name__} declares scriptable=False"
     try:
         model.to_dict()
         mf = None
@@ -132,8 +130,7 @@ class ModelContractTests:
 
     # ---- what the subclass may override
     def capabilities(self, model) -> ContractCapabilities:
-        """What the model can do.  Probed for now; once every model class declares its capabilities (issue 30)
-        this is the one line to change, to the declaration (``return model.capabilities``, its fields mapped)."""
+        """What the model can do (``probe_capabilities``: its declaration, and what the registry runs here)."""
         return probe_capabilities(model)
 
     def elements(self, model) -> List[str]:

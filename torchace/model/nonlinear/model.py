@@ -110,7 +110,8 @@ class NonlinearACEModel(NonlinearState, EnergyModel):
     def capabilities(self) -> Capabilities:
         """No design rows; a committee through ``torchace.uncertainty.nonlinear``; a differentiable hand adjoint."""
         return Capabilities(readout=self.embedding_name or LINEAR_READOUT, nonlinear=True, committee=True,
-                            hand_adjoint=True, adjoint_graph=True, learnable_radials=self.radials is not None,
+                            hand_adjoint=True, adjoint_graph=True, scriptable=True,
+                            learnable_radials=self.radials is not None,
                             backends=("reference", "analytic", "fused"))
 
     @property
