@@ -41,7 +41,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch
 
-from .atomic import check_output, text_output, write_output
+from .atomic import check_output, text_output, write_output, write_text
 
 AUTO = "auto"
 LOG_HEADER = "# torchace log"
@@ -252,12 +252,7 @@ def job_log(path: Optional[str], what: str, *, config: Any = None, n_threads: Op
             log.record(log.partial)
         log.record(f"{what} {outcome} after {time.time() - log.t0:.1f} s")
         text = log.text()
-        write_output(path, LOG_FILE, lambda tmp: _write(tmp, text), ".log", overwrite)
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(text)
+        write_output(path, LOG_FILE, lambda tmp: write_text(tmp, text), ".log", overwrite)
 
 
 @contextlib.contextmanager

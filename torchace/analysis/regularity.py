@@ -20,7 +20,7 @@ from ..fit.assembly import batch_system
 from ..fit.data import Labelled
 from ..fit.repulsion import envelope_distance
 from ..fit.rows import design_matrix_rows
-from ..fit.weights import resolve_weights, row_weights
+from ..fit.weights import label_weights, resolve_weights
 from .curves import element_pairs
 
 E_SYN, W_SYN = 100.0, 0.01  # the paper's synthetic dimers (§2.5): label and weight
@@ -67,16 +67,16 @@ def _system_rows(model, part: List[Labelled], weights, n_e0: int):
     A, y, Z = batch_system(model, part, weights)
     FA, Fy, unweighted = [], [], []
     r = 0
-    for s in part:  # batch_system's rows per structure: energy, 3N forces, 6 virials, each if labelled and weighted
-        wE, wF, wV = row_weights(weights, s.config_type, s.n_atoms)
-        r += int(s.energy is not None and wE != 0)
-        if s.forces is not None and wF != 0:
+    for s in part:  # batch_system's rows per structure (fit.weights.weighted_system): energy, 3N forces, 6 virials
+        wE, wF, wV = label_weights(weights, s)  # 0: no such rows (label missing or weight 0)
+        r += int(wE != 0)
+        if wF != 0:
             FA.append(A[r:r + 3 * s.n_atoms] / wF)
             Fy.append(y[r:r + 3 * s.n_atoms] / wF)
             r += 3 * s.n_atoms
         elif s.forces is not None:
             unweighted.append(s)
-        r += 6 * int(s.virial is not None and wV != 0)
+        r += 6 * int(wV != 0)
     assert r == A.shape[0], (r, A.shape)
     if unweighted:
         fa, fy, _ = batch_system(model, unweighted, FORCE_ROWS)
