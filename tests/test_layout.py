@@ -118,7 +118,7 @@ def test_no_prefixed_modules():
     prefixed = sorted(str(p.relative_to(ROOT.parent)) for p in ROOT.rglob("*.py")
                       if p.name.startswith(("train_", "yace_")))
     assert not prefixed, f"use a subpackage, not a file-name prefix: {prefixed}"
-FAMILIES = ("ACEModel", "NonlinearACEModel", "PACEModel")
+FAMILIES = ("ACEModel", "PACEModel")
 
 
 def test_no_family_duck_typing():

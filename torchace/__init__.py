@@ -1,4 +1,4 @@
-"""torchace: the linear Atomic Cluster Expansion (ACEpotentials.jl conventions) as PyTorch modules.
+"""torchace: the Atomic Cluster Expansion (ACEpotentials.jl conventions) as PyTorch modules.
 
 Stages (docs/architecture.md): ``structures`` → ``basis`` → ``model`` (with ``model.backends``) →
 ``fit`` (solve once), ``train`` (iterative), ``uncertainty`` → ``io`` → ``calculators``, ``analysis``;
@@ -10,12 +10,12 @@ from .fit import FitResult, design_matrix_rows, errors, priors, repulsion, solve
 from .fit.data import example_data
 from .train import TrainResult
 from .io import export, load
-from .model import ACEModel, NonlinearACEModel, ace_model, evaluate, from_linear, nonlinear_ace_model
+from .model import ACEModel, ace_model, evaluate, from_linear, nonlinear_ace_model
 from .model import backends  # noqa: F401  (torchace.backends.available / select)
 from . import fit, train  # callable packages: torchace.fit(...) runs the fit, torchace.fit.assembly is a module
 
 __version__ = keys.VERSION
-__all__ = ["ACEConfig", "ACEModel", "NonlinearACEModel", "ace_model", "nonlinear_ace_model", "from_linear", "evaluate",
+__all__ = ["ACEConfig", "ACEModel", "ace_model", "nonlinear_ace_model", "from_linear", "evaluate",
            "design_matrix_rows", "fit", "FitResult", "train", "TrainResult", "errors", "load", "export",
            "example_data", "priors", "repulsion", "solvers", "backends", "calculators", "io", "__version__"]
 

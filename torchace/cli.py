@@ -98,7 +98,7 @@ def _evaluate(args) -> int:
                             stress=None if np.isnan(p) else out[K.STRESS][k].cpu().tolist()))
     n = sum(n_atoms)
     print(f"evaluate: {t_eval * 1e3:.1f} ms ({t_eval / max(n, 1) * 1e6:.0f} µs/atom)")
-    # a nonlinear model has no one coefficient vector (basis_size None; docs/nonlinear.md)
+    # basis_size: the columns of the design rows (density 1 and the pair part); None for a .yace model
     report = dict(model=args.model, config=model.config_dict(),
                   basis_size=getattr(model, "basis_size", None),
                   backends=dict(evaluate=b_eval), structures=paths, results=records, timing_s=dict(evaluate=t_eval))

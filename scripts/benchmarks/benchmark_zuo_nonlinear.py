@@ -27,7 +27,7 @@ from torchace.atomic import write_json_atomic
 from torchace.fit.data import read_data
 from torchace.fit.metrics import errors
 from torchace.train.trainer import OPTIMIZERS
-from torchace.model.nonlinear import from_linear
+from torchace.model import from_linear
 
 SIZES = {"sm": [20, 16, 12], "lge": [25, 21, 17]}
 PAPER = {("Ni", "sm"): (0.416, 0.018), ("Ni", "lge"): (0.34, 0.015), ("Cu", "sm"): (0.292, 0.007),

@@ -22,7 +22,7 @@ from ase.build import bulk
 import torchace
 from torchace.io.yace.pair_table import evaluate_pair_table
 from torchace.io.yace.write import write_yace
-from torchace.model.ace import ace_model
+from torchace.model import ace_model
 
 
 def cells(elements, seed=0):

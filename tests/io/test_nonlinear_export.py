@@ -13,7 +13,7 @@ import torch
 import torchace
 from torchace import keys as K
 from torchace.io.torchscript import load_torchscript, read_metadata
-from torchace.model.nonlinear import nonlinear_ace_model
+from torchace.model import nonlinear_ace_model
 from torchace.testing import (fd_virial, has_module, labelled_dataset, max_rel, random_cluster, rattled_bulk,
                               rattled_sige_cells, results_close)
 from torchace.testing import run
@@ -49,7 +49,7 @@ def build(name: str, seed: int = 0):
     g = torch.Generator().manual_seed(seed + 1)
     # a prior-like rescaling of the basis (with learned radials it acts inside the radial sum)
     m.set_basis_scale(0.5 + torch.rand(m.embedding.nl_scale.shape, generator=g, dtype=torch.float64),
-                      0.5 + torch.rand(m.linear.pair.scale.shape, generator=g, dtype=torch.float64))
+                      0.5 + torch.rand(m.pair.scale.shape, generator=g, dtype=torch.float64))
     m.randomize_densities(0.05, seed=seed, first=0)
     with torch.no_grad():
         m.pair_coefficients.copy_(0.05 * torch.randn(m.pair_coefficients.shape, generator=g, dtype=torch.float64))
@@ -99,10 +99,13 @@ def test_torchscript_matches_model(variant, device):
     out = _call(module, model, structs[:1], forces=False, virials=False)  # energies only
     assert set(out) == {K.ENERGY, K.NODE_ENERGY} and max_rel(out[K.ENERGY], ref[K.ENERGY][:1]) < RTOL
     assert not module.training
-    assert meta["nonlinear"] == {"densities": m.densities, "embedding": m.embedding_name,
-                                 "learnable_radials": m.learnable_radials,
-                                 "n_parameters": sum(p.numel() for p in m.parameters() if p.requires_grad)}
-    assert meta["basis_size"] == m.linear.basis_size and meta["config"] == m.config_dict()
+    if m.capabilities.nonlinear:
+        assert meta["nonlinear"] == {"densities": m.densities, "embedding": m.embedding_name,
+                                     "learnable_radials": m.learnable_radials,
+                                     "n_parameters": sum(p.numel() for p in m.parameters() if p.requires_grad)}
+    else:  # one density, no embedding, fixed radials: the linear model, exported as such
+        assert "nonlinear" not in meta
+    assert meta["basis_size"] == m.basis_size and meta["config"] == m.config_dict()
     assert meta["E0"] == {s: E0[s] for s in m.elements} and meta["committee_size"] == 0
     assert meta["model_metadata"] == {"fit": {"variant": name}} and read_metadata(path) == meta
 
@@ -192,7 +195,7 @@ def test_metatomic_ase_calculator_matches_torchace(mta_variant):
 
 @needs_metatomic
 @pytest.mark.filterwarnings("ignore:A conversion to `System`:UserWarning")  # the slab's vacuum cell vector
-@pytest.mark.parametrize("name", ["none-fixed", "fs-learned"])
+@pytest.mark.parametrize("name", ["none-learned", "fs-learned"])
 def test_metatomic_model_api_batches_and_selected_atoms(name, tmp_path):
     """metatomic.torch directly: several systems in one call, a subset of atoms, per-atom and per-system energies;
     capabilities and metadata (energy only: a nonlinear model has no committee)."""
@@ -247,7 +250,7 @@ def test_metatomic_float32_and_committee_not_exported(tmp_path):
     assert max_rel(at.get_potential_energy(), float(ref[K.ENERGY][0])) < 1e-5
     assert np.abs(at.get_forces() - ref[K.FORCES].numpy()).max() < 1e-3
     # a nonlinear model's committee is not exported (yet): a warning, and the energy output only
-    m.committee = torch.zeros(2, m.linear.basis_size, dtype=torch.float64)
+    m.committee = torch.zeros(2, m.basis_size, dtype=torch.float64)
     with pytest.warns(UserWarning, match="committee of a nonlinear model is not exported"):
         torchace.export(m, tmp_path / "c.pt", format="metatomic")
     calc = metatomic_ase.MetatomicCalculator(str(tmp_path / "c.pt"), uncertainty_threshold=None)
@@ -307,7 +310,7 @@ def test_calculator_auto_backend_and_agreement(tmp_path):
     calcs = [TorchACECalculator(m), TorchACECalculator(str(tmp_path / "nl.json")),
              TorchACECalculator(m, backend="reference"), TorchACECalculator(str(ts), backend="torchscript")]
     assert [c.backend for c in calcs] == [auto, auto, "reference", "torchscript"]
-    assert type(calcs[1].model).__name__ == "NonlinearACEModel"
+    assert type(calcs[1].model).__name__ == "ACEModel"
     with pytest.raises(ValueError, match="linear models only"):
         TorchACECalculator(m, backend="triton")
     for at in structures(m.elements)[1:]:  # triclinic, cluster, slab
@@ -369,7 +372,7 @@ def test_cli_evaluate_and_errors_with_a_nonlinear_model(tmp_path, capsys):
 
     structs = read(str(data), ":")  # as written (extxyz rounds positions)
     ref = torchace.evaluate(m, structs)
-    assert report["backends"] == {"evaluate": auto} and report["basis_size"] is None
+    assert report["backends"] == {"evaluate": auto} and report["basis_size"] == m.basis_size
     assert max_rel([r["energy"] for r in report["results"]], ref[K.ENERGY].numpy()) < RTOL
     assert max_rel(np.concatenate([r["forces"] for r in report["results"]]), ref[K.FORCES].numpy()) < RTOL
     assert max_rel([r["virial"] for r in report["results"]], ref[K.VIRIAL].numpy()) < RTOL

@@ -18,7 +18,7 @@ import torchace
 from torchace.io import read_yace, write_yace
 from torchace.io.yace.ctilde import complex_sph, real_to_complex_matrices
 from torchace.io.yace.pair_table import evaluate_pair_table
-from torchace.model.ace import ace_model
+from torchace.model import ace_model
 from torchace.testing import rattled_sige_cells
 
 

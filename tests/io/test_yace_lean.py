@@ -21,7 +21,7 @@ from torchace.io.yace.pair_table import pair_energy_functions, read_pair_table, 
 from torchace.io.yace.read import YaceLoader, parse_yace
 from torchace.testing import max_rel, rattled_sige_cells
 from torchace.io.yace.ctilde import ctilde_functions, channel_usage
-from torchace.model.ace import ace_model
+from torchace.model import ace_model
 
 TOL = 1e-8
 R0 = [[2.4, 2.3], [2.35, 2.5]]   # not symmetric: U_ab combines the (a, b) and (b, a) pair blocks

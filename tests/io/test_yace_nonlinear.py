@@ -1,4 +1,4 @@
-"""``.yace`` export of the nonlinear ACE model (``NonlinearACEModel``, docs/nonlinear.md, docs/yace.md).
+"""``.yace`` export of the nonlinear ACE model (``ACEModel``, docs/nonlinear.md, docs/yace.md).
 
 Reference: python-ace's C++ evaluator (``PyACECalculator``, the ML-PACE core of LAMMPS ``pair_style pace``)
 reading the exported file, plus the pair table read by ``evaluate_pair_table``; energies, forces and stresses
@@ -25,7 +25,7 @@ from torchace.config import ACEConfig
 from torchace.io import read_yace, write_yace
 from torchace.io.yace.pair_table import evaluate_pair_table
 from torchace.io.yace.read import YaceLoader, parse_yace
-from torchace.model.nonlinear import NonlinearACEModel, nonlinear_ace_model
+from torchace.model import ACEModel, nonlinear_ace_model
 from torchace.structures import collate
 from torchace.structures.geometry import edge_vectors
 from torchace.testing import max_rel, rattled_sige_cells
@@ -79,7 +79,7 @@ def _randomize(model, structures, seed, rho=1.5, radial_noise=0.05, pair=0.1, E0
                                                      dtype=torch.float64))
         model.pair_coefficients.copy_(pair * torch.randn(model.pair_coefficients.shape, generator=g,
                                                          dtype=torch.float64))
-        model.linear.E0.copy_(torch.tensor(E0[: model.nz], dtype=torch.float64))
+        model.E0.copy_(torch.tensor(E0[: model.nz], dtype=torch.float64))
         if model.radials is not None:
             model.radials.weights.add_(radial_noise * torch.randn(model.radials.shape, generator=g,
                                                                   dtype=torch.float64))
@@ -174,7 +174,7 @@ def test_fixed_radials_pure2b_zbl_match_pyace(tmp_path):
 def test_linear_limit_exports_the_linear_model(tmp_path):
     """P = 1, no embedding, fixed radials: the same files as the export of ``model.linear_model()``."""
     cfg = ACEConfig.build(["Si", "Ge"], 3, 5, r0=R0)
-    model = _randomize(NonlinearACEModel(cfg), rattled_sige_cells(), seed=4)
+    model = _randomize(ACEModel(cfg), rattled_sige_cells(), seed=4)
     a = write_yace(model, str(tmp_path / "nl.yace"))
     b = write_yace(model.linear_model(), str(tmp_path / "lin.yace"))
 

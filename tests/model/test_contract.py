@@ -18,7 +18,7 @@ from torchace.model.backends import available, select
 from torchace.model.contract import NO_CAPABILITIES, Capabilities, EnergyModel, capabilities
 from torchace.model.derivatives import use_hand_adjoint
 from torchace.model.evaluate import evaluate, model_inputs
-from torchace.model.nonlinear import nonlinear_ace_model
+from torchace.model import nonlinear_ace_model
 from torchace.structures.batch import collate
 from torchace.testing import randomize_coefficients, rattled_bulk
 
@@ -61,8 +61,8 @@ def _agree(a, b, tol=1e-12):
 
 
 EXPECTED = {  # readout, rows, nonlinear, hand_adjoint, adjoint_graph, scriptable, learnable_radials
-    "linear": ("linear", True, False, True, False, True, False),
-    "linear_pair_zbl": ("linear", True, False, True, False, True, False),
+    "linear": ("linear", True, False, True, True, True, False),
+    "linear_pair_zbl": ("linear", True, False, True, True, True, False),
     "fs": ("fs", False, True, True, True, True, False),
     "mlp_learned_radials": ("mlp", False, True, True, True, True, True),
     "pace": ("pace", False, False, False, False, False, False),

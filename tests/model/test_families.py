@@ -7,7 +7,7 @@ import torch
 
 import torchace
 from torchace.io import read_yace, write_yace
-from torchace.model.nonlinear import nonlinear_ace_model
+from torchace.model import nonlinear_ace_model
 from torchace.testing import randomize_coefficients
 from torchace.testing.contract import ModelContractTests
 
@@ -29,7 +29,7 @@ def _nonlinear(seed, **options):
         model.pair_coefficients.copy_(0.05 * torch.randn(model.pair_coefficients.shape, generator=g,
                                                          dtype=torch.float64))
         model.radials.weights.add_(0.05 * torch.randn(model.radials.shape, generator=g, dtype=torch.float64))
-        model.linear.E0.fill_(-1.25)
+        model.E0.fill_(-1.25)
     return model.eval()
 
 

@@ -13,7 +13,7 @@ from torchace import keys as K
 from torchace.model.backends import EVALUATE, fused, select
 from torchace.model.backends.fused_nonlinear import DENSITIES, nonlinear_forward
 from torchace.model.evaluate import model_inputs
-from torchace.model.nonlinear import from_linear, nonlinear_ace_model
+from torchace.model import from_linear, nonlinear_ace_model
 from torchace.structures.batch import collate
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk, results_close
 

@@ -13,8 +13,9 @@ from torchace import keys as K
 from torchace.atomic import OutputPathError
 from torchace import priors
 from torchace.model.evaluate import model_inputs
-from torchace.model.nonlinear import FSEmbedding, NonlinearACEModel, from_linear, fs_shifted_scaled, load, \
-    nonlinear_ace_model
+from torchace.model import ACEModel, from_linear, nonlinear_ace_model
+from torchace.model.readout import FSEmbedding, fs_shifted_scaled
+from torchace.io import load
 from torchace.model.state import ModelFileError
 from torchace.structures.batch import collate
 from torchace.testing import (fd_forces, fd_virial, random_cluster, random_rotation, randomize_coefficients,
@@ -108,7 +109,7 @@ def test_fresh_model_with_defaults_is_acemodel(cells):
     cfg = torchace.ace_model(["Si", "Ge"], 2, 6).config
     lin = torchace.model.ACEModel(cfg).eval()
     randomize_coefficients(lin, 0.2, seed=4)
-    nl = NonlinearACEModel(cfg).eval()
+    nl = ACEModel(cfg).eval()
     assert nl.densities == 1 and nl.embedding_fn is None and nl.radials is None
     with torch.no_grad():
         nl.density_coefficients[0] = lin.coefficients[: lin.n_manybody].view(2, -1)
@@ -137,7 +138,8 @@ def test_fs_zero_density_contributes_zero_with_finite_gradient(si, cells):
     nl = from_linear(si, densities=2, embedding="fs", learnable_radials=False)
     b = batch_of(nl, cells["Si"])
     e = nl.reference_forward(*model_inputs(nl, b), False, False)[K.ENERGY].sum()
-    g, = torch.autograd.grad(e, [nl.density_coefficients])
+    g, = torch.autograd.grad(e, [nl.coefficients])
+    g = g[: nl.densities * nl.n_manybody].view(nl.densities, nl.nz, nl.n_b)  # density_coefficients' layout
     assert torch.isfinite(g).all()
     # ∂E/∂c_2 = a_2 f'(0; 1/2) ∂E/∂c_1 = (5/4) ∂E/∂c_1 (ρ_2 = 0, f(ρ; 1) = ρ)
     assert float(g[0].abs().max()) > 0
@@ -213,7 +215,7 @@ def test_parameter_gradients_match_finite_differences(zoo, cells, which):
     model = zoo[which]
     structs = [cells["SiGe" if which == "sige" else "Si"][0]]
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    expected = {"density_coefficients", "pair_coefficients", "radials.weights"}
+    expected = {"coefficients", "radials.weights"}  # coefficients: densities 1 … P, then the pair part
     expected |= {"embedding_fn.weights"} if which == "fs" else {"embedding_fn.W", "embedding_fn.b", "embedding_fn.w"} \
         if which == "mlp" else set()
     assert set(params) == expected
@@ -329,7 +331,7 @@ def test_model_file_round_trip(zoo, si, sige_pure2b, cells, tmp_path):
         path = tmp_path / f"{name}.json"
         model.save(str(path))
         back = load(str(path))
-        assert type(back) is NonlinearACEModel and back.embedding_name == model.embedding_name
+        assert type(back) is ACEModel and back.embedding_name == model.embedding_name
         structs = cells["Si" if name in ("fs", "mlp") else "SiGe"]
         for p in ("reference_forward", "analytic_forward"):
             assert all(v == 0.0 for v in diffs(run(back, structs, p), run(model, structs, p)).values()), (name, p)
@@ -338,15 +340,21 @@ def test_model_file_round_trip(zoo, si, sige_pure2b, cells, tmp_path):
 
 
 def test_model_file_is_validated(zoo, tmp_path):
-    d = zoo["fs"].to_dict()
+    """The earlier nonlinear file (version 1 of "torchace-nonlinear-model", read into the one model) is checked
+    field by field (the current schema: tests/model/test_model_file_versions.py)."""
+    import os
+
+    with open(os.path.join(os.path.dirname(__file__), "files", "nonlinear_fs_v1.json")) as fh:
+        d = json.load(fh)
 
     def refused(doc, match):
         with pytest.raises(ModelFileError, match=match):
-            NonlinearACEModel.from_dict(json.loads(json.dumps(doc)), "f.json")
+            ACEModel.from_dict(json.loads(json.dumps(doc)), "f.json")
 
-    refused(dict(d, format="torchace-model"), "not a torchace nonlinear model file")
+    refused(dict(d, format="torchace-nonlinear-models"), "not a torchace model file")
     refused(dict(d, format_version=2), "format_version")
     refused(dict(d, extra=1), "unknown field")
+    refused(dict(d, coefficients=[]), "unknown field")
     refused({k: v for k, v in d.items() if k != "pair_coefficients"}, "missing field")
     refused(dict(d, densities=True), "densities")
     refused(dict(d, densities=3), "fs_parameters")
@@ -355,11 +363,12 @@ def test_model_file_is_validated(zoo, tmp_path):
     refused(dict(d, pair_coefficients=[[[True] * len(d["pair_coefficients"][0][0])]]), "true/false")
     refused(dict(d, embedding=dict(d["embedding"], name="tanh")), "embedding")
     refused(dict(d, embedding=dict(d["embedding"], extra=0)), "exactly the fields")
-    refused(dict(d, embedding=dict(d["embedding"], fs_parameters=[[1, 1, 1, -0.5]])), "positive")
+    refused(dict(d, embedding=dict(d["embedding"], fs_parameters=[[1, 1, 1, -0.5]] * 2)), "positive")
     refused(dict(d, config=dict(d["config"], order=0)), "config")
     refused(dict(d, learnable_radials="yes"), "learnable_radials")
     refused(dict(d, prior=[1]), "'prior' must be a mapping")
     refused(dict(d, nl_scale=1.0), "list of numbers")
+    d = zoo["fs"].to_dict()
     data = tmp_path / "train.xyz"
     data.write_text("2\n\nSi 0 0 0\nSi 0 0 2.3\n")
     with pytest.raises(OutputPathError, match="refusing to overwrite"):
@@ -369,7 +378,7 @@ def test_model_file_is_validated(zoo, tmp_path):
     zoo["fs"].save(str(data))  # re-saving onto a nonlinear model file is fine
     assert load(str(data)).densities == 2
     bad = tmp_path / "nan.json"
-    bad.write_text(json.dumps(d).replace(str(d["pair_coefficients"][0][0][0]), "NaN", 1))
+    bad.write_text(json.dumps(d).replace(str(d["coefficients"][-1]), "NaN", 1))
     with pytest.raises(ModelFileError, match="not valid JSON"):
         load(str(bad))
     with pytest.raises(ModelFileError, match="no such file"):
@@ -379,28 +388,28 @@ def test_model_file_is_validated(zoo, tmp_path):
 def test_constructor_errors():
     cfg = torchace.ace_model(["Si"], 2, 4).config
     with pytest.raises(ValueError, match="densities=1"):
-        NonlinearACEModel(cfg, densities=2)
+        ACEModel(cfg, densities=2)
     with pytest.raises(ValueError, match="2·densities"):
-        NonlinearACEModel(cfg, densities=2, embedding="fs", fs_parameters=[1, 1])
+        ACEModel(cfg, densities=2, embedding="fs", fs_parameters=[1, 1])
     with pytest.raises(ValueError, match="fs_parameters must be given"):
-        NonlinearACEModel(cfg, densities=3, embedding="fs")
+        ACEModel(cfg, densities=3, embedding="fs")
     with pytest.raises(ValueError, match="belong to embedding='fs'"):
-        NonlinearACEModel(cfg, embedding="mlp", fs_parameters=[1, 1])
+        ACEModel(cfg, embedding="mlp", fs_parameters=[1, 1])
     with pytest.raises(ValueError, match="purification"):
         nonlinear_ace_model(["Si"], 2, 4, pure2b=True)
     with pytest.raises(TypeError, match="unknown option"):
         nonlinear_ace_model(["Si"], 2, 4, densitys=2)
     with pytest.raises(TypeError, match="needs an ACEModel"):
-        from_linear(NonlinearACEModel(cfg))
+        from_linear(object())
     assert isinstance(nonlinear_ace_model(["Si"], 2, 4).embedding_fn, FSEmbedding)
 
 
 def test_ace_model_with_nonlinear_options():
-    from torchace.model.nonlinear import ace_model
+    from torchace.model import ace_model
 
     assert type(ace_model(["Si"], 2, 4)) is torchace.model.ACEModel
     m = ace_model(["Si"], 2, 4, densities=2, rcut=5.0)
-    assert isinstance(m, NonlinearACEModel) and m.embedding_name == "fs" and not m.learnable_radials
+    assert isinstance(m, ACEModel) and m.embedding_name == "fs" and not m.learnable_radials
     assert m.rcut == 5.0 and m.capabilities.nonlinear
     m = ace_model(["Si"], 2, 4, learnable_radials=True)
     assert m.densities == 1 and m.embedding_fn is None and m.learnable_radials
@@ -424,7 +433,7 @@ def test_prior_apply_and_l2_on_rescaled_coefficients(si, cells):
                         learnable_radials=True)
     priors.gaussian(1.5).apply(fresh)
     assert torch.equal(fresh.embedding.nl_scale, nl.embedding.nl_scale)
-    assert torch.equal(fresh.linear.pair.scale, si.pair.scale)
+    assert torch.equal(fresh.pair.scale, si.pair.scale)
     assert nl.coefficients.shape == (nl.n_b + nl.n_pair,)
 
 
@@ -445,4 +454,4 @@ def test_every_device(zoo, cells, device):
         m.train()
         out = run(m, structs, device=device)
         (out[K.FORCES] ** 2).sum().backward()
-        assert m.density_coefficients.grad is not None and torch.isfinite(m.density_coefficients.grad).all()
+        assert m.coefficients.grad is not None and torch.isfinite(m.coefficients.grad).all()

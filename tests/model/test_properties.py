@@ -335,7 +335,7 @@ def test_truncated_or_flipped_model_file(model_file, tmp_path_factory, no_unpick
 def test_model_file_wrong_version_or_shape(model_file, tmp_path_factory, no_unpickling, key, data):
     d = json.loads(model_file)
     if key == "format_version":
-        d[key] = data.draw(st.sampled_from([0, 2, "1", None, 1.5]))
+        d[key] = data.draw(st.sampled_from([0, 3, "1", None, 1.5, True]))
     elif key == "format":
         d[key] = data.draw(st.sampled_from(["torchace", "", None, 1]))
     elif key == "basis_size":

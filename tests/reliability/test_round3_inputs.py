@@ -408,15 +408,15 @@ def test_model_file_unchanged_still_loads(tmp_path, model_doc):
 
 
 def test_nonlinear_model_file_meaningless_values_are_refused(tmp_path):
-    from torchace.model.nonlinear import NonlinearACEModel
+    from torchace.model import ACEModel
     from torchace.config import ACEConfig
 
-    m = NonlinearACEModel(ACEConfig.build(["Si"], 2, 5), densities=2, embedding="fs", learnable_radials=False)
+    m = ACEModel(ACEConfig.build(["Si"], 2, 5), densities=2, embedding="fs", learnable_radials=False)
     doc = m.to_dict()
     for path, value, match in ((("config", "rcut"), 0, r"'config\.rcut'"),
                                (("nl_scale",), lambda x: _scaled(x, lambda v: 0.0), r"'nl_scale' must hold positive"),
-                               (("density_coefficients",), lambda x: _scaled(x, lambda v: 1e300),
-                                r"'density_coefficients' contains values of magnitude")):
+                               (("coefficients",), lambda x: _scaled(x, lambda v: 1e300),
+                                r"'coefficients' contains values of magnitude")):
         p = tmp_path / "nl.json"
         p.write_text(json.dumps(_edit(doc, path, value)))
         with pytest.raises(ModelFileError, match=r"nl\.json: .*" + match):

@@ -120,7 +120,7 @@ def _nonlinear_data_write(m):
 
 
 def _nonlinear_replace_e0(m):
-    m.linear.E0 = torch.tensor([-2.5], dtype=torch.float64)
+    m.E0 = torch.tensor([-2.5], dtype=torch.float64)
 
 
 def _nonlinear_load_state_dict(m):

@@ -20,7 +20,7 @@ from torchace.model.backends import fused
 from torchace.model.backends.fused_nonlinear import DENSITIES, nonlinear_forward
 from torchace.model.backends.torch_rows import torch_rows
 from torchace.model.evaluate import model_inputs
-from torchace.model.nonlinear import NonlinearACEModel, from_linear
+from torchace.model import ACEModel, from_linear
 from torchace.structures.batch import collate
 from torchace.testing import model_labelled, random_cluster, randomize_coefficients, rattled_bulk
 
@@ -41,17 +41,15 @@ def _labelled(els, n=6, seed=0, noise=0.01, nonlinear=False):
 
 
 def _with(model, theta, fn):
-    """fn() with the density and pair coefficients replaced by the slices of ``theta`` (differentiable)."""
-    n = model.density_coefficients.numel()
-    old = model.density_coefficients, model.pair_coefficients
-    del model.density_coefficients, model.pair_coefficients
-    model.density_coefficients = theta[:n].view_as(old[0])
-    model.pair_coefficients = theta[n:].view_as(old[1])
+    """fn() with the coefficients (densities 1 … P, then pair) replaced by ``theta`` (differentiable)."""
+    old = model.coefficients
+    del model.coefficients
+    model.coefficients = theta
     try:
         return fn()
     finally:
-        del model.density_coefficients, model.pair_coefficients
-        model.density_coefficients, model.pair_coefficients = old
+        del model.coefficients
+        model.coefficients = old
 
 
 @pytest.mark.parametrize("variant", ["fs_learned_radials", "fs_fixed", "linear"])
@@ -60,7 +58,7 @@ def test_rows_are_the_jacobian(variant):
     lin = torchace.ace_model(els, 3, 6)
     randomize_coefficients(lin, 0.3, seed=1)
     if variant == "linear":
-        nl = NonlinearACEModel(lin.config)
+        nl = ACEModel(lin.config)
         with torch.no_grad():
             nl.density_coefficients[0] = lin.coefficients[: lin.n_manybody].view(2, -1).detach()
     else:
@@ -73,7 +71,7 @@ def test_rows_are_the_jacobian(variant):
     nl.eval()
     a = rattled_bulk(els, seed=1)
     batch = collate([a, random_cluster(els, 5, 3.0, seed=2)], nl.config.numbers, nl.rcut, dtype=torch.float64)
-    basis = committee_linear_model(nl) if nl.radials is not None else nl.linear
+    basis = committee_linear_model(nl) if nl.radials is not None else nl
     rows = torch_rows(basis, batch, densities=(nl.density_coefficients.detach(), embedding_derivatives(nl)))
     theta = nl.coefficients.detach()
 
@@ -103,8 +101,8 @@ def test_one_undamped_step_is_the_qr_fit():
     lam = 0.5
     lin = torchace.ace_model(["Si"], 2, 4)
     torchace.fit(lin, data, weights=W, E0=E0, solver=solvers.QR(lam=lam), compute_errors=False)
-    nl = NonlinearACEModel(lin.config)
-    set_E0(nl.linear, read_data(data, elements=["Si"]), E0)
+    nl = ACEModel(lin.config)
+    set_E0(nl, read_data(data, elements=["Si"]), E0)
     with torch.no_grad():  # start anywhere: the problem is quadratic
         nl.density_coefficients.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
     ds = read_data(data, elements=["Si"])
@@ -167,7 +165,7 @@ def test_gn_loss_matches_the_training_loss():
     data = _labelled(["Si"], n=4)
     nl = from_linear(torchace.ace_model(["Si"], 2, 4), densities=2, embedding="fs", learnable_radials=True,
                      init_scale=0.05)
-    set_E0(nl.linear, read_data(data, elements=["Si"]), E0)
+    set_E0(nl, read_data(data, elements=["Si"]), E0)
     with torch.no_grad():
         nl.radials.weights.add_(0.01)
     batches = make_batches(nl, read_data(data, elements=["Si"]).structures, resolve_weights(W), 4, "cpu",

@@ -153,10 +153,10 @@ def test_checkpoint_with_nan_parameters_is_refused(tmp_path, data, field):
     ck = _checkpoint(tmp_path, data)
     doc = torch.load(ck, weights_only=True)
     target = doc["state"]["model"] if field == "model" else doc["state"]["best"]["state"]
-    target["density_coefficients"][0, 0] = float("nan")
+    target["coefficients"][0] = float("nan")
     torch.save(doc, ck)
     m = nl()
-    with pytest.raises(CheckpointError, match=rf"ck\.pt.*{field}.*density_coefficients.*non-finite"):
+    with pytest.raises(CheckpointError, match=rf"ck\.pt.*{field}.*coefficients.*non-finite"):
         torchace.train(m, data, **_kw(epochs=3, checkpoint=ck))
     assert torch.isfinite(m.density_coefficients).all()
 
@@ -164,9 +164,9 @@ def test_checkpoint_with_nan_parameters_is_refused(tmp_path, data, field):
 def test_checkpoint_missing_field_or_foreign_parameters_refused(tmp_path, data):
     ck = _checkpoint(tmp_path, data)
     doc = torch.load(ck, weights_only=True)
-    del doc["state"]["model"]["density_coefficients"]
+    del doc["state"]["model"]["coefficients"]
     torch.save(doc, ck)
-    with pytest.raises(CheckpointError, match=r"ck\.pt.*state\.model.*density_coefficients"):
+    with pytest.raises(CheckpointError, match=r"ck\.pt.*state\.model.*coefficients"):
         torchace.train(nl(), data, **_kw(epochs=3, checkpoint=ck))
     doc = torch.load(ck, weights_only=True)
     del doc["state"]["best"]
@@ -232,7 +232,7 @@ def test_divergence_keeps_the_best_epoch(tmp_path, data, optimizer, lr, what):
     assert all(bool(torch.isfinite(p).all()) for p in m.parameters())
     assert np.isfinite(float(torchace.evaluate(m, data[0])["energy"][0]))
     state = torch.load(ck, weights_only=True)["state"]  # the checkpoint keeps the last finite epoch
-    assert len(state["history"]) == 1 and torch.isfinite(state["model"]["density_coefficients"]).all()
+    assert len(state["history"]) == 1 and torch.isfinite(state["model"]["coefficients"]).all()
 
 
 def test_cli_divergence_saves_the_best_model_without_a_traceback(files, capsys):
@@ -242,7 +242,7 @@ def test_cli_divergence_saves_the_best_model_without_a_traceback(files, capsys):
     out = capsys.readouterr()
     assert "Traceback" not in out.err and "diverged" in out.out and "diverged" not in out.err
     saved = json.load(open(files / "nl.json"))
-    assert np.isfinite(np.array(saved["density_coefficients"])).all()
+    assert np.isfinite(np.array(saved["coefficients"])).all()
     assert len(json.load(open(files / "history.json"))["history"]) == 1  # a strict-JSON history of the finite epochs
 
 

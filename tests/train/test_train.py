@@ -13,7 +13,8 @@ from torchace import keys as K
 from torchace.fit import solvers
 from torchace.fit.data import read_data
 from torchace.fit.weights import resolve_weights
-from torchace.model.nonlinear import LINEAR, from_linear
+from torchace.model import from_linear
+from torchace.model.readout import LINEAR
 from torchace.testing import random_cluster, randomize_coefficients, rattled_bulk
 from torchace.train.loss import Penalty, loss_metrics, make_batches, total_loss
 from torchace.train.trainer import trainable

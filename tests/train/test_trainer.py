@@ -20,7 +20,7 @@ from torchace.fit.data import read_data
 from torchace.train.trainer import Penalty, trainable
 from torchace.train.loss import make_batches
 from torchace.fit.weights import resolve_weights
-from torchace.model.nonlinear import NonlinearACEModel, from_linear
+from torchace.model import ACEModel, from_linear
 from torchace.testing import model_labelled, randomize_coefficients, run, spawn
 
 W = {"default": {"E": 30, "F": 1, "V": 1}}
@@ -47,7 +47,7 @@ def test_linear_limit_equals_qr_fit(si_data, prior):
     lam = 1.0
     lin = torchace.ace_model(["Si"], 2, 4)
     torchace.fit(lin, si_data, weights=W, E0=E0, prior=prior, solver=solvers.QR(lam=lam), compute_errors=False)
-    nl = NonlinearACEModel(lin.config)
+    nl = ACEModel(lin.config)
     res = torchace.train(nl, si_data, weights=W, E0=E0, prior=prior, lam=lam, init="model", optimizer="lbfgs",
                          epochs=80, progress=False, compute_errors=False)
     trained = nl.linear_model()
@@ -151,7 +151,7 @@ def _train_script(tmp_path, data_path, ckpt, out):
     return textwrap.dedent(f"""
         import sys, torch, torchace
         torch.set_num_threads(1)
-        from torchace.model.nonlinear import from_linear
+        from torchace.model import from_linear
         nl = from_linear(torchace.ace_model(["Si"], 2, 4), densities=2, embedding="fs", learnable_radials=True)
         torchace.train(nl, {data_path!r}, weights={W!r}, E0={E0!r}, optimizer="adam+lbfgs", epochs=[3, 4],
                        lr=1e-2, init_scale=0.01, checkpoint={ckpt!r}, progress=True, compute_errors=False)
@@ -183,7 +183,7 @@ def test_resume_after_kill_gives_the_same_model(tmp_path, si_data):
     assert 3 <= len(saved["state"]["history"]) - 1 < 7  # killed while epoch 4 was being saved, or after
     run([sys.executable, str(script)], check=True, env=env, timeout=600)
     a, b = json.load(open(out_a)), json.load(open(out_b))
-    for key in ("density_coefficients", "pair_coefficients", "radial_weights"):
+    for key in ("coefficients", "radial_weights"):
         x, y = np.array(a[key]), np.array(b[key])
         assert np.abs(x - y).max() <= 1e-12 * max(np.abs(y).max(), 1.0), key
 
@@ -253,7 +253,7 @@ def test_cli_train(tmp_path, si_data):
     before = (tmp_path / "nl.json").read_text()
     assert main(["train", str(cfg)]) == 0
     after = json.loads((tmp_path / "nl.json").read_text())
-    assert after["density_coefficients"] == json.loads(before)["density_coefficients"]
+    assert after["coefficients"] == json.loads(before)["coefficients"]
 
 
 @pytest.mark.parametrize("text, match", [

@@ -19,7 +19,8 @@ from torchace.fit import solvers
 from torchace.fit.assembly import assemble
 from torchace.fit.data import read_data
 from torchace.model.evaluate import model_inputs
-from torchace.model.nonlinear import NonlinearACEModel, from_linear, load, nonlinear_ace_model
+from torchace.model import ACEModel, from_linear, nonlinear_ace_model
+from torchace.io import load
 from torchace.uncertainty import nonlinear as NC
 from torchace.model.state import ModelFileError
 from torchace.structures.batch import collate
@@ -93,7 +94,8 @@ def test_linear_limit_rows_and_committee(case):
     info = NC.fit_committee(nl, data, committee_size=6, seed=3)
     assert info["mean"] == "trained" and info["basis_size"] == lin.basis_size and info["relative_shift"] < 1e-10
     assert rel(nl.committee, lin.committee) <= 1e-10
-    assert all(torch.equal(before[k], v) for k, v in nl.state_dict().items())  # the mean model is unchanged
+    after = nl.state_dict()  # the mean model is unchanged; the committee is added
+    assert set(after) == set(before) | {"committee"} and all(torch.equal(before[k], after[k]) for k in before)
     # the general path (E_rest from the nonlinear evaluation): a zero second FS density adds f(0) = 0
     fs = from_linear(lin, densities=2, embedding="fs", learnable_radials=False)
     assert not NC.fully_linear(fs)
@@ -127,7 +129,8 @@ def test_rows_are_derivatives(fs_model):
     rows = NC.committee_rows(m, structs)
     ref = NC.committee_rows(m, structs, backend="reference")
     assert max(rel(rows[k], ref[k]) for k in rows) <= 1e-12
-    fixed = torchace.design_matrix_rows(m.linear, structs)  # the W = I basis: different (the test is not vacuous)
+    # the W = I basis: different (the test is not vacuous)
+    fixed = torchace.design_matrix_rows(m.linear_model(), structs)
     assert rel(rows[K.FORCES], fixed[K.FORCES]) > 1e-2
     nz, nb, npair = m.nz, m.n_b, m.n_pair
     a1 = m.embedding_fn.weights[:, 0].detach()
@@ -138,7 +141,9 @@ def test_rows_are_derivatives(fs_model):
     vec = edge_vectors(inp[0], inp[3], inp[4], inp[5], inp[2])
     e = torch.zeros(2, dtype=torch.float64).index_add_(0, inp[2], m.node_energies(vec, inp[1], inp[3]))
     for s in range(2):
-        gc, gp = torch.autograd.grad(e[s], [m.density_coefficients, m.pair_coefficients], retain_graph=True)
+        g, = torch.autograd.grad(e[s], [m.coefficients], retain_graph=True)
+        n_c = m.densities * m.n_manybody  # coefficients: densities 1 … P, then the pair part
+        gc, gp = g[:n_c].view_as(m.density_coefficients), g[n_c:].view_as(m.pair_coefficients)
         assert rel(gc[0], a1.view(nz, 1) * rows[K.ENERGY][s, : nz * nb].view(nz, nb)) <= 1e-12
         assert rel(gp, rows[K.ENERGY][s, nz * nb:].view(nz, nz, npair)) <= 1e-12
     # force and virial rows: central differences (h = 0.1; F and W are linear in these coefficients)
@@ -194,7 +199,9 @@ def trained():
         m.density_coefficients[1].normal_(0, 0.02, generator=g)
     before = copy.deepcopy(m.state_dict())
     info = NC.fit_committee(m, data, committee_size=8, seed=2)
-    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    after = m.state_dict()
+    assert set(after) == set(before) | {"committee"}  # the committee is the one thing added
+    assert all(torch.equal(before[k], after[k]) for k in before)
     return m, data, info
 
 
@@ -250,23 +257,23 @@ def test_model_file_round_trip(trained, tmp_path):
     path = str(tmp_path / "nl.json")
     m.save(path)
     for m2 in (load(path), torchace.load(path)):
-        assert isinstance(m2, NonlinearACEModel) and torch.equal(m2.committee, m.committee)
+        assert isinstance(m2, ACEModel) and torch.equal(m2.committee, m.committee)
     at = rattled_bulk(["Si"], seed=12)
     a, b = TorchACECalculator(m), TorchACECalculator(path)
     assert a.get_property("energy_std", at) == b.get_property("energy_std", copy.deepcopy(at))
     d = m.to_dict()
     assert len(d["committee"]) == 8
     old = {k: v for k, v in d.items() if k != "committee"}  # a file written before the field existed
-    assert NonlinearACEModel.from_dict(old).committee is None
-    assert NonlinearACEModel.from_dict(dict(d, committee=None)).committee is None
+    assert ACEModel.from_dict(old).committee is None
+    assert ACEModel.from_dict(dict(d, committee=None)).committee is None
     k = len(d["committee"][0])
     for bad in ([], [[0.0] * (k - 1)] * 2, [[True] + [0.0] * (k - 1)], [0.0] * k, "x", [[0.0] * k, [0.0] * (k + 1)],
                 [["a"] * k]):
         with pytest.raises(ModelFileError, match="committee"):
-            NonlinearACEModel.from_dict(dict(d, committee=bad))
+            ACEModel.from_dict(dict(d, committee=bad))
     mlp = nonlinear_ace_model(["Si"], 3, 6, densities=2, embedding="mlp", learnable_radials=False).to_dict()
     with pytest.raises(ModelFileError, match="committee' must be null for this embedding"):
-        NonlinearACEModel.from_dict(dict(mlp, committee=d["committee"]))
+        ACEModel.from_dict(dict(mlp, committee=d["committee"]))
 
 
 def test_refusals(trained):
@@ -287,8 +294,8 @@ def test_refusals(trained):
     json.dumps(ard.metadata["committee"])  # the info is JSON (model file metadata)
     with pytest.raises(ValueError, match="mean"):
         NC.fit_committee(copy.deepcopy(m), data, mean="average")
-    with pytest.raises(TypeError, match="NonlinearACEModel"):
-        NC.fit_committee(torchace.ace_model(["Si"], 2, 5), data)
+    with pytest.raises(TypeError, match="ACEModel"):
+        NC.fit_committee(object(), data)
     with pytest.raises(ValueError, match="typo"):
         NC.fit_committee(copy.deepcopy(m), data, weights={"liquid": {"E": 1.0}})
     with pytest.raises(ValueError, match="no committee"):

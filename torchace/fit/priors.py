@@ -364,11 +364,11 @@ def from_dict(d: Dict[str, Any]):
         raise
 
 
-def use_prior(model, prior, columns_of=None) -> Optional[torch.Tensor]:
+def use_prior(model, prior) -> Optional[torch.Tensor]:
     """Put ``prior`` on a model about to be fitted or trained (``torchace.fit`` and ``torchace.train`` alike):
     a basis prior rescales the basis inside the model (Γ = 1: returns None); otherwise no leftover rescaling of an
     earlier basis prior stays (the fit defines the basis) and a column prior is returned as Γ (float64) of the
-    columns of ``columns_of`` (default ``model``; a nonlinear model's ``model.linear``).  ``model.prior_info``
+    model's ``basis_size`` columns (density 1 and the pair part).  ``model.prior_info``
     records it."""
     info = prior.to_dict() if prior is not None else None
     gamma = None
@@ -377,7 +377,7 @@ def use_prior(model, prior, columns_of=None) -> Optional[torch.Tensor]:
     else:
         reset_basis_scale(model)
         if prior is not None:
-            gamma = prior.column_scale(model if columns_of is None else columns_of).to(torch.float64)
+            gamma = prior.column_scale(model).to(torch.float64)
     model.prior_info = info
     return gamma
 

@@ -9,7 +9,7 @@ its values the pair vectors r_ij = x_j − x_i + S·cell, the same convention as
 
     E_i = E0(z_i) + c_{z_i}·B_i + Σ_j c_{z_i z_j}·V(r_ij) [+ ½ Σ_j V_ZBL(r_ij)]        (ACEpotentials.jl §II)
 
-and for a ``NonlinearACEModel`` its ``node_energies`` (E0 + F(ρ_1 … ρ_P) + pair [+ ZBL], docs/nonlinear.md),
+and for a nonlinear readout its ``node_energies`` (E0 + F(ρ_1 … ρ_P) + pair [+ ZBL], docs/nonlinear.md),
 compiled from the model's own code as the TorchScript export does (``torchace.io.torchscript``).
 
 The engine differentiates the energy itself.  The pair vectors carry autograd links to the positions
@@ -50,7 +50,7 @@ except ImportError as exc:  # optional dependency; torchace.export imports this 
 
 class MetatomicACE(torch.nn.Module):
     """metatomic ``ModelInterface`` around an evaluator with ``node_energies(vectors, species, edge_index)``: an
-    ``ACEModel`` or a ``NonlinearACEModel`` (see the module docstring).  ``committee``
+    ``ACEModel`` with any readout (see the module docstring).  ``committee``
     (linear models only): the members' coefficients [n, basis_size], or None (no ensemble outputs; the
     committee code is then not compiled)."""
 

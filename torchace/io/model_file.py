@@ -1,8 +1,8 @@
 """Model files: one JSON document, everything needed to rebuild and evaluate the model (docs/model_file.md).
 
-Loading parses strict JSON and rebuilds the model from its ``ACEConfig`` (``ACEModel.from_dict``, or
-``NonlinearACEModel.from_dict`` for a document of the nonlinear model's format); no code
-is executed and no pickle is involved.  The document itself is defined in ``torchace.model.state``.
+Loading parses strict JSON and rebuilds the model from its ``ACEConfig`` and readout (``ACEModel.from_dict``:
+the current schema and the earlier linear and nonlinear files); no code is executed and no pickle is
+involved.  The document itself is defined in ``torchace.model.document``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..model.ace import ACEModel
-from ..model.state import FORMAT, FORMAT_VERSION, UNITS, ModelFileError, read_document
+from ..model.document import FORMAT, FORMAT_VERSION
+from ..model.state import UNITS, ModelFileError, read_document
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "UNITS", "ModelFileError", "model_to_dict", "model_from_dict", "save", "load"]
 
@@ -20,15 +21,8 @@ def model_to_dict(model, metadata: Optional[Dict[str, Any]] = None) -> Dict[str,
     return model.to_dict(metadata)
 
 
-def _model_class(d):
-    """The class a document describes: the nonlinear model's own format, else the linear ``ACEModel``."""
-    from ..model.nonlinear import FORMAT as NONLINEAR_FORMAT, NonlinearACEModel
-
-    return NonlinearACEModel if isinstance(d, dict) and d.get("format") == NONLINEAR_FORMAT else ACEModel
-
-
 def model_from_dict(d: Dict[str, Any], path: str = "<dict>", dtype: torch.dtype = torch.float64):
-    return _model_class(d).from_dict(d, path, dtype)
+    return ACEModel.from_dict(d, path, dtype)
 
 
 def save(model, path: str, metadata: Optional[Dict[str, Any]] = None, *, overwrite: bool = False) -> None:
@@ -47,6 +41,5 @@ def load(path: str, dtype: torch.dtype = torch.float64, device=None):
         from .yace.read import read_yace
 
         return read_yace(path, dtype=dtype, device=device)
-    d = read_document(path)
-    model = _model_class(d).from_dict(d, path, dtype)
+    model = ACEModel.from_dict(read_document(path), path, dtype)
     return model.to(device) if device is not None else model

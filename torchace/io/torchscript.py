@@ -77,7 +77,7 @@ def export_metadata(model) -> Dict[str, Any]:
         "units": dict(UNITS),
         "dtype": str(model.coefficients.dtype).replace("torch.", ""),
         # a nonlinear model: the size of the linear basis its densities and pair part are expanded in
-        "basis_size": int(model.linear.basis_size if nonlinear else model.basis_size),
+        "basis_size": int(model.basis_size),
         "committee_size": 0 if comm is None else int(comm.shape[0]),
         "config": model.config_dict(),
         "model_metadata": getattr(model, "metadata", None) or {},
@@ -115,8 +115,8 @@ def export_copy(model):
 
 
 def script_model(model) -> torch.jit.ScriptModule:
-    """A TorchScript copy of ``model`` in eval mode: ``torch.jit.script`` of the model's own code (``ACEModel``,
-    ``NonlinearACEModel``: their ``__jit_*`` declarations keep the Python-only parts out)."""
+    """A TorchScript copy of ``model`` in eval mode: ``torch.jit.script`` of the model's own code (``ACEModel``:
+    its ``__jit_*`` declarations keep the Python-only parts out)."""
     m = export_copy(model)
     with quiet_jit():
         return torch.jit.script(m)

@@ -1,6 +1,6 @@
 """The contract of every energy model: E = Σ_i E_i, E_i a function of the edge vectors r_ij (j within rcut).
 
-An energy model (``ACEModel``, ``NonlinearACEModel``, ``PACEModel``) is an ``nn.Module`` that declares
+An energy model (``ACEModel`` with any readout, ``PACEModel``) is an ``nn.Module`` that declares
 
 - ``elements`` (chemical symbols in model order: the species index), ``rcut`` (Å), ``device`` / ``dtype``;
 - ``node_energies(vectors [E, 3], species [N], edge_index [2, E]) -> E_i [N]``: the site energies, the readable
@@ -31,6 +31,8 @@ from .derivatives import DerivativeDriver, autograd_site_terms
 # outside the contract (a scripted or exported module), which declares nothing
 LINEAR, FS, MLP, PACE, OTHER = "linear", "fs", "mlp", "pace", "other"
 READOUTS = (LINEAR, FS, MLP, PACE, OTHER)
+# the readouts of the ACE model (``model.ace``): what ``torchace.train`` and the nonlinear committee take
+ACE_READOUTS = (LINEAR, FS, MLP)
 # evaluation backends (torchace.model.backends.registry); "module": the model's own forward only
 TORCH_BACKENDS = ("reference", "analytic")
 
@@ -41,8 +43,9 @@ class Capabilities:
 
     readout:        "linear" (E_i = c·B_i), "fs" / "mlp" (F(ρ_1 … ρ_P), ρ_p = c_p·B_i) or "pace" (a .yace)
     rows:           E is linear in ``model.coefficients``: design-matrix rows exist (``torchace.fit``)
-    nonlinear:      the densities/pair parametrisation on the linear basis ``model.linear``
-                    (``density_coefficients``, ``embedding_fn``, ``linear_model()``; docs/nonlinear.md)
+    nonlinear:      an ACE model whose E is not linear in ``coefficients`` through fixed basis functions (a
+                    nonlinear readout or learned radials; docs/nonlinear.md): trained, not fitted, and its
+                    committee is that of ``torchace.uncertainty.nonlinear``
     committee:      may carry a committee of coefficient samples that inference uses (uncertainties)
     hand_adjoint:   implements ``site_terms`` (the driver's hand-adjoint path)
     adjoint_graph:  ``site_terms`` is differentiable in the parameters: training runs it with ``create_graph``

@@ -1,24 +1,22 @@
-"""The model-file form of an ``ACEModel`` (docs/model_file.md): one JSON-compatible dict, loaded without code.
+"""The JSON side of model files (docs/model_file.md): strict reading, atomic writing, and field checks whose
+errors (``ModelFileError``) name the file and the field.
 
-``ModelState`` is a mixin of ``ACEModel``: ``to_dict`` / ``from_dict`` / ``save``.  Floats are written with
-Python's shortest round-trip repr, so coefficients reload bit-exactly; writes are atomic (temporary file +
-rename).  ``torchace.io.model_file`` reads files (strict JSON) and calls ``from_dict``.
+Floats are written with Python's shortest round-trip repr, so parameters reload bit-exactly; writes are atomic
+(temporary file + rename); non-finite numbers are refused.  The document of the ACE model is defined in
+``model.document``.
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 
 from .. import keys as K
 from ..atomic import check_output, json_output, write_json_atomic
-from ..config import ACEConfig
 from ..fieldcheck import unique_keys
 from ..inputs import open_input
 
-FORMAT = "torchace-model"
-FORMAT_VERSION = 1
 UNITS = {"energy": "eV", "length": "Angstrom", "virial": "eV", "stress": "eV/Angstrom^3"}
 
 
@@ -33,10 +31,6 @@ def finite_list(t: torch.Tensor, what: str) -> Any:
         raise ValueError(f"cannot save: {what} contains non-finite values")
     return x.tolist()
 
-
-# the fields of the document (``to_dict``); anything else is refused (a typo, or a file of another program)
-FIELDS = ("format", "format_version", "torchace_version", "units", "config", "basis_size", "coefficients",
-          "nl_scale", "pair_scale", "prior", "committee", "metadata")
 
 # config fields a model file must carry (a missing one would load with a default that changes the model);
 # pure2b / pure were added later and default to False for files written before them
@@ -175,79 +169,3 @@ def document_head(fmt: str, version: int, config: Dict[str, Any]) -> Dict[str, A
     """The fields every model file starts with (format, versions, units, the ``ACEConfig``)."""
     return {"format": fmt, "format_version": version, "torchace_version": K.VERSION, "units": UNITS,
             "config": config}
-
-
-class ModelState:
-    """``to_dict`` / ``from_dict`` / ``save`` of the model file (mixed into ``ACEModel``)."""
-
-    def to_dict(self, metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """The model file's JSON document (plain types only)."""
-        return {
-            **document_head(FORMAT, FORMAT_VERSION, self.config_dict()),  # E0 from the model's buffer
-            "basis_size": self.basis_size,
-            "coefficients": finite_list(self.coefficients, "coefficients"),
-            "nl_scale": finite_list(self.embedding.nl_scale, "nl_scale"),
-            "pair_scale": finite_list(self.pair.scale, "pair_scale"),
-            "prior": getattr(self, "prior_info", None),
-            "committee": None if getattr(self, "committee", None) is None
-            else finite_list(self.committee, "committee"),
-            "metadata": metadata or getattr(self, "metadata", None) or {},
-        }
-
-    def save(self, path: str, metadata: Optional[Dict[str, Any]] = None, *, overwrite: bool = False) -> None:
-        """Write the model as one JSON file (docs/model_file.md); atomic, loads without executing code.
-
-        An existing file at ``path`` is replaced only if it is a torchace model file (re-saving a model), or with
-        ``overwrite=True``: saving onto training data or any other file by mistake raises ``OutputPathError``
-        and leaves it as it was."""
-        write_document(path, self.to_dict(metadata), FORMAT, "torchace model file", overwrite)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any], path: str = "<dict>", dtype: torch.dtype = torch.float64):
-        """Rebuild a model from ``to_dict``'s document; ``path`` names the source in error messages."""
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ModelFileError(f"{path}: not a torchace model file (field 'format' must be {FORMAT!r})")
-        unknown = sorted(set(d) - set(FIELDS))
-        if unknown:
-            raise ModelFileError(f"{path}: unknown field(s) {unknown[:10]} (a model file has {list(FIELDS)}; "
-                                 "free-form information belongs in 'metadata')")
-        for key in ("prior", "metadata"):
-            if d.get(key) is not None and not isinstance(d[key], dict):
-                raise ModelFileError(f"{path}: field {key!r} must be a mapping or null, got {json_type(d[key])}")
-        v = d.get("format_version")
-        if v != FORMAT_VERSION:
-            raise ModelFileError(f"{path}: format_version {v!r} is not supported "
-                                 f"(this torchace reads {FORMAT_VERSION})")
-        check_config(d, path)
-        if d.get("units") != UNITS:
-            raise ModelFileError(f"{path}: field 'units' must be {UNITS}, got {d.get('units')!r}")
-        try:
-            cfg = ACEConfig.from_dict(d["config"])
-        except KeyError as exc:
-            raise ModelFileError(f"{path}: 'config' is missing {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise ModelFileError(f"{path}: invalid 'config': {exc}") from None
-        if not isinstance(d.get("basis_size"), int) or isinstance(d.get("basis_size"), bool):
-            raise ModelFileError(f"{path}: field 'basis_size' must be an integer, got {json_type(d.get('basis_size'))}")
-        model = cls(cfg, dtype=dtype).eval()
-        if d.get("basis_size") != model.basis_size:
-            raise ModelFileError(f"{path}: basis_size {d.get('basis_size')!r} does not match the rebuilt model "
-                                 f"({model.basis_size}); the file is corrupt or from an incompatible version")
-        model.coefficients = tensor_field(d, "coefficients", (model.basis_size,), path).to(dtype)
-        model.set_basis_scale(l_axis_field(d, "nl_scale", tuple(model.embedding.nl_scale.shape), path, 1,
-                                           positive=True),
-                              tensor_field(d, "pair_scale", tuple(model.pair.scale.shape), path, positive=True))
-        if d.get("committee") is not None:
-            if has_bool(d["committee"]):
-                raise ModelFileError(f"{path}: field 'committee' holds true/false where numbers belong")
-            try:
-                c = torch.tensor(d["committee"], dtype=torch.float64)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise ModelFileError(f"{path}: field 'committee' is not a numeric array: {exc}") from None
-            if c.ndim != 2 or c.shape[1] != model.basis_size or not torch.isfinite(c).all():
-                raise ModelFileError(f"{path}: field 'committee' must be a finite [n, {model.basis_size}] array")
-            c = tensor_field(d, "committee", tuple(c.shape), path)  # the magnitude bound
-            model.committee = c.to(dtype)
-        model.prior_info = d.get("prior")
-        model.metadata = d.get("metadata") or {}
-        return model

@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional
 
 from ..fieldcheck import check_bool, check_int, check_str
 from ..fit.config import FitConfig, load_config
-from ..model.nonlinear.defaults import NONLINEAR
+from ..model.readout.defaults import NONLINEAR
 from .options import TRAINING, TrainOptions, section_fields
 
 # the nonlinear options of the model section (``torchace.ace_model`` keywords beyond ACEConfig)
@@ -115,8 +115,7 @@ class TrainConfig:
         history = checkpoint = None
         if isinstance(out, dict):
             history, checkpoint = out.pop("history", None), out.pop("checkpoint", None)
-        fit = FitConfig.from_dict(d, base_dir, source, model_format=_output_format(opts, model_from),
-                                  overwrite=overwrite)
+        fit = FitConfig.from_dict(d, base_dir, source, overwrite=overwrite)
         from .validation import check_validation
 
         validation = check_validation("train config", "data.validation", validation)
@@ -145,7 +144,7 @@ class TrainConfig:
 
     def build_model(self):
         """The model to train: loaded from ``model.from``, else ``torchace.ace_model`` with the nonlinear options
-        (``model.nonlinear.defaults.NONLINEAR`` by default: two densities, the FS embedding, learnable radials,
+        (``model.readout.defaults.NONLINEAR`` by default: two densities, the FS embedding, learnable radials,
         as pacemaker)."""
         import torchace
 
@@ -157,10 +156,6 @@ class TrainConfig:
         opts.setdefault("densities", NONLINEAR.densities)
         opts.setdefault("embedding", NONLINEAR.embedding if opts["densities"] > 1 else None)  # ace_model's rule
         opts.setdefault("learnable_radials", NONLINEAR.learnable_radials)
-        if opts["densities"] == 1 and opts["embedding"] is None and not opts["learnable_radials"]:
-            from ..model.nonlinear import nonlinear_ace_model
-
-            return nonlinear_ace_model(elements, order, td, embedding=None, densities=1, learnable_radials=False, **m)
         return torchace.ace_model(elements, order, td, **opts, **m)
 
     def train_kwargs(self) -> Dict[str, Any]:
@@ -173,21 +168,6 @@ class TrainConfig:
                     keys=DataKeys(**self.fit.data.keys), skip_bad=self.fit.data.skip_bad,
                     min_distance=self.fit.data.min_distance, close_contact=self.fit.data.close_contact,
                     close_contact_error=self.fit.data.close_contact_error)
-
-
-def _output_format(opts: Dict[str, Any], model_from: Optional[str]) -> str:
-    """The format the trained model is saved in: the linear model file for a one-density linear model."""
-    from ..model.nonlinear import FORMAT
-
-    linear = (opts.get("densities", NONLINEAR.densities) == 1 and opts.get("embedding") is None
-              and not opts.get("learnable_radials", NONLINEAR.learnable_radials))
-    if model_from is not None:
-        from ..inputs import open_input
-        from ..model.state import MAX_FILE_BYTES
-
-        with open_input(model_from, "torchace model file", MAX_FILE_BYTES, "rb") as fh:  # never blocks on a FIFO
-            linear = b'"torchace-model"' in fh.read(4096)
-    return "torchace-model" if linear else FORMAT
 
 
 def _model_keys():

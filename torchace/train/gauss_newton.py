@@ -1,7 +1,7 @@
 """Levenberg–Marquardt (damped Gauss–Newton) steps on the coefficients of a nonlinear ACE model
 (docs/training.md, "Gauss–Newton"; issue 16).
 
-The energy of a ``NonlinearACEModel`` with a separable embedding (FS, or none) is E = Σ_i Σ_p f_p(ρ_ip) + pair,
+The energy of an ``ACEModel`` with a separable embedding (FS, or none) is E = Σ_i Σ_p f_p(ρ_ip) + pair,
 ρ_ip = c_p[z_i]·B_i: at fixed radials every residual is a smooth function of θ = [c_1 … c_P | c_pair] whose
 Jacobian J is the linear design matrix with per-site weights (∂E/∂c_p = Σ_i f'_p B_i, edge derivatives
 f'_p G_e + f''_p (G_e·c_p) B_i): on CPU from the fused C++ kernel (``fused.design_rows(..., densities=…)``, after
@@ -34,7 +34,7 @@ from ..model.backends import fused
 from ..model.backends.fused_nonlinear import DENSITIES, nonlinear_forward, nonlinear_supported
 from ..model.backends.torch_rows import torch_rows
 from ..model.evaluate import model_inputs
-from ..model.nonlinear.embedding import FS, fs_shifted_scaled
+from ..model.readout.embedding import FS, fs_shifted_scaled
 from ..resources import available_bytes
 from ..uncertainty.nonlinear import committee_linear_model
 from .loss import loss_metrics
@@ -138,7 +138,7 @@ def normal_equations(model, batches: List[Dict], radials: bool = False) -> Tuple
     fused kernel only, ``radial_step_reason``)."""
     was_training = model.training
     model.eval()
-    basis = committee_linear_model(model) if model.radials is not None else model.linear
+    basis = committee_linear_model(model) if model.radials is not None else model
     deriv = embedding_derivatives(model)
     c = model.density_coefficients.detach()
     k = get_theta(model, radials).numel()
@@ -216,7 +216,7 @@ class GaussNewton:
         """λ²Γ² on θ: the penalty's diagonal of the density and pair coefficients (and of the used W entries)."""
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         d = dict(zip(names, self.penalty.diagonal(self.model)))
-        parts = [d["density_coefficients"].reshape(-1), d["pair_coefficients"].reshape(-1)]
+        parts = [d["coefficients"].reshape(-1)]  # [density_coefficients | pair_coefficients]
         if self.radials:
             u_n, u_l = _w_index(self.model)
             parts.append(d["radials.weights"][:, :, u_n, u_l, :].reshape(-1))

@@ -84,10 +84,9 @@ class Penalty:
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
-            if name == "density_coefficients":
-                g = torch.ones_like(p) if self.g_mb is None else (self.g_mb ** 2).expand_as(p)
-            elif name == "pair_coefficients":
-                g = torch.ones_like(p) if self.g_pair is None else self.g_pair ** 2
+            if name == "coefficients":  # densities 1 … P (each with the many-body Γ), then the pair part
+                g = torch.ones_like(p) if self.g_mb is None else torch.cat([
+                    (self.g_mb ** 2).expand(model.densities, -1, -1).reshape(-1), (self.g_pair ** 2).reshape(-1)])
             elif name == "radials.weights":
                 g = torch.ones_like(p)
             else:

@@ -21,8 +21,7 @@ def resolve_init(model, init: str):
     fitted, trained before), else "linear" (a new model: all coefficients zero)."""
     if init != "auto":
         return init, "given"
-    c = (model.density_coefficients, model.pair_coefficients)
-    if any(bool((p.detach() != 0).any()) for p in c):
+    if bool((model.coefficients.detach() != 0).any()):
         return "model", "the model holds trained coefficients"
     return "linear", "the model's coefficients are all zero"
 
@@ -44,7 +43,7 @@ def linear_warm_start(model, ds, train_structs, o) -> Dict[str, Any]:
             "seconds": sum(fres.timings.values())}
     c = lin.coefficients.detach().to(model.density_coefficients)
     with torch.no_grad():
-        model.linear.E0.copy_(lin.E0.to(model.linear.E0))
+        model.E0.copy_(lin.E0.to(model.E0))
         model.density_coefficients.zero_()
         model.density_coefficients[0] = c[: model.nz * model.n_b].view(model.nz, model.n_b)
         model.pair_coefficients.copy_(c[model.nz * model.n_b:].view_as(model.pair_coefficients))

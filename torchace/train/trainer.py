@@ -13,7 +13,7 @@ that prior (tests/test_trainer.py).
 
 Warm start (``init="linear"``): ``torchace.fit`` of density 1 and the pair part (BLR by default, E0 as in the
 fit), radials at the identity, the other densities at zero (or N(0, init_scale²)); epoch 0 is that model, and
-the first step starts from ``NonlinearACEModel.split_densities(init_split)`` (off the saddle).  λ: given, or
+the first step starts from ``ACEModel.split_densities(init_split)`` (off the saddle).  λ: given, or
 the BLR warm start's √(σ²/σ_p²).  Optimisers: Levenberg–Marquardt on the density and pair coefficients
 (``gauss_newton``; "auto" for separable embeddings), Adam on mini-batches (``batch_size`` structures, batch
 order shuffled per epoch from ``seed``), full-batch L-BFGS (strong Wolfe; one iteration per epoch), or Gauss–
@@ -113,7 +113,7 @@ def _progress_line(rec, n_epochs, has_val) -> str:
 
 
 class Trainer:
-    """One training run of a ``NonlinearACEModel`` with checked options (``train`` checks them and resolves
+    """One training run of an ``ACEModel`` with checked options (``train`` checks them and resolves
     ``init`` and ``optimizer``), in phases: ``read`` (data, validation split, label checks), ``open_checkpoint``
     (resume), ``warm_start`` (prior, linear warm start, λ), ``prepare`` (batches, penalty, preconditioning,
     optimisers), ``train_epochs`` (epoch 0 is the starting point; then the optimiser phases, validation, the
@@ -186,7 +186,7 @@ class Trainer:
         o, model = self.o, self.model
         t0 = time.perf_counter()
         # a basis prior rescales the basis, a column prior is Γ in the penalty
-        self.gamma = use_prior(model, o.prior, columns_of=model.linear)
+        self.gamma = use_prior(model, o.prior)
         self.init_info = None
         if self.saved is not None:
             self.init_info = self.saved["init"]
@@ -196,7 +196,7 @@ class Trainer:
                      f"{len(self.train_structs)} structures, {n_cols:,} columns) ...")
             self.init_info = linear_warm_start(model, self.ds, self.train_structs, o)
         elif not self.keep_E0:
-            set_E0(model.linear, self.ds, o.E0)
+            set_E0(model, self.ds, o.E0)
         if self.saved is None:
             self.say(init_line(o.init, self.init_reason, self.init_info, self.keep_E0))
         self.timings["init"] = time.perf_counter() - t0
@@ -377,8 +377,8 @@ class Trainer:
 
 
 def train(model, data, **options) -> TrainResult:
-    """Train ``model`` (a ``NonlinearACEModel``; an ``ACEModel`` is trained as its one-density equivalent and
-    written back) in place on ``data`` (paths, ``ase.Atoms`` list or ``Dataset``); see the module docstring.
+    """Train ``model`` (an ``ACEModel`` with any readout: the linear model trains as it is) in place on ``data``
+    (paths, ``ase.Atoms`` list or ``Dataset``); see the module docstring.
 
     ``weights``, ``prior``, ``E0``, ``keys``, ``skip_bad``, ``close_contact``, ``close_contact_error``: as
     ``torchace.fit``.  ``init``: "auto" (default:
@@ -419,24 +419,10 @@ train = job_options("train", default_threads=None)(train)  # threads, log (torch
 
 
 def _train(model, o: TrainOptions, data, stacklevel: int) -> TrainResult:
-    from ..model.contract import capabilities
-    from ..model.nonlinear import LINEAR, from_linear
+    from ..model.contract import ACE_READOUTS, capabilities
 
-    if capabilities(model).rows:  # the linear ACEModel: trained as its one-density equivalent, written back
-        nl = from_linear(model, densities=LINEAR.densities, embedding=LINEAR.embedding,
-                         learnable_radials=LINEAR.learnable_radials)
-        # init_scale moves densities 2 … P, which the one-density model does not have
-        res = _train(nl, o.replace(init_scale=0.0), data, stacklevel + 1)
-        lin = nl.linear_model()
-        with torch.no_grad():
-            model.to(lin.coefficients.device, lin.coefficients.dtype)
-            model.coefficients = lin.coefficients.detach().clone()
-            model.E0.copy_(lin.E0)
-            model.set_basis_scale(lin.embedding.nl_scale, lin.pair.scale)
-        model.prior_info, model.metadata = nl.prior_info, nl.metadata
-        return res
-    if not capabilities(model).nonlinear:
-        raise TypeError(f"train needs a NonlinearACEModel or ACEModel, got {type(model).__name__}")
+    if capabilities(model).readout not in ACE_READOUTS:
+        raise TypeError(f"train needs an ACEModel (torchace.ace_model), got {type(model).__name__}")
     optimizer = resolve_optimizer(model, o.optimizer)
     if "gn" in phase_list(optimizer, o.epochs):
         check_gn_memory(model, o.device)

@@ -1,4 +1,4 @@
-"""Committee (uncertainty) of a ``NonlinearACEModel``: the exact Bayesian linear-regression posterior of the
+"""Committee (uncertainty) of an ``ACEModel`` with any readout: the exact Bayesian linear-regression posterior of the
 parameters the energy is linear in, at the trained values of everything else (docs/nonlinear.md,
 "Committee (uncertainty)").
 
@@ -10,7 +10,7 @@ other densities
 
 with b the *linear model's* design row evaluated on the learned one-particle basis.  θ has the layout of a
 linear model's flat coefficients, [NZ × n_b | NZ × NZ × n_pair], and ``model.committee`` [n, K] holds samples
-of it.  ``committee_linear_model(model)`` is that linear model: a copy of ``model.linear`` with coefficients
+of it.  ``committee_linear_model(model)`` is that linear model: ``model.linear_model()`` with coefficients
 θ̄ (the trained values) whose embedding is ``LearnedBasis`` (``EdgeEmbedding``'s interface evaluating the
 learned radials: ``forward``, ``with_grad``, ``vjp``, ``dphi``), so the linear rows code
 (``torchace.model.backends.torch_rows``, and the registry's backends with fixed radials) produces the rows,
@@ -43,10 +43,10 @@ from ..fit.solvers import BLR, Solver
 from ..fit.weights import resolve_weights, weighted_system
 from ..structures.batch import DEFAULT_MIN_DISTANCE, collate
 from ..model.backends import AUTO
-from ..model.contract import capabilities
+from ..model.contract import ACE_READOUTS, capabilities
 from ..model.evaluate import evaluate_batch, model_inputs
-from ..model.nonlinear.embedding import FS, IDENTITY_TOL
-from ..model.nonlinear.radials import LearnableRadials
+from ..model.readout.embedding import FS, IDENTITY_TOL
+from ..model.readout.radials import LearnableRadials
 
 __all__ = ["LearnedBasis", "linear_weights", "linear_coefficients", "set_linear_coefficients",
            "committee_linear_model", "linear_rows", "committee_rows", "fully_linear", "committee_system",
@@ -86,7 +86,7 @@ class LearnedBasis(nn.Module):
     def nl_scale(self) -> torch.Tensor:
         return self.base.nl_scale
 
-    # the learned radials take the base basis's evaluations as tensors (as NonlinearACEModel.one_particle_*)
+    # the learned radials take the base basis's evaluations as tensors (as ACEModel.one_particle_*)
     def forward(self, vectors: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
         b = self.base
         r = torch.linalg.norm(vectors, dim=-1)
@@ -120,8 +120,8 @@ def linear_weights(model) -> torch.Tensor:
     """a_lin [NZ, P]: the weight with which density p enters E linearly for centre element z (a_p for the
     identity branch m_p = 1, 0 otherwise; 1 for embedding None).  ValueError, with the reason, for models in
     which E is not linear in any density of some element (MLP embedding, no m_p = 1, or a_p = 0)."""
-    if not capabilities(model).nonlinear:
-        raise TypeError(f"expected a NonlinearACEModel, got {type(model).__name__} (linear models: torchace.fit "
+    if capabilities(model).readout not in ACE_READOUTS:
+        raise TypeError(f"expected an ACEModel, got {type(model).__name__} (linear models: torchace.fit "
                         "with solvers.BLR(committee_size=n))")
     f = model.embedding_fn
     if f is None:
@@ -145,7 +145,7 @@ def linear_weights(model) -> torch.Tensor:
 
 def linear_coefficients(model) -> torch.Tensor:
     """θ̄ [K] = [Σ_p a_lin[z, p] c_p[z] (NZ × n_b) | pair coefficients (NZ × NZ × n_pair)],
-    K = ``model.linear.basis_size``."""
+    K = ``model.basis_size``."""
     a = linear_weights(model).to(model.density_coefficients)
     theta = torch.einsum("zp,pzb->zb", a, model.density_coefficients.detach())
     return torch.cat([theta.reshape(-1), model.pair_coefficients.detach().reshape(-1)])
@@ -171,12 +171,12 @@ def set_linear_coefficients(model, theta: torch.Tensor) -> None:
 
 
 def committee_linear_model(model):
-    """The linear ``ACEModel`` of the parameters E is linear in: ``model.linear``'s basis (E0, prior scale,
+    """The linear ``ACEModel`` of the parameters E is linear in: ``model``'s basis (E0, prior scale,
     pair, ZBL) with the learned radials (``LearnedBasis``) when they are learnable, coefficients θ̄, and the
     model's committee.  Its design rows are ∂(E, F, W)/∂θ of ``model``; its energies differ from the model's by
     the densities with m_p ≠ 1 (none for embedding None).  A snapshot: rebuild it after changing the model."""
     theta = linear_coefficients(model)
-    lin = copy.deepcopy(model.linear)
+    lin = model.linear_model()
     if model.radials is not None:
         lin.embedding = LearnedBasis(lin.embedding, copy.deepcopy(model.radials))
     lin.coefficients = theta.to(lin.coefficients)

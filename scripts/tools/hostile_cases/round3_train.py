@@ -40,7 +40,7 @@ def _(ctx):
     ctx.cli("train", cfg, "-q")
 
 
-@case(16, "train resumes a checkpoint holding NaN parameters", names=("ck.pt", "density_coefficients", "non-finite"),
+@case(16, "train resumes a checkpoint holding NaN parameters", names=("ck.pt", "coefficients", "non-finite"),
       timeout=60)
 def _(ctx):
     import torch
@@ -48,7 +48,7 @@ def _(ctx):
     data, ck = ctx.frames(), ctx.path("ck.pt")
     _train(_nl(), data, epochs=1, checkpoint=ck)
     doc = torch.load(ck, weights_only=True)
-    doc["state"]["model"]["density_coefficients"].fill_(float("nan"))
+    doc["state"]["model"]["coefficients"].fill_(float("nan"))
     torch.save(doc, ck)
     _train(_nl(), data, epochs=2, checkpoint=ck)
 

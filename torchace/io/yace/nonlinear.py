@@ -1,4 +1,5 @@
-"""What ``write_yace`` writes for a ``NonlinearACEModel`` (docs/nonlinear.md, docs/yace.md "Nonlinear models").
+"""What ``write_yace`` writes for an ``ACEModel`` with a nonlinear readout or learned radials (docs/nonlinear.md,
+docs/yace.md "Nonlinear models").
 
 ML-PACE's C-tilde potential has the nonlinear model's form: per atom P densities ρ_p = Σ_f c̃_{f,p} Re Π A,
 E_i = E0 + Σ_p a_p f(ρ_p; m_p) (``FinnisSinclairShiftedScaled``, ``FS_parameters`` [a_1, m_1, a_2, m_2, …])
@@ -41,7 +42,7 @@ def check_exportable(model) -> None:
     f = model.embedding_fn
     if f is not None and getattr(f, "name", None) != "fs":
         raise ValueError(
-            f"write_yace: this NonlinearACEModel has the {getattr(f, 'name', type(f).__name__)!r} embedding, "
+            f"write_yace: this ACEModel has the {getattr(f, 'name', type(f).__name__)!r} embedding, "
             "which is torch only: ML-PACE's .yace (C-tilde basis) has only the Finnis-Sinclair embeddings. "
             "Export this model with torchace.export(model, path, format='torchscript') or format='metatomic' "
             "(LAMMPS pair_style metatomic) instead, or use embedding='fs' (ML-PACE's "
@@ -59,7 +60,7 @@ def learned_radial_weights(model) -> np.ndarray:
 
 
 def nonlinear_parts(model) -> YaceParts:
-    """The pieces of the export of a ``NonlinearACEModel`` with embedding None or "fs" (float64, CPU copies;
+    """The pieces of the export of an ``ACEModel`` with embedding None or "fs" (float64, CPU copies;
     the caller's model is never changed)."""
     check_exportable(model)
     if model.density_coefficients.dtype != torch.float64 or model.density_coefficients.device.type != "cpu":
@@ -79,7 +80,8 @@ def nonlinear_parts(model) -> YaceParts:
         W = learned_radial_weights(model)
         if not np.isfinite(W).all():
             raise ValueError("learned radial weights are not finite: nothing to export")
-    return YaceParts(model.linear, c, fs, W, model.linear_model().eval())
+    lin = model.linear_model().eval()  # the basis, and density 1 + the pair part (its pair table and ZBL)
+    return YaceParts(lin, c, fs, W, lin)
 
 
 def embedding_line(z: int, P: int, fs: Optional[List[List[float]]], fmt) -> str:

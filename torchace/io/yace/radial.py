@@ -19,7 +19,7 @@ relative to each function's maximum, is checked on a fine grid.  The Agnesi tran
 ``LEAN_BASES`` that meets ``tol`` on [``RADIAL_CHECK_RMIN``, rcut]; ``lean=False`` is the original choice
 (``ChebPow``, K a multiple of 10, checked on [0, rcut]).
 
-Learned radials (``NonlinearACEModel``, ``radial_weights`` = W·s [NZ, NZ, n_poly, max_l + 1, n_poly]): the
+Learned radials (``learnable_radials=True``, ``radial_weights`` = W·s [NZ, NZ, n_poly, max_l + 1, n_poly]): the
 fitted functions are R_nl = Σ_k (W·s)[μ_i, μ_j, n, l, k] P_k·env themselves, one per (n, l), and ``tol`` is
 checked on them (relative to each R_nl's maximum); crad is then [n_poly, max_l + 1, K].
 """

@@ -12,7 +12,7 @@ of an atom of species μ_i is
 
 with ML-PACE's complex spherical harmonics (√(4π) × orthonormal, Condon–Shortley phase; m < 0 filled
 from A_{l,−m} = (−1)^m conj A_{lm}), a linear embedding (``FinnisSinclairShiftedScaled`` with parameters
-[1, 1] is F(ρ) = ρ) and no hard-core repulsion (prehc = 0).  A ``NonlinearACEModel`` (embedding None or
+[1, 1] is F(ρ) = ρ) and no hard-core repulsion (prehc = 0).  An ``ACEModel`` with a nonlinear readout (embedding None or
 "fs") is written with P densities (c̃ per density), its FS parameters and, with learned radials,
 l-dependent crad (``yace_nonlinear``).
 
@@ -140,7 +140,7 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
                pair_rcore: Optional[float] = DEFAULT_PAIR_RCORE, lammps_include=True,
                lammps_types: Optional[List[str]] = None, metadata: Optional[dict] = None,
                overwrite: bool = False) -> dict:
-    """Write ``model`` (an ``ACEModel``, or a ``NonlinearACEModel`` with embedding None or "fs": ndensity P,
+    """Write ``model`` (an ``ACEModel`` with embedding None or "fs": ndensity P,
     its FS parameters, learned radials fitted as R_nl; the MLP embedding is refused with a ValueError) as an
     ML-PACE ``.yace`` (many-body part and E0), if the model has a pair part or a ZBL
     baseline a LAMMPS pair table beside it (``pair_table``, default ``<stem>_pairpot.table``), and the LAMMPS
@@ -206,12 +206,13 @@ def write_yace(model, path: str, *, lean: bool = True, nradbase: Optional[int] =
 
 
 def _check_model(model) -> bool:
-    """Whether ``model`` is a (exportable) ``NonlinearACEModel``; a TypeError for anything but the two ACE models."""
-    nonlinear = is_nonlinear(model)   # a NonlinearACEModel: torchace/io/yace_nonlinear.py
+    """Whether ``model`` is an (exportable) ACE model with a nonlinear readout or learned radials; a TypeError
+    for anything but an ``ACEModel``."""
+    nonlinear = is_nonlinear(model)   # torchace/io/yace/nonlinear.py
     if nonlinear:
         check_exportable(model)
     elif not capabilities(model).rows:  # the linear ACEModel
-        raise TypeError(f"write_yace expects a torchace ACEModel or NonlinearACEModel, got {type(model).__name__}")
+        raise TypeError(f"write_yace expects a torchace ACEModel, got {type(model).__name__}")
     return nonlinear
 
 

@@ -400,7 +400,7 @@ class FusedEvaluator(nn.Module):
         f = dict(dtype=dtype, device="cpu")
         with torch.no_grad():
             c_node = node_coefficients(m, c, self.node_of_aa, self.aa_parent.shape[0])
-            c_pair = pair_constants(m, c[m.n_manybody:].view(m.nz, m.nz, m.n_pair), dtype)
+            c_pair = pair_constants(m, m.pair_coefficients.detach(), dtype)
             consts = basis_args(m, dtype) + (self.aa_parent, self.aa_last, self.aa_children,
                                              c_node.to(**f).contiguous(), m.E0.detach().to(**f).contiguous(), c_pair)
         self._consts[dtype] = consts

@@ -1,4 +1,4 @@
-"""The nonlinear ACE model (``NonlinearACEModel``, docs/nonlinear.md) on the fused C++ CPU kernel.
+"""The ACE model with a nonlinear readout or learned radials (docs/nonlinear.md) on the fused C++ CPU kernel.
 
 E_i = E0 + F(ρ_i1, …, ρ_iP) + pair_i, ρ_ip = c_p[z_i]·B_i, and ∂E_i/∂A = Σ_p ∂F/∂ρ_p ∂ρ_p/∂A is the linear
 adjoint with the per-atom coefficients c_eff,i = Σ_p F'_p(ρ_i) c_p (ACEpotentials.jl paper §II; the analytic
@@ -23,7 +23,7 @@ DENSITIES = "densities"  # extra output of nonlinear_forward(..., with_densities
 
 def nonlinear_supported(model) -> Optional[str]:
     """None if the nonlinear ``model`` can be evaluated on the fused kernel, else the reason."""
-    why = fused.supported(model.linear, with_baseline=False)
+    why = fused.supported(model, with_baseline=False)
     if why is not None:
         return why
     if not fused.available():
@@ -35,26 +35,25 @@ def nonlinear_forward(model, positions: torch.Tensor, species: torch.Tensor, bat
                       edge_index: torch.Tensor, unit_shifts: torch.Tensor, cell: torch.Tensor, n_structures: int,
                       compute_forces: bool = True, compute_virials: bool = True,
                       with_densities: bool = False) -> Dict[str, torch.Tensor]:
-    """``NonlinearACEModel.forward``'s dictionary (energy, node_energy, forces?, virial?) of ``model`` through
+    """``ACEModel.forward``'s dictionary (energy, node_energy, forces?, virial?) of ``model`` through
     the fused kernel; ``with_densities``: also ``DENSITIES`` ρ [N, P] (what the Gauss–Newton rows need next)."""
     if positions.device.type != "cpu":
         raise ValueError("the fused kernel runs on CPU tensors; use the model itself on other devices")
-    lin = model.linear
     ext = fused.load_extension()
     dtype = positions.dtype
     f = dict(dtype=dtype, device="cpu")
-    parent, last, children, node_of_aa = fused.cached_dag(lin)
+    parent, last, children, node_of_aa = fused.cached_dag(model)
     n_nodes, n_p = parent.shape[0], model.densities
     with torch.no_grad():
         c = model.density_coefficients.detach().reshape(n_p, -1)
-        c_node = fused.node_coefficients(lin, c, node_of_aa, n_nodes).to(**f).contiguous()  # [P, nz, n_nodes]
-        c_pair = fused.pair_constants(lin, model.pair_coefficients, dtype)
-        zeros_mb = torch.zeros(lin.nz, n_nodes, **f)
-        zeros_pair = torch.zeros(n_p, lin.nz, lin.nz, lin.n_pair, **f)
+        c_node = fused.node_coefficients(model, c, node_of_aa, n_nodes).to(**f).contiguous()  # [P, nz, n_nodes]
+        c_pair = fused.pair_constants(model, model.pair_coefficients, dtype)
+        zeros_mb = torch.zeros(model.nz, n_nodes, **f)
+        zeros_pair = torch.zeros(n_p, model.nz, model.nz, model.n_pair, **f)
         geometry = (positions.contiguous(), species.contiguous(), batch.contiguous(), edge_index.contiguous(),
                     unit_shifts.to(dtype).contiguous(), cell.to(dtype).contiguous(), int(n_structures))
-        consts = fused.basis_args(lin, dtype, radials=model.radials) + (parent, last, children)
-        tail = (lin.E0.detach().to(**f).contiguous(), c_pair, c_node, zeros_pair)
+        consts = fused.basis_args(model, dtype, radials=model.radials) + (parent, last, children)
+        tail = (model.E0.detach().to(**f).contiguous(), c_pair, c_node, zeros_pair)
         # pass 1: E0 + pair per atom (the main coefficient set is zero) and the densities (the extra sets)
         _, base, _, _, _, _, rho = ext.site_energy_forces(*geometry, False, False, *consts, zeros_mb, *tail,
                                                           torch.zeros(0, **f))
@@ -77,7 +76,7 @@ def nonlinear_forward(model, positions: torch.Tensor, species: torch.Tensor, bat
                 out[K.FORCES] = forces
             if compute_virials:
                 out[K.VIRIAL] = virial
-    if lin.zbl is not None:
-        fused.add_baseline(lin, out, positions, species, batch, edge_index, unit_shifts, cell, n_structures,
+    if model.zbl is not None:
+        fused.add_baseline(model, out, positions, species, batch, edge_index, unit_shifts, cell, n_structures,
                            compute_forces, compute_virials)
     return out

@@ -91,7 +91,7 @@ class Fused(Backend):
         if device.type != "cpu":
             return "a CPU kernel"
         if task == EVALUATE and model.training:
-            return "not differentiable (training mode needs the reference backend)"
+            return "not differentiable (training mode needs the analytic or reference backend)"
         if capabilities(model).nonlinear:
             return fused_nonlinear.nonlinear_supported(model)
         why = fused_kernel.supported(model, with_baseline=False)  # the baseline is added here (_WithBaseline)
@@ -118,7 +118,7 @@ class Triton(Backend):
 
     def own_reason(self, model, device, task):
         if task == EVALUATE and model.training:
-            return "not differentiable (training mode needs the reference backend)"
+            return "not differentiable (training mode needs the analytic or reference backend)"
         return triton_backend.unavailable(device)
 
     def evaluator(self, model, committee=False):
@@ -184,7 +184,7 @@ def available(model=None, device="cpu", task: str = EVALUATE) -> Dict[str, Optio
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if model is None:
-        from ..ace import ace_model
+        from ..build import ace_model
 
         model = ace_model(["Si"], 2, 4)
     dev = _device(model, device)
