@@ -59,7 +59,7 @@ class RowSource:
         self.batch_atoms = int(batch_atoms)
         self.n_basis = int(model.basis_size)
         self.width = self.n_basis + (int(model.nz) if fit_e0 else 0)
-        self.kinds, self.scale = self._layout(self.structs)
+        self.kinds, self.scale = self.layout(self.structs)
         self.n_rows = len(self.kinds)
 
     @classmethod
@@ -67,7 +67,7 @@ class RowSource:
         """A source whose residual RMSE per kind is the error table's (unit weights, E and V per atom)."""
         return cls(model, structs, error_weights(kinds), per_atom=True, **kw)
 
-    def _layout(self, structs) -> Tuple[List[str], List[float]]:
+    def layout(self, structs) -> Tuple[List[str], List[float]]:
         """Each row's kind and extra factor (1/√N on per-atom E and V rows), in ``batch_system``'s order."""
         kinds, scale = [], []
         for s in structs:
@@ -83,7 +83,7 @@ class RowSource:
         return sum(1 for k in self.kinds if k == kind)
 
     def max_batch_rows(self) -> int:
-        return max((len(self._layout(b)[0]) for b in self.batches), default=0)
+        return max((len(self.layout(b)[0]) for b in self.batches), default=0)
 
     def batch(self, i: int) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
         """Batch i: (M [m, width] float64, y [m] float64, the m row kinds)."""
@@ -91,7 +91,7 @@ class RowSource:
         A, y, Z = batch_system(self.model, b, self.weights, **self.kw)
         M = torch.cat([A, Z], 1) if self.fit_e0 else A
         M, y = M.to(torch.float64), y.to(torch.float64)
-        kinds, scale = self._layout(b)
+        kinds, scale = self.layout(b)
         if len(kinds) != M.shape[0]:  # the layout must be batch_system's, row for row
             raise RuntimeError(f"row layout of batch {i}: {len(kinds)} rows expected, batch_system gave {M.shape[0]}")
         if self.per_atom:
