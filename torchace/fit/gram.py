@@ -71,8 +71,9 @@ def gram_plan(source: RowSource, errors: Dict[str, RowSource], *, available: Opt
     """What ``assemble_gram`` and a scan on its result hold: the Gram matrix, the scan's scaled copy and factor, the
     error sets' residuals (rows or moments, whichever is smaller) and one batch of rows with a working copy."""
     W = source.width
+    batch = max([source.max_batch_rows()] + [e.max_batch_rows() for e in errors.values()])
     parts = {"Gram matrix": 8 * W * W, "scan workspace (scaled Gram + factor)": 16 * W * W,
-             "one batch of rows": 16 * W * max([source.max_batch_rows()] + [e.max_batch_rows() for e in errors.values()])}
+             "one batch of rows": 16 * W * batch}
     for name, e in errors.items():
         parts[f"{name} residuals"] = sum(residual_bytes(e.rows_of(k), W) for k in KINDS if e.rows_of(k))
     return make_plan("the Gram-only assembly", source.n_basis, source.n_rows, parts, source.device, available)
