@@ -40,14 +40,6 @@ class System:
     n_e0: int
     info: Dict[str, object] = field(default_factory=dict)
 
-    @property
-    def G(self) -> torch.Tensor:
-        return self.gram.G
-
-    @property
-    def b(self) -> torch.Tensor:
-        return self.gram.b
-
 
 def _reference_model(model, e0: Optional[Dict[str, float]]):
     """A copy of ``model`` whose E0 are ``e0`` (zero when E0 are fitted): ``batch_system``'s energy targets are
@@ -76,7 +68,7 @@ def with_synthetic_dimers(model, sys_: System, E_syn: float = E_SYN, w_syn: floa
     """The paper's synthetic dimers (§2.5) added to an assembled system: one per element pair at
     f_env(r_syn) = E_syn, energy label E_syn above the isolated atoms, weight w_syn (/√2 as every energy row).
     An isolated atom has no ACE energy beyond E0, so the row's E0 columns are zero."""
-    G, b = sys_.G.clone(), sys_.b.clone()
+    G, b = sys_.gram.G.clone(), sys_.gram.b.clone()
     for a, c in element_pairs(range(model.nz)):
         r = envelope_distance(model, a, c, E_syn)
         at = Atoms([model.elements[a], model.elements[c]], positions=[[0, 0, 0], [r, 0, 0]])
