@@ -238,3 +238,39 @@ def test_regularity_study_numbers_unchanged(small, data, e0):
         c = torch.cholesky_solve((b / gamma)[:, None], torch.linalg.cholesky(Gs))[:, 0] / gamma
         for key, (A, t) in (("train_F", trF), ("test_F", teF), ("test_E", teE)):
             assert abs(r[key] / rmse(A, t, c) - 1) < 1e-9, (key, r[key], rmse(A, t, c))
+
+
+def _scan_config(**scan):
+    return {"model": {"elements": ["Si"], "order": 2, "totaldegree": 8, "rcut": 5.5},
+            "data": {"train": "@bundled/zuo2020/Si_test.xyz.gz"}, "E0": "fit",
+            "weights": {"default": {"E": 30, "F": 1, "V": 0}}, "scan": scan}
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"lams": []}, "scan.lams"), ({"lams": [1.0, -1.0]}, r"scan.lams\[1\]"), ({"validation": 1.5}, "scan.validation"),
+    ({"form": "primal"}, "scan.form"), ({"select": "test_F"}, "scan.select"),
+    ({"priors": {"g": {"name": "gaussian", "sigma": -1}}}, "sigma"), ({"solver": 1}, "unknown key")])
+def test_scan_config_checked_when_loaded(tmp_path, bad, match):
+    from torchace.fit.config import FitConfig
+
+    with pytest.raises(ValueError, match=match):
+        FitConfig.from_dict(_scan_config(**bad), str(tmp_path))
+    with pytest.raises(ValueError, match=r"remove \['solver'\]"):
+        FitConfig.from_dict(dict(_scan_config(), solver={"name": "BLR"}), str(tmp_path))
+
+
+def test_scan_from_the_fit_config(tmp_path):
+    import yaml
+
+    from torchace.cli import main
+
+    cfg = _scan_config(lams=[1e-8, 1e-4], priors={"none": None, "g": {"name": "gaussian", "sigma": 0.5}},
+                       validation=0.3)
+    cfg["output"] = {"model": "m.json", "errors": "e.json", "log": None}
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["fit", str(tmp_path / "fit.yaml"), "-q"]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert len(report["scan"]["table"]) == 4 and report["scan"]["best"]["prior"] in ("none", "g")
+    model = torchace.load(str(tmp_path / "m.json"))
+    assert float(model.coefficients.detach().abs().sum()) > 0
+    assert model.metadata["scan"]["best"] == report["scan"]["best"]

@@ -14,12 +14,12 @@ import types
 
 from . import dual, gram, priors, repulsion, solvers
 from .driver import FitResult, fit, solve_system
-from .scans import ScanResult, scan, scan_dual, split
+from .scans import ScanResult, scan, scan_data, scan_dual, split
 from .metrics import errors
 from .rows import design_matrix_rows
 
 __all__ = ["FitResult", "fit", "solve_system", "errors", "design_matrix_rows", "priors", "repulsion", "solvers",
-           "gram", "dual", "scan", "scan_dual", "split", "ScanResult"]
+           "gram", "dual", "scan", "scan_dual", "scan_data", "split", "ScanResult"]
 
 
 class _CallablePackage(types.ModuleType):

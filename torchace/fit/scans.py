@@ -23,7 +23,7 @@ import torch
 
 from ..atomic import write_json_atomic
 from .dual import TikhonovDual, assemble_kernel, lams_relative
-from .gram import GramSystem, TikhonovGram, error_sources, mean_diag
+from .gram import GramSystem, TikhonovGram, assemble_gram, error_sources, mean_diag
 from .streams import RowSource, stream_errors
 
 
@@ -175,3 +175,29 @@ def split(structures, fractions: Sequence[float], seed: int = 0) -> List[list]:
         out.append(items[a:b])
         a = b
     return out
+
+
+def scan_data(model, train, lams: Sequence[float], *, validation=None, test=None, form: str = "gram",
+              weights=None, priors: Optional[Dict[str, Any]] = None, fit_e0: bool = False,
+              select: str = "validation_F", seed: int = 0, batch_atoms: int = 2048, device=None) -> ScanResult:
+    """A scan from data, as ``torchace.fit`` fits: ``validation`` is structures or a fraction of ``train`` (a seeded
+    ``split``), ``test`` structures (or None); ``form``: "gram" (K < rows: one Gram system for every prior) or
+    "dual" (K > rows: one kernel per prior).  The model's E0 are the reference (``fit_e0``: corrections fitted);
+    its basis must be unscaled (the priors are column scalings).  The chosen solution is put into ``model``."""
+    if form not in ("gram", "dual"):
+        raise ValueError(f"scan: form must be 'gram' or 'dual', got {form!r}")
+    train = list(train)
+    if isinstance(validation, float):
+        train, validation = split(train, (1 - validation, validation), seed=seed)
+    errors = {k: v for k, v in (("validation", validation), ("test", test)) if v is not None}
+    test_key = "test_F" if test is not None else None
+    if form == "gram":
+        system = assemble_gram(model, train, weights, errors=errors, fit_e0=fit_e0, batch_atoms=batch_atoms,
+                               device=device)
+        res = scan(system, lams, priors=priors, model=model, select=select, test=test_key)
+    else:
+        res = scan_dual(model, train, lams, errors=errors, weights=weights, priors=priors, fit_e0=fit_e0,
+                        select=select, test=test_key, batch_atoms=batch_atoms, device=device)
+    res.info.update(form=form, n_train=len(train), n_validation=len(validation or []), n_test=len(test or []))
+    res.apply(model)
+    return res

@@ -54,6 +54,9 @@ class RowSource:
         self.structs = fitting_structures(structs)
         self.fit_e0, self.per_atom = bool(fit_e0), bool(per_atom)
         self.device = torch.device(device) if device is not None else model.coefficients.device
+        if self.device.type != model.coefficients.device.type:  # collate puts the batch there, the model must follow
+            raise ValueError(f"device={str(self.device)!r} but the model is on {model.coefficients.device}; move it "
+                             f"first (model.to({str(self.device)!r}))")
         self.kw = dict(device=self.device, memory_budget=memory_budget, backend=backend, min_distance=min_distance)
         self.batches = list(structure_batches(self.structs, batch_atoms)) if self.structs else []
         self.batch_atoms = int(batch_atoms)
