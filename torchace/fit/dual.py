@@ -9,7 +9,8 @@ For min ‖A c − y‖² + λ‖Γ c‖² (A: the fit's n weighted rows, Γ: a 
 𝒦 = A Γ⁻² Aᵀ in panels: the block of batches (i, j ≤ i) is (A_i Γ⁻¹)(A_j Γ⁻¹)ᵀ, the rows of batch j recomputed
 for every panel i, or kept where the memory plan allows them; with ``checkpoint`` it resumes after the last
 finished panel row.  ``TikhonovDual`` diagonalises 𝒦 = U W Uᵀ once and gives every λ of a scan:
-α(λ) = U (W + λ)⁻¹ Uᵀ y, c(λ) = Γ⁻¹ Σ_i (A_i Γ⁻¹)ᵀ α_i(λ) (one more pass over the rows for all λ together).
+α(λ) = U (W + λ)⁻¹ Uᵀ y, c(λ) = Γ⁻¹ Σ_i (A_i Γ⁻¹)ᵀ α_i(λ) (one more pass over the rows for all λ together); where
+the eigendecomposition's memory (4 n²) does not fit, one Cholesky factor of 𝒦 + λI per λ (2 n²).
 
 Fitted E0 (count columns Z, unregularised) enter as the free part of the same problem: α = (𝒦 + λI)⁻¹ (y − Z e0)
 with Zᵀα = 0, i.e. e0 = (Zᵀ(𝒦 + λ)⁻¹Z)⁺ Zᵀ(𝒦 + λ)⁻¹ y, an NZ × NZ system per λ in the kernel's eigenbasis (more
@@ -26,7 +27,7 @@ import torch
 
 from ..atomic import check_outputs
 from .checkpoint import fingerprint, resume_steps
-from .streams import MemoryPlan, RowSource, make_plan
+from .streams import MemoryPlan, RowSource, choose_method, make_plan
 
 
 @dataclass
@@ -63,10 +64,10 @@ class KernelSystem:
 
 
 def dual_plan(source: RowSource, keep_rows: bool, *, available: Optional[int] = None) -> MemoryPlan:
-    """The kernel, its eigendecomposition (vectors + LAPACK workspace), two panels of rows with working copies and,
-    with ``keep_rows``, every row of A."""
+    """The kernel, one n×n factor (the least a solve needs), two panels of rows with working copies and, with
+    ``keep_rows``, every row of A."""
     n, W = source.n_rows, source.width
-    parts = {"kernel": 8 * n * n, "eigendecomposition": 16 * n * n,
+    parts = {"kernel": 8 * n * n, "factor (Cholesky; eigh where 2 n² more fit)": 8 * n * n,
              "two panels of rows": 32 * source.max_batch_rows() * W}
     if keep_rows:
         parts["kept rows"] = 8 * n * source.n_basis
@@ -124,6 +125,8 @@ def assemble_kernel(model, train, weights=None, *, gamma: Optional[torch.Tensor]
         for j in range(i + 1):
             Aj = Ai if j == i else ks.scaled_rows(j)
             blk = Ai @ Aj.T
+            if j == i:  # a product A Aᵀ is symmetric only to rounding; the solvers read one triangle
+                blk = 0.5 * (blk + blk.T)
             st["kernel"][a:b, offsets[j]:offsets[j + 1]] = blk
             st["kernel"][offsets[j]:offsets[j + 1], a:b] = blk.T
 
@@ -139,29 +142,49 @@ def assemble_kernel(model, train, weights=None, *, gamma: Optional[torch.Tensor]
 
 
 class TikhonovDual:
-    """Every λ of a scan from one eigendecomposition of the (E0-projected) kernel; ``solve(lams)`` → full solutions
-    C [K + NZ, p] (basis coefficients on the unscaled basis, then the E0 corrections).  ``consume=True`` hands the
-    system's kernel to the eigensolver instead of a copy (one n×n buffer less; read ``lams_relative`` first)."""
+    """Every λ of a scan on one kernel; ``solve(lams)`` → full solutions C [K + NZ, p] (basis coefficients on the
+    unscaled basis, then the E0 corrections).  ``method``: "eigh" (one eigendecomposition for all λ: 4 n² while
+    it runs), "cholesky" (one factor per λ in a reused buffer beside the kernel: 2 n²) or "auto" (eigh where it
+    fits, ``streams.choose_method``).  ``consume=True`` (eigh) hands the system's kernel to the eigensolver and
+    drops it from the system (one n×n buffer less; read ``lams_relative`` first)."""
 
-    def __init__(self, ks: KernelSystem, consume: bool = False):
+    def __init__(self, ks: KernelSystem, method: str = "auto", consume: bool = False):
         self.ks = ks
-        Kmat = ks.kernel if consume else ks.kernel.clone()
+        self.method = choose_method(method, int(ks.kernel.shape[0]), ks.kernel.device, "TikhonovDual")
+        rhs = ks.y[:, None] if ks.Z is None else torch.cat([ks.y[:, None], ks.Z], 1)  # [y | Z]
+        if self.method == "cholesky":
+            self.diag, self.L, self.rhs = ks.kernel.diagonal().clone(), torch.empty_like(ks.kernel), rhs
+            return
+        Kmat = ks.kernel  # eigh copies it (the copy LAPACK overwrites becomes U): no clone of our own
+        if consume:
+            ks.kernel = None
         self.w, self.U = torch.linalg.eigh(Kmat)
         del Kmat
-        self.Uy = self.U.T @ ks.y
-        self.UZ = None if ks.Z is None else self.U.T @ ks.Z
+        self.Ur = self.U.T @ rhs  # [Uᵀy | UᵀZ]
+
+    def _solves(self, lam: torch.Tensor):
+        """(𝒦 + λ)⁻¹ [y | Z] for every λ: [n, p, 1 + NZ]."""
+        if self.method == "eigh":
+            return torch.stack([self.U @ (self.Ur / (self.w + x)[:, None]) for x in lam], 1)
+        out, K = [], self.ks.kernel
+        for x in lam.tolist():
+            K.diagonal().add_(x)
+            _, info = torch.linalg.cholesky_ex(K, out=(self.L, torch.empty((), dtype=torch.int32, device=K.device)))
+            K.diagonal().copy_(self.diag)  # restored exactly
+            out.append(torch.cholesky_solve(self.rhs, self.L) if int(info) == 0
+                       else torch.full_like(self.rhs, float("nan")))
+        return torch.stack(out, 1)
 
     def alphas(self, lams: Sequence[float]):
         """(α [n, p], e0 [NZ, p] or None) for every λ: α = (𝒦 + λ)⁻¹ (y − Z e0) with Zᵀα = 0 (E0 free)."""
-        lam = torch.as_tensor([float(x) for x in lams], dtype=torch.float64, device=self.w.device)
-        D = 1.0 / (self.w[:, None] + lam[None, :])  # [n, p]
-        if self.UZ is None:
-            return self.U @ (self.Uy[:, None] * D), None
-        e0 = torch.empty(self.UZ.shape[1], len(lam), dtype=torch.float64, device=D.device)
-        for j in range(len(lam)):  # e0 = (Zᵀ(𝒦+λ)⁻¹Z)⁺ Zᵀ(𝒦+λ)⁻¹ y: NZ × NZ, pseudo-inverse for one composition
-            DZ = self.UZ * D[:, j:j + 1]
-            e0[:, j] = torch.linalg.pinv(self.UZ.T @ DZ, hermitian=True) @ (DZ.T @ self.Uy)
-        return self.U @ ((self.Uy[:, None] - self.UZ @ e0) * D), e0
+        lam = torch.as_tensor([float(x) for x in lams], dtype=torch.float64, device=self.ks.y.device)
+        X = self._solves(lam)
+        if self.ks.Z is None:
+            return X[:, :, 0], None
+        Z = self.ks.Z
+        e0 = torch.stack([torch.linalg.pinv(Z.T @ X[:, j, 1:], hermitian=True) @ (Z.T @ X[:, j, 0])
+                          for j in range(len(lam))], 1)  # NZ × NZ per λ; pseudo-inverse for one composition
+        return X[:, :, 0] - torch.einsum("npz,zp->np", X[:, :, 1:], e0), e0
 
     def solve(self, lams: Sequence[float]) -> torch.Tensor:
         ks = self.ks

@@ -14,7 +14,8 @@ A prior is a column scaling Γ applied to the Gram matrix, so a scan over priors
     min ‖A c − y‖² + λ ‖Γ c‖²   ⇔   c = Γ⁻¹ c',  (Γ⁻¹ G Γ⁻¹ + λ I) c' = Γ⁻¹ b.
 
 The E0 columns are not regularised.  ``TikhonovGram`` solves for many λ: ``method="cholesky"`` factors
-Γ⁻¹GΓ⁻¹ + λD (D = 1 on the basis, 0 on E0) once per λ in one reused buffer; ``method="eigh"`` eliminates E0
+Γ⁻¹GΓ⁻¹ + λD (D = 1 on the basis, 0 on E0) once per λ in one reused buffer (2 K² beside G); ``method="eigh"``
+(4 K² while it diagonalises; ``"auto"``: eigh where that fits, ``streams.choose_method``) eliminates E0
 exactly (the Schur complement S = G_bb − G_be G_ee⁺ G_eb, r = b_b − G_be G_ee⁺ b_e) and diagonalises Γ⁻¹SΓ⁻¹ = V W Vᵀ
 once: c' = V (W + λ)⁻¹ Vᵀ Γ⁻¹ r for every λ, then c_e = G_ee⁺ (b_e − G_eb c).
 """
@@ -28,8 +29,8 @@ import torch
 
 from ..atomic import check_outputs
 from .checkpoint import data_hash, fingerprint, resume_steps
-from .streams import (KINDS, MemoryPlan, Residual, RowSource, accumulate_residual, kind_index, make_plan,
-                      residual_bytes, residual_from_state, residual_state)
+from .streams import (KINDS, MemoryPlan, Residual, RowSource, accumulate_residual, choose_method, kind_index,
+                      make_plan, residual_bytes, residual_from_state, residual_state)
 
 
 @dataclass
@@ -161,8 +162,7 @@ class TikhonovGram:
     numerically positive definite).  Memory: the system's G plus two width² buffers."""
 
     def __init__(self, system: GramSystem, gamma: Optional[torch.Tensor] = None, method: str = "cholesky"):
-        if method not in ("cholesky", "eigh"):
-            raise ValueError(f"TikhonovGram: method must be 'cholesky' or 'eigh', got {method!r}")
+        method = choose_method(method, system.width, system.G.device, "TikhonovGram")
         self.system, self.method = system, method
         self.gi = 1.0 / full_gamma(system, gamma)
         Kb, gi = system.n_basis, self.gi

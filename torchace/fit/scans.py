@@ -114,10 +114,10 @@ class _Chooser:
 
 def scan(system: GramSystem, lams: Sequence[float], *, priors: Optional[Dict[str, Any]] = None, model=None,
          relative: bool = True, select: str = "validation_F", test: Optional[str] = "test_F",
-         method: str = "eigh") -> ScanResult:
+         method: str = "auto") -> ScanResult:
     """Every prior × every λ on one Gram system (``fit.gram.assemble_gram`` with ``errors={"validation": ...,
     "test": ...}``), without reassembling; ``method``: ``TikhonovGram``'s ("eigh": one eigendecomposition per
-    prior for all λ; "cholesky": one factorisation per λ)."""
+    prior for all λ; "cholesky": one factorisation per λ; "auto": eigh where its memory fits)."""
     table: List[Dict[str, Any]] = []
     ch = _Chooser(select, test)
     for name, gamma in _gammas(priors, model, system.n_basis):
@@ -134,7 +134,7 @@ def scan(system: GramSystem, lams: Sequence[float], *, priors: Optional[Dict[str
 def scan_dual(model, train, lams: Sequence[float], *, errors: Dict[str, Any], weights=None,
               priors: Optional[Dict[str, Any]] = None, fit_e0: bool = False, relative: bool = True,
               select: str = "validation_F", test: Optional[str] = "test_F", batch_atoms: int = 2048, device=None,
-              keep_rows="auto", available: Optional[int] = None) -> ScanResult:
+              keep_rows="auto", available: Optional[int] = None, method: str = "auto") -> ScanResult:
     """``scan`` for K > rows: per prior one kernel (``fit.dual.assemble_kernel``), all λ from its eigendecomposition,
     the errors of ``errors`` ({name: structures or (structures, kinds)}) from one pass over their rows."""
     table: List[Dict[str, Any]] = []
@@ -148,7 +148,7 @@ def scan_dual(model, train, lams: Sequence[float], *, errors: Dict[str, Any], we
                              device=device, keep_rows=keep_rows, available=available)
         plan, unit = ks.plan, lams_relative(ks)
         abs_lams = [float(x) * unit if relative else float(x) for x in lams]
-        C = TikhonovDual(ks, consume=True).solve(abs_lams)
+        C = TikhonovDual(ks, method=method, consume=True).solve(abs_lams)
         del ks
         errs = {}
         for sname, src in sources.items():

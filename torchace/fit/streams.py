@@ -217,3 +217,15 @@ def make_plan(what: str, K: int, rows: int, parts: Dict[str, int], device=None, 
     dev = torch.device(device) if device is not None else torch.device("cpu")
     avail = available_bytes(dev) if available is None else int(available)
     return MemoryPlan(what, int(K), int(rows), {k: int(v) for k, v in parts.items()}, avail, str(dev))
+
+
+def choose_method(method: str, n: int, device, who: str) -> str:
+    """"eigh" (every λ from one eigendecomposition) or "cholesky" (one factor per λ) for an n×n system: "auto" takes
+    eigh where its extra 3 n² doubles (the copy LAPACK diagonalises, its eigenvectors and the 2 n² workspace of
+    divide and conquer, beyond the n² of the Cholesky factor) fit in the memory available now, else Cholesky."""
+    if method not in ("auto", "eigh", "cholesky"):
+        raise ValueError(f"{who}: method must be 'auto', 'eigh' or 'cholesky', got {method!r}")
+    if method != "auto":
+        return method
+    avail = available_bytes(device)
+    return "eigh" if avail is None or 8 * 4 * n * n <= avail else "cholesky"
