@@ -1,7 +1,13 @@
 """Gram-only streaming assembly, the dual (kernel) Tikhonov solver and the λ/prior scans (issue 27): the Gram
 equals the dense system's, the residuals give the rows' RMSE, dual == primal (float64, 1e-10), a scan equals
-separate fits, memory plans refuse with their numbers, and an interrupted assembly resumes to the same result."""
+separate fits, memory plans refuse with their numbers, and an interrupted assembly resumes to the same result.
+
+Run as a script (``python tests/fit/test_gram.py CKPT``) it is the child that the kill test SIGKILLs mid-assembly.
+"""
 import json
+import os
+import signal
+import sys
 
 import pytest
 import torch
@@ -276,3 +282,41 @@ def test_scan_from_the_fit_config(tmp_path):
     model = torchace.load(str(tmp_path / "m.json"))
     assert float(model.coefficients.detach().abs().sum()) > 0
     assert model.metadata["scan"]["best"] == report["scan"]["best"]
+
+
+def _gram_child_args():
+    from torchace.testing import labelled_dataset
+
+    model = torchace.ace_model(["Si", "Ge"], 2, 6, E0=E0)
+    data = list(labelled_dataset(6))
+    return model, data[:4], dict(errors={"test": data[4:]}, fit_e0=True, batch_atoms=BATCH)
+
+
+# a child process killed mid-assembly (4 s on 2 cores)
+def test_gram_resume_after_sigkill(tmp_path):
+    from torchace.testing import run
+
+    ckpt = str(tmp_path / "gram.npz")
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # threaded sums round by thread count
+    p = run([sys.executable, __file__, ckpt], env=env, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    model, train, kw = _gram_child_args()
+    seen = []
+    res = assemble_gram(model, train, checkpoint=ckpt, on_step=lambda n, s: seen.append(n), **kw)
+    ref = assemble_gram(model, train, **kw)
+    assert seen[0] == 4  # three steps were on disk when the child died
+    assert torch.equal(res.G, ref.G) and torch.equal(res.b, ref.b)
+    C = torch.ones(res.width, 1, dtype=torch.float64)
+    assert all(torch.equal(res.errors["test"][k].sse(C), r.sse(C)) for k, r in ref.errors["test"].items())
+
+
+if __name__ == "__main__":  # child of test_gram_resume_after_sigkill
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+    def die(n, state):
+        if n == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    m, tr, kw = _gram_child_args()
+    assemble_gram(m, tr, checkpoint=sys.argv[1], on_step=die, **kw)
+    sys.exit(3)  # not reached

@@ -23,6 +23,7 @@ import torch
 
 from ..atomic import write_json_atomic
 from .dual import TikhonovDual, assemble_kernel, lams_relative
+from .priors import use_prior
 from .gram import GramSystem, TikhonovGram, assemble_gram, error_sources, mean_diag
 from .streams import RowSource, stream_errors
 
@@ -183,9 +184,11 @@ def scan_data(model, train, lams: Sequence[float], *, validation=None, test=None
     """A scan from data, as ``torchace.fit`` fits: ``validation`` is structures or a fraction of ``train`` (a seeded
     ``split``), ``test`` structures (or None); ``form``: "gram" (K < rows: one Gram system for every prior) or
     "dual" (K > rows: one kernel per prior).  The model's E0 are the reference (``fit_e0``: corrections fitted);
-    its basis must be unscaled (the priors are column scalings).  The chosen solution is put into ``model``."""
+    a basis prior left in it is undone (the priors are column scalings of the unscaled basis).  The chosen solution
+    is put into ``model``."""
     if form not in ("gram", "dual"):
         raise ValueError(f"scan: form must be 'gram' or 'dual', got {form!r}")
+    use_prior(model, None)  # the priors are column scalings of the unscaled basis: no basis prior left in the model
     train = list(train)
     if isinstance(validation, float):
         train, validation = split(train, (1 - validation, validation), seed=seed)
