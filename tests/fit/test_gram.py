@@ -146,6 +146,18 @@ def test_scan_dual_equals_scan_and_json(wide, data, tmp_path):
     assert doc["select"] == "validation_F" and len(doc["table"]) == 4 and doc["best"] == b.best
 
 
+def test_dual_rows_spilled_to_disk(wide, data, tmp_path):
+    ref = assemble_kernel(wide, data[:3], fit_e0=True, batch_atoms=BATCH, keep_rows=True)
+    ks = assemble_kernel(wide, data[:3], fit_e0=True, batch_atoms=BATCH, keep_rows=False, spill=str(tmp_path))
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == len(ks.source.batches) and all(f.endswith(".npy") for f in files)
+    assert torch.equal(ks.kernel, ref.kernel)
+    lam = [lams_relative(ref) * 1e-2]
+    assert torch.equal(TikhonovDual(ks, method="eigh").solve(lam), TikhonovDual(ref, method="eigh").solve(lam))
+    ks.remove_spill()
+    assert not os.listdir(tmp_path)
+
+
 def test_memory_plans_refuse_with_numbers(small, wide, data):
     with pytest.raises(ResourceLimitError, match=r"K = 138 basis columns and 210 rows needs .*Gram matrix.*"
                                                  r"more than the .* available"):

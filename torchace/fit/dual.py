@@ -20,12 +20,17 @@ to the primal solution (``fit.gram.TikhonovGram``) where both fit.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
-from ..atomic import check_outputs
+from ..atomic import atomic_write, check_outputs
+from ..resources import ResourceLimitError, gib
 from .checkpoint import fingerprint, resume_steps
 from .streams import MemoryPlan, RowSource, choose_method, make_plan
 
@@ -42,6 +47,8 @@ class KernelSystem:
     source: RowSource
     kept: Optional[Dict[int, torch.Tensor]] = None
     plan: Optional[MemoryPlan] = None
+    spill: Optional[str] = None  # a directory holding the rows of each batch (.npy) instead of memory
+    spill_tag: str = ""  # the inputs' fingerprint in the file names: rows of other inputs are never read
 
     @property
     def n_basis(self) -> int:
@@ -55,12 +62,37 @@ class KernelSystem:
     def width(self) -> int:
         return self.n_basis + self.n_e0
 
+    def spill_path(self, i: int) -> Optional[str]:
+        return None if self.spill is None else os.path.join(self.spill, f"rows_{self.spill_tag}_{i}.npy")
+
     def scaled_rows(self, i: int) -> torch.Tensor:
-        """A_i Γ⁻¹ of batch i (kept, or recomputed from the source)."""
+        """A_i Γ⁻¹ of batch i (kept, read back from the spill directory, or recomputed from the source)."""
         if self.kept is not None and i in self.kept:
             return self.kept[i]
+        path = self.spill_path(i)
+        if path is not None and os.path.exists(path):
+            return torch.from_numpy(np.load(path, allow_pickle=False)).to(self.gamma.device)
         M, _, _ = self.source.batch(i)
-        return M[:, :self.n_basis] / self.gamma
+        return self.store(i, M[:, :self.n_basis] / self.gamma)
+
+    def store(self, i: int, rows: torch.Tensor) -> torch.Tensor:
+        """Keep batch i's scaled rows in memory or write them to the spill directory (atomically), if either."""
+        if self.kept is not None:
+            self.kept[i] = rows
+        elif self.spill is not None and not os.path.exists(self.spill_path(i)):
+            def write(tmp: str) -> None:
+                with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a bare name
+                    np.save(fh, rows.cpu().numpy())
+
+            atomic_write(self.spill_path(i), write, ".npy")
+        return rows
+
+    def remove_spill(self) -> None:
+        """Delete the spilled rows of this system."""
+        for i in range(len(self.source.batches)):
+            path = self.spill_path(i)
+            if path is not None and os.path.exists(path):
+                os.unlink(path)
 
 
 def dual_plan(source: RowSource, keep_rows: bool, *, available: Optional[int] = None) -> MemoryPlan:
@@ -79,9 +111,10 @@ def _gamma_hash(gamma: torch.Tensor) -> str:
 
 
 def assemble_kernel(model, train, weights=None, *, gamma: Optional[torch.Tensor] = None, fit_e0: bool = False,
-                    batch_atoms: int = 2048, device=None, keep_rows="auto", checkpoint: Optional[str] = None,
-                    every: int = 1, on_step=None, memory_budget: int = 256 * 2**20, backend: str = "auto",
-                    available: Optional[int] = None) -> KernelSystem:
+                    batch_atoms: int = 2048, device=None, keep_rows="auto", spill: Optional[str] = None,
+                    checkpoint: Optional[str] = None, every: int = 1, on_step=None,
+                    memory_budget: int = 256 * 2**20, backend: str = "auto", available: Optional[int] = None
+                    ) -> KernelSystem:
     """𝒦 = AΓ⁻²Aᵀ of ``train``'s weighted rows (``fit``'s), panel by panel (one panel = one batch of ``batch_atoms``).
 
     ``gamma``: the column prior Γ [K] (None: 1; a basis prior's ``prior.column_scale(model)`` on the unscaled
@@ -110,18 +143,27 @@ def assemble_kernel(model, train, weights=None, *, gamma: Optional[torch.Tensor]
     offsets = [0]
     for b in source.batches:
         offsets.append(offsets[-1] + len(source.layout(b)[0]))
+    fp = fingerprint(model, source.structs, source.weights, "dual", batch_atoms)
+    fp.update(fit_e0=bool(fit_e0), gamma=_gamma_hash(g))
     f64 = dict(dtype=torch.float64, device=dev)
     state = {"kernel": torch.zeros(n, n, **f64), "y": torch.zeros(n, **f64),
              "Z": torch.zeros(n, source.width - K, **f64)}
     ks = KernelSystem(state["kernel"], state["y"], None, g, source, {} if keep else None, plan)
+    if spill is not None and not keep:
+        need, free = 8 * n * K, shutil.disk_usage(spill).free
+        if need > free:
+            raise ResourceLimitError(f"spilling the dual solver's rows ({n:,} rows × K = {K:,}) needs {gib(need)} "
+                                     f"on disk, more than the {gib(free)} free in {spill!r}; choose another spill "
+                                     "directory, or recompute the rows (spill=None)")
+        ks.spill = spill
+        ks.spill_tag = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
 
     def step(i: int, st: Dict[str, torch.Tensor]) -> None:
         M, y, _ = source.batch(i)
         a, b = offsets[i], offsets[i + 1]
         Ai = M[:, :K] / g
         st["y"][a:b], st["Z"][a:b] = y, M[:, K:]
-        if keep:
-            ks.kept[i] = Ai
+        ks.store(i, Ai)
         for j in range(i + 1):
             Aj = Ai if j == i else ks.scaled_rows(j)
             blk = Ai @ Aj.T
@@ -130,11 +172,8 @@ def assemble_kernel(model, train, weights=None, *, gamma: Optional[torch.Tensor]
             st["kernel"][a:b, offsets[j]:offsets[j + 1]] = blk
             st["kernel"][offsets[j]:offsets[j + 1], a:b] = blk.T
 
-    fp = None
     if checkpoint is not None:
         check_outputs([], {"checkpoint": checkpoint}, "assemble_kernel")
-        fp = fingerprint(model, source.structs, source.weights, "dual", batch_atoms)
-        fp.update(fit_e0=bool(fit_e0), gamma=_gamma_hash(g))
     resume_steps(len(source.batches), step, state, path=checkpoint, every=every, on_step=on_step, device=dev, fp=fp)
     ks.kernel, ks.y = state["kernel"], state["y"]
     ks.Z = state["Z"] if fit_e0 else None

@@ -135,9 +135,11 @@ def scan(system: GramSystem, lams: Sequence[float], *, priors: Optional[Dict[str
 def scan_dual(model, train, lams: Sequence[float], *, errors: Dict[str, Any], weights=None,
               priors: Optional[Dict[str, Any]] = None, fit_e0: bool = False, relative: bool = True,
               select: str = "validation_F", test: Optional[str] = "test_F", batch_atoms: int = 2048, device=None,
-              keep_rows="auto", available: Optional[int] = None, method: str = "auto") -> ScanResult:
-    """``scan`` for K > rows: per prior one kernel (``fit.dual.assemble_kernel``), all λ from its eigendecomposition,
-    the errors of ``errors`` ({name: structures or (structures, kinds)}) from one pass over their rows."""
+              keep_rows="auto", spill: Optional[str] = None, available: Optional[int] = None,
+              method: str = "auto") -> ScanResult:
+    """``scan`` for K > rows: per prior one kernel (``fit.dual.assemble_kernel``: ``keep_rows``, ``spill``), all λ
+    from its eigendecomposition or Cholesky factors (``method``), the errors of ``errors`` ({name: structures or
+    (structures, kinds)}) from one pass over their rows."""
     table: List[Dict[str, Any]] = []
     ch = _Chooser(select, test)
     sources: Dict[str, RowSource] = error_sources(model, errors, fit_e0=fit_e0, batch_atoms=batch_atoms,
@@ -146,10 +148,11 @@ def scan_dual(model, train, lams: Sequence[float], *, errors: Dict[str, Any], we
     plan = None
     for name, gamma in _gammas(priors, model, n_basis):
         ks = assemble_kernel(model, train, weights, gamma=gamma, fit_e0=fit_e0, batch_atoms=batch_atoms,
-                             device=device, keep_rows=keep_rows, available=available)
+                             device=device, keep_rows=keep_rows, spill=spill, available=available)
         plan, unit = ks.plan, lams_relative(ks)
         abs_lams = [float(x) * unit if relative else float(x) for x in lams]
         C = TikhonovDual(ks, method=method, consume=True).solve(abs_lams)
+        ks.remove_spill()
         del ks
         errs = {}
         for sname, src in sources.items():
