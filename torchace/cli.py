@@ -234,7 +234,8 @@ def _scan_fit(cfg, model, train, keys) -> dict:
     print(f"scanning {len(sc.lams)} λ × priors {list(cfg.build_scan_priors())} ({sc.form} form) ...", flush=True)
     res = torchace.fit.scan_data(model, train, sc.lams, validation=val, test=test, form=sc.form, weights=cfg.weights,
                                  priors=cfg.build_scan_priors(), fit_e0=fit_e0, select=sc.select, seed=sc.seed,
-                                 batch_atoms=cfg.assembly.batch_atoms, device=cfg.assembly.device)
+                                 batch_atoms=cfg.assembly.batch_atoms, device=cfg.assembly.device,
+                                 checkpoint_dir=sc.checkpoint_dir)
     for r in res.table:
         print("  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     print(f"chosen on {sc.select}: prior {res.best['prior']}, λ_rel {res.best['lam_rel']:.3g}"

@@ -4,6 +4,7 @@ separate fits, memory plans refuse with their numbers, and an interrupted assemb
 
 Run as a script (``python tests/fit/test_gram.py CKPT``) it is the child that the kill test SIGKILLs mid-assembly.
 """
+import copy
 import json
 import os
 import signal
@@ -127,6 +128,17 @@ def test_scan_equals_separate_fits(small, data):
     m = torchace.ace_model(["Si", "Ge"], 2, 6, E0=E0)
     res.apply(m)
     assert torch.equal(m.coefficients.to(torch.float64), res.coefficients)
+
+
+def test_scan_data_resumes_from_its_checkpoints(wide, data, tmp_path):
+    kw = dict(validation=data[3:5], test=data[5:], fit_e0=True, batch_atoms=BATCH, checkpoint_dir=str(tmp_path),
+              priors={"none": None, "gauss": priors.gaussian(0.5)})
+    for form, files in (("gram", ["gram.npz"]), ("dual", ["kernel_0.npz", "kernel_1.npz"])):
+        # fresh copies: scan_data puts the fitted E0 into its model, and other E0 are other targets (a mismatch)
+        first = torchace.fit.scan_data(copy.deepcopy(wide), data[:3], [1e-3, 1e-1], form=form, **kw)
+        assert sorted(f for f in os.listdir(tmp_path) if f.startswith(files[0][:4])) == files
+        again = torchace.fit.scan_data(copy.deepcopy(wide), data[:3], [1e-3, 1e-1], form=form, **kw)  # read back
+        assert again.table == first.table and torch.equal(again.coefficients, first.coefficients)
 
 
 def test_scan_dual_equals_scan_and_json(wide, data, tmp_path):
@@ -269,7 +281,8 @@ def _scan_config(**scan):
 @pytest.mark.parametrize("bad, match", [
     ({"lams": []}, "scan.lams"), ({"lams": [1.0, -1.0]}, r"scan.lams\[1\]"), ({"validation": 1.5}, "scan.validation"),
     ({"form": "primal"}, "scan.form"), ({"select": "test_F"}, "scan.select"),
-    ({"priors": {"g": {"name": "gaussian", "sigma": -1}}}, "sigma"), ({"solver": 1}, "unknown key")])
+    ({"priors": {"g": {"name": "gaussian", "sigma": -1}}}, "sigma"), ({"solver": 1}, "unknown key"),
+    ({"checkpoint_dir": "nowhere"}, "scan.checkpoint_dir")])
 def test_scan_config_checked_when_loaded(tmp_path, bad, match):
     from torchace.fit.config import FitConfig
 
@@ -284,13 +297,15 @@ def test_scan_from_the_fit_config(tmp_path):
 
     from torchace.cli import main
 
+    (tmp_path / "ckpt").mkdir()
     cfg = _scan_config(lams=[1e-8, 1e-4], priors={"none": None, "g": {"name": "gaussian", "sigma": 0.5}},
-                       validation=0.3)
+                       validation=0.3, checkpoint_dir="ckpt")
     cfg["output"] = {"model": "m.json", "errors": "e.json", "log": None}
     (tmp_path / "fit.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["fit", str(tmp_path / "fit.yaml"), "-q"]) == 0
     report = json.loads((tmp_path / "e.json").read_text())
     assert len(report["scan"]["table"]) == 4 and report["scan"]["best"]["prior"] in ("none", "g")
+    assert os.listdir(tmp_path / "ckpt") == ["gram.npz"]  # a second run would resume from it
     model = torchace.load(str(tmp_path / "m.json"))
     assert float(model.coefficients.detach().abs().sum()) > 0
     assert model.metadata["scan"]["best"] == report["scan"]["best"]

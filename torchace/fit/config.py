@@ -68,6 +68,7 @@ class ScanSection:
     form: str = "gram"  # gram (K < rows) or dual (K > rows)
     select: str = "validation_F"
     seed: int = 0
+    checkpoint_dir: Optional[str] = None  # the assembly / kernels are checkpointed there: a killed job resumes
 
 
 @dataclass
@@ -87,7 +88,7 @@ TOP_LEVEL_HELP = {
     "synthetic_dimers": "  true or {E_syn, weight, ...} (torchace.fit.repulsion.synthetic_dimers)",
     "repulsion_restraint": "  true or {weight, r_in, ...} (ACEpotentials.jl's repulsion_restraint)",
     "threads": "  torch threads: a positive integer, or auto (cores minus the load average; torchace.jobs)",
-    "scan": "  {lams, priors, validation, form, select, seed}: a λ/prior scan instead of solver (torchace.fit.scans)",
+    "scan": "  {lams, priors, validation, form, select, seed, checkpoint_dir}: a λ/prior scan instead of solver",
 }
 
 
@@ -374,6 +375,11 @@ def _scan_section(d: Dict[str, Any], data: DataSection, base_dir: str) -> ScanSe
     sets = ("validation", "test") if data.test else ("validation",)
     check_str("fit config", "scan.select", sc.select, choices=tuple(f"{s}_{k}" for s in sets for k in "EFV"))
     sc.seed = check_int("fit config", "scan.seed", sc.seed, minimum=0)
+    check_str("fit config", "scan.checkpoint_dir", sc.checkpoint_dir, allow_none=True)
+    if sc.checkpoint_dir is not None:
+        sc.checkpoint_dir = resolve_path(sc.checkpoint_dir, base_dir)
+        if not os.path.isdir(sc.checkpoint_dir):
+            raise ValueError(f"fit config: 'scan.checkpoint_dir' {sc.checkpoint_dir!r} is not a directory")
     return sc
 
 

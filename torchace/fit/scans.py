@@ -15,6 +15,7 @@ solution (basis coefficients on the unscaled basis, then E0 corrections) and ``t
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -136,19 +137,21 @@ def scan_dual(model, train, lams: Sequence[float], *, errors: Dict[str, Any], we
               priors: Optional[Dict[str, Any]] = None, fit_e0: bool = False, relative: bool = True,
               select: str = "validation_F", test: Optional[str] = "test_F", batch_atoms: int = 2048, device=None,
               keep_rows="auto", spill: Optional[str] = None, available: Optional[int] = None,
-              method: str = "auto") -> ScanResult:
+              method: str = "auto", checkpoint_dir: Optional[str] = None) -> ScanResult:
     """``scan`` for K > rows: per prior one kernel (``fit.dual.assemble_kernel``: ``keep_rows``, ``spill``), all λ
     from its eigendecomposition or Cholesky factors (``method``), the errors of ``errors`` ({name: structures or
-    (structures, kinds)}) from one pass over their rows."""
+    (structures, kinds)}) from one pass over their rows.  ``checkpoint_dir``: each prior's kernel is checkpointed
+    there (``kernel_<i>.npz``, i the prior's position): a killed scan started again resumes where it stopped."""
     table: List[Dict[str, Any]] = []
     ch = _Chooser(select, test)
     sources: Dict[str, RowSource] = error_sources(model, errors, fit_e0=fit_e0, batch_atoms=batch_atoms,
                                                   device=device)
     n_basis = int(model.basis_size)
     plan = None
-    for name, gamma in _gammas(priors, model, n_basis):
+    for i, (name, gamma) in enumerate(_gammas(priors, model, n_basis)):
+        ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"kernel_{i}.npz")
         ks = assemble_kernel(model, train, weights, gamma=gamma, fit_e0=fit_e0, batch_atoms=batch_atoms,
-                             device=device, keep_rows=keep_rows, spill=spill, available=available)
+                             device=device, keep_rows=keep_rows, spill=spill, available=available, checkpoint=ckpt)
         plan, unit = ks.plan, lams_relative(ks)
         abs_lams = [float(x) * unit if relative else float(x) for x in lams]
         C = TikhonovDual(ks, method=method, consume=True).solve(abs_lams)
@@ -183,12 +186,13 @@ def split(structures, fractions: Sequence[float], seed: int = 0) -> List[list]:
 
 def scan_data(model, train, lams: Sequence[float], *, validation=None, test=None, form: str = "gram",
               weights=None, priors: Optional[Dict[str, Any]] = None, fit_e0: bool = False,
-              select: str = "validation_F", seed: int = 0, batch_atoms: int = 2048, device=None) -> ScanResult:
+              select: str = "validation_F", seed: int = 0, batch_atoms: int = 2048, device=None,
+              checkpoint_dir: Optional[str] = None) -> ScanResult:
     """A scan from data, as ``torchace.fit`` fits: ``validation`` is structures or a fraction of ``train`` (a seeded
     ``split``), ``test`` structures (or None); ``form``: "gram" (K < rows: one Gram system for every prior) or
     "dual" (K > rows: one kernel per prior).  The model's E0 are the reference (``fit_e0``: corrections fitted);
     a basis prior left in it is undone (the priors are column scalings of the unscaled basis).  The chosen solution
-    is put into ``model``."""
+    is put into ``model``.  ``checkpoint_dir``: the assembly (``gram.npz``) or each kernel is checkpointed there."""
     if form not in ("gram", "dual"):
         raise ValueError(f"scan: form must be 'gram' or 'dual', got {form!r}")
     use_prior(model, None)  # the priors are column scalings of the unscaled basis: no basis prior left in the model
@@ -199,10 +203,12 @@ def scan_data(model, train, lams: Sequence[float], *, validation=None, test=None
     test_key = "test_F" if test is not None else None
     if form == "gram":
         system = assemble_gram(model, train, weights, errors=errors, fit_e0=fit_e0, batch_atoms=batch_atoms,
-                               device=device)
+                               device=device, checkpoint=None if checkpoint_dir is None else
+                               os.path.join(checkpoint_dir, "gram.npz"))
         res = scan(system, lams, priors=priors, model=model, select=select, test=test_key)
     else:
         res = scan_dual(model, train, lams, errors=errors, weights=weights, priors=priors, fit_e0=fit_e0,
+                        checkpoint_dir=checkpoint_dir,
                         select=select, test=test_key, batch_atoms=batch_atoms, device=device)
     res.info.update(form=form, n_train=len(train), n_validation=len(validation or []), n_test=len(test or []))
     res.apply(model)
