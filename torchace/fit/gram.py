@@ -159,7 +159,8 @@ class TikhonovGram:
     """min ‖A c − y‖² + λ‖Γ c‖² (E0 columns free) on a ``GramSystem`` for many λ: see the module docstring.
 
     ``solve(lams)`` → full solutions C [width, p] (a column of NaN where Cholesky finds Γ⁻¹GΓ⁻¹ + λD not
-    numerically positive definite).  Memory: the system's G plus two width² buffers."""
+    numerically positive definite).  Memory beside the system's G: two width² buffers (Cholesky), or four while
+    the eigendecomposition runs and one after it (eigh); ``method="auto"`` takes eigh where that fits."""
 
     def __init__(self, system: GramSystem, gamma: Optional[torch.Tensor] = None, method: str = "cholesky"):
         method = choose_method(method, system.width, system.G.device, "TikhonovGram")
@@ -177,7 +178,7 @@ class TikhonovGram:
         if system.n_e0:  # eliminate the free E0 columns exactly (pseudo-inverse: an element may lack energies)
             self.Gee_pinv = torch.linalg.pinv(G[Kb:, Kb:], hermitian=True)
             Gbe = G[:Kb, Kb:]
-            S.sub_(Gbe @ self.Gee_pinv @ Gbe.T)
+            S.addmm_(Gbe @ self.Gee_pinv, Gbe.T, alpha=-1.0)
             r.sub_(Gbe @ (self.Gee_pinv @ b[Kb:]))
         S.mul_(gi[:Kb, None]).mul_(gi[None, :Kb])
         self.w, V = torch.linalg.eigh(S)

@@ -122,15 +122,18 @@ def scan(system: GramSystem, lams: Sequence[float], *, priors: Optional[Dict[str
     prior for all λ; "cholesky": one factorisation per λ; "auto": eigh where its memory fits)."""
     table: List[Dict[str, Any]] = []
     ch = _Chooser(select, test)
+    methods = {}
     for name, gamma in _gammas(priors, model, system.n_basis):
         unit = mean_diag(system, gamma)
         abs_lams = [float(x) * unit if relative else float(x) for x in lams]
-        C = TikhonovGram(system, gamma, method=method).solve(abs_lams)
+        solver = TikhonovGram(system, gamma, method=method)
+        C, methods[name] = solver.solve(abs_lams), solver.method
+        del solver  # its buffers (width² each) go before the next prior's
         rows = _rows(name, lams, unit, relative, system.error_table(C))
         ch.offer(rows, C)
         table += rows
     return ScanResult(table, select, test, ch.best, ch.best_test, ch.coef, system.n_basis,
-                      {"solver": f"gram-{method}", "n_obs": system.n_obs, "K": system.n_basis})
+                      {"solver": "gram", "methods": methods, "n_obs": system.n_obs, "K": system.n_basis})
 
 
 def scan_dual(model, train, lams: Sequence[float], *, errors: Dict[str, Any], weights=None,
@@ -147,14 +150,16 @@ def scan_dual(model, train, lams: Sequence[float], *, errors: Dict[str, Any], we
     sources: Dict[str, RowSource] = error_sources(model, errors, fit_e0=fit_e0, batch_atoms=batch_atoms,
                                                   device=device)
     n_basis = int(model.basis_size)
-    plan = None
+    plan, methods = None, {}
     for i, (name, gamma) in enumerate(_gammas(priors, model, n_basis)):
         ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"kernel_{i}.npz")
         ks = assemble_kernel(model, train, weights, gamma=gamma, fit_e0=fit_e0, batch_atoms=batch_atoms,
                              device=device, keep_rows=keep_rows, spill=spill, available=available, checkpoint=ckpt)
         plan, unit = ks.plan, lams_relative(ks)
         abs_lams = [float(x) * unit if relative else float(x) for x in lams]
-        C = TikhonovDual(ks, method=method, consume=True).solve(abs_lams)
+        solver = TikhonovDual(ks, method=method, consume=True)
+        C, methods[name] = solver.solve(abs_lams), solver.method
+        del solver
         ks.remove_spill()
         del ks
         errs = {}
@@ -165,7 +170,8 @@ def scan_dual(model, train, lams: Sequence[float], *, errors: Dict[str, Any], we
         ch.offer(rows, C)
         table += rows
     return ScanResult(table, select, test, ch.best, ch.best_test, ch.coef, n_basis,
-                      {"solver": "dual-eigh", "K": n_basis, "plan": plan.to_dict() if plan is not None else None})
+                      {"solver": "dual", "methods": methods, "K": n_basis,
+                       "plan": plan.to_dict() if plan is not None else None})
 
 
 def split(structures, fractions: Sequence[float], seed: int = 0) -> List[list]:

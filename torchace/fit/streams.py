@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..fieldcheck import check_int
 from ..resources import ResourceLimitError, available_bytes, gib
 from ..structures.batch import DEFAULT_MIN_DISTANCE
 from .assembly import batch_system, fitting_structures, structure_batches
@@ -50,6 +51,7 @@ class RowSource:
     def __init__(self, model, structs, weights=None, *, fit_e0: bool = False, per_atom: bool = False,
                  batch_atoms: int = 2048, device=None, memory_budget: int = 256 * 2**20, backend: str = "auto",
                  min_distance: float = DEFAULT_MIN_DISTANCE):
+        check_int("RowSource", "batch_atoms", batch_atoms, minimum=1)
         self.model, self.weights = model, resolve_weights(weights)
         self.structs = fitting_structures(structs)
         self.fit_e0, self.per_atom = bool(fit_e0), bool(per_atom)
