@@ -191,12 +191,15 @@ def _fit(args, cfg, n_threads: int) -> int:
     train = read_data(cfg.data.train, keys=keys, elements=model.elements, skip_bad=cfg.data.skip_bad)
     print(f"training data: {len(train)} structures, {sum(s.n_atoms for s in train)} atoms "
           f"({', '.join(train.config_types)})", flush=True)
-    print("fitting (assembly of the design matrix, then the solver) ...", flush=True)
-    res = torchace.fit(model, train, progress=not args.quiet, threads=n_threads, **cfg.fit_kwargs())
-    print(f"design rows: {res.info['backend']} backend; solver {res.solver}: {res.hyperparameters}; E0 {res.E0}; "
-          f"timings {', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
-    print(res.table())
-    report = {"train": res.errors, "fit": res.to_dict()}
+    if cfg.scan is not None:
+        report = {"scan": _scan_fit(cfg, model, train, keys)}
+    else:
+        print("fitting (assembly of the design matrix, then the solver) ...", flush=True)
+        res = torchace.fit(model, train, progress=not args.quiet, threads=n_threads, **cfg.fit_kwargs())
+        print(f"design rows: {res.info['backend']} backend; solver {res.solver}: {res.hyperparameters}; "
+              f"E0 {res.E0}; timings {', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}")
+        print(res.table())
+        report = {"train": res.errors, "fit": res.to_dict()}
     if cfg.data.test:
         test = read_data(cfg.data.test, keys=keys, elements=model.elements, skip_bad=cfg.data.skip_bad)
         print(f"evaluating the test set: {len(test)} structures, {sum(s.n_atoms for s in test)} atoms ...", flush=True)
@@ -214,6 +217,32 @@ def _fit(args, cfg, n_threads: int) -> int:
         write_json_output(cfg.output.errors, report, ERRORS_REPORT, cfg.output.overwrite)
         print(f"wrote {cfg.output.errors}")
     return 0
+
+
+def _scan_fit(cfg, model, train, keys) -> dict:
+    """``torchace fit`` with a ``scan`` section: ``torchace.fit.scan_data`` on the config's data; the table."""
+    import torchace
+    from .fit.data import read_data
+    from .fit.driver import set_E0
+
+    sc, fit_e0 = cfg.scan, cfg.E0 == "fit"
+    if not fit_e0:
+        set_E0(model, train, cfg.E0)
+    read = lambda p: read_data(p, keys=keys, elements=model.elements, skip_bad=cfg.data.skip_bad)  # noqa: E731
+    val = sc.validation if isinstance(sc.validation, float) else read(sc.validation)
+    test = read(cfg.data.test) if cfg.data.test else None
+    print(f"scanning {len(sc.lams)} λ × priors {list(cfg.build_scan_priors())} ({sc.form} form) ...", flush=True)
+    res = torchace.fit.scan_data(model, train, sc.lams, validation=val, test=test, form=sc.form, weights=cfg.weights,
+                                 priors=cfg.build_scan_priors(), fit_e0=fit_e0, select=sc.select, seed=sc.seed,
+                                 batch_atoms=cfg.assembly.batch_atoms, device=cfg.assembly.device,
+                                 checkpoint_dir=sc.checkpoint_dir)
+    for r in res.table:
+        print("  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    print(f"chosen on {sc.select}: prior {res.best['prior']}, λ_rel {res.best['lam_rel']:.3g}"
+          + (f"; best on test: prior {res.best_test['prior']}, λ_rel {res.best_test['lam_rel']:.3g}"
+             if res.best_test else ""))
+    model.metadata = {"scan": {"best": res.best, "best_test": res.best_test, "info": res.info}}
+    return res.to_dict()
 
 
 def cmd_train(args) -> int:

@@ -1,7 +1,9 @@
 """Stage 4a, fit: assemble and solve once (ACEpotentials.jl's ``acefit!``).  Labelled data (``data``), weights
 (``weights``), design-matrix rows (``rows``), weighted assembly (``assembly``, ``checkpoint``, ``distributed``),
-priors (``priors``), solvers (``solvers/``), the fit driver (``driver``), error tables (``metrics``), repulsion
-data (``repulsion``), close contacts (``contacts``) and the ``torchace fit`` config (``config``).  Iterative
+priors (``priors``), solvers (``solvers/``), Gram-only and dual (kernel) solvers for large bases (``gram``,
+``dual``, ``streams``) with their λ/prior scans (``scans``: ``scan``, ``scan_dual``), the fit driver
+(``driver``), error tables (``metrics``), repulsion data (``repulsion``), close contacts (``contacts``) and the
+``torchace fit`` config (``config``).  Iterative
 training is ``torchace.train``, committees ``torchace.uncertainty``.
 
 ``torchace.fit`` is both this package and the fit function: calling the module runs ``driver.fit``
@@ -10,12 +12,14 @@ import inspect
 import sys
 import types
 
-from . import priors, repulsion, solvers
+from . import dual, gram, priors, repulsion, solvers
 from .driver import FitResult, fit, solve_system
+from .scans import ScanResult, scan, scan_data, scan_dual, split
 from .metrics import errors
 from .rows import design_matrix_rows
 
-__all__ = ["FitResult", "fit", "solve_system", "errors", "design_matrix_rows", "priors", "repulsion", "solvers"]
+__all__ = ["FitResult", "fit", "solve_system", "errors", "design_matrix_rows", "priors", "repulsion", "solvers",
+           "gram", "dual", "scan", "scan_dual", "scan_data", "split", "ScanResult"]
 
 
 class _CallablePackage(types.ModuleType):

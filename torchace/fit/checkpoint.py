@@ -135,7 +135,8 @@ def load_checkpoint(path: str):
     return state, fp
 
 
-def _check(fp_saved: Dict[str, object], fp_now: Dict[str, object], path: str) -> None:
+def check_fingerprint(fp_saved: Dict[str, object], fp_now: Dict[str, object], path: str) -> None:
+    """Raise :class:`CheckpointMismatch` naming every field where the saved fingerprint differs from now's."""
     diff = sorted(k for k in set(fp_saved) | set(fp_now) if fp_saved.get(k) != fp_now.get(k))
     if diff:
         detail = "; ".join(f"{k}: checkpoint {str(fp_saved.get(k))[:80]!r} vs now {str(fp_now.get(k))[:80]!r}"
@@ -182,7 +183,7 @@ def assemble_checkpointed(model, ds, weights=None, path: str = "assembly_checkpo
     state = None
     if os.path.exists(path):
         saved, fp_saved = load_checkpoint(path)
-        _check(fp_saved, fp, path)
+        check_fingerprint(fp_saved, fp, path)
         missing = [k for k in ("n_obs", "n_batches") + _STATE_KEYS[method] if k not in saved]
         if missing:
             raise CheckpointError(f"{path}: checkpoint lacks {missing}; delete it to restart")
@@ -199,3 +200,32 @@ def assemble_checkpointed(model, ds, weights=None, path: str = "assembly_checkpo
     if remove_on_success and os.path.exists(path):
         os.unlink(path)
     return system
+
+
+def resume_steps(n_steps: int, step: Callable[[int, Dict[str, torch.Tensor]], None], state: Dict[str, torch.Tensor],
+                 *, path: Optional[str] = None, fp: Optional[Dict[str, object]] = None, every: int = 1, device=None,
+                 on_step: Optional[Callable[[int, Dict[str, torch.Tensor]], None]] = None) -> Dict[str, torch.Tensor]:
+    """Run ``step(i, state)`` for i = state["n_done"] .. n_steps − 1, updating ``state`` (a dict of tensors) in
+    place; with ``path``, the state and fingerprint ``fp`` are saved atomically every ``every`` steps and after the
+    last, and a run finds a saved state there (same fingerprint, else :class:`CheckpointMismatch`) and continues
+    after its ``n_done`` steps — the streaming Gram and kernel assemblies (``fit.gram``, ``fit.dual``) resume so.
+    ``on_step(n_done, state)`` follows each step (after its checkpoint is on disk)."""
+    if int(every) < 1:
+        raise ValueError(f"every must be >= 1, got {every!r}")
+    if path is not None and os.path.exists(path):
+        saved, fp_saved = load_checkpoint(path)
+        check_fingerprint(fp_saved, fp or {}, path)
+        missing = sorted(set(state) - set(saved))
+        if missing:
+            raise CheckpointError(f"{path}: checkpoint lacks {missing}; delete it to restart")
+        for k, v in saved.items():
+            state[k] = v.to(device) if v.is_floating_point() else v
+    state.setdefault("n_done", torch.tensor(0))
+    for i in range(int(state["n_done"]), n_steps):
+        step(i, state)
+        state["n_done"] = torch.tensor(i + 1)
+        if path is not None and ((i + 1) % int(every) == 0 or i + 1 == n_steps):
+            save_checkpoint(path, state, fp or {})
+        if on_step is not None:
+            on_step(i + 1, state)
+    return state

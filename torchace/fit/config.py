@@ -10,7 +10,11 @@ solver:   {name: BLR}                            # any torchace.solvers class an
 assembly: {streaming: null, batch_atoms: 2048, device: cpu, backend: auto}
 output:   {model: model.json, errors: errors.json, parity: parity.png, log: auto}   # log: model.log beside
 threads:  auto                                   # torch threads: a positive integer or auto (torchace.jobs)
+scan:     {lams: [1.0e-8, 1.0e-6], priors: {none: null, g: {name: gaussian, sigma: 0.5}}, validation: 0.2}
 ```
+``scan`` (optional) fits by a ridge scan instead of ``solver`` (``torchace.fit.scan_data``: λ relative to
+mean(diag Γ⁻¹GΓ⁻¹), every prior on one Gram system, or ``form: dual`` for K > rows; λ chosen on ``select``, the
+validation split a fraction of data.train or files); its table goes into output.errors under "scan".
 Relative paths are resolved against the config file's directory; ``@bundled/...`` names files shipped in
 ``torchace/data``.  Unknown keys anywhere are rejected with their section named; wrong types and out-of-range
 values (``pair: "no"``, ``order: 2.5``, ``batch_atoms: 0``, ``streaming: QR``) are rejected when the file is
@@ -57,6 +61,17 @@ class AssemblySection:
 
 
 @dataclass
+class ScanSection:
+    lams: List[float] = field(default_factory=lambda: [1e-10, 1e-8, 1e-6, 1e-4, 1e-2])
+    priors: Optional[Dict[str, Any]] = None  # name -> a prior mapping or null (plain ridge); default: the config's
+    validation: Any = 0.2  # a fraction of data.train (seeded split) or file(s)
+    form: str = "gram"  # gram (K < rows) or dual (K > rows)
+    select: str = "validation_F"
+    seed: int = 0
+    checkpoint_dir: Optional[str] = None  # the assembly / kernels are checkpointed there: a killed job resumes
+
+
+@dataclass
 class OutputSection:
     model: str = "model.json"
     errors: Optional[str] = "errors.json"
@@ -73,6 +88,7 @@ TOP_LEVEL_HELP = {
     "synthetic_dimers": "  true or {E_syn, weight, ...} (torchace.fit.repulsion.synthetic_dimers)",
     "repulsion_restraint": "  true or {weight, r_in, ...} (ACEpotentials.jl's repulsion_restraint)",
     "threads": "  torch threads: a positive integer, or auto (cores minus the load average; torchace.jobs)",
+    "scan": "  {lams, priors, validation, form, select, seed, checkpoint_dir}: a λ/prior scan instead of solver",
 }
 
 
@@ -89,6 +105,7 @@ class FitConfig:
     synthetic_dimers: Any = False
     repulsion_restraint: Any = False
     threads: Any = "auto"  # torch threads of the job (torchace.jobs.use_threads): an integer >= 1 or "auto"
+    scan: Optional[ScanSection] = None
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], base_dir: str = ".", source: Optional[str] = None,
@@ -188,10 +205,11 @@ class FitConfig:
             except ValueError as exc:
                 raise ValueError(f"fit config: {exc}") from None
         threads = check_threads("fit config", "threads", d.get("threads", "auto"))
+        scan = None if d.get("scan") is None else _scan_section(d, data, base_dir)
         return cls(model=model, data=data, weights=weights, E0=d.get("E0"),
                    prior=d.get("prior"), solver=d.get("solver"), assembly=asm, output=out,
                    synthetic_dimers=d.get("synthetic_dimers", False),
-                   repulsion_restraint=d.get("repulsion_restraint", False), threads=threads)
+                   repulsion_restraint=d.get("repulsion_restraint", False), threads=threads, scan=scan)
 
     def fit_kwargs(self) -> Dict[str, Any]:
         """The keyword arguments of ``torchace.fit`` this config stands for (the config mirrors ``fit``)."""
@@ -236,6 +254,14 @@ class FitConfig:
         from . import priors
 
         return _construct(priors, "prior", self.prior)
+
+    def build_scan_priors(self) -> Dict[str, Any]:
+        """scan.priors as prior objects (None: plain ridge); without them the config's prior, or plain ridge."""
+        from . import priors
+
+        if self.scan.priors is None:
+            return {self.prior["name"]: self.build_prior()} if self.prior else {"none": None}
+        return {k: None if v is None else _construct(priors, "prior", v) for k, v in self.scan.priors.items()}
 
     def build_solver(self):
         if self.solver is None:
@@ -316,6 +342,45 @@ def _model_section(m: Any) -> Dict[str, Any]:
     except ValueError as exc:
         raise ValueError(f"fit config model: {exc}") from None
     return dict(m)
+
+
+def _scan_section(d: Dict[str, Any], data: DataSection, base_dir: str) -> ScanSection:
+    """The ``scan`` section, checked now: λ > 0, prior mappings, the validation split or files, form, select; a
+    scan replaces the solver and works on the plain training data (no streaming, synthetic dimers or restraint)."""
+    sc = _section("scan", d["scan"], ScanSection)
+    given = [k for k in ("solver", "synthetic_dimers", "repulsion_restraint") if d.get(k)]
+    given += ["assembly.streaming"] if (d.get("assembly") or {}).get("streaming") else []
+    if given:
+        raise ValueError(f"fit config: scan fits by ridge scans on the training data alone; remove {given}")
+    if not isinstance(sc.lams, list) or not sc.lams:
+        raise ValueError(f"fit config: 'scan.lams' must be a non-empty list of λ > 0, got {sc.lams!r}")
+    sc.lams = [check_float("fit config", f"scan.lams[{i}]", x, positive=True) for i, x in enumerate(sc.lams)]
+    if sc.priors is not None:
+        if not isinstance(sc.priors, dict) or not sc.priors:
+            raise ValueError(f"fit config: 'scan.priors' must be a mapping name -> prior (or null), got {sc.priors!r}")
+        from . import priors
+
+        for k, v in sc.priors.items():
+            if v is not None and (not isinstance(v, dict) or "name" not in v):
+                raise ValueError(f"fit config: 'scan.priors.{k}' must be null or a mapping with a 'name', got {v!r}")
+            if v is not None:
+                _construct(priors, "prior", v)
+    if isinstance(sc.validation, float):
+        if not 0 < sc.validation < 1:
+            raise ValueError(f"fit config: 'scan.validation' as a fraction must be in (0, 1), got {sc.validation}")
+    else:
+        check_paths("fit config", "scan.validation", sc.validation)
+        sc.validation = resolve_path(sc.validation, base_dir)
+    check_str("fit config", "scan.form", sc.form, choices=("gram", "dual"))
+    sets = ("validation", "test") if data.test else ("validation",)
+    check_str("fit config", "scan.select", sc.select, choices=tuple(f"{s}_{k}" for s in sets for k in "EFV"))
+    sc.seed = check_int("fit config", "scan.seed", sc.seed, minimum=0)
+    check_str("fit config", "scan.checkpoint_dir", sc.checkpoint_dir, allow_none=True)
+    if sc.checkpoint_dir is not None:
+        sc.checkpoint_dir = resolve_path(sc.checkpoint_dir, base_dir)
+        if not os.path.isdir(sc.checkpoint_dir):
+            raise ValueError(f"fit config: 'scan.checkpoint_dir' {sc.checkpoint_dir!r} is not a directory")
+    return sc
 
 
 def _check_weights(w: Any) -> None:
