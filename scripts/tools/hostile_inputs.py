@@ -798,9 +798,9 @@ def _(ctx):
     _load_doc(ctx, lambda d: d["config"].__setitem__("pure2b", "yes"))
 
 
-@case(3, "model file: format_version 2", names=("bad.json", "format_version"))
+@case(3, "model file: format_version 3 (a later torchace's)", names=("bad.json", "format_version"))
 def _(ctx):
-    _load_doc(ctx, lambda d: d.__setitem__("format_version", 2))
+    _load_doc(ctx, lambda d: d.__setitem__("format_version", 3))
 
 
 @case(3, "model file: basis_size \"K\" as a string", names=("bad.json", "basis_size"))
