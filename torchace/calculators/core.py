@@ -25,12 +25,12 @@ import torch
 
 from ..model.backends import AUTO, EVALUATE, select
 from ..model.backends.fused import CLOSEST_PAIR
+from ..model.contract import EnergyModel
 from ..model.evaluate import stress_from_virial
 from ..structures.geometry import edge_vectors
 from .binding import BoundModel
 
 TORCHSCRIPT = "torchscript"  # the backend name of a TorchScript export (ASE calculator only)
-MODEL_ATTRIBUTES = ("config", "coefficients", "rcut")
 
 
 class LoadedModel:
@@ -49,8 +49,8 @@ def load_model(model_or_path, device, dtype: torch.dtype, backend: str = AUTO, e
 
     A path that does not exist is ``FileNotFoundError``; a TorchScript archive (a zip: it contains code) is
     loaded only with ``backend="torchscript"`` (``engine`` None: the ASE calculator, the one engine that runs
-    exports; otherwise the engine's name for the message); an object without ``config``, ``coefficients`` and
-    ``rcut`` is ``TypeError``."""
+    exports; otherwise the engine's name for the message); any other object than an energy model
+    (``torchace.model.contract.EnergyModel``) is ``TypeError``."""
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
         if not os.path.exists(path):
@@ -77,7 +77,7 @@ def load_model(model_or_path, device, dtype: torch.dtype, backend: str = AUTO, e
         model = load(path, dtype=dtype, device=device)
         return LoadedModel(model, None, model.config.numbers, model.rcut, path)
     model = model_or_path
-    if not all(hasattr(model, a) for a in MODEL_ATTRIBUTES):
+    if not isinstance(model, EnergyModel):  # the contract (torchace.model.contract), not attributes
         raise TypeError(f"expected a torchace model or the path of a model file, got {type(model).__name__}")
     return LoadedModel(model, None, model.config.numbers, model.rcut, None)
 
