@@ -15,7 +15,7 @@ initialisation) φ_a is the linear model's one-particle function, rescaled as th
 ``forward``: φ [E, n_a] by autograd-friendly torch ops (the reference path); ``with_grad`` / ``vjp``: the
 same φ feature-major with its analytic r-derivatives (the analytic path), as ``EdgeEmbedding`` does.  The
 linear model's basis evaluations (``ManyBodyRadials``, harmonics) and its current ``nl_scale`` come in as
-tensors (``NonlinearACEModel.one_particle*`` computes them): the module owns only W and the constant index
+tensors (``ACEModel.one_particle*`` computes them): the module owns only W and the constant index
 maps of the one-particle functions (the angular ones copied from the ``EdgeEmbedding``, not saved), so it
 compiles with ``torch.jit.script`` as part of the model (docs/export.md).
 """
