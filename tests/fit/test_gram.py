@@ -150,6 +150,7 @@ def test_scan_dual_equals_scan_and_json(wide, data, tmp_path):
     a = torchace.fit.scan(g, lams, priors=ps, model=wide)
     b = torchace.fit.scan_dual(wide, train, lams, errors=errors, priors=ps, fit_e0=True, batch_atoms=BATCH)
     assert [r["prior"] for r in a.table] == [r["prior"] for r in b.table]
+    assert set(b.info["seconds"]) == {"none", "gauss", "errors"}  # one error pass for both priors
     for ra, rb in zip(a.table, b.table):
         for k in ("lam", "validation_E", "validation_F", "test_F"):
             assert abs(ra[k] / rb[k] - 1) < 1e-9, (k, ra, rb)

@@ -4,7 +4,8 @@
 column scaling Γ of the same Gram matrix and every λ of a prior comes from one factorisation
 (``fit.gram.TikhonovGram``), the errors from the error sets' residuals, rmse² = (cᵀGc − 2cᵀb + yᵀy)/n.
 ``scan_dual`` is the same for K > rows: one kernel AΓ⁻²Aᵀ per prior (Γ is inside the kernel), every λ from its
-eigendecomposition (``fit.dual.TikhonovDual``), the errors from one pass over each error set's rows for all λ.
+eigendecomposition (``fit.dual.TikhonovDual``), the errors from one pass over each error set's rows for every
+prior and λ together.
 
 λ is chosen on the ``select`` column (default the validation force RMSE, ``"validation_F"``); the best on
 ``test`` (default ``"test_F"``) is reported beside it for studies that follow a paper's best-on-test protocol.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -143,15 +145,18 @@ def scan_dual(model, train, lams: Sequence[float], *, errors: Dict[str, Any], we
               method: str = "auto", checkpoint_dir: Optional[str] = None) -> ScanResult:
     """``scan`` for K > rows: per prior one kernel (``fit.dual.assemble_kernel``: ``keep_rows``, ``spill``), all λ
     from its eigendecomposition or Cholesky factors (``method``), the errors of ``errors`` ({name: structures or
-    (structures, kinds)}) from one pass over their rows.  ``checkpoint_dir``: each prior's kernel is checkpointed
+    (structures, kinds)}) from one pass over their rows for every prior and λ together (``info["seconds"]``: each
+    prior's kernel and solves, then that pass).  ``checkpoint_dir``: each prior's kernel is checkpointed
     there (``kernel_<i>.npz``, i the prior's position): a killed scan started again resumes where it stopped."""
     table: List[Dict[str, Any]] = []
     ch = _Chooser(select, test)
     sources: Dict[str, RowSource] = error_sources(model, errors, fit_e0=fit_e0, batch_atoms=batch_atoms,
                                                   device=device)
     n_basis = int(model.basis_size)
-    plan, methods = None, {}
+    plan, methods, seconds = None, {}, {}
+    solved: List[Tuple[str, float, torch.Tensor]] = []
     for i, (name, gamma) in enumerate(_gammas(priors, model, n_basis)):
+        t0 = time.perf_counter()
         ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"kernel_{i}.npz")
         ks = assemble_kernel(model, train, weights, gamma=gamma, fit_e0=fit_e0, batch_atoms=batch_atoms,
                              device=device, keep_rows=keep_rows, spill=spill, available=available, checkpoint=ckpt)
@@ -162,15 +167,24 @@ def scan_dual(model, train, lams: Sequence[float], *, errors: Dict[str, Any], we
         del solver
         ks.remove_spill()
         del ks
-        errs = {}
+        solved.append((name, unit, C))
+        seconds[name] = time.perf_counter() - t0
+    # the error sets' rows once for the solutions of every prior and λ together (one pass per set, not per prior)
+    t0 = time.perf_counter()
+    errs: Dict[str, torch.Tensor] = {}
+    if solved:
+        C_all = torch.cat([C for _, _, C in solved], 1)
         for sname, src in sources.items():
-            e0 = C[n_basis:] if fit_e0 else None
-            errs.update({f"{sname}_{k}": v for k, v in stream_errors(src, C[:n_basis], e0).items()})
-        rows = _rows(name, lams, unit, relative, errs)
+            e0 = C_all[n_basis:] if fit_e0 else None
+            errs.update({f"{sname}_{k}": v for k, v in stream_errors(src, C_all[:n_basis], e0).items()})
+    seconds["errors"] = time.perf_counter() - t0
+    for j, (name, unit, C) in enumerate(solved):
+        cols = slice(j * len(lams), (j + 1) * len(lams))
+        rows = _rows(name, lams, unit, relative, {k: v[cols] for k, v in errs.items()})
         ch.offer(rows, C)
         table += rows
     return ScanResult(table, select, test, ch.best, ch.best_test, ch.coef, n_basis,
-                      {"solver": "dual", "methods": methods, "K": n_basis,
+                      {"solver": "dual", "methods": methods, "K": n_basis, "seconds": seconds,
                        "plan": plan.to_dict() if plan is not None else None})
 
 
