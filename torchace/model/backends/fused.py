@@ -34,6 +34,7 @@ from torch import nn
 
 from ... import keys as K
 from ...basis.radial import agnesi_a
+from ...basis.recoupling import CoupledPairs, coupled_pairs
 from ...structures.geometry import edge_vectors
 from ..strain import edge_gradient_outputs
 from ..watch import Derived
@@ -311,6 +312,72 @@ def cached_dag(model):
     return hit[2]
 
 
+_PAIRS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+# the product schemes of the energy kernel (torchace/basis/recoupling.py): "auto" takes the cheaper by cost()
+PRODUCT_SCHEMES = ("auto", "dag", "pairs")
+
+
+def cached_pairs(model) -> Optional[CoupledPairs]:
+    """``recoupling.coupled_pairs`` of the model's product basis (None where it does not apply), built once per
+    basis and rebuilt when its index tables change, as ``cached_dag``."""
+    emb = fixed_embedding(model)[0]
+    tables = [model.product.idx.detach().cpu()] + [t.detach().cpu() for t in (emb.n_idx, emb.l_idx, emb.lm_idx)]
+    with _LOCK:
+        hit = _PAIRS.get(model.product)
+        if hit is None or len(hit[0]) != 4 or not all(torch.equal(a, b) for a, b in zip(hit[0], tables)):
+            plan = coupled_pairs(tables[0], int(emb.n_a), *tables[1:])
+            hit = _PAIRS[model.product] = ([t.clone() for t in tables], plan)
+    return hit[1]
+
+
+def dag_cost(parent: torch.Tensor) -> int:
+    """Multiply-adds per atom of the DAG's energy and reverse sweep (one per node forward, two per child back)."""
+    return 3 * int(parent.shape[0])
+
+
+def product_scheme(model, products: str = "auto") -> str:
+    """"dag" or "pairs" for the energy kernel: ``products`` if not "auto", else the cheaper of the two by their
+    operation counts (``CoupledPairs.cost``, ``dag_cost``); "dag" where the coupled pairs do not apply."""
+    if products not in PRODUCT_SCHEMES:
+        raise ValueError(f"products must be one of {PRODUCT_SCHEMES}, got {products!r}")
+    # learned radials (the nonlinear model's LearnedBasis) mix radial rows per species pair: not planned here
+    learned = getattr(model, "radials", None) is not None or fixed_embedding(model)[1] is not None
+    plan = None if learned else cached_pairs(model)
+    if products == "pairs":
+        if plan is None or plan.n_terms == 0:
+            raise ValueError("the coupled-pair scheme does not apply to this model (order above 4, learned radials, "
+                             "or a block without all its m): use products='dag'")
+        return "pairs"
+    if products == "dag" or plan is None or plan.n_terms == 0:
+        return "dag"
+    return "pairs" if plan.cost()["flops"] < dag_cost(cached_dag(model)[0]) else "dag"
+
+
+def product_args(model, scheme: str, dtype: torch.dtype) -> tuple:
+    """The kernel's product-basis arguments for ``scheme`` ("dag" or "pairs"): ((parent, last, children) of the DAG,
+    (pair_index, pair_coef, terms) of the coupled pairs); the other scheme's are empty (the DAG: the empty product)."""
+    long = dict(dtype=torch.long)
+    if scheme == "pairs":
+        plan = cached_pairs(model)
+        n_a = int(fixed_embedding(model)[0].n_a)
+        return ((torch.zeros(1, **long), torch.full((1,), n_a, **long), torch.ones(2, **long)),
+                (plan.pair_index, plan.pair_coef.to(dtype).contiguous(), plan.terms))
+    parent, last, children, _ = cached_dag(model)
+    return (parent, last, children), (torch.zeros(0, 3, **long), torch.zeros(0, dtype=dtype), torch.zeros(0, 3, **long))
+
+
+def product_coefficients(model, coefficients: torch.Tensor, scheme: str) -> torch.Tensor:
+    """Many-body coefficients [..., basis_size] → the kernel's coefficient array of ``scheme`` (float64, CPU):
+    per DAG node (``node_coefficients``) or per coupled-pair term (``CoupledPairs.weights``), [..., nz, n]."""
+    if scheme == "pairs":
+        lead = coefficients.shape[:-1]
+        c_mb = coefficients[..., : model.n_manybody].reshape(*lead, model.nz, model.n_b).to(torch.float64)
+        return cached_pairs(model).weights(model.coupling.transpose_apply(c_mb).cpu())
+    parent, _, _, node_of_aa = cached_dag(model)
+    return node_coefficients(model, coefficients, node_of_aa, parent.shape[0])
+
+
 def fixed_embedding(model):
     """(the fixed one-particle basis ``EdgeEmbedding``, the learned radials or None) of ``model``: its own
     embedding, or a learned basis (``learned`` over ``base``, the nonlinear model's ``LearnedBasis``)."""
@@ -368,8 +435,11 @@ class FusedEvaluator(nn.Module):
     on each call as well) the dictionary also has ``committee_energy`` [n_members, n_structures].
     """
 
-    def __init__(self, model, committee: bool = False, skip_baseline: bool = False):
+    def __init__(self, model, committee: bool = False, skip_baseline: bool = False, products: str = "auto"):
         super().__init__()
+        if products not in PRODUCT_SCHEMES:
+            raise ValueError(f"products must be one of {PRODUCT_SCHEMES}, got {products!r}")
+        self.products = products
         # skip_baseline: the caller adds the ZBL baseline itself (the fused backend does); otherwise a model
         # with one is refused (checked again whenever the model's tensors change: _refresh)
         _check_model(model, "FusedEvaluator", with_baseline=not skip_baseline)
@@ -389,7 +459,7 @@ class FusedEvaluator(nn.Module):
         self._consts.clear()
         self._committee_consts.clear()
         _check_model(self.model, "FusedEvaluator", with_baseline=not self.skip_baseline)  # r0 may have changed
-        self.aa_parent, self.aa_last, self.aa_children, self.node_of_aa = cached_dag(self.model)
+        self.scheme = product_scheme(self.model, self.products)
 
     def _constants(self, dtype: torch.dtype):
         consts = self._consts.get(dtype)
@@ -399,15 +469,15 @@ class FusedEvaluator(nn.Module):
         c = m.coefficients.detach()
         f = dict(dtype=dtype, device="cpu")
         with torch.no_grad():
-            c_node = node_coefficients(m, c, self.node_of_aa, self.aa_parent.shape[0])
             c_pair = pair_constants(m, m.pair_coefficients.detach(), dtype)
-            consts = basis_args(m, dtype) + (self.aa_parent, self.aa_last, self.aa_children,
-                                             c_node.to(**f).contiguous(), m.E0.detach().to(**f).contiguous(), c_pair)
+            dag, pairs = product_args(m, self.scheme, dtype)
+            c_prod = product_coefficients(m, c, self.scheme).to(**f).contiguous()
+            consts = (basis_args(m, dtype) + dag + (c_prod, m.E0.detach().to(**f).contiguous(), c_pair), pairs)
         self._consts[dtype] = consts
         return consts
 
     def _committee_constants(self, dtype: torch.dtype):
-        """(c_node_extra [n_sets, nz, n_nodes], c_pair_extra [n_sets, nz, nz, n_pair]) of the committee, built
+        """(c_node_extra [n_sets, nz, n], c_pair_extra [n_sets, nz, nz, n_pair]) of the committee, built
         like the mean model's constants, and whether there is a committee to report; n_sets = 0 (empty tensors)
         without a committee or with committee=False (the kernel then does no extra work)."""
         hit = self._committee_consts.get(dtype)
@@ -415,7 +485,7 @@ class FusedEvaluator(nn.Module):
             return hit
         m = self.model
         comm = getattr(m, "committee", None) if self.committee else None
-        n_nodes = self.aa_parent.shape[0]
+        n_coef = self._constants(dtype)[0][-3].shape[-1]  # DAG nodes or coupled-pair terms
         if comm is not None:
             comm = comm.detach()
             if comm.dim() != 2 or comm.shape[1] != m.basis_size:
@@ -423,11 +493,11 @@ class FusedEvaluator(nn.Module):
                                  f"got {tuple(comm.shape)}")
         f = dict(dtype=dtype, device="cpu")
         if comm is None:
-            consts = (torch.zeros(0, m.nz, n_nodes, **f), torch.zeros(0, m.nz, m.nz, m.n_pair, **f))
+            consts = (torch.zeros(0, m.nz, n_coef, **f), torch.zeros(0, m.nz, m.nz, m.n_pair, **f))
         else:
             with torch.no_grad():
                 n = comm.shape[0]
-                c_node = node_coefficients(m, comm, self.node_of_aa, n_nodes)
+                c_node = product_coefficients(m, comm, self.scheme)
                 consts = (c_node.to(**f).contiguous(),
                           pair_constants(m, comm[:, m.n_manybody:].reshape(n, m.nz, m.nz, m.n_pair), dtype))
         self._committee_consts[dtype] = (consts, comm is not None)
@@ -442,10 +512,11 @@ class FusedEvaluator(nn.Module):
         self._refresh()
         with torch.no_grad():
             extra, with_committee = self._committee_constants(dtype)
+            consts, pairs = self._constants(dtype)
             energy, site, forces, virial, closest, energy_extra, _ = self.ext.site_energy_forces(
                 positions.contiguous(), species.contiguous(), batch.contiguous(), edge_index.contiguous(),
                 unit_shifts.to(dtype).contiguous(), cell.to(dtype).contiguous(), int(n_structures), need_grad,
-                bool(compute_virials), *self._constants(dtype), *extra, torch.zeros(0, dtype=dtype))
+                bool(compute_virials), *consts, *extra, torch.zeros(0, dtype=dtype), *pairs)
         out: Dict[str, torch.Tensor] = {K.ENERGY: energy, K.NODE_ENERGY: site, CLOSEST_PAIR: closest}
         if with_committee:
             out[COMMITTEE_ENERGY] = energy_extra

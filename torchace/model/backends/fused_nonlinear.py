@@ -42,21 +42,22 @@ def nonlinear_forward(model, positions: torch.Tensor, species: torch.Tensor, bat
     ext = fused.load_extension()
     dtype = positions.dtype
     f = dict(dtype=dtype, device="cpu")
-    parent, last, children, node_of_aa = fused.cached_dag(model)
-    n_nodes, n_p = parent.shape[0], model.densities
+    scheme = "dag" if model.radials is not None else fused.product_scheme(model)  # learned radials: the DAG
+    dag, pairs = fused.product_args(model, scheme, dtype)
+    n_p = model.densities
     with torch.no_grad():
         c = model.density_coefficients.detach().reshape(n_p, -1)
-        c_node = fused.node_coefficients(model, c, node_of_aa, n_nodes).to(**f).contiguous()  # [P, nz, n_nodes]
+        c_node = fused.product_coefficients(model, c, scheme).to(**f).contiguous()  # [P, nz, nodes or terms]
         c_pair = fused.pair_constants(model, model.pair_coefficients, dtype)
-        zeros_mb = torch.zeros(model.nz, n_nodes, **f)
+        zeros_mb = torch.zeros(model.nz, c_node.shape[-1], **f)
         zeros_pair = torch.zeros(n_p, model.nz, model.nz, model.n_pair, **f)
         geometry = (positions.contiguous(), species.contiguous(), batch.contiguous(), edge_index.contiguous(),
                     unit_shifts.to(dtype).contiguous(), cell.to(dtype).contiguous(), int(n_structures))
-        consts = fused.basis_args(model, dtype, radials=model.radials) + (parent, last, children)
+        consts = fused.basis_args(model, dtype, radials=model.radials) + dag
         tail = (model.E0.detach().to(**f).contiguous(), c_pair, c_node, zeros_pair)
         # pass 1: E0 + pair per atom (the main coefficient set is zero) and the densities (the extra sets)
         _, base, _, _, _, _, rho = ext.site_energy_forces(*geometry, False, False, *consts, zeros_mb, *tail,
-                                                          torch.zeros(0, **f))
+                                                          torch.zeros(0, **f), *pairs)
         rho = rho.t().contiguous()  # [N, P]
         emb = model.embedding_fn
         if emb is None:
@@ -71,7 +72,8 @@ def nonlinear_forward(model, positions: torch.Tensor, species: torch.Tensor, bat
         if compute_forces or compute_virials:
             # pass 2: the forces and virials of the pair part and of the per-atom coefficients Σ_p F'_p c_p
             _, _, forces, virial, _, _, _ = ext.site_energy_forces(*geometry, True, bool(compute_virials), *consts,
-                                                                   zeros_mb, *tail, dF.detach().to(**f).contiguous())
+                                                                   zeros_mb, *tail, dF.detach().to(**f).contiguous(),
+                                                                   *pairs)
             if compute_forces:
                 out[K.FORCES] = forces
             if compute_virials:

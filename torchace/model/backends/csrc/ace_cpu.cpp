@@ -493,6 +493,72 @@ struct AtomEdges {
   }
 };
 
+// The coupled-pair scheme (torchace/basis/recoupling.py): P[slot] = Σ coef·A[a1]·A[a2] over the non-zero
+// Clebsch–Gordan entries, the term values S_t = Σ_{j<len} Z[x+j] Z[y+j] with Z = [A | 1 | P], and E_mb = Σ_t c_t S_t:
+// the coefficient arrays (c_aa, c_node_extra, site_mix's sets) then hold term weights [.., nz, n_terms] instead of
+// node coefficients (the terms are this scheme's nodes).  No terms = the DAG.
+template <typename T>
+struct CoupledPlan {
+  std::vector<int32_t> a1, a2, slot, tx, ty, tlen;
+  const T* coef = nullptr;
+  int n_cg = 0, n_terms = 0, z_size = 0;
+  bool active = false;
+  CoupledPlan(const torch::Tensor& pair_index, const torch::Tensor& pair_coef, const torch::Tensor& terms, int n_a) {
+    TORCH_CHECK(terms.dim() == 2 && terms.size(1) == 3, "fused kernel: terms must be [n_terms, 3]");
+    active = terms.size(0) > 0;
+    if (!active) return;
+    TORCH_CHECK(pair_index.dim() == 2 && pair_index.size(1) == 3 && pair_coef.size(0) == pair_index.size(0),
+                "fused kernel: pair_index must be [n_cg, 3] with one pair_coef each");
+    n_cg = static_cast<int>(pair_index.size(0));
+    n_terms = static_cast<int>(terms.size(0));
+    const int64_t* pi = pair_index.data_ptr<int64_t>();
+    const int64_t* tt = terms.data_ptr<int64_t>();
+    int64_t zs = n_a + 1;
+    a1.resize(n_cg), a2.resize(n_cg), slot.resize(n_cg);
+    for (int k = 0; k < n_cg; ++k) {
+      TORCH_CHECK(pi[3 * k] >= 0 && pi[3 * k] < n_a && pi[3 * k + 1] >= 0 && pi[3 * k + 1] < n_a &&
+                      pi[3 * k + 2] >= 0,
+                  "fused kernel: pair_index out of range");
+      a1[k] = static_cast<int32_t>(pi[3 * k]), a2[k] = static_cast<int32_t>(pi[3 * k + 1]);
+      slot[k] = static_cast<int32_t>(n_a + 1 + pi[3 * k + 2]);
+      zs = std::max<int64_t>(zs, slot[k] + 1);
+    }
+    tx.resize(n_terms), ty.resize(n_terms), tlen.resize(n_terms);
+    for (int t = 0; t < n_terms; ++t) {
+      TORCH_CHECK(tt[3 * t] >= 0 && tt[3 * t + 1] >= 0 && tt[3 * t + 2] > 0, "fused kernel: terms out of range");
+      tx[t] = static_cast<int32_t>(tt[3 * t]), ty[t] = static_cast<int32_t>(tt[3 * t + 1]);
+      tlen[t] = static_cast<int32_t>(tt[3 * t + 2]);
+      zs = std::max<int64_t>(zs, std::max(tt[3 * t], tt[3 * t + 1]) + tt[3 * t + 2]);
+    }
+    z_size = static_cast<int>(zs);
+    coef = pair_coef.data_ptr<T>();
+  }
+  // Z[0..n_a] = A (A[n_a] = 1) on entry: fills the pair values and the term values S [n_terms]
+  void values(T* __restrict Z, T* __restrict S, int n_a) const {
+    std::fill(Z + n_a + 1, Z + z_size, T(0));
+    for (int k = 0; k < n_cg; ++k) Z[slot[k]] += coef[k] * Z[a1[k]] * Z[a2[k]];
+    for (int t = 0; t < n_terms; ++t) S[t] = dot(tlen[t], Z + tx[t], Z + ty[t]);
+  }
+  // ∂(Σ_t wz[t] S_t)/∂Z, the reverse of ``values``: gZ[0..n_a) is ∂E/∂A on return
+  void adjoint(const T* __restrict Z, T* __restrict gZ, const T* __restrict wz) const {
+    std::fill(gZ, gZ + z_size, T(0));
+    for (int t = 0; t < n_terms; ++t) {
+      const T wt = wz[t];
+      if (wt == T(0)) continue;
+      const int x = tx[t], y = ty[t], n = tlen[t];
+      for (int j = 0; j < n; ++j) {
+        gZ[x + j] += wt * Z[y + j];
+        gZ[y + j] += wt * Z[x + j];
+      }
+    }
+    for (int k = n_cg - 1; k >= 0; --k) {
+      const T g = gZ[slot[k]] * coef[k];
+      gZ[a1[k]] += g * Z[a2[k]];
+      gZ[a2[k]] += g * Z[a1[k]];
+    }
+  }
+};
+
 template <typename T>
 std::vector<torch::Tensor> site_energy_forces_impl(
     const torch::Tensor& positions, const torch::Tensor& species, const torch::Tensor& batch,
@@ -509,7 +575,9 @@ std::vector<torch::Tensor> site_energy_forces_impl(
     // site_mix [N, n_sets] or empty: the forces and virials are those of the per-atom many-body coefficients
     // Σ_q site_mix[i, q] c_node_extra[q, z_i] (a nonlinear model's ∂E_i/∂ρ_q, ρ_q from an earlier call's
     // site_extra) instead of c_aa's; the energies stay c_aa's
-    const torch::Tensor& site_mix) {
+    const torch::Tensor& site_mix,
+    // the coupled-pair scheme (inactive: the DAG above)
+    const CoupledPlan<T>& cp) {
   const int64_t N = species.size(0);
   const int n_a = bs.n_a, ny = bs.ny, n_pair = bs.n_pair, nz = bs.nz;
   const int n_nodes = static_cast<int>(aa_parent.size(0));
@@ -521,8 +589,14 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   const T* e0 = E0.data_ptr<T>();
   const T* cpair = c_pair.data_ptr<T>();
   const int n_sets = static_cast<int>(c_node_extra.size(0));
-  TORCH_CHECK(c_node_extra.dim() == 3 && c_node_extra.size(1) == nz && c_node_extra.size(2) == n_nodes,
-              "fused kernel: c_node_extra must be [n_sets, nz, n_nodes]");
+  // coefficients per node (DAG) or per term (coupled pairs; the DAG arguments are then not read); c0: the DAG's
+  // node 0 is the empty product, which carries no coefficient
+  const int n_coef = cp.active ? cp.n_terms : n_nodes;
+  const int c0 = cp.active ? 0 : 1;
+  TORCH_CHECK(c_aa.dim() == 2 && c_aa.size(0) == nz && c_aa.size(1) == n_coef,
+              "fused kernel: c_aa must be [nz, n_nodes] (DAG) or [nz, n_terms] (coupled pairs)");
+  TORCH_CHECK(c_node_extra.dim() == 3 && c_node_extra.size(1) == nz && c_node_extra.size(2) == n_coef,
+              "fused kernel: c_node_extra must be [n_sets, nz, n_nodes] (DAG) or [n_sets, nz, n_terms] (pairs)");
   TORCH_CHECK(c_pair_extra.dim() == 4 && c_pair_extra.size(0) == n_sets && c_pair_extra.size(1) == nz &&
                   c_pair_extra.size(2) == nz && c_pair_extra.size(3) == n_pair,
               "fused kernel: c_pair_extra must be [n_sets, nz, nz, n_pair]");
@@ -554,12 +628,13 @@ std::vector<torch::Tensor> site_energy_forces_impl(
     std::vector<T> rows, A, gA, AA, gAA, f, vir, en;
     std::vector<T> psum, enx;  // extra sets: pair basis sums ψ [nz][n_pair] of one atom, energies [n_sets][S]
     std::vector<T> cmix;       // the per-atom coefficients of site_mix
+    std::vector<T> Z, gZ;      // the coupled-pair scheme's [A | 1 | P] and its cotangent
     Worker(const Basis<T>& bs, int M, bool grad, int n_nodes, int64_t N, int64_t S, bool need_grad, bool need_virial,
-           int n_sets)
+           int n_sets, int z_size)
         : w(bs, M, grad), rows(5 * w.M + static_cast<size_t>(bs.ny) * w.M, T(0)), A(bs.n_a + 1), gA(bs.n_a + 1),
           AA(n_nodes), gAA(n_nodes), f(need_grad ? 3 * N : 0, T(0)), vir(need_virial ? 9 * S : 0, T(0)),
           en(S, T(0)), psum(n_sets > 0 ? static_cast<size_t>(bs.nz) * bs.n_pair : 0, T(0)),
-          enx(static_cast<size_t>(n_sets) * S, T(0)), cmix(n_nodes, T(0)) {}
+          enx(static_cast<size_t>(n_sets) * S, T(0)), cmix(n_nodes, T(0)), Z(z_size), gZ(z_size) {}
   };
   const int n_threads = std::max(1, at::get_num_threads());
   // one workspace per call of the parallel body, never indexed by thread id: the OpenMP runtime that runs the
@@ -569,8 +644,8 @@ std::vector<torch::Tensor> site_energy_forces_impl(
   std::vector<std::pair<int64_t, std::unique_ptr<Worker>>> workers;
   const int64_t grain = std::max<int64_t>(16, N / (8 * n_threads) + 1);
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    auto own = std::make_unique<Worker>(bs, st.M, need_grad, n_nodes, N, n_structures, need_grad, need_virial,
-                                        n_sets);
+    auto own = std::make_unique<Worker>(bs, st.M, need_grad, n_coef, N, n_structures, need_grad, need_virial, n_sets,
+                                        cp.active ? cp.z_size : 0);
     Worker& wk = *own;
     AtomEdges<T>& w = wk.w;
     const int M = w.M;
@@ -595,7 +670,7 @@ std::vector<torch::Tensor> site_energy_forces_impl(
       const int m = w.m;
       w.manybody();
       w.harmonics();
-      w.atomic_basis(A.data());
+      w.atomic_basis(cp.active ? wk.Z.data() : A.data());
       // pair potential, coefficients folded in: V(r) = penv(r) Σ_k c_k P_k(x(r))
       T e_pair = T(0);
       for (int e = 0; e < m; ++e) dV[e] = T(0);
@@ -641,18 +716,22 @@ std::vector<torch::Tensor> site_energy_forces_impl(
         }
       }
       // site energy and ∂E/∂A through the product DAG (one multiply per node; reverse sweep for ∂E/∂A)
-      const T* c = caa + zi * n_nodes;  // the energy's coefficients (site_mix: replaced for the adjoint)
-      AA[0] = T(1);
-      for (int k = 1; k < n_nodes; ++k) AA[k] = AA[par[k]] * A[lst[k]];
-      const T e_mb = dot(n_nodes - 1, c + 1, AA.data() + 1);
+      const T* c = caa + zi * n_coef;  // the energy's coefficients (site_mix: replaced for the adjoint)
+      if (cp.active) {
+        cp.values(wk.Z.data(), AA.data(), n_a);  // AA holds the term values
+      } else {
+        AA[0] = T(1);
+        for (int k = 1; k < n_nodes; ++k) AA[k] = AA[par[k]] * A[lst[k]];
+      }
+      const T e_mb = dot(n_coef - c0, c + c0, AA.data() + c0);
       const T ei_total = e0[zi] + e_mb + e_pair;
       ps[i] = ei_total;
       pe[st.bt[i]] += ei_total;
       // extra coefficient sets: the same AA and ψ, other coefficients (energies only)
       const bool has_pair = n_pair > 0 && m > 0;
       for (int q = 0; q < n_sets; ++q) {
-        const T* cq = cnx + (static_cast<int64_t>(q) * nz + zi) * n_nodes;
-        T e_q = dot(n_nodes - 1, cq + 1, AA.data() + 1);
+        const T* cq = cnx + (static_cast<int64_t>(q) * nz + zi) * n_coef;
+        T e_q = dot(n_coef - c0, cq + c0, AA.data() + c0);
         if (has_pair) {
           const T* cpq = cpx + (static_cast<int64_t>(q) * nz + zi) * nz * n_pair;  // [zj][k]
           e_q += dot(nz * n_pair, cpq, psum);
@@ -666,28 +745,34 @@ std::vector<torch::Tensor> site_energy_forces_impl(
         for (int q = 0; q < n_sets; ++q) {
           const T wq = smix[i * n_sets + q];
           if (wq == T(0)) continue;
-          const T* __restrict cq = cnx + (static_cast<int64_t>(q) * nz + zi) * n_nodes;
+          const T* __restrict cq = cnx + (static_cast<int64_t>(q) * nz + zi) * n_coef;
           T* __restrict cm = wk.cmix.data();
-          IVDEP for (int k = 0; k < n_nodes; ++k) cm[k] += wq * cq[k];
+          IVDEP for (int k = 0; k < n_coef; ++k) cm[k] += wq * cq[k];
         }
         c = wk.cmix.data();
       }
-      std::fill(gA.begin(), gA.end(), T(0));
-      for (int p = n_nodes - 1; p >= 0; --p) {  // children (> p) are final when p is reached
-        const T ap = AA[p];
-        T s = T(0);
-        for (int64_t k = chl[p]; k < chl[p + 1]; ++k) {
-          const T g = gAA[k];
-          s += g * A[lst[k]];
-          gA[lst[k]] += g * ap;
+      const T* gAp = gA.data();  // ∂E/∂A
+      if (cp.active) {
+        cp.adjoint(wk.Z.data(), wk.gZ.data(), c);
+        gAp = wk.gZ.data();
+      } else {
+        std::fill(gA.begin(), gA.end(), T(0));
+        for (int p = n_nodes - 1; p >= 0; --p) {  // children (> p) are final when p is reached
+          const T ap = AA[p];
+          T s = T(0);
+          for (int64_t k = chl[p]; k < chl[p + 1]; ++k) {
+            const T g = gAA[k];
+            s += g * A[lst[k]];
+            gA[lst[k]] += g * ap;
+          }
+          gAA[p] = c[p] + s;
         }
-        gAA[p] = c[p] + s;
       }
       // backward: radial cotangent (along u) and angular cotangents g_lm per edge
       IVDEP for (int e = 0; e < m; ++e) rad[e] = dV[e];
       std::fill(glm, glm + static_cast<size_t>(ny) * M, T(0));
       for (int a = 0; a < n_a; ++a) {
-        const T ga = gA[a] * bs.aw[a];
+        const T ga = gAp[a] * bs.aw[a];
         if (ga == T(0)) continue;
         const T* __restrict rrow = w.R + bs.arho[a] * M;
         const T* __restrict drow = w.dR + bs.arho[a] * M;
@@ -1367,18 +1452,21 @@ std::vector<torch::Tensor> site_energy_forces(torch::Tensor positions, torch::Te
                                               torch::Tensor aa_parent, torch::Tensor aa_last,
                                               torch::Tensor aa_children, torch::Tensor c_aa, torch::Tensor E0,
                                               torch::Tensor c_pair, torch::Tensor c_node_extra,
-                                              torch::Tensor c_pair_extra, torch::Tensor site_mix) {
+                                              torch::Tensor c_pair_extra, torch::Tensor site_mix,
+                                              torch::Tensor pair_index, torch::Tensor pair_coef,
+                                              torch::Tensor terms) {
   check_inputs(positions,
                {&unit_shifts, &cell, &mb_r0, &mb_ycut, &mb_coef, &sh_norm, &sh_rec_a, &sh_rec_b, &sh_qmm, &a_w, &c_aa,
-                &E0, &pr_ycut, &pr_coef, &c_pair, &c_node_extra, &c_pair_extra, &site_mix, &mb_mix},
-               {&species, &batch, &edge_index, &a_rho, &a_lm, &aa_parent, &aa_last, &aa_children});
+                &E0, &pr_ycut, &pr_coef, &c_pair, &c_node_extra, &c_pair_extra, &site_mix, &mb_mix, &pair_coef},
+               {&species, &batch, &edge_index, &a_rho, &a_lm, &aa_parent, &aa_last, &aa_children, &pair_index, &terms});
   TORCH_CHECK(c_pair.size(2) == n_pair, "fused kernel: c_pair must be [nz, nz, n_pair]");
   std::vector<torch::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "site_energy_forces", [&] {
     const Basis<scalar_t> bs(BASIS_CALL);
+    const CoupledPlan<scalar_t> cp(pair_index, pair_coef, terms, bs.n_a);
     out = site_energy_forces_impl<scalar_t>(positions, species, batch, edge_index, unit_shifts, cell, n_structures,
                                             need_grad, need_virial, bs, aa_parent, aa_last, aa_children, c_aa, E0,
-                                            c_pair, c_node_extra, c_pair_extra, site_mix);
+                                            c_pair, c_node_extra, c_pair_extra, site_mix, cp);
   });
   return out;
 }
