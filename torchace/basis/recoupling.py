@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -128,6 +129,13 @@ class _Builder:
             self.n_p += 2 * L + 1
         return self.pairs[key]
 
+    def pair_cost(self, key: Tuple[int, int, int]) -> int:
+        """Clebsch–Gordan entries a new pair value adds (0 when the plan has it)."""
+        if key in self.pairs:
+            return 0
+        b1, b2, L = key
+        return int((np.abs(wigner_3j(int(self.ls[b1]), int(self.ls[b2]), L)) > 1e-15).sum())
+
     def term(self, x: int, y: int, length: int, rows: np.ndarray, vals: np.ndarray) -> None:
         self.terms.append((x, y, length))
         self.s.append((rows, vals))
@@ -139,6 +147,7 @@ def _valid_perms(pattern: Tuple[int, ...]) -> List[Tuple[int, ...]]:
                                                                            for i, q in enumerate(p))]
 
 
+@lru_cache(maxsize=None)
 def _invariants(ls: Tuple[int, ...]) -> List[Tuple[int, np.ndarray]]:
     """(L, T_L) spanning the invariants of ⊗ V_l in the pairing (12)(34) (order 4) or (12)3 (order 3)."""
     if len(ls) == 1:
@@ -153,6 +162,45 @@ def _invariants(ls: Tuple[int, ...]) -> List[Tuple[int, np.ndarray]]:
     for L in range(max(abs(l1 - l2), abs(l3 - l4)), min(l1 + l2, l3 + l4) + 1):
         out.append((L, np.einsum("abM,cdM->abcd", wigner_3j(l1, l2, L), wigner_3j(l3, l4, L))))
     return out
+
+
+# the pairings of the factor slots, pairs kept in block order: (01)(23), (02)(13), (03)(12); order 3: (01)2, ...
+_PAIRINGS = {3: ((0, 1, 2), (0, 2, 1), (1, 2, 0)), 4: ((0, 1, 2, 3), (0, 2, 1, 3), (0, 3, 1, 2))}
+
+
+def _pairing_terms(lv, mg, perms, sigma):
+    """[(L, values over the group's rows)] of the non-zero invariants in the pairing ``sigma``."""
+    ls = tuple(lv[i] for i in sigma)
+    out = []
+    for L, T in _invariants(ls):
+        val = sum(T[tuple(mg[:, p][:, sigma].T)] for p in perms) / (len(perms) * float((T * T).sum()))
+        if np.abs(val).max() >= _ZERO:
+            out.append((L, val))
+    return out
+
+
+def _add_group(bld: "_Builder", bl, lv, mg, rows, perms) -> None:
+    """The terms of one block multiset ``bl`` (rows ``rows`` of the product basis, their m ``mg``): for orders 3
+    and 4, in the pairing that adds the fewest new Clebsch–Gordan entries and term entries to the plan."""
+    nu, n_a, off = len(bl), bld.n_a, bld.off
+    if nu <= 2:
+        for L, val in _pairing_terms(lv, mg, perms, tuple(range(nu))):
+            x, y, n = (off[bl[0]], n_a, 1) if nu == 1 else (off[bl[0]], off[bl[1]], 2 * lv[0] + 1)
+            bld.term(int(x), int(y), int(n), rows, val)
+        return
+    best = None
+    for sigma in _PAIRINGS[nu]:
+        terms = _pairing_terms(lv, mg, perms, sigma)
+        b = [int(bl[i]) for i in sigma]
+        keys = [(b[0], b[1], L) for L, _ in terms] + ([(b[2], b[3], L) for L, _ in terms] if nu == 4 else [])
+        cost = sum(bld.pair_cost(k) for k in set(keys)) + sum(2 * L + 1 for L, _ in terms)
+        if best is None or cost < best[0]:
+            best = (cost, b, terms)
+    _, b, terms = best
+    for L, val in terms:
+        x = n_a + 1 + bld.pair(b[0], b[1], L)
+        y = off[b[2]] if nu == 3 else n_a + 1 + bld.pair(b[2], b[3], L)
+        bld.term(int(x), int(y), 2 * L + 1, rows, val)
 
 
 def coupled_pairs(idx: torch.Tensor, n_a: int, n_idx: torch.Tensor, l_idx: torch.Tensor,
@@ -188,29 +236,10 @@ def coupled_pairs(idx: torch.Tensor, n_a: int, n_idx: torch.Tensor, l_idx: torch
         starts = np.searchsorted(gid[order_of_rows], np.arange(len(groups) + 1))
         for c, key in enumerate(classes):
             lv, pattern = tuple(int(v) for v in key[:nu]), tuple(int(v) for v in key[nu:])
-            invs = _invariants(lv)
-            if not invs:
-                continue
             perms = _valid_perms(pattern)
             for g in np.nonzero(cid == c)[0]:
                 sel = order_of_rows[starts[g]:starts[g + 1]]
-                mg = m[sel]
-                for L, T in invs:
-                    val = sum(T[tuple(mg[:, p].T)] for p in perms) / (len(perms) * float((T * T).sum()))
-                    if np.abs(val).max() < _ZERO:
-                        continue
-                    bl = groups[g]
-                    if nu == 1:
-                        x, y, n = off[bl[0]], n_a, 1
-                    elif nu == 2:
-                        x, y, n = off[bl[0]], off[bl[1]], 2 * lv[0] + 1
-                    elif nu == 3:
-                        x, y, n = n_a + 1 + bld.pair(bl[0], bl[1], L), off[bl[2]], 2 * L + 1
-                    else:
-                        x = n_a + 1 + bld.pair(bl[0], bl[1], L)
-                        y = n_a + 1 + bld.pair(bl[2], bl[3], L)
-                        n = 2 * L + 1
-                    bld.term(int(x), int(y), int(n), rows[sel], val)
+                _add_group(bld, groups[g], lv, m[sel], rows[sel], perms)
     return _finish(bld)
 
 
