@@ -106,6 +106,91 @@ def acejax_model(order: int, td: int, seed: int = 0, E0=None):
     return model, meta
 
 
+def ghost_neighbours(atoms, rcut: float):
+    """(update, neighbours [K, N] int32, counts [N] int32) of a LAMMPS-style full list with ghost atoms: update(pos)
+    gives the positions of the N local atoms followed by their periodic images within ``rcut`` (the layout of
+    ace-jax's LAMMPS bundle), and fold(f) sums the ghosts' forces back onto their owners."""
+    from ase.neighborlist import neighbor_list
+    i, j, S = neighbor_list("ijS", atoms, rcut)
+    n = len(atoms)
+    image = {}
+    owner, shift, slot = [], [], np.empty(len(i), np.int64)
+    for e, (jj, s) in enumerate(zip(j.tolist(), map(tuple, S.tolist()))):
+        if s == (0, 0, 0):
+            slot[e] = jj
+            continue
+        key = (jj, s)
+        if key not in image:
+            image[key] = n + len(owner)
+            owner.append(jj)
+            shift.append(s)
+        slot[e] = image[key]
+    owner = np.asarray(owner, np.int64)
+    shift = np.asarray(shift, float).reshape(-1, 3) @ atoms.cell.array
+    counts = np.bincount(i, minlength=n)
+    K = int(counts.max())
+    nbr = np.full((K, n), -1, np.int32)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    order = np.argsort(i, kind="stable")
+    col = np.arange(len(i)) - np.repeat(start, counts)
+    nbr[col, i[order]] = slot[order]
+
+    def update(pos):
+        return np.concatenate([pos, pos[owner] + shift])
+
+    def fold(f):
+        out = f[:n].copy()
+        np.add.at(out, owner, f[n:])
+        return out
+    return update, fold, nbr, counts.astype(np.int32)
+
+
+def acejax_ffi_case(jm, atoms, rcut: float, a, n: int, K: int, reference):
+    """ace-jax 0.4.1's C++ kernel (``ace_jax.eval.ffi``: one XLA FFI call, lean float64 model with a radial table)
+    on a pre-built neighbour matrix with ghost atoms, called through ``jax.ffi.ffi_call`` as ace-jax's own LAMMPS
+    bundle calls it: the peer's kernel alone (compare with "torchace fused (pre-collated)"); None where it cannot
+    be built or the run is not float64."""
+    if a.dtype != "float64":
+        return None
+    try:
+        import jax
+        import jax.numpy as jnp
+        from ace_jax.eval import ffi
+        from ace_jax.eval.model import lean
+        lm = lean(jm, radial_table=True)
+        attrs, consts = ffi.kernel_inputs(lm)
+        ffi.register(ffi.library())
+    except Exception as e:  # no compiler, another ace-jax: the case is skipped, the run goes on
+        print(f"ace-jax FFI kernel not available ({type(e).__name__}: {e}): case skipped")
+        return None
+    update, fold, nbr, counts = ghost_neighbours(atoms, rcut)
+    n_all = update(atoms.get_positions()).shape[0]
+    z = jnp.zeros(n_all, jnp.int32)
+    w = jnp.ones(n_all, jnp.float64)
+    nbr, counts = jnp.asarray(nbr), jnp.asarray(counts)
+    out = (jax.ShapeDtypeStruct((n_all,), jnp.float64), jax.ShapeDtypeStruct((n_all, 3), jnp.float64))
+    call = jax.jit(lambda pos: jax.ffi.ffi_call(ffi.TARGET, out)(pos, z, nbr, counts, w, *consts, **attrs,
+                                                                  rc2=np.float64(rcut * rcut)))
+
+    def step(at):
+        e, f = call(jnp.asarray(update(at.get_positions())))
+        return float(e[:n].sum()), fold(np.asarray(f))
+    e_ref, f_ref = reference  # ace-jax's calculator on the same model and positions: the call must agree with it
+    e0, f0 = step(atoms)
+    check = {"energy_rel_diff_vs_acejax_calculator": abs(e0 - e_ref) / abs(e_ref),
+             "forces_max_abs_diff_vs_acejax_calculator": float(np.abs(f0 - f_ref).max())}
+    print(f"  ace-jax FFI kernel against its calculator: {check}", flush=True)
+    t0 = time.perf_counter()
+    step(atoms)
+    t_first = time.perf_counter() - t0
+    med, ts = time_steps(step, atoms, a.warmup, a.repeats)
+    print(f"  ace-jax FFI kernel: {1e3 * med:.2f} ms (first call {t_first:.1f} s)", flush=True)
+    return record("ace-jax C++ FFI kernel (pre-built nlist)", "ace-jax",
+                  "ace_jax.eval.ffi AceDirect via jax.ffi.ffi_call, lean(radial_table=True), ghost atoms, "
+                  f"{n_all - n} ghosts", med, ts, n, "cpu", a.dtype, a.model, K,
+                  {"first_call_s_incl_compile": t_first, **check})
+
+
 def peak_memory(device) -> dict:
     if device.type == "cuda":
         return {"peak_memory_MiB": torch.cuda.max_memory_allocated(device) / 2**20,
@@ -328,6 +413,12 @@ def main(argv=None):
                 rows.append(rec)
                 peers.append(rec)
                 print(f"  {label}: {1e3 * med:.2f} ms (first call {t_first:.1f} s)", flush=True)
+            c.calculate(atoms, ["energy", "forces"])  # the peer's own energy here: the FFI case must reproduce it
+            rec = acejax_ffi_case(jm, atoms, float(model.rcut), a, n, K,
+                                  (float(c.results["energy"]), np.asarray(c.results["forces"])))
+            if rec is not None:
+                rows.append(rec)
+                peers.append(rec)
     elif not a.no_acejax:
         print("ace-jax not installed: torchace only")
 
