@@ -536,8 +536,22 @@ struct CoupledPlan {
   // Z[0..n_a] = A (A[n_a] = 1) on entry: fills the pair values and the term values S [n_terms]
   void values(T* __restrict Z, T* __restrict S, int n_a) const {
     std::fill(Z + n_a + 1, Z + z_size, T(0));
-    for (int k = 0; k < n_cg; ++k) Z[slot[k]] += coef[k] * Z[a1[k]] * Z[a2[k]];
-    for (int t = 0; t < n_terms; ++t) S[t] = dot(tlen[t], Z + tx[t], Z + ty[t]);
+    // entries come sorted by slot (recoupling._finish): each pair value is summed in a register, stored once
+    T v = T(0);
+    for (int k = 0; k < n_cg; ++k) {
+      v += coef[k] * Z[a1[k]] * Z[a2[k]];
+      if (k + 1 == n_cg || slot[k + 1] != slot[k]) {
+        Z[slot[k]] = v;
+        v = T(0);
+      }
+    }
+    for (int t = 0; t < n_terms; ++t) {  // short (2L+1 ≤ 25): a plain loop, not dot's eight partial sums
+      const T* __restrict x = Z + tx[t];
+      const T* __restrict y = Z + ty[t];
+      T u = T(0);
+      for (int j = 0; j < tlen[t]; ++j) u += x[j] * y[j];
+      S[t] = u;
+    }
   }
   // ∂(Σ_t wz[t] S_t)/∂Z, the reverse of ``values``: gZ[0..n_a) is ∂E/∂A on return
   void adjoint(const T* __restrict Z, T* __restrict gZ, const T* __restrict wz) const {
