@@ -390,7 +390,7 @@ def time_calls(model, batch, backend, device, warmup, repeats, max_measure_s, ke
     1e-4 Å apart.  Returns (record, first output on CPU float64 when ``keep``)."""
     from torchace.model.evaluate import model_inputs
 
-    # "triton-lanes" / "triton-levels": the triton backend with that product-DAG variant (the default: levels)
+    # "triton-lanes" / "triton-levels" / "triton-pairs": the triton backend with that product variant (default: levels)
     name, _, variant = backend.partition("-")
     ev = registry.select(model, device, name, registry.EVALUATE).evaluator(model)
     if variant:

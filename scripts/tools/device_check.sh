@@ -19,7 +19,7 @@
 #   DEVICE_CHECK_SKIP             space/comma-separated step names to skip (nvidia-smi versions install pytest
 #                                 bench_gpu bench_neighbours)
 #   DEVICE_CHECK_PYTEST_S, DEVICE_CHECK_BENCH_S, DEVICE_CHECK_NEIGHBOURS_S   per-step timeouts
-#   BENCH_BACKEND                 --backend of bench_gpu.py (default triton,triton-lanes,analytic)
+#   BENCH_BACKEND                 --backend of bench_gpu.py (default triton,triton-lanes,triton-pairs,analytic)
 #   BENCH_ARGS                    extra arguments of bench_gpu.py
 set -u
 
@@ -183,7 +183,7 @@ else
 fi
 
 # 5. the GPU benchmarks (their JSON is rewritten after every measurement: a timeout keeps what ran)
-BENCH_BACKEND="${BENCH_BACKEND:-triton,triton-lanes,analytic}"
+BENCH_BACKEND="${BENCH_BACKEND:-triton,triton-lanes,triton-pairs,analytic}"
 reserve=$(( NEIGH_S + 5 ))
 [ -f scripts/benchmarks/bench_neighbours.py ] || reserve=0
 bt=$(( $(left) - reserve ))

@@ -30,7 +30,7 @@ from ...structures.geometry import edge_vectors
 from ..strain import edge_gradient_outputs
 from ..watch import Derived
 from ... import keys as K
-from .fused import COMMITTEE_ENERGY, cached_dag, node_coefficients
+from .fused import COMMITTEE_ENERGY, cached_dag, cached_pairs, node_coefficients, product_coefficients
 
 INTERPRET_ENV = "TRITON_INTERPRET"
 # default scratch budget on CPU (interpreter) and fraction of free memory on CUDA per call
@@ -38,7 +38,9 @@ CPU_BUDGET = 256 * 2**20
 CUDA_FRACTION = 0.4
 # product-DAG kernels: "levels" (tiles of independent nodes × atoms, one launch per level; the default) or
 # "lanes" (one atom per lane, the nodes in sequence: fewer launches, no parallelism across nodes)
-DAG_VARIANTS = ("levels", "lanes")
+# "pairs" (the coupled-pair scheme of torchace/basis/recoupling.py, one atom per lane; linear models whose basis it
+# covers: orders ≤ 4): not the default, no GPU has timed it yet
+DAG_VARIANTS = ("levels", "lanes", "pairs")
 
 
 def interpreter_on() -> bool:
@@ -139,6 +141,9 @@ class TritonEvaluator(nn.Module):
         # committee energies from the same pass (levels variant): E_k = E(c̄) + E_lin(c_k − c̄), one extra
         # energy pass over the stored DAG nodes per member; forces and virials stay the mean model's
         self.committee = bool(committee) and dag == "levels"
+        if dag == "pairs" and cached_pairs(model) is None:
+            raise ValueError("dag='pairs': the coupled-pair scheme does not apply to this basis (order above 4, or a "
+                             "block without all its m)")
         self.memory_budget = memory_budget
         self.dag = dag
         self.kernels = _kernels()
@@ -187,6 +192,14 @@ class TritonEvaluator(nn.Module):
                 "w": w.to(**f).contiguous(), "l": emb.l_std.index_select(0, emb.lm_std.to(emb.l_std.device)).to(**f),
                 "E0": m.E0.detach().to(**f),
             }
+            if self.dag == "pairs":
+                plan = cached_pairs(m)
+                n_a = int(emb.n_a)
+                pi = plan.pair_index.clone()
+                pi[:, 2] += n_a + 1  # absolute rows of Z = [A | 1 | P]
+                consts.update(pair_index=pi.to(device).contiguous(), pair_coef=plan.pair_coef.to(**f).contiguous(),
+                              terms=plan.terms.to(device).contiguous(), z_size=n_a + 1 + plan.n_p,
+                              pair_w=product_coefficients(m, c, "pairs").to(**f).contiguous())
         self._consts[(dtype, device)] = consts
         return consts
 
@@ -250,7 +263,8 @@ class TritonEvaluator(nn.Module):
             n_edges = vectors.shape[0]
             emb = m.embedding
             per_edge = (2 * emb.radials.max_n + 4 * emb.n_y + 16) * vectors.element_size()
-            stored = self.parent.shape[0] if self.dag == "lanes" else self._plan(device).n_stored
+            stored = (k["z_size"] if self.dag == "pairs" else self.parent.shape[0] if self.dag == "lanes"
+                      else self._plan(device).n_stored)
             per_atom = (2 * stored + 2 * emb.n_a + 4) * vectors.element_size()
             need = n_atoms * per_atom + n_edges * per_edge
             n_chunks = max(1, -(-need // max(1, self._budget(device))))
@@ -312,6 +326,9 @@ class TritonEvaluator(nn.Module):
                     V = m.pair.with_grad(r, zi, zj)[0]  # [n_pair, E]
                     pair = (V.unsqueeze(0) * members[1][:, zi, zj].transpose(1, 2)).sum(1)  # [n_members, E]
                     de = de.index_add_(1, i_local, pair)
+        elif self.dag == "pairs":
+            e_mb, gA = kern.coupled_pairs(A, k["pair_index"], k["pair_coef"], k["terms"], k["z_size"], k["pair_w"],
+                                          sp.contiguous(), need_grad)
         else:
             e_mb, gA, _ = kern.product_dag(A, k["parent"], k["last"], k["c_node"], sp.contiguous(), need_grad)
         e = k["E0"].index_select(0, sp) + e_mb

@@ -134,6 +134,72 @@ def pool_atomic_basis(R: torch.Tensor, Y: torch.Tensor, n_idx: torch.Tensor, lm_
     return A
 
 
+@triton.jit(do_not_specialize=["N", "n_cg", "n_terms"])
+def _pairs_kernel(Z_ptr, pi_ptr, pc_ptr, tt_ptr, w_ptr, z_ptr, gZ_ptr, e_ptr, N, n_cg, n_terms,
+                  NEED_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+    # the coupled-pair scheme (torchace/basis/recoupling.py), one atom per lane: Z [z_size, N] = [A | 1 | 0]
+    lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = lanes < N
+    x = lanes.to(tl.int64)
+    wbase = tl.load(z_ptr + lanes, mask=mask, other=0).to(tl.int64) * n_terms
+    for k in range(n_cg):  # pair values P[slot] += c A[a1] A[a2]
+        a1 = tl.load(pi_ptr + 3 * k).to(tl.int64)
+        a2 = tl.load(pi_ptr + 3 * k + 1).to(tl.int64)
+        sl = tl.load(pi_ptr + 3 * k + 2).to(tl.int64)
+        c = tl.load(pc_ptr + k)
+        v = tl.load(Z_ptr + a1 * N + x, mask=mask, other=0.0) * tl.load(Z_ptr + a2 * N + x, mask=mask, other=0.0)
+        old = tl.load(Z_ptr + sl * N + x, mask=mask, other=0.0)
+        tl.store(Z_ptr + sl * N + x, old + c * v, mask=mask)
+    energy = tl.load(Z_ptr + x, mask=mask, other=0.0) * 0.0
+    for t in range(n_terms):  # E = Σ_t w_t Σ_j Z[x_t + j] Z[y_t + j]
+        x0 = tl.load(tt_ptr + 3 * t).to(tl.int64)
+        y0 = tl.load(tt_ptr + 3 * t + 1).to(tl.int64)
+        ln = tl.load(tt_ptr + 3 * t + 2)
+        w = tl.load(w_ptr + wbase + t, mask=mask, other=0.0)
+        for j in range(ln):
+            zx = tl.load(Z_ptr + (x0 + j) * N + x, mask=mask, other=0.0)
+            zy = tl.load(Z_ptr + (y0 + j) * N + x, mask=mask, other=0.0)
+            energy += w * zx * zy
+            if NEED_GRAD:
+                gx = tl.load(gZ_ptr + (x0 + j) * N + x, mask=mask, other=0.0)
+                tl.store(gZ_ptr + (x0 + j) * N + x, gx + w * zy, mask=mask)
+                gy = tl.load(gZ_ptr + (y0 + j) * N + x, mask=mask, other=0.0)
+                tl.store(gZ_ptr + (y0 + j) * N + x, gy + w * zx, mask=mask)
+    tl.store(e_ptr + x, energy, mask=mask)
+    if NEED_GRAD:
+        for q in range(n_cg):  # the pair values' reverse sweep (they depend on A only: any order)
+            k = n_cg - 1 - q
+            a1 = tl.load(pi_ptr + 3 * k).to(tl.int64)
+            a2 = tl.load(pi_ptr + 3 * k + 1).to(tl.int64)
+            sl = tl.load(pi_ptr + 3 * k + 2).to(tl.int64)
+            g = tl.load(gZ_ptr + sl * N + x, mask=mask, other=0.0) * tl.load(pc_ptr + k)
+            z1 = tl.load(Z_ptr + a1 * N + x, mask=mask, other=0.0)
+            z2 = tl.load(Z_ptr + a2 * N + x, mask=mask, other=0.0)
+            g1 = tl.load(gZ_ptr + a1 * N + x, mask=mask, other=0.0)
+            tl.store(gZ_ptr + a1 * N + x, g1 + g * z2, mask=mask)
+            g2 = tl.load(gZ_ptr + a2 * N + x, mask=mask, other=0.0)
+            tl.store(gZ_ptr + a2 * N + x, g2 + g * z1, mask=mask)
+
+
+def coupled_pairs(A: torch.Tensor, pair_index: torch.Tensor, pair_coef: torch.Tensor, terms: torch.Tensor,
+                  z_size: int, weights: torch.Tensor, species: torch.Tensor, need_grad: bool):
+    """(Σ_t w_t S_t per atom [N], ∂E/∂A [n_a, N] or None) from A [n_a, N] through the coupled pairs
+    (``recoupling.CoupledPairs``; ``pair_index`` slots are absolute rows of Z = [A | 1 | P], weights [nz, n_terms])."""
+    n_a, n = A.shape
+    Z = torch.zeros((z_size, n), dtype=A.dtype, device=A.device)
+    Z[:n_a] = A
+    Z[n_a] = 1.0
+    gZ = torch.zeros_like(Z) if need_grad else Z
+    e = torch.empty(n, dtype=A.dtype, device=A.device)
+    if n == 0:
+        return e, (gZ[:n_a] if need_grad else None)
+    block = 64 if A.is_cuda else _block(n, 16, 1024)
+    _pairs_kernel[(triton.cdiv(n, block),)](Z, pair_index, pair_coef, terms, weights, species, gZ, e, n,
+                                            pair_index.shape[0], terms.shape[0], NEED_GRAD=bool(need_grad),
+                                            BLOCK=block)
+    return e, (gZ[:n_a].contiguous() if need_grad else None)
+
+
 def product_dag(A: torch.Tensor, parent: torch.Tensor, last: torch.Tensor, c_node: torch.Tensor,
                 species: torch.Tensor, need_grad: bool):
     """(Σ_k c_k AA_k per atom [N], ∂E/∂A [n_a, N] or None, node values [n_nodes, N]) from A [n_a, N]."""
