@@ -184,7 +184,7 @@ def _add_group(bld: "_Builder", bl, lv, mg, rows, perms) -> None:
     and 4, in the pairing that adds the fewest new Clebsch–Gordan entries and term entries to the plan."""
     nu, n_a, off = len(bl), bld.n_a, bld.off
     if nu <= 2:
-        for L, val in _pairing_terms(lv, mg, perms, tuple(range(nu))):
+        for _, val in _pairing_terms(lv, mg, perms, tuple(range(nu))):
             x, y, n = (off[bl[0]], n_a, 1) if nu == 1 else (off[bl[0]], off[bl[1]], 2 * lv[0] + 1)
             bld.term(int(x), int(y), int(n), rows, val)
         return
