@@ -377,8 +377,19 @@ def main(argv=None):
             def step_bare_f(at):
                 bare(*args, True, True)
             med, ts = time_steps(step_bare_f, atoms, a.warmup, a.repeats)
-            rows.append(record("torchace fused (pre-collated)", "torchace", "FusedEvaluator, forces+virial",
-                               med, ts, n, device, a.dtype, a.model, K))
+            rows.append(record("torchace fused (pre-collated)", "torchace", "FusedEvaluator, forces+virial, "
+                               f"products {bare.scheme}", med, ts, n, device, a.dtype, a.model, K))
+            for scheme in ("dag", "pairs"):  # both product schemes, forced (auto takes the cheaper by op count)
+                if scheme == bare.scheme or fused.product_scheme(model) == "dag" and scheme == "pairs":
+                    continue
+                forced = fused.FusedEvaluator(model, products=scheme)
+
+                def step_forced(at, forced=forced):
+                    forced(*args, True, True)
+                med, ts = time_steps(step_forced, atoms, a.warmup, a.repeats)
+                rows.append(record(f"torchace fused, {scheme} (pre-collated)", "torchace",
+                                   f"FusedEvaluator(products={scheme!r}), forces+virial", med, ts, n, device, a.dtype,
+                                   a.model, K))
         else:
             print("fused C++ kernel not buildable here: case skipped")
 
