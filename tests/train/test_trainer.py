@@ -48,8 +48,10 @@ def test_linear_limit_equals_qr_fit(si_data, prior):
     lin = torchace.ace_model(["Si"], 2, 4)
     torchace.fit(lin, si_data, weights=W, E0=E0, prior=prior, solver=solvers.QR(lam=lam), compute_errors=False)
     nl = ACEModel(lin.config)
+    # 120 epochs: L-BFGS's path is sensitive to rounding (a 1e-16 change in the model's arithmetic moved the loss
+    # after 80 epochs from 2e-5 to 2e-3 above the QR minimum; after 120 it is within 2e-5 either way)
     res = torchace.train(nl, si_data, weights=W, E0=E0, prior=prior, lam=lam, init="model", optimizer="lbfgs",
-                         epochs=80, progress=False, compute_errors=False)
+                         epochs=120, progress=False, compute_errors=False)
     trained = nl.linear_model()
     # the same basis (a basis prior rescaled both the same way)
     assert torch.equal(trained.embedding.nl_scale, lin.embedding.nl_scale)

@@ -26,7 +26,8 @@ _RANK_TOL = 1e-10
 
 
 @lru_cache(maxsize=None)
-def _w3j(l1: int, l2: int, l3: int) -> np.ndarray:
+def wigner_3j(l1: int, l2: int, l3: int) -> np.ndarray:
+    """e3nn's real Wigner 3j symbol [2l1+1, 2l2+1, 2l3+1] in float64 (cached; the coupling of every basis)."""
     from e3nn import o3
 
     return o3.wigner_3j(l1, l2, l3, dtype=torch.float64).numpy()
@@ -57,7 +58,7 @@ def generalised_cg(ls: Tuple[int, ...]) -> np.ndarray:
                 rest = ls[t + 1:]
                 if rest and L2 > sum(rest):
                     continue
-                w = _w3j(L, lt, L2)  # [2L+1, 2lt+1, 2L2+1]
+                w = wigner_3j(L, lt, L2)  # [2L+1, 2lt+1, 2L2+1]
                 T2 = np.tensordot(T, w, axes=([T.ndim - 1], [0]))  # [..., m_t, M2]
                 new.append((L2, T2))
         paths = new

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .coupling_coefficients import _w3j as wigner_3j
+from .coupling_coefficients import wigner_3j
 
 # a weight column whose entries are all below this (pure numbers of order 1) is an exact zero of the symmetrised
 # coupling (e.g. an odd L between two equal blocks): dropped
