@@ -42,7 +42,7 @@ def test_plan_equals_products(elements, order, td, kw):
 
 
 def test_plan_is_cheaper_for_large_bases_and_refuses_order_5():
-    from torchace.model.backends.fused import cached_dag, dag_cost
+    from torchace.model.backends.products import cached_dag, dag_cost
     m = torchace.ace_model(["Si"], 4, 16)
     plan = _plan(m)
     assert plan.cost()["flops"] < 0.7 * dag_cost(cached_dag(m)[0])

@@ -8,6 +8,7 @@ import torch
 
 import torchace
 from torchace.model.backends import fused
+from torchace.model.backends.products import product_scheme
 from torchace import keys as K
 from torchace.structures.batch import collate
 from torchace.model.evaluate import model_inputs
@@ -57,7 +58,7 @@ def test_fused_matches_reference(dtype, products):
         ref = {k: v.detach() for k, v in m(*inp, True, True).items()}
         m.analytic = True
         ev = fused.FusedEvaluator(m, products=products)
-        assert ev.scheme == (fused.product_scheme(m) if products == "auto" else products)
+        assert ev.scheme == (product_scheme(m) if products == "auto" else products)
         got = ev(*inp, True, True)
         results_close(got, ref, RTOL[dtype], keys=(K.ENERGY, K.NODE_ENERGY, K.FORCES, K.VIRIAL))
         e_only = fused.FusedEvaluator(m, products=products)(*inp, False, False)

@@ -16,8 +16,8 @@ shared by every product that uses them (ace-jax 0.7's "pair values").  Each weig
 w = c̃·S, with S (the projection of the symmetrised coefficient tensor on each invariant) built once per basis, so a
 new set of coefficients costs one sparse product.  The energy is then E = Σ_t w_t Σ_{j<len_t} Z[x_t+j] Z[y_t+j]
 over the terms t, Z = [A | 1 | P]: the pair values cost one multiply-add per non-zero C, a term 2L+1, against one
-per node of the shared-prefix DAG (``fused.product_dag``), and the reverse sweep is the same lists backwards.
-``cost`` estimates both; the fused kernel takes this scheme where it is cheaper (``fused.choose_products``).
+per node of the shared-prefix DAG (``model/backends/products.py``), and the reverse sweep is the same lists backwards.
+``cost`` estimates both; the fused kernel takes this scheme where it is cheaper (``products.product_scheme``).
 """
 from __future__ import annotations
 

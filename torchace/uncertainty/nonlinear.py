@@ -61,7 +61,7 @@ class LearnedBasis(nn.Module):
     ``ACEModel`` holding it evaluates and differentiates the linear model on the learned radials.
 
     It has no fixed ``radials`` (``radials`` raises): the fused C++ kernel reads ``base`` and ``learned``
-    (``fused.fixed_embedding``: the learned radials as a mixing of the polynomial radials); the Triton kernels,
+    (``products.fixed_embedding``: the learned radials as a mixing of the polynomial radials); the Triton kernels,
     which read the polynomial radials directly, refuse it (use ``analytic``, ``reference`` or ``fused``)."""
 
     def __init__(self, base: EdgeEmbedding, learned: LearnableRadials):
@@ -188,7 +188,7 @@ def committee_linear_model(model):
 def linear_rows(lin, batch: Dict[str, torch.Tensor], backend: str = AUTO,
                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Dict[str, torch.Tensor]:
     """Design rows (``torchace.design_matrix_rows`` layout) of a ``committee_linear_model`` on a collated batch,
-    through the registry's backends (the fused kernel reads learned radials too: ``fused.fixed_embedding``)."""
+    through the registry's backends (the fused kernel reads learned radials too: ``products.fixed_embedding``)."""
     return batch_rows(lin, batch, memory_budget, backend)
 
 

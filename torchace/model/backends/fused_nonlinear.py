@@ -16,7 +16,7 @@ from typing import Dict, Optional
 import torch
 
 from ... import keys as K
-from . import fused
+from . import fused, products
 
 DENSITIES = "densities"  # extra output of nonlinear_forward(..., with_densities=True): ρ [N, P]
 
@@ -42,12 +42,12 @@ def nonlinear_forward(model, positions: torch.Tensor, species: torch.Tensor, bat
     ext = fused.load_extension()
     dtype = positions.dtype
     f = dict(dtype=dtype, device="cpu")
-    scheme = "dag" if model.radials is not None else fused.product_scheme(model)  # learned radials: the DAG
-    dag, pairs = fused.product_args(model, scheme, dtype)
+    scheme = "dag" if model.radials is not None else products.product_scheme(model)  # learned radials: the DAG
+    dag, pairs = products.product_args(model, scheme, dtype)
     n_p = model.densities
     with torch.no_grad():
         c = model.density_coefficients.detach().reshape(n_p, -1)
-        c_node = fused.product_coefficients(model, c, scheme).to(**f).contiguous()  # [P, nz, nodes or terms]
+        c_node = products.product_coefficients(model, c, scheme).to(**f).contiguous()  # [P, nz, nodes or terms]
         c_pair = fused.pair_constants(model, model.pair_coefficients, dtype)
         zeros_mb = torch.zeros(model.nz, c_node.shape[-1], **f)
         zeros_pair = torch.zeros(n_p, model.nz, model.nz, model.n_pair, **f)

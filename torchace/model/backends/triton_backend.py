@@ -30,7 +30,8 @@ from ...structures.geometry import edge_vectors
 from ..strain import edge_gradient_outputs
 from ..watch import Derived
 from ... import keys as K
-from .fused import COMMITTEE_ENERGY, cached_dag, cached_pairs, node_coefficients, product_coefficients
+from .fused import COMMITTEE_ENERGY
+from .products import cached_dag, cached_pairs, node_coefficients, product_coefficients
 
 INTERPRET_ENV = "TRITON_INTERPRET"
 # default scratch budget on CPU (interpreter) and fraction of free memory on CUDA per call
@@ -78,7 +79,7 @@ def _kernels():
 
 
 class DagPlan:
-    """The product DAG of ``fused.product_dag`` (nodes numbered level by level, each node's children
+    """The product DAG of ``products.product_dag`` (nodes numbered level by level, each node's children
     contiguous) with what the level-parallel kernels need: ``levels`` [(first node, end, most children of a
     node)], and the nodes grouped by their last factor (``by_last``, CSR ``last_start`` [n_a + 1])."""
 
