@@ -3,8 +3,8 @@
 The eager and compiled analytic paths (``ACEModel.analytic_forward``, ``torch_rows.torch_rows``) make ~20 passes
 over [n_a, E] arrays per step; these kernels do the same algebra (radials → harmonics → A → AA/B, then
 ∂E/∂A through coupled pairs or a shared-prefix product DAG (``products.py``), or J = ∂B/∂A for rows, and
-∂/∂r per edge; ACEpotentials.jl paper
-§II) one centre atom at a time with its edges in cache, as ML-PACE does, on torch's intra-op threads.
+∂/∂r per edge; ACEpotentials.jl paper §II) one centre atom at a time with its edges in cache, as ML-PACE does, on
+torch's intra-op threads.
 Source: ``torchace/model/backends/csrc/ace_cpu.cpp``, compiled on first use with ``torch.utils.cpp_extension.load``
 (a C++ compiler and ninja are needed; ≈ 30 s, cached afterwards in a directory of its own per environment,
 ``build_directory()``, under a lock that a killed build never leaves held).  Without them
