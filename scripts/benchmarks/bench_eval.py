@@ -364,7 +364,6 @@ def main(argv=None):
     # (e) the fused C++ CPU kernel (torchace.fused), in the calculator
     if not a.no_fused and device.type == "cpu":
         from torchace.model.backends import fused
-        from torchace.model.backends.products import product_scheme
         if fused.available():
             calc_f = TorchACECalculator(model, device=device, dtype=tdtype, backend="fused")
 
@@ -380,9 +379,8 @@ def main(argv=None):
             med, ts = time_steps(step_bare_f, atoms, a.warmup, a.repeats)
             rows.append(record("torchace fused (pre-collated)", "torchace", "FusedEvaluator, forces+virial, "
                                f"products {bare.scheme}", med, ts, n, device, a.dtype, a.model, K))
-            for scheme in ("dag", "pairs"):  # both product schemes, forced (auto takes the cheaper by op count)
-                if scheme == bare.scheme or product_scheme(model) == "dag" and scheme == "pairs":
-                    continue
+            # the DAG as well when auto took the coupled pairs (auto takes the cheaper by operation count)
+            for scheme in ("dag",) if bare.scheme == "pairs" else ():
                 forced = fused.FusedEvaluator(model, products=scheme)
 
                 def step_forced(at, forced=forced):

@@ -37,7 +37,7 @@ from ...basis.radial import agnesi_a
 from ...structures.geometry import edge_vectors
 from ..strain import edge_gradient_outputs
 from ..watch import Derived
-from .products import PRODUCT_SCHEMES, fixed_embedding, product_args, product_coefficients, product_scheme
+from .products import coefficient_count, fixed_embedding, product_args, product_coefficients, product_scheme
 from .torch_rows import jacobian_pattern
 
 # extra output: [distance (Å), edge index] of the closest pair in the list (-1 without edges), so that
@@ -301,9 +301,7 @@ class FusedEvaluator(nn.Module):
 
     def __init__(self, model, committee: bool = False, skip_baseline: bool = False, products: str = "auto"):
         super().__init__()
-        if products not in PRODUCT_SCHEMES:
-            raise ValueError(f"products must be one of {PRODUCT_SCHEMES}, got {products!r}")
-        self.products = products
+        self.products = products  # checked by product_scheme on the first _refresh below
         # skip_baseline: the caller adds the ZBL baseline itself (the fused backend does); otherwise a model
         # with one is refused (checked again whenever the model's tensors change: _refresh)
         _check_model(model, "FusedEvaluator", with_baseline=not skip_baseline)
@@ -349,7 +347,7 @@ class FusedEvaluator(nn.Module):
             return hit
         m = self.model
         comm = getattr(m, "committee", None) if self.committee else None
-        n_coef = self._constants(dtype)[0][-3].shape[-1]  # DAG nodes or coupled-pair terms
+        n_coef = coefficient_count(m, self.scheme)
         if comm is not None:
             comm = comm.detach()
             if comm.dim() != 2 or comm.shape[1] != m.basis_size:

@@ -42,7 +42,7 @@ def nonlinear_forward(model, positions: torch.Tensor, species: torch.Tensor, bat
     ext = fused.load_extension()
     dtype = positions.dtype
     f = dict(dtype=dtype, device="cpu")
-    scheme = "dag" if model.radials is not None else products.product_scheme(model)  # learned radials: the DAG
+    scheme = products.product_scheme(model)  # learned radials: the DAG
     dag, pairs = products.product_args(model, scheme, dtype)
     n_p = model.densities
     with torch.no_grad():

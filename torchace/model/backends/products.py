@@ -131,6 +131,11 @@ def product_args(model, scheme: str, dtype: torch.dtype) -> tuple:
     return (parent, last, children), (torch.zeros(0, 3, **long), torch.zeros(0, dtype=dtype), torch.zeros(0, 3, **long))
 
 
+def coefficient_count(model, scheme: str) -> int:
+    """Length of the kernel's coefficient arrays for ``scheme``: DAG nodes or coupled-pair terms."""
+    return cached_pairs(model).n_terms if scheme == "pairs" else int(cached_dag(model)[0].shape[0])
+
+
 def product_coefficients(model, coefficients: torch.Tensor, scheme: str) -> torch.Tensor:
     """Many-body coefficients [..., basis_size] → the kernel's coefficient array of ``scheme`` (float64, CPU):
     per DAG node (``node_coefficients``) or per coupled-pair term (``CoupledPairs.weights``), [..., nz, n]."""

@@ -521,6 +521,8 @@ struct CoupledPlan {
                   "fused kernel: pair_index out of range");
       a1[k] = static_cast<int32_t>(pi[3 * k]), a2[k] = static_cast<int32_t>(pi[3 * k + 1]);
       slot[k] = static_cast<int32_t>(n_a + 1 + pi[3 * k + 2]);
+      // ``values`` sums each slot's run in a register: a slot split over two runs would be overwritten
+      TORCH_CHECK(k == 0 || slot[k] >= slot[k - 1], "fused kernel: pair_index must be sorted by slot");
       zs = std::max<int64_t>(zs, slot[k] + 1);
     }
     tx.resize(n_terms), ty.resize(n_terms), tlen.resize(n_terms);
@@ -729,7 +731,7 @@ std::vector<torch::Tensor> site_energy_forces_impl(
           }
         }
       }
-      // site energy and ∂E/∂A through the product DAG (one multiply per node; reverse sweep for ∂E/∂A)
+      // site energy and ∂E/∂A through the coupled pairs or the product DAG (one multiply per node; reverse sweep)
       const T* c = caa + zi * n_coef;  // the energy's coefficients (site_mix: replaced for the adjoint)
       if (cp.active) {
         cp.values(wk.Z.data(), AA.data(), n_a);  // AA holds the term values
